@@ -1,0 +1,302 @@
+//! One server connection: startup and authentication as the server asks (SCRAM-SHA-256, md5,
+//! cleartext), its reported parameters, the settings applied for clients, the prepared statements it
+//! holds, and its transaction status. Never forwards anything to a client itself.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{BackendError, MAX_SERVER_MESSAGE};
+use crate::wire::{build, server_tag, split_frame, Frame, TransactionStatus};
+
+/// Who to log in as, and where.
+#[derive(Debug, Clone)]
+pub struct LoginParams {
+    pub addr: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    pub connect_timeout: Duration,
+}
+
+/// An open, authenticated server connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    pub stream: TcpStream,
+    pub read_buf: BytesMut,
+    pub addr: String,
+    pub process_id: i32,
+    pub secret_key: i32,
+    /// Values the server reported with ParameterStatus.
+    pub params: HashMap<String, String>,
+    /// Settings applied with SET for the current client (name → value as the client gave it).
+    pub applied: BTreeMap<String, String>,
+    /// Server-side names of the prepared statements this connection holds.
+    pub prepared: HashSet<String>,
+    pub status: TransactionStatus,
+    /// Requests were sent whose responses have not all arrived.
+    pub in_flight: bool,
+    /// The connection failed or its state is unknown.
+    pub broken: bool,
+    /// Session mode: the client's session state must be wiped (DISCARD ALL) before reuse.
+    pub needs_discard: bool,
+}
+
+impl ServerConnection {
+    /// Opens and authenticates a connection, waiting for its first ReadyForQuery.
+    pub async fn connect(login: &LoginParams) -> Result<ServerConnection, BackendError> {
+        let stream = tokio::time::timeout(login.connect_timeout, TcpStream::connect(&login.addr))
+            .await
+            .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))?
+            .map_err(|source| BackendError::Connect { addr: login.addr.clone(), source })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = ServerConnection {
+            stream,
+            read_buf: BytesMut::with_capacity(8192),
+            addr: login.addr.clone(),
+            process_id: 0,
+            secret_key: 0,
+            params: HashMap::new(),
+            applied: BTreeMap::new(),
+            prepared: HashSet::new(),
+            status: TransactionStatus::Idle,
+            in_flight: false,
+            broken: false,
+            needs_discard: false,
+        };
+        tokio::time::timeout(login.connect_timeout, conn.startup(login))
+            .await
+            .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))??;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, login: &LoginParams) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        build::startup_message(
+            &mut out,
+            &[("user", &login.user), ("database", &login.database), ("application_name", "pgshard")],
+        );
+        self.write(&out).await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            let mut body = frame.body();
+            match frame.tag() {
+                server_tag::AUTHENTICATION => {
+                    if body.len() < 4 {
+                        return Err(BackendError::Protocol(self.addr.clone()));
+                    }
+                    let code = body.get_i32();
+                    self.authenticate(login, code, body, &mut scram).await?;
+                }
+                server_tag::PARAMETER_STATUS => self.note_parameter_status(frame.body()),
+                server_tag::BACKEND_KEY_DATA if body.len() >= 8 => {
+                    self.process_id = body.get_i32();
+                    self.secret_key = body.get_i32();
+                }
+                server_tag::READY_FOR_QUERY => return Ok(()),
+                server_tag::ERROR_RESPONSE => {
+                    let (_, message) = parse_error_fields(frame.body());
+                    return Err(BackendError::Login {
+                        addr: self.addr.clone(),
+                        user: login.user.clone(),
+                        message,
+                    });
+                }
+                _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        login: &LoginParams,
+        code: i32,
+        data: &[u8],
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        let protocol = || BackendError::Protocol(login.addr.clone());
+        match code {
+            0 => return Ok(()),
+            3 => build::password_message(&mut out, login.password.as_bytes()),
+            5 => {
+                let salt: [u8; 4] = data.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(protocol)?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    login.user.as_bytes(),
+                    login.password.as_bytes(),
+                    salt,
+                );
+                build::password_message(&mut out, hash.as_bytes());
+            }
+            10 => {
+                let client = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
+                build::sasl_initial_response(&mut out, "SCRAM-SHA-256", client.message());
+                *scram = Some(client);
+            }
+            11 => {
+                let client = scram.as_mut().ok_or_else(protocol)?;
+                client.update(data).map_err(|_| protocol())?;
+                build::sasl_response(&mut out, client.message());
+            }
+            12 => {
+                let client = scram.as_mut().ok_or_else(protocol)?;
+                client.finish(data).map_err(|e| BackendError::Login {
+                    addr: login.addr.clone(),
+                    user: login.user.clone(),
+                    message: format!("server signature did not verify: {e}"),
+                })?;
+                return Ok(());
+            }
+            other => return Err(BackendError::UnsupportedAuth { addr: login.addr.clone(), code: other }),
+        }
+        self.write(&out).await
+    }
+
+    /// Records a ParameterStatus body (`name\0value\0`).
+    pub fn note_parameter_status(&mut self, body: &[u8]) {
+        if let Some((name, value)) = parse_parameter_status(body) {
+            self.params.insert(name, value);
+        }
+    }
+
+    /// Writes all of `bytes`; marks the connection broken on failure.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if let Err(source) = self.stream.write_all(bytes).await {
+            self.broken = true;
+            return Err(BackendError::Io { addr: self.addr.clone(), source });
+        }
+        Ok(())
+    }
+
+    /// Reads one complete frame; marks the connection broken on failure.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match split_frame(&mut self.read_buf, MAX_SERVER_MESSAGE) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(_) => {
+                    self.broken = true;
+                    return Err(BackendError::Protocol(self.addr.clone()));
+                }
+            }
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) => {
+                    self.broken = true;
+                    let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Err(BackendError::Io { addr: self.addr.clone(), source });
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    self.broken = true;
+                    return Err(BackendError::Io { addr: self.addr.clone(), source });
+                }
+            }
+        }
+    }
+
+    /// Runs pgshard's own simple query and reads to ReadyForQuery, keeping the first error.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        build::query(&mut out, sql);
+        self.write(&out).await?;
+        let mut failure = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag() {
+                server_tag::READY_FOR_QUERY => {
+                    self.status = frame
+                        .body()
+                        .first()
+                        .and_then(|&b| TransactionStatus::from_byte(b))
+                        .unwrap_or(TransactionStatus::Idle);
+                    return failure.map_or(Ok(()), Err);
+                }
+                server_tag::ERROR_RESPONSE if failure.is_none() => {
+                    let (sqlstate, message) = parse_error_fields(frame.body());
+                    failure = Some(BackendError::Server { sqlstate, message });
+                }
+                server_tag::PARAMETER_STATUS => self.note_parameter_status(frame.body()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings this connection's settings to `wanted` (SET what differs, RESET what the last client
+    /// set and this one did not). Skips the round trip when nothing differs.
+    pub async fn apply_settings(&mut self, wanted: &BTreeMap<String, String>) -> Result<(), BackendError> {
+        if &self.applied == wanted {
+            return Ok(());
+        }
+        let mut sql = String::new();
+        for (name, value) in wanted {
+            if self.applied.get(name) != Some(value) {
+                sql.push_str(&format!("SET {} = {};", quote_ident(name), quote_literal(value)));
+            }
+        }
+        for name in self.applied.keys() {
+            if !wanted.contains_key(name) {
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
+            }
+        }
+        self.applied.clear();
+        self.run_internal(&sql).await?;
+        self.applied = wanted.clone();
+        Ok(())
+    }
+}
+
+/// Splits a ParameterStatus body into (name, value).
+pub fn parse_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = String::from_utf8_lossy(parts.next()?).into_owned();
+    let value = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((name, value))
+}
+
+/// The SQLSTATE (`C`) and message (`M`) fields of an ErrorResponse body.
+pub fn parse_error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::from("XX000"), String::new());
+    for field in body.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+            Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Quotes a setting name as an SQL identifier (names are checked at client startup to be plain).
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a value as an SQL string literal.
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_fields_are_extracted() {
+        let body = b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0";
+        assert_eq!(
+            parse_error_fields(body),
+            ("42P01".to_string(), "relation \"x\" does not exist".to_string())
+        );
+    }
+
+    #[test]
+    fn literals_and_identifiers_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
+    }
+}

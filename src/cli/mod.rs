@@ -1,0 +1,38 @@
+//! The `pgshard` command line: one file per subcommand. Glue only: no protocol or routing logic here.
+
+pub mod check;
+pub mod demo;
+pub mod locate;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// pgshard: sharding router and connection pooler for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "pgshard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(serve::ServeArgs),
+    /// Validate a config file; exits non-zero with a message naming the key at fault.
+    Check(check::CheckArgs),
+    /// Print the slot and owning shard of a shard key.
+    Locate(locate::LocateArgs),
+    /// Start a local PostgreSQL setup (primary + replica) with pgshard in front of it.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Locate(args) => locate::run(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}

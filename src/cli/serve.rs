@@ -1,0 +1,75 @@
+//! `pgshard serve --config FILE`: loads the config, binds the listener and runs the proxy until
+//! Ctrl-C or SIGTERM. Glue only.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+/// Arguments of `pgshard serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Path to the TOML config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Runs `pgshard serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = Config::load(&args.config).with_context(|| format!("invalid config {}", args.config.display()))?;
+    raise_fd_limit();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build()?;
+    runtime.block_on(async move {
+        let listen = config.server.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (server.listen); is another process using it?"))?;
+        tracing::info!("pgshard listening on {}", listener.local_addr()?);
+        crate::server::run(config, listener, shutdown_signal()).await?;
+        tracing::info!("pgshard stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Thousands of clients need thousands of file descriptors: raise the soft limit to the hard one.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

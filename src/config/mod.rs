@@ -1,0 +1,225 @@
+//! The TOML configuration: serde types with defaults, loading, and validation at load.
+//! Pure data: no I/O beyond reading the file in [`Config::load`], no sockets, no globals.
+
+mod validate;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use crate::sharding::KeyType;
+pub use validate::ConfigError;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub sharding: ShardingConfig,
+    pub shards: Vec<ShardConfig>,
+}
+
+/// `[server]`: the client-facing side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the proxy listens on, e.g. `127.0.0.1:6432`.
+    pub listen: String,
+    /// The database name clients connect to.
+    pub database: String,
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// How clients authenticate: `scram-sha-256` (default), `md5` or `trust`.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Most client connections at once; further ones get SQLSTATE 53300.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// Largest protocol message a client may send, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Time a client has to finish startup and authentication.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+}
+
+/// When a server connection goes back to the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Held for one transaction (or one statement outside a transaction).
+    #[default]
+    Transaction,
+    /// Held for the client's whole session; reset with DISCARD ALL afterwards.
+    Session,
+}
+
+/// Client authentication method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[pool]`: server connection pools, one per (backend, user).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per backend per user.
+    pub size: usize,
+    /// How long a client waits in the queue for a server connection.
+    pub checkout_timeout_ms: u64,
+    /// Idle server connections kept open per pool even when unused.
+    pub min_idle: usize,
+    /// An idle server connection unused this long is closed (down to `min_idle`).
+    pub idle_timeout_ms: u64,
+    /// A server connection older than this is closed when it next goes idle.
+    pub max_lifetime_ms: u64,
+    /// Time allowed to open and authenticate a new server connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 20,
+            checkout_timeout_ms: 5_000,
+            min_idle: 0,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 3_600_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[[users]]`: who may connect, and as whom pgshard logs in to the servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    /// User name towards the servers (default: `name`).
+    pub server_user: Option<String>,
+    /// Password towards the servers (default: `password`).
+    pub server_password: Option<String>,
+    /// Overrides `[pool] size` for this user.
+    pub pool_size: Option<usize>,
+}
+
+impl UserConfig {
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+    pub fn server_password(&self) -> &str {
+        self.server_password.as_deref().unwrap_or(&self.password)
+    }
+}
+
+/// `[sharding]`: how statements map to shards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    pub key_column: String,
+    pub key_type: KeyType,
+    pub tables: Vec<TableConfig>,
+    /// Tables copied on every shard.
+    pub reference_tables: Vec<String>,
+    /// Shard holding every table that is neither sharded nor a reference table (default: the first).
+    pub default_shard: Option<String>,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        ShardingConfig {
+            key_column: "user_id".to_string(),
+            key_type: KeyType::Bigint,
+            tables: Vec::new(),
+            reference_tables: Vec::new(),
+            default_shard: None,
+        }
+    }
+}
+
+/// `[[sharding.tables]]`: a sharded table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    pub key_column: Option<String>,
+    pub key_type: Option<KeyType>,
+}
+
+/// `[[shards]]`: one shard, a primary and its replicas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub name: String,
+    /// `host:port` of the primary.
+    pub primary: String,
+    /// `host:port` of each streaming replica.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Database name on this shard's servers (default: `[server] database`).
+    pub database: Option<String>,
+    /// Slot ranges this shard owns, e.g. `"0-99,300-511"` (default: an even split).
+    pub slots: Option<String>,
+    /// Where plain reads go: `replicas` (default) or `primary`.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+}
+
+/// Where a shard's plain reads go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    #[default]
+    Replicas,
+    Primary,
+}
+
+fn default_max_client_connections() -> usize {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_startup_timeout_ms() -> u64 {
+    15_000
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The user entry for a client-supplied name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Backend database name of a shard.
+    pub fn shard_database<'a>(&'a self, shard: &'a ShardConfig) -> &'a str {
+        shard.database.as_deref().unwrap_or(&self.server.database)
+    }
+}

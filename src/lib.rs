@@ -1,0 +1,18 @@
+//! pgshard: a sharding router and transaction pooler for PostgreSQL.
+//!
+//! Data flows one way: client socket → [`wire`] (frames) → [`session`] (client state machine)
+//! → [`router`] (statement → route) → [`pool`] → [`backend`] (server connections) → back to the client.
+//! [`config`] and [`sharding`] are pure data; [`cli`] is the glue for the `pgshard` binary.
+//! See ARCHITECTURE.md for the map and the invariants.
+
+pub mod auth;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod localpg;
+pub mod pool;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod sharding;
+pub mod wire;

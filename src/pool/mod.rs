@@ -1,0 +1,258 @@
+//! A generic, fair (first come, first served) connection pool. Knows nothing about PostgreSQL:
+//! a [`Manager`] opens, judges and resets connections. Checkout waits on tokio's FIFO semaphore;
+//! a [`Pooled`] guard hands its connection back on drop, reset first when the manager says so.
+//! Must never hand out a connection the manager judged dirty or broken.
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What the manager says about a connection coming back from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// Ready for the next client as is.
+    Clean,
+    /// Usable after [`Manager::reset`].
+    NeedsReset,
+    /// Close it.
+    Broken,
+}
+
+/// Opens, judges and resets one kind of connection.
+pub trait Manager: Send + Sync + 'static {
+    type Connection: Send + 'static;
+    type Error: std::error::Error + Send + 'static;
+
+    /// Opens a new connection.
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+    /// Judges a connection a client gave back.
+    fn returned(&self, conn: &Self::Connection) -> Returned;
+    /// Brings a connection back to a clean state; an error discards it.
+    fn reset(&self, conn: &mut Self::Connection) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Pool sizing and timing.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub size: usize,
+    pub checkout_timeout: Duration,
+    pub min_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    /// Longest a [`Manager::reset`] may take before the connection is discarded.
+    pub reset_timeout: Duration,
+}
+
+/// Why a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError<E: std::error::Error + 'static> {
+    #[error("no connection became free within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(E),
+    #[error("the pool is closed")]
+    Closed,
+}
+
+struct Idle<C> {
+    conn: C,
+    created: Instant,
+    last_used: Instant,
+}
+
+struct Inner<M: Manager> {
+    manager: M,
+    options: PoolOptions,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle<M::Connection>>>,
+}
+
+/// A fair pool of connections made by `M`. Cheap to clone.
+pub struct Pool<M: Manager> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Pool { inner: self.inner.clone() }
+    }
+}
+
+/// Point-in-time counters of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub size: usize,
+    pub idle: usize,
+    pub in_use: usize,
+}
+
+impl<M: Manager> Pool<M> {
+    /// Creates a pool and starts its reaper task (needs a tokio runtime).
+    pub fn new(manager: M, options: PoolOptions) -> Pool<M> {
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(options.size)),
+            manager,
+            options,
+            idle: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(reap(Arc::downgrade(&inner)));
+        Pool { inner }
+    }
+
+    pub fn manager(&self) -> &M {
+        &self.inner.manager
+    }
+
+    pub fn options(&self) -> &PoolOptions {
+        &self.inner.options
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let size = self.inner.options.size;
+        PoolStatus {
+            size,
+            idle: lock(&self.inner.idle).len(),
+            in_use: size - self.inner.permits.available_permits(),
+        }
+    }
+
+    /// Waits in line (FIFO) for a connection, up to the checkout timeout.
+    pub async fn get(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
+        let timeout = self.inner.options.checkout_timeout;
+        let permit = match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
+            Err(_) => return Err(PoolError::Timeout(timeout)),
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Ok(Ok(permit)) => permit,
+        };
+        let (conn, created) = match self.take_idle() {
+            Some(idle) => (idle.conn, idle.created),
+            None => {
+                let conn = self.inner.manager.connect().await.map_err(PoolError::Connect)?;
+                (conn, Instant::now())
+            }
+        };
+        Ok(Pooled {
+            conn: Some(conn),
+            created,
+            permit: Some(permit),
+            pool: self.inner.clone(),
+        })
+    }
+
+    /// The most recently used idle connection that has not outlived `max_lifetime`.
+    fn take_idle(&self) -> Option<Idle<M::Connection>> {
+        let mut idle = lock(&self.inner.idle);
+        while let Some(entry) = idle.pop() {
+            if entry.created.elapsed() < self.inner.options.max_lifetime {
+                return Some(entry);
+            }
+        }
+        None
+    }
+}
+
+/// A checked-out connection; goes back to the pool (reset if needed) when dropped.
+pub struct Pooled<M: Manager> {
+    conn: Option<M::Connection>,
+    created: Instant,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<Inner<M>>,
+}
+
+impl<M: Manager> Pooled<M> {
+    /// Closes the connection instead of returning it.
+    pub fn discard(mut self) {
+        self.conn = None;
+    }
+}
+
+impl<M: Manager> Deref for Pooled<M> {
+    type Target = M::Connection;
+    fn deref(&self) -> &M::Connection {
+        // Infallible: `conn` is only taken in `drop` and `discard`, which consume the guard.
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl<M: Manager> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        // Infallible: see `deref`.
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl<M: Manager> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let created = self.created;
+        match pool.manager.returned(&conn) {
+            Returned::Clean => give_back(&pool, conn, created, permit),
+            Returned::Broken => drop(permit),
+            Returned::NeedsReset => {
+                // The permit travels with the reset, so the pool never exceeds its size.
+                tokio::spawn(async move {
+                    let reset = pool.manager.reset(&mut conn);
+                    if let Ok(Ok(())) = tokio::time::timeout(pool.options.reset_timeout, reset).await {
+                        give_back(&pool, conn, created, permit);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Puts a clean connection on the idle list, then frees its permit for the next waiter.
+fn give_back<M: Manager>(pool: &Inner<M>, conn: M::Connection, created: Instant, permit: OwnedSemaphorePermit) {
+    if created.elapsed() < pool.options.max_lifetime {
+        let now = Instant::now();
+        lock(&pool.idle).push(Idle { conn, created, last_used: now });
+    }
+    drop(permit);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves only a Vec of idle connections behind: still valid.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closes idle connections past `idle_timeout` (down to `min_idle`) or `max_lifetime`, and opens
+/// connections up to `min_idle`. Ends when the pool is dropped.
+async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.options.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let opts = &pool.options;
+        {
+            let mut idle = lock(&pool.idle);
+            let mut keep = idle.len();
+            idle.retain(|e| {
+                let expired = e.created.elapsed() >= opts.max_lifetime
+                    || (e.last_used.elapsed() >= opts.idle_timeout && keep > opts.min_idle);
+                if expired {
+                    keep -= 1;
+                }
+                !expired
+            });
+        }
+        while lock(&pool.idle).len() < opts.min_idle {
+            let Ok(permit) = pool.permits.clone().try_acquire_owned() else { break };
+            match pool.manager.connect().await {
+                Ok(conn) => give_back(&pool, conn, Instant::now(), permit),
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Pool behaviour with an in-memory manager.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+#[derive(Default)]
+struct Counter {
+    opened: AtomicUsize,
+    resets: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: usize,
+    state: Returned,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect")]
+struct NoConnect;
+
+impl Manager for Arc<Counter> {
+    type Connection = Conn;
+    type Error = NoConnect;
+    async fn connect(&self) -> Result<Conn, NoConnect> {
+        let id = self.opened.fetch_add(1, Ordering::SeqCst);
+        Ok(Conn { id, state: Returned::Clean })
+    }
+    fn returned(&self, conn: &Conn) -> Returned {
+        conn.state
+    }
+    async fn reset(&self, conn: &mut Conn) -> Result<(), NoConnect> {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        conn.state = Returned::Clean;
+        Ok(())
+    }
+}
+
+fn options(size: usize, checkout_ms: u64) -> PoolOptions {
+    PoolOptions {
+        size,
+        checkout_timeout: Duration::from_millis(checkout_ms),
+        min_idle: 0,
+        idle_timeout: Duration::from_secs(60),
+        max_lifetime: Duration::from_secs(3600),
+        reset_timeout: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test]
+async fn returned_connection_is_reused() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(2, 1000));
+    let first = pool.get().await.unwrap().id;
+    let second = pool.get().await.unwrap().id;
+    assert_eq!(first, second);
+    assert_eq!(counter.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn checkout_times_out_when_all_are_taken() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 50));
+    let _held = pool.get().await.unwrap();
+    assert!(matches!(pool.get().await, Err(PoolError::Timeout(_))));
+}
+
+#[tokio::test]
+async fn broken_connection_is_not_reused() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(1, 1000));
+    let mut c = pool.get().await.unwrap();
+    c.state = Returned::Broken;
+    drop(c);
+    assert_eq!(pool.get().await.unwrap().id, 1);
+}
+
+#[tokio::test]
+async fn dirty_connection_is_reset_before_reuse() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(1, 1000));
+    let mut c = pool.get().await.unwrap();
+    c.state = Returned::NeedsReset;
+    drop(c);
+    let again = pool.get().await.unwrap();
+    assert_eq!(again.id, 0);
+    assert_eq!(again.state, Returned::Clean);
+    assert_eq!(counter.resets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn waiters_are_served_in_arrival_order() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 5000));
+    let held = pool.get().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (pool, order) = (pool.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let _c = pool.get().await.unwrap();
+            order.lock().unwrap().push(i);
+        }));
+        // Let each waiter enqueue before the next one.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(held);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), (0..8).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn discard_closes_instead_of_returning() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(1, 1000));
+    pool.get().await.unwrap().discard();
+    assert_eq!(pool.status().idle, 0);
+    assert_eq!(pool.get().await.unwrap().id, 1);
+}

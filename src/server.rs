@@ -1,0 +1,130 @@
+//! The accept loop: takes client sockets and hands each to a [`crate::session`] task.
+//! Owns the shared handles (pools, verifiers, cancel registry); holds no protocol logic itself.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::auth::ScramVerifier;
+use crate::backend::connection::LoginParams;
+use crate::backend::{BackendManager, ServerPool};
+use crate::config::{Config, ShardConfig, UserConfig};
+use crate::pool::{Pool, PoolOptions};
+use crate::session::cancel::CancelRegistry;
+
+/// Why the proxy could not keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("accept failed: {0}")]
+    Accept(#[from] std::io::Error),
+}
+
+/// The server pools of one shard, each keyed by client user name.
+pub struct ShardPools {
+    pub name: String,
+    pub primary: HashMap<String, ServerPool>,
+    pub replicas: Vec<HashMap<String, ServerPool>>,
+}
+
+/// Everything the sessions share, passed explicitly to each.
+pub struct Shared {
+    pub config: Config,
+    pub shards: Vec<ShardPools>,
+    /// SCRAM verifiers of the configured users, derived once at start.
+    pub verifiers: HashMap<String, ScramVerifier>,
+    pub cancel: Arc<CancelRegistry>,
+    pub clients: AtomicUsize,
+}
+
+impl Shared {
+    /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
+    pub fn new(config: Config) -> Shared {
+        let shards = config
+            .shards
+            .iter()
+            .map(|shard| ShardPools {
+                name: shard.name.clone(),
+                primary: user_pools(&config, shard, &shard.primary),
+                replicas: shard.replicas.iter().map(|r| user_pools(&config, shard, r)).collect(),
+            })
+            .collect();
+        let verifiers = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), ScramVerifier::from_password(&u.password)))
+            .collect();
+        Shared {
+            config,
+            shards,
+            verifiers,
+            cancel: Arc::new(CancelRegistry::default()),
+            clients: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn user_pools(config: &Config, shard: &ShardConfig, addr: &str) -> HashMap<String, ServerPool> {
+    config
+        .users
+        .iter()
+        .map(|user| (user.name.clone(), server_pool(config, shard, addr, user)))
+        .collect()
+}
+
+fn server_pool(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> ServerPool {
+    let p = &config.pool;
+    let manager = BackendManager {
+        login: LoginParams {
+            addr: addr.to_string(),
+            database: config.shard_database(shard).to_string(),
+            user: user.server_user().to_string(),
+            password: user.server_password().to_string(),
+            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        },
+    };
+    Pool::new(
+        manager,
+        PoolOptions {
+            size: user.pool_size.unwrap_or(p.size),
+            checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
+            min_idle: p.min_idle,
+            idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+            max_lifetime: Duration::from_millis(p.max_lifetime_ms),
+            reset_timeout: Duration::from_secs(5),
+        },
+    )
+}
+
+/// Serves clients on `listener` until `shutdown` resolves; then closes every client session.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let shared = Arc::new(Shared::new(config));
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    sessions.spawn(crate::session::run(stream, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    sessions.abort_all();
+    Ok(())
+}

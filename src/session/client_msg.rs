@@ -1,0 +1,205 @@
+//! Client frames in a session: decides per message what goes to the server (renaming prepared
+//! statements, adding the Parses a server connection lacks) and what pgshard answers itself.
+//! Reads only tags and statement names; everything else is forwarded as bytes.
+
+use std::sync::Arc;
+
+use super::error::SessionError;
+use super::prepared::{Expect, Statement};
+use super::{Flow, Session};
+use crate::wire::build;
+use crate::wire::client_tag as tag;
+use crate::wire::extended::{Bind, Parse, Target, TargetKind};
+use crate::wire::{split_frame, Frame};
+
+impl Session {
+    /// Handles every complete frame the client has sent.
+    pub(super) async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
+        while let Some(frame) = split_frame(&mut self.client_in, self.max_message)? {
+            let t = frame.tag();
+            if t == tag::TERMINATE {
+                return Ok(Flow::Exit);
+            }
+            if self.skipping_until_sync {
+                if t == tag::SYNC {
+                    self.skipping_until_sync = false;
+                    build::ready_for_query(&mut self.client_out, self.status);
+                }
+                continue;
+            }
+            if self.server.is_none() {
+                match t {
+                    // Leftovers of a COPY that already failed: PostgreSQL ignores them too.
+                    tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::FLUSH => continue,
+                    // Nothing is pending, so the answer is known without a server.
+                    tag::SYNC => {
+                        build::ready_for_query(&mut self.client_out, self.status);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Err(e) = self.checkout().await {
+                    self.report_error(&e);
+                    if t == tag::QUERY || t == tag::FUNCTION_CALL {
+                        build::ready_for_query(&mut self.client_out, self.status);
+                    } else {
+                        self.skipping_until_sync = true;
+                    }
+                    continue;
+                }
+            }
+            self.forward(frame)?;
+        }
+        self.drain_made_up();
+        Ok(Flow::Continue)
+    }
+
+    /// Queues one client frame for the server connection this session holds.
+    fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+        match frame.tag() {
+            tag::QUERY => {
+                self.note_session_wipe(frame.body());
+                self.send(&frame.bytes, Some(Expect::Ready));
+                self.awaiting_sync = false;
+            }
+            tag::SYNC | tag::FUNCTION_CALL => {
+                self.send(&frame.bytes, Some(Expect::Ready));
+                self.awaiting_sync = false;
+            }
+            tag::PARSE => self.forward_parse(&frame)?,
+            tag::BIND => self.forward_bind(&frame)?,
+            tag::DESCRIBE => self.forward_describe(&frame)?,
+            tag::CLOSE => self.forward_close(&frame)?,
+            tag::EXECUTE => {
+                self.send(&frame.bytes, Some(Expect::Execute));
+                self.awaiting_sync = true;
+            }
+            tag::FLUSH => {
+                self.send(&frame.bytes, None);
+                self.awaiting_sync = true;
+            }
+            // CopyData, CopyDone, CopyFail, and anything else: the server judges it.
+            _ => self.send(&frame.bytes, None),
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
+        self.server_out.extend_from_slice(bytes);
+        if let Some(expect) = expect {
+            self.expect.push_back(expect);
+        }
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.in_flight = true;
+        }
+    }
+
+    fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        self.awaiting_sync = true;
+        let parse = Parse::decode(frame.body())?;
+        if parse.name.is_empty() {
+            self.send(&frame.bytes, Some(Expect::Parse { forward: true, server_name: None }));
+            return Ok(());
+        }
+        let statement = Arc::new(Statement::new(&parse));
+        self.statements.insert(parse.name, statement.clone());
+        if self.server_has(&statement) {
+            self.expect.push_back(Expect::MadeUpParseComplete);
+        } else {
+            self.send_parse(&statement, true);
+        }
+        Ok(())
+    }
+
+    fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        self.awaiting_sync = true;
+        let bind = Bind::decode(frame.body())?;
+        match self.named_statement(bind.statement) {
+            Some(statement) => {
+                let renamed = bind.encode_renamed(&statement.server_name);
+                self.send(&renamed, Some(Expect::Bind));
+            }
+            None => self.send(&frame.bytes, Some(Expect::Bind)),
+        }
+        Ok(())
+    }
+
+    fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        self.awaiting_sync = true;
+        let target = Target::decode(frame.body(), "Describe")?;
+        match self.statement_target(&target) {
+            Some(statement) => {
+                let renamed = Target::encode_statement(tag::DESCRIBE, &statement.server_name);
+                self.send(&renamed, Some(Expect::Describe));
+            }
+            None => self.send(&frame.bytes, Some(Expect::Describe)),
+        }
+        Ok(())
+    }
+
+    fn forward_close(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        self.awaiting_sync = true;
+        let target = Target::decode(frame.body(), "Close")?;
+        if target.kind == TargetKind::Statement && !target.name.is_empty() {
+            // Server connections keep the statement for other clients; only this client forgets it.
+            self.statements.remove(target.name);
+            self.expect.push_back(Expect::MadeUpCloseComplete);
+        } else {
+            self.send(&frame.bytes, Some(Expect::Close));
+        }
+        Ok(())
+    }
+
+    /// The client's named statement for a Describe of a statement, made present on the server.
+    fn statement_target(&mut self, target: &Target<'_>) -> Option<Arc<Statement>> {
+        match target.kind {
+            TargetKind::Statement => self.named_statement(target.name),
+            TargetKind::Portal => None,
+        }
+    }
+
+    /// A client's named statement, with its Parse queued first if the server lacks it.
+    /// `None` for the unnamed statement and for names the client never prepared (the server then
+    /// answers with its own error).
+    fn named_statement(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            return None;
+        }
+        let statement = self.statements.get(name)?;
+        if !self.server_has(&statement) {
+            self.send_parse(&statement, false);
+        }
+        Some(statement)
+    }
+
+    fn server_has(&self, statement: &Statement) -> bool {
+        self.server.as_deref().is_some_and(|c| c.prepared.contains(&statement.server_name))
+    }
+
+    fn send_parse(&mut self, statement: &Statement, forward: bool) {
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.prepared.insert(statement.server_name.clone());
+        }
+        let expect = Expect::Parse { forward, server_name: Some(statement.server_name.clone()) };
+        self.send(&statement.parse, Some(expect));
+    }
+
+    /// `DISCARD ALL` / `DEALLOCATE ALL` drop every prepared statement and setting on the server.
+    fn note_session_wipe(&mut self, query: &[u8]) {
+        let text: String = query
+            .iter()
+            .take(40)
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(|b| b.to_ascii_lowercase() as char)
+            .collect();
+        if text.starts_with("discardall") || text.starts_with("deallocateall") {
+            if let Some(conn) = self.server.as_deref_mut() {
+                conn.prepared.clear();
+                if text.starts_with("discard") {
+                    conn.applied.clear();
+                    conn.needs_discard = false;
+                }
+            }
+        }
+    }
+}

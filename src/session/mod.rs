@@ -1,0 +1,241 @@
+//! One client's session: startup and authentication, then a loop that forwards the client's frames
+//! to a pooled server connection and the server's frames back, holding the server connection for a
+//! transaction (or the whole session) and no longer. Must never hand a server connection back
+//! while a response is outstanding or a transaction is open.
+
+pub mod cancel;
+mod client_msg;
+pub mod error;
+mod io;
+pub mod prepared;
+mod server_msg;
+pub mod settings;
+mod startup;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use self::cancel::{CancelGuard, ServerKey};
+use self::error::SessionError;
+use self::prepared::{ClientStatements, Expect};
+use self::settings::Settings;
+use crate::backend::{BackendError, BackendManager, ServerPool};
+use crate::config::PoolMode;
+use crate::pool::{PoolError, Pooled};
+use crate::server::Shared;
+use crate::wire::build::{self, Severity};
+use crate::wire::TransactionStatus;
+
+/// Serves one client connection until it ends. Errors go to the client as FATAL ErrorResponses.
+pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let _count = ClientCount::new(&shared);
+    let mut buf = BytesMut::new();
+    let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
+    let login = tokio::time::timeout(limit, handshake(&mut stream, &mut buf, &shared))
+        .await
+        .unwrap_or(Err(SessionError::StartupTimeout));
+    let (user, settings) = match login {
+        Ok(Some(login)) => login,
+        Ok(None) => return,
+        Err(e) => {
+            io::send_fatal(&mut stream, &e).await;
+            return;
+        }
+    };
+    let Some(pool) = shared.shards.first().and_then(|s| s.primary.get(&user)).cloned() else {
+        return;
+    };
+    let mut session = Session::new(stream, buf, shared, pool, settings);
+    if let Err(e) = session.serve().await {
+        tracing::debug!("session ended: {e}");
+        session.send_fatal(&e).await;
+    }
+}
+
+/// Startup, client limit, authentication, settings: `None` for a CancelRequest.
+async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Option<(String, Settings)>, SessionError> {
+    let Some(startup) = startup::read_startup(stream, buf, shared).await? else {
+        return Ok(None);
+    };
+    let limit = shared.config.server.max_client_connections;
+    if shared.clients.load(Ordering::Relaxed) > limit {
+        return Err(SessionError::TooManyClients(limit));
+    }
+    let settings = settings::from_startup(&startup.params)?;
+    let user = startup::authenticate(stream, buf, shared, &startup).await?;
+    Ok(Some((user, settings)))
+}
+
+/// Counts this client among the open ones while it lives.
+struct ClientCount(Arc<Shared>);
+
+impl ClientCount {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(shared.clone())
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What to do after handling a batch of client frames.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Exit,
+}
+
+/// An authenticated client and the server connection it holds, if any.
+pub(crate) struct Session {
+    client: TcpStream,
+    client_in: BytesMut,
+    client_out: BytesMut,
+    /// Bytes for the server connection in `server`; empty whenever `server` is `None`.
+    server_out: BytesMut,
+    server: Option<Pooled<BackendManager>>,
+    pool: ServerPool,
+    settings: Settings,
+    statements: ClientStatements,
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages were sent since the last Sync.
+    awaiting_sync: bool,
+    /// An error was reported for an extended-protocol batch: drop frames up to its Sync.
+    skipping_until_sync: bool,
+    /// Transaction status as the client last saw it.
+    status: TransactionStatus,
+    cancel: CancelGuard,
+    mode: PoolMode,
+    max_message: usize,
+}
+
+impl Session {
+    fn new(client: TcpStream, client_in: BytesMut, shared: Arc<Shared>, pool: ServerPool, settings: Settings) -> Self {
+        let cancel = shared.cancel.register();
+        Session {
+            client,
+            client_in,
+            client_out: BytesMut::new(),
+            server_out: BytesMut::new(),
+            server: None,
+            pool,
+            mode: shared.config.server.pool_mode,
+            max_message: shared.config.server.max_message_bytes,
+            settings,
+            statements: ClientStatements::default(),
+            expect: VecDeque::new(),
+            awaiting_sync: false,
+            skipping_until_sync: false,
+            status: TransactionStatus::Idle,
+            cancel,
+        }
+    }
+
+    /// Completes the login (first server checkout, ParameterStatus, BackendKeyData), then loops.
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        self.checkout().await?;
+        if let Some(conn) = self.server.as_deref() {
+            for (name, value) in &conn.params {
+                build::parameter_status(&mut self.client_out, name, value);
+            }
+        }
+        let (process_id, secret_key) = self.cancel.key;
+        build::backend_key_data(&mut self.client_out, process_id, secret_key);
+        build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        loop {
+            self.release_if_done();
+            match self.next_event().await? {
+                io::Event::ClientReadable => {
+                    if !self.read_client()? {
+                        return Ok(());
+                    }
+                    if self.on_client_data().await? == Flow::Exit {
+                        return Ok(());
+                    }
+                }
+                io::Event::ServerReadable => self.on_server_data()?,
+                io::Event::ClientWritable | io::Event::ServerWritable => {}
+            }
+            self.write_server()?;
+            self.write_client()?;
+        }
+    }
+
+    /// Takes a server connection from the pool and brings it to this client's settings.
+    async fn checkout(&mut self) -> Result<(), SessionError> {
+        let mut conn = self.pool.get().await.map_err(|e| match e {
+            PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
+                pool: format!("{}/{}", self.pool.manager().login.addr, self.pool.manager().login.user),
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
+            PoolError::Connect(e) => SessionError::Backend(e),
+            PoolError::Closed => SessionError::Backend(BackendError::Protocol("pool closed".into())),
+        })?;
+        conn.apply_settings(&self.settings).await?;
+        self.cancel.slot.set(Some(ServerKey {
+            addr: conn.addr.clone(),
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        }));
+        self.server = Some(conn);
+        Ok(())
+    }
+
+    /// In transaction mode, gives the server connection back once it is idle with nothing owed.
+    fn release_if_done(&mut self) {
+        if self.mode != PoolMode::Transaction || !self.expect.is_empty() || self.awaiting_sync {
+            return;
+        }
+        let Some(conn) = self.server.as_deref_mut() else { return };
+        if conn.status != TransactionStatus::Idle || !conn.read_buf.is_empty() || !self.server_out.is_empty() {
+            return;
+        }
+        conn.in_flight = false;
+        self.cancel.slot.set(None);
+        self.server = None;
+        // An idle client keeps no buffers.
+        if self.client_in.is_empty() {
+            self.client_in = BytesMut::new();
+        }
+    }
+
+    /// Queues an ERROR for the client (the session goes on).
+    fn report_error(&mut self, e: &SessionError) {
+        let message = e.client_message().unwrap_or_else(|| e.to_string());
+        build::error_response(&mut self.client_out, Severity::Error, e.sqlstate(), &message);
+    }
+
+    /// Sends a FATAL error and whatever is still queued for the client; best effort.
+    async fn send_fatal(&mut self, e: &SessionError) {
+        if let Some(message) = e.client_message() {
+            build::error_response(&mut self.client_out, Severity::Fatal, e.sqlstate(), &message);
+        }
+        let out = std::mem::take(&mut self.client_out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), io::write_all(&mut self.client, &out)).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.in_flight |= !self.expect.is_empty() || self.awaiting_sync || !self.server_out.is_empty();
+            if self.mode == PoolMode::Session {
+                conn.needs_discard = true;
+            }
+        }
+        self.cancel.slot.set(None);
+    }
+}

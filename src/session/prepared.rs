@@ -1,0 +1,95 @@
+//! Prepared statements in transaction mode. A client's named statement is stored with its Parse
+//! message renamed to a content-derived server name (`pgshard_<hash>`), so any server connection
+//! can be given it on demand and two clients never clash. [`Expect`] records, in order, which
+//! responses the server owes for what was sent, so that responses to Parses pgshard added are
+//! dropped and responses for Parses it skipped are made up, each in its place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::wire::extended::Parse;
+
+/// A client's named prepared statement.
+#[derive(Debug)]
+pub struct Statement {
+    /// Name on every server connection: the same text and parameter types give the same name.
+    pub server_name: String,
+    /// The client's Parse, renamed to `server_name`.
+    pub parse: Bytes,
+}
+
+impl Statement {
+    pub fn new(parse: &Parse<'_>) -> Statement {
+        let hash = xxhash_rust::xxh3::xxh3_128(parse.rest);
+        let server_name = format!("pgshard_{hash:032x}");
+        let parse = parse.encode_renamed(&server_name).freeze();
+        Statement { server_name, parse }
+    }
+}
+
+/// A client's named statements, by the client's names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
+        self.by_name.insert(name.to_vec(), statement);
+    }
+    pub fn get(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.by_name.get(name).cloned()
+    }
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// A response the server owes (or pgshard must make up), in the order they will reach the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// ParseComplete for a Parse sent to the server; `forward` is false for Parses pgshard added.
+    /// `server_name` is set for named statements, so a failed Parse is forgotten.
+    Parse { forward: bool, server_name: Option<String> },
+    Bind,
+    /// RowDescription or NoData ends it (after ParameterDescription for statements).
+    Describe,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended ends it.
+    Execute,
+    Close,
+    /// Sync, Query or FunctionCall: ReadyForQuery ends it.
+    Ready,
+    /// ParseComplete pgshard sends itself: the server already had the statement.
+    MadeUpParseComplete,
+    /// CloseComplete pgshard sends itself: the client closed a statement the servers keep.
+    MadeUpCloseComplete,
+}
+
+impl Expect {
+    pub fn is_made_up(&self) -> bool {
+        matches!(self, Expect::MadeUpParseComplete | Expect::MadeUpCloseComplete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_and_types_give_the_same_server_name() {
+        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap());
+        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap());
+        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap());
+        assert_eq!(a.server_name, b.server_name);
+        assert_ne!(a.server_name, c.server_name);
+        assert!(a.server_name.len() < 64, "fits PostgreSQL's NAMEDATALEN");
+    }
+}

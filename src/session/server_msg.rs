@@ -1,0 +1,130 @@
+//! Server frames in a session: forwards them to the client as bytes, matching each response to
+//! what was sent ([`Expect`]) so that responses to pgshard's own Parses are dropped, made-up ones
+//! are slotted in, and ReadyForQuery's status tells when the server connection may be released.
+
+use super::error::SessionError;
+use super::prepared::Expect;
+use super::settings::FOLLOWED_REPORTS;
+use super::Session;
+use crate::backend::connection::parse_parameter_status;
+use crate::backend::{BackendError, MAX_SERVER_MESSAGE};
+use crate::wire::build;
+use crate::wire::server_tag as tag;
+use crate::wire::{split_frame, Frame, TransactionStatus};
+
+impl Session {
+    /// Reads what the server sent and handles every complete frame.
+    pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
+        self.read_server()?;
+        loop {
+            self.drain_made_up();
+            let Some(conn) = self.server.as_deref_mut() else { return Ok(()) };
+            let frame = match split_frame(&mut conn.read_buf, MAX_SERVER_MESSAGE) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    conn.broken = true;
+                    return Err(BackendError::Protocol(conn.addr.clone()).into());
+                }
+            };
+            self.on_server_frame(frame);
+        }
+    }
+
+    /// Sends the made-up responses that are due now (nothing owed by the server before them).
+    pub(super) fn drain_made_up(&mut self) {
+        while let Some(front) = self.expect.front() {
+            match front {
+                Expect::MadeUpParseComplete => build::parse_complete(&mut self.client_out),
+                Expect::MadeUpCloseComplete => build::close_complete(&mut self.client_out),
+                _ => return,
+            }
+            self.expect.pop_front();
+        }
+    }
+
+    fn on_server_frame(&mut self, frame: Frame) {
+        let forward = match frame.tag() {
+            tag::PARSE_COMPLETE => match self.expect.pop_front() {
+                Some(Expect::Parse { forward, .. }) => forward,
+                _ => true,
+            },
+            tag::BIND_COMPLETE | tag::CLOSE_COMPLETE => {
+                self.expect.pop_front();
+                true
+            }
+            tag::ROW_DESCRIPTION | tag::NO_DATA => {
+                self.pop_if(|e| *e == Expect::Describe);
+                true
+            }
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                self.pop_if(|e| *e == Expect::Execute);
+                true
+            }
+            tag::ERROR_RESPONSE => {
+                self.skip_to_sync();
+                true
+            }
+            tag::READY_FOR_QUERY => {
+                self.on_ready_for_query(frame.body());
+                true
+            }
+            tag::PARAMETER_STATUS => {
+                self.follow_parameter_status(frame.body());
+                true
+            }
+            _ => true,
+        };
+        if forward {
+            self.client_out.extend_from_slice(&frame.bytes);
+        }
+    }
+
+    fn pop_if(&mut self, is: impl Fn(&Expect) -> bool) {
+        if self.expect.front().is_some_and(is) {
+            self.expect.pop_front();
+        }
+    }
+
+    /// After an error in an extended-protocol batch the server skips everything up to Sync:
+    /// so does the queue, and Parses that never ran are forgotten.
+    fn skip_to_sync(&mut self) {
+        while let Some(front) = self.expect.front() {
+            if *front == Expect::Ready {
+                return;
+            }
+            if let Some(Expect::Parse { server_name: Some(name), .. }) = self.expect.pop_front() {
+                if let Some(conn) = self.server.as_deref_mut() {
+                    conn.prepared.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn on_ready_for_query(&mut self, body: &[u8]) {
+        self.pop_if(|e| *e == Expect::Ready);
+        let status = body.first().and_then(|&b| TransactionStatus::from_byte(b));
+        if let Some(status) = status {
+            self.status = status;
+        }
+        let done = self.expect.is_empty() && !self.awaiting_sync;
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.status = self.status;
+            if done {
+                conn.in_flight = false;
+            }
+        }
+    }
+
+    /// A setting the client changed itself (SET TimeZone ...) follows it to the next server.
+    fn follow_parameter_status(&mut self, body: &[u8]) {
+        let Some((name, value)) = parse_parameter_status(body) else { return };
+        if let Some(conn) = self.server.as_deref_mut() {
+            conn.params.insert(name.clone(), value.clone());
+            if FOLLOWED_REPORTS.iter().any(|f| f.eq_ignore_ascii_case(&name)) {
+                conn.applied.insert(name.clone(), value.clone());
+                self.settings.insert(name, value);
+            }
+        }
+    }
+}

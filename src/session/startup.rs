@@ -1,0 +1,151 @@
+//! The client's startup phase: SSLRequest/GSSENCRequest (refused with 'N' until TLS lands),
+//! CancelRequest (forwarded to the server the target client is using), StartupMessage, and
+//! authentication (SCRAM-SHA-256, md5 or trust). Ends before any server connection is touched.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::SessionError;
+use crate::auth::{md5_matches, AuthError, ScramServer, ScramVerifier};
+use crate::config::AuthMethod;
+use crate::server::Shared;
+use crate::wire::startup::{split_startup, take_cstr, StartupMessage, StartupPacket};
+use crate::wire::{build, client_tag, split_frame, Frame};
+
+/// Authentication messages are small; anything bigger is an attack or a bug.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+/// Reads startup packets until a StartupMessage; `None` when the connection was a CancelRequest.
+pub(super) async fn read_startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Option<StartupMessage>, SessionError> {
+    loop {
+        match split_startup(buf)? {
+            None => read_more(stream, buf).await?,
+            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
+                stream.write_all(b"N").await?;
+            }
+            Some(StartupPacket::CancelRequest { process_id, secret_key }) => {
+                if let Some(key) = shared.cancel.lookup(process_id, secret_key) {
+                    crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key).await;
+                }
+                return Ok(None);
+            }
+            Some(StartupPacket::Startup(message)) => return Ok(Some(message)),
+        }
+    }
+}
+
+/// Checks database and user, negotiates the protocol version, and authenticates the client.
+pub(super) async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    startup: &StartupMessage,
+) -> Result<String, SessionError> {
+    let user = startup.param("user").unwrap_or_default().to_string();
+    let served = &shared.config.server.database;
+    let asked = startup.param("database").unwrap_or(&user);
+    if asked != served {
+        return Err(SessionError::UnknownDatabase { asked: asked.to_string(), served: served.clone() });
+    }
+    let mut out = BytesMut::new();
+    let extensions: Vec<String> =
+        startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    if startup.minor_version > 0 || !extensions.is_empty() {
+        build::negotiate_protocol_version(&mut out, 0, &extensions);
+    }
+    let configured = shared.config.user(&user);
+    match shared.config.server.auth_method {
+        AuthMethod::Trust if configured.is_some() => {}
+        AuthMethod::Trust => return Err(AuthError::PasswordFailed(user).into()),
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            build::authentication_md5(&mut out, salt);
+            stream.write_all(&out).await?;
+            out.clear();
+            let frame = read_password_message(stream, buf).await?;
+            let mut body = frame.body();
+            let response = take_cstr(&mut body).unwrap_or_default();
+            let ok = configured.is_some_and(|u| md5_matches(&user, &u.password, salt, response.as_bytes()));
+            if !ok {
+                return Err(AuthError::PasswordFailed(user).into());
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            // Unknown users get a throw-away verifier, so they fail exactly like a wrong password.
+            let verifier = shared
+                .verifiers
+                .get(&user)
+                .cloned()
+                .unwrap_or_else(|| ScramVerifier::from_password(&random_nonce()));
+            scram_exchange(stream, buf, &mut out, &user, verifier).await?;
+        }
+    }
+    build::authentication_ok(&mut out);
+    stream.write_all(&out).await?;
+    Ok(user)
+}
+
+async fn scram_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    user: &str,
+    verifier: ScramVerifier,
+) -> Result<(), SessionError> {
+    let mut scram = ScramServer::new(user, verifier, random_nonce());
+    build::authentication_sasl(out);
+    stream.write_all(out).await?;
+    out.clear();
+    let frame = read_password_message(stream, buf).await?;
+    let mut body = frame.body();
+    let mechanism = take_cstr(&mut body).ok_or(AuthError::Protocol("SASLInitialResponse"))?;
+    if body.len() < 4 {
+        return Err(AuthError::Protocol("SASLInitialResponse").into());
+    }
+    let len = body.get_i32();
+    let data = if len < 0 { &[][..] } else { body };
+    let server_first = scram.client_first(&mechanism, data)?;
+    build::authentication_sasl_continue(out, &server_first);
+    stream.write_all(out).await?;
+    out.clear();
+    let frame = read_password_message(stream, buf).await?;
+    let server_final = scram.client_final(frame.body())?;
+    build::authentication_sasl_final(out, &server_final);
+    Ok(())
+}
+
+/// Reads one PasswordMessage-type frame (`p`).
+async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, SessionError> {
+    loop {
+        if let Some(frame) = split_frame(buf, MAX_AUTH_MESSAGE)? {
+            if frame.tag() != client_tag::PASSWORD {
+                return Err(SessionError::UnexpectedMessage {
+                    expected: "a password message",
+                    got: char::from(frame.tag()),
+                });
+            }
+            return Ok(frame);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), SessionError> {
+    buf.reserve(1024);
+    if stream.read_buf(buf).await? == 0 {
+        return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
+/// 18 random bytes as base64: printable and comma-free, as SCRAM nonces must be.
+fn random_nonce() -> String {
+    use base64::Engine;
+    let bytes: [u8; 18] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -1,0 +1,228 @@
+//! Builders for the messages pgshard writes itself (to clients and to servers). Each appends one
+//! complete frame to a buffer; none of them reads anything.
+
+use bytes::{BufMut, BytesMut};
+
+use super::TransactionStatus;
+
+/// Starts a tagged frame and returns the offset of its length field, to be patched by [`finish`].
+fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_i32(0);
+    at
+}
+
+/// Patches the length field written by [`begin`].
+fn finish(buf: &mut BytesMut, at: usize) {
+    // Infallible in practice: frames we build are far below 2 GiB.
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// AuthenticationOk.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    authentication(buf, 0, &[]);
+}
+
+/// AuthenticationCleartextPassword.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    authentication(buf, 3, &[]);
+}
+
+/// AuthenticationMD5Password with its salt.
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    authentication(buf, 5, &salt);
+}
+
+/// AuthenticationSASL offering SCRAM-SHA-256.
+pub fn authentication_sasl(buf: &mut BytesMut) {
+    authentication(buf, 10, b"SCRAM-SHA-256\0\0");
+}
+
+/// AuthenticationSASLContinue.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    authentication(buf, 11, data);
+}
+
+/// AuthenticationSASLFinal.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    authentication(buf, 12, data);
+}
+
+fn authentication(buf: &mut BytesMut, code: i32, data: &[u8]) {
+    let at = begin(buf, b'R');
+    buf.put_i32(code);
+    buf.put_slice(data);
+    finish(buf, at);
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    let at = begin(buf, b'S');
+    put_cstr(buf, name);
+    put_cstr(buf, value);
+    finish(buf, at);
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
+    let at = begin(buf, b'K');
+    buf.put_i32(process_id);
+    buf.put_i32(secret_key);
+    finish(buf, at);
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
+    let at = begin(buf, b'Z');
+    buf.put_u8(status.as_byte());
+    finish(buf, at);
+}
+
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    let at = begin(buf, b'1');
+    finish(buf, at);
+}
+
+/// CloseComplete.
+pub fn close_complete(buf: &mut BytesMut) {
+    let at = begin(buf, b'3');
+    finish(buf, at);
+}
+
+/// NegotiateProtocolVersion: newest minor version supported and the options not recognised.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognised: &[String]) {
+    let at = begin(buf, b'v');
+    buf.put_i32(minor);
+    // Infallible in practice: startup packets are capped at 10,000 bytes.
+    buf.put_i32(unrecognised.len() as i32);
+    for name in unrecognised {
+        put_cstr(buf, name);
+    }
+    finish(buf, at);
+}
+
+/// Severity of an ErrorResponse or NoticeResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+    Notice,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+            Severity::Notice => "NOTICE",
+        }
+    }
+}
+
+/// ErrorResponse (or, with [`Severity::Notice`], NoticeResponse) with severity, SQLSTATE and message.
+pub fn error_response(buf: &mut BytesMut, severity: Severity, sqlstate: &str, message: &str) {
+    let tag = if severity == Severity::Notice { b'N' } else { b'E' };
+    let at = begin(buf, tag);
+    buf.put_u8(b'S');
+    put_cstr(buf, severity.as_str());
+    buf.put_u8(b'V');
+    put_cstr(buf, severity.as_str());
+    buf.put_u8(b'C');
+    put_cstr(buf, sqlstate);
+    buf.put_u8(b'M');
+    put_cstr(buf, message);
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
+/// Query (simple protocol).
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    let at = begin(buf, b'Q');
+    put_cstr(buf, sql);
+    finish(buf, at);
+}
+
+/// Terminate.
+pub fn terminate(buf: &mut BytesMut) {
+    let at = begin(buf, b'X');
+    finish(buf, at);
+}
+
+/// StartupMessage (protocol 3.0) with the given parameters.
+pub fn startup_message(buf: &mut BytesMut, params: &[(&str, &str)]) {
+    let at = buf.len();
+    buf.put_i32(0);
+    buf.put_i32(196608);
+    for (k, v) in params {
+        put_cstr(buf, k);
+        put_cstr(buf, v);
+    }
+    buf.put_u8(0);
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// CancelRequest.
+pub fn cancel_request(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
+    buf.put_i32(16);
+    buf.put_i32(80877102);
+    buf.put_i32(process_id);
+    buf.put_i32(secret_key);
+}
+
+/// PasswordMessage carrying a cleartext or md5 password (NUL-terminated).
+pub fn password_message(buf: &mut BytesMut, password: &[u8]) {
+    let at = begin(buf, b'p');
+    buf.put_slice(password);
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
+/// SASLInitialResponse.
+pub fn sasl_initial_response(buf: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    let at = begin(buf, b'p');
+    put_cstr(buf, mechanism);
+    // Infallible in practice: SCRAM messages are a few hundred bytes.
+    buf.put_i32(data.len() as i32);
+    buf.put_slice(data);
+    finish(buf, at);
+}
+
+/// SASLResponse.
+pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
+    let at = begin(buf, b'p');
+    buf.put_slice(data);
+    finish(buf, at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_carries_sqlstate_and_message() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Error, "28P01", "password authentication failed");
+        assert_eq!(buf[0], b'E');
+        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len + 1, buf.len());
+        let body = &buf[5..];
+        assert!(body.windows(6).any(|w| w == b"C28P01"));
+        assert_eq!(*body.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn ready_for_query_has_status_byte() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, TransactionStatus::InTransaction);
+        assert_eq!(&buf[..], b"Z\0\0\0\x05T");
+    }
+}

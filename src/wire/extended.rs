@@ -1,0 +1,154 @@
+//! The extended-protocol messages pgshard looks inside: Parse, Bind, Describe and Close carry
+//! statement names that pgshard renames per server connection. Only names are decoded; the rest of
+//! each message is kept as bytes.
+
+use bytes::{BufMut, BytesMut};
+
+use super::{WireError, HEADER_LEN};
+
+/// Splits a NUL-terminated name off the front of `body`: (name, rest after the NUL).
+fn split_name<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), WireError> {
+    let end = body.iter().position(|&b| b == 0).ok_or(WireError::Malformed { what })?;
+    Ok((&body[..end], &body[end + 1..]))
+}
+
+/// A Parse message: statement name, and everything after it (query, parameter types) as bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    pub name: &'a [u8],
+    /// Query text (NUL-terminated) followed by the parameter type count and OIDs.
+    pub rest: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Parse<'a>, WireError> {
+        let (name, rest) = split_name(body, "Parse")?;
+        let (_query, types) = split_name(rest, "Parse")?;
+        if types.len() < 2 {
+            return Err(WireError::Malformed { what: "Parse" });
+        }
+        Ok(Parse { name, rest })
+    }
+
+    /// The query text, without its NUL.
+    pub fn query(&self) -> &'a [u8] {
+        let end = self.rest.iter().position(|&b| b == 0).unwrap_or(self.rest.len());
+        &self.rest[..end]
+    }
+
+    /// Encodes this Parse under another statement name.
+    pub fn encode_renamed(&self, name: &str) -> BytesMut {
+        frame_with_name(b'P', &[], name.as_bytes(), self.rest)
+    }
+}
+
+/// A Bind message: portal and statement names, and the rest (formats, values) as bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Bind<'a>, WireError> {
+        let (portal, rest) = split_name(body, "Bind")?;
+        let (statement, rest) = split_name(rest, "Bind")?;
+        Ok(Bind { portal, statement, rest })
+    }
+
+    /// Encodes this Bind naming another statement.
+    pub fn encode_renamed(&self, statement: &str) -> BytesMut {
+        let mut prefix = Vec::with_capacity(self.portal.len() + 1);
+        prefix.extend_from_slice(self.portal);
+        prefix.push(0);
+        frame_with_name(b'B', &prefix, statement.as_bytes(), self.rest)
+    }
+}
+
+/// Describe or Close: a kind byte (`S` statement, `P` portal) and a name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub kind: TargetKind,
+    pub name: &'a [u8],
+}
+
+/// What a Describe or Close refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Statement,
+    Portal,
+}
+
+impl<'a> Target<'a> {
+    pub fn decode(body: &'a [u8], what: &'static str) -> Result<Target<'a>, WireError> {
+        let kind = match body.first() {
+            Some(b'S') => TargetKind::Statement,
+            Some(b'P') => TargetKind::Portal,
+            _ => return Err(WireError::Malformed { what }),
+        };
+        let (name, _) = split_name(&body[1..], what)?;
+        Ok(Target { kind, name })
+    }
+
+    /// Encodes a Describe (`tag` = `D`) or Close (`C`) of a statement under another name.
+    pub fn encode_statement(tag: u8, name: &str) -> BytesMut {
+        frame_with_name(tag, b"S", name.as_bytes(), &[])
+    }
+}
+
+/// Builds `tag len prefix name\0 rest`.
+fn frame_with_name(tag: u8, prefix: &[u8], name: &[u8], rest: &[u8]) -> BytesMut {
+    let body_len = prefix.len() + name.len() + 1 + rest.len();
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + body_len);
+    buf.put_u8(tag);
+    // Infallible in practice: the message this was decoded from passed the size cap.
+    buf.put_i32((body_len + 4) as i32);
+    buf.put_slice(prefix);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    buf.put_slice(rest);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_is_renamed_keeping_query_and_types() {
+        let body = b"s1\0SELECT $1\0\0\x01\0\0\0\x17";
+        let p = Parse::decode(body).unwrap();
+        assert_eq!(p.name, b"s1");
+        assert_eq!(p.query(), b"SELECT $1");
+        let out = p.encode_renamed("pgshard_x");
+        assert_eq!(out[0], b'P');
+        assert_eq!(&out[5..], b"pgshard_x\0SELECT $1\0\0\x01\0\0\0\x17");
+        assert_eq!(i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize, out.len() - 1);
+    }
+
+    #[test]
+    fn bind_is_renamed_keeping_portal_and_values() {
+        let body = b"p\0s1\0\0\0\0\x01\0\0\0\x0142\0\0";
+        let b = Bind::decode(body).unwrap();
+        assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
+        let out = b.encode_renamed("pgshard_x");
+        assert_eq!(&out[5..], b"p\0pgshard_x\0\0\0\0\x01\0\0\0\x0142\0\0");
+    }
+
+    #[test]
+    fn describe_and_close_targets_decode() {
+        assert_eq!(
+            Target::decode(b"Sabc\0", "Describe").unwrap(),
+            Target { kind: TargetKind::Statement, name: b"abc" }
+        );
+        assert!(Target::decode(b"Xabc\0", "Describe").is_err());
+        assert!(Target::decode(b"Pabc", "Close").is_err());
+    }
+
+    #[test]
+    fn truncated_parse_is_malformed() {
+        assert!(Parse::decode(b"s1\0SELECT 1").is_err());
+        assert!(Parse::decode(b"s1\0SELECT 1\0").is_err());
+    }
+}
