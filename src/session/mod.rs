@@ -176,6 +176,7 @@ impl Session {
 
     /// Takes a server connection from the pool and brings it to this client's settings.
     async fn checkout(&mut self) -> Result<(), SessionError> {
+        tracing::trace!(key = self.cancel.key.0, status = ?self.pool.status(), "checkout");
         let mut conn = self.pool.get().await.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
                 pool: format!("{}/{}", self.pool.manager().login.addr, self.pool.manager().login.user),
@@ -204,6 +205,7 @@ impl Session {
             return;
         }
         conn.in_flight = false;
+        tracing::trace!(key = self.cancel.key.0, "release");
         self.cancel.slot.set(None);
         self.server = None;
         // An idle client keeps no buffers.
