@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::ScramVerifier;
 use crate::backend::connection::LoginParams;
+use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::{BackendManager, ServerPool};
 use crate::config::{Config, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
@@ -24,11 +25,20 @@ pub enum ServerError {
     Accept(#[from] std::io::Error),
 }
 
-/// The server pools of one shard, each keyed by client user name.
+/// One server (a primary or a replica): its pools, keyed by client user name, and its health.
+pub struct Backend {
+    pub addr: String,
+    pub pools: HashMap<String, ServerPool>,
+    pub health: Arc<Health>,
+}
+
+/// The servers of one shard.
 pub struct ShardPools {
     pub name: String,
-    pub primary: HashMap<String, ServerPool>,
-    pub replicas: Vec<HashMap<String, ServerPool>>,
+    pub primary: Backend,
+    pub replicas: Vec<Backend>,
+    /// Round-robin position for spreading reads over the replicas.
+    pub next_replica: AtomicUsize,
 }
 
 /// Everything the sessions share, passed explicitly to each.
@@ -49,8 +59,13 @@ impl Shared {
             .iter()
             .map(|shard| ShardPools {
                 name: shard.name.clone(),
-                primary: user_pools(&config, shard, &shard.primary),
-                replicas: shard.replicas.iter().map(|r| user_pools(&config, shard, r)).collect(),
+                primary: backend(&config, shard, &shard.primary),
+                replicas: shard
+                    .replicas
+                    .iter()
+                    .map(|r| backend(&config, shard, r))
+                    .collect(),
+                next_replica: AtomicUsize::new(0),
             })
             .collect();
         let verifiers = config
@@ -68,25 +83,47 @@ impl Shared {
     }
 }
 
-fn user_pools(config: &Config, shard: &ShardConfig, addr: &str) -> HashMap<String, ServerPool> {
-    config
+/// Pools for every user on one server, and a health watch over them.
+fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
+    let pools: HashMap<String, ServerPool> = config
         .users
         .iter()
-        .map(|user| (user.name.clone(), server_pool(config, shard, addr, user)))
-        .collect()
+        .map(|user| {
+            (
+                user.name.clone(),
+                server_pool(config, user, login(config, shard, addr, user)),
+            )
+        })
+        .collect();
+    let health = Arc::new(Health::default());
+    let timing = CheckTiming {
+        interval: Duration::from_millis(config.pool.health_check_interval_ms),
+        timeout: Duration::from_millis(config.pool.health_check_timeout_ms),
+    };
+    if let Some(user) = config.users.first() {
+        let pools = pools.values().cloned().collect();
+        health::spawn_watch(login(config, shard, addr, user), &health, pools, timing);
+    }
+    Backend {
+        addr: addr.to_string(),
+        pools,
+        health,
+    }
 }
 
-fn server_pool(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> ServerPool {
+fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> LoginParams {
+    LoginParams {
+        addr: addr.to_string(),
+        database: config.shard_database(shard).to_string(),
+        user: user.server_user().to_string(),
+        password: user.server_password().to_string(),
+        connect_timeout: Duration::from_millis(config.pool.connect_timeout_ms),
+    }
+}
+
+fn server_pool(config: &Config, user: &UserConfig, login: LoginParams) -> ServerPool {
     let p = &config.pool;
-    let manager = BackendManager {
-        login: LoginParams {
-            addr: addr.to_string(),
-            database: config.shard_database(shard).to_string(),
-            user: user.server_user().to_string(),
-            password: user.server_password().to_string(),
-            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-        },
-    };
+    let manager = BackendManager { login };
     Pool::new(
         manager,
         PoolOptions {

@@ -38,6 +38,13 @@ impl Manager for BackendManager {
         }
     }
 
+    /// An idle server connection has nothing to say: readable bytes (a FATAL from a shutting-down
+    /// server) or end of file mean it is gone. One non-blocking read, no round trip.
+    fn is_alive(&self, conn: &mut ServerConnection) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(conn.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     async fn reset(&self, conn: &mut ServerConnection) -> Result<(), BackendError> {
         if conn.in_flight {
             // A client left mid-request: stop the server's work, then give the connection up,

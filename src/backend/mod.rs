@@ -3,6 +3,7 @@
 //! generic pool. Knows no client sockets and no routing.
 
 pub mod connection;
+pub mod health;
 pub mod manager;
 
 pub use connection::ServerConnection;
@@ -15,18 +16,30 @@ pub const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("could not connect to server {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out connecting to server {0}")]
     ConnectTimeout(String),
     #[error("server {addr} refused login for user \"{user}\": {message}")]
-    Login { addr: String, user: String, message: String },
-    #[error("server {addr} asked for an authentication method pgshard does not support (code {code})")]
+    Login {
+        addr: String,
+        user: String,
+        message: String,
+    },
+    #[error(
+        "server {addr} asked for an authentication method pgshard does not support (code {code})"
+    )]
     UnsupportedAuth { addr: String, code: i32 },
     /// An ErrorResponse from the server, passed on as is.
     #[error("{message}")]
     Server { sqlstate: String, message: String },
     #[error("lost connection to server {addr}: {source}")]
-    Io { addr: String, source: std::io::Error },
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server {0} broke the protocol")]
     Protocol(String),
 }
@@ -44,7 +57,9 @@ impl BackendError {
     pub fn client_message(&self) -> String {
         match self {
             BackendError::Server { message, .. } => message.clone(),
-            other => format!("pgshard: {other}; check that the server is up and the [[shards]] config is right"),
+            other => format!(
+                "pgshard: {other}; check that the server is up and the [[shards]] config is right"
+            ),
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct PoolConfig {
     pub max_lifetime_ms: u64,
     /// Time allowed to open and authenticate a new server connection.
     pub connect_timeout_ms: u64,
+    /// How often each server is health-checked (`SELECT 1`).
+    pub health_check_interval_ms: u64,
+    /// A health check slower than this marks the server down.
+    pub health_check_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -97,6 +101,8 @@ impl Default for PoolConfig {
             idle_timeout_ms: 600_000,
             max_lifetime_ms: 3_600_000,
             connect_timeout_ms: 5_000,
+            health_check_interval_ms: 1_000,
+            health_check_timeout_ms: 2_000,
         }
     }
 }

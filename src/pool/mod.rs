@@ -33,8 +33,16 @@ pub trait Manager: Send + Sync + 'static {
     fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
     /// Judges a connection a client gave back.
     fn returned(&self, conn: &Self::Connection) -> Returned;
+    /// Cheap, synchronous check that an idle connection is still usable (e.g. the peer has not
+    /// closed it), run when it is taken from the idle list. Defaults to `true`.
+    fn is_alive(&self, _conn: &mut Self::Connection) -> bool {
+        true
+    }
     /// Brings a connection back to a clean state; an error discards it.
-    fn reset(&self, conn: &mut Self::Connection) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn reset(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Pool sizing and timing.
@@ -80,7 +88,9 @@ pub struct Pool<M: Manager> {
 
 impl<M: Manager> Clone for Pool<M> {
     fn clone(&self) -> Self {
-        Pool { inner: self.inner.clone() }
+        Pool {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -125,15 +135,21 @@ impl<M: Manager> Pool<M> {
     /// Waits in line (FIFO) for a connection, up to the checkout timeout.
     pub async fn get(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
         let timeout = self.inner.options.checkout_timeout;
-        let permit = match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
-            Err(_) => return Err(PoolError::Timeout(timeout)),
-            Ok(Err(_)) => return Err(PoolError::Closed),
-            Ok(Ok(permit)) => permit,
-        };
+        let permit =
+            match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
+                Err(_) => return Err(PoolError::Timeout(timeout)),
+                Ok(Err(_)) => return Err(PoolError::Closed),
+                Ok(Ok(permit)) => permit,
+            };
         let (conn, created) = match self.take_idle() {
             Some(idle) => (idle.conn, idle.created),
             None => {
-                let conn = self.inner.manager.connect().await.map_err(PoolError::Connect)?;
+                let conn = self
+                    .inner
+                    .manager
+                    .connect()
+                    .await
+                    .map_err(PoolError::Connect)?;
                 (conn, Instant::now())
             }
         };
@@ -145,15 +161,21 @@ impl<M: Manager> Pool<M> {
         })
     }
 
-    /// The most recently used idle connection that has not outlived `max_lifetime`.
+    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
     fn take_idle(&self) -> Option<Idle<M::Connection>> {
-        let mut idle = lock(&self.inner.idle);
-        while let Some(entry) = idle.pop() {
-            if entry.created.elapsed() < self.inner.options.max_lifetime {
+        loop {
+            let mut entry = lock(&self.inner.idle).pop()?;
+            if entry.created.elapsed() < self.inner.options.max_lifetime
+                && self.inner.manager.is_alive(&mut entry.conn)
+            {
                 return Some(entry);
             }
         }
-        None
+    }
+
+    /// Closes every idle connection (e.g. after their server went down).
+    pub fn clear_idle(&self) {
+        lock(&self.inner.idle).clear();
     }
 }
 
@@ -201,7 +223,9 @@ impl<M: Manager> Drop for Pooled<M> {
                 // The permit travels with the reset, so the pool never exceeds its size.
                 tokio::spawn(async move {
                     let reset = pool.manager.reset(&mut conn);
-                    if let Ok(Ok(())) = tokio::time::timeout(pool.options.reset_timeout, reset).await {
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(pool.options.reset_timeout, reset).await
+                    {
                         give_back(&pool, conn, created, permit);
                     }
                 });
@@ -211,10 +235,19 @@ impl<M: Manager> Drop for Pooled<M> {
 }
 
 /// Puts a clean connection on the idle list, then frees its permit for the next waiter.
-fn give_back<M: Manager>(pool: &Inner<M>, conn: M::Connection, created: Instant, permit: OwnedSemaphorePermit) {
+fn give_back<M: Manager>(
+    pool: &Inner<M>,
+    conn: M::Connection,
+    created: Instant,
+    permit: OwnedSemaphorePermit,
+) {
     if created.elapsed() < pool.options.max_lifetime {
         let now = Instant::now();
-        lock(&pool.idle).push(Idle { conn, created, last_used: now });
+        lock(&pool.idle).push(Idle {
+            conn,
+            created,
+            last_used: now,
+        });
     }
     drop(permit);
 }
@@ -228,7 +261,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// connections up to `min_idle`. Ends when the pool is dropped.
 async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
     let period = match pool.upgrade() {
-        Some(p) => (p.options.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        Some(p) => {
+            (p.options.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        }
         None => return,
     };
     loop {
@@ -248,7 +283,9 @@ async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
             });
         }
         while lock(&pool.idle).len() < opts.min_idle {
-            let Ok(permit) = pool.permits.clone().try_acquire_owned() else { break };
+            let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+                break;
+            };
             match pool.manager.connect().await {
                 Ok(conn) => give_back(&pool, conn, Instant::now(), permit),
                 Err(_) => break,

@@ -25,10 +25,16 @@ impl Manager for Arc<Counter> {
     type Error = NoConnect;
     async fn connect(&self) -> Result<Conn, NoConnect> {
         let id = self.opened.fetch_add(1, Ordering::SeqCst);
-        Ok(Conn { id, state: Returned::Clean })
+        Ok(Conn {
+            id,
+            state: Returned::Clean,
+        })
     }
     fn returned(&self, conn: &Conn) -> Returned {
         conn.state
+    }
+    fn is_alive(&self, conn: &mut Conn) -> bool {
+        conn.id != DEAD_ON_IDLE
     }
     async fn reset(&self, conn: &mut Conn) -> Result<(), NoConnect> {
         self.resets.fetch_add(1, Ordering::SeqCst);
@@ -36,6 +42,9 @@ impl Manager for Arc<Counter> {
         Ok(())
     }
 }
+
+/// A connection with this id dies while idle.
+const DEAD_ON_IDLE: usize = 100;
 
 fn options(size: usize, checkout_ms: u64) -> PoolOptions {
     PoolOptions {
@@ -118,4 +127,14 @@ async fn discard_closes_instead_of_returning() {
     pool.get().await.unwrap().discard();
     assert_eq!(pool.status().idle, 0);
     assert_eq!(pool.get().await.unwrap().id, 1);
+}
+
+#[tokio::test]
+async fn dead_idle_connection_is_replaced() {
+    let counter = Arc::new(Counter::default());
+    counter.opened.store(DEAD_ON_IDLE, Ordering::SeqCst);
+    let pool = Pool::new(counter.clone(), options(1, 1000));
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.status().idle, 1);
+    assert_eq!(pool.get().await.unwrap().id, DEAD_ON_IDLE + 1);
 }

@@ -48,7 +48,12 @@ pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
-    let Some(pool) = shared.shards.first().and_then(|s| s.primary.get(&user)).cloned() else {
+    let Some(pool) = shared
+        .shards
+        .first()
+        .and_then(|s| s.primary.pools.get(&user))
+        .cloned()
+    else {
         return;
     };
     let mut session = Session::new(stream, buf, shared, pool, settings);
@@ -123,7 +128,13 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    fn new(client: TcpStream, client_in: BytesMut, shared: Arc<Shared>, pool: ServerPool, settings: Settings) -> Self {
+    fn new(
+        client: TcpStream,
+        client_in: BytesMut,
+        shared: Arc<Shared>,
+        pool: ServerPool,
+        settings: Settings,
+    ) -> Self {
         let cancel = shared.cancel.register();
         Session {
             client,
@@ -179,11 +190,17 @@ impl Session {
         tracing::trace!(key = self.cancel.key.0, status = ?self.pool.status(), "checkout");
         let mut conn = self.pool.get().await.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
-                pool: format!("{}/{}", self.pool.manager().login.addr, self.pool.manager().login.user),
+                pool: format!(
+                    "{}/{}",
+                    self.pool.manager().login.addr,
+                    self.pool.manager().login.user
+                ),
                 waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             },
             PoolError::Connect(e) => SessionError::Backend(e),
-            PoolError::Closed => SessionError::Backend(BackendError::Protocol("pool closed".into())),
+            PoolError::Closed => {
+                SessionError::Backend(BackendError::Protocol("pool closed".into()))
+            }
         })?;
         conn.apply_settings(&self.settings).await?;
         self.cancel.slot.set(Some(ServerKey {
@@ -200,8 +217,13 @@ impl Session {
         if self.mode != PoolMode::Transaction || !self.expect.is_empty() || self.awaiting_sync {
             return;
         }
-        let Some(conn) = self.server.as_deref_mut() else { return };
-        if conn.status != TransactionStatus::Idle || !conn.read_buf.is_empty() || !self.server_out.is_empty() {
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        if conn.status != TransactionStatus::Idle
+            || !conn.read_buf.is_empty()
+            || !self.server_out.is_empty()
+        {
             return;
         }
         conn.in_flight = false;
@@ -217,23 +239,38 @@ impl Session {
     /// Queues an ERROR for the client (the session goes on).
     fn report_error(&mut self, e: &SessionError) {
         let message = e.client_message().unwrap_or_else(|| e.to_string());
-        build::error_response(&mut self.client_out, Severity::Error, e.sqlstate(), &message);
+        build::error_response(
+            &mut self.client_out,
+            Severity::Error,
+            e.sqlstate(),
+            &message,
+        );
     }
 
     /// Sends a FATAL error and whatever is still queued for the client; best effort.
     async fn send_fatal(&mut self, e: &SessionError) {
         if let Some(message) = e.client_message() {
-            build::error_response(&mut self.client_out, Severity::Fatal, e.sqlstate(), &message);
+            build::error_response(
+                &mut self.client_out,
+                Severity::Fatal,
+                e.sqlstate(),
+                &message,
+            );
         }
         let out = std::mem::take(&mut self.client_out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), io::write_all(&mut self.client, &out)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            io::write_all(&mut self.client, &out),
+        )
+        .await;
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.in_flight |= !self.expect.is_empty() || self.awaiting_sync || !self.server_out.is_empty();
+            conn.in_flight |=
+                !self.expect.is_empty() || self.awaiting_sync || !self.server_out.is_empty();
             if self.mode == PoolMode::Session {
                 conn.needs_discard = true;
             }
