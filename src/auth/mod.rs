@@ -29,7 +29,8 @@ impl AuthError {
 
 /// Checks an md5 PasswordMessage (`md5` + hex) against the configured password.
 pub fn md5_matches(user: &str, password: &str, salt: [u8; 4], response: &[u8]) -> bool {
-    let expected = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    let expected =
+        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
     constant_time_eq(expected.as_bytes(), response)
 }
 

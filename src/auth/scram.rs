@@ -50,7 +50,11 @@ impl ScramVerifier {
 /// Where the exchange stands.
 enum State {
     WaitingClientFirst,
-    WaitingClientFinal { client_first_bare: String, server_first: String, nonce: String },
+    WaitingClientFinal {
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+    },
     Done,
 }
 
@@ -78,7 +82,8 @@ impl ScramServer {
         if mechanism != "SCRAM-SHA-256" {
             return Err(AuthError::UnsupportedMechanism(mechanism.to_string()));
         }
-        let text = std::str::from_utf8(data).map_err(|_| AuthError::Protocol("client-first is not UTF-8"))?;
+        let text = std::str::from_utf8(data)
+            .map_err(|_| AuthError::Protocol("client-first is not UTF-8"))?;
         // gs2-header: "n,," (no channel binding) or "y,," (client supports it, server does not offer it).
         let bare = text
             .strip_prefix("n,,")
@@ -89,7 +94,10 @@ impl ScramServer {
             .find_map(|a| a.strip_prefix("r="))
             .ok_or(AuthError::Protocol("client-first has no nonce"))?;
         let nonce = format!("{client_nonce}{}", self.server_nonce);
-        let server_first = format!("r={nonce},s={},i={}", self.verifier.salt_b64, self.verifier.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            self.verifier.salt_b64, self.verifier.iterations
+        );
         self.state = State::WaitingClientFinal {
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
@@ -100,12 +108,16 @@ impl ScramServer {
 
     /// Handles SASLResponse; returns the server-final-message for AuthenticationSASLFinal.
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
-        let State::WaitingClientFinal { client_first_bare, server_first, nonce } =
-            std::mem::replace(&mut self.state, State::Done)
+        let State::WaitingClientFinal {
+            client_first_bare,
+            server_first,
+            nonce,
+        } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(AuthError::Protocol("unexpected SASLResponse"));
         };
-        let text = std::str::from_utf8(data).map_err(|_| AuthError::Protocol("client-final is not UTF-8"))?;
+        let text = std::str::from_utf8(data)
+            .map_err(|_| AuthError::Protocol("client-final is not UTF-8"))?;
         let (without_proof, proof_b64) = text
             .rsplit_once(",p=")
             .ok_or(AuthError::Protocol("client-final has no proof"))?;
@@ -124,7 +136,11 @@ impl ScramServer {
         if proof.len() != client_signature.len() {
             return Err(AuthError::PasswordFailed(self.user.clone()));
         }
-        let client_key: Vec<u8> = proof.iter().zip(&client_signature).map(|(p, s)| p ^ s).collect();
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(&client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
         let stored_key = Sha256::digest(&client_key);
         if !constant_time_eq(stored_key.as_slice(), &self.verifier.stored_key) {
             return Err(AuthError::PasswordFailed(self.user.clone()));
@@ -149,12 +165,18 @@ mod tests {
 
     /// Runs a full exchange with postgres-protocol's client; returns the server's verdict.
     fn exchange(stored: &str, typed: &str) -> Result<(), AuthError> {
-        let mut server = ScramServer::new("app", ScramVerifier::from_password(stored), "srvnonce".into());
+        let mut server = ScramServer::new(
+            "app",
+            ScramVerifier::from_password(stored),
+            "srvnonce".into(),
+        );
         let mut client = ScramSha256::new(typed.as_bytes(), ChannelBinding::unsupported());
         let server_first = server.client_first("SCRAM-SHA-256", client.message())?;
         client.update(&server_first).unwrap();
         let server_final = server.client_final(client.message())?;
-        client.finish(&server_final).expect("client accepts the server signature");
+        client
+            .finish(&server_final)
+            .expect("client accepts the server signature");
         Ok(())
     }
 
@@ -172,13 +194,17 @@ mod tests {
     #[test]
     fn other_mechanisms_are_refused() {
         let mut server = ScramServer::new("app", ScramVerifier::from_password("x"), "n".into());
-        assert!(server.client_first("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=a").is_err());
+        assert!(server
+            .client_first("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=a")
+            .is_err());
     }
 
     #[test]
     fn tampered_nonce_is_refused() {
         let mut server = ScramServer::new("app", ScramVerifier::from_password("x"), "srv".into());
-        server.client_first("SCRAM-SHA-256", b"n,,n=,r=abc").unwrap();
+        server
+            .client_first("SCRAM-SHA-256", b"n,,n=,r=abc")
+            .unwrap();
         let err = server.client_final(b"c=biws,r=zzz,p=AAAA").unwrap_err();
         assert_eq!(err.sqlstate(), "08P01");
     }

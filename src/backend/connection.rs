@@ -52,7 +52,10 @@ impl ServerConnection {
         let stream = tokio::time::timeout(login.connect_timeout, TcpStream::connect(&login.addr))
             .await
             .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))?
-            .map_err(|source| BackendError::Connect { addr: login.addr.clone(), source })?;
+            .map_err(|source| BackendError::Connect {
+                addr: login.addr.clone(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let mut conn = ServerConnection {
             stream,
@@ -78,7 +81,11 @@ impl ServerConnection {
         let mut out = BytesMut::new();
         build::startup_message(
             &mut out,
-            &[("user", &login.user), ("database", &login.database), ("application_name", "pgshard")],
+            &[
+                ("user", &login.user),
+                ("database", &login.database),
+                ("application_name", "pgshard"),
+            ],
         );
         self.write(&out).await?;
         let mut scram: Option<ScramSha256> = None;
@@ -125,7 +132,10 @@ impl ServerConnection {
             0 => return Ok(()),
             3 => build::password_message(&mut out, login.password.as_bytes()),
             5 => {
-                let salt: [u8; 4] = data.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(protocol)?;
+                let salt: [u8; 4] = data
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(protocol)?;
                 let hash = postgres_protocol::authentication::md5_hash(
                     login.user.as_bytes(),
                     login.password.as_bytes(),
@@ -134,7 +144,8 @@ impl ServerConnection {
                 build::password_message(&mut out, hash.as_bytes());
             }
             10 => {
-                let client = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
+                let client =
+                    ScramSha256::new(login.password.as_bytes(), ChannelBinding::unsupported());
                 build::sasl_initial_response(&mut out, "SCRAM-SHA-256", client.message());
                 *scram = Some(client);
             }
@@ -152,7 +163,12 @@ impl ServerConnection {
                 })?;
                 return Ok(());
             }
-            other => return Err(BackendError::UnsupportedAuth { addr: login.addr.clone(), code: other }),
+            other => {
+                return Err(BackendError::UnsupportedAuth {
+                    addr: login.addr.clone(),
+                    code: other,
+                })
+            }
         }
         self.write(&out).await
     }
@@ -168,7 +184,10 @@ impl ServerConnection {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         if let Err(source) = self.stream.write_all(bytes).await {
             self.broken = true;
-            return Err(BackendError::Io { addr: self.addr.clone(), source });
+            return Err(BackendError::Io {
+                addr: self.addr.clone(),
+                source,
+            });
         }
         Ok(())
     }
@@ -188,12 +207,18 @@ impl ServerConnection {
                 Ok(0) => {
                     self.broken = true;
                     let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                    return Err(BackendError::Io { addr: self.addr.clone(), source });
+                    return Err(BackendError::Io {
+                        addr: self.addr.clone(),
+                        source,
+                    });
                 }
                 Ok(_) => {}
                 Err(source) => {
                     self.broken = true;
-                    return Err(BackendError::Io { addr: self.addr.clone(), source });
+                    return Err(BackendError::Io {
+                        addr: self.addr.clone(),
+                        source,
+                    });
                 }
             }
         }
@@ -228,14 +253,21 @@ impl ServerConnection {
 
     /// Brings this connection's settings to `wanted` (SET what differs, RESET what the last client
     /// set and this one did not). Skips the round trip when nothing differs.
-    pub async fn apply_settings(&mut self, wanted: &BTreeMap<String, String>) -> Result<(), BackendError> {
+    pub async fn apply_settings(
+        &mut self,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
         if &self.applied == wanted {
             return Ok(());
         }
         let mut sql = String::new();
         for (name, value) in wanted {
             if self.applied.get(name) != Some(value) {
-                sql.push_str(&format!("SET {} = {};", quote_ident(name), quote_literal(value)));
+                sql.push_str(&format!(
+                    "SET {} = {};",
+                    quote_ident(name),
+                    quote_literal(value)
+                ));
             }
         }
         for name in self.applied.keys() {
@@ -290,7 +322,10 @@ mod tests {
         let body = b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0";
         assert_eq!(
             parse_error_fields(body),
-            ("42P01".to_string(), "relation \"x\" does not exist".to_string())
+            (
+                "42P01".to_string(),
+                "relation \"x\" does not exist".to_string()
+            )
         );
     }
 

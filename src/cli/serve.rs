@@ -21,7 +21,8 @@ pub struct ServeArgs {
 /// Runs `pgshard serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
-    let config = Config::load(&args.config).with_context(|| format!("invalid config {}", args.config.display()))?;
+    let config = Config::load(&args.config)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     raise_fd_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
@@ -32,7 +33,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.server.listen.clone();
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("cannot listen on {listen} (server.listen); is another process using it?"))?;
+            .with_context(|| {
+                format!("cannot listen on {listen} (server.listen); is another process using it?")
+            })?;
         tracing::info!("pgshard listening on {}", listener.local_addr()?);
         crate::server::run(config, listener, shutdown_signal()).await?;
         tracing::info!("pgshard stopped");
@@ -59,15 +62,22 @@ pub async fn shutdown_signal() {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Thousands of clients need thousands of file descriptors: raise the soft limit to the hard one.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

@@ -43,12 +43,18 @@ impl CancelRegistry {
             }
         };
         clients.insert(key, slot.clone());
-        CancelGuard { registry: self.clone(), key, slot }
+        CancelGuard {
+            registry: self.clone(),
+            key,
+            slot,
+        }
     }
 
     /// The server connection to cancel for a client key, if that client is using one now.
     pub fn lookup(&self, process_id: i32, secret_key: i32) -> Option<ServerKey> {
-        lock(&self.clients).get(&(process_id, secret_key)).and_then(|slot| slot.get())
+        lock(&self.clients)
+            .get(&(process_id, secret_key))
+            .and_then(|slot| slot.get())
     }
 }
 
@@ -81,7 +87,11 @@ mod tests {
         let guard = registry.register();
         let (pid, secret) = guard.key;
         assert_eq!(registry.lookup(pid, secret), None);
-        let key = ServerKey { addr: "127.0.0.1:5432".into(), process_id: 7, secret_key: 9 };
+        let key = ServerKey {
+            addr: "127.0.0.1:5432".into(),
+            process_id: 7,
+            secret_key: 9,
+        };
         guard.slot.set(Some(key.clone()));
         assert_eq!(registry.lookup(pid, secret), Some(key));
         assert_eq!(registry.lookup(pid, secret.wrapping_add(1)), None);

@@ -98,7 +98,13 @@ impl Session {
         self.awaiting_sync = true;
         let parse = Parse::decode(frame.body())?;
         if parse.name.is_empty() {
-            self.send(&frame.bytes, Some(Expect::Parse { forward: true, server_name: None }));
+            self.send(
+                &frame.bytes,
+                Some(Expect::Parse {
+                    forward: true,
+                    server_name: None,
+                }),
+            );
             return Ok(());
         }
         let statement = Arc::new(Statement::new(&parse));
@@ -173,14 +179,19 @@ impl Session {
     }
 
     fn server_has(&self, statement: &Statement) -> bool {
-        self.server.as_deref().is_some_and(|c| c.prepared.contains(&statement.server_name))
+        self.server
+            .as_deref()
+            .is_some_and(|c| c.prepared.contains(&statement.server_name))
     }
 
     fn send_parse(&mut self, statement: &Statement, forward: bool) {
         if let Some(conn) = self.server.as_deref_mut() {
             conn.prepared.insert(statement.server_name.clone());
         }
-        let expect = Expect::Parse { forward, server_name: Some(statement.server_name.clone()) };
+        let expect = Expect::Parse {
+            forward,
+            server_name: Some(statement.server_name.clone()),
+        };
         self.send(&statement.parse, Some(expect));
     }
 

@@ -54,10 +54,15 @@ impl Session {
 
     /// Reads what the server sent into its connection's buffer.
     pub(super) fn read_server(&mut self) -> Result<(), SessionError> {
-        let Some(conn) = self.server.as_deref_mut() else { return Ok(()) };
+        let Some(conn) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
         let lost = |conn: &mut crate::backend::ServerConnection, source: std::io::Error| {
             conn.broken = true;
-            SessionError::Backend(BackendError::Io { addr: conn.addr.clone(), source })
+            SessionError::Backend(BackendError::Io {
+                addr: conn.addr.clone(),
+                source,
+            })
         };
         match read_into(&conn.stream, &mut conn.read_buf) {
             Ok(Some(0)) => Err(lost(conn, std::io::ErrorKind::UnexpectedEof.into())),
@@ -73,16 +78,25 @@ impl Session {
 
     /// Writes as much queued server output as the socket takes now.
     pub(super) fn write_server(&mut self) -> Result<(), SessionError> {
-        let Some(conn) = self.server.as_deref_mut() else { return Ok(()) };
+        let Some(conn) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
         write_from(&conn.stream, &mut self.server_out).map_err(|source| {
             conn.broken = true;
-            SessionError::Backend(BackendError::Io { addr: conn.addr.clone(), source })
+            SessionError::Backend(BackendError::Io {
+                addr: conn.addr.clone(),
+                source,
+            })
         })
     }
 }
 
 /// Readiness of `stream` for `interest`, or never when there is no stream or no need.
-async fn ready(stream: Option<&TcpStream>, interest: Interest, wanted: bool) -> std::io::Result<Ready> {
+async fn ready(
+    stream: Option<&TcpStream>,
+    interest: Interest,
+    wanted: bool,
+) -> std::io::Result<Ready> {
     match stream {
         Some(s) if wanted => s.ready(interest).await,
         _ => pending().await,
@@ -123,7 +137,9 @@ pub(super) async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::
 
 /// Sends a FATAL ErrorResponse to a client that never got a session.
 pub(super) async fn send_fatal(stream: &mut TcpStream, e: &SessionError) {
-    let Some(message) = e.client_message() else { return };
+    let Some(message) = e.client_message() else {
+        return;
+    };
     let mut out = BytesMut::new();
     build::error_response(&mut out, Severity::Fatal, e.sqlstate(), &message);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;

@@ -58,7 +58,10 @@ impl ClientStatements {
 pub enum Expect {
     /// ParseComplete for a Parse sent to the server; `forward` is false for Parses pgshard added.
     /// `server_name` is set for named statements, so a failed Parse is forgotten.
-    Parse { forward: bool, server_name: Option<String> },
+    Parse {
+        forward: bool,
+        server_name: Option<String>,
+    },
     Bind,
     /// RowDescription or NoData ends it (after ParameterDescription for statements).
     Describe,
@@ -75,7 +78,10 @@ pub enum Expect {
 
 impl Expect {
     pub fn is_made_up(&self) -> bool {
-        matches!(self, Expect::MadeUpParseComplete | Expect::MadeUpCloseComplete)
+        matches!(
+            self,
+            Expect::MadeUpParseComplete | Expect::MadeUpCloseComplete
+        )
     }
 }
 

@@ -18,7 +18,9 @@ impl Session {
         self.read_server()?;
         loop {
             self.drain_made_up();
-            let Some(conn) = self.server.as_deref_mut() else { return Ok(()) };
+            let Some(conn) = self.server.as_deref_mut() else {
+                return Ok(());
+            };
             let frame = match split_frame(&mut conn.read_buf, MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -93,7 +95,11 @@ impl Session {
             if *front == Expect::Ready {
                 return;
             }
-            if let Some(Expect::Parse { server_name: Some(name), .. }) = self.expect.pop_front() {
+            if let Some(Expect::Parse {
+                server_name: Some(name),
+                ..
+            }) = self.expect.pop_front()
+            {
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.prepared.remove(&name);
                 }
@@ -118,10 +124,15 @@ impl Session {
 
     /// A setting the client changed itself (SET TimeZone ...) follows it to the next server.
     fn follow_parameter_status(&mut self, body: &[u8]) {
-        let Some((name, value)) = parse_parameter_status(body) else { return };
+        let Some((name, value)) = parse_parameter_status(body) else {
+            return;
+        };
         if let Some(conn) = self.server.as_deref_mut() {
             conn.params.insert(name.clone(), value.clone());
-            if FOLLOWED_REPORTS.iter().any(|f| f.eq_ignore_ascii_case(&name)) {
+            if FOLLOWED_REPORTS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(&name))
+            {
                 conn.applied.insert(name.clone(), value.clone());
                 self.settings.insert(name, value);
             }

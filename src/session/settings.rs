@@ -46,7 +46,10 @@ pub fn from_startup(params: &[(String, String)]) -> Result<Settings, SessionErro
 }
 
 fn insert(settings: &mut Settings, name: String, value: String) -> Result<(), SessionError> {
-    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if !plain {
         return Err(SessionError::BadSettingName(name));
     }
@@ -70,7 +73,11 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
         } else {
             None
         };
-        let bad = || SessionError::Unsupported(format!("startup option {word:?} is not supported; use -c name=value"));
+        let bad = || {
+            SessionError::Unsupported(format!(
+                "startup option {word:?} is not supported; use -c name=value"
+            ))
+        };
         let assignment = assignment.ok_or_else(bad)?;
         let (name, value) = assignment.split_once('=').ok_or_else(bad)?;
         out.push((name.replace('-', "_"), value.to_string()));
@@ -105,7 +112,10 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -115,7 +125,10 @@ mod tests {
             ("database", "app"),
             ("application_name", "psql"),
             ("extra_float_digits", "3"),
-            ("options", "-c statement_timeout=5s --search-path=a,b -cTimeZone=UTC"),
+            (
+                "options",
+                "-c statement_timeout=5s --search-path=a,b -cTimeZone=UTC",
+            ),
         ]))
         .unwrap();
         assert_eq!(s.get("application_name").map(String::as_str), Some("psql"));
@@ -129,7 +142,10 @@ mod tests {
     #[test]
     fn escaped_spaces_stay_in_values() {
         let o = parse_options(r"-c application_name=my\ app").unwrap();
-        assert_eq!(o, vec![("application_name".to_string(), "my app".to_string())]);
+        assert_eq!(
+            o,
+            vec![("application_name".to_string(), "my app".to_string())]
+        );
     }
 
     #[test]

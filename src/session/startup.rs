@@ -28,9 +28,13 @@ pub(super) async fn read_startup(
             Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
                 stream.write_all(b"N").await?;
             }
-            Some(StartupPacket::CancelRequest { process_id, secret_key }) => {
+            Some(StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            }) => {
                 if let Some(key) = shared.cancel.lookup(process_id, secret_key) {
-                    crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key).await;
+                    crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key)
+                        .await;
                 }
                 return Ok(None);
             }
@@ -50,11 +54,18 @@ pub(super) async fn authenticate(
     let served = &shared.config.server.database;
     let asked = startup.param("database").unwrap_or(&user);
     if asked != served {
-        return Err(SessionError::UnknownDatabase { asked: asked.to_string(), served: served.clone() });
+        return Err(SessionError::UnknownDatabase {
+            asked: asked.to_string(),
+            served: served.clone(),
+        });
     }
     let mut out = BytesMut::new();
-    let extensions: Vec<String> =
-        startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    let extensions: Vec<String> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
     if startup.minor_version > 0 || !extensions.is_empty() {
         build::negotiate_protocol_version(&mut out, 0, &extensions);
     }
@@ -70,7 +81,8 @@ pub(super) async fn authenticate(
             let frame = read_password_message(stream, buf).await?;
             let mut body = frame.body();
             let response = take_cstr(&mut body).unwrap_or_default();
-            let ok = configured.is_some_and(|u| md5_matches(&user, &u.password, salt, response.as_bytes()));
+            let ok = configured
+                .is_some_and(|u| md5_matches(&user, &u.password, salt, response.as_bytes()));
             if !ok {
                 return Err(AuthError::PasswordFailed(user).into());
             }
@@ -120,7 +132,10 @@ async fn scram_exchange(
 }
 
 /// Reads one PasswordMessage-type frame (`p`).
-async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, SessionError> {
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Frame, SessionError> {
     loop {
         if let Some(frame) = split_frame(buf, MAX_AUTH_MESSAGE)? {
             if frame.tag() != client_tag::PASSWORD {
@@ -138,7 +153,9 @@ async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Re
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), SessionError> {
     buf.reserve(1024);
     if stream.read_buf(buf).await? == 0 {
-        return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+        return Err(SessionError::ClientIo(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
     }
     Ok(())
 }

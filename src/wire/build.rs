@@ -129,7 +129,11 @@ impl Severity {
 
 /// ErrorResponse (or, with [`Severity::Notice`], NoticeResponse) with severity, SQLSTATE and message.
 pub fn error_response(buf: &mut BytesMut, severity: Severity, sqlstate: &str, message: &str) {
-    let tag = if severity == Severity::Notice { b'N' } else { b'E' };
+    let tag = if severity == Severity::Notice {
+        b'N'
+    } else {
+        b'E'
+    };
     let at = begin(buf, tag);
     buf.put_u8(b'S');
     put_cstr(buf, severity.as_str());
@@ -210,7 +214,12 @@ mod tests {
     #[test]
     fn error_response_carries_sqlstate_and_message() {
         let mut buf = BytesMut::new();
-        error_response(&mut buf, Severity::Error, "28P01", "password authentication failed");
+        error_response(
+            &mut buf,
+            Severity::Error,
+            "28P01",
+            "password authentication failed",
+        );
         assert_eq!(buf[0], b'E');
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         assert_eq!(len + 1, buf.len());

@@ -8,7 +8,10 @@ use super::{WireError, HEADER_LEN};
 
 /// Splits a NUL-terminated name off the front of `body`: (name, rest after the NUL).
 fn split_name<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), WireError> {
-    let end = body.iter().position(|&b| b == 0).ok_or(WireError::Malformed { what })?;
+    let end = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(WireError::Malformed { what })?;
     Ok((&body[..end], &body[end + 1..]))
 }
 
@@ -32,7 +35,11 @@ impl<'a> Parse<'a> {
 
     /// The query text, without its NUL.
     pub fn query(&self) -> &'a [u8] {
-        let end = self.rest.iter().position(|&b| b == 0).unwrap_or(self.rest.len());
+        let end = self
+            .rest
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.rest.len());
         &self.rest[..end]
     }
 
@@ -54,7 +61,11 @@ impl<'a> Bind<'a> {
     pub fn decode(body: &'a [u8]) -> Result<Bind<'a>, WireError> {
         let (portal, rest) = split_name(body, "Bind")?;
         let (statement, rest) = split_name(rest, "Bind")?;
-        Ok(Bind { portal, statement, rest })
+        Ok(Bind {
+            portal,
+            statement,
+            rest,
+        })
     }
 
     /// Encodes this Bind naming another statement.
@@ -124,7 +135,10 @@ mod tests {
         let out = p.encode_renamed("pgshard_x");
         assert_eq!(out[0], b'P');
         assert_eq!(&out[5..], b"pgshard_x\0SELECT $1\0\0\x01\0\0\0\x17");
-        assert_eq!(i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize, out.len() - 1);
+        assert_eq!(
+            i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
+            out.len() - 1
+        );
     }
 
     #[test]
@@ -140,7 +154,10 @@ mod tests {
     fn describe_and_close_targets_decode() {
         assert_eq!(
             Target::decode(b"Sabc\0", "Describe").unwrap(),
-            Target { kind: TargetKind::Statement, name: b"abc" }
+            Target {
+                kind: TargetKind::Statement,
+                name: b"abc"
+            }
         );
         assert!(Target::decode(b"Xabc\0", "Describe").is_err());
         assert!(Target::decode(b"Pabc", "Close").is_err());

@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn negative_length_is_an_error() {
         let mut buf = BytesMut::from(&[b'Q', 0xff, 0xff, 0xff, 0xff][..]);
-        assert_eq!(split_frame(&mut buf, 1024).unwrap_err(), WireError::BadLength(-1));
+        assert_eq!(
+            split_frame(&mut buf, 1024).unwrap_err(),
+            WireError::BadLength(-1)
+        );
     }
 
     #[test]
@@ -103,6 +106,9 @@ mod tests {
         let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
         let err = split_frame(&mut buf, 1 << 20).unwrap_err();
         assert!(matches!(err, WireError::TooLarge { .. }));
-        assert!(buf.capacity() < 1024, "nothing reserved for the claimed length");
+        assert!(
+            buf.capacity() < 1024,
+            "nothing reserved for the claimed length"
+        );
     }
 }

@@ -30,7 +30,10 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -59,11 +62,16 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
         GSSENC_REQUEST_CODE => Ok(Some(StartupPacket::GssEncRequest)),
         CANCEL_REQUEST_CODE => {
             if packet.len() != 8 {
-                return Err(WireError::Malformed { what: "CancelRequest" });
+                return Err(WireError::Malformed {
+                    what: "CancelRequest",
+                });
             }
             let process_id = packet.get_i32();
             let secret_key = packet.get_i32();
-            Ok(Some(StartupPacket::CancelRequest { process_id, secret_key }))
+            Ok(Some(StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            }))
         }
         _ => {
             // Infallible casts: the version halves of an i32.
@@ -73,13 +81,18 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
                 return Err(WireError::UnsupportedProtocol { major, minor });
             }
             let params = decode_params(&packet)?;
-            Ok(Some(StartupPacket::Startup(StartupMessage { minor_version: minor, params })))
+            Ok(Some(StartupPacket::Startup(StartupMessage {
+                minor_version: minor,
+                params,
+            })))
         }
     }
 }
 
 fn decode_params(mut body: &[u8]) -> Result<Vec<(String, String)>, WireError> {
-    let malformed = WireError::Malformed { what: "StartupMessage" };
+    let malformed = WireError::Malformed {
+        what: "StartupMessage",
+    };
     let mut params = Vec::new();
     loop {
         let key = take_cstr(&mut body).ok_or(malformed.clone())?;
@@ -124,33 +137,51 @@ mod tests {
 
     #[test]
     fn decodes_ssl_gss_and_cancel_requests() {
-        assert_eq!(split_startup(&mut packet(80877103, b"")).unwrap(), Some(StartupPacket::SslRequest));
-        assert_eq!(split_startup(&mut packet(80877104, b"")).unwrap(), Some(StartupPacket::GssEncRequest));
+        assert_eq!(
+            split_startup(&mut packet(80877103, b"")).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            split_startup(&mut packet(80877104, b"")).unwrap(),
+            Some(StartupPacket::GssEncRequest)
+        );
         let mut body = Vec::new();
         body.extend_from_slice(&7i32.to_be_bytes());
         body.extend_from_slice(&9i32.to_be_bytes());
         assert_eq!(
             split_startup(&mut packet(80877102, &body)).unwrap(),
-            Some(StartupPacket::CancelRequest { process_id: 7, secret_key: 9 })
+            Some(StartupPacket::CancelRequest {
+                process_id: 7,
+                secret_key: 9
+            })
         );
     }
 
     #[test]
     fn oversize_startup_packet_is_refused() {
         let mut buf = BytesMut::from(&[0x00, 0x10, 0x00, 0x00, 0, 3, 0, 0][..]);
-        assert_eq!(split_startup(&mut buf).unwrap_err(), WireError::StartupTooLarge(0x100000));
+        assert_eq!(
+            split_startup(&mut buf).unwrap_err(),
+            WireError::StartupTooLarge(0x100000)
+        );
     }
 
     #[test]
     fn unterminated_parameters_are_malformed() {
         let mut buf = packet(196608, b"user\0app");
-        assert!(matches!(split_startup(&mut buf), Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            split_startup(&mut buf),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn protocol_2_is_refused() {
         let mut buf = packet(0x0002_0000, b"\0");
-        assert!(matches!(split_startup(&mut buf), Err(WireError::UnsupportedProtocol { major: 2, .. })));
+        assert!(matches!(
+            split_startup(&mut buf),
+            Err(WireError::UnsupportedProtocol { major: 2, .. })
+        ));
     }
 
     #[test]
