@@ -62,9 +62,15 @@ impl Session {
                 self.send(&frame.bytes, Some(Expect::Ready));
                 self.awaiting_sync = false;
             }
+            // The server ignores a Sync in copy-in mode, so no ReadyForQuery is owed for it.
+            tag::SYNC if self.copy_in => self.send(&frame.bytes, None),
             tag::SYNC | tag::FUNCTION_CALL => {
                 self.send(&frame.bytes, Some(Expect::Ready));
                 self.awaiting_sync = false;
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                self.send(&frame.bytes, None);
+                self.copy_in = false;
             }
             tag::PARSE => self.forward_parse(&frame)?,
             tag::BIND => self.forward_bind(&frame)?,

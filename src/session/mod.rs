@@ -120,6 +120,8 @@ pub(crate) struct Session {
     awaiting_sync: bool,
     /// An error was reported for an extended-protocol batch: drop frames up to its Sync.
     skipping_until_sync: bool,
+    /// The server is in copy-in mode: it ignores Sync and Flush until CopyDone or CopyFail.
+    copy_in: bool,
     /// Transaction status as the client last saw it.
     status: TransactionStatus,
     cancel: CancelGuard,
@@ -150,6 +152,7 @@ impl Session {
             expect: VecDeque::new(),
             awaiting_sync: false,
             skipping_until_sync: false,
+            copy_in: false,
             status: TransactionStatus::Idle,
             cancel,
         }

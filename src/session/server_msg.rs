@@ -64,7 +64,12 @@ impl Session {
                 true
             }
             tag::ERROR_RESPONSE => {
+                self.copy_in = false;
                 self.skip_to_sync();
+                true
+            }
+            tag::COPY_IN_RESPONSE => {
+                self.enter_copy_in();
                 true
             }
             tag::READY_FOR_QUERY => {
@@ -103,6 +108,22 @@ impl Session {
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.prepared.remove(&name);
                 }
+            }
+        }
+    }
+
+    /// In copy-in mode the server reads the client's frames up to CopyDone or CopyFail and ignores
+    /// any Sync among them, such as the one drivers send right after the COPY's Execute: the
+    /// ReadyForQuery queued for those will never come. (Clients wait for CopyInResponse before
+    /// sending CopyDone, so every Sync queued behind the COPY so far is one of these.)
+    fn enter_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut i = 1; // the COPY's own Execute, or its Query's ReadyForQuery, stays first
+        while i < self.expect.len() {
+            if self.expect[i] == Expect::Ready {
+                self.expect.remove(i);
+            } else {
+                i += 1;
             }
         }
     }
