@@ -251,8 +251,11 @@ impl ServerConnection {
         }
     }
 
-    /// Brings this connection's settings to `wanted` (SET what differs, RESET what the last client
+    /// Brings this connection's settings to `wanted` (set what differs, RESET what the last client
     /// set and this one did not). Skips the round trip when nothing differs.
+    ///
+    /// Values go through `set_config`, which reads them exactly as PostgreSQL reads a startup
+    /// parameter: `SET search_path = 'a,b'` would make one schema named "a,b" of them.
     pub async fn apply_settings(
         &mut self,
         wanted: &BTreeMap<String, String>,
@@ -260,15 +263,20 @@ impl ServerConnection {
         if &self.applied == wanted {
             return Ok(());
         }
-        let mut sql = String::new();
-        for (name, value) in wanted {
-            if self.applied.get(name) != Some(value) {
-                sql.push_str(&format!(
-                    "SET {} = {};",
-                    quote_ident(name),
+        let changed: Vec<String> = wanted
+            .iter()
+            .filter(|(name, value)| self.applied.get(*name) != Some(*value))
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote_literal(name),
                     quote_literal(value)
-                ));
-            }
+                )
+            })
+            .collect();
+        let mut sql = String::new();
+        if !changed.is_empty() {
+            sql.push_str(&format!("SELECT {};", changed.join(", ")));
         }
         for name in self.applied.keys() {
             if !wanted.contains_key(name) {
