@@ -279,6 +279,38 @@ async fn startup_parameters_follow_each_client_across_server_switches() {
 }
 
 #[tokio::test]
+async fn invalid_startup_setting_is_refused_and_leaves_no_settings_behind() {
+    let proxy = proxy_with_pool_size(1).await;
+    let primary = cluster().primary_port();
+    let direct = connect_with(primary, None, Some("plain")).await;
+    let defaults = visible_settings(&direct).await;
+    let earlier = connect_with(
+        proxy.port(),
+        Some("-c statement_timeout=1234 -c search_path=x_schema"),
+        Some("earlier"),
+    )
+    .await;
+    assert_eq!(
+        simple_value(&earlier, "SHOW statement_timeout").await,
+        "1234ms"
+    );
+    drop(earlier);
+    let mut bad = Config::new();
+    bad.host("127.0.0.1")
+        .port(proxy.port())
+        .user("app")
+        .password("app")
+        .dbname("app");
+    bad.options("-c statement_timeout=bogus");
+    let refused = tokio::time::timeout(HANG_GUARD, bad.connect(NoTls))
+        .await
+        .expect("an answer");
+    assert_eq!(sqlstate(refused.map(|(client, _)| client)), "22023");
+    let plain = connect_with(proxy.port(), None, Some("plain")).await;
+    assert_eq!(visible_settings(&plain).await, defaults);
+}
+
+#[tokio::test]
 async fn timezone_set_by_a_client_follows_it_to_its_next_transaction() {
     let proxy = proxy_with_pool_size(1).await;
     let direct = connect_direct(cluster().primary_port()).await;

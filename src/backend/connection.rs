@@ -283,7 +283,9 @@ impl ServerConnection {
                 sql.push_str(&format!("RESET {};", quote_ident(name)));
             }
         }
-        self.applied.clear();
+        // The statements run as one implicit transaction: if one fails, none of the changes
+        // stick and `applied` still describes the server (an emptied map would not, and the next
+        // client would inherit the previous one's settings).
         self.run_internal(&sql).await?;
         self.applied = wanted.clone();
         Ok(())
