@@ -149,6 +149,53 @@ async fn prepared_statement_survives_server_switch() {
 }
 
 #[tokio::test]
+async fn pipelined_queries_of_two_clients_all_get_their_own_answers() {
+    let proxy = proxy_with_pool_size(1).await;
+    let a = proxy.connect().await;
+    let b = proxy.connect().await;
+    let statement = a.prepare("SELECT $1::int4 + 1000").await.unwrap();
+    // tokio-postgres writes every request before reading any response.
+    let a_queries = (0..20i32).map(|i| {
+        let (a, statement) = (&a, &statement);
+        async move {
+            (
+                i,
+                a.query_one(statement, &[&i])
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0),
+            )
+        }
+    });
+    let b_queries = (0..20i32).map(|i| {
+        let b = &b;
+        async move {
+            (
+                i,
+                b.query_one("SELECT $1::int4 * -1", &[&i])
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0),
+            )
+        }
+    });
+    let (a_results, b_results) = tokio::time::timeout(
+        HANG_GUARD,
+        futures_util::future::join(
+            futures_util::future::join_all(a_queries),
+            futures_util::future::join_all(b_queries),
+        ),
+    )
+    .await
+    .expect("every pipelined query is answered");
+    assert!(
+        a_results.iter().all(|&(i, got)| got == i + 1000),
+        "{a_results:?}"
+    );
+    assert!(b_results.iter().all(|&(i, got)| got == -i), "{b_results:?}");
+}
+
+#[tokio::test]
 async fn closed_statement_can_be_prepared_again() {
     let proxy = proxy_with_pool_size(1).await;
     let a = proxy.connect().await;

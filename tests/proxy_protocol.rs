@@ -177,6 +177,42 @@ async fn error_in_transaction_aborts_it_until_rollback() {
     assert_eq!(rows(&messages), vec![vec![Some("t".into())]]);
 }
 
+#[tokio::test]
+async fn large_values_pass_both_ways() {
+    let proxy = start_proxy(&base_config(cluster())).await;
+    let client = proxy.connect().await;
+    client
+        .batch_execute("CREATE TABLE proto_large (body text)")
+        .await
+        .unwrap();
+    let body: String = (0..8 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    client
+        .execute("INSERT INTO proto_large VALUES ($1)", &[&body])
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT body FROM proto_large", &[])
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, String>(0) == body,
+        "the 8 MiB value came back unchanged"
+    );
+}
+
+#[tokio::test]
+async fn large_result_set_arrives_complete() {
+    let proxy = start_proxy(&base_config(cluster())).await;
+    let client = proxy.connect().await;
+    let sql = "SELECT g, repeat('x', 1000) FROM generate_series(1, 50000) g";
+    let rows = client.query(sql, &[]).await.unwrap();
+    assert_eq!(rows.len(), 50_000);
+    assert_eq!(rows[49_999].get::<_, i32>(0), 50_000);
+    assert!(rows.iter().all(|r| r.get::<_, &str>(1).len() == 1000));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client authentication
 
@@ -435,6 +471,46 @@ async fn cancel_request_stops_the_running_query() {
     assert_eq!(row.get::<_, String>(0), "after cancel");
 }
 
+#[tokio::test]
+async fn cancel_request_of_an_idle_client_leaves_other_clients_alone() {
+    let proxy = start_proxy(&config(&[("size = 4", "size = 1")])).await;
+    let idle = proxy.connect().await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let busy = proxy.connect().await;
+    let running = tokio::spawn(async move {
+        busy.simple_query("SELECT pg_sleep(2) /* proto_idle_cancel */")
+            .await
+            .map(|_| ())
+    });
+    let primary = connect_direct(cluster().primary_port()).await;
+    let active = "SELECT count(*) FROM pg_stat_activity
+                  WHERE state = 'active' AND query LIKE '%pg_sleep(2) /* proto_idle_cancel */%'
+                    AND pid <> pg_backend_pid()";
+    tokio::time::timeout(HANG_GUARD, async {
+        while primary
+            .query_one(active, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the sleeping query never showed up in pg_stat_activity");
+    // The idle client's server connection is the one now running the other client's query.
+    idle.cancel_token().cancel_query(NoTls).await.unwrap();
+    let result = tokio::time::timeout(HANG_GUARD, running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        result.is_ok(),
+        "the other client's query was not cancelled: {result:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-made protocol clients: startup packets and malformed input
 
@@ -546,8 +622,12 @@ impl RawClient {
 }
 
 fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    startup_packet_version(196_608, params) // protocol 3.0
+}
+
+fn startup_packet_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = BytesMut::new();
-    body.put_i32(196_608); // protocol 3.0
+    body.put_i32(version);
     for (name, value) in params {
         body.put_slice(name.as_bytes());
         body.put_u8(0);
@@ -934,5 +1014,75 @@ async fn closed_statement_no_longer_exists_for_the_client() {
     assert_eq!(
         raw.simple_query("SELECT 'usable'").await,
         Ok(vec![vec![Some("usable".into())]])
+    );
+}
+
+#[tokio::test]
+async fn notice_reaches_the_client_before_the_result() {
+    let proxy = trust_proxy(1).await;
+    let mut raw = RawClient::login(proxy.addr, &[]).await;
+    raw.send(&query_message(
+        "DO $$ BEGIN RAISE NOTICE 'proto notice'; END $$",
+    ))
+    .await;
+    let messages = raw.recv_until_ready().await;
+    assert_eq!(tags(&messages), "NCZ");
+    let notice = String::from_utf8_lossy(&messages[0].1).into_owned();
+    assert!(notice.contains("proto notice"), "{notice:?}");
+}
+
+#[tokio::test]
+async fn function_call_is_forwarded_and_answered() {
+    let proxy = trust_proxy(1).await;
+    let mut raw = RawClient::login(proxy.addr, &[]).await;
+    // int4pl(2, 3), OID 177, arguments and result as text.
+    let mut body = Vec::new();
+    body.extend_from_slice(&177i32.to_be_bytes());
+    body.extend_from_slice(&[0, 1, 0, 0]); // one format code: text
+    body.extend_from_slice(&2i16.to_be_bytes());
+    for arg in [b"2", b"3"] {
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(arg);
+    }
+    body.extend_from_slice(&[0, 0]); // result as text
+    raw.send(&message(b'F', &body)).await;
+    let messages = raw.recv_until_ready().await;
+    assert_eq!(tags(&messages), "VZ");
+    assert_eq!(messages[0].1, [&1i32.to_be_bytes()[..], b"5"].concat());
+    assert_eq!(
+        raw.simple_query("SELECT 'after call'").await,
+        Ok(vec![vec![Some("after call".into())]])
+    );
+}
+
+#[tokio::test]
+async fn newer_protocol_minor_version_and_extensions_are_negotiated_down() {
+    let proxy = trust_proxy(1).await;
+    let mut raw = RawClient::connect(proxy.addr).await;
+    let params = [
+        ("user", "app"),
+        ("database", "app"),
+        ("_pq_.future_option", "on"),
+    ];
+    raw.send(&startup_packet_version(0x0003_0002, &params))
+        .await; // protocol 3.2
+    let messages = raw.recv_until_ready().await;
+    let mut negotiate = Vec::new();
+    negotiate.extend_from_slice(&0i32.to_be_bytes()); // newest minor version: 0
+    negotiate.extend_from_slice(&1i32.to_be_bytes());
+    negotiate.extend_from_slice(b"_pq_.future_option\0");
+    assert_eq!(
+        messages[0],
+        (b'v', negotiate),
+        "NegotiateProtocolVersion first"
+    );
+    assert_eq!(
+        messages[1],
+        (b'R', vec![0, 0, 0, 0]),
+        "then AuthenticationOk"
+    );
+    assert_eq!(
+        raw.simple_query("SELECT 'negotiated'").await,
+        Ok(vec![vec![Some("negotiated".into())]])
     );
 }
