@@ -3,6 +3,7 @@
 //! holds, and its transaction status. Never forwards anything to a client itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -23,6 +24,14 @@ pub struct LoginParams {
     pub connect_timeout: Duration,
 }
 
+/// Where a server process's running statement can be cancelled: its address and BackendKeyData.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelKey {
+    pub addr: String,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
 /// An open, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConnection {
@@ -31,6 +40,8 @@ pub struct ServerConnection {
     pub addr: String,
     pub process_id: i32,
     pub secret_key: i32,
+    /// This connection's cancel key, shared with the cancel registry while a client uses it.
+    pub cancel_key: Arc<CancelKey>,
     /// Values the server reported with ParameterStatus.
     pub params: HashMap<String, String>,
     /// Settings applied with SET for the current client (name → value as the client gave it).
@@ -63,6 +74,11 @@ impl ServerConnection {
             addr: login.addr.clone(),
             process_id: 0,
             secret_key: 0,
+            cancel_key: Arc::new(CancelKey {
+                addr: login.addr.clone(),
+                process_id: 0,
+                secret_key: 0,
+            }),
             params: HashMap::new(),
             applied: BTreeMap::new(),
             prepared: HashSet::new(),
@@ -74,6 +90,11 @@ impl ServerConnection {
         tokio::time::timeout(login.connect_timeout, conn.startup(login))
             .await
             .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))??;
+        conn.cancel_key = Arc::new(CancelKey {
+            addr: login.addr.clone(),
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        });
         Ok(conn)
     }
 

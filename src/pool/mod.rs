@@ -134,13 +134,12 @@ impl<M: Manager> Pool<M> {
 
     /// Waits in line (FIFO) for a connection, up to the checkout timeout.
     pub async fn get(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let timeout = self.inner.options.checkout_timeout;
-        let permit =
-            match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
-                Err(_) => return Err(PoolError::Timeout(timeout)),
-                Ok(Err(_)) => return Err(PoolError::Closed),
-                Ok(Ok(permit)) => permit,
-            };
+        let permit = match self.inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Only a contended checkout pays for a timer. FIFO still holds: tokio hands released
+            // permits straight to queued waiters, so try_acquire never jumps a queue.
+            Err(_) => self.wait_for_permit().await?,
+        };
         let (conn, created) = match self.take_idle() {
             Some(idle) => (idle.conn, idle.created),
             None => {
@@ -159,6 +158,15 @@ impl<M: Manager> Pool<M> {
             permit: Some(permit),
             pool: self.inner.clone(),
         })
+    }
+
+    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
+        let timeout = self.inner.options.checkout_timeout;
+        match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
+            Err(_) => Err(PoolError::Timeout(timeout)),
+            Ok(Err(_)) => Err(PoolError::Closed),
+            Ok(Ok(permit)) => Ok(permit),
+        }
     }
 
     /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.

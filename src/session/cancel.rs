@@ -4,23 +4,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Where a client's running statement can be cancelled: server address and its BackendKeyData.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerKey {
-    pub addr: String,
-    pub process_id: i32,
-    pub secret_key: i32,
-}
+pub use crate::backend::connection::CancelKey as ServerKey;
 
 /// The server connection a client is using right now, if any.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<ServerKey>>);
+pub struct CancelSlot(Mutex<Option<Arc<ServerKey>>>);
 
 impl CancelSlot {
-    pub fn set(&self, key: Option<ServerKey>) {
+    pub fn set(&self, key: Option<Arc<ServerKey>>) {
         *lock(&self.0) = key;
     }
-    pub fn get(&self) -> Option<ServerKey> {
+    pub fn get(&self) -> Option<Arc<ServerKey>> {
         lock(&self.0).clone()
     }
 }
@@ -51,7 +45,7 @@ impl CancelRegistry {
     }
 
     /// The server connection to cancel for a client key, if that client is using one now.
-    pub fn lookup(&self, process_id: i32, secret_key: i32) -> Option<ServerKey> {
+    pub fn lookup(&self, process_id: i32, secret_key: i32) -> Option<Arc<ServerKey>> {
         lock(&self.clients)
             .get(&(process_id, secret_key))
             .and_then(|slot| slot.get())
@@ -92,8 +86,8 @@ mod tests {
             process_id: 7,
             secret_key: 9,
         };
-        guard.slot.set(Some(key.clone()));
-        assert_eq!(registry.lookup(pid, secret), Some(key));
+        guard.slot.set(Some(Arc::new(key.clone())));
+        assert_eq!(registry.lookup(pid, secret).as_deref(), Some(&key));
         assert_eq!(registry.lookup(pid, secret.wrapping_add(1)), None);
         drop(guard);
         assert_eq!(registry.lookup(pid, secret), None);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use self::cancel::{CancelGuard, ServerKey};
+use self::cancel::CancelGuard;
 use self::error::SessionError;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;
@@ -206,11 +206,7 @@ impl Session {
             }
         })?;
         conn.apply_settings(&self.settings).await?;
-        self.cancel.slot.set(Some(ServerKey {
-            addr: conn.addr.clone(),
-            process_id: conn.process_id,
-            secret_key: conn.secret_key,
-        }));
+        self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
         Ok(())
     }
