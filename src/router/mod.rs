@@ -1,1 +1,134 @@
-//! router (being written).
+//! The sharding router: statement text → [`Plan`] (once) → [`Route`] (per execution).
+//!
+//! [`Router::plan`] parses a statement with sqlparser (PostgreSqlDialect) and records what
+//! routing needs: the statement kind, whether it is a plain read (replica-eligible), the
+//! sharded tables it touches and where their keys come from (literals, already hashed, or
+//! `$n` placeholders), and any leading `/* pgshard: shard_key=... */` hint. Plans are
+//! immutable and cacheable: per prepared statement at Parse, and per query text for simple
+//! queries in a [`PlanCache`]. [`Router::route`] then resolves a plan with the Bind
+//! parameters and the session's [`RouteContext`] (its `SET pgshard.*` overrides and its
+//! transaction mode) to a [`Route`]. Nothing downstream reads the SQL again.
+//!
+//! Rules: a sharded table's rows go where their key's slot lives (`sharding`, SHARDING.md);
+//! reference tables are read from any shard (the default one when nothing else decides) and
+//! written on all; other tables live on the default shard; statements naming no table go to
+//! the default shard. A statement's own key wins over overrides; overrides (hint comment,
+//! then `pgshard.shard`, then `pgshard.shard_key`) decide where the statement gives none.
+//! Keyless writes on sharded tables are refused; keyless reads route to every shard.
+//! Statements sqlparser cannot parse go to the default (or overridden) shard's primary.
+//!
+//! Pure and synchronous: this module never does I/O, never awaits, holds no globals and never
+//! learns anything by itself (volatility comes in as data).
+
+mod analyze;
+mod cache;
+mod constraints;
+mod error;
+mod expr;
+mod parse;
+mod plan;
+mod query;
+mod route;
+mod text;
+mod volatility;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::sharding::{KeyType, ShardMap};
+
+use analyze::TableRule;
+
+pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
+pub use error::RouteError;
+pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
+pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
+pub use volatility::Volatility;
+
+/// What the analysis consults: table rules and function volatility.
+#[derive(Debug)]
+pub(crate) struct Rules {
+    /// Lowercase unqualified table name → rule.
+    tables: HashMap<Box<str>, TableRule>,
+    volatility: Volatility,
+}
+
+/// Routes statements for one config. Immutable; rebuild it (and drop cached plans) on reload
+/// or when the volatility table changes.
+#[derive(Debug)]
+pub struct Router {
+    rules: Rules,
+    map: ShardMap,
+    default_shard: usize,
+    default_key_type: KeyType,
+    /// Every declared key type, for checking `SET pgshard.shard_key` values.
+    key_types: Vec<KeyType>,
+}
+
+impl Router {
+    /// A router for `config`, which must have been validated (as [`Config::load`] does).
+    pub fn new(config: &Config, volatility: Volatility) -> Router {
+        let sharding = &config.sharding;
+        let map = config.shard_map();
+        let mut tables = HashMap::new();
+        let mut key_types = Vec::new();
+        for t in &sharding.tables {
+            let key_type = t.key_type.unwrap_or(sharding.key_type);
+            let key_column = t.key_column.as_deref().unwrap_or(&sharding.key_column);
+            let table = ShardedTable {
+                name: table_key(&t.name),
+                key_column: key_column.trim().to_ascii_lowercase().into(),
+                key_type,
+            };
+            if !key_types.contains(&key_type) {
+                key_types.push(key_type);
+            }
+            tables.insert(table.name.clone(), TableRule::Sharded(Arc::new(table)));
+        }
+        for name in &sharding.reference_tables {
+            tables.insert(table_key(name), TableRule::Reference);
+        }
+        if key_types.is_empty() {
+            key_types.push(sharding.key_type);
+        }
+        let default_shard = sharding
+            .default_shard
+            .as_deref()
+            .and_then(|name| map.shard_index(name))
+            .unwrap_or(0);
+        Router {
+            rules: Rules { tables, volatility },
+            map,
+            default_shard,
+            default_key_type: sharding.key_type,
+            key_types,
+        }
+    }
+
+    /// Analyses a statement string (one or several statements). Never fails: text sqlparser
+    /// cannot parse gets a plan for the default (or overridden) shard's primary. The result
+    /// depends only on the text and this router, so it may be cached by text.
+    pub fn plan(&self, sql: &str) -> Arc<Plan> {
+        Arc::new(analyze::plan(&self.rules, sql))
+    }
+
+    /// The shard map routes are computed with.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// Index of the shard holding unsharded tables.
+    pub fn default_shard(&self) -> usize {
+        self.default_shard
+    }
+}
+
+/// `Public."Users"` → `users`: config names match on the unqualified, lowercased name.
+fn table_key(name: &str) -> Box<str> {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    last.trim().trim_matches('"').to_ascii_lowercase().into()
+}

@@ -1,0 +1,148 @@
+//! Cost of routing one statement, for a typical OLTP mix on two shards.
+//!
+//! - `cold`: `Router::plan` + `Router::route`: a statement seen for the first time.
+//! - `cached`: `Router::route` from an existing `Arc<Plan>` with its Bind parameters: a
+//!   prepared statement, or a simple query whose plan is cached. Must stay under 2 µs.
+//! - `cache_hit`: `PlanCache::get` by query text + `Router::route`: a repeated simple query.
+//!
+//! Each benchmark routes one statement; "time" is the cost per statement.
+//! Run: `cargo bench --bench router`.
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+use pgshard::config::Config;
+use pgshard::router::{Params, PlanCache, RouteContext, Router, Volatility};
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:6432"
+database = "app"
+[[users]]
+name = "app"
+password = "app"
+[sharding]
+key_column = "user_id"
+key_type = "bigint"
+reference_tables = ["countries"]
+[[sharding.tables]]
+name = "users"
+[[sharding.tables]]
+name = "orders"
+[[shards]]
+name = "s0"
+primary = "127.0.0.1:5432"
+replicas = ["127.0.0.1:5433"]
+[[shards]]
+name = "s1"
+primary = "127.0.0.1:5434"
+replicas = ["127.0.0.1:5435"]
+"#;
+
+/// One statement of the mix: its text and its Bind parameters (text format).
+struct Case {
+    name: &'static str,
+    sql: &'static str,
+    params: &'static [Option<&'static [u8]>],
+}
+
+const MIX: &[Case] = &[
+    Case {
+        name: "point_select_param",
+        sql: "SELECT user_id, name, email FROM users WHERE user_id = $1",
+        params: &[Some(b"42")],
+    },
+    Case {
+        name: "point_select_literal",
+        sql: "SELECT user_id, name, email FROM users u WHERE u.user_id = 42 AND u.active",
+        params: &[],
+    },
+    Case {
+        name: "insert",
+        sql: "INSERT INTO orders (user_id, total, status) VALUES ($1, $2, $3) RETURNING id",
+        params: &[Some(b"42"), Some(b"9.99"), Some(b"open")],
+    },
+    Case {
+        name: "update_by_key",
+        sql: "UPDATE users SET visits = visits + 1, seen_at = now() WHERE user_id = $1",
+        params: &[Some(b"7")],
+    },
+    Case {
+        name: "select_in",
+        sql: "SELECT * FROM orders WHERE user_id IN (1, 2, 3) ORDER BY id DESC LIMIT 20",
+        params: &[],
+    },
+    Case {
+        name: "begin",
+        sql: "BEGIN",
+        params: &[],
+    },
+    Case {
+        name: "commit",
+        sql: "COMMIT",
+        params: &[],
+    },
+];
+
+fn router() -> Router {
+    let config = Config::from_toml_str(CONFIG).expect("bench config is valid");
+    Router::new(&config, Volatility::builtin())
+}
+
+fn cold(c: &mut Criterion) {
+    let router = router();
+    let ctx = RouteContext::default();
+    let mut group = c.benchmark_group("cold");
+    for case in MIX {
+        let params = Params::new(case.params, &[]);
+        group.bench_function(case.name, |b| {
+            b.iter(|| {
+                let plan = router.plan(black_box(case.sql));
+                black_box(router.route(&plan, &params, &ctx))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn cached(c: &mut Criterion) {
+    let router = router();
+    let ctx = RouteContext::default();
+    let mut group = c.benchmark_group("cached");
+    for case in MIX {
+        let plan = router.plan(case.sql);
+        let params = Params::new(case.params, &[]);
+        group.bench_function(case.name, |b| {
+            b.iter(|| black_box(router.route(black_box(&plan), &params, &ctx)))
+        });
+    }
+    group.finish();
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let router = router();
+    let ctx = RouteContext::default();
+    let mut cache = PlanCache::new(1 << 20);
+    let mut group = c.benchmark_group("cache_hit");
+    for case in MIX.iter().filter(|case| case.params.is_empty()) {
+        cache.get_or_plan(&router, case.sql);
+        group.bench_function(case.name, |b| {
+            b.iter(|| {
+                let plan = cache.get(black_box(case.sql));
+                black_box(plan.map(|plan| router.route(&plan, &Params::NONE, &ctx)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = cold, cached, cache_hit
+}
+criterion_main!(benches);

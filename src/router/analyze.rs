@@ -1,0 +1,356 @@
+//! Statement text → [`Plan`]: parse with sqlparser (PostgreSqlDialect), classify each
+//! statement, and collect the facts routing needs. Text sqlparser cannot parse still gets a
+//! plan (default shard, primary, kind from its first keyword), never an error.
+//!
+//! Runs once per query text; never does I/O, never sees parameter values, holds no state
+//! between calls.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement,
+    TransactionAccessMode, TransactionMode, Value,
+};
+
+use super::constraints::{literal_text, KeyGraph};
+use super::plan::{
+    Hint, KeyMove, Placement, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
+};
+use super::Rules;
+use super::{parse, text};
+
+/// How the config classifies a table.
+#[derive(Debug, Clone)]
+pub(crate) enum TableRule {
+    Sharded(Arc<ShardedTable>),
+    Reference,
+}
+
+/// Facts gathered while walking one statement string.
+pub(super) struct Analyzer<'r> {
+    pub rules: &'r Rules,
+    pub keys: KeyGraph,
+    /// CTE names in scope (lowercase): they shadow tables.
+    pub ctes: Vec<Box<str>>,
+    pub writes: bool,
+    /// `FOR UPDATE` / `FOR SHARE` somewhere.
+    pub locks: bool,
+    /// Calls a volatile (or unknown) function, or holds a construct not inspected.
+    pub volatile: bool,
+    /// Writes a reference table, or is DDL on a sharded or reference table.
+    pub broadcast: bool,
+    pub key_moves: Vec<KeyMove>,
+    pub unsupported: Option<String>,
+    /// Current nesting of the expression walk (bounded by `expr::MAX_WALK_DEPTH`).
+    pub depth: usize,
+}
+
+/// Analyses `sql` into a plan.
+pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
+    let (body, hint) = text::leading_comments(sql);
+    if body
+        .trim_matches(|c: char| c.is_whitespace() || c == ';')
+        .is_empty()
+    {
+        return Plan::empty(hint);
+    }
+    let parsed = parse::parse(sql).or_else(|e| {
+        text::rewrite_for_parser(sql)
+            .ok_or(e)
+            .and_then(|rewritten| parse::parse(&rewritten))
+    });
+    match parsed {
+        Ok(statements) if !statements.is_empty() => {
+            let mut analyzer = Analyzer::new(rules);
+            let kind = analyzer.statements(&statements);
+            analyzer.finish(kind, hint)
+        }
+        Ok(_) => Plan::empty(hint),
+        Err(_) => unparsed(rules, body, hint),
+    }
+}
+
+/// A plan for text sqlparser cannot parse: the default (or overridden) shard's primary.
+fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
+    let fallback = text::fallback(body);
+    let mut plan = Plan::other(hint, false);
+    plan.kind = fallback.kind;
+    plan.writes = fallback.writes;
+    if let Some(table) = fallback.copy_from {
+        match rules.tables.get(table.as_str()) {
+            Some(TableRule::Sharded(t)) => {
+                plan.unsupported = Some(format!(
+                    "COPY into sharded table {} is not supported yet; use INSERT (multi-row \
+                     VALUES whose rows share a shard, or one INSERT per row)",
+                    t.name
+                ));
+            }
+            Some(TableRule::Reference) => plan.placement = Placement::All,
+            None => {}
+        }
+    }
+    plan
+}
+
+impl<'r> Analyzer<'r> {
+    fn new(rules: &'r Rules) -> Self {
+        Analyzer {
+            rules,
+            keys: KeyGraph::default(),
+            ctes: Vec::new(),
+            writes: false,
+            locks: false,
+            volatile: false,
+            broadcast: false,
+            key_moves: Vec::new(),
+            unsupported: None,
+            depth: 0,
+        }
+    }
+
+    fn finish(self, kind: StatementKind, hint: Option<Hint>) -> Plan {
+        let plain_read =
+            kind == StatementKind::Read && !self.writes && !self.locks && !self.volatile;
+        let placement = if self.broadcast {
+            Placement::All
+        } else {
+            let classes = self.keys.finish();
+            if classes.is_empty() {
+                Placement::Default
+            } else {
+                Placement::Sharded(classes)
+            }
+        };
+        Plan {
+            kind,
+            plain_read,
+            writes: self.writes,
+            parsed: true,
+            placement,
+            key_moves: self.key_moves,
+            hint,
+            unsupported: self.unsupported,
+        }
+    }
+
+    /// Several statements in one string: a read if all are reads, a write if all are reads or
+    /// writes, else `Other`. Their keys all count.
+    fn statements(&mut self, statements: &[Statement]) -> StatementKind {
+        if let [only] = statements {
+            return self.statement(only);
+        }
+        let mut kind = StatementKind::Read;
+        for s in statements {
+            kind = match (kind, self.statement(s)) {
+                (StatementKind::Read, StatementKind::Read) => StatementKind::Read,
+                (
+                    StatementKind::Read | StatementKind::Write,
+                    StatementKind::Read | StatementKind::Write,
+                ) => StatementKind::Write,
+                _ => StatementKind::Other,
+            };
+        }
+        kind
+    }
+
+    pub(super) fn statement(&mut self, s: &Statement) -> StatementKind {
+        use StatementKind as K;
+        use TransactionControl as T;
+        match s {
+            Statement::Query(q) => {
+                self.query(q);
+                K::Read
+            }
+            Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Merge { .. } => {
+                self.data_statement(s);
+                K::Write
+            }
+            Statement::Explain {
+                statement, analyze, ..
+            } => self.explain(statement, *analyze),
+            Statement::StartTransaction { modes, .. } => K::Transaction(T::Begin {
+                read_only: access_mode(modes) == Some(true),
+            }),
+            Statement::Commit { .. } => K::Transaction(T::Commit),
+            Statement::Rollback { savepoint, .. } => K::Transaction(match savepoint {
+                Some(_) => T::RollbackTo,
+                None => T::Rollback,
+            }),
+            Statement::Savepoint { .. } => K::Transaction(T::Savepoint),
+            Statement::ReleaseSavepoint { .. } => K::Transaction(T::Release),
+            Statement::Set(set) => set_statement(set),
+            Statement::Copy { source, to, .. } => self.copy(source, *to),
+            Statement::Call(f) => {
+                self.function(f);
+                K::Write
+            }
+            _ => {
+                self.ddl(s);
+                K::Other
+            }
+        }
+    }
+
+    /// EXPLAIN runs its statement only with ANALYZE; otherwise it is a read wherever the
+    /// statement would go.
+    fn explain(&mut self, statement: &Statement, analyze: bool) -> StatementKind {
+        let writes_before = self.writes;
+        let kind = self.statement(statement);
+        if analyze {
+            return kind;
+        }
+        self.writes = writes_before;
+        match kind {
+            StatementKind::Read | StatementKind::Write => StatementKind::Read,
+            _ => StatementKind::Other,
+        }
+    }
+
+    fn copy(&mut self, source: &CopySource, to: bool) -> StatementKind {
+        match source {
+            CopySource::Query(q) => {
+                self.query(q);
+                StatementKind::Read
+            }
+            CopySource::Table { table_name, .. } if to => {
+                self.keys.push_frame();
+                self.bind_table(table_name, None, false);
+                self.keys.pop_frame();
+                StatementKind::Read
+            }
+            CopySource::Table { table_name, .. } => {
+                self.writes = true;
+                match self.table_rule(table_name) {
+                    Some(TableRule::Sharded(t)) => {
+                        self.unsupported = Some(format!(
+                            "COPY into sharded table {} is not supported yet; use INSERT",
+                            t.name
+                        ));
+                    }
+                    Some(TableRule::Reference) => self.broadcast = true,
+                    None => {}
+                }
+                StatementKind::Write
+            }
+        }
+    }
+
+    /// DDL and TRUNCATE naming a sharded or reference table go to every shard.
+    fn ddl(&mut self, s: &Statement) {
+        let names: Vec<&ObjectName> = match s {
+            Statement::CreateTable(t) => vec![&t.name],
+            Statement::AlterTable { name, .. } => vec![name],
+            Statement::CreateIndex(i) => vec![&i.table_name],
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                names,
+                ..
+            } => names.iter().collect(),
+            Statement::Truncate { table_names, .. } => {
+                self.writes = true;
+                table_names.iter().map(|t| &t.name).collect()
+            }
+            _ => Vec::new(),
+        };
+        if names.iter().any(|n| self.table_rule(n).is_some()) {
+            self.broadcast = true;
+        }
+    }
+
+    /// The config's rule for a table name (schema ignored, case folded).
+    pub(super) fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
+        let last = last_ident(name)?;
+        self.rules.tables.get(&*lower(last)).cloned()
+    }
+}
+
+/// `READ ONLY` → `Some(true)`, `READ WRITE` → `Some(false)`.
+fn access_mode(modes: &[TransactionMode]) -> Option<bool> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => Some(true),
+        TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => Some(false),
+        _ => None,
+    })
+}
+
+/// `SET pgshard.*` becomes a setting; `SET TRANSACTION` transaction control; other SETs are
+/// `Other` (sent to a server).
+fn set_statement(set: &Set) -> StatementKind {
+    match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let parts: Vec<&str> = variable
+                .0
+                .iter()
+                .filter_map(|p| match p {
+                    ObjectNamePart::Identifier(i) => Some(i.value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            match parts.as_slice() {
+                [ns, name] if ns.eq_ignore_ascii_case("pgshard") => {
+                    StatementKind::Setting(pgshard_setting(name, values.first()))
+                }
+                _ => StatementKind::Other,
+            }
+        }
+        Set::SetTransaction {
+            modes,
+            session: false,
+            ..
+        } => StatementKind::Transaction(TransactionControl::SetTransaction {
+            read_only: access_mode(modes),
+        }),
+        _ => StatementKind::Other,
+    }
+}
+
+fn pgshard_setting(name: &str, value: Option<&Expr>) -> SettingPlan {
+    let value = value.and_then(setting_value);
+    match (name.to_ascii_lowercase().as_str(), value) {
+        ("shard_key", Some(v)) => SettingPlan::ShardKey(v),
+        ("shard_key", None) => SettingPlan::ResetShardKey,
+        ("shard", Some(v)) => SettingPlan::Shard(v),
+        ("shard", None) => SettingPlan::ResetShard,
+        (other, _) => SettingPlan::Unknown(format!("pgshard.{other}")),
+    }
+}
+
+/// The value of `SET x = <value>` as text; `None` for `DEFAULT`.
+fn setting_value(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Null => None,
+            other => Some(literal_text(other).map_or_else(|| other.to_string(), String::from)),
+        },
+        Expr::Identifier(i)
+            if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+        {
+            None
+        }
+        Expr::Identifier(i) => Some(i.value.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The unqualified name: `public.users` → `users`.
+pub(super) fn last_ident(name: &ObjectName) -> Option<&str> {
+    match name.0.last()? {
+        ObjectNamePart::Identifier(i) => Some(&i.value),
+        _ => None,
+    }
+}
+
+/// Lowercase without allocating when already lowercase.
+pub(super) fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}

@@ -1,0 +1,139 @@
+//! Why a statement cannot be routed, worded for the client, with the SQLSTATE it is sent with.
+//! Messages say what to do next; they never quote internal state beyond table, column and
+//! shard names the user configured.
+
+use super::plan::Placement;
+use super::{Plan, Route, Router};
+use crate::sharding::ShardingError;
+
+/// A statement pgshard refuses to route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// A write (or, until scatter-gather lands, a read the session refuses) on a sharded table
+    /// that gives no shard key.
+    #[error(
+        "{verb} on sharded table {table} needs its shard key: {advice}, or pick a shard with \
+         SET pgshard.shard_key = ... or a leading /* pgshard: shard_key=... */ comment",
+        verb = if *.insert { "INSERT" } else { "this statement" },
+        advice = if *.insert {
+            format!("list {column} among the columns and give it a literal or $n in every row")
+        } else {
+            format!("add WHERE {column} = ... (a literal or $n parameter)")
+        }
+    )]
+    KeyNeeded {
+        table: String,
+        column: String,
+        insert: bool,
+    },
+
+    /// A key value that does not parse as the declared type (or a bad binary parameter).
+    #[error("{0}")]
+    BadKey(ShardingError),
+
+    /// A NULL shard key where a row must be placed.
+    #[error(
+        "the shard key {column} of {table} cannot be NULL: pgshard places each row by its key; \
+         give {column} a value"
+    )]
+    NullKey { table: String, column: String },
+
+    /// `SET pgshard.shard = 'nope'`, or a hint naming no configured shard.
+    #[error("shard {name:?} does not exist; use one of {known}")]
+    UnknownShard { name: String, known: String },
+
+    /// `SET pgshard.<other>`.
+    #[error(
+        "unrecognized configuration parameter \"{0}\"; pgshard knows pgshard.shard_key and \
+         pgshard.shard"
+    )]
+    UnknownSetting(String),
+
+    /// An UPDATE that would move rows to another shard by changing their key.
+    #[error(
+        "this UPDATE changes the shard key {column} of {table}, which would move the row to \
+         another shard; DELETE the row and INSERT it with the new key instead"
+    )]
+    KeyChange { table: String, column: String },
+
+    /// Bind gave fewer parameters than the key placeholder needs.
+    #[error("the shard key is parameter ${number}, but Bind gave {given} parameters")]
+    MissingParam { number: usize, given: usize },
+
+    /// A construct pgshard does not route yet (e.g. COPY into a sharded table).
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// One statement whose keys are on several shards, refused until cross-shard queries land.
+    #[error(
+        "this statement's shard keys are on shards {shards}; pgshard cannot run one statement \
+         on several shards yet: split it so that each statement's keys are on one shard"
+    )]
+    CrossShard { shards: String },
+
+    /// A statement in a transaction held on one shard that routes to another.
+    #[error(
+        "this transaction runs on shard {pinned}, but this statement routes to shard {wanted}; \
+         pgshard never splits a transaction across shards: finish the transaction first"
+    )]
+    CrossShardTransaction { pinned: String, wanted: String },
+}
+
+impl RouteError {
+    /// The SQLSTATE sent with the ErrorResponse.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            RouteError::KeyNeeded { .. }
+            | RouteError::KeyChange { .. }
+            | RouteError::Unsupported(_)
+            | RouteError::CrossShard { .. }
+            | RouteError::CrossShardTransaction { .. } => "0A000", // feature_not_supported
+            RouteError::BadKey(e) => e.sqlstate(),
+            RouteError::NullKey { .. } => "22004", // null_value_not_allowed
+            RouteError::UnknownShard { .. } | RouteError::UnknownSetting(_) => "42704", // undefined_object
+            RouteError::MissingParam { .. } => "08P01", // protocol_violation
+        }
+    }
+}
+
+impl From<ShardingError> for RouteError {
+    fn from(e: ShardingError) -> Self {
+        RouteError::BadKey(e)
+    }
+}
+
+impl Router {
+    /// The error for a [`Route::Shards`] or [`Route::SplitInsert`] the session cannot serve
+    /// yet: "needs the shard key" naming the keyless table, else the shards the keys span.
+    pub fn multi_shard_error(&self, plan: &Plan, route: &Route) -> RouteError {
+        if let Placement::Sharded(classes) = &plan.placement {
+            if let Some(class) = classes.iter().find(|c| c.sets.is_empty()) {
+                return RouteError::KeyNeeded {
+                    table: class.table.name.to_string(),
+                    column: class.table.key_column.to_string(),
+                    insert: class.insert,
+                };
+            }
+        }
+        let shards: Vec<&str> = match route {
+            Route::Shards { shards, .. } | Route::SplitInsert { shards } => {
+                shards.iter().map(|&s| self.map.shard_name(s)).collect()
+            }
+            _ => (0..self.map.len())
+                .map(|s| self.map.shard_name(s))
+                .collect(),
+        };
+        RouteError::CrossShard {
+            shards: shards.join(", "),
+        }
+    }
+
+    /// The error for a statement routed to shard `wanted` inside a transaction held on
+    /// shard `pinned`.
+    pub fn cross_transaction_error(&self, pinned: usize, wanted: usize) -> RouteError {
+        RouteError::CrossShardTransaction {
+            pinned: self.map.shard_name(pinned).to_string(),
+            wanted: self.map.shard_name(wanted).to_string(),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Tokenize, refuse pathologically long operator chains, then parse with sqlparser.
+//!
+//! sqlparser builds `a + b + c ...` and `... UNION ... UNION ...` as left-deep trees in a loop
+//! (its recursion limit does not apply), and dropping such a tree recurses once per link: a
+//! client could send a few hundred kilobytes of `1+1+...` and overflow a 2 MiB task stack.
+//! Statements whose chains exceed the limits here are not parsed (they route as unparsable
+//! ones do). The check reuses the tokens the parser needs anyway. Never does I/O.
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+/// Most operators in one chain (between commas, inside one pair of parentheses).
+pub(crate) const MAX_OPERATOR_CHAIN: usize = 5_000;
+/// Most set operations (UNION, EXCEPT, INTERSECT) in one statement string.
+pub(crate) const MAX_SET_OPERATIONS: usize = 1_000;
+
+/// Why a text was not parsed.
+#[derive(Debug)]
+pub(crate) struct NotParsed;
+
+/// Parses `sql`, or refuses it when sqlparser cannot parse it or its chains are too long.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, NotParsed> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .map_err(|_| NotParsed)?;
+    if !chains_within_limits(&tokens) {
+        return Err(NotParsed);
+    }
+    Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|_| NotParsed)
+}
+
+/// Whether no operator chain and no run of set operations is longer than the limits.
+/// Overestimates (every operator between two commas counts), never underestimates.
+fn chains_within_limits(tokens: &[TokenWithSpan]) -> bool {
+    // One counter per open parenthesis or bracket; commas restart the innermost.
+    let mut chain: Vec<usize> = vec![0];
+    let mut set_operations = 0usize;
+    for t in tokens {
+        match &t.token {
+            Token::Comma => {
+                if let Some(c) = chain.last_mut() {
+                    *c = 0;
+                }
+            }
+            Token::LParen => chain.push(0),
+            Token::LBracket => {
+                bump(&mut chain);
+                chain.push(0);
+            }
+            Token::RParen | Token::RBracket => {
+                if chain.len() > 1 {
+                    chain.pop();
+                }
+            }
+            Token::Word(w) => match w.keyword {
+                Keyword::UNION | Keyword::EXCEPT | Keyword::INTERSECT => set_operations += 1,
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::BETWEEN
+                | Keyword::COLLATE
+                | Keyword::AT
+                | Keyword::OVERLAPS => bump(&mut chain),
+                _ => {}
+            },
+            Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::SemiColon
+            | Token::Period
+            | Token::Placeholder(_)
+            | Token::EOF => {}
+            // Operators, casts, and anything else that might extend a chain.
+            _ => bump(&mut chain),
+        }
+        if chain.last().is_some_and(|&c| c > MAX_OPERATOR_CHAIN)
+            || set_operations > MAX_SET_OPERATIONS
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn bump(chain: &mut [usize]) {
+    if let Some(c) = chain.last_mut() {
+        *c += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_operator_chains_are_not_parsed() {
+        let sql = format!("SELECT 1{}", "+1".repeat(MAX_OPERATOR_CHAIN + 1));
+        assert!(parse(&sql).is_err());
+        let sql = format!("SELECT 1{}", "+1".repeat(100));
+        assert!(parse(&sql).is_ok());
+    }
+
+    #[test]
+    fn long_union_chains_are_not_parsed() {
+        let sql = format!(
+            "SELECT 1{}",
+            " UNION SELECT 1".repeat(MAX_SET_OPERATIONS + 1)
+        );
+        assert!(parse(&sql).is_err());
+    }
+
+    #[test]
+    fn bulk_inserts_with_casts_and_signs_are_parsed() {
+        let row = "(-1, '2024-01-01'::date, $1::int)";
+        let sql = format!("INSERT INTO t VALUES {}", vec![row; 20_000].join(", "));
+        assert!(parse(&sql).is_ok());
+    }
+
+    #[test]
+    fn a_deep_chain_within_the_limit_drops_on_a_small_stack() {
+        let sql = format!("SELECT 1{}", "+1".repeat(MAX_OPERATOR_CHAIN));
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse(&sql).map(|s| s.len()).is_ok())
+            .expect("spawn a thread");
+        assert!(worker.join().expect("no stack overflow"));
+    }
+
+    #[test]
+    fn planning_a_deep_chain_fits_a_small_stack_and_errs_to_the_primary() {
+        let sql = format!(
+            "SELECT * FROM users WHERE user_id = 42 AND x = 1{}",
+            " OR x = 1".repeat(MAX_OPERATOR_CHAIN / 3)
+        );
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let router = crate::router::tests::router();
+                let plan = router.plan(&sql);
+                (plan.is_parsed(), plan.is_plain_read())
+            })
+            .expect("spawn a thread");
+        assert_eq!(worker.join().expect("no stack overflow"), (true, false));
+    }
+}

@@ -1,0 +1,224 @@
+//! The analysed form of a statement: what [`super::Router::plan`] produces once per query text
+//! and [`super::Router::route`] resolves per execution.
+//!
+//! A plan holds facts only (statement kind, read/write, where the shard key comes from); it
+//! never holds the SQL text, never looks at parameters and never does I/O. Literal keys are
+//! already hashed to slots here; `$n` keys wait for Bind.
+
+use std::sync::Arc;
+
+use crate::sharding::{KeyType, ShardingError};
+
+/// What a statement is, as far as routing and the session's state machine care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// SELECT, VALUES, TABLE, EXPLAIN without ANALYZE of anything, COPY ... TO.
+    Read,
+    /// INSERT, UPDATE, DELETE, MERGE, data-modifying CTEs, EXPLAIN ANALYZE of a write, CALL.
+    Write,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT and friends.
+    Transaction(TransactionControl),
+    /// `SET pgshard.*` / `RESET pgshard.*` / `RESET ALL`: answered by pgshard itself
+    /// ([`super::Route::Local`]), never sent to a server.
+    Setting(SettingPlan),
+    /// Everything else: DDL, utility statements, several statements in one string that mix
+    /// kinds, statements that could not be parsed.
+    Other,
+}
+
+/// Transaction control statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionControl {
+    /// `BEGIN` / `START TRANSACTION`; `read_only` for `READ ONLY`.
+    Begin { read_only: bool },
+    /// `COMMIT` / `END`.
+    Commit,
+    /// `ROLLBACK` / `ABORT`.
+    Rollback,
+    /// `SAVEPOINT name`.
+    Savepoint,
+    /// `RELEASE [SAVEPOINT] name`.
+    Release,
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo,
+    /// `SET TRANSACTION READ ONLY | READ WRITE | ISOLATION LEVEL ...`; `read_only` is `None`
+    /// when the access mode is not changed.
+    SetTransaction { read_only: Option<bool> },
+}
+
+/// A `SET`/`RESET` of a pgshard setting, as written (the shard name is checked at route time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingPlan {
+    /// `SET pgshard.shard_key = <value>`: the key as text, parsed per table at route time.
+    ShardKey(String),
+    /// `SET pgshard.shard = '<name>'`.
+    Shard(String),
+    /// `RESET pgshard.shard_key` / `SET pgshard.shard_key TO DEFAULT`.
+    ResetShardKey,
+    /// `RESET pgshard.shard` / `SET pgshard.shard TO DEFAULT`.
+    ResetShard,
+    /// `RESET ALL`.
+    ResetAll,
+    /// `SET pgshard.<other>`: refused with the list of known settings.
+    Unknown(String),
+}
+
+/// A sharded table as the config declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedTable {
+    /// Lowercase, unqualified.
+    pub name: Box<str>,
+    /// Lowercase.
+    pub key_column: Box<str>,
+    pub key_type: KeyType,
+}
+
+/// One value the shard key may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyExpr {
+    /// A literal, already hashed.
+    Slot(u16),
+    /// `$n` (`index` = n - 1), parsed at Bind by the table's declared type.
+    Param { index: usize, key_type: KeyType },
+    /// `NULL`: matches no row.
+    Null,
+    /// A literal that does not parse as the declared type; reported at route time.
+    Bad(ShardingError),
+}
+
+/// The values a key column is constrained to by one predicate: `= v` gives one value, `IN (...)`
+/// several; a multi-row INSERT gives one per row (`rows`), each row going to its own shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeySet {
+    pub alts: Vec<KeyExpr>,
+    pub rows: bool,
+}
+
+/// Sharded-table occurrences that must sit on the same shards: tables joined on the key, and
+/// subqueries correlated on it. Every set applies (rows are on the intersection); no set
+/// means the statement gives no key for these tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyClass {
+    pub table: Arc<ShardedTable>,
+    pub sets: Vec<KeySet>,
+    /// An INSERT target is in the class (for the wording of "needs the key").
+    pub insert: bool,
+}
+
+/// Where a statement's rows live, before parameters are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// No sharded table: the default shard (overrides may redirect it).
+    Default,
+    /// Every shard's primary: writes to reference tables, DDL and TRUNCATE on sharded or
+    /// reference tables.
+    All,
+    /// Sharded tables, by key class.
+    Sharded(Vec<KeyClass>),
+}
+
+/// `UPDATE ... SET <key> = v`: the new key must stay on the row's shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyMove {
+    pub table: Arc<ShardedTable>,
+    /// `None` when the new value is not a literal or parameter.
+    pub to: Option<KeyExpr>,
+}
+
+/// A leading `/* pgshard: shard_key=42 */` or `/* pgshard: shard=s1 */` comment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Hint {
+    pub shard_key: Option<String>,
+    pub shard: Option<String>,
+}
+
+/// The analysed statement. Cheap to share (`Arc<Plan>`) and immutable: cache it per prepared
+/// statement at Parse, and per query text for simple queries ([`super::PlanCache`]). A plan
+/// belongs to the [`super::Router`] that made it: after a config reload or a new volatility
+/// table, plan again with the new router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub(crate) kind: StatementKind,
+    /// A read with no row locks and no volatile calls: may run on a replica.
+    pub(crate) plain_read: bool,
+    /// Changes data somewhere (keyless writes are refused, not scattered).
+    pub(crate) writes: bool,
+    /// sqlparser understood the text.
+    pub(crate) parsed: bool,
+    pub(crate) placement: Placement,
+    pub(crate) key_moves: Vec<KeyMove>,
+    pub(crate) hint: Option<Hint>,
+    /// Why the plan is refused outright (e.g. COPY into a sharded table), as a user message.
+    pub(crate) unsupported: Option<String>,
+}
+
+impl Plan {
+    /// What kind of statement this is.
+    pub fn kind(&self) -> &StatementKind {
+        &self.kind
+    }
+
+    /// A read with no `FOR UPDATE/SHARE` and no volatile function: replica-eligible outside
+    /// read-write transactions.
+    pub fn is_plain_read(&self) -> bool {
+        self.plain_read
+    }
+
+    /// Whether the statement changes data.
+    pub fn is_write(&self) -> bool {
+        self.writes
+    }
+
+    /// False when sqlparser could not parse the text: the plan then routes to the default
+    /// (or overridden) shard's primary, and its kind comes from the first keyword.
+    pub fn is_parsed(&self) -> bool {
+        self.parsed
+    }
+
+    /// Whether routing needs the Bind parameters (a key is a `$n` placeholder).
+    pub fn needs_params(&self) -> bool {
+        let param = |e: &KeyExpr| matches!(e, KeyExpr::Param { .. });
+        let in_classes = match &self.placement {
+            Placement::Sharded(classes) => classes
+                .iter()
+                .flat_map(|c| &c.sets)
+                .any(|s| s.alts.iter().any(param)),
+            _ => false,
+        };
+        in_classes
+            || self
+                .key_moves
+                .iter()
+                .any(|m| m.to.as_ref().is_some_and(param))
+    }
+
+    /// Names of the sharded tables the statement touches (for logs and the demo).
+    pub fn sharded_tables(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = match &self.placement {
+            Placement::Sharded(classes) => classes.iter().map(|c| &*c.table.name).collect(),
+            _ => Vec::new(),
+        };
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// A plan for text with no statement in it (empty, or only comments).
+    pub(crate) fn empty(hint: Option<Hint>) -> Plan {
+        Plan::other(hint, true)
+    }
+
+    /// An `Other` plan on the default shard's primary.
+    pub(crate) fn other(hint: Option<Hint>, parsed: bool) -> Plan {
+        Plan {
+            kind: StatementKind::Other,
+            plain_read: false,
+            writes: false,
+            parsed,
+            placement: Placement::Default,
+            key_moves: Vec::new(),
+            hint,
+            unsupported: None,
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Plan + Bind parameters + session state → [`Route`]: the per-execution half of routing.
+//!
+//! The cheap path: literal keys were hashed when the plan was made, so a cached statement costs
+//! a parameter parse, one hash and one table lookup. Never parses SQL, never does I/O, never
+//! allocates for a single-shard route.
+
+use super::plan::{KeyClass, KeyExpr, KeySet, Placement, Plan, SettingPlan, StatementKind};
+use super::{RouteError, Router};
+use crate::sharding::{key_from_binary, key_from_text, KeyType, KeyValue, ShardingError};
+
+/// Which server of a shard may run the statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The shard's primary.
+    Primary,
+    /// Replica-eligible: a healthy replica of the shard, or its primary when the shard reads
+    /// from its primary (`read_from = "primary"`), has no replica up, or has none at all.
+    Replica,
+}
+
+/// Where a statement goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// One shard.
+    Shard { shard: usize, target: Target },
+    /// Several shards (ascending), each running the statement unchanged: a keyless read or an
+    /// IN list spanning shards (scatter-gather, a later issue), or an UPDATE/DELETE whose IN
+    /// list spans shards. Until scatter-gather lands the session refuses these.
+    Shards { shards: Vec<usize>, target: Target },
+    /// A multi-row INSERT whose rows belong to several shards (ascending): it must be split
+    /// per shard (a later issue); never send it unchanged to several shards (rows would be
+    /// duplicated).
+    SplitInsert { shards: Vec<usize> },
+    /// Every shard's primary: writes to reference tables, DDL on sharded or reference tables.
+    All,
+    /// Answered by pgshard itself and never sent to a server: apply it with
+    /// [`RouteContext::apply`] and reply `SET` / `RESET`.
+    Local(OverrideChange),
+}
+
+/// A change to the session's routing overrides, from `SET`/`RESET pgshard.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideChange {
+    /// `SET pgshard.shard_key = v` (clears `pgshard.shard`).
+    ShardKey(String),
+    /// `SET pgshard.shard = 'name'` (clears `pgshard.shard_key`).
+    Shard(usize),
+    ResetShardKey,
+    ResetShard,
+    /// `RESET ALL`: clears both.
+    ResetAll,
+}
+
+/// Where the session is, transaction-wise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransactionMode {
+    /// No explicit transaction: plain reads are replica-eligible.
+    #[default]
+    Outside,
+    /// In `BEGIN` (read-write): everything goes to the primary.
+    ReadWrite,
+    /// In `BEGIN READ ONLY`: plain reads stay replica-eligible.
+    ReadOnly,
+}
+
+/// What the session tells the router besides the statement: its `pgshard.*` overrides and its
+/// transaction mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteContext {
+    /// `SET pgshard.shard_key`: the key as text, parsed by each table's declared type.
+    pub shard_key: Option<String>,
+    /// `SET pgshard.shard`: a shard index.
+    pub shard: Option<usize>,
+    pub transaction: TransactionMode,
+}
+
+impl RouteContext {
+    /// Applies a [`Route::Local`] change. Setting one override clears the other.
+    pub fn apply(&mut self, change: &OverrideChange) {
+        match change {
+            OverrideChange::ShardKey(key) => {
+                self.shard_key = Some(key.clone());
+                self.shard = None;
+            }
+            OverrideChange::Shard(shard) => {
+                self.shard = Some(*shard);
+                self.shard_key = None;
+            }
+            OverrideChange::ResetShardKey => self.shard_key = None,
+            OverrideChange::ResetShard => self.shard = None,
+            OverrideChange::ResetAll => {
+                self.shard_key = None;
+                self.shard = None;
+            }
+        }
+    }
+}
+
+/// Bind parameters, as PostgreSQL's Bind message carries them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Params<'a> {
+    /// Each parameter's bytes; `None` is SQL NULL.
+    pub values: &'a [Option<&'a [u8]>],
+    /// Format codes: none = all text, one = that for all, else one per parameter (0 text,
+    /// 1 binary).
+    pub formats: &'a [i16],
+}
+
+impl<'a> Params<'a> {
+    /// No parameters (simple queries).
+    pub const NONE: Params<'static> = Params {
+        values: &[],
+        formats: &[],
+    };
+
+    pub fn new(values: &'a [Option<&'a [u8]>], formats: &'a [i16]) -> Params<'a> {
+        Params { values, formats }
+    }
+
+    fn is_binary(&self, index: usize) -> bool {
+        let code = match self.formats {
+            [] => 0,
+            [one] => *one,
+            many => many.get(index).copied().unwrap_or(0),
+        };
+        code == 1
+    }
+
+    /// Parameter `index` as a key of `key_type`; `Ok(None)` for NULL.
+    fn key(&self, index: usize, key_type: KeyType) -> Result<Option<KeyValue>, RouteError> {
+        let value = self.values.get(index).ok_or(RouteError::MissingParam {
+            number: index + 1,
+            given: self.values.len(),
+        })?;
+        let Some(bytes) = value else {
+            return Ok(None);
+        };
+        let key = if self.is_binary(index) {
+            key_from_binary(key_type, bytes)?
+        } else {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| ShardingError::KeyNotUtf8 { key_type })?;
+            key_from_text(key_type, text)?
+        };
+        Ok(Some(key))
+    }
+}
+
+/// Shards a key set (or a class) may be on, without allocating for one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ShardSet {
+    Empty,
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl ShardSet {
+    fn insert(&mut self, shard: usize) {
+        match self {
+            ShardSet::Empty => *self = ShardSet::One(shard),
+            ShardSet::One(s) if *s == shard => {}
+            ShardSet::One(s) => *self = ShardSet::Many(sorted_pair(*s, shard)),
+            ShardSet::Many(v) => {
+                if let Err(at) = v.binary_search(&shard) {
+                    v.insert(at, shard);
+                }
+            }
+        }
+    }
+
+    fn union(&mut self, other: ShardSet) {
+        match other {
+            ShardSet::Empty => {}
+            ShardSet::One(s) => self.insert(s),
+            ShardSet::Many(v) => v.into_iter().for_each(|s| self.insert(s)),
+        }
+    }
+
+    fn contains(&self, shard: usize) -> bool {
+        match self {
+            ShardSet::Empty => false,
+            ShardSet::One(s) => *s == shard,
+            ShardSet::Many(v) => v.binary_search(&shard).is_ok(),
+        }
+    }
+
+    fn intersect(self, other: ShardSet) -> ShardSet {
+        match (self, other) {
+            (ShardSet::Empty, _) | (_, ShardSet::Empty) => ShardSet::Empty,
+            (ShardSet::One(a), b) | (b, ShardSet::One(a)) => {
+                if b.contains(a) {
+                    ShardSet::One(a)
+                } else {
+                    ShardSet::Empty
+                }
+            }
+            (ShardSet::Many(a), b) => {
+                let mut out = ShardSet::Empty;
+                a.into_iter()
+                    .filter(|s| b.contains(*s))
+                    .for_each(|s| out.insert(s));
+                out
+            }
+        }
+    }
+}
+
+fn sorted_pair(a: usize, b: usize) -> Vec<usize> {
+    vec![a.min(b), a.max(b)]
+}
+
+impl Router {
+    /// Resolves a plan to a route with the Bind parameters (for `$n` keys) and the session's
+    /// state. Allocation-free for single-shard routes.
+    pub fn route(
+        &self,
+        plan: &Plan,
+        params: &Params<'_>,
+        ctx: &RouteContext,
+    ) -> Result<Route, RouteError> {
+        if let Some(message) = &plan.unsupported {
+            return Err(RouteError::Unsupported(message.clone()));
+        }
+        if let StatementKind::Setting(setting) = &plan.kind {
+            return self.setting(setting).map(Route::Local);
+        }
+        let target = if plan.plain_read && ctx.transaction != TransactionMode::ReadWrite {
+            Target::Replica
+        } else {
+            Target::Primary
+        };
+        match &plan.placement {
+            Placement::All => Ok(Route::All),
+            Placement::Default => {
+                let shard = self.override_shard(plan, ctx, self.default_key_type)?;
+                Ok(Route::Shard {
+                    shard: shard.unwrap_or(self.default_shard),
+                    target,
+                })
+            }
+            Placement::Sharded(classes) => self.route_sharded(plan, classes, params, ctx, target),
+        }
+    }
+
+    fn route_sharded(
+        &self,
+        plan: &Plan,
+        classes: &[KeyClass],
+        params: &Params<'_>,
+        ctx: &RouteContext,
+        target: Target,
+    ) -> Result<Route, RouteError> {
+        let mut found = ShardSet::Empty;
+        let mut split = false;
+        let mut keyless: Option<&KeyClass> = None;
+        for class in classes {
+            if class.sets.is_empty() {
+                keyless = keyless.or(Some(class));
+                continue;
+            }
+            let shards = self.class_shards(class, params)?;
+            split |= matches!(shards, ShardSet::Many(_)) && class.sets.iter().any(|s| s.rows);
+            found.union(shards);
+        }
+        if let Some(class) = keyless {
+            if let Some(shard) = self.override_shard(plan, ctx, class.table.key_type)? {
+                return Ok(Route::Shard { shard, target });
+            }
+            if plan.writes {
+                return Err(RouteError::KeyNeeded {
+                    table: class.table.name.to_string(),
+                    column: class.table.key_column.to_string(),
+                    insert: class.insert,
+                });
+            }
+            let shards = (0..self.map.len()).collect();
+            return Ok(Route::Shards { shards, target });
+        }
+        let route = match found {
+            // No row can match (`key = NULL`, contradictory keys): any shard answers right.
+            ShardSet::Empty => Route::Shard {
+                shard: self.default_shard,
+                target,
+            },
+            ShardSet::One(shard) => Route::Shard { shard, target },
+            ShardSet::Many(shards) if split => Route::SplitInsert { shards },
+            ShardSet::Many(shards) => Route::Shards { shards, target },
+        };
+        self.check_key_moves(plan, &route, params)?;
+        Ok(route)
+    }
+
+    /// The shards a key class is on: the intersection of its sets.
+    fn class_shards(&self, class: &KeyClass, params: &Params<'_>) -> Result<ShardSet, RouteError> {
+        let mut acc: Option<ShardSet> = None;
+        for set in &class.sets {
+            let shards = self.set_shards(set, class, params)?;
+            acc = Some(match acc {
+                None => shards,
+                Some(prev) => prev.intersect(shards),
+            });
+        }
+        Ok(acc.unwrap_or(ShardSet::Empty))
+    }
+
+    fn set_shards(
+        &self,
+        set: &KeySet,
+        class: &KeyClass,
+        params: &Params<'_>,
+    ) -> Result<ShardSet, RouteError> {
+        let mut out = ShardSet::Empty;
+        for alt in &set.alts {
+            match self.key_shard(alt, params)? {
+                Some(shard) => out.insert(shard),
+                None if set.rows => {
+                    return Err(RouteError::NullKey {
+                        table: class.table.name.to_string(),
+                        column: class.table.key_column.to_string(),
+                    })
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The shard of one key value; `None` for NULL.
+    fn key_shard(&self, key: &KeyExpr, params: &Params<'_>) -> Result<Option<usize>, RouteError> {
+        match key {
+            KeyExpr::Slot(slot) => Ok(Some(self.map.shard_of_slot(*slot))),
+            KeyExpr::Param { index, key_type } => Ok(params
+                .key(*index, *key_type)?
+                .map(|k| self.map.shard_of_key(&k))),
+            KeyExpr::Null => Ok(None),
+            KeyExpr::Bad(e) => Err(RouteError::BadKey(e.clone())),
+        }
+    }
+
+    /// `UPDATE ... SET key = v` is fine only when `v` lives on the shard the row is on.
+    fn check_key_moves(
+        &self,
+        plan: &Plan,
+        route: &Route,
+        params: &Params<'_>,
+    ) -> Result<(), RouteError> {
+        for key_move in &plan.key_moves {
+            let stays = match (&key_move.to, route) {
+                (Some(to), Route::Shard { shard, .. }) => {
+                    self.key_shard(to, params)? == Some(*shard)
+                }
+                _ => false,
+            };
+            if !stays {
+                return Err(RouteError::KeyChange {
+                    table: key_move.table.name.to_string(),
+                    column: key_move.table.key_column.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard a hint or session override names, if any: the statement's leading comment
+    /// first, then `SET pgshard.shard`, then `SET pgshard.shard_key`.
+    fn override_shard(
+        &self,
+        plan: &Plan,
+        ctx: &RouteContext,
+        key_type: KeyType,
+    ) -> Result<Option<usize>, RouteError> {
+        if let Some(hint) = &plan.hint {
+            if let Some(name) = &hint.shard {
+                return self.shard_named(name).map(Some);
+            }
+            if let Some(key) = &hint.shard_key {
+                return Ok(Some(self.map.shard_of_key(&key_from_text(key_type, key)?)));
+            }
+        }
+        if let Some(shard) = ctx.shard {
+            if shard >= self.map.len() {
+                return Err(self.unknown_shard(&shard.to_string()));
+            }
+            return Ok(Some(shard));
+        }
+        match &ctx.shard_key {
+            Some(key) => Ok(Some(self.map.shard_of_key(&key_from_text(key_type, key)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn setting(&self, setting: &SettingPlan) -> Result<OverrideChange, RouteError> {
+        Ok(match setting {
+            SettingPlan::ShardKey(key) => {
+                self.check_override_key(key)?;
+                OverrideChange::ShardKey(key.clone())
+            }
+            SettingPlan::Shard(name) => OverrideChange::Shard(self.shard_named(name)?),
+            SettingPlan::ResetShardKey => OverrideChange::ResetShardKey,
+            SettingPlan::ResetShard => OverrideChange::ResetShard,
+            SettingPlan::ResetAll => OverrideChange::ResetAll,
+            SettingPlan::Unknown(name) => return Err(RouteError::UnknownSetting(name.clone())),
+        })
+    }
+
+    /// A `SET pgshard.shard_key` value must parse as at least one configured key type.
+    fn check_override_key(&self, key: &str) -> Result<(), RouteError> {
+        let mut first_error = None;
+        for &key_type in &self.key_types {
+            match key_from_text(key_type, key) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(RouteError::BadKey(e)))
+    }
+
+    /// A shard by name, or by index written as a number.
+    fn shard_named(&self, name: &str) -> Result<usize, RouteError> {
+        if let Some(index) = self.map.shard_index(name) {
+            return Ok(index);
+        }
+        match name.parse::<usize>() {
+            Ok(index) if index < self.map.len() => Ok(index),
+            _ => Err(self.unknown_shard(name)),
+        }
+    }
+
+    fn unknown_shard(&self, name: &str) -> RouteError {
+        let known: Vec<&str> = (0..self.map.len())
+            .map(|i| self.map.shard_name(i))
+            .collect();
+        RouteError::UnknownShard {
+            name: name.to_string(),
+            known: known.join(", "),
+        }
+    }
+}
