@@ -260,6 +260,34 @@ async fn prepared_statement_survives_another_clients_discard_all() {
     );
 }
 
+#[tokio::test]
+async fn prepared_statement_survives_a_discard_all_that_failed() {
+    let proxy = proxy_with_pool_size(1).await;
+    let client = proxy.connect().await;
+    let statement = client.prepare("SELECT $1::int4 - 1").await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    // DISCARD ALL cannot run inside a transaction block: the server keeps its statements.
+    assert_eq!(sqlstate(client.batch_execute("DISCARD ALL").await), "25001");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        client
+            .query_one(&statement, &[&10i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        9
+    );
+    let again = client.prepare("SELECT $1::int4 - 1").await.unwrap();
+    assert_eq!(
+        client
+            .query_one(&again, &[&3i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client settings
 
@@ -378,6 +406,44 @@ async fn timezone_set_by_a_client_follows_it_to_its_next_transaction() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "Asia/Tokyo");
     a.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test]
+async fn settings_a_client_changes_with_set_do_not_leak_to_the_next_client() {
+    let proxy = proxy_with_pool_size(1).await;
+    let direct = connect_with(cluster().primary_port(), None, Some("plain")).await;
+    let defaults = visible_settings(&direct).await;
+    let setter = proxy.connect().await;
+    setter
+        .batch_execute("SET statement_timeout = 1")
+        .await
+        .unwrap();
+    setter
+        .execute("SET search_path = leak_schema", &[])
+        .await
+        .unwrap();
+    let next = connect_with(proxy.port(), None, Some("plain")).await;
+    assert_eq!(visible_settings(&next).await, defaults);
+    let row = next.query_one("SELECT pg_sleep(0.05)::text", &[]).await;
+    assert!(
+        row.is_ok(),
+        "not cancelled by another client's statement_timeout: {row:?}"
+    );
+}
+
+#[tokio::test]
+async fn reset_all_by_a_client_leaves_the_next_clients_settings_intact() {
+    let proxy = proxy_with_pool_size(1).await;
+    let options = Some("-c statement_timeout=1234 -c search_path=r_schema,public");
+    let direct = connect_with(cluster().primary_port(), options, Some("same")).await;
+    let expected = visible_settings(&direct).await;
+    // Clients of one application connect alike; pools such as asyncpg's send RESET ALL.
+    let a = connect_with(proxy.port(), options, Some("same")).await;
+    let b = connect_with(proxy.port(), options, Some("same")).await;
+    a.batch_execute("SELECT 1; RESET ALL").await.unwrap();
+    assert_eq!(visible_settings(&b).await, expected);
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(visible_settings(&b).await, expected);
 }
 
 // ---------------------------------------------------------------------------------------------

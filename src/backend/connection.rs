@@ -55,6 +55,9 @@ pub struct ServerConnection {
     pub broken: bool,
     /// Session mode: the client's session state must be wiped (DISCARD ALL) before reuse.
     pub needs_discard: bool,
+    /// A client changed settings itself (SET, RESET, DISCARD ALL): `applied` no longer describes
+    /// the server, so the next [`ServerConnection::apply_settings`] starts from RESET ALL.
+    pub settings_unknown: bool,
 }
 
 impl ServerConnection {
@@ -86,6 +89,7 @@ impl ServerConnection {
             in_flight: false,
             broken: false,
             needs_discard: false,
+            settings_unknown: false,
         };
         tokio::time::timeout(login.connect_timeout, conn.startup(login))
             .await
@@ -273,7 +277,8 @@ impl ServerConnection {
     }
 
     /// Brings this connection's settings to `wanted` (set what differs, RESET what the last client
-    /// set and this one did not). Skips the round trip when nothing differs.
+    /// set and this one did not; RESET ALL first when a client changed settings itself). Skips
+    /// the round trip when nothing differs.
     ///
     /// Values go through `set_config`, which reads them exactly as PostgreSQL reads a startup
     /// parameter: `SET search_path = 'a,b'` would make one schema named "a,b" of them.
@@ -281,12 +286,20 @@ impl ServerConnection {
         &mut self,
         wanted: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
-        if &self.applied == wanted {
+        if !self.settings_unknown && &self.applied == wanted {
             return Ok(());
         }
+        let mut sql = String::new();
+        let nothing = BTreeMap::new();
+        let current = if self.settings_unknown {
+            sql.push_str("RESET ALL;");
+            &nothing
+        } else {
+            &self.applied
+        };
         let changed: Vec<String> = wanted
             .iter()
-            .filter(|(name, value)| self.applied.get(*name) != Some(*value))
+            .filter(|(name, value)| current.get(*name) != Some(*value))
             .map(|(name, value)| {
                 format!(
                     "pg_catalog.set_config({}, {}, false)",
@@ -295,11 +308,10 @@ impl ServerConnection {
                 )
             })
             .collect();
-        let mut sql = String::new();
         if !changed.is_empty() {
             sql.push_str(&format!("SELECT {};", changed.join(", ")));
         }
-        for name in self.applied.keys() {
+        for name in current.keys() {
             if !wanted.contains_key(name) {
                 sql.push_str(&format!("RESET {};", quote_ident(name)));
             }
@@ -309,6 +321,7 @@ impl ServerConnection {
         // client would inherit the previous one's settings).
         self.run_internal(&sql).await?;
         self.applied = wanted.clone();
+        self.settings_unknown = false;
         Ok(())
     }
 }

@@ -60,6 +60,7 @@ impl Manager for BackendManager {
             conn.run_internal("DISCARD ALL").await?;
             conn.prepared.clear();
             conn.applied.clear();
+            conn.settings_unknown = false;
             conn.needs_discard = false;
         }
         if conn.status != TransactionStatus::Idle {

@@ -58,7 +58,6 @@ impl Session {
     fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
         match frame.tag() {
             tag::QUERY => {
-                self.note_session_wipe(frame.body());
                 self.send(&frame.bytes, Some(Expect::Ready));
                 self.awaiting_sync = false;
             }
@@ -199,24 +198,5 @@ impl Session {
             server_name: Some(statement.server_name.clone()),
         };
         self.send(&statement.parse, Some(expect));
-    }
-
-    /// `DISCARD ALL` / `DEALLOCATE ALL` drop every prepared statement and setting on the server.
-    fn note_session_wipe(&mut self, query: &[u8]) {
-        let text: String = query
-            .iter()
-            .take(40)
-            .filter(|b| !b.is_ascii_whitespace())
-            .map(|b| b.to_ascii_lowercase() as char)
-            .collect();
-        if text.starts_with("discardall") || text.starts_with("deallocateall") {
-            if let Some(conn) = self.server.as_deref_mut() {
-                conn.prepared.clear();
-                if text.starts_with("discard") {
-                    conn.applied.clear();
-                    conn.needs_discard = false;
-                }
-            }
-        }
     }
 }

@@ -59,7 +59,12 @@ impl Session {
                 self.pop_if(|e| *e == Expect::Describe);
                 true
             }
-            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+            tag::COMMAND_COMPLETE => {
+                self.note_command(frame.body());
+                self.pop_if(|e| *e == Expect::Execute);
+                true
+            }
+            tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                 self.pop_if(|e| *e == Expect::Execute);
                 true
             }
@@ -84,6 +89,26 @@ impl Session {
         };
         if forward {
             self.client_out.extend_from_slice(&frame.bytes);
+        }
+    }
+
+    /// Commands that change the server connection's session state, known by their
+    /// CommandComplete tag once they have run (a failed DISCARD ALL changed nothing): DISCARD ALL
+    /// and DEALLOCATE ALL drop every prepared statement; SET, RESET and DISCARD ALL leave its
+    /// settings unlike what pgshard applied, so the next checkout starts from RESET ALL and no
+    /// client inherits them. (SETs inside functions and `set_config` calls go unnoticed.)
+    fn note_command(&mut self, body: &[u8]) {
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        match body.strip_suffix(b"\0").unwrap_or(body) {
+            b"DISCARD ALL" => {
+                conn.prepared.clear();
+                conn.settings_unknown = true;
+            }
+            b"DEALLOCATE ALL" => conn.prepared.clear(),
+            b"SET" | b"RESET" => conn.settings_unknown = true,
+            _ => {}
         }
     }
 
