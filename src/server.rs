@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,8 +16,9 @@ use crate::auth::ScramVerifier;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::{BackendManager, ServerPool};
-use crate::config::{Config, ShardConfig, UserConfig};
+use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
+use crate::router::{Plan, PlanCache, Router, Volatility};
 use crate::session::cancel::CancelRegistry;
 
 /// Why the proxy could not keep serving.
@@ -45,6 +48,13 @@ pub struct ShardPools {
 pub struct Shared {
     pub config: Config,
     pub shards: Vec<ShardPools>,
+    /// The statement router; replaced once function volatility is learned from `pg_proc`.
+    pub router: ArcSwap<Router>,
+    /// Plans of simple-query texts, bounded in bytes, shared by all sessions.
+    pub plans: Mutex<PlanCache>,
+    /// False when there is nothing to decide (one shard, reads from its primary): statements
+    /// then go to that primary without being parsed.
+    pub routing: bool,
     /// SCRAM verifiers of the configured users, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
     pub cancel: Arc<CancelRegistry>,
@@ -73,12 +83,80 @@ impl Shared {
             .iter()
             .map(|u| (u.name.clone(), ScramVerifier::from_password(&u.password)))
             .collect();
+        let routing = config.shards.len() > 1
+            || config
+                .shards
+                .iter()
+                .any(|s| !s.replicas.is_empty() && s.read_from == ReadFrom::Replicas);
+        let router = ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()));
         Shared {
+            router,
+            plans: Mutex::new(PlanCache::new(PLAN_CACHE_BYTES)),
+            routing,
             config,
             shards,
             verifiers,
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Bytes of query text (plus overhead) the simple-query plan cache holds.
+const PLAN_CACHE_BYTES: usize = 16 << 20;
+
+impl Shared {
+    /// The plan of a simple query's text, from the cache or made now.
+    pub fn plan(&self, sql: &str) -> Arc<Plan> {
+        let router = self.router.load();
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        plans.get_or_plan(&router, sql)
+    }
+
+    /// Learns which functions are volatile from the default shard's `pg_proc`, then swaps in a
+    /// router that knows (and drops plans made without it). Best effort: on failure the
+    /// built-in list stays, which sends unknown functions to the primary.
+    pub async fn learn_volatility(&self) {
+        let router = self.router.load();
+        let shard = &self.config.shards[router.default_shard()];
+        let Some(user) = self.config.users.first() else {
+            return;
+        };
+        let Some((host, port)) = shard.primary.rsplit_once(':') else {
+            return;
+        };
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(host.trim_matches(['[', ']']))
+            .port(port.parse().unwrap_or(5432))
+            .user(user.server_user())
+            .password(user.server_password())
+            .dbname(self.config.shard_database(shard))
+            .application_name("pgshard volatility")
+            .connect_timeout(Duration::from_millis(self.config.pool.connect_timeout_ms));
+        let rows = async {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .query("SELECT proname::text, provolatile FROM pg_proc", &[])
+                .await
+        };
+        match rows.await {
+            Ok(rows) => {
+                let mut volatility = Volatility::builtin();
+                volatility.learn_pg_proc(rows.iter().map(|r| {
+                    let name: &str = r.get(0);
+                    let kind: i8 = r.get(1);
+                    (name, kind as u8)
+                }));
+                self.router
+                    .store(Arc::new(Router::new(&self.config, volatility)));
+                self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                tracing::info!(
+                    "learned function volatility from pg_proc ({} functions)",
+                    rows.len()
+                );
+            }
+            Err(e) => tracing::warn!("cannot read pg_proc for function volatility: {e}"),
         }
     }
 }
@@ -144,6 +222,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let shared = Arc::new(Shared::new(config));
+    if shared.routing {
+        let learner = shared.clone();
+        tokio::spawn(async move { learner.learn_volatility().await });
+    }
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {

@@ -13,9 +13,9 @@ use crate::wire::extended::{Bind, Parse, Target, TargetKind};
 use crate::wire::{split_frame, Frame};
 
 impl Session {
-    /// Handles every complete frame the client has sent.
+    /// Handles every complete frame the client has sent (and the one that waited for a route).
     pub(super) async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
-        while let Some(frame) = split_frame(&mut self.client_in, self.max_message)? {
+        while let Some(frame) = self.next_client_frame()? {
             let t = frame.tag();
             if t == tag::TERMINATE {
                 return Ok(Flow::Exit);
@@ -27,35 +27,24 @@ impl Session {
                 }
                 continue;
             }
-            if self.server.is_none() {
-                match t {
-                    // Leftovers of a COPY that already failed: PostgreSQL ignores them too.
-                    tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::FLUSH => continue,
-                    // Nothing is pending, so the answer is known without a server.
-                    tag::SYNC => {
-                        build::ready_for_query(&mut self.client_out, self.status);
-                        continue;
-                    }
-                    _ => {}
-                }
-                if let Err(e) = self.checkout().await {
-                    self.report_error(&e);
-                    if t == tag::QUERY || t == tag::FUNCTION_CALL {
-                        build::ready_for_query(&mut self.client_out, self.status);
-                    } else {
-                        self.skipping_until_sync = true;
-                    }
-                    continue;
-                }
+            if let Some(frame) = self.dispatch(frame).await? {
+                self.stalled = Some(frame);
+                break;
             }
-            self.forward(frame)?;
         }
         self.drain_made_up();
         Ok(Flow::Continue)
     }
 
+    fn next_client_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        if let Some(frame) = self.stalled.take() {
+            return Ok(Some(frame));
+        }
+        Ok(split_frame(&mut self.client_in, self.max_message)?)
+    }
+
     /// Queues one client frame for the server connection this session holds.
-    fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+    pub(super) fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
         match frame.tag() {
             tag::QUERY => {
                 self.send(&frame.bytes, Some(Expect::Ready));
@@ -89,7 +78,7 @@ impl Session {
         Ok(())
     }
 
-    fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
+    pub(super) fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
         self.server_out.extend_from_slice(bytes);
         if let Some(expect) = expect {
             self.expect.push_back(expect);
@@ -99,21 +88,34 @@ impl Session {
         }
     }
 
+    /// Records a Parse: a named statement under the client's name (with its plan), the unnamed
+    /// one's plan for the Bind that follows.
+    pub(super) fn register_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let parse = Parse::decode(frame.body())?;
+        let plan = self.plan_text(parse.query());
+        if parse.name.is_empty() {
+            self.unnamed_plan = plan;
+        } else {
+            self.statements
+                .insert(parse.name, Arc::new(Statement::new(&parse, plan)));
+        }
+        Ok(())
+    }
+
     fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
         self.awaiting_sync = true;
         let parse = Parse::decode(frame.body())?;
-        if parse.name.is_empty() {
-            self.send(
-                &frame.bytes,
-                Some(Expect::Parse {
+        let statement = match self.statements.get(parse.name) {
+            Some(statement) if !parse.name.is_empty() => statement,
+            _ => {
+                let expect = Expect::Parse {
                     forward: true,
                     server_name: None,
-                }),
-            );
-            return Ok(());
-        }
-        let statement = Arc::new(Statement::new(&parse));
-        self.statements.insert(parse.name, statement.clone());
+                };
+                self.send(&frame.bytes, Some(expect));
+                return Ok(());
+            }
+        };
         if self.server_has(&statement) {
             self.expect.push_back(Expect::MadeUpParseComplete);
         } else {

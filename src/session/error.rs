@@ -3,6 +3,7 @@
 
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::router::RouteError;
 use crate::wire::WireError;
 
 /// A failure in one client's session.
@@ -22,6 +23,24 @@ pub enum SessionError {
     UnknownDatabase { asked: String, served: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(
+        "{} runs on shard {held}, but this statement routes to shard {wanted}; pgshard never splits {} \
+         across shards: {}",
+        if *session_mode { "this session" } else { "this transaction" },
+        if *session_mode { "a session" } else { "a transaction" },
+        if *session_mode { "use pool_mode = \"transaction\" to reach several shards" } else { "COMMIT or ROLLBACK first, and run it in its own transaction" }
+    )]
+    CrossShard {
+        held: String,
+        wanted: String,
+        session_mode: bool,
+    },
+    #[error(
+        "the primary of shard {shard} ({addr}) is down; writes to this shard fail until it is back"
+    )]
+    ShardDown { shard: String, addr: String },
     #[error("startup parameter {0:?} is not a valid setting name")]
     BadSettingName(String),
     #[error("client did not finish startup in time")]
@@ -40,7 +59,9 @@ impl SessionError {
             SessionError::Backend(e) => e.sqlstate(),
             SessionError::CheckoutTimeout { .. } | SessionError::TooManyClients(_) => "53300",
             SessionError::UnknownDatabase { .. } => "3D000",
-            SessionError::Unsupported(_) => "0A000",
+            SessionError::Unsupported(_) | SessionError::CrossShard { .. } => "0A000",
+            SessionError::Route(e) => e.sqlstate(),
+            SessionError::ShardDown { .. } => "08006",
             SessionError::BadSettingName(_) => "42704",
             SessionError::StartupTimeout | SessionError::UnexpectedMessage { .. } => "08P01",
             SessionError::ClientIo(_) => "08006",

@@ -19,6 +19,8 @@ const READ_CHUNK: usize = 8192;
 
 /// What woke the session up.
 pub(super) enum Event {
+    /// Not a socket: a frame that waited for the held server connection can be routed now.
+    Resume,
     ClientReadable,
     ServerReadable,
     ClientWritable,
@@ -28,7 +30,8 @@ pub(super) enum Event {
 impl Session {
     /// Waits until a socket can make progress on what is queued.
     pub(super) async fn next_event(&mut self) -> Result<Event, SessionError> {
-        let read_client = self.server_out.len() < HIGH_WATER;
+        // While a frame waits for a route, the client's later frames wait behind it.
+        let read_client = self.server_out.len() < HIGH_WATER && self.stalled.is_none();
         let read_server = self.client_out.len() < HIGH_WATER;
         let write_client = !self.client_out.is_empty();
         let write_server = !self.server_out.is_empty();

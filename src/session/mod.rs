@@ -8,6 +8,7 @@ mod client_msg;
 pub mod error;
 mod io;
 pub mod prepared;
+mod route;
 mod server_msg;
 pub mod settings;
 mod startup;
@@ -17,18 +18,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use self::cancel::CancelGuard;
 use self::error::SessionError;
 use self::prepared::{ClientStatements, Expect};
+use self::route::Held;
 use self::settings::Settings;
+use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
+use crate::router::{Plan, RouteContext};
 use crate::server::Shared;
 use crate::wire::build::{self, Severity};
+use crate::wire::Frame;
 use crate::wire::TransactionStatus;
 
 /// Serves one client connection until it ends. Errors go to the client as FATAL ErrorResponses.
@@ -48,15 +53,7 @@ pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
-    let Some(pool) = shared
-        .shards
-        .first()
-        .and_then(|s| s.primary.pools.get(&user))
-        .cloned()
-    else {
-        return;
-    };
-    let mut session = Session::new(stream, buf, shared, pool, settings);
+    let mut session = Session::new(stream, buf, shared, user, settings);
     if let Err(e) = session.serve().await {
         tracing::debug!("session ended: {e}");
         session.send_fatal(&e).await;
@@ -112,8 +109,21 @@ pub(crate) struct Session {
     /// Bytes for the server connection in `server`; empty whenever `server` is `None`.
     server_out: BytesMut,
     server: Option<Pooled<BackendManager>>,
-    pool: ServerPool,
+    /// Which shard and server kind `server` belongs to.
+    held: Option<Held>,
+    shared: Arc<Shared>,
+    user: String,
     settings: Settings,
+    /// The session's `SET pgshard.*` overrides and transaction mode, for the router.
+    ctx: RouteContext,
+    /// Frames (Parses) waiting for the frame that decides their route.
+    pending: Vec<Frame>,
+    /// A frame waiting until the server connection held now is released.
+    stalled: Option<Frame>,
+    /// A BEGIN answered by pgshard, to be sent with the first statement that picks the shard.
+    begin: Option<Bytes>,
+    /// Plan of the unnamed statement of the current batch.
+    unnamed_plan: Option<Arc<Plan>>,
     statements: ClientStatements,
     expect: VecDeque<Expect>,
     /// Extended-protocol messages were sent since the last Sync.
@@ -134,7 +144,7 @@ impl Session {
         client: TcpStream,
         client_in: BytesMut,
         shared: Arc<Shared>,
-        pool: ServerPool,
+        user: String,
         settings: Settings,
     ) -> Self {
         let cancel = shared.cancel.register();
@@ -144,10 +154,17 @@ impl Session {
             client_out: BytesMut::new(),
             server_out: BytesMut::new(),
             server: None,
-            pool,
+            held: None,
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
+            shared,
+            user,
             settings,
+            ctx: RouteContext::default(),
+            pending: Vec::new(),
+            stalled: None,
+            begin: None,
+            unnamed_plan: None,
             statements: ClientStatements::default(),
             expect: VecDeque::new(),
             awaiting_sync: false,
@@ -160,7 +177,19 @@ impl Session {
 
     /// Completes the login (first server checkout, ParameterStatus, BackendKeyData), then loops.
     async fn serve(&mut self) -> Result<(), SessionError> {
-        self.checkout().await?;
+        let default_shard = self.shared.router.load().default_shard();
+        let pool = self.shared.shards[default_shard]
+            .primary
+            .pools
+            .get(&self.user)
+            .cloned();
+        let pool =
+            pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
+        self.checkout(pool).await?;
+        self.held = Some(Held {
+            shard: default_shard,
+            primary: true,
+        });
         if let Some(conn) = self.server.as_deref() {
             for (name, value) in &conn.params {
                 build::parameter_status(&mut self.client_out, name, value);
@@ -171,11 +200,22 @@ impl Session {
         build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
         loop {
             self.release_if_done();
-            match self.next_event().await? {
+            let event = if self.stalled.is_some() && self.server.is_none() {
+                // The frame that waited for a route can go now.
+                io::Event::Resume
+            } else {
+                self.next_event().await?
+            };
+            match event {
                 io::Event::ClientReadable => {
                     if !self.read_client()? {
                         return Ok(());
                     }
+                    if self.stalled.is_none() && self.on_client_data().await? == Flow::Exit {
+                        return Ok(());
+                    }
+                }
+                io::Event::Resume => {
                     if self.on_client_data().await? == Flow::Exit {
                         return Ok(());
                     }
@@ -189,14 +229,14 @@ impl Session {
     }
 
     /// Takes a server connection from the pool and brings it to this client's settings.
-    async fn checkout(&mut self) -> Result<(), SessionError> {
-        tracing::trace!(key = self.cancel.key.0, status = ?self.pool.status(), "checkout");
-        let mut conn = self.pool.get().await.map_err(|e| match e {
+    async fn checkout(&mut self, pool: ServerPool) -> Result<(), SessionError> {
+        tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
+        let mut conn = pool.get().await.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
                 pool: format!(
                     "{}/{}",
-                    self.pool.manager().login.addr,
-                    self.pool.manager().login.user
+                    pool.manager().login.addr,
+                    pool.manager().login.user
                 ),
                 waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             },
@@ -229,6 +269,7 @@ impl Session {
         tracing::trace!(key = self.cancel.key.0, "release");
         self.cancel.slot.set(None);
         self.server = None;
+        self.held = None;
         // An idle client keeps no buffers.
         if self.client_in.is_empty() {
             self.client_in = BytesMut::new();

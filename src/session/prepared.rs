@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::router::Plan;
 use crate::wire::extended::Parse;
 
 /// A client's named prepared statement.
@@ -18,14 +19,20 @@ pub struct Statement {
     pub server_name: String,
     /// The client's Parse, renamed to `server_name`.
     pub parse: Bytes,
+    /// How the statement routes (`None` when routing is off).
+    pub plan: Option<Arc<Plan>>,
 }
 
 impl Statement {
-    pub fn new(parse: &Parse<'_>) -> Statement {
+    pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>) -> Statement {
         let hash = xxhash_rust::xxh3::xxh3_128(parse.rest);
         let server_name = format!("pgshard_{hash:032x}");
         let parse = parse.encode_renamed(&server_name).freeze();
-        Statement { server_name, parse }
+        Statement {
+            server_name,
+            parse,
+            plan,
+        }
     }
 }
 
@@ -74,6 +81,9 @@ pub enum Expect {
     MadeUpParseComplete,
     /// CloseComplete pgshard sends itself: the client closed a statement the servers keep.
     MadeUpCloseComplete,
+    /// A held-back BEGIN sent ahead of the statement that picked the shard: its responses, up to
+    /// and including ReadyForQuery, are not for the client (it was answered already).
+    Hidden,
 }
 
 impl Expect {
@@ -91,9 +101,9 @@ mod tests {
 
     #[test]
     fn same_text_and_types_give_the_same_server_name() {
-        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap());
-        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap());
-        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap());
+        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap(), None);
+        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap(), None);
+        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap(), None);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 64, "fits PostgreSQL's NAMEDATALEN");

@@ -8,6 +8,7 @@ use super::settings::FOLLOWED_REPORTS;
 use super::Session;
 use crate::backend::connection::parse_parameter_status;
 use crate::backend::{BackendError, MAX_SERVER_MESSAGE};
+use crate::router::TransactionMode;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
 use crate::wire::{split_frame, Frame, TransactionStatus};
@@ -46,6 +47,19 @@ impl Session {
     }
 
     fn on_server_frame(&mut self, frame: Frame) {
+        if self.expect.front() == Some(&Expect::Hidden) {
+            if frame.tag() == tag::READY_FOR_QUERY {
+                self.expect.pop_front();
+                let status = frame
+                    .body()
+                    .first()
+                    .and_then(|&b| TransactionStatus::from_byte(b));
+                if let (Some(conn), Some(status)) = (self.server.as_deref_mut(), status) {
+                    conn.status = status;
+                }
+            }
+            return;
+        }
         let forward = match frame.tag() {
             tag::PARSE_COMPLETE => match self.expect.pop_front() {
                 Some(Expect::Parse { forward, .. }) => forward,
@@ -158,6 +172,11 @@ impl Session {
         let status = body.first().and_then(|&b| TransactionStatus::from_byte(b));
         if let Some(status) = status {
             self.status = status;
+            self.ctx.transaction = match (status, self.ctx.transaction) {
+                (TransactionStatus::Idle, _) => TransactionMode::Outside,
+                (_, TransactionMode::Outside) => TransactionMode::ReadWrite,
+                (_, mode) => mode,
+            };
         }
         let done = self.expect.is_empty() && !self.awaiting_sync;
         if let Some(conn) = self.server.as_deref_mut() {

@@ -91,6 +91,13 @@ pub fn parse_complete(buf: &mut BytesMut) {
     finish(buf, at);
 }
 
+/// CommandComplete with its command tag (`BEGIN`, `SET`, `INSERT 0 1`, ...).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag);
+    finish(buf, at);
+}
+
 /// CloseComplete.
 pub fn close_complete(buf: &mut BytesMut) {
     let at = begin(buf, b'3');

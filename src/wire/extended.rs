@@ -77,6 +77,48 @@ impl<'a> Bind<'a> {
     }
 }
 
+/// The parameter formats and values of a Bind, borrowed from the message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BindParams<'a> {
+    /// Format codes as sent: none (all text), one (for all), or one per parameter.
+    pub formats: Vec<i16>,
+    /// Each value; `None` is SQL NULL.
+    pub values: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Bind<'a> {
+    /// Decodes the parameter formats and values (result formats are left alone).
+    pub fn params(&self) -> Result<BindParams<'a>, WireError> {
+        let malformed = WireError::Malformed { what: "Bind" };
+        let mut rest = self.rest;
+        let mut take = |n: usize| -> Result<&'a [u8], WireError> {
+            if rest.len() < n {
+                return Err(malformed.clone());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let count = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
+        let n_formats = usize::try_from(count(take(2)?)).map_err(|_| malformed.clone())?;
+        let mut formats = Vec::with_capacity(n_formats);
+        for _ in 0..n_formats {
+            formats.push(count(take(2)?));
+        }
+        let n_values = usize::try_from(count(take(2)?)).map_err(|_| malformed.clone())?;
+        let mut values = Vec::with_capacity(n_values);
+        for _ in 0..n_values {
+            let len = take(4)?;
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            values.push(match usize::try_from(len) {
+                Ok(len) => Some(take(len)?),
+                Err(_) => None, // -1: NULL
+            });
+        }
+        Ok(BindParams { formats, values })
+    }
+}
+
 /// Describe or Close: a kind byte (`S` statement, `P` portal) and a name.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target<'a> {
@@ -148,6 +190,21 @@ mod tests {
         assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
         let out = b.encode_renamed("pgshard_x");
         assert_eq!(&out[5..], b"p\0pgshard_x\0\0\0\0\x01\0\0\0\x0142\0\0");
+    }
+
+    #[test]
+    fn bind_parameters_decode_with_nulls_and_formats() {
+        // portal "", statement "s", 1 format (binary), 2 values: 4 bytes 42, NULL; 0 result formats.
+        let body = b"\0s\0\0\x01\0\x01\0\x02\0\0\0\x04\0\0\0\x2a\xff\xff\xff\xff\0\0";
+        let p = Bind::decode(body).unwrap().params().unwrap();
+        assert_eq!(p.formats, vec![1]);
+        assert_eq!(p.values, vec![Some(&[0u8, 0, 0, 42][..]), None]);
+    }
+
+    #[test]
+    fn truncated_bind_values_are_malformed() {
+        let body = b"\0s\0\0\0\0\x01\0\0\0\x10abc";
+        assert!(Bind::decode(body).unwrap().params().is_err());
     }
 
     #[test]

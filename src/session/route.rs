@@ -1,0 +1,375 @@
+//! Routing in a session: asks the router where each statement goes, takes a server connection of
+//! that shard (primary, or a healthy replica for plain reads), holds back BEGIN until the first
+//! statement picks the shard, and keeps a transaction on one shard. Never splits a transaction and
+//! never reads SQL itself beyond handing the text to the router.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::error::SessionError;
+use super::prepared::Expect;
+use super::Session;
+use crate::config::{PoolMode, ReadFrom};
+use crate::router::{
+    Params, Plan, Route, RouteError, StatementKind, Target, TransactionControl, TransactionMode,
+};
+use crate::wire::client_tag as tag;
+use crate::wire::extended::Bind;
+use crate::wire::{build, Frame, TransactionStatus};
+
+/// The shard and server kind of the connection a session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Held {
+    pub shard: usize,
+    pub primary: bool,
+}
+
+/// What to do with a client frame.
+enum Decision {
+    /// Send it to the server connection already held.
+    Forward,
+    /// Keep it until a later frame decides the route (a Parse before its Bind).
+    Pending,
+    /// pgshard answered it itself.
+    Answered,
+    /// Refuse it: an ErrorResponse, then ReadyForQuery (simple) or skip to Sync (extended).
+    Failed(SessionError),
+    /// Send it to this shard.
+    Server { shard: usize, target: Target },
+}
+
+impl Session {
+    /// Routes one client frame and forwards it. Gives the frame back when it must wait until the
+    /// server connection held now is released (it goes elsewhere and no transaction pins it).
+    pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
+        let decision = match frame.tag() {
+            tag::QUERY => self.route_query(&frame),
+            tag::PARSE => self.note_parse(&frame)?,
+            tag::BIND => self.route_bind(&frame)?,
+            other => self.route_other(other),
+        };
+        let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
+        match decision {
+            Decision::Forward => self.forward(frame)?,
+            Decision::Pending => self.pending.push(frame),
+            Decision::Answered => {}
+            Decision::Failed(e) => self.refuse(&e, simple),
+            Decision::Server { shard, target } => match self.take_server(shard, target).await {
+                Ok(true) => {
+                    self.flush_pending()?;
+                    self.forward(frame)?;
+                }
+                Ok(false) => return Ok(Some(frame)),
+                Err(e) => self.refuse(&e, simple),
+            },
+        }
+        Ok(None)
+    }
+
+    /// Reports an error for a statement that will not run, keeping the protocol in step.
+    fn refuse(&mut self, e: &SessionError, simple: bool) {
+        self.report_error(e);
+        if simple {
+            build::ready_for_query(&mut self.client_out, self.status);
+        } else {
+            self.pending.clear();
+            self.skipping_until_sync = true;
+        }
+    }
+
+    fn default_route(&self) -> Decision {
+        let shard = self.shared.router.load().default_shard();
+        Decision::Server {
+            shard,
+            target: Target::Primary,
+        }
+    }
+
+    fn route_query(&mut self, frame: &Frame) -> Decision {
+        if !self.shared.routing {
+            return self.held_or(self.default_route());
+        }
+        let body = frame.body();
+        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+        let plan = self.shared.plan(&sql);
+        if let StatementKind::Transaction(control) = plan.kind() {
+            if let Some(answered) = self.transaction_control(*control, frame) {
+                return answered;
+            }
+            // Transaction control runs where the transaction is.
+            if self.server.is_some() {
+                return Decision::Forward;
+            }
+        }
+        let route = self
+            .shared
+            .router
+            .load()
+            .route(&plan, &Params::NONE, &self.ctx);
+        if let Ok(Route::Local(change)) = &route {
+            self.ctx.apply(change);
+            let tag = if matches!(
+                plan.kind(),
+                StatementKind::Setting(
+                    crate::router::SettingPlan::ShardKey(_) | crate::router::SettingPlan::Shard(_)
+                )
+            ) {
+                "SET"
+            } else {
+                "RESET"
+            };
+            build::command_complete(&mut self.client_out, tag);
+            build::ready_for_query(&mut self.client_out, self.status);
+            return Decision::Answered;
+        }
+        self.decide(&plan, route)
+    }
+
+    /// BEGIN with no server held is answered here and sent later, with the first statement that
+    /// picks a shard; COMMIT/ROLLBACK of such an empty transaction are answered here too.
+    fn transaction_control(
+        &mut self,
+        control: TransactionControl,
+        frame: &Frame,
+    ) -> Option<Decision> {
+        let free = self.server.is_none();
+        match control {
+            TransactionControl::Begin { read_only } => {
+                self.ctx.transaction = if read_only {
+                    TransactionMode::ReadOnly
+                } else {
+                    TransactionMode::ReadWrite
+                };
+                if !free || self.status != TransactionStatus::Idle || self.mode == PoolMode::Session
+                {
+                    return None;
+                }
+                self.begin = Some(Bytes::copy_from_slice(&frame.bytes));
+                self.status = TransactionStatus::InTransaction;
+                build::command_complete(&mut self.client_out, "BEGIN");
+            }
+            TransactionControl::Commit | TransactionControl::Rollback
+                if free && self.begin.is_some() =>
+            {
+                self.begin = None;
+                self.ctx.transaction = TransactionMode::Outside;
+                let failed = self.status == TransactionStatus::Failed;
+                self.status = TransactionStatus::Idle;
+                let commit = control == TransactionControl::Commit && !failed;
+                build::command_complete(
+                    &mut self.client_out,
+                    if commit { "COMMIT" } else { "ROLLBACK" },
+                );
+            }
+            _ => return None,
+        }
+        build::ready_for_query(&mut self.client_out, self.status);
+        Some(Decision::Answered)
+    }
+
+    /// Registers a Parse's statement (with its plan); it goes to a server with the next frame
+    /// that needs one.
+    fn note_parse(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
+        self.register_parse(frame)?;
+        Ok(if self.server.is_some() {
+            Decision::Forward
+        } else {
+            Decision::Pending
+        })
+    }
+
+    /// Plans a statement's text when routing is on.
+    pub(super) fn plan_text(&self, query: &[u8]) -> Option<Arc<Plan>> {
+        self.shared
+            .routing
+            .then(|| self.shared.plan(&String::from_utf8_lossy(query)))
+    }
+
+    fn route_bind(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
+        if !self.shared.routing {
+            return Ok(self.held_or(self.default_route()));
+        }
+        let bind = Bind::decode(frame.body())?;
+        let plan = if bind.statement.is_empty() {
+            self.unnamed_plan.clone()
+        } else {
+            self.statements
+                .get(bind.statement)
+                .and_then(|s| s.plan.clone())
+        };
+        let Some(plan) = plan else {
+            // Unknown statement: the server answers with its own error.
+            return Ok(self.held_or(self.default_route()));
+        };
+        let params = bind.params()?;
+        let route = self.shared.router.load().route(
+            &plan,
+            &Params::new(&params.values, &params.formats),
+            &self.ctx,
+        );
+        Ok(self.decide(&plan, route))
+    }
+
+    /// Describe, Execute, Close, Sync, Flush, FunctionCall, COPY data.
+    fn route_other(&mut self, t: u8) -> Decision {
+        if self.server.is_some() {
+            return Decision::Forward;
+        }
+        if self.pending.is_empty() {
+            match t {
+                // Leftovers of a COPY that already failed: PostgreSQL ignores them too.
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::FLUSH => {
+                    return Decision::Answered
+                }
+                // Nothing is pending, so the answer is known without a server.
+                tag::SYNC => {
+                    build::ready_for_query(&mut self.client_out, self.status);
+                    return Decision::Answered;
+                }
+                _ => {}
+            }
+        }
+        // A statement described before it is bound: every shard has the same schema.
+        self.default_route()
+    }
+
+    /// Keeps a statement that needs no particular shard on the connection already held.
+    fn held_or(&self, decision: Decision) -> Decision {
+        if self.server.is_some() {
+            Decision::Forward
+        } else {
+            decision
+        }
+    }
+
+    fn decide(&self, plan: &Plan, route: Result<Route, RouteError>) -> Decision {
+        if self.server.is_some() && follows_held(plan) && !matches!(route, Ok(Route::All)) {
+            return Decision::Forward;
+        }
+        let shards = self.shared.shards.len();
+        match route {
+            Err(e) => Decision::Failed(SessionError::Route(e)),
+            Ok(Route::Shard { shard, target }) => Decision::Server { shard, target },
+            Ok(Route::Shards { shards: list, target }) if list.len() == 1 => Decision::Server { shard: list[0], target },
+            Ok(Route::All) if shards == 1 => Decision::Server { shard: 0, target: Target::Primary },
+            Ok(Route::Shards { .. }) => Decision::Failed(SessionError::Unsupported(format!(
+                "reading {} without its shard key would need every shard, and pgshard does not merge \
+                 results across shards yet: add WHERE <key> = ... or pick a shard with SET pgshard.shard",
+                plan.sharded_tables().join(", ")
+            ))),
+            Ok(Route::SplitInsert { .. }) => Decision::Failed(SessionError::Unsupported(
+                "this multi-row INSERT has rows for several shards, and pgshard does not split INSERTs yet: \
+                 send one INSERT per shard (pgshard locate tells where a key lives)"
+                    .into(),
+            )),
+            Ok(Route::All) => Decision::Failed(SessionError::Unsupported(
+                "this statement must run on every shard (a write to a reference table, or DDL), which \
+                 pgshard does not do yet: run it on each shard's primary"
+                    .into(),
+            )),
+            Ok(Route::Local(_)) => Decision::Failed(SessionError::Unsupported(
+                "SET pgshard.* must be sent as a simple query".into(),
+            )),
+        }
+    }
+
+    /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`
+    /// when the one held now must first be released.
+    async fn take_server(&mut self, shard: usize, target: Target) -> Result<bool, SessionError> {
+        if let Some(held) = self.held {
+            if held.shard == shard && (held.primary || target == Target::Replica) {
+                return Ok(true);
+            }
+            let in_transaction = self.status != TransactionStatus::Idle;
+            if held.shard == shard && in_transaction {
+                return Ok(true);
+            }
+            if held.shard != shard && (in_transaction || self.mode == PoolMode::Session) {
+                return Err(SessionError::CrossShard {
+                    held: self.shared.shards[held.shard].name.clone(),
+                    wanted: self.shared.shards[shard].name.clone(),
+                    session_mode: !in_transaction,
+                });
+            }
+            return Ok(false);
+        }
+        self.checkout_route(shard, target).await?;
+        if let Some(begin) = self.begin.take() {
+            self.send(&begin, Some(Expect::Hidden));
+        }
+        Ok(true)
+    }
+
+    /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
+    /// next one if a replica cannot be reached), else to its primary.
+    async fn checkout_route(&mut self, shard: usize, target: Target) -> Result<(), SessionError> {
+        let shared = self.shared.clone();
+        let pools = &shared.shards[shard];
+        let spread = target == Target::Replica
+            && shared.config.shards[shard].read_from == ReadFrom::Replicas;
+        if spread && !pools.replicas.is_empty() {
+            let n = pools.replicas.len();
+            let start = pools
+                .next_replica
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for i in 0..n {
+                let replica = &pools.replicas[(start + i) % n];
+                let Some(pool) = replica.pools.get(&self.user) else {
+                    continue;
+                };
+                if !replica.health.is_up() {
+                    continue;
+                }
+                match self.checkout(pool.clone()).await {
+                    Ok(()) => {
+                        self.held = Some(Held {
+                            shard,
+                            primary: false,
+                        });
+                        return Ok(());
+                    }
+                    // Unreachable replica: try the next one, then the primary.
+                    Err(SessionError::Backend(e)) if e.sqlstate() == "08006" => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !pools.primary.health.is_up() {
+            return Err(SessionError::ShardDown {
+                shard: pools.name.clone(),
+                addr: pools.primary.addr.clone(),
+            });
+        }
+        let pool = pools
+            .primary
+            .pools
+            .get(&self.user)
+            .cloned()
+            .ok_or(SessionError::ShardDown {
+                shard: pools.name.clone(),
+                addr: pools.primary.addr.clone(),
+            })?;
+        self.checkout(pool).await?;
+        self.held = Some(Held {
+            shard,
+            primary: true,
+        });
+        Ok(())
+    }
+
+    /// Sends the frames that waited for a route.
+    fn flush_pending(&mut self) -> Result<(), SessionError> {
+        for frame in std::mem::take(&mut self.pending) {
+            self.forward(frame)?;
+        }
+        Ok(())
+    }
+}
+
+/// Statements that touch no sharded table (SELECT 1, SET, SHOW, transaction control) run on the
+/// server connection already held, so a transaction stays on its shard.
+fn follows_held(plan: &Plan) -> bool {
+    !matches!(plan.kind(), StatementKind::Read | StatementKind::Write)
+        || plan.sharded_tables().is_empty()
+}
