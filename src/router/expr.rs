@@ -25,6 +25,18 @@ impl Analyzer<'_> {
     }
 
     fn expr_inner(&mut self, e: &Expr) {
+        if let Some(child) = one_child(e) {
+            self.expr(child);
+        } else if let Some((a, b)) = two_children(e) {
+            self.expr(a);
+            self.expr(b);
+        } else {
+            self.compound(e);
+        }
+    }
+
+    /// Leaves, and expressions with more than two parts or with subqueries.
+    fn compound(&mut self, e: &Expr) {
         use Expr as E;
         match e {
             E::Identifier(_)
@@ -33,65 +45,6 @@ impl Analyzer<'_> {
             | E::TypedString(_)
             | E::Wildcard(_)
             | E::QualifiedWildcard(..) => {}
-            E::IsFalse(x)
-            | E::IsNotFalse(x)
-            | E::IsTrue(x)
-            | E::IsNotTrue(x)
-            | E::IsNull(x)
-            | E::IsNotNull(x)
-            | E::IsUnknown(x)
-            | E::IsNotUnknown(x)
-            | E::Nested(x)
-            | E::IsNormalized { expr: x, .. }
-            | E::UnaryOp { expr: x, .. }
-            | E::Cast { expr: x, .. }
-            | E::Extract { expr: x, .. }
-            | E::Ceil { expr: x, .. }
-            | E::Floor { expr: x, .. }
-            | E::Collate { expr: x, .. }
-            | E::Named { expr: x, .. }
-            | E::Prefixed { value: x, .. }
-            | E::JsonAccess { value: x, .. }
-            | E::CompoundFieldAccess { root: x, .. } => self.expr(x),
-            E::IsDistinctFrom(a, b)
-            | E::IsNotDistinctFrom(a, b)
-            | E::BinaryOp {
-                left: a, right: b, ..
-            }
-            | E::AnyOp {
-                left: a, right: b, ..
-            }
-            | E::AllOp {
-                left: a, right: b, ..
-            }
-            | E::Like {
-                expr: a,
-                pattern: b,
-                ..
-            }
-            | E::ILike {
-                expr: a,
-                pattern: b,
-                ..
-            }
-            | E::SimilarTo {
-                expr: a,
-                pattern: b,
-                ..
-            }
-            | E::InUnnest {
-                expr: a,
-                array_expr: b,
-                ..
-            }
-            | E::AtTimeZone {
-                timestamp: a,
-                time_zone: b,
-            }
-            | E::Position { expr: a, r#in: b } => {
-                self.expr(a);
-                self.expr(b);
-            }
             E::InList { expr, list, .. } => {
                 self.expr(expr);
                 self.exprs(list);
@@ -154,13 +107,12 @@ impl Analyzer<'_> {
             }
             E::Function(f) => self.function(f),
             E::GroupingSets(sets) | E::Cube(sets) | E::Rollup(sets) => {
-                for set in sets {
-                    self.exprs(set);
-                }
+                sets.iter().for_each(|set| self.exprs(set));
             }
             E::Tuple(items) => self.exprs(items),
             E::Array(array) => self.exprs(&array.elem),
             E::Interval(interval) => self.expr(&interval.value),
+            // Constructs PostgreSQL does not have, or not inspected: assume the worst.
             _ => self.volatile = true,
         }
     }
@@ -221,5 +173,77 @@ impl Analyzer<'_> {
                 self.expr(e);
             }
         }
+    }
+}
+
+/// The operand of expressions with exactly one.
+fn one_child(e: &Expr) -> Option<&Expr> {
+    use Expr as E;
+    match e {
+        E::IsFalse(x)
+        | E::IsNotFalse(x)
+        | E::IsTrue(x)
+        | E::IsNotTrue(x)
+        | E::IsNull(x)
+        | E::IsNotNull(x)
+        | E::IsUnknown(x)
+        | E::IsNotUnknown(x)
+        | E::Nested(x)
+        | E::IsNormalized { expr: x, .. }
+        | E::UnaryOp { expr: x, .. }
+        | E::Cast { expr: x, .. }
+        | E::Extract { expr: x, .. }
+        | E::Ceil { expr: x, .. }
+        | E::Floor { expr: x, .. }
+        | E::Collate { expr: x, .. }
+        | E::Named { expr: x, .. }
+        | E::Prefixed { value: x, .. }
+        | E::JsonAccess { value: x, .. }
+        | E::CompoundFieldAccess { root: x, .. } => Some(x),
+        _ => None,
+    }
+}
+
+/// The operands of binary expressions.
+fn two_children(e: &Expr) -> Option<(&Expr, &Expr)> {
+    use Expr as E;
+    match e {
+        E::IsDistinctFrom(a, b)
+        | E::IsNotDistinctFrom(a, b)
+        | E::BinaryOp {
+            left: a, right: b, ..
+        }
+        | E::AnyOp {
+            left: a, right: b, ..
+        }
+        | E::AllOp {
+            left: a, right: b, ..
+        }
+        | E::Like {
+            expr: a,
+            pattern: b,
+            ..
+        }
+        | E::ILike {
+            expr: a,
+            pattern: b,
+            ..
+        }
+        | E::SimilarTo {
+            expr: a,
+            pattern: b,
+            ..
+        }
+        | E::InUnnest {
+            expr: a,
+            array_expr: b,
+            ..
+        }
+        | E::AtTimeZone {
+            timestamp: a,
+            time_zone: b,
+        }
+        | E::Position { expr: a, r#in: b } => Some((a, b)),
+        _ => None,
     }
 }

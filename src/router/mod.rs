@@ -125,6 +125,25 @@ impl Router {
     pub fn default_shard(&self) -> usize {
         self.default_shard
     }
+
+    /// A route in words, with shard names: `s1 (replica)`, `s0, s1 (primary)`, `every shard`.
+    pub fn describe(&self, route: &Route) -> String {
+        let names = |shards: &[usize]| {
+            let names: Vec<&str> = shards.iter().map(|&s| self.map.shard_name(s)).collect();
+            names.join(", ")
+        };
+        let target = |t: &Target| match t {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+        };
+        match route {
+            Route::Shard { shard, target: t } => format!("{} ({})", names(&[*shard]), target(t)),
+            Route::Shards { shards, target: t } => format!("{} ({})", names(shards), target(t)),
+            Route::SplitInsert { shards } => format!("{} (split insert)", names(shards)),
+            Route::All => "every shard (primary)".to_string(),
+            Route::Local(change) => format!("pgshard itself ({change:?})"),
+        }
+    }
 }
 
 /// `Public."Users"` → `users`: config names match on the unqualified, lowercased name.

@@ -47,6 +47,8 @@ pub enum TransactionControl {
 }
 
 /// A `SET`/`RESET` of a pgshard setting, as written (the shard name is checked at route time).
+/// `SET LOCAL` is treated as `SET`: the override lasts until reset, not until the transaction
+/// ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettingPlan {
     /// `SET pgshard.shard_key = <value>`: the key as text, parsed per table at route time.

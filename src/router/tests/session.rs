@@ -171,3 +171,19 @@ fn several_statements_in_one_string_route_together() {
         ("SELECT * FROM users WHERE user_id = 1; SELECT * FROM users WHERE user_id = 42", "shards 0,1 replica"),
     ]);
 }
+
+#[test]
+fn routes_describe_themselves_with_shard_names() {
+    let router = router();
+    let ctx = RouteContext::default();
+    let plan = router.plan("SELECT * FROM users WHERE user_id = 42");
+    let route = router
+        .route(&plan, &crate::router::Params::NONE, &ctx)
+        .unwrap();
+    assert_eq!(router.describe(&route), "s1 (replica)");
+    let plan = router.plan("DELETE FROM countries");
+    let route = router
+        .route(&plan, &crate::router::Params::NONE, &ctx)
+        .unwrap();
+    assert_eq!(router.describe(&route), "every shard (primary)");
+}
