@@ -26,17 +26,10 @@ pub enum SessionError {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(
-        "{} runs on shard {held}, but this statement routes to shard {wanted}; pgshard never splits {} \
-         across shards: {}",
-        if *session_mode { "this session" } else { "this transaction" },
-        if *session_mode { "a session" } else { "a transaction" },
-        if *session_mode { "use pool_mode = \"transaction\" to reach several shards" } else { "COMMIT or ROLLBACK first, and run it in its own transaction" }
+        "this session runs on shard {held} (pool_mode = \"session\" pins a client to one server), \
+         but this statement routes to shard {wanted}: use pool_mode = \"transaction\" to reach several shards"
     )]
-    CrossShard {
-        held: String,
-        wanted: String,
-        session_mode: bool,
-    },
+    SessionPinned { held: String, wanted: String },
     #[error(
         "the primary of shard {shard} ({addr}) is down; writes to this shard fail until it is back"
     )]
@@ -59,7 +52,7 @@ impl SessionError {
             SessionError::Backend(e) => e.sqlstate(),
             SessionError::CheckoutTimeout { .. } | SessionError::TooManyClients(_) => "53300",
             SessionError::UnknownDatabase { .. } => "3D000",
-            SessionError::Unsupported(_) | SessionError::CrossShard { .. } => "0A000",
+            SessionError::Unsupported(_) | SessionError::SessionPinned { .. } => "0A000",
             SessionError::Route(e) => e.sqlstate(),
             SessionError::ShardDown { .. } => "08006",
             SessionError::BadSettingName(_) => "42704",

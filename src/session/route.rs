@@ -251,23 +251,21 @@ impl Session {
         match route {
             Err(e) => Decision::Failed(SessionError::Route(e)),
             Ok(Route::Shard { shard, target }) => Decision::Server { shard, target },
-            Ok(Route::Shards { shards: list, target }) if list.len() == 1 => Decision::Server { shard: list[0], target },
-            Ok(Route::All) if shards == 1 => Decision::Server { shard: 0, target: Target::Primary },
-            Ok(Route::Shards { .. }) => Decision::Failed(SessionError::Unsupported(format!(
-                "reading {} without its shard key would need every shard, and pgshard does not merge \
-                 results across shards yet: add WHERE <key> = ... or pick a shard with SET pgshard.shard",
-                plan.sharded_tables().join(", ")
-            ))),
-            Ok(Route::SplitInsert { .. }) => Decision::Failed(SessionError::Unsupported(
-                "this multi-row INSERT has rows for several shards, and pgshard does not split INSERTs yet: \
-                 send one INSERT per shard (pgshard locate tells where a key lives)"
-                    .into(),
-            )),
-            Ok(Route::All) => Decision::Failed(SessionError::Unsupported(
-                "this statement must run on every shard (a write to a reference table, or DDL), which \
-                 pgshard does not do yet: run it on each shard's primary"
-                    .into(),
-            )),
+            Ok(Route::Shards {
+                shards: list,
+                target,
+            }) if list.len() == 1 => Decision::Server {
+                shard: list[0],
+                target,
+            },
+            Ok(Route::All) if shards == 1 => Decision::Server {
+                shard: 0,
+                target: Target::Primary,
+            },
+            Ok(multi @ (Route::Shards { .. } | Route::SplitInsert { .. } | Route::All)) => {
+                let router = self.shared.router.load();
+                Decision::Failed(SessionError::Route(router.multi_shard_error(plan, &multi)))
+            }
             Ok(Route::Local(_)) => Decision::Failed(SessionError::Unsupported(
                 "SET pgshard.* must be sent as a simple query".into(),
             )),
@@ -285,11 +283,16 @@ impl Session {
             if held.shard == shard && in_transaction {
                 return Ok(true);
             }
-            if held.shard != shard && (in_transaction || self.mode == PoolMode::Session) {
-                return Err(SessionError::CrossShard {
+            if held.shard != shard && in_transaction {
+                let router = self.shared.router.load();
+                return Err(SessionError::Route(
+                    router.cross_transaction_error(held.shard, shard),
+                ));
+            }
+            if held.shard != shard && self.mode == PoolMode::Session {
+                return Err(SessionError::SessionPinned {
                     held: self.shared.shards[held.shard].name.clone(),
                     wanted: self.shared.shards[shard].name.clone(),
-                    session_mode: !in_transaction,
                 });
             }
             return Ok(false);
