@@ -1,0 +1,509 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: pgbench select-only directly against PostgreSQL, through PgBouncer and
+# through pgshard, in one run against the same throw-away cluster; then the resident memory of
+# 2,000 idle client connections.
+#
+# Usage (as root on a fresh machine, or as a user who already has pgbouncer installed):
+#   DURATION=15 bash benches/pgbench.sh
+# Knobs: DURATION (s per pgbench run, 15), REPEAT (runs per cell, median reported, 1), SCALE (pgbench -i -s, 10), POOL_SIZE (20),
+#        IDLE_CLIENTS (2000), PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg).
+# Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
+set -euo pipefail
+
+DURATION=${DURATION:-15}
+REPEAT=${REPEAT:-1}
+SCALE=${SCALE:-10}
+POOL_SIZE=${POOL_SIZE:-20}
+IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
+CLIENT_COUNTS=(16 200)
+PROTOCOLS=(simple prepared)
+TARGETS=(direct pgbouncer pgshard)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=$ROOT/bench-results
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[pgbench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+
+[[ -x $PGBIN/initdb ]] || die "no PostgreSQL binaries in $PGBIN (set PGBIN)"
+command -v pgbench >/dev/null || die "pgbench not on PATH (Debian: postgresql-client-15)"
+
+PGBOUNCER=$(command -v pgbouncer || true)
+[[ -z $PGBOUNCER && -x /usr/sbin/pgbouncer ]] && PGBOUNCER=/usr/sbin/pgbouncer
+if [[ -z $PGBOUNCER ]]; then
+    [[ $(id -u) -eq 0 ]] || die "pgbouncer is not installed and installing it needs root"
+    log "installing pgbouncer"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2
+    PGBOUNCER=/usr/sbin/pgbouncer
+fi
+# The Debian package may start a system PgBouncer on 6432; it has no part in this benchmark.
+if [[ $(id -u) -eq 0 ]]; then
+    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    fi
+    if [[ -x /etc/init.d/pgbouncer ]]; then
+        /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+    fi
+fi
+
+# 2,000 idle clients plus 3,000 allowed PgBouncer clients need file descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# Everything PostgreSQL and PgBouncer run as: an unprivileged user when we are root.
+if [[ $(id -u) -eq 0 ]]; then
+    id -u "$BENCH_OS_USER" >/dev/null 2>&1 ||
+        useradd --system --no-create-home --shell /usr/sbin/nologin "$BENCH_OS_USER" ||
+        id -u "$BENCH_OS_USER" >/dev/null 2>&1 || die "cannot create OS user $BENCH_OS_USER"
+    # runuser's PAM session resets the soft open-files limit to 1024: raise it again inside.
+    as_user() { runuser -u "$BENCH_OS_USER" -- sh -c "ulimit -n $(ulimit -n) && exec \"\$@\"" sh "$@"; }
+else
+    as_user() { "$@"; }
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: whatever was started is stopped, the work directory removed, logs kept.
+# ---------------------------------------------------------------------------------------------
+
+WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
+chmod 755 "$WORK"
+if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK"; fi
+PGDATA=$WORK/data
+PIDS=()          # processes we started directly (pgshard, idle clients)
+CLUSTER_UP=0
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -f $WORK/pgbouncer.pid ]]; then
+        kill -TERM "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
+    fi
+    if [[ $CLUSTER_UP -eq 1 ]]; then
+        as_user "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$RESULTS/logs"
+    mkdir -p "$RESULTS/logs"
+    cp "$WORK"/*.log "$WORK"/*.out "$RESULTS/logs/" 2>/dev/null || true
+    cp -r "$WORK/runs" "$RESULTS/logs/" 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# free_port VAR: sets VAR to a TCP port below 32768 that nothing listens on and this script has
+# not handed out before.
+used_ports=" "
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 12000))
+        [[ $used_ports == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            used_ports+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
+    done
+}
+
+wait_port() { # port what
+    local i
+    for i in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    die "$2 did not start listening on port $1"
+}
+
+# utime+stime of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+
+cd "$ROOT"
+log "building (cargo build --release, idle_clients bench binary)"
+cargo build --release --quiet
+PGSHARD=$ROOT/target/release/pgshard
+IDLE_BIN=$(cargo bench --quiet --no-run --bench idle_clients --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*idle_clients[^"]*"' | tail -n1 | cut -d'"' -f4)
+[[ -x $IDLE_BIN ]] || die "could not build benches/idle_clients.rs"
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL 15: a throw-away cluster
+# ---------------------------------------------------------------------------------------------
+
+free_port PG_PORT
+log "initdb in $PGDATA, port $PG_PORT"
+echo postgres >"$WORK/pwfile"
+if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/pwfile"; fi
+as_user "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    --pwfile="$WORK/pwfile" -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
+    { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+cat >>"$PGDATA/postgresql.conf" <<EOF
+
+# pgshard benchmark
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+max_connections = 400
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+password_encryption = 'scram-sha-256'
+EOF
+as_user "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgresql.log" -w start >/dev/null ||
+    { tail -n 30 "$WORK/postgresql.log" >&2; die "PostgreSQL did not start"; }
+CLUSTER_UP=1
+
+psql_super() { psql -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PG_PORT" -U postgres -d postgres "$@"; }
+psql_super -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE pgbench OWNER app"
+
+export PGUSER=app PGPASSWORD=app PGHOST=127.0.0.1
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -p "$PG_PORT" pgbench >"$WORK/pgbench-init.log" 2>&1 ||
+    { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------------------------------------
+# The proxies
+# ---------------------------------------------------------------------------------------------
+
+# start_pgshard NAME PORT POOL_SIZE: starts a pgshard in transaction mode; sets PGSHARD_PID.
+start_pgshard() {
+    local name=$1 port=$2 size=$3
+    cat >"$WORK/$name.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+database = "pgbench"
+pool_mode = "transaction"
+max_client_connections = 5000
+
+[pool]
+size = $size
+checkout_timeout_ms = 30000
+
+[[users]]
+name = "app"
+password = "app"
+
+[[shards]]
+name = "s0"
+primary = "127.0.0.1:$PG_PORT"
+read_from = "primary"
+EOF
+    NO_COLOR=1 "$PGSHARD" serve --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
+    PGSHARD_PID=$!
+    PIDS+=("$PGSHARD_PID")
+    wait_port "$port" "pgshard ($name)"
+}
+
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+free_port BOUNCER_PORT
+# start_pgbouncer: starts PgBouncer as the unprivileged user; sets BOUNCER_PID.
+start_pgbouncer() {
+    cat >"$WORK/userlist.txt" <<EOF
+"app" "app"
+EOF
+    cat >"$WORK/pgbouncer.ini" <<EOF
+[databases]
+pgbench = host=127.0.0.1 port=$PG_PORT dbname=pgbench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 3000
+max_db_connections = 0
+ignore_startup_parameters = extra_float_digits
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+    if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/userlist.txt" "$WORK/pgbouncer.ini"; fi
+    rm -f "$WORK/pgbouncer.pid"
+    as_user "$PGBOUNCER" -d "$WORK/pgbouncer.ini" || die "pgbouncer did not start"
+    wait_port "$BOUNCER_PORT" pgbouncer
+    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
+}
+
+stop_pgbouncer() {
+    kill -TERM "$BOUNCER_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 100); do
+        kill -0 "$BOUNCER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    rm -f "$WORK/pgbouncer.pid"
+}
+
+free_port SHARD_PORT
+start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE"
+MAIN_SHARD_PID=$PGSHARD_PID
+start_pgbouncer
+log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard :$SHARD_PORT (pid $MAIN_SHARD_PID)"
+
+# ---------------------------------------------------------------------------------------------
+# pgbench runs
+# ---------------------------------------------------------------------------------------------
+
+mkdir -p "$WORK/runs"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A TPS LAT FAILED ABORTED TXNS CPU_US STATUS
+
+# run_pgbench TARGET PORT PROXY_PID CLIENTS PROTOCOL [KEY]: one run, results stored under KEY.
+run_pgbench() {
+    local target=$1 port=$2 pid=$3 clients=$4 proto=$5 key=${6:-$1/$4/$5}
+    local file=${key//\//-}
+    local out="$WORK/runs/${file/\#/-run}.out" err="$WORK/runs/${file/\#/-run}.err"
+    local before=0 after=0 rc=0
+    [[ $pid != - ]] && before=$(cpu_ticks "$pid")
+    timeout --signal=INT --kill-after=10 $((DURATION + 60)) \
+        pgbench -n -S -M "$proto" -c "$clients" -j 2 -T "$DURATION" -p "$port" pgbench \
+        >"$out" 2>"$err" || rc=$?
+    [[ $pid != - ]] && after=$(cpu_ticks "$pid")
+    TPS[$key]=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out" | head -n1)
+    LAT[$key]=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' "$out" | head -n1)
+    FAILED[$key]=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -n1)
+    TXNS[$key]=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | head -n1)
+    ABORTED[$key]=$(grep -c 'aborted in command' "$err" || true)
+    : "${FAILED[$key]:=0}" "${TXNS[$key]:=0}"
+    if [[ $pid != - ]] && ! kill -0 "$pid" 2>/dev/null; then
+        STATUS[$key]=crashed
+        log "$target (pid $pid) is gone after $key; its log ends (all logs: $RESULTS/logs/):"
+        tail -n 20 "$WORK"/pgshard*.log "$WORK/pgbouncer.log" 2>/dev/null | sed 's/^/    /' >&2
+    elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
+        STATUS[$key]=hang
+    elif [[ -z ${TPS[$key]} ]]; then
+        STATUS[$key]=fail
+    elif [[ ${ABORTED[$key]} -gt 0 ]]; then
+        STATUS[$key]=aborted
+    else
+        STATUS[$key]=ok
+    fi
+    if [[ $pid != - && ${TXNS[$key]} -gt 0 ]]; then
+        CPU_US[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="${TXNS[$key]}" \
+            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    else
+        CPU_US[$key]=
+    fi
+    log "$key: status ${STATUS[$key]}, tps ${TPS[$key]:-?}, latency ${LAT[$key]:-?} ms," \
+        "failed ${FAILED[$key]}, aborted clients ${ABORTED[$key]}, proxy CPU ${CPU_US[$key]:-n/a} µs/txn"
+    if [[ ${STATUS[$key]} != ok ]]; then
+        head -n 5 "$err" | sed 's/^/    /' >&2
+    fi
+    sleep 1
+}
+
+# pick_median KEY: KEY gets the values of its median run (by tps) of KEY#1..KEY#REPEAT, and the
+# errors of all of them; a run that was not ok makes KEY not ok.
+pick_median() {
+    local key=$1 r best
+    best=$(for r in $(seq 1 "$REPEAT"); do echo "${TPS[$key#$r]:-0} $r"; done |
+        sort -n | sed -n "$(((REPEAT + 1) / 2))p" | cut -d' ' -f2)
+    TPS[$key]=${TPS[$key#$best]} LAT[$key]=${LAT[$key#$best]} TXNS[$key]=${TXNS[$key#$best]}
+    CPU_US[$key]=${CPU_US[$key#$best]} STATUS[$key]=ok FAILED[$key]=0 ABORTED[$key]=0
+    for r in $(seq 1 "$REPEAT"); do
+        FAILED[$key]=$((FAILED[$key] + FAILED[$key#$r]))
+        ABORTED[$key]=$((ABORTED[$key] + ABORTED[$key#$r]))
+        [[ ${STATUS[$key#$r]} != ok && ${STATUS[$key]} == ok ]] && STATUS[$key]=${STATUS[$key#$r]}
+    done
+    return 0
+}
+
+for clients in "${CLIENT_COUNTS[@]}"; do
+    for proto in "${PROTOCOLS[@]}"; do
+        for r in $(seq 1 "$REPEAT"); do
+            # Rotate the order, so no target always runs first after a pause or last in a row.
+            for i in 0 1 2; do
+                case $(((i + r - 1) % 3)) in
+                    0) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$clients/$proto#$r" ;;
+                    1) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$clients/$proto#$r" ;;
+                    2) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$clients/$proto#$r" ;;
+                esac
+            done
+        done
+        for t in "${TARGETS[@]}"; do pick_median "$t/$clients/$proto"; done
+    done
+done
+
+# The prepared-statement bar: 50 clients, -M prepared, through a pool of 2 server connections.
+free_port SMALL_PORT
+start_pgshard pgshard-pool2 "$SMALL_PORT" 2
+SMALL_PID=$PGSHARD_PID
+run_pgbench pgshard "$SMALL_PORT" "$SMALL_PID" 50 prepared "pool2#1"
+REPEAT=1 pick_median pool2
+stop_pid "$SMALL_PID"
+
+# ---------------------------------------------------------------------------------------------
+# Idle clients: resident memory per connection, each proxy freshly started
+# ---------------------------------------------------------------------------------------------
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+stop_pid "$MAIN_SHARD_PID"
+stop_pgbouncer
+
+# idle_test NAME PORT PID: opens IDLE_CLIENTS connections, sets IDLE_KIB[NAME] and IDLE_OPEN[NAME].
+declare -A IDLE_BEFORE IDLE_AFTER IDLE_KIB IDLE_OPEN
+idle_test() {
+    local name=$1 port=$2 pid=$3 i
+    # One served client first, so the baseline includes a warm pool and runtime.
+    PGPORT=$port psql -X -q -d pgbench -c 'SELECT 1' >/dev/null
+    sleep 1
+    IDLE_BEFORE[$name]=$(rss_kib "$pid")
+    rm -f "$WORK/idle-$name.out"
+    PGPORT=$port PGDATABASE=pgbench COUNT=$IDLE_CLIENTS \
+        "$IDLE_BIN" >"$WORK/idle-$name.out" 2>"$WORK/idle-$name.log" &
+    local idle_pid=$!
+    PIDS+=("$idle_pid")
+    for i in $(seq 1 1200); do
+        grep -q '^ready' "$WORK/idle-$name.out" 2>/dev/null && break
+        kill -0 "$idle_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q '^ready' "$WORK/idle-$name.out" || { cat "$WORK/idle-$name.log" >&2; die "idle clients for $name never got ready"; }
+    IDLE_OPEN[$name]=$(awk '/^ready/ { print $2 }' "$WORK/idle-$name.out")
+    sleep 2
+    IDLE_AFTER[$name]=$(rss_kib "$pid")
+    IDLE_KIB[$name]=$(awk -v a="${IDLE_AFTER[$name]}" -v b="${IDLE_BEFORE[$name]}" -v n="${IDLE_OPEN[$name]}" \
+        'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
+    stop_pid "$idle_pid"
+    log "idle $name: ${IDLE_OPEN[$name]} open, RSS ${IDLE_BEFORE[$name]} → ${IDLE_AFTER[$name]} KiB," \
+        "${IDLE_KIB[$name]} KiB per connection"
+}
+
+free_port IDLE_PORT
+start_pgshard pgshard-idle "$IDLE_PORT" "$POOL_SIZE"
+IDLE_SHARD_PID=$PGSHARD_PID
+idle_test pgshard "$IDLE_PORT" "$IDLE_SHARD_PID"
+stop_pid "$IDLE_SHARD_PID"
+start_pgbouncer
+idle_test pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID"
+stop_pgbouncer
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+# tps cell: the number, or why there is none.
+tps_cell() {
+    case ${STATUS[$1]} in
+        ok) printf '%.0f' "${TPS[$1]}" ;;
+        aborted) printf 'n/a (%s clients aborted)' "${ABORTED[$1]}" ;;
+        *) printf '%s' "${STATUS[$1]}" ;;
+    esac
+}
+verdict() { # value bar [le]: "met" when value ≥ bar (or ≤ bar with "le")
+    local v=${1%×}
+    [[ $v =~ ^[0-9.]+$ ]] || { printf 'NOT met'; return 0; }
+    awk -v v="$v" -v b="$2" -v op="${3:-ge}" 'BEGIN { ok = (op == "le") ? v <= b : v >= b; printf ok ? "met" : "NOT met" }'
+}
+cpu_cell() { # key: proxy CPU per transaction, only for runs without errors
+    if [[ ${STATUS[$1]} == ok && -n ${CPU_US[$1]} ]]; then printf '%s' "${CPU_US[$1]}"; else printf 'n/a'; fi
+}
+ratio() { # key_a key_b
+    if [[ ${STATUS[$1]} == ok && ${STATUS[$2]} == ok ]]; then
+        awk -v a="${TPS[$1]}" -v b="${TPS[$2]}" 'BEGIN { printf "%.2f×", a / b }'
+    else
+        printf 'n/a'
+    fi
+}
+errors_cell() { # scenario suffix
+    local t parts=()
+    for t in "${TARGETS[@]}"; do
+        local k=$t/$1 e
+        e=$((FAILED[$k] + ABORTED[$k]))
+        [[ ${STATUS[$k]} == hang || ${STATUS[$k]} == fail || ${STATUS[$k]} == crashed ]] && e=${STATUS[$k]}
+        parts+=("$t $e")
+    done
+    local IFS=,
+    printf '%s' "${parts[*]}" | sed 's/,/, /g'
+}
+
+{
+    echo "## pgshard benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)'), $(nproc) cores ($(sed -nE 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
+    echo "- $("$PGBIN/postgres" --version), $("$PGBOUNCER" --version | head -n1), pgbench scale $SCALE, ${DURATION} s per run (median of $REPEAT), -j 2, select-only (-S)"
+    echo "- pool size $POOL_SIZE server connections for PgBouncer and pgshard, transaction mode, SCRAM client auth"
+    echo "- errors = failed transactions + clients that pgbench aborted"
+    echo "- load average before the pgbench runs: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine skews every number)"
+    echo
+    echo "| scenario | direct tps | pgbouncer tps | pgshard tps | pgshard/pgbouncer | pgshard/direct | pgshard µs CPU/txn | pgbouncer µs CPU/txn | errors |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        for proto in "${PROTOCOLS[@]}"; do
+            s=$clients/$proto
+            echo "| -S -c $clients -M $proto | $(tps_cell "direct/$s") | $(tps_cell "pgbouncer/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "direct/$s") | $(cpu_cell "pgshard/$s") | $(cpu_cell "pgbouncer/$s") | $(errors_cell "$s") |"
+        done
+    done
+    echo
+    echo "Average latency (ms):"
+    echo
+    echo "| scenario | direct | pgbouncer | pgshard |"
+    echo "|---|---|---|---|"
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        for proto in "${PROTOCOLS[@]}"; do
+            s=$clients/$proto
+            echo "| -S -c $clients -M $proto | ${LAT[direct/$s]:-n/a} | ${LAT[pgbouncer/$s]:-n/a} | ${LAT[pgshard/$s]:-n/a} |"
+        done
+    done
+    echo
+    echo "pgshard, pool of 2, \`pgbench -S -M prepared -c 50\`: status ${STATUS[pool2]}, tps $(tps_cell pool2), failed ${FAILED[pool2]}, aborted clients ${ABORTED[pool2]}, $(cpu_cell pool2) µs CPU/txn"
+    echo
+    echo "Idle clients (freshly started proxy, one served client before the baseline):"
+    echo
+    echo "| proxy | idle connections | RSS before KiB | RSS after KiB | KiB per idle connection |"
+    echo "|---|---|---|---|---|"
+    for p in pgshard pgbouncer; do
+        echo "| $p | ${IDLE_OPEN[$p]} | ${IDLE_BEFORE[$p]} | ${IDLE_AFTER[$p]} | ${IDLE_KIB[$p]} |"
+    done
+    echo
+    echo "Bars (issue 2), this run:"
+    echo
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        s=$clients/simple
+        echo "- simple -c $clients, pgshard ≥ 1.0× PgBouncer: $(verdict "$(ratio "pgshard/$s" "pgbouncer/$s")" 1.0) ($(ratio "pgshard/$s" "pgbouncer/$s"))"
+    done
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        s=$clients/prepared
+        e=$((FAILED[pgshard/$s] + ABORTED[pgshard/$s]))
+        v=$(verdict "$(ratio "pgshard/$s" "direct/$s")" 0.55)
+        [[ $e -eq 0 ]] || v="NOT met"
+        echo "- prepared -c $clients, 0 errors and pgshard ≥ 0.55× direct: $v ($e errors, $(ratio "pgshard/$s" "direct/$s"))"
+    done
+    e=$((FAILED[pool2] + ABORTED[pool2]))
+    echo "- prepared -c 50 through a pool of 2, 0 errors: $([[ ${STATUS[pool2]} == ok && $e -eq 0 ]] && echo met || echo "NOT met") ($e errors)"
+    echo "- ≤ 16 KiB per idle client connection: $(verdict "${IDLE_KIB[pgshard]}" 16 le) (${IDLE_KIB[pgshard]} KiB)"
+} >"$WORK/report.md"
+
+mkdir -p "$RESULTS"
+cp "$WORK/report.md" "$RESULTS/latest.md"
+cat "$WORK/report.md"
+log "written to bench-results/latest.md"
