@@ -1,12 +1,15 @@
 //! Shared harness of the integration tests (`mod support;` in each `tests/*.rs`): one local
-//! PostgreSQL cluster per test binary, a base config pointing at it, and an in-process proxy.
+//! PostgreSQL cluster per test binary, a base config pointing at it, and an in-process proxy;
+//! for the routing tests, a second pair of clusters (one per shard) and a two-shard config.
 //!
-//! The cluster is started on first use and stopped by an `atexit` hook when the test process exits.
-//! Tests share it, so each test must use its own tables; nothing here ever drops or truncates them.
+//! Clusters are started on first use and stopped by an `atexit` hook when the test process exits.
+//! Tests share them, so each test must use its own tables (or, on the shard clusters, its own
+//! keys); nothing here ever drops or truncates them.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use pgshard::config::Config;
 use pgshard::localpg::{ClusterOptions, LocalCluster};
@@ -43,6 +46,129 @@ extern "C" fn stop_cluster_at_exit() {
     }
 }
 
+static SHARD_CLUSTERS: OnceLock<[LocalCluster; 2]> = OnceLock::new();
+
+/// The schema created on both shards' primaries by [`shard_clusters`]: the sharded tables of
+/// [`two_shard_config`], the reference table `countries`, `notes` (an unsharded table, so it
+/// lives on the default shard) and a sequence `routing_seq` (for VOLATILE reads).
+pub const SHARD_SCHEMA: &str = "\
+    CREATE TABLE users (user_id bigint PRIMARY KEY, name text NOT NULL); \
+    CREATE TABLE orders (user_id bigint NOT NULL, note text NOT NULL); \
+    CREATE TABLE accounts_text (email text PRIMARY KEY, name text NOT NULL); \
+    CREATE TABLE items_uuid (owner uuid NOT NULL, item text NOT NULL); \
+    CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL); \
+    CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL); \
+    CREATE SEQUENCE routing_seq;";
+
+/// Two independent clusters, one per shard (each a primary + 1 streaming replica, role app/app,
+/// database `app` owned by it), started together on first use and stopped at process exit.
+/// [`SHARD_SCHEMA`] is created (as `app`) on both primaries and replayed on their replicas
+/// before this returns. Tests share these tables: each test uses its own keys.
+pub fn shard_clusters() -> [&'static LocalCluster; 2] {
+    let [s0, s1] = SHARD_CLUSTERS.get_or_init(|| {
+        let opts = ClusterOptions {
+            replicas: 1,
+            users: vec![("app".into(), "app".into())],
+            databases: vec![("app".into(), "app".into())],
+            ..ClusterOptions::default()
+        };
+        let start = || {
+            let cluster =
+                LocalCluster::start(&opts).expect("starting a shard's PostgreSQL cluster");
+            let schema = format!("SET ROLE app; {SHARD_SCHEMA}");
+            cluster
+                .psql(cluster.primary_port(), "app", &schema)
+                .expect("creating the shard schema");
+            cluster
+                .wait_for_replay(Duration::from_secs(60))
+                .expect("the shard's replica replays the schema");
+            cluster
+        };
+        let clusters = std::thread::scope(|scope| {
+            let s0 = scope.spawn(start);
+            let s1 = scope.spawn(start);
+            [s0.join(), s1.join()]
+        });
+        let clusters = clusters.map(|c| c.unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        // SAFETY: registering a plain `extern "C" fn()` with no captured state.
+        let registered = unsafe { libc::atexit(stop_shard_clusters_at_exit) };
+        assert_eq!(registered, 0, "atexit registration failed");
+        clusters
+    });
+    [s0, s1]
+}
+
+extern "C" fn stop_shard_clusters_at_exit() {
+    if let Some(clusters) = SHARD_CLUSTERS.get() {
+        for cluster in clusters {
+            cluster.stop_shared();
+        }
+    }
+}
+
+/// A config routing database `app` across two shards: `s0` (slots 0-2047) and `s1`
+/// (2048-4095), each with its replica and `read_from` left at its default (replicas); pools of 4
+/// for user app/app. Sharded tables: `users` and `orders` (key `user_id bigint`),
+/// `accounts_text` (key `email text`), `items_uuid` (key `owner uuid`); reference table
+/// `countries`. Ends with the last `[[shards]]` entry.
+pub fn two_shard_config(shards: [&LocalCluster; 2]) -> String {
+    let mut text = String::from(
+        r#"[server]
+listen = "127.0.0.1:0"
+database = "app"
+pool_mode = "transaction"
+
+[pool]
+size = 4
+checkout_timeout_ms = 5000
+
+[[users]]
+name = "app"
+password = "app"
+
+[sharding]
+key_column = "user_id"
+key_type = "bigint"
+reference_tables = ["countries"]
+
+[[sharding.tables]]
+name = "users"
+
+[[sharding.tables]]
+name = "orders"
+
+[[sharding.tables]]
+name = "accounts_text"
+key_column = "email"
+key_type = "text"
+
+[[sharding.tables]]
+name = "items_uuid"
+key_column = "owner"
+key_type = "uuid"
+"#,
+    );
+    for (i, (cluster, slots)) in shards.iter().zip(["0-2047", "2048-4095"]).enumerate() {
+        let replicas = cluster
+            .replica_addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        text.push_str(&format!(
+            r#"
+[[shards]]
+name = "s{i}"
+primary = "{primary}"
+replicas = [{replicas}]
+slots = "{slots}"
+"#,
+            primary = cluster.primary_addr(),
+        ));
+    }
+    text
+}
+
 /// A client connected straight to a server of the cluster (no proxy) as app/app, database `app`;
 /// its connection task is spawned.
 pub async fn connect_direct(port: u16) -> tokio_postgres::Client {
@@ -61,6 +187,9 @@ pub async fn connect_direct(port: u16) -> tokio_postgres::Client {
 /// A config serving database `app` on `127.0.0.1:0` from one shard `s0` (the cluster's primary
 /// and replica) to user app/app, with pools of 4. Ends with the `[[shards]]` entry, so a test
 /// may append further `[[...]]` sections.
+///
+/// Reads go to the primary (`read_from = "primary"`), so a test that writes and then reads never
+/// races replication; the routing tests configure replicas for reads themselves.
 pub fn base_config(cluster: &LocalCluster) -> String {
     let replicas = cluster
         .replica_addrs()
@@ -93,6 +222,7 @@ name = "users"
 name = "s0"
 primary = "{primary}"
 replicas = [{replicas}]
+read_from = "primary"
 "#,
         primary = cluster.primary_addr(),
     )
