@@ -1,5 +1,6 @@
-//! `pgshard demo` end to end: it comes up, announces itself, serves the sample table, and on
-//! Ctrl-C stops PostgreSQL and removes the cluster directory.
+//! `pgshard demo` end to end: it comes up with two shards, announces itself, serves the sample
+//! `users` table by key with every row on one of the two shard primaries, and on Ctrl-C stops
+//! PostgreSQL and removes its directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -8,7 +9,16 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const READY: &str = "pgshard demo ready";
-const DIR_PREFIX: &str = "PostgreSQL cluster directory: ";
+const DIR_PREFIX: &str = "Demo directory: ";
+/// Users the demo inserts.
+const SAMPLE_USERS: i64 = 1000;
+
+/// What the demo printed before its ready line.
+struct Announced {
+    dir: PathBuf,
+    /// Port of each shard's primary, in the order printed.
+    primary_ports: Vec<u16>,
+}
 
 /// The running demo; interrupted (and, failing that, killed) if the test ends early.
 struct Demo {
@@ -36,10 +46,11 @@ impl Demo {
         Demo { child, lines }
     }
 
-    /// Reads stdout until the ready line; returns the cluster directory printed before it.
-    fn wait_ready(&mut self, timeout: Duration) -> PathBuf {
+    /// Reads stdout until the ready line; returns what was printed before it.
+    fn wait_ready(&mut self, timeout: Duration) -> Announced {
         let deadline = Instant::now() + timeout;
         let mut dir = None;
+        let mut primary_ports = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
@@ -51,8 +62,12 @@ impl Demo {
             if let Some(path) = line.strip_prefix(DIR_PREFIX) {
                 dir = Some(PathBuf::from(path.trim()));
             }
+            if let Some(port) = primary_port(&line) {
+                primary_ports.push(port);
+            }
             if line.trim() == READY {
-                return dir.expect("the cluster directory is printed before the ready line");
+                let dir = dir.expect("the demo directory is printed before the ready line");
+                return Announced { dir, primary_ports };
             }
         }
     }
@@ -93,41 +108,79 @@ impl Drop for Demo {
     }
 }
 
-/// Counts the sample rows through the proxy as app/app.
-async fn count_users(port: u16) -> Result<i64, String> {
+/// The primary's port from a layout line `  shard s0 (slots 0-2047): primary 127.0.0.1:N, ...`.
+fn primary_port(line: &str) -> Option<u16> {
+    if !line.trim_start().starts_with("shard ") {
+        return None;
+    }
+    let rest = line.split_once("primary 127.0.0.1:")?.1;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+async fn connect(port: u16) -> Result<tokio_postgres::Client, String> {
     let url = format!("postgres://app:app@127.0.0.1:{port}/app");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect to port {port}: {e}"))?;
     tokio::spawn(connection);
-    let row = client
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .map_err(|e| format!("query: {e}"))?;
-    Ok(row.get(0))
+    Ok(client)
 }
 
-#[test]
-fn demo_serves_sample_table_and_cleans_up_on_ctrl_c() {
-    let port = pgshard::localpg::free_port();
-    let mut demo = Demo::spawn(port);
-    let dir = demo.wait_ready(Duration::from_secs(120));
-    assert!(
-        dir.exists(),
-        "the printed cluster directory {} exists while running",
-        dir.display()
-    );
+/// `SELECT count(*) FROM users WHERE user_id = $1` through the proxy, for a few keys.
+async fn counts_by_key(proxy_port: u16, keys: &[i64]) -> Result<Vec<i64>, String> {
+    let client = connect(proxy_port).await?;
+    let mut counts = Vec::new();
+    for key in keys {
+        let row = client
+            .query_one("SELECT count(*) FROM users WHERE user_id = $1", &[key])
+            .await
+            .map_err(|e| format!("count of user {key}: {e}"))?;
+        counts.push(row.get(0));
+    }
+    Ok(counts)
+}
 
+/// `SELECT count(*) FROM users` straight on each shard primary.
+async fn counts_per_primary(ports: &[u16]) -> Result<Vec<i64>, String> {
+    let mut counts = Vec::new();
+    for &port in ports {
+        let client = connect(port).await?;
+        let row = client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .map_err(|e| format!("count on port {port}: {e}"))?;
+        counts.push(row.get(0));
+    }
+    Ok(counts)
+}
+
+/// Runs `f` on a fresh runtime, bounded by 30 s.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let counted = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(15), count_users(port))
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), f)
             .await
-            .unwrap_or_else(|_| Err("no answer through the proxy within 15 s".to_string()))
-    });
-    drop(runtime);
+            .unwrap_or_else(|_| Err("no answer within 30 s".to_string()))
+    })
+}
+
+#[test]
+fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
+    let port = pgshard::localpg::free_port();
+    let mut demo = Demo::spawn(port);
+    let announced = demo.wait_ready(Duration::from_secs(180));
+    let dir = announced.dir.clone();
+    assert!(
+        dir.exists(),
+        "the printed demo directory {} exists while running",
+        dir.display()
+    );
+    let by_key = block_on(counts_by_key(port, &[1, 42, 500, SAMPLE_USERS]));
+    let per_primary = block_on(counts_per_primary(&announced.primary_ports));
 
     demo.interrupt();
     let status = demo.wait_exit(Duration::from_secs(60));
@@ -137,12 +190,27 @@ fn demo_serves_sample_table_and_cleans_up_on_ctrl_c() {
     );
     assert!(
         !dir.exists(),
-        "the cluster directory {} is removed",
+        "the demo directory {} is removed",
         dir.display()
     );
     assert_eq!(
-        counted,
-        Ok(100),
-        "SELECT count(*) FROM users through the proxy"
+        by_key,
+        Ok(vec![1, 1, 1, 1]),
+        "SELECT count(*) FROM users WHERE user_id = $1 through the proxy"
+    );
+    assert_eq!(
+        announced.primary_ports.len(),
+        2,
+        "a primary port is printed for each of the two shards"
+    );
+    let per_primary = per_primary.expect("counting users on each shard primary");
+    assert_eq!(
+        per_primary.iter().sum::<i64>(),
+        SAMPLE_USERS,
+        "the shards together hold every sample user exactly once: {per_primary:?}"
+    );
+    assert!(
+        per_primary.iter().all(|&n| n > 0),
+        "both shards hold sample users: {per_primary:?}"
     );
 }
