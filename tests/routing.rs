@@ -891,7 +891,6 @@ async fn a_leading_shard_key_comment_routes_a_keyless_statement() {
 /// behind them: what pgshard answers itself (a refusal, `SET pgshard.*`) must reach the client
 /// after the responses owed for those earlier messages, or the client cannot match them up.
 #[tokio::test]
-#[ignore = "proxy bug: refusals and SET pgshard.* answers overtake responses still owed by the server"]
 async fn pgshard_answers_come_after_the_responses_owed_for_earlier_messages() {
     let fx = fixture().await;
     let client = fx.connect().await;
@@ -994,7 +993,6 @@ async fn a_transaction_reaching_a_second_shard_with_parameters_is_refused() {
 /// In PostgreSQL any error inside a transaction block aborts it, and a COMMIT then rolls back.
 /// A refused statement must not leave the transaction committable with half of its work.
 #[tokio::test]
-#[ignore = "proxy bug: a refused statement leaves its transaction committable"]
 async fn commit_after_a_refused_cross_shard_statement_commits_nothing() {
     let fx = fixture().await;
     let client = fx.connect().await;
@@ -1049,7 +1047,6 @@ async fn a_transaction_runs_on_the_shard_of_its_first_statement() {
 }
 
 #[tokio::test]
-#[ignore = "proxy bug: a Describe before the first Bind sends the held-back BEGIN to the default shard"]
 async fn a_transaction_of_prepared_statements_runs_on_its_keys_shard() {
     let fx = fixture().await;
     let mut client = fx.connect().await;
@@ -1126,7 +1123,6 @@ enum Phase {
 const READERS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: a read in flight on a stopping replica ends the client's session"]
 async fn stopping_a_replica_loses_no_reads() {
     let fx = exclusive_fixture().await;
     let writer = fx.connect().await;

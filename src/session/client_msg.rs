@@ -23,7 +23,14 @@ impl Session {
             if self.skipping_until_sync {
                 if t == tag::SYNC {
                     self.skipping_until_sync = false;
-                    build::ready_for_query(&mut self.client_out, self.status);
+                    if self.server.is_some() && self.awaiting_sync {
+                        // Part of this batch went to the server: its Sync ends it there, and the
+                        // server's ReadyForQuery follows the refusal.
+                        self.forward(frame)?;
+                    } else {
+                        let status = self.status;
+                        self.answer(|out| build::ready_for_query(out, status));
+                    }
                 }
                 continue;
             }
@@ -45,6 +52,9 @@ impl Session {
 
     /// Queues one client frame for the server connection this session holds.
     pub(super) fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if let Some(replay) = self.replay.as_mut() {
+            replay.push(frame.bytes.clone());
+        }
         match frame.tag() {
             tag::QUERY => {
                 self.send(&frame.bytes, Some(Expect::Ready));

@@ -26,6 +26,11 @@ pub enum SessionError {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(
+        "current transaction is aborted (pgshard refused a statement in it), commands ignored until \
+         end of transaction block: ROLLBACK"
+    )]
+    TransactionAborted,
+    #[error(
         "this session runs on shard {held} (pool_mode = \"session\" pins a client to one server), \
          but this statement routes to shard {wanted}: use pool_mode = \"transaction\" to reach several shards"
     )]
@@ -54,6 +59,7 @@ impl SessionError {
             SessionError::UnknownDatabase { .. } => "3D000",
             SessionError::Unsupported(_) | SessionError::SessionPinned { .. } => "0A000",
             SessionError::Route(e) => e.sqlstate(),
+            SessionError::TransactionAborted => "25P02",
             SessionError::ShardDown { .. } => "08006",
             SessionError::BadSettingName(_) => "42704",
             SessionError::StartupTimeout | SessionError::UnexpectedMessage { .. } => "08P01",

@@ -124,6 +124,11 @@ pub(crate) struct Session {
     begin: Option<Bytes>,
     /// Plan of the unnamed statement of the current batch.
     unnamed_plan: Option<Arc<Plan>>,
+    /// pgshard refused a statement inside the client's transaction: only its end may run.
+    aborted: bool,
+    /// Client frames of the current plain replica read, kept so it can run elsewhere if its
+    /// server goes away before the client has seen any of the answer.
+    replay: Option<Vec<BytesMut>>,
     statements: ClientStatements,
     expect: VecDeque<Expect>,
     /// Extended-protocol messages were sent since the last Sync.
@@ -165,6 +170,8 @@ impl Session {
             stalled: None,
             begin: None,
             unnamed_plan: None,
+            aborted: false,
+            replay: None,
             statements: ClientStatements::default(),
             expect: VecDeque::new(),
             awaiting_sync: false,
@@ -220,10 +227,16 @@ impl Session {
                         return Ok(());
                     }
                 }
-                io::Event::ServerReadable => self.on_server_data()?,
+                io::Event::ServerReadable => {
+                    if let Err(e) = self.on_server_data() {
+                        self.recover_server(e).await?;
+                    }
+                }
                 io::Event::ClientWritable | io::Event::ServerWritable => {}
             }
-            self.write_server()?;
+            if let Err(e) = self.write_server() {
+                self.recover_server(e).await?;
+            }
             self.write_client()?;
         }
     }
@@ -270,21 +283,29 @@ impl Session {
         self.cancel.slot.set(None);
         self.server = None;
         self.held = None;
+        self.replay = None;
         // An idle client keeps no buffers.
         if self.client_in.is_empty() {
             self.client_in = BytesMut::new();
         }
     }
 
+    /// Queues bytes pgshard answers itself, behind whatever the server still owes the client.
+    pub(super) fn answer(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        if self.expect.is_empty() {
+            write(&mut self.client_out);
+        } else {
+            let mut bytes = BytesMut::new();
+            write(&mut bytes);
+            self.expect.push_back(Expect::Answer(bytes.freeze()));
+        }
+    }
+
     /// Queues an ERROR for the client (the session goes on).
     fn report_error(&mut self, e: &SessionError) {
         let message = e.client_message().unwrap_or_else(|| e.to_string());
-        build::error_response(
-            &mut self.client_out,
-            Severity::Error,
-            e.sqlstate(),
-            &message,
-        );
+        let sqlstate = e.sqlstate().to_string();
+        self.answer(|out| build::error_response(out, Severity::Error, &sqlstate, &message));
     }
 
     /// Sends a FATAL error and whatever is still queued for the client; best effort.

@@ -81,6 +81,12 @@ pub enum Expect {
     MadeUpParseComplete,
     /// CloseComplete pgshard sends itself: the client closed a statement the servers keep.
     MadeUpCloseComplete,
+    /// Bytes pgshard answers itself (an error, a ReadyForQuery, a `SET` it handled), due once the
+    /// server has sent everything owed before them.
+    Answer(Bytes),
+    /// A Sync pgshard sent itself to end a batch on one server before the rest of it goes to
+    /// another: its ReadyForQuery is not for the client.
+    InternalReady,
     /// A held-back BEGIN sent ahead of the statement that picked the shard: its responses, up to
     /// and including ReadyForQuery, are not for the client (it was answered already).
     Hidden,

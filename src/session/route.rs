@@ -37,6 +37,11 @@ enum Decision {
     Failed(SessionError),
     /// Send it to this shard.
     Server { shard: usize, target: Target },
+    /// Send it to this shard without starting a held-back transaction there (a statement
+    /// described before its Bind picks the shard).
+    Preview { shard: usize },
+    /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
+    ForwardAs(Frame),
 }
 
 impl Session {
@@ -55,23 +60,50 @@ impl Session {
             Decision::Pending => self.pending.push(frame),
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
-            Decision::Server { shard, target } => match self.take_server(shard, target).await {
-                Ok(true) => {
-                    self.flush_pending()?;
-                    self.forward(frame)?;
-                }
-                Ok(false) => return Ok(Some(frame)),
-                Err(e) => self.refuse(&e, simple),
-            },
+            Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            Decision::Server { shard, target } => {
+                return self.forward_to(shard, target, true, frame, simple).await;
+            }
+            Decision::Preview { shard } => {
+                return self
+                    .forward_to(shard, Target::Primary, false, frame, simple)
+                    .await;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn forward_to(
+        &mut self,
+        shard: usize,
+        target: Target,
+        start_transaction: bool,
+        frame: Frame,
+        simple: bool,
+    ) -> Result<Option<Frame>, SessionError> {
+        match self.take_server(shard, target, start_transaction).await {
+            Ok(true) => {
+                self.flush_pending()?;
+                self.forward(frame)?;
+            }
+            Ok(false) => return Ok(Some(frame)),
+            Err(e) => self.refuse(&e, simple),
         }
         Ok(None)
     }
 
     /// Reports an error for a statement that will not run, keeping the protocol in step.
     fn refuse(&mut self, e: &SessionError, simple: bool) {
+        if self.status != TransactionStatus::Idle {
+            // As in PostgreSQL, an error aborts the transaction: nothing more runs in it, and
+            // COMMIT rolls it back.
+            self.aborted = true;
+            self.status = TransactionStatus::Failed;
+        }
         self.report_error(e);
         if simple {
-            build::ready_for_query(&mut self.client_out, self.status);
+            let status = self.status;
+            self.answer(|out| build::ready_for_query(out, status));
         } else {
             self.pending.clear();
             self.skipping_until_sync = true;
@@ -93,6 +125,9 @@ impl Session {
         let body = frame.body();
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
         let plan = self.shared.plan(&sql);
+        if self.aborted {
+            return self.while_aborted(&plan, frame);
+        }
         if let StatementKind::Transaction(control) = plan.kind() {
             if let Some(answered) = self.transaction_control(*control, frame) {
                 return answered;
@@ -119,8 +154,11 @@ impl Session {
             } else {
                 "RESET"
             };
-            build::command_complete(&mut self.client_out, tag);
-            build::ready_for_query(&mut self.client_out, self.status);
+            let status = self.status;
+            self.answer(|out| {
+                build::command_complete(out, tag);
+                build::ready_for_query(out, status);
+            });
             return Decision::Answered;
         }
         self.decide(&plan, route)
@@ -147,25 +185,55 @@ impl Session {
                 }
                 self.begin = Some(Bytes::copy_from_slice(&frame.bytes));
                 self.status = TransactionStatus::InTransaction;
-                build::command_complete(&mut self.client_out, "BEGIN");
+                self.answer(|out| build::command_complete(out, "BEGIN"));
             }
             TransactionControl::Commit | TransactionControl::Rollback
                 if free && self.begin.is_some() =>
             {
                 self.begin = None;
+                self.aborted = false;
                 self.ctx.transaction = TransactionMode::Outside;
                 let failed = self.status == TransactionStatus::Failed;
                 self.status = TransactionStatus::Idle;
                 let commit = control == TransactionControl::Commit && !failed;
-                build::command_complete(
-                    &mut self.client_out,
-                    if commit { "COMMIT" } else { "ROLLBACK" },
-                );
+                let tag = if commit { "COMMIT" } else { "ROLLBACK" };
+                self.answer(|out| build::command_complete(out, tag));
             }
             _ => return None,
         }
-        build::ready_for_query(&mut self.client_out, self.status);
+        let status = self.status;
+        self.answer(|out| build::ready_for_query(out, status));
         Some(Decision::Answered)
+    }
+
+    /// In a transaction pgshard aborted: only its end (or a rollback to a savepoint) runs, and
+    /// COMMIT rolls back, as PostgreSQL does after an error.
+    fn while_aborted(&mut self, plan: &Plan, frame: &Frame) -> Decision {
+        let StatementKind::Transaction(control) = plan.kind() else {
+            return Decision::Failed(SessionError::TransactionAborted);
+        };
+        let ends = matches!(
+            control,
+            TransactionControl::Commit | TransactionControl::Rollback
+        );
+        if ends && self.server.is_none() && self.begin.is_some() {
+            if let Some(answered) = self.transaction_control(*control, frame) {
+                return answered;
+            }
+        }
+        match control {
+            TransactionControl::Rollback | TransactionControl::RollbackTo => {
+                self.aborted = false;
+                self.held_or(self.default_route())
+            }
+            TransactionControl::Commit if self.server.is_some() => {
+                self.aborted = false;
+                let mut rollback = bytes::BytesMut::new();
+                build::query(&mut rollback, "ROLLBACK");
+                Decision::ForwardAs(Frame { bytes: rollback })
+            }
+            _ => Decision::Failed(SessionError::TransactionAborted),
+        }
     }
 
     /// Registers a Parse's statement (with its plan); it goes to a server with the next frame
@@ -191,6 +259,9 @@ impl Session {
             return Ok(self.held_or(self.default_route()));
         }
         let bind = Bind::decode(frame.body())?;
+        if self.aborted {
+            return Ok(Decision::Failed(SessionError::TransactionAborted));
+        }
         let plan = if bind.statement.is_empty() {
             self.unnamed_plan.clone()
         } else {
@@ -224,14 +295,18 @@ impl Session {
                 }
                 // Nothing is pending, so the answer is known without a server.
                 tag::SYNC => {
-                    build::ready_for_query(&mut self.client_out, self.status);
+                    let status = self.status;
+                    self.answer(|out| build::ready_for_query(out, status));
                     return Decision::Answered;
                 }
                 _ => {}
             }
         }
-        // A statement described before it is bound: every shard has the same schema.
-        self.default_route()
+        // A statement described before it is bound: every shard has the same schema, and a
+        // held-back BEGIN waits for the Bind that picks the shard.
+        Decision::Preview {
+            shard: self.shared.router.load().default_shard(),
+        }
     }
 
     /// Keeps a statement that needs no particular shard on the connection already held.
@@ -244,8 +319,12 @@ impl Session {
     }
 
     fn decide(&self, plan: &Plan, route: Result<Route, RouteError>) -> Decision {
-        if self.server.is_some() && follows_held(plan) && !matches!(route, Ok(Route::All)) {
-            return Decision::Forward;
+        if let (Some(held), Ok(Route::Shard { target, .. })) = (self.held, &route) {
+            // A statement that needs no particular shard stays on the held connection, unless
+            // it needs a primary and the held connection is a replica.
+            if follows_held(plan) && (held.primary || *target == Target::Replica) {
+                return Decision::Forward;
+            }
         }
         let shards = self.shared.shards.len();
         match route {
@@ -274,13 +353,17 @@ impl Session {
 
     /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`
     /// when the one held now must first be released.
-    async fn take_server(&mut self, shard: usize, target: Target) -> Result<bool, SessionError> {
+    async fn take_server(
+        &mut self,
+        shard: usize,
+        target: Target,
+        start_transaction: bool,
+    ) -> Result<bool, SessionError> {
         if let Some(held) = self.held {
-            if held.shard == shard && (held.primary || target == Target::Replica) {
-                return Ok(true);
-            }
-            let in_transaction = self.status != TransactionStatus::Idle;
-            if held.shard == shard && in_transaction {
+            // The held connection carries the client's transaction once its BEGIN was sent.
+            let in_transaction = self.status != TransactionStatus::Idle && self.begin.is_none();
+            if held.shard == shard && (held.primary || target == Target::Replica || in_transaction)
+            {
                 return Ok(true);
             }
             if held.shard != shard && in_transaction {
@@ -295,11 +378,23 @@ impl Session {
                     wanted: self.shared.shards[shard].name.clone(),
                 });
             }
+            if self.awaiting_sync {
+                // The batch so far ends here on the held connection (its ReadyForQuery is not the
+                // client's), so that connection can be released and the rest go elsewhere.
+                let mut sync = bytes::BytesMut::new();
+                build::sync(&mut sync);
+                self.send(&sync, Some(Expect::InternalReady));
+                self.awaiting_sync = false;
+            }
             return Ok(false);
         }
         self.checkout_route(shard, target).await?;
-        if let Some(begin) = self.begin.take() {
-            self.send(&begin, Some(Expect::Hidden));
+        let plain_read = target == Target::Replica && self.status == TransactionStatus::Idle;
+        self.replay = (plain_read && self.held.is_some_and(|h| !h.primary)).then(Vec::new);
+        if start_transaction {
+            if let Some(begin) = self.begin.take() {
+                self.send(&begin, Some(Expect::Hidden));
+            }
         }
         Ok(true)
     }
@@ -375,4 +470,29 @@ impl Session {
 fn follows_held(plan: &Plan) -> bool {
     !matches!(plan.kind(), StatementKind::Read | StatementKind::Write)
         || plan.sharded_tables().is_empty()
+}
+
+impl Session {
+    /// The server connection broke: a plain read the client has seen nothing of yet runs again
+    /// on another replica or the primary; anything else ends the session with the error.
+    pub(super) async fn recover_server(&mut self, e: SessionError) -> Result<(), SessionError> {
+        let (Some(frames), Some(held)) = (self.replay.take(), self.held) else {
+            return Err(e);
+        };
+        if let Some(conn) = self.server.take() {
+            conn.discard();
+        }
+        self.held = None;
+        self.expect.clear();
+        self.server_out.clear();
+        self.awaiting_sync = false;
+        self.copy_in = false;
+        tracing::info!("server connection lost during a read ({e}); running it elsewhere");
+        self.checkout_route(held.shard, Target::Replica).await?;
+        self.replay = Some(Vec::new());
+        for bytes in frames {
+            self.forward(Frame { bytes })?;
+        }
+        Ok(())
+    }
 }

@@ -30,6 +30,18 @@ impl Session {
                     return Err(BackendError::Protocol(conn.addr.clone()).into());
                 }
             };
+            if self.replay.is_some() && frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body())
+            {
+                // The server is going away (shutdown, crash) before answering a plain read:
+                // treat it as lost, so the read runs elsewhere.
+                conn.broken = true;
+                let source = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+                return Err(BackendError::Io {
+                    addr: conn.addr.clone(),
+                    source,
+                }
+                .into());
+            }
             self.on_server_frame(frame);
         }
     }
@@ -40,9 +52,12 @@ impl Session {
             match front {
                 Expect::MadeUpParseComplete => build::parse_complete(&mut self.client_out),
                 Expect::MadeUpCloseComplete => build::close_complete(&mut self.client_out),
+                Expect::Answer(bytes) => self.client_out.extend_from_slice(bytes),
                 _ => return,
             }
             self.expect.pop_front();
+            // The client has seen part of the answer: the request can no longer be replayed.
+            self.replay = None;
         }
     }
 
@@ -91,10 +106,7 @@ impl Session {
                 self.enter_copy_in();
                 true
             }
-            tag::READY_FOR_QUERY => {
-                self.on_ready_for_query(frame.body());
-                true
-            }
+            tag::READY_FOR_QUERY => self.on_ready_for_query(frame.body()),
             tag::PARAMETER_STATUS => {
                 self.follow_parameter_status(frame.body());
                 true
@@ -103,6 +115,8 @@ impl Session {
         };
         if forward {
             self.client_out.extend_from_slice(&frame.bytes);
+            // The client has seen part of the answer: the request can no longer be replayed.
+            self.replay = None;
         }
     }
 
@@ -136,7 +150,7 @@ impl Session {
     /// so does the queue, and Parses that never ran are forgotten.
     fn skip_to_sync(&mut self) {
         while let Some(front) = self.expect.front() {
-            if *front == Expect::Ready {
+            if matches!(front, Expect::Ready | Expect::InternalReady) {
                 return;
             }
             if let Some(Expect::Parse {
@@ -167,24 +181,41 @@ impl Session {
         }
     }
 
-    fn on_ready_for_query(&mut self, body: &[u8]) {
-        self.pop_if(|e| *e == Expect::Ready);
+    /// Ends a request; returns whether the ReadyForQuery is the client's to see as is.
+    fn on_ready_for_query(&mut self, body: &[u8]) -> bool {
+        let internal = self.expect.front() == Some(&Expect::InternalReady);
+        self.pop_if(|e| matches!(e, Expect::Ready | Expect::InternalReady));
         let status = body.first().and_then(|&b| TransactionStatus::from_byte(b));
+        let done = self.expect.is_empty() && !self.awaiting_sync;
+        if let Some(conn) = self.server.as_deref_mut() {
+            if let Some(status) = status {
+                conn.status = status;
+            }
+            if done {
+                conn.in_flight = false;
+            }
+        }
+        if internal {
+            return false;
+        }
+        if self.begin.is_some() {
+            // The client's transaction is held back (this server ran a Describe outside it):
+            // the client stays "in transaction" whatever this server says.
+            build::ready_for_query(&mut self.client_out, self.status);
+            return false;
+        }
         if let Some(status) = status {
             self.status = status;
+            if status == TransactionStatus::Idle {
+                self.aborted = false;
+            }
             self.ctx.transaction = match (status, self.ctx.transaction) {
                 (TransactionStatus::Idle, _) => TransactionMode::Outside,
                 (_, TransactionMode::Outside) => TransactionMode::ReadWrite,
                 (_, mode) => mode,
             };
         }
-        let done = self.expect.is_empty() && !self.awaiting_sync;
-        if let Some(conn) = self.server.as_deref_mut() {
-            conn.status = self.status;
-            if done {
-                conn.in_flight = false;
-            }
-        }
+        true
     }
 
     /// A setting the client changed itself (SET TimeZone ...) follows it to the next server.
@@ -203,4 +234,10 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server ends the connection).
+fn is_fatal(body: &[u8]) -> bool {
+    body.split(|&b| b == 0)
+        .any(|field| matches!(field, b"VFATAL" | b"VPANIC" | b"SFATAL" | b"SPANIC"))
 }

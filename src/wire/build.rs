@@ -161,6 +161,12 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// Sync.
+pub fn sync(buf: &mut BytesMut) {
+    let at = begin(buf, b'S');
+    finish(buf, at);
+}
+
 /// Terminate.
 pub fn terminate(buf: &mut BytesMut) {
     let at = begin(buf, b'X');
