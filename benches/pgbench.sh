@@ -6,7 +6,8 @@
 # Usage (as root on a fresh machine, or as a user who already has pgbouncer installed):
 #   DURATION=15 bash benches/pgbench.sh
 # Knobs: DURATION (s per pgbench run, 15), REPEAT (runs per cell, median reported, 1), SCALE (pgbench -i -s, 10), POOL_SIZE (20),
-#        IDLE_CLIENTS (2000), PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg).
+#        IDLE_CLIENTS (2000), PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg),
+#        PGSHARD_THREADS (pgshard serve --threads; default one worker per core).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -17,6 +18,7 @@ POOL_SIZE=${POOL_SIZE:-20}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
+PGSHARD_THREADS=${PGSHARD_THREADS:-}
 CLIENT_COUNTS=(16 200)
 PROTOCOLS=(simple prepared)
 TARGETS=(direct pgbouncer pgshard)
@@ -130,8 +132,14 @@ wait_port() { # port what
     die "$2 did not start listening on port $1"
 }
 
-# utime+stime of a process, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# "utime stime context-switches" of a process: CPU in clock ticks, switches summed over threads.
+proc_sample() {
+    local ticks switches
+    ticks=$(awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null) || ticks="0 0"
+    switches=$(cat "/proc/$1"/task/*/status 2>/dev/null |
+        awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }')
+    echo "$ticks $switches"
+}
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +217,8 @@ name = "s0"
 primary = "127.0.0.1:$PG_PORT"
 read_from = "primary"
 EOF
-    NO_COLOR=1 "$PGSHARD" serve --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
+    NO_COLOR=1 "$PGSHARD" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
+        >>"$WORK/$name.log" 2>&1 &
     PGSHARD_PID=$!
     PIDS+=("$PGSHARD_PID")
     wait_port "$port" "pgshard ($name)"
@@ -275,19 +284,19 @@ log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard 
 
 mkdir -p "$WORK/runs"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A TPS LAT FAILED ABORTED TXNS CPU_US STATUS
+declare -A TPS LAT FAILED ABORTED TXNS CPU_US USER_US SYS_US CSW STATUS
 
 # run_pgbench TARGET PORT PROXY_PID CLIENTS PROTOCOL [KEY]: one run, results stored under KEY.
 run_pgbench() {
     local target=$1 port=$2 pid=$3 clients=$4 proto=$5 key=${6:-$1/$4/$5}
     local file=${key//\//-}
     local out="$WORK/runs/${file/\#/-run}.out" err="$WORK/runs/${file/\#/-run}.err"
-    local before=0 after=0 rc=0
-    [[ $pid != - ]] && before=$(cpu_ticks "$pid")
+    local before="0 0 0" after="0 0 0" rc=0
+    [[ $pid != - ]] && before=$(proc_sample "$pid")
     timeout --signal=INT --kill-after=10 $((DURATION + 60)) \
         pgbench -n -S -M "$proto" -c "$clients" -j 2 -T "$DURATION" -p "$port" pgbench \
         >"$out" 2>"$err" || rc=$?
-    [[ $pid != - ]] && after=$(cpu_ticks "$pid")
+    [[ $pid != - ]] && after=$(proc_sample "$pid")
     TPS[$key]=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out" | head -n1)
     LAT[$key]=$(sed -nE 's/^latency average = ([0-9.]+) ms/\1/p' "$out" | head -n1)
     FAILED[$key]=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -n1)
@@ -307,11 +316,13 @@ run_pgbench() {
     else
         STATUS[$key]=ok
     fi
+    CPU_US[$key]= USER_US[$key]= SYS_US[$key]= CSW[$key]=
     if [[ $pid != - && ${TXNS[$key]} -gt 0 ]]; then
-        CPU_US[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="${TXNS[$key]}" \
-            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-    else
-        CPU_US[$key]=
+        read -r CPU_US[$key] USER_US[$key] SYS_US[$key] CSW[$key] < <(
+            awk -v b="$before" -v a="$after" -v hz="$CLK_TCK" -v n="${TXNS[$key]}" 'BEGIN {
+                split(b, x); split(a, y); us = 1e6 / hz / n
+                printf "%.1f %.1f %.1f %.2f\n", (y[1] - x[1] + y[2] - x[2]) * us,
+                    (y[1] - x[1]) * us, (y[2] - x[2]) * us, (y[3] - x[3]) / n }')
     fi
     log "$key: status ${STATUS[$key]}, tps ${TPS[$key]:-?}, latency ${LAT[$key]:-?} ms," \
         "failed ${FAILED[$key]}, aborted clients ${ABORTED[$key]}, proxy CPU ${CPU_US[$key]:-n/a} µs/txn"
@@ -328,7 +339,8 @@ pick_median() {
     best=$(for r in $(seq 1 "$REPEAT"); do echo "${TPS[$key#$r]:-0} $r"; done |
         sort -n | sed -n "$(((REPEAT + 1) / 2))p" | cut -d' ' -f2)
     TPS[$key]=${TPS[$key#$best]} LAT[$key]=${LAT[$key#$best]} TXNS[$key]=${TXNS[$key#$best]}
-    CPU_US[$key]=${CPU_US[$key#$best]} STATUS[$key]=ok FAILED[$key]=0 ABORTED[$key]=0
+    CPU_US[$key]=${CPU_US[$key#$best]} USER_US[$key]=${USER_US[$key#$best]}
+    SYS_US[$key]=${SYS_US[$key#$best]} CSW[$key]=${CSW[$key#$best]} STATUS[$key]=ok FAILED[$key]=0 ABORTED[$key]=0
     for r in $(seq 1 "$REPEAT"); do
         FAILED[$key]=$((FAILED[$key] + FAILED[$key#$r]))
         ABORTED[$key]=$((ABORTED[$key] + ABORTED[$key#$r]))
@@ -451,7 +463,7 @@ errors_cell() { # scenario suffix
     echo
     echo "- commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty)'), $(nproc) cores ($(sed -nE 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM"
     echo "- $("$PGBIN/postgres" --version), $("$PGBOUNCER" --version | head -n1), pgbench scale $SCALE, ${DURATION} s per run (median of $REPEAT), -j 2, select-only (-S)"
-    echo "- pool size $POOL_SIZE server connections for PgBouncer and pgshard, transaction mode, SCRAM client auth"
+    echo "- pool size $POOL_SIZE server connections for PgBouncer and pgshard, transaction mode, SCRAM client auth; pgshard worker threads: ${PGSHARD_THREADS:-one per core}, PgBouncer: one"
     echo "- errors = failed transactions + clients that pgbench aborted"
     echo "- load average before the pgbench runs: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine skews every number)"
     echo
@@ -472,6 +484,20 @@ errors_cell() { # scenario suffix
         for proto in "${PROTOCOLS[@]}"; do
             s=$clients/$proto
             echo "| -S -c $clients -M $proto | ${LAT[direct/$s]:-n/a} | ${LAT[pgbouncer/$s]:-n/a} | ${LAT[pgshard/$s]:-n/a} |"
+        done
+    done
+    echo
+    echo "Proxy CPU per transaction, split (from /proc: user, system, context switches of all threads):"
+    echo
+    echo "| scenario | proxy | user µs/txn | system µs/txn | context switches/txn |"
+    echo "|---|---|---|---|---|"
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        for proto in "${PROTOCOLS[@]}"; do
+            for t in pgbouncer pgshard; do
+                k=$t/$clients/$proto
+                [[ ${STATUS[$k]} == ok ]] || continue
+                echo "| -S -c $clients -M $proto | $t | ${USER_US[$k]} | ${SYS_US[$k]} | ${CSW[$k]} |"
+            done
         done
     done
     echo
