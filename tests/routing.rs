@@ -505,7 +505,6 @@ async fn every_row_lands_on_the_shard_its_slot_maps_to() {
 /// to a bigint key is the same key to PostgreSQL, so the row must land on that key's shard (or
 /// the statement be refused), never on the shard of the float's bits read as an integer.
 #[tokio::test]
-#[ignore = "proxy bug: a key parameter is decoded by the column's key type, ignoring the type Parse declared (float8 bits read as int8)"]
 async fn a_key_parameter_declared_as_float_lands_on_its_keys_shard() {
     let fx = fixture().await;
     let client = fx.connect().await;
@@ -544,7 +543,6 @@ async fn a_key_parameter_declared_as_float_lands_on_its_keys_shard() {
 
 /// `$1::text::uuid` with a text parameter: the key is the UUID the text spells.
 #[tokio::test]
-#[ignore = "proxy bug: `$1::text::uuid` is decoded as a binary uuid (22P03)"]
 async fn a_uuid_key_bound_as_text_lands_on_its_keys_shard() {
     let fx = fixture().await;
     let client = fx.connect().await;

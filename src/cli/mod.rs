@@ -23,7 +23,7 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the slot and owning shard of a shard key.
     Locate(locate::LocateArgs),
-    /// Start a local PostgreSQL setup (primary + replica) with pgshard in front of it.
+    /// Start two local shards (each a PostgreSQL primary + replica) with pgshard in front of them.
     Demo(demo::DemoArgs),
 }
 

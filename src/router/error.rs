@@ -57,6 +57,12 @@ pub enum RouteError {
     KeyChange { table: String, column: String },
 
     /// Bind gave fewer parameters than the key placeholder needs.
+    #[error(
+        "the shard key is parameter ${number}, bound in binary as a type (OID {oid}) pgshard cannot \
+         read as the key: bind it as an integer, text or uuid"
+    )]
+    KeyParamType { number: usize, oid: u32 },
+
     #[error("the shard key is parameter ${number}, but Bind gave {given} parameters")]
     MissingParam { number: usize, given: usize },
 
@@ -92,6 +98,7 @@ impl RouteError {
             RouteError::NullKey { .. } => "22004", // null_value_not_allowed
             RouteError::UnknownShard { .. } | RouteError::UnknownSetting(_) => "42704", // undefined_object
             RouteError::MissingParam { .. } => "08P01", // protocol_violation
+            RouteError::KeyParamType { .. } => "42804", // datatype_mismatch
         }
     }
 }

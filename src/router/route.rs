@@ -104,6 +104,8 @@ pub struct Params<'a> {
     /// Format codes: none = all text, one = that for all, else one per parameter (0 text,
     /// 1 binary).
     pub formats: &'a [i16],
+    /// Parameter type OIDs as the Parse declared them (missing or 0: left to the server).
+    pub types: &'a [u32],
 }
 
 impl<'a> Params<'a> {
@@ -111,10 +113,21 @@ impl<'a> Params<'a> {
     pub const NONE: Params<'static> = Params {
         values: &[],
         formats: &[],
+        types: &[],
     };
 
     pub fn new(values: &'a [Option<&'a [u8]>], formats: &'a [i16]) -> Params<'a> {
-        Params { values, formats }
+        Params {
+            values,
+            formats,
+            types: &[],
+        }
+    }
+
+    /// The same parameters with the types their Parse declared, so a binary key is read by its
+    /// own type (a float8 is not an int8).
+    pub fn with_types(self, types: &'a [u32]) -> Params<'a> {
+        Params { types, ..self }
     }
 
     fn is_binary(&self, index: usize) -> bool {
@@ -136,7 +149,14 @@ impl<'a> Params<'a> {
             return Ok(None);
         };
         let key = if self.is_binary(index) {
-            key_from_binary(key_type, bytes)?
+            let declared = self.types.get(index).copied().unwrap_or(0);
+            binary_key(key_type, declared, bytes).map_err(|e| match e {
+                RouteError::KeyParamType { oid, .. } => RouteError::KeyParamType {
+                    number: index + 1,
+                    oid,
+                },
+                other => other,
+            })?
         } else {
             let text =
                 std::str::from_utf8(bytes).map_err(|_| ShardingError::KeyNotUtf8 { key_type })?;
@@ -144,6 +164,78 @@ impl<'a> Params<'a> {
         };
         Ok(Some(key))
     }
+}
+
+/// PostgreSQL type OIDs a key parameter may be declared as.
+mod oid {
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const UUID: u32 = 2950;
+}
+
+/// A binary key parameter, read by the type its Parse declared (`0`: by the key's own type),
+/// then converted as PostgreSQL's comparison or assignment would.
+fn binary_key(key_type: KeyType, declared: u32, bytes: &[u8]) -> Result<KeyValue, RouteError> {
+    let as_text = |bytes: &[u8]| -> Result<KeyValue, RouteError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| ShardingError::KeyNotUtf8 { key_type })?;
+        Ok(key_from_text(key_type, text)?)
+    };
+    match declared {
+        // A binary uuid is 16 bytes; any other length is a text-typed value (`$1::text::uuid`).
+        0 if key_type == KeyType::Uuid && bytes.len() != 16 => as_text(bytes),
+        0 => Ok(key_from_binary(key_type, bytes)?),
+        oid::INT2 | oid::INT4 | oid::INT8 => match key_from_binary(KeyType::Bigint, bytes)? {
+            KeyValue::Int(n) if is_integer(key_type) => {
+                Ok(key_from_text(key_type, &n.to_string())?)
+            }
+            KeyValue::Int(n) => as_text(n.to_string().as_bytes()),
+            other => Ok(other),
+        },
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN => as_text(bytes),
+        oid::UUID => Ok(key_from_binary(KeyType::Uuid, bytes)?),
+        oid::FLOAT4 | oid::FLOAT8 if is_integer(key_type) => {
+            let value = match *bytes {
+                [a, b, c, d] => f64::from(f32::from_be_bytes([a, b, c, d])),
+                [a, b, c, d, e, f, g, h] => f64::from_be_bytes([a, b, c, d, e, f, g, h]),
+                _ => {
+                    return Err(RouteError::KeyParamType {
+                        number: 0,
+                        oid: declared,
+                    })
+                }
+            };
+            // PostgreSQL casts float to integer by rounding half to even.
+            let rounded = value.round_ties_even();
+            if !rounded.is_finite() || rounded.abs() > 9.2e18 {
+                return Err(RouteError::KeyParamType {
+                    number: 0,
+                    oid: declared,
+                });
+            }
+            // Infallible: `rounded` is finite, integral and within i64's range.
+            Ok(key_from_text(key_type, &(rounded as i64).to_string())?)
+        }
+        other => Err(RouteError::KeyParamType {
+            number: 0,
+            oid: other,
+        }),
+    }
+}
+
+fn is_integer(key_type: KeyType) -> bool {
+    matches!(
+        key_type,
+        KeyType::Bigint | KeyType::Integer | KeyType::Smallint
+    )
 }
 
 /// Shards a key set (or a class) may be on, without allocating for one shard.
@@ -436,5 +528,55 @@ impl Router {
             name: name.to_string(),
             known: known.join(", "),
         }
+    }
+}
+
+#[cfg(test)]
+mod binary_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_float8_key_parameter_is_read_as_the_integer_postgresql_would_store() {
+        let bytes = 7_000_012.0f64.to_be_bytes();
+        assert_eq!(
+            binary_key(KeyType::Bigint, oid::FLOAT8, &bytes).unwrap(),
+            KeyValue::Int(7_000_012)
+        );
+        // Rounded half to even, like PostgreSQL's float-to-integer cast.
+        let half = 2.5f64.to_be_bytes();
+        assert_eq!(
+            binary_key(KeyType::Bigint, oid::FLOAT8, &half).unwrap(),
+            KeyValue::Int(2)
+        );
+    }
+
+    #[test]
+    fn an_undeclared_float_would_be_misread_so_declared_types_win() {
+        let bytes = 7_000_012.0f64.to_be_bytes();
+        assert_ne!(
+            binary_key(KeyType::Bigint, 0, &bytes).unwrap(),
+            KeyValue::Int(7_000_012)
+        );
+    }
+
+    #[test]
+    fn a_text_typed_uuid_in_binary_format_is_parsed_as_text() {
+        let text = b"550e8400-e29b-41d4-a716-446655440000";
+        let from_text = binary_key(KeyType::Uuid, 0, text).unwrap();
+        let from_binary = binary_key(KeyType::Uuid, oid::TEXT, text).unwrap();
+        assert_eq!(from_text, from_binary);
+        assert_eq!(from_text.slot(), 3877, "SHARDING.md test vector");
+    }
+
+    #[test]
+    fn an_int4_parameter_for_a_text_key_hashes_its_decimal_text() {
+        let key = binary_key(KeyType::Text, oid::INT4, &42i32.to_be_bytes()).unwrap();
+        assert_eq!(key, KeyValue::Text("42".into()));
+    }
+
+    #[test]
+    fn an_unreadable_parameter_type_is_refused_with_42804() {
+        let err = binary_key(KeyType::Bigint, 1700, &[0, 1]).unwrap_err();
+        assert_eq!(err.sqlstate(), "42804");
     }
 }

@@ -105,6 +105,7 @@ impl Session {
         let plan = self.plan_text(parse.query());
         if parse.name.is_empty() {
             self.unnamed_plan = plan;
+            self.unnamed_types = parse.param_types();
         } else {
             self.statements
                 .insert(parse.name, Arc::new(Statement::new(&parse, plan)));

@@ -122,8 +122,9 @@ pub(crate) struct Session {
     stalled: Option<Frame>,
     /// A BEGIN answered by pgshard, to be sent with the first statement that picks the shard.
     begin: Option<Bytes>,
-    /// Plan of the unnamed statement of the current batch.
+    /// Plan and declared parameter types of the unnamed statement of the current batch.
     unnamed_plan: Option<Arc<Plan>>,
+    unnamed_types: Vec<u32>,
     /// pgshard refused a statement inside the client's transaction: only its end may run.
     aborted: bool,
     /// Client frames of the current plain replica read, kept so it can run elsewhere if its
@@ -170,6 +171,7 @@ impl Session {
             stalled: None,
             begin: None,
             unnamed_plan: None,
+            unnamed_types: Vec::new(),
             aborted: false,
             replay: None,
             statements: ClientStatements::default(),

@@ -21,16 +21,18 @@ pub struct Statement {
     pub parse: Bytes,
     /// How the statement routes (`None` when routing is off).
     pub plan: Option<Arc<Plan>>,
+    /// Parameter type OIDs the Parse declared, to read a binary key by its own type.
+    pub param_types: Vec<u32>,
 }
 
 impl Statement {
     pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>) -> Statement {
         let hash = xxhash_rust::xxh3::xxh3_128(parse.rest);
         let server_name = format!("pgshard_{hash:032x}");
-        let parse = parse.encode_renamed(&server_name).freeze();
         Statement {
+            parse: parse.encode_renamed(&server_name).freeze(),
+            param_types: parse.param_types(),
             server_name,
-            parse,
             plan,
         }
     }

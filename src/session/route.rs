@@ -262,12 +262,15 @@ impl Session {
         if self.aborted {
             return Ok(Decision::Failed(SessionError::TransactionAborted));
         }
-        let plan = if bind.statement.is_empty() {
-            self.unnamed_plan.clone()
-        } else {
-            self.statements
-                .get(bind.statement)
-                .and_then(|s| s.plan.clone())
+        let statement = (!bind.statement.is_empty())
+            .then(|| self.statements.get(bind.statement))
+            .flatten();
+        let (plan, types) = match &statement {
+            Some(s) => (s.plan.clone(), &s.param_types[..]),
+            None if bind.statement.is_empty() => {
+                (self.unnamed_plan.clone(), &self.unnamed_types[..])
+            }
+            None => (None, &[][..]),
         };
         let Some(plan) = plan else {
             // Unknown statement: the server answers with its own error.
@@ -276,7 +279,7 @@ impl Session {
         let params = bind.params()?;
         let route = self.shared.router.load().route(
             &plan,
-            &Params::new(&params.values, &params.formats),
+            &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
         Ok(self.decide(&plan, route))

@@ -43,6 +43,23 @@ impl<'a> Parse<'a> {
         &self.rest[..end]
     }
 
+    /// The parameter type OIDs the Parse declares (0 = left to the server).
+    pub fn param_types(&self) -> Vec<u32> {
+        let after_query = self
+            .rest
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(&[][..], |end| &self.rest[end + 1..]);
+        let Some((count, oids)) = after_query.split_first_chunk::<2>() else {
+            return Vec::new();
+        };
+        let count = usize::try_from(i16::from_be_bytes(*count)).unwrap_or(0);
+        oids.chunks_exact(4)
+            .take(count)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
     /// Encodes this Parse under another statement name.
     pub fn encode_renamed(&self, name: &str) -> BytesMut {
         frame_with_name(b'P', &[], name.as_bytes(), self.rest)
@@ -174,6 +191,7 @@ mod tests {
         let p = Parse::decode(body).unwrap();
         assert_eq!(p.name, b"s1");
         assert_eq!(p.query(), b"SELECT $1");
+        assert_eq!(p.param_types(), vec![23]);
         let out = p.encode_renamed("pgshard_x");
         assert_eq!(out[0], b'P');
         assert_eq!(&out[5..], b"pgshard_x\0SELECT $1\0\0\x01\0\0\0\x17");
