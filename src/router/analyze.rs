@@ -17,6 +17,7 @@ use super::constraints::{literal_text, KeyGraph};
 use super::plan::{
     Hint, KeyMove, Placement, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
 };
+use super::scatter::{self, Scatter};
 use super::Rules;
 use super::{parse, text};
 
@@ -42,6 +43,10 @@ pub(super) struct Analyzer<'r> {
     pub broadcast: bool,
     pub key_moves: Vec<KeyMove>,
     pub unsupported: Option<String>,
+    /// Tables read that are neither sharded nor reference tables, nor CTEs (lowercase).
+    pub others: Vec<Box<str>>,
+    /// A WITH query reads a sharded table.
+    pub cte_sharded: bool,
     /// Current nesting of the expression walk (bounded by `expr::MAX_WALK_DEPTH`).
     pub depth: usize,
 }
@@ -64,7 +69,10 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
-            analyzer.finish(kind, hint)
+            let scatter = scatter::scatter(&analyzer, &statements, &kind);
+            let mut plan = analyzer.finish(kind, hint);
+            plan.scatter = scatter;
+            plan
         }
         Ok(_) => Plan::empty(hint),
         Err(_) => unparsed(rules, body, hint),
@@ -77,6 +85,7 @@ fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
     let mut plan = Plan::other(hint, false);
     plan.kind = fallback.kind;
     plan.writes = fallback.writes;
+    plan.scatter = Scatter::Unsupported(scatter::UNPARSED.to_string());
     if let Some(table) = fallback.copy_from {
         match rules.tables.get(table.as_str()) {
             Some(TableRule::Sharded(t)) => {
@@ -94,7 +103,7 @@ fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
 }
 
 impl<'r> Analyzer<'r> {
-    fn new(rules: &'r Rules) -> Self {
+    pub(super) fn new(rules: &'r Rules) -> Self {
         Analyzer {
             rules,
             keys: KeyGraph::default(),
@@ -105,6 +114,8 @@ impl<'r> Analyzer<'r> {
             broadcast: false,
             key_moves: Vec::new(),
             unsupported: None,
+            others: Vec::new(),
+            cte_sharded: false,
             depth: 0,
         }
     }
@@ -131,6 +142,7 @@ impl<'r> Analyzer<'r> {
             key_moves: self.key_moves,
             hint,
             unsupported: self.unsupported,
+            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
         }
     }
 

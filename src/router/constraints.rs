@@ -345,6 +345,27 @@ impl KeyGraph {
         }
     }
 
+    /// How many groups of occurrences have co-located rows: occurrences joined or correlated
+    /// on their keys (in either direction) share a group, so each shard can answer for its own
+    /// rows. One group means the statement is answerable per shard.
+    pub fn colocated_groups(&self) -> usize {
+        let mut parent: Vec<usize> = (0..self.occs.len()).map(|i| self.find(i)).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        for &(a, b) in &self.follows {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+        (0..parent.len())
+            .filter(|&i| root(&mut parent, i) == i)
+            .count()
+    }
+
     /// The key classes, each with its own pins and those of every class it follows.
     pub fn finish(self) -> Vec<KeyClass> {
         let roots: Vec<usize> = (0..self.occs.len()).map(|i| self.find(i)).collect();

@@ -177,7 +177,7 @@ impl Analyzer<'_> {
 }
 
 /// The operand of expressions with exactly one.
-fn one_child(e: &Expr) -> Option<&Expr> {
+pub(super) fn one_child(e: &Expr) -> Option<&Expr> {
     use Expr as E;
     match e {
         E::IsFalse(x)
@@ -205,7 +205,7 @@ fn one_child(e: &Expr) -> Option<&Expr> {
 }
 
 /// The operands of binary expressions.
-fn two_children(e: &Expr) -> Option<(&Expr, &Expr)> {
+pub(super) fn two_children(e: &Expr) -> Option<(&Expr, &Expr)> {
     use Expr as E;
     match e {
         E::IsDistinctFrom(a, b)

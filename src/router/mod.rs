@@ -29,6 +29,7 @@ mod parse;
 mod plan;
 mod query;
 mod route;
+mod scatter;
 mod text;
 mod volatility;
 
@@ -47,6 +48,7 @@ pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
 pub use error::RouteError;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
+pub use scatter::Scatter;
 pub use volatility::Volatility;
 
 /// What the analysis consults: table rules and function volatility.

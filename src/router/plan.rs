@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::scatter::{self, Scatter};
 use crate::sharding::{KeyType, ShardingError};
 
 /// What a statement is, as far as routing and the session's state machine care.
@@ -152,6 +153,8 @@ pub struct Plan {
     pub(crate) hint: Option<Hint>,
     /// Why the plan is refused outright (e.g. COPY into a sharded table), as a user message.
     pub(crate) unsupported: Option<String>,
+    /// How results combine when the statement runs on several shards.
+    pub(crate) scatter: Scatter,
 }
 
 impl Plan {
@@ -194,6 +197,13 @@ impl Plan {
                 .any(|m| m.to.as_ref().is_some_and(param))
     }
 
+    /// How the statement's results combine when it routes to several shards
+    /// ([`super::Route::Shards`]): run unchanged on each and concatenate, or not mergeable
+    /// (yet), naming the construct. Reads only; anything else is `Unsupported`.
+    pub fn scatter(&self) -> &Scatter {
+        &self.scatter
+    }
+
     /// Names of the sharded tables the statement touches (for logs and the demo).
     pub fn sharded_tables(&self) -> Vec<&str> {
         let mut names: Vec<&str> = match &self.placement {
@@ -221,6 +231,7 @@ impl Plan {
             key_moves: Vec::new(),
             hint,
             unsupported: None,
+            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
         }
     }
 }

@@ -23,7 +23,9 @@ impl Analyzer<'_> {
                 if with.recursive {
                     self.ctes.push(name.clone());
                 }
+                let before = self.keys.occ_count();
                 self.query(&cte.query);
+                self.cte_sharded |= self.keys.occ_count() > before;
                 self.ctes.push(name);
             }
         }
@@ -244,7 +246,12 @@ impl Analyzer<'_> {
                 self.broadcast |= write;
                 self.keys.bind(&bound, None)
             }
-            None => self.keys.bind(&bound, None),
+            None => {
+                if !is_cte {
+                    self.others.push(table.as_str().into());
+                }
+                self.keys.bind(&bound, None)
+            }
         }
     }
 

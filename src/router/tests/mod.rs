@@ -7,6 +7,7 @@
 
 mod params;
 mod reads;
+mod scatter;
 mod session;
 mod writes;
 

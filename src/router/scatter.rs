@@ -1,0 +1,459 @@
+//! Whether a read that routes to several shards ([`super::Route::Shards`]: no key, or an IN
+//! list spanning shards) can be answered by running it unchanged on every involved shard and
+//! concatenating the rows, as a [`Scatter`] computed once at plan time.
+//!
+//! Concatenation is correct when every result row comes from rows of one shard and no row is
+//! needed by two shards: a single plain `SELECT` whose FROM reads a sharded table directly, all
+//! of whose sharded-table occurrences are joined or correlated on their shard key (co-located),
+//! with no other tables than reference tables, and with nothing that combines rows across the
+//! result (ORDER BY, OFFSET, DISTINCT, GROUP BY, HAVING, aggregates, window functions, set
+//! operations, row locks). A top-level literal `LIMIT n` is kept: each shard stops after `n`
+//! rows and the merge stops after `n` in total (`LIMIT ALL` is no limit; `TABLE t` is read as
+//! `SELECT * FROM t`). Subqueries in WHERE or the select list may do
+//! anything as long as they are co-located with the outer row (correlated on the key) or read
+//! no sharded table. Anything else is [`Scatter::Unsupported`], naming the construct.
+//!
+//! Aggregates are recognised by PostgreSQL's built-in aggregate names (and by FILTER or WITHIN
+//! GROUP): a user-defined aggregate called like a plain function cannot be told apart from one
+//! and would be concatenated per shard. Likewise a function that reads tables itself is not
+//! seen. Pure: never does I/O, never sees parameter values.
+
+use sqlparser::ast::{
+    Distinct, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    JoinOperator, LimitClause, LockType, ObjectName, Query, Select, SelectItem, SetExpr,
+    SetOperator, Statement, TableFactor, TableWithJoins, Value,
+};
+
+use super::analyze::{last_ident, lower, Analyzer, TableRule};
+use super::expr::{one_child, two_children, MAX_WALK_DEPTH};
+use super::plan::StatementKind;
+
+/// How results from several shards combine (computed at plan time, for reads only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scatter {
+    /// Rows from every shard, concatenated in any order; `limit`: stop after this many rows in
+    /// total (a LIMIT without ORDER BY and without OFFSET; the statement text keeps its LIMIT,
+    /// so each shard also stops early).
+    Concat { limit: Option<u64> },
+    /// Cannot be merged correctly (yet): the construct, named for the user, e.g. "ORDER BY",
+    /// "OFFSET", "aggregate function count()", "GROUP BY", "DISTINCT", "window function
+    /// rank()", "HAVING", "FOR UPDATE", "a join of sharded tables not on their shard key",
+    /// "several statements", "LIMIT with a non-literal count", "UNION".
+    Unsupported(String),
+}
+
+/// The construct named for text sqlparser cannot parse.
+pub(super) const UNPARSED: &str = "a statement pgshard cannot parse";
+/// The construct named for statements reading no sharded table (they never span shards).
+pub(super) const NO_SHARDED_TABLE: &str = "a statement that reads no sharded table";
+/// The construct named for syntax PostgreSQL does not have (parsed by a permissive grammar).
+const FOREIGN: &str = "a construct PostgreSQL does not have";
+
+/// PostgreSQL's built-in aggregate functions (lowercase), sorted for binary search.
+#[rustfmt::skip]
+const AGGREGATES: &[&str] = &[
+    "any_value", "array_agg", "avg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or",
+    "corr", "count", "covar_pop", "covar_samp", "cume_dist", "dense_rank", "every", "grouping",
+    "json_agg", "json_agg_strict", "json_arrayagg", "json_object_agg", "json_object_agg_strict",
+    "json_object_agg_unique", "json_object_agg_unique_strict", "json_objectagg", "jsonb_agg",
+    "jsonb_agg_strict", "jsonb_object_agg", "jsonb_object_agg_strict", "jsonb_object_agg_unique",
+    "jsonb_object_agg_unique_strict", "max", "min", "mode", "percent_rank", "percentile_cont",
+    "percentile_disc", "range_agg", "range_intersect_agg", "rank", "regr_avgx", "regr_avgy",
+    "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy", "regr_syy",
+    "stddev", "stddev_pop", "stddev_samp", "string_agg", "sum", "var_pop", "var_samp", "variance",
+    "xmlagg",
+];
+
+type Check<T = ()> = Result<T, String>;
+
+/// How `statements` (analysed by `analyzer`, of kind `kind`) combine across shards.
+pub(super) fn scatter(
+    analyzer: &Analyzer,
+    statements: &[Statement],
+    kind: &StatementKind,
+) -> Scatter {
+    match check(analyzer, statements, kind) {
+        Ok(limit) => Scatter::Concat { limit },
+        Err(construct) => Scatter::Unsupported(construct),
+    }
+}
+
+fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Option<u64>> {
+    let [statement] = statements else {
+        return Err("several statements".into());
+    };
+    let query = match statement {
+        Statement::Query(q) => q,
+        Statement::Explain { .. } => return Err("EXPLAIN".into()),
+        Statement::Copy { .. } => return Err("COPY".into()),
+        _ => return Err("a statement that is not a SELECT".into()),
+    };
+    if *kind != StatementKind::Read || a.writes {
+        return Err("a statement that writes".into());
+    }
+    if a.keys.occ_count() == 0 {
+        return Err(NO_SHARDED_TABLE.into());
+    }
+    if a.cte_sharded {
+        return Err("a WITH query that reads a sharded table".into());
+    }
+    let mut walk = Walk {
+        analyzer: a,
+        ctes: Vec::new(),
+    };
+    let limit = walk.query(query, true)?;
+    if a.locks {
+        return Err("FOR UPDATE".into());
+    }
+    if let Some(table) = a.others.first() {
+        return Err(format!(
+            "a join of a sharded table with table {table}, which is neither sharded nor a \
+             reference table"
+        ));
+    }
+    if a.keys.colocated_groups() > 1 {
+        let mut names: Vec<&str> = (0..a.keys.occ_count())
+            .map(|o| &*a.keys.table(o).name)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        return Err(format!(
+            "a join of sharded tables not on their shard key ({})",
+            names.join(", ")
+        ));
+    }
+    Ok(limit)
+}
+
+/// The walk over the statement's top level and the subqueries in its FROM.
+struct Walk<'a, 'r> {
+    analyzer: &'a Analyzer<'r>,
+    /// CTE names in scope (lowercase): they shadow tables.
+    ctes: Vec<Box<str>>,
+}
+
+impl Walk<'_, '_> {
+    /// A query at the top (`top`) or in FROM; returns its literal LIMIT.
+    fn query(&mut self, q: &Query, top: bool) -> Check<Option<u64>> {
+        if !q.pipe_operators.is_empty()
+            || q.for_clause.is_some()
+            || q.settings.is_some()
+            || q.format_clause.is_some()
+        {
+            return Err(FOREIGN.into());
+        }
+        let ctes_before = self.ctes.len();
+        if let Some(with) = &q.with {
+            self.ctes.extend(
+                with.cte_tables
+                    .iter()
+                    .map(|c| lower(&c.alias.name.value).into()),
+            );
+        }
+        let select = match &*q.body {
+            SetExpr::Select(s) => self.select(s),
+            SetExpr::SetOperation { op, .. } => Err(match op {
+                SetOperator::Union => "UNION",
+                SetOperator::Intersect => "INTERSECT",
+                SetOperator::Except | SetOperator::Minus => "EXCEPT",
+            }
+            .into()),
+            SetExpr::Values(_) => Err("VALUES".into()),
+            SetExpr::Table(_) => Err("TABLE".into()),
+            SetExpr::Query(_) => Err("a parenthesized query".into()),
+            _ => Err("a data-modifying statement".into()),
+        };
+        self.ctes.truncate(ctes_before);
+        select?;
+        if q.order_by.is_some() {
+            return Err("ORDER BY".into());
+        }
+        let limit = limit(q.limit_clause.as_ref())?;
+        if q.fetch.is_some() {
+            return Err("FETCH FIRST".into());
+        }
+        if let Some(lock) = q.locks.first() {
+            return Err(match lock.lock_type {
+                LockType::Update => "FOR UPDATE",
+                LockType::Share => "FOR SHARE",
+            }
+            .into());
+        }
+        if !top && limit.is_some() {
+            return Err("LIMIT in a subquery in FROM".into());
+        }
+        Ok(limit)
+    }
+
+    fn select(&mut self, s: &Select) -> Check {
+        match &s.distinct {
+            Some(Distinct::Distinct) => return Err("DISTINCT".into()),
+            Some(Distinct::On(_)) => return Err("DISTINCT ON".into()),
+            None => {}
+        }
+        let grouped = match &s.group_by {
+            GroupByExpr::All(_) => true,
+            GroupByExpr::Expressions(exprs, modifiers) => {
+                !exprs.is_empty() || !modifiers.is_empty()
+            }
+        };
+        if grouped {
+            return Err("GROUP BY".into());
+        }
+        if s.having.is_some() {
+            return Err("HAVING".into());
+        }
+        if !s.named_window.is_empty() {
+            return Err("window function (WINDOW clause)".into());
+        }
+        if s.top.is_some()
+            || s.exclude.is_some()
+            || !s.lateral_views.is_empty()
+            || s.prewhere.is_some()
+            || !s.cluster_by.is_empty()
+            || !s.distribute_by.is_empty()
+            || !s.sort_by.is_empty()
+            || s.qualify.is_some()
+            || s.connect_by.is_some()
+            || s.value_table_mode.is_some()
+        {
+            return Err(FOREIGN.into());
+        }
+        for item in &s.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    expr(e, 0)?
+                }
+                SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {}
+            }
+        }
+        let mut sharded = false;
+        for from in &s.from {
+            sharded |= self.table_with_joins(from)?;
+        }
+        if !sharded {
+            return Err("a sharded table read only in a subquery".into());
+        }
+        Ok(())
+    }
+
+    /// A FROM item and its joins; whether they read a sharded table. An outer join must not
+    /// preserve rows of a side without sharded tables: every shard would return them.
+    fn table_with_joins(&mut self, twj: &TableWithJoins) -> Check<bool> {
+        let mut left = self.relation(&twj.relation)?;
+        for join in &twj.joins {
+            let right = self.relation(&join.relation)?;
+            use JoinOperator as J;
+            let preserves_unsharded = match &join.join_operator {
+                J::Join(_) | J::Inner(_) | J::CrossJoin(_) => false,
+                J::Left(_) | J::LeftOuter(_) => right && !left,
+                J::Right(_) | J::RightOuter(_) => left && !right,
+                J::FullOuter(_) => left != right,
+                _ => return Err(FOREIGN.into()),
+            };
+            if preserves_unsharded {
+                return Err("an outer join that keeps rows of a table that is not sharded".into());
+            }
+            left |= right;
+        }
+        Ok(left)
+    }
+
+    /// One FROM item; whether it reads a sharded table.
+    fn relation(&mut self, factor: &TableFactor) -> Check<bool> {
+        match factor {
+            TableFactor::Table { name, args, .. } => Ok(args.is_none() && self.sharded(name)),
+            TableFactor::Derived { subquery, .. } => {
+                if !self.reads_sharded(subquery) {
+                    return Ok(false);
+                }
+                self.query(subquery, false)?;
+                Ok(true)
+            }
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => self.table_with_joins(table_with_joins),
+            TableFactor::Function { .. }
+            | TableFactor::TableFunction { .. }
+            | TableFactor::UNNEST { .. } => Ok(false),
+            _ => Err(FOREIGN.into()),
+        }
+    }
+
+    /// A table name that is a sharded table (not a CTE of that name).
+    fn sharded(&self, name: &ObjectName) -> bool {
+        let table = lower(last_ident(name).unwrap_or_default());
+        let is_cte = name.0.len() == 1 && self.ctes.iter().any(|c| **c == *table);
+        !is_cte && matches!(self.analyzer.table_rule(name), Some(TableRule::Sharded(_)))
+    }
+
+    /// Whether a subquery reads a sharded table anywhere.
+    fn reads_sharded(&self, q: &Query) -> bool {
+        let mut analyzer = Analyzer::new(self.analyzer.rules);
+        analyzer.ctes = self.ctes.clone();
+        analyzer.query(q);
+        analyzer.keys.occ_count() > 0
+    }
+}
+
+/// A top-level LIMIT: `None` without one, the count for a literal; OFFSET and other counts
+/// are refused.
+fn limit(clause: Option<&LimitClause>) -> Check<Option<u64>> {
+    match clause {
+        None => Ok(None),
+        Some(LimitClause::OffsetCommaLimit { .. }) => Err("OFFSET".into()),
+        Some(LimitClause::LimitOffset {
+            limit,
+            offset,
+            limit_by,
+        }) => {
+            if offset.is_some() {
+                return Err("OFFSET".into());
+            }
+            if !limit_by.is_empty() {
+                return Err(FOREIGN.into());
+            }
+            let count = match limit {
+                Some(Expr::Value(v)) => match &v.value {
+                    Value::Number(n, _) => n.parse::<u64>().ok(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            count
+                .map(Some)
+                .ok_or_else(|| "LIMIT with a non-literal count".into())
+        }
+    }
+}
+
+/// Checks a select-list expression for aggregates and window functions. Subqueries are not
+/// entered: they are per row, and co-location is checked on the key graph.
+fn expr(e: &Expr, depth: usize) -> Check {
+    if depth >= MAX_WALK_DEPTH {
+        return Err("an expression nested too deeply".into());
+    }
+    let depth = depth + 1;
+    if let Some(child) = one_child(e) {
+        return expr(child, depth);
+    }
+    if let Some((a, b)) = two_children(e) {
+        expr(a, depth)?;
+        return expr(b, depth);
+    }
+    use Expr as E;
+    let all = |items: &[Expr]| items.iter().try_for_each(|e| expr(e, depth));
+    let opt = |e: Option<&Expr>| e.map_or(Ok(()), |e| expr(e, depth));
+    match e {
+        E::Identifier(_)
+        | E::CompoundIdentifier(_)
+        | E::Value(_)
+        | E::TypedString(_)
+        | E::Wildcard(_)
+        | E::QualifiedWildcard(..)
+        | E::Exists { .. }
+        | E::Subquery(_) => Ok(()),
+        E::InSubquery { expr: x, .. } => expr(x, depth),
+        E::InList { expr: x, list, .. } => {
+            expr(x, depth)?;
+            all(list)
+        }
+        E::Between {
+            expr: x, low, high, ..
+        } => {
+            expr(x, depth)?;
+            expr(low, depth)?;
+            expr(high, depth)
+        }
+        E::Substring {
+            expr: x,
+            substring_from,
+            substring_for,
+            ..
+        } => {
+            expr(x, depth)?;
+            opt(substring_from.as_deref())?;
+            opt(substring_for.as_deref())
+        }
+        E::Trim {
+            expr: x,
+            trim_what,
+            trim_characters,
+            ..
+        } => {
+            expr(x, depth)?;
+            opt(trim_what.as_deref())?;
+            all(trim_characters.as_deref().unwrap_or_default())
+        }
+        E::Overlay {
+            expr: x,
+            overlay_what,
+            overlay_from,
+            overlay_for,
+        } => {
+            expr(x, depth)?;
+            expr(overlay_what, depth)?;
+            expr(overlay_from, depth)?;
+            opt(overlay_for.as_deref())
+        }
+        E::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            opt(operand.as_deref())?;
+            for when in conditions {
+                expr(&when.condition, depth)?;
+                expr(&when.result, depth)?;
+            }
+            opt(else_result.as_deref())
+        }
+        E::Function(f) => function(f, depth),
+        E::GroupingSets(sets) | E::Cube(sets) | E::Rollup(sets) => {
+            sets.iter().try_for_each(|set| all(set))
+        }
+        E::Tuple(items) => all(items),
+        E::Array(array) => all(&array.elem),
+        E::Interval(interval) => expr(&interval.value, depth),
+        _ => Err("an expression pgshard does not inspect".into()),
+    }
+}
+
+/// A function call: window functions (`OVER`) and aggregates are refused; arguments are
+/// checked (a subquery argument, as in `ARRAY(SELECT ...)`, is per row).
+fn function(f: &Function, depth: usize) -> Check {
+    let name = lower(last_ident(&f.name).unwrap_or_default()).into_owned();
+    if f.over.is_some() {
+        return Err(format!("window function {name}()"));
+    }
+    let aggregate = AGGREGATES.binary_search(&name.as_str()).is_ok()
+        || f.filter.is_some()
+        || !f.within_group.is_empty();
+    if aggregate {
+        return Err(format!("aggregate function {name}()"));
+    }
+    for args in [&f.parameters, &f.args] {
+        if let FunctionArguments::List(list) = args {
+            for arg in &list.args {
+                let (FunctionArg::Named { arg, .. }
+                | FunctionArg::ExprNamed { arg, .. }
+                | FunctionArg::Unnamed(arg)) = arg;
+                if let FunctionArgExpr::Expr(e) = arg {
+                    expr(e, depth)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AGGREGATES;
+
+    #[test]
+    fn aggregate_names_are_sorted_for_binary_search() {
+        assert!(AGGREGATES.windows(2).all(|w| w[0] < w[1]));
+    }
+}
