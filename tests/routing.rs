@@ -809,7 +809,7 @@ async fn a_keyless_write_is_refused_naming_the_key_and_the_client_stays_usable()
 }
 
 #[tokio::test]
-async fn a_keyless_read_is_refused_until_cross_shard_reads_exist() {
+async fn a_keyless_aggregate_is_refused_until_cross_shard_merging_exists() {
     let fx = fixture().await;
     let client = fx.connect().await;
     let (code, message) = refused(&client, "SELECT count(*) FROM users").await;

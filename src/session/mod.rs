@@ -9,6 +9,7 @@ pub mod error;
 mod io;
 pub mod prepared;
 mod route;
+mod scatter;
 mod server_msg;
 pub mod settings;
 mod startup;
@@ -245,6 +246,17 @@ impl Session {
 
     /// Takes a server connection from the pool and brings it to this client's settings.
     async fn checkout(&mut self, pool: ServerPool) -> Result<(), SessionError> {
+        let conn = self.connection_from(&pool).await?;
+        self.cancel.slot.set(Some(conn.cancel_key.clone()));
+        self.server = Some(conn);
+        Ok(())
+    }
+
+    /// A connection from `pool`, brought to this client's settings (not held by the session).
+    async fn connection_from(
+        &self,
+        pool: &ServerPool,
+    ) -> Result<Pooled<BackendManager>, SessionError> {
         tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
         let mut conn = pool.get().await.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
@@ -261,9 +273,7 @@ impl Session {
             }
         })?;
         conn.apply_settings(&self.settings).await?;
-        self.cancel.slot.set(Some(conn.cancel_key.clone()));
-        self.server = Some(conn);
-        Ok(())
+        Ok(conn)
     }
 
     /// In transaction mode, gives the server connection back once it is idle with nothing owed.

@@ -10,9 +10,12 @@ use bytes::Bytes;
 use super::error::SessionError;
 use super::prepared::Expect;
 use super::Session;
+use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
+use crate::pool::Pooled;
 use crate::router::{
-    Params, Plan, Route, RouteError, StatementKind, Target, TransactionControl, TransactionMode,
+    Params, Plan, Route, RouteError, Scatter, StatementKind, Target, TransactionControl,
+    TransactionMode,
 };
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
@@ -42,6 +45,12 @@ enum Decision {
     Preview { shard: usize },
     /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
     ForwardAs(Frame),
+    /// Run it on each of these shards and concatenate the rows (a keyless read).
+    Scatter {
+        shards: Vec<usize>,
+        target: Target,
+        limit: Option<u64>,
+    },
 }
 
 impl Session {
@@ -61,6 +70,15 @@ impl Session {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            Decision::Scatter {
+                shards,
+                target,
+                limit,
+            } => match self.scatter(&frame, &shards, target, limit).await {
+                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
+                Err(e) => self.refuse(&e, true),
+                Ok(()) => {}
+            },
             Decision::Server { shard, target } => {
                 return self.forward_to(shard, target, true, frame, simple).await;
             }
@@ -161,7 +179,7 @@ impl Session {
             });
             return Decision::Answered;
         }
-        self.decide(&plan, route)
+        self.decide(&plan, route, true)
     }
 
     /// BEGIN with no server held is answered here and sent later, with the first statement that
@@ -282,7 +300,7 @@ impl Session {
             &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
-        Ok(self.decide(&plan, route))
+        Ok(self.decide(&plan, route, false))
     }
 
     /// Describe, Execute, Close, Sync, Flush, FunctionCall, COPY data.
@@ -321,7 +339,7 @@ impl Session {
         }
     }
 
-    fn decide(&self, plan: &Plan, route: Result<Route, RouteError>) -> Decision {
+    fn decide(&self, plan: &Plan, route: Result<Route, RouteError>, simple: bool) -> Decision {
         if let (Some(held), Ok(Route::Shard { target, .. })) = (self.held, &route) {
             // A statement that needs no particular shard stays on the held connection, unless
             // it needs a primary and the held connection is a replica.
@@ -344,6 +362,10 @@ impl Session {
                 shard: 0,
                 target: Target::Primary,
             },
+            Ok(Route::Shards {
+                shards: list,
+                target,
+            }) if !plan.is_write() => self.scatter_decision(plan, list, target, simple),
             Ok(multi @ (Route::Shards { .. } | Route::SplitInsert { .. } | Route::All)) => {
                 let router = self.shared.router.load();
                 Decision::Failed(SessionError::Route(router.multi_shard_error(plan, &multi)))
@@ -351,6 +373,46 @@ impl Session {
             Ok(Route::Local(_)) => Decision::Failed(SessionError::Unsupported(
                 "SET pgshard.* must be sent as a simple query".into(),
             )),
+        }
+    }
+
+    /// A keyless read: answered from every shard when the rows only need concatenating, outside
+    /// a transaction, over the simple protocol; refused with the construct named otherwise.
+    fn scatter_decision(
+        &self,
+        plan: &Plan,
+        shards: Vec<usize>,
+        target: Target,
+        simple: bool,
+    ) -> Decision {
+        let refuse = |why: String| {
+            Decision::Failed(SessionError::Unsupported(format!(
+                "this read needs every shard ({}), and {why}: add WHERE <shard key> = ... or pick a \
+                 shard with SET pgshard.shard",
+                plan.sharded_tables().join(", ")
+            )))
+        };
+        let limit = match plan.scatter() {
+            Scatter::Concat { limit } => *limit,
+            Scatter::Unsupported(construct) => {
+                return refuse(format!(
+                    "pgshard cannot merge {construct} across shards yet"
+                ))
+            }
+        };
+        if self.server.is_some() || self.status != TransactionStatus::Idle {
+            return refuse("cross-shard reads do not run inside a transaction yet".into());
+        }
+        if !simple {
+            return refuse("cross-shard reads need the simple query protocol for now".into());
+        }
+        if self.mode == PoolMode::Session {
+            return refuse("session mode holds one server connection".into());
+        }
+        Decision::Scatter {
+            shards,
+            target,
+            limit,
         }
     }
 
@@ -405,10 +467,23 @@ impl Session {
     /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
     /// next one if a replica cannot be reached), else to its primary.
     async fn checkout_route(&mut self, shard: usize, target: Target) -> Result<(), SessionError> {
-        let shared = self.shared.clone();
-        let pools = &shared.shards[shard];
+        let (conn, primary) = self.connection_for(shard, target).await?;
+        self.cancel.slot.set(Some(conn.cancel_key.clone()));
+        self.server = Some(conn);
+        self.held = Some(Held { shard, primary });
+        Ok(())
+    }
+
+    /// A connection to a healthy replica of `shard` for a plain read (round-robin, the next one
+    /// if a replica cannot be reached), else to its primary; `true` when it is the primary.
+    pub(super) async fn connection_for(
+        &self,
+        shard: usize,
+        target: Target,
+    ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
+        let pools = &self.shared.shards[shard];
         let spread = target == Target::Replica
-            && shared.config.shards[shard].read_from == ReadFrom::Replicas;
+            && self.shared.config.shards[shard].read_from == ReadFrom::Replicas;
         if spread && !pools.replicas.is_empty() {
             let n = pools.replicas.len();
             let start = pools
@@ -422,41 +497,23 @@ impl Session {
                 if !replica.health.is_up() {
                     continue;
                 }
-                match self.checkout(pool.clone()).await {
-                    Ok(()) => {
-                        self.held = Some(Held {
-                            shard,
-                            primary: false,
-                        });
-                        return Ok(());
-                    }
+                match self.connection_from(pool).await {
+                    Ok(conn) => return Ok((conn, false)),
                     // Unreachable replica: try the next one, then the primary.
                     Err(SessionError::Backend(e)) if e.sqlstate() == "08006" => continue,
                     Err(e) => return Err(e),
                 }
             }
         }
+        let down = || SessionError::ShardDown {
+            shard: pools.name.clone(),
+            addr: pools.primary.addr.clone(),
+        };
         if !pools.primary.health.is_up() {
-            return Err(SessionError::ShardDown {
-                shard: pools.name.clone(),
-                addr: pools.primary.addr.clone(),
-            });
+            return Err(down());
         }
-        let pool = pools
-            .primary
-            .pools
-            .get(&self.user)
-            .cloned()
-            .ok_or(SessionError::ShardDown {
-                shard: pools.name.clone(),
-                addr: pools.primary.addr.clone(),
-            })?;
-        self.checkout(pool).await?;
-        self.held = Some(Held {
-            shard,
-            primary: true,
-        });
-        Ok(())
+        let pool = pools.primary.pools.get(&self.user).ok_or_else(down)?;
+        Ok((self.connection_from(pool).await?, true))
     }
 
     /// Sends the frames that waited for a route.

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod extended;
 pub mod frame;
+pub mod rows;
 pub mod startup;
 
 pub use frame::{split_frame, Frame};

@@ -1,0 +1,68 @@
+//! RowDescription, as far as merging results from several servers needs it: whether two of them
+//! describe the same columns. Decodes nothing else of a result.
+
+/// The parts of one RowDescription field that must agree across servers: name, type OID, type
+/// size, type modifier and format. (Table OID and column number differ from server to server.)
+type Column<'a> = (&'a [u8], &'a [u8]);
+
+fn columns(body: &[u8]) -> Option<Vec<Column<'_>>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let name = &rest[..end];
+        // After the name: table OID (4), column number (2), type OID (4), size (2), typmod (4), format (2).
+        let attrs = rest.get(end + 1..end + 1 + 18)?;
+        out.push((name, &attrs[6..]));
+        rest = &rest[end + 1 + 18..];
+    }
+    Some(out)
+}
+
+/// Whether two RowDescription bodies describe the same columns (names, types and formats).
+pub fn same_columns(a: &[u8], b: &[u8]) -> bool {
+    match (columns(a), columns(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn describe(name: &str, table_oid: u32, type_oid: u32) -> Vec<u8> {
+        let mut v = 1i16.to_be_bytes().to_vec();
+        v.extend_from_slice(name.as_bytes());
+        v.push(0);
+        v.extend_from_slice(&table_oid.to_be_bytes());
+        v.extend_from_slice(&1i16.to_be_bytes());
+        v.extend_from_slice(&type_oid.to_be_bytes());
+        v.extend_from_slice(&8i16.to_be_bytes());
+        v.extend_from_slice(&(-1i32).to_be_bytes());
+        v.extend_from_slice(&0i16.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn columns_agree_across_servers_whatever_their_table_oids() {
+        assert!(same_columns(
+            &describe("id", 16384, 20),
+            &describe("id", 24576, 20)
+        ));
+    }
+
+    #[test]
+    fn a_different_type_or_name_disagrees() {
+        assert!(!same_columns(
+            &describe("id", 1, 20),
+            &describe("id", 1, 23)
+        ));
+        assert!(!same_columns(
+            &describe("id", 1, 20),
+            &describe("key", 1, 20)
+        ));
+        assert!(!same_columns(&describe("id", 1, 20), b"\0\x01id"));
+    }
+}

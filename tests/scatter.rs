@@ -1,0 +1,194 @@
+//! Keyless reads answered from every shard (issue 4, first slice), checked against one plain
+//! PostgreSQL holding the same rows: every query of the corpus must return exactly the rows the
+//! single server returns; what pgshard cannot merge yet must be refused with 0A000 naming the
+//! construct, never answered wrongly.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The table of this binary, created on both shards and on the reference server.
+const SCHEMA: &str =
+    "CREATE TABLE scatter_rows (user_id bigint PRIMARY KEY, grp int, val numeric, label text)";
+
+/// Rows as text, sorted, for order-insensitive comparison.
+type Rows = Vec<Vec<Option<String>>>;
+
+/// Starts a proxy over the two shards (scatter_rows sharded by user_id) after loading the same
+/// rows through it and into the reference server. Loaded once per test binary.
+async fn setup() -> (support::Proxy, Client) {
+    static LOADED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let shards = support::shard_clusters();
+    let reference = support::cluster();
+    let config = format!(
+        "{}\n[[sharding.tables]]\nname = \"scatter_rows\"\n",
+        support::two_shard_config(shards)
+    );
+    let proxy = support::start_proxy(&config).await;
+    let reference_client = support::connect_direct(reference.primary_port()).await;
+    LOADED.get_or_init(|| async {
+        for cluster in shards {
+            cluster.psql(cluster.primary_port(), "app", &format!("SET ROLE app; {SCHEMA}")).unwrap();
+        }
+        reference_client.batch_execute(SCHEMA).await.unwrap();
+        let client = proxy.connect().await;
+        for id in 1..=400i64 {
+            let grp = (id % 7) as i32;
+            let val = if id % 11 == 0 { "NULL".to_string() } else { format!("{}.{}", id * 3, id % 10) };
+            let label = if id % 13 == 0 { "NULL".to_string() } else { format!("'{}{}'", ["a", "b", "c"][id as usize % 3], id) };
+            let insert = format!("INSERT INTO scatter_rows (user_id, grp, val, label) VALUES ({id}, {grp}, {val}, {label})");
+            client.simple_query(&insert).await.unwrap();
+            reference_client.simple_query(&insert).await.unwrap();
+        }
+        for cluster in shards {
+            cluster.wait_for_replay(Duration::from_secs(60)).unwrap();
+        }
+    })
+    .await;
+    (proxy, reference_client)
+}
+
+async fn rows(client: &Client, sql: &str) -> Result<(Rows, u64), tokio_postgres::Error> {
+    let mut rows = Vec::new();
+    let mut tag = 0;
+    for message in client.simple_query(sql).await? {
+        match message {
+            SimpleQueryMessage::Row(row) => {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
+            }
+            SimpleQueryMessage::CommandComplete(n) => tag = n,
+            _ => {}
+        }
+    }
+    rows.sort();
+    Ok((rows, tag))
+}
+
+#[tokio::test]
+async fn keyless_reads_return_exactly_what_one_server_with_all_rows_returns() {
+    let (proxy, reference) = setup().await;
+    let client = proxy.connect().await;
+    let corpus = [
+        "SELECT user_id, grp, val, label FROM scatter_rows",
+        "SELECT * FROM scatter_rows WHERE grp = 3",
+        "SELECT user_id, val FROM scatter_rows WHERE val IS NULL",
+        "SELECT user_id, label FROM scatter_rows WHERE label LIKE 'a%'",
+        "SELECT user_id FROM scatter_rows WHERE user_id IN (1, 42, 77, 399)",
+        "SELECT user_id, val * 2 AS doubled FROM scatter_rows WHERE grp < 2",
+        "SELECT s.user_id, s.grp FROM scatter_rows s WHERE s.grp BETWEEN 2 AND 4",
+        "SELECT user_id, coalesce(label, 'none') AS l FROM scatter_rows WHERE val > 500",
+        "SELECT user_id FROM scatter_rows WHERE false",
+        "SELECT lower(label) AS l, grp + 1 AS g FROM scatter_rows WHERE user_id > 350",
+    ];
+    for sql in corpus {
+        let got = rows(&client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let want = rows(&reference, sql).await.unwrap();
+        assert_eq!(got.0, want.0, "rows differ for {sql}");
+        assert_eq!(
+            got.1, want.1,
+            "row count in CommandComplete differs for {sql}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keyless_reads_gather_rows_from_both_shards() {
+    let (proxy, _reference) = setup().await;
+    let client = proxy.connect().await;
+    let (all, _) = rows(
+        &client,
+        "SELECT user_id, inet_server_port() FROM scatter_rows",
+    )
+    .await
+    .unwrap();
+    let ports: std::collections::BTreeSet<_> = all.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(all.len(), 400);
+    assert_eq!(ports.len(), 2, "rows came from two servers: {ports:?}");
+}
+
+#[tokio::test]
+async fn a_limit_without_order_stops_after_that_many_rows_that_all_exist() {
+    let (proxy, reference) = setup().await;
+    let client = proxy.connect().await;
+    let (limited, tag) = rows(&client, "SELECT user_id, grp FROM scatter_rows LIMIT 7")
+        .await
+        .unwrap();
+    assert_eq!((limited.len(), tag), (7, 7));
+    let (all, _) = rows(&reference, "SELECT user_id, grp FROM scatter_rows")
+        .await
+        .unwrap();
+    assert!(limited.iter().all(|row| all.contains(row)));
+}
+
+#[tokio::test]
+async fn reads_pgshard_cannot_merge_yet_are_refused_naming_the_construct() {
+    let (proxy, _reference) = setup().await;
+    let client = proxy.connect().await;
+    let cases = [
+        (
+            "SELECT user_id FROM scatter_rows ORDER BY user_id",
+            "ORDER BY",
+        ),
+        ("SELECT count(*) FROM scatter_rows", "count"),
+        ("SELECT grp FROM scatter_rows GROUP BY grp", "GROUP BY"),
+        ("SELECT DISTINCT grp FROM scatter_rows", "DISTINCT"),
+        ("SELECT user_id FROM scatter_rows OFFSET 5", "OFFSET"),
+    ];
+    for (sql, construct) in cases {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(db.message().contains(construct), "{sql}: {}", db.message());
+        // The client stays usable.
+        assert_eq!(
+            rows(&client, "SELECT 1").await.unwrap().0,
+            vec![vec![Some("1".to_string())]]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_keyless_read_inside_a_transaction_is_refused_and_the_client_recovers() {
+    let (proxy, _reference) = setup().await;
+    let client = proxy.connect().await;
+    client.simple_query("BEGIN").await.unwrap();
+    let err = client
+        .simple_query("SELECT * FROM scatter_rows")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+    client.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT user_id FROM scatter_rows WHERE user_id = 5"
+        )
+        .await
+        .unwrap()
+        .0
+        .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_keyless_read_over_the_extended_protocol_is_refused_clearly() {
+    let (proxy, _reference) = setup().await;
+    let client = proxy.connect().await;
+    let err = client
+        .query("SELECT * FROM scatter_rows WHERE grp = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("simple query"), "{}", db.message());
+    assert_eq!(client.query("SELECT 1::int", &[]).await.unwrap().len(), 1);
+}
