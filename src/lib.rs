@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod localpg;
+pub mod merge;
 pub mod pool;
 pub mod router;
 pub mod server;

@@ -52,6 +52,9 @@ pub struct Shared {
     pub router: ArcSwap<Router>,
     /// Plans of simple-query texts, bounded in bytes, shared by all sessions.
     pub plans: Mutex<PlanCache>,
+    /// The database collation is C (or POSIX): text sorts by bytes, so pgshard may merge rows
+    /// that shards sorted by a text column. Learned with the volatility table.
+    pub text_is_bytewise: std::sync::atomic::AtomicBool,
     /// False when there is nothing to decide (one shard, reads from its primary): statements
     /// then go to that primary without being parsed.
     pub routing: bool,
@@ -90,6 +93,7 @@ impl Shared {
                 .any(|s| !s.replicas.is_empty() && s.read_from == ReadFrom::Replicas);
         let router = ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()));
         Shared {
+            text_is_bytewise: std::sync::atomic::AtomicBool::new(false),
             router,
             plans: Mutex::new(PlanCache::new(PLAN_CACHE_BYTES)),
             routing,
@@ -113,7 +117,8 @@ impl Shared {
         plans.get_or_plan(&router, sql)
     }
 
-    /// Learns which functions are volatile from the default shard's `pg_proc`, then swaps in a
+    /// Learns the database collation (whether text sorts by bytes) and which functions are
+    /// volatile from the default shard's `pg_proc`, then swaps in a
     /// router that knows (and drops plans made without it). Best effort: on failure the
     /// built-in list stays, which sends unknown functions to the primary.
     pub async fn learn_volatility(&self) {
@@ -136,6 +141,16 @@ impl Shared {
         let rows = async {
             let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
+            let collation: String = client
+                .query_one(
+                    "SELECT datcollate::text FROM pg_database WHERE datname = current_database()",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let bytewise = matches!(collation.as_str(), "C" | "POSIX");
+            self.text_is_bytewise
+                .store(bytewise, std::sync::atomic::Ordering::Relaxed);
             client
                 .query("SELECT proname::text, provolatile FROM pg_proc", &[])
                 .await

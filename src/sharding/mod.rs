@@ -7,6 +7,17 @@
 //! Pure and synchronous: this module never does I/O, never awaits, holds no globals and knows
 //! nothing of SQL, sockets or the config file format. Changing what any key hashes to moves user
 //! data, so the test vectors in SHARDING.md are pinned by the tests here.
+//!
+//! Where does `user_id = 42` live with two shards and an even split?
+//!
+//! ```
+//! use pgshard::sharding::{key_from_text, KeyType, ShardMap};
+//!
+//! let key = key_from_text(KeyType::Bigint, "42").unwrap();
+//! assert_eq!(key.slot(), 3418); // SHARDING.md's test vector
+//! let map = ShardMap::new(&[("s0".to_string(), None), ("s1".to_string(), None)]).unwrap();
+//! assert_eq!(map.shard_name(map.shard_of_key(&key)), "s1");
+//! ```
 
 mod error;
 mod key;

@@ -20,6 +20,44 @@ fn columns(body: &[u8]) -> Option<Vec<Column<'_>>> {
     Some(out)
 }
 
+/// Name, type OID and format code of each column of a RowDescription body.
+pub fn column_types(body: &[u8]) -> Option<Vec<(String, u32, i16)>> {
+    columns(body).map(|cols| {
+        cols.into_iter()
+            .map(|(name, attrs)| {
+                let oid = u32::from_be_bytes([attrs[0], attrs[1], attrs[2], attrs[3]]);
+                let format = i16::from_be_bytes([attrs[10], attrs[11]]);
+                (String::from_utf8_lossy(name).into_owned(), oid, format)
+            })
+            .collect()
+    })
+}
+
+/// Field `index` of a DataRow body: `Some(None)` for NULL, `None` when the row has no such field.
+pub fn data_row_field(body: &[u8], index: usize) -> Option<Option<&[u8]>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    if index >= usize::try_from(i16::from_be_bytes(*count)).ok()? {
+        return None;
+    }
+    for i in 0..=index {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        let Ok(len) = usize::try_from(len) else {
+            if i == index {
+                return Some(None);
+            }
+            rest = after;
+            continue;
+        };
+        let value = after.get(..len)?;
+        if i == index {
+            return Some(Some(value));
+        }
+        rest = &after[len..];
+    }
+    None
+}
+
 /// Whether two RowDescription bodies describe the same columns (names, types and formats).
 pub fn same_columns(a: &[u8], b: &[u8]) -> bool {
     match (columns(a), columns(b)) {
@@ -51,6 +89,19 @@ mod tests {
             &describe("id", 16384, 20),
             &describe("id", 24576, 20)
         ));
+    }
+
+    #[test]
+    fn column_types_and_data_row_fields_decode() {
+        assert_eq!(
+            column_types(&describe("id", 7, 20)),
+            Some(vec![("id".to_string(), 20, 0)])
+        );
+        // Two fields: NULL, then "42".
+        let row = b"\0\x02\xff\xff\xff\xff\0\0\0\x0242";
+        assert_eq!(data_row_field(row, 0), Some(None));
+        assert_eq!(data_row_field(row, 1), Some(Some(&b"42"[..])));
+        assert_eq!(data_row_field(row, 2), None);
     }
 
     #[test]

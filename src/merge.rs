@@ -1,0 +1,195 @@
+//! Ordering of result values as PostgreSQL sends them (text format), for merging rows that several
+//! shards each returned sorted. Pure: no I/O. Only types whose order pgshard reproduces exactly are
+//! supported; for every other type [`SortType::of`] says `None` and the merge is refused.
+
+use std::cmp::Ordering;
+
+/// How values of one result column compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortType {
+    /// int2, int4, int8, oid.
+    Integer,
+    /// float4, float8 (NaN sorts above every number, as in PostgreSQL).
+    Float,
+    /// numeric, compared as exact decimals (NaN above every number).
+    Numeric,
+    /// bool: false before true.
+    Bool,
+    /// uuid: its lowercase hex text orders like its bytes.
+    Uuid,
+    /// text, varchar, name: byte order, which is PostgreSQL's order only under the C collation.
+    Bytes,
+}
+
+impl SortType {
+    /// The comparison for a column of type `oid`; `text_is_bytewise` when the database collation
+    /// is C (or POSIX). `None`: pgshard cannot reproduce PostgreSQL's order for this type.
+    pub fn of(oid: u32, text_is_bytewise: bool) -> Option<SortType> {
+        match oid {
+            20 | 21 | 23 | 26 => Some(SortType::Integer),
+            700 | 701 => Some(SortType::Float),
+            1700 => Some(SortType::Numeric),
+            16 => Some(SortType::Bool),
+            2950 => Some(SortType::Uuid),
+            19 | 25 | 1043 if text_is_bytewise => Some(SortType::Bytes),
+            _ => None,
+        }
+    }
+
+    /// Compares two non-NULL values in text format.
+    pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {
+        match self {
+            SortType::Integer => parse_int(a).cmp(&parse_int(b)),
+            SortType::Float => compare_float(parse_float(a), parse_float(b)),
+            SortType::Numeric => compare_numeric(a, b),
+            SortType::Bool | SortType::Uuid | SortType::Bytes => a.cmp(b),
+        }
+    }
+}
+
+fn parse_int(v: &[u8]) -> i64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn parse_float(v: &[u8]) -> f64 {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// PostgreSQL orders NaN above every other value and equal to itself.
+fn compare_float(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        // Infallible: neither is NaN.
+        (false, false) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// A numeric value's order class: -Infinity < finite < Infinity < NaN.
+fn numeric_class(v: &[u8]) -> i8 {
+    match v {
+        b"-Infinity" => -1,
+        b"Infinity" => 1,
+        b"NaN" => 2,
+        _ => 0,
+    }
+}
+
+/// Exact comparison of two decimal texts (`-12.340`, `7`, `0.5`).
+fn compare_numeric(a: &[u8], b: &[u8]) -> Ordering {
+    let (ca, cb) = (numeric_class(a), numeric_class(b));
+    if ca != 0 || cb != 0 {
+        return ca.cmp(&cb);
+    }
+    let (neg_a, int_a, frac_a) = split_decimal(a);
+    let (neg_b, int_b, frac_b) = split_decimal(b);
+    let zero = |int: &[u8], frac: &[u8]| int.is_empty() && frac.is_empty();
+    let sign = |neg: bool, z: bool| {
+        if z {
+            0
+        } else if neg {
+            -1
+        } else {
+            1
+        }
+    };
+    let (sa, sb) = (
+        sign(neg_a, zero(int_a, frac_a)),
+        sign(neg_b, zero(int_b, frac_b)),
+    );
+    if sa != sb {
+        return sa.cmp(&sb);
+    }
+    let magnitude = int_a
+        .len()
+        .cmp(&int_b.len())
+        .then_with(|| int_a.cmp(int_b))
+        .then_with(|| frac_a.cmp(frac_b));
+    if sa < 0 {
+        magnitude.reverse()
+    } else {
+        magnitude
+    }
+}
+
+/// (negative, integer digits without leading zeros, fraction digits without trailing zeros).
+fn split_decimal(v: &[u8]) -> (bool, &[u8], &[u8]) {
+    let (neg, digits) = match v.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, v),
+    };
+    let (int, frac) = match digits.iter().position(|&c| c == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &[][..]),
+    };
+    let int_start = int.iter().position(|&c| c != b'0').unwrap_or(int.len());
+    let frac_end = frac.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1);
+    (neg, &int[int_start..], &frac[..frac_end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Ordering::*;
+
+    #[test]
+    fn integers_compare_by_value_not_text() {
+        assert_eq!(SortType::Integer.compare(b"9", b"10"), Less);
+        assert_eq!(SortType::Integer.compare(b"-5", b"-40"), Greater);
+    }
+
+    #[test]
+    fn floats_put_nan_last_and_handle_infinities() {
+        assert_eq!(SortType::Float.compare(b"NaN", b"Infinity"), Greater);
+        assert_eq!(SortType::Float.compare(b"-Infinity", b"-1e300"), Less);
+        assert_eq!(SortType::Float.compare(b"1.5", b"1.25"), Greater);
+        assert_eq!(SortType::Float.compare(b"NaN", b"NaN"), Equal);
+    }
+
+    #[test]
+    fn numerics_compare_exactly() {
+        let cases: &[(&[u8], &[u8], Ordering)] = &[
+            (b"10.5", b"9.75", Greater),
+            (b"-10.5", b"-9.75", Less),
+            (b"0.10", b"0.1", Equal),
+            (b"007", b"7.000", Equal),
+            (b"-0.0", b"0", Equal),
+            (
+                b"123456789012345678901234567890.1",
+                b"123456789012345678901234567890.01",
+                Greater,
+            ),
+            (b"NaN", b"Infinity", Greater),
+            (b"-Infinity", b"-99999", Less),
+            (b"-1", b"0.5", Less),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(
+                SortType::Numeric.compare(a, b),
+                *want,
+                "{} vs {}",
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+
+    #[test]
+    fn text_is_merged_only_under_a_bytewise_collation() {
+        assert_eq!(SortType::of(25, true), Some(SortType::Bytes));
+        assert_eq!(SortType::of(25, false), None);
+        assert_eq!(
+            SortType::of(1114, true),
+            None,
+            "timestamps are not merged yet"
+        );
+    }
+}
