@@ -1,15 +1,17 @@
 //! Whether a read that routes to several shards ([`super::Route::Shards`]: no key, or an IN
 //! list spanning shards) can be answered by running it unchanged on every involved shard and
-//! concatenating the rows, as a [`Scatter`] computed once at plan time.
+//! concatenating or merging the rows, as a [`Scatter`] computed once at plan time.
 //!
 //! Concatenation is correct when every result row comes from rows of one shard and no row is
 //! needed by two shards: a single plain `SELECT` whose FROM reads a sharded table directly, all
 //! of whose sharded-table occurrences are joined or correlated on their shard key (co-located),
 //! with no other tables than reference tables, and with nothing that combines rows across the
-//! result (ORDER BY, OFFSET, DISTINCT, GROUP BY, HAVING, aggregates, window functions, set
-//! operations, row locks). A top-level literal `LIMIT n` is kept: each shard stops after `n`
-//! rows and the merge stops after `n` in total (`LIMIT ALL` is no limit; `TABLE t` is read as
-//! `SELECT * FROM t`). Subqueries in WHERE or the select list may do
+//! result (OFFSET, DISTINCT, GROUP BY, HAVING, aggregates, window functions, set operations,
+//! row locks). A top-level ORDER BY whose items are all output columns ([`super::sort`]) is
+//! kept: each shard returns its rows sorted and the session merges them ([`SortKey`]). A
+//! top-level literal `LIMIT n` is kept: each shard stops after `n` rows and the merge stops
+//! after `n` in total (`LIMIT ALL` is no limit; `TABLE t` is read as `SELECT * FROM t`).
+//! Subqueries in WHERE or the select list may do
 //! anything as long as they are co-located with the outer row (correlated on the key) or read
 //! no sharded table. Anything else is [`Scatter::Unsupported`], naming the construct.
 //!
@@ -27,19 +29,53 @@ use sqlparser::ast::{
 use super::analyze::{last_ident, lower, Analyzer, TableRule};
 use super::expr::{one_child, two_children, MAX_WALK_DEPTH};
 use super::plan::StatementKind;
+use super::sort::sort_keys;
 
 /// How results from several shards combine (computed at plan time, for reads only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scatter {
-    /// Rows from every shard, concatenated in any order; `limit`: stop after this many rows in
-    /// total (a LIMIT without ORDER BY and without OFFSET; the statement text keeps its LIMIT,
-    /// so each shard also stops early).
-    Concat { limit: Option<u64> },
-    /// Cannot be merged correctly (yet): the construct, named for the user, e.g. "ORDER BY",
-    /// "OFFSET", "aggregate function count()", "GROUP BY", "DISTINCT", "window function
-    /// rank()", "HAVING", "FOR UPDATE", "a join of sharded tables not on their shard key",
+    /// Rows from every shard. When `order` is empty they are concatenated in any order; when
+    /// it is not, each shard returns its rows sorted by it (the statement text keeps its ORDER
+    /// BY and LIMIT) and the session merges them, comparing key by key. `limit`: stop after
+    /// this many rows in total (a top-level literal LIMIT, without OFFSET; each shard also
+    /// stops early).
+    Concat {
+        order: Vec<SortKey>,
+        limit: Option<u64>,
+    },
+    /// Cannot be merged correctly (yet): the construct, named for the user, e.g. "ORDER BY on
+    /// an expression that is not in the select list", "OFFSET", "aggregate function count()",
+    /// "GROUP BY", "DISTINCT", "window function rank()", "HAVING", "FOR UPDATE", "a join of sharded tables not on their shard key",
     /// "several statements", "LIMIT with a non-literal count", "UNION".
     Unsupported(String),
+}
+
+/// One key of a top-level ORDER BY, as an output column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    /// Which output column holds the sort value.
+    pub column: SortColumn,
+    pub descending: bool,
+    /// Where NULLs sort: PostgreSQL's default (NULLS LAST for ASC, NULLS FIRST for DESC)
+    /// unless written.
+    pub nulls_first: bool,
+}
+
+/// The output column a [`SortKey`] sorts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortColumn {
+    /// 0-based position among the output columns (the RowDescription's fields): `ORDER BY 2`,
+    /// or a select item named by its alias or output name or equal to the ORDER BY expression.
+    /// Without a wildcard this is the position in the select list; with one, only ordinals
+    /// and select items before the first wildcard give an index, and an ordinal is not checked
+    /// against the column count (the session refuses one past the RowDescription's fields).
+    Index(usize),
+    /// An output column name, when the select list has a wildcard (`*`, `t.*`): a bare name,
+    /// a column `t.c` of a FROM item the wildcard outputs, or a select item after the
+    /// wildcard (its alias or implicit name). Folded as PostgreSQL does (lowercase unless
+    /// quoted), to compare exactly with the RowDescription's column names; the session
+    /// refuses at run time when no column or more than one column has the name.
+    Name(String),
 }
 
 /// The construct named for text sqlparser cannot parse.
@@ -47,7 +83,7 @@ pub(super) const UNPARSED: &str = "a statement pgshard cannot parse";
 /// The construct named for statements reading no sharded table (they never span shards).
 pub(super) const NO_SHARDED_TABLE: &str = "a statement that reads no sharded table";
 /// The construct named for syntax PostgreSQL does not have (parsed by a permissive grammar).
-const FOREIGN: &str = "a construct PostgreSQL does not have";
+pub(super) const FOREIGN: &str = "a construct PostgreSQL does not have";
 
 /// PostgreSQL's built-in aggregate functions (lowercase), sorted for binary search.
 #[rustfmt::skip]
@@ -73,12 +109,12 @@ pub(super) fn scatter(
     kind: &StatementKind,
 ) -> Scatter {
     match check(analyzer, statements, kind) {
-        Ok(limit) => Scatter::Concat { limit },
+        Ok((order, limit)) => Scatter::Concat { order, limit },
         Err(construct) => Scatter::Unsupported(construct),
     }
 }
 
-fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Option<u64>> {
+fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Merge> {
     let [statement] = statements else {
         return Err("several statements".into());
     };
@@ -101,7 +137,7 @@ fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<
         analyzer: a,
         ctes: Vec::new(),
     };
-    let limit = walk.query(query, true)?;
+    let merge = walk.query(query, true)?;
     if a.locks {
         return Err("FOR UPDATE".into());
     }
@@ -122,8 +158,11 @@ fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<
             names.join(", ")
         ));
     }
-    Ok(limit)
+    Ok(merge)
 }
+
+/// A query's top-level ORDER BY (as output columns) and literal LIMIT.
+type Merge = (Vec<SortKey>, Option<u64>);
 
 /// The walk over the statement's top level and the subqueries in its FROM.
 struct Walk<'a, 'r> {
@@ -133,8 +172,8 @@ struct Walk<'a, 'r> {
 }
 
 impl Walk<'_, '_> {
-    /// A query at the top (`top`) or in FROM; returns its literal LIMIT.
-    fn query(&mut self, q: &Query, top: bool) -> Check<Option<u64>> {
+    /// A query at the top (`top`) or in FROM; returns its ORDER BY and literal LIMIT.
+    fn query(&mut self, q: &Query, top: bool) -> Check<Merge> {
         if !q.pipe_operators.is_empty()
             || q.for_clause.is_some()
             || q.settings.is_some()
@@ -165,9 +204,12 @@ impl Walk<'_, '_> {
         };
         self.ctes.truncate(ctes_before);
         select?;
-        if q.order_by.is_some() {
-            return Err("ORDER BY".into());
-        }
+        let order = match (&q.order_by, &*q.body) {
+            (None, _) => Vec::new(),
+            (Some(_), _) if !top => return Err("ORDER BY in a subquery in FROM".into()),
+            (Some(order_by), SetExpr::Select(s)) => sort_keys(s, order_by)?,
+            (Some(_), _) => return Err("ORDER BY".into()),
+        };
         let limit = limit(q.limit_clause.as_ref())?;
         if q.fetch.is_some() {
             return Err("FETCH FIRST".into());
@@ -182,7 +224,7 @@ impl Walk<'_, '_> {
         if !top && limit.is_some() {
             return Err("LIMIT in a subquery in FROM".into());
         }
-        Ok(limit)
+        Ok((order, limit))
     }
 
     fn select(&mut self, s: &Select) -> Check {

@@ -1,9 +1,35 @@
 //! Scatter plans: which multi-shard reads can be answered by concatenating every shard's rows
-//! (`concat`, `concat limit N`), and which constructs are refused (`unsupported: <words the
-//! message must contain>`).
+//! (`concat`, `concat limit N`) or by merging their sorted rows (`order by <keys>[ limit N]`,
+//! each key `#i` for output column i or a bare name, then `asc|desc nulls first|last`), and
+//! which constructs are refused (`unsupported: <words the message must contain>`).
 
 use super::router;
-use crate::router::Scatter;
+use crate::router::{Scatter, SortColumn, SortKey};
+
+/// A [`Scatter::Concat`] in the fixtures' notation.
+fn describe(order: &[SortKey], limit: Option<u64>) -> String {
+    let keys: Vec<String> = order
+        .iter()
+        .map(|k| {
+            let column = match &k.column {
+                SortColumn::Index(i) => format!("#{i}"),
+                SortColumn::Name(name) => name.clone(),
+            };
+            let direction = if k.descending { "desc" } else { "asc" };
+            let nulls = if k.nulls_first { "first" } else { "last" };
+            format!("{column} {direction} nulls {nulls}")
+        })
+        .collect();
+    let mut out = if keys.is_empty() {
+        "concat".to_string()
+    } else {
+        format!("order by {}", keys.join(", "))
+    };
+    if let Some(n) = limit {
+        out += &format!(" limit {n}");
+    }
+    out
+}
 
 /// Checks every `(sql, expected)` fixture's [`Scatter`] and lists all mismatches at once.
 fn check(cases: &[(&str, &str)]) {
@@ -14,10 +40,7 @@ fn check(cases: &[(&str, &str)]) {
             let plan = router.plan(sql);
             let ok = match (plan.scatter(), expected.strip_prefix("unsupported: ")) {
                 (Scatter::Unsupported(msg), Some(words)) => msg.contains(words),
-                (Scatter::Concat { limit: None }, None) => *expected == "concat",
-                (Scatter::Concat { limit: Some(n) }, None) => {
-                    *expected == format!("concat limit {n}")
-                }
+                (Scatter::Concat { order, limit }, None) => *expected == describe(order, *limit),
                 _ => false,
             };
             (!ok).then(|| format!("  {sql}\n    expected {expected}, got {:?}", plan.scatter()))
@@ -64,8 +87,8 @@ fn plain_keyless_and_spanning_reads_concatenate() {
 #[rustfmt::skip]
 fn constructs_that_combine_rows_are_named() {
     check(&[
-        ("SELECT * FROM users ORDER BY name", "unsupported: ORDER BY"),
-        ("SELECT * FROM users ORDER BY name LIMIT 10", "unsupported: ORDER BY"),
+        ("SELECT * FROM users ORDER BY lower(name)", "unsupported: ORDER BY on an expression that is not in the select list"),
+        ("SELECT * FROM users ORDER BY name LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
         ("SELECT * FROM users LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
         ("SELECT * FROM users OFFSET 5", "unsupported: OFFSET"),
         ("SELECT count(*) FROM orders WHERE status = 'open'", "unsupported: aggregate function count()"),
@@ -110,5 +133,75 @@ fn reads_not_partitioned_by_shard_are_refused() {
         ("VALUES (1), (2)", "unsupported: a statement that reads no sharded table"),
         ("SELECT * FROM users LIMIT 1 + 1", "unsupported: LIMIT with a non-literal count"),
         ("SELECT * FROM users WHERE (", "unsupported: a statement pgshard cannot parse"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn order_by_output_columns_merges() {
+    check(&[
+        ("SELECT user_id, name FROM users ORDER BY user_id", "order by #0 asc nulls last"),
+        ("SELECT user_id, name FROM users ORDER BY 2 DESC", "order by #1 desc nulls first"),
+        ("SELECT user_id, name FROM users ORDER BY (2) ASC NULLS FIRST", "order by #1 asc nulls first"),
+        ("SELECT name AS n, user_id FROM users ORDER BY n", "order by #0 asc nulls last"),
+        ("SELECT name AS \"N\", user_id FROM users ORDER BY \"N\" DESC", "order by #0 desc nulls first"),
+        ("SELECT * FROM users ORDER BY name DESC NULLS LAST", "order by name desc nulls last"),
+        ("SELECT * FROM users ORDER BY \"Name\", USER_ID", "order by Name asc nulls last, user_id asc nulls last"),
+        ("SELECT u.* FROM users u ORDER BY u.name", "order by name asc nulls last"),
+        ("SELECT * FROM users ORDER BY 3", "order by #2 asc nulls last"),
+        ("SELECT u.user_id FROM users u ORDER BY u.user_id", "order by #0 asc nulls last"),
+        ("SELECT user_id FROM users u ORDER BY u.user_id", "order by #0 asc nulls last"),
+        ("SELECT u.user_id FROM users u ORDER BY user_id DESC", "order by #0 desc nulls first"),
+        ("SELECT USER_ID, lower(name) FROM users ORDER BY LOWER(Name) DESC, user_id", "order by #1 desc nulls first, #0 asc nulls last"),
+        ("SELECT lower(u.name) FROM users u ORDER BY lower(name)", "order by #0 asc nulls last"),
+        ("SELECT lower(name) FROM users ORDER BY lower", "order by #0 asc nulls last"),
+        ("SELECT name AS user_id, user_id AS name FROM users ORDER BY user_id", "order by #0 asc nulls last"),
+        ("SELECT u.user_id AS id FROM users u ORDER BY user_id", "order by #0 asc nulls last"),
+        ("SELECT name, age FROM users ORDER BY age DESC, name ASC NULLS FIRST LIMIT 10", "order by #1 desc nulls first, #0 asc nulls first limit 10"),
+        ("SELECT user_id, total FROM orders WHERE user_id IN (1, 42) ORDER BY total DESC LIMIT 3", "order by #1 desc nulls first limit 3"),
+        ("SELECT o.user_id, o.total FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total", "order by #1 asc nulls last"),
+        ("SELECT user_id, name, *, lower(name) AS l FROM users ORDER BY 2, l", "order by #1 asc nulls last, l asc nulls last"),
+        ("SELECT user_id, * FROM users ORDER BY user_id", "order by user_id asc nulls last"),
+        ("SELECT user_id, * FROM users ORDER BY users.user_id", "order by #0 asc nulls last"),
+        ("SELECT u.*, o.total FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total", "order by total asc nulls last"),
+        ("SELECT * FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total DESC", "order by total desc nulls first"),
+        ("SELECT * FROM users ORDER BY name LIMIT ALL", "order by name asc nulls last"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn order_by_what_is_not_an_output_column_is_refused() {
+    check(&[
+        ("SELECT user_id FROM users ORDER BY lower(name)", "unsupported: ORDER BY on an expression that is not in the select list"),
+        ("SELECT user_id FROM users ORDER BY name", "unsupported: not in the select list"),
+        ("SELECT user_id + 1 FROM users ORDER BY user_id", "unsupported: not in the select list"),
+        ("SELECT name AS n FROM users ORDER BY lower(n)", "unsupported: not in the select list"),
+        ("SELECT user_id FROM users ORDER BY 2", "unsupported: ORDER BY position 2"),
+        ("SELECT user_id FROM users ORDER BY 0", "unsupported: ORDER BY position 0"),
+        ("SELECT user_id FROM users ORDER BY 'x'", "unsupported: ORDER BY on a constant"),
+        ("SELECT name FROM users ORDER BY name COLLATE \"C\"", "unsupported: COLLATE"),
+        ("SELECT name COLLATE \"C\" FROM users ORDER BY 1 COLLATE \"C\"", "unsupported: COLLATE"),
+        ("SELECT name COLLATE \"C\" AS n FROM users ORDER BY n", "unsupported: COLLATE"),
+        ("SELECT name FROM users ORDER BY name USING <", "unsupported: a statement pgshard cannot parse"),
+        ("SELECT name AS x, email AS x FROM users ORDER BY x", "unsupported: several select items"),
+        ("SELECT * FROM users ORDER BY lower(name)", "unsupported: not in the select list"),
+        ("SELECT * FROM users ORDER BY user_id + 1", "unsupported: not in the select list"),
+        ("SELECT u.* FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total", "unsupported: not in the select list"),
+        ("SELECT * FROM users ORDER BY addr.city", "unsupported: not in the select list"),
+        ("SELECT * FROM users u JOIN orders o USING (user_id) ORDER BY o.user_id", "unsupported: not in the select list"),
+        ("SELECT user_id FROM users u FULL JOIN orders o USING (user_id) ORDER BY u.user_id", "unsupported: not in the select list"),
+        ("SELECT u.user_id FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.user_id", "unsupported: not in the select list"),
+        ("SELECT current_date FROM users u ORDER BY u.current_date", "unsupported: not in the select list"),
+        ("SELECT user_id::text FROM users ORDER BY user_id::public.text", "unsupported: not in the select list"),
+        ("SELECT * FROM (SELECT * FROM users ORDER BY name) s", "unsupported: ORDER BY in a subquery in FROM"),
+        ("SELECT count(*) FROM users ORDER BY 1", "unsupported: aggregate function count()"),
+        ("SELECT DISTINCT name FROM users ORDER BY name", "unsupported: DISTINCT"),
+        ("SELECT name FROM users GROUP BY name ORDER BY name", "unsupported: GROUP BY"),
+        ("SELECT name, rank() OVER (ORDER BY age) FROM users ORDER BY name", "unsupported: window function rank()"),
+        ("SELECT name FROM users UNION SELECT name FROM users ORDER BY name", "unsupported: UNION"),
+        ("SELECT name FROM users ORDER BY name FETCH FIRST 3 ROWS ONLY", "unsupported: FETCH FIRST"),
+        ("SELECT name FROM users ORDER BY name LIMIT $1", "unsupported: LIMIT with a non-literal count"),
+        ("SELECT name FROM users ORDER BY name FOR UPDATE", "unsupported: FOR UPDATE"),
     ]);
 }
