@@ -51,6 +51,13 @@ async fn setup() -> (support::Proxy, Client) {
 }
 
 async fn rows(client: &Client, sql: &str) -> Result<(Rows, u64), tokio_postgres::Error> {
+    let (mut rows, tag) = ordered_rows(client, sql).await?;
+    rows.sort();
+    Ok((rows, tag))
+}
+
+/// Rows in the order the server sent them.
+async fn ordered_rows(client: &Client, sql: &str) -> Result<(Rows, u64), tokio_postgres::Error> {
     let mut rows = Vec::new();
     let mut tag = 0;
     for message in client.simple_query(sql).await? {
@@ -66,7 +73,6 @@ async fn rows(client: &Client, sql: &str) -> Result<(Rows, u64), tokio_postgres:
             _ => {}
         }
     }
-    rows.sort();
     Ok((rows, tag))
 }
 
@@ -134,7 +140,7 @@ async fn reads_pgshard_cannot_merge_yet_are_refused_naming_the_construct() {
     let client = proxy.connect().await;
     let cases = [
         (
-            "SELECT user_id FROM scatter_rows ORDER BY user_id",
+            "SELECT user_id FROM scatter_rows ORDER BY lower(label)",
             "ORDER BY",
         ),
         ("SELECT count(*) FROM scatter_rows", "count"),
@@ -191,4 +197,46 @@ async fn a_keyless_read_over_the_extended_protocol_is_refused_clearly() {
     assert_eq!(db.code().code(), "0A000");
     assert!(db.message().contains("simple query"), "{}", db.message());
     assert_eq!(client.query("SELECT 1::int", &[]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn ordered_keyless_reads_merge_into_exactly_the_single_server_order() {
+    let (proxy, reference) = setup().await;
+    let client = proxy.connect().await;
+    let corpus = [
+        "SELECT user_id, grp FROM scatter_rows ORDER BY grp, user_id",
+        "SELECT user_id, val FROM scatter_rows ORDER BY val DESC, user_id LIMIT 10",
+        "SELECT user_id, val FROM scatter_rows ORDER BY val NULLS FIRST, user_id LIMIT 15",
+        "SELECT user_id, val FROM scatter_rows ORDER BY val ASC NULLS LAST, user_id DESC",
+        "SELECT * FROM scatter_rows ORDER BY user_id DESC LIMIT 5",
+        "SELECT user_id AS id, grp FROM scatter_rows ORDER BY 2 DESC, 1 LIMIT 30",
+        "SELECT user_id, val * 2 AS doubled FROM scatter_rows ORDER BY doubled, user_id LIMIT 25",
+        "SELECT user_id, grp FROM scatter_rows WHERE grp = 2 ORDER BY user_id",
+        "SELECT user_id FROM scatter_rows WHERE user_id IN (5, 42, 77, 300) ORDER BY user_id DESC",
+    ];
+    for sql in corpus {
+        let got = ordered_rows(&client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let want = ordered_rows(&reference, sql).await.unwrap();
+        assert_eq!(got, want, "rows or their order differ for {sql}");
+    }
+}
+
+#[tokio::test]
+async fn rows_sorted_by_text_merge_in_the_single_server_order_under_the_c_collation() {
+    let (proxy, reference) = setup().await;
+    let client = proxy.connect().await;
+    let sql = "SELECT user_id, label FROM scatter_rows ORDER BY label, user_id LIMIT 40";
+    // pgshard learns the database collation just after it starts; until then it refuses.
+    let mut got = ordered_rows(&client, sql).await;
+    for _ in 0..50 {
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got = ordered_rows(&client, sql).await;
+    }
+    let want = ordered_rows(&reference, sql).await.unwrap();
+    assert_eq!(got.unwrap(), want);
 }

@@ -14,7 +14,7 @@ use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
 use crate::pool::Pooled;
 use crate::router::{
-    Params, Plan, Route, RouteError, Scatter, StatementKind, Target, TransactionControl,
+    Params, Plan, Route, RouteError, Scatter, SortKey, StatementKind, Target, TransactionControl,
     TransactionMode,
 };
 use crate::wire::client_tag as tag;
@@ -49,6 +49,7 @@ enum Decision {
     Scatter {
         shards: Vec<usize>,
         target: Target,
+        order: Vec<SortKey>,
         limit: Option<u64>,
     },
 }
@@ -73,8 +74,9 @@ impl Session {
             Decision::Scatter {
                 shards,
                 target,
+                order,
                 limit,
-            } => match self.scatter(&frame, &shards, target, limit).await {
+            } => match self.scatter(&frame, &shards, target, &order, limit).await {
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
                 Err(e) => self.refuse(&e, true),
                 Ok(()) => {}
@@ -392,8 +394,8 @@ impl Session {
                 plan.sharded_tables().join(", ")
             )))
         };
-        let limit = match plan.scatter() {
-            Scatter::Concat { limit } => *limit,
+        let (order, limit) = match plan.scatter() {
+            Scatter::Concat { order, limit } => (order.clone(), *limit),
             Scatter::Unsupported(construct) => {
                 return refuse(format!(
                     "pgshard cannot merge {construct} across shards yet"
@@ -412,6 +414,7 @@ impl Session {
         Decision::Scatter {
             shards,
             target,
+            order,
             limit,
         }
     }
