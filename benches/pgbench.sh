@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: pgbench select-only directly against PostgreSQL, through PgBouncer and
-# through pgshard, in one run against the same throw-away cluster; then the resident memory of
-# 2,000 idle client connections.
+# through pgshard, in one run against the same throw-away cluster; then pgshard with routing on
+# (two shards, every statement parsed and routed by aid) against pgshard with routing off (one
+# shard, statements forwarded unparsed); then the resident memory of 2,000 idle client connections.
 #
 # Usage (as root on a fresh machine, or as a user who already has pgbouncer installed):
 #   DURATION=15 bash benches/pgbench.sh
 # Knobs: DURATION (s per pgbench run, 15), REPEAT (runs per cell, median reported, 1), SCALE (pgbench -i -s, 10), POOL_SIZE (20),
 #        IDLE_CLIENTS (2000), PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg),
-#        PGSHARD_THREADS (pgshard serve --threads; default one worker per core).
+#        PGSHARD_THREADS (pgshard serve --threads; default one worker per core),
+#        ROUTING (1; 0 skips the routing on/off comparison of issue 3).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -19,6 +21,7 @@ IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
 PGSHARD_THREADS=${PGSHARD_THREADS:-}
+ROUTING=${ROUTING:-1}
 CLIENT_COUNTS=(16 200)
 PROTOCOLS=(simple prepared)
 TARGETS=(direct pgbouncer pgshard)
@@ -189,14 +192,57 @@ export PGUSER=app PGPASSWORD=app PGHOST=127.0.0.1
 log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -p "$PG_PORT" pgbench >"$WORK/pgbench-init.log" 2>&1 ||
     { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+if [[ $ROUTING -eq 1 ]]; then
+    # The two shards of the routing run: databases on this cluster, each a full copy of pgbench
+    # (select-only reads only the rows of its own slots, so the extra rows do no harm).
+    log "CREATE DATABASE pgbench_s0, pgbench_s1 TEMPLATE pgbench"
+    psql_super -c "CREATE DATABASE pgbench_s0 OWNER app TEMPLATE pgbench" \
+        -c "CREATE DATABASE pgbench_s1 OWNER app TEMPLATE pgbench"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # The proxies
 # ---------------------------------------------------------------------------------------------
 
-# start_pgshard NAME PORT POOL_SIZE: starts a pgshard in transaction mode; sets PGSHARD_PID.
+# One shard whose reads go to its primary: pgshard has nothing to decide and forwards statements
+# unparsed (routing off).
+ONE_SHARD=$(cat <<EOF
+[[shards]]
+name = "s0"
+primary = "127.0.0.1:$PG_PORT"
+read_from = "primary"
+EOF
+)
+# Two shards on this cluster as two databases, pgbench_accounts sharded by aid: every statement is
+# parsed and routed (routing on). No replicas, so the only difference is the routing.
+TWO_SHARDS=$(cat <<EOF
+[sharding]
+key_column = "aid"
+key_type = "bigint"
+
+[[sharding.tables]]
+name = "pgbench_accounts"
+
+[[shards]]
+name = "s0"
+primary = "127.0.0.1:$PG_PORT"
+database = "pgbench_s0"
+slots = "0-2047"
+read_from = "primary"
+
+[[shards]]
+name = "s1"
+primary = "127.0.0.1:$PG_PORT"
+database = "pgbench_s1"
+slots = "2048-4095"
+read_from = "primary"
+EOF
+)
+
+# start_pgshard NAME PORT POOL_SIZE [SHARDS_TOML]: starts a pgshard in transaction mode with the
+# given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
 start_pgshard() {
-    local name=$1 port=$2 size=$3
+    local name=$1 port=$2 size=$3 shards=${4:-$ONE_SHARD}
     cat >"$WORK/$name.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -212,10 +258,7 @@ checkout_timeout_ms = 30000
 name = "app"
 password = "app"
 
-[[shards]]
-name = "s0"
-primary = "127.0.0.1:$PG_PORT"
-read_from = "primary"
+$shards
 EOF
     NO_COLOR=1 "$PGSHARD" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
         >>"$WORK/$name.log" 2>&1 &
@@ -284,7 +327,7 @@ log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard 
 
 mkdir -p "$WORK/runs"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A TPS LAT FAILED ABORTED TXNS CPU_US USER_US SYS_US CSW STATUS
+declare -A TPS LAT FAILED ABORTED TXNS CPU_US USER_US SYS_US CSW STATUS TXNS_ALL
 
 # run_pgbench TARGET PORT PROXY_PID CLIENTS PROTOCOL [KEY]: one run, results stored under KEY.
 run_pgbench() {
@@ -372,6 +415,78 @@ SMALL_PID=$PGSHARD_PID
 run_pgbench pgshard "$SMALL_PORT" "$SMALL_PID" 50 prepared "pool2#1"
 REPEAT=1 pick_median pool2
 stop_pid "$SMALL_PID"
+
+# ---------------------------------------------------------------------------------------------
+# Routing on vs routing off (issue 3): the one-shard pgshard above against a two-shard pgshard
+# ---------------------------------------------------------------------------------------------
+
+# commits_per_db: "pgbench_s0-commits pgbench_s1-commits" from pg_stat_database.
+commits_per_db() {
+    psql_super -At -F' ' -c "SELECT coalesce(sum(xact_commit) FILTER (WHERE datname = 'pgbench_s0'), 0),
+        coalesce(sum(xact_commit) FILTER (WHERE datname = 'pgbench_s1'), 0) FROM pg_stat_database"
+}
+
+declare -A COMMITS_S0 COMMITS_S1
+VERIFY_ROWS=()
+VERIFY_BAD=0
+if [[ $ROUTING -eq 1 ]]; then
+    free_port ROUTE_PORT
+    start_pgshard pgshard-routing "$ROUTE_PORT" "$POOL_SIZE" "$TWO_SHARDS"
+    ROUTE_PID=$PGSHARD_PID
+    log "routing: pgshard with two shards :$ROUTE_PORT (pid $ROUTE_PID) vs one shard :$SHARD_PORT"
+    for proto in "${PROTOCOLS[@]}"; do
+        COMMITS_S0[$proto]=0 COMMITS_S1[$proto]=0
+        for r in $(seq 1 "$REPEAT"); do
+            # Alternate which one runs first.
+            for i in 0 1; do
+                if [[ $(((i + r - 1) % 2)) -eq 0 ]]; then
+                    run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" 16 "$proto" "routing-off/$proto#$r"
+                else
+                    read -r c0 c1 < <(commits_per_db)
+                    run_pgbench pgshard "$ROUTE_PORT" "$ROUTE_PID" 16 "$proto" "routing-on/$proto#$r"
+                    # Busy backends flush their statistics when they can take the lock, else some
+                    # 10 s later: wait until the commits cover pgbench's transactions (at most 20 s).
+                    for w in $(seq 1 40); do
+                        read -r d0 d1 < <(commits_per_db)
+                        if [[ $((d0 - c0 + d1 - c1)) -ge ${TXNS[routing-on/$proto#$r]} ]]; then break; fi
+                        sleep 0.5
+                    done
+                    COMMITS_S0[$proto]=$((COMMITS_S0[$proto] + d0 - c0))
+                    COMMITS_S1[$proto]=$((COMMITS_S1[$proto] + d1 - c1))
+                fi
+            done
+        done
+        pick_median "routing-off/$proto"
+        pick_median "routing-on/$proto"
+        TXNS_ALL[$proto]=0
+        for r in $(seq 1 "$REPEAT"); do TXNS_ALL[$proto]=$((TXNS_ALL[$proto] + TXNS[routing-on/$proto#$r])); done
+    done
+
+    # Where a few keys were served: pgshard locate's shard against the database that answered.
+    n0=0 n1=0
+    for aid in $(seq 1 100); do
+        loc=$("$PGSHARD" locate --config "$WORK/pgshard-routing.toml" "$aid")
+        slot=$(sed -nE 's/.* slot ([0-9]+) .*/\1/p' <<<"$loc")
+        shard=$(sed -nE 's/.* shard ([^ ]+)$/\1/p' <<<"$loc")
+        case $shard in
+            s0) [[ $n0 -lt 3 ]] || continue; n0=$((n0 + 1)) ;;
+            s1) [[ $n1 -lt 3 ]] || continue; n1=$((n1 + 1)) ;;
+            *) die "pgshard locate said: $loc" ;;
+        esac
+        got=$(PGPORT=$ROUTE_PORT psql -X -q -At -d pgbench \
+            -c "SELECT current_database() FROM pgbench_accounts WHERE aid = $aid" 2>&1 | head -n1) || true
+        if [[ $got == "pgbench_$shard" ]]; then
+            seen="as located"
+        else
+            seen="NOT as located" VERIFY_BAD=$((VERIFY_BAD + 1))
+        fi
+        VERIFY_ROWS+=("| $aid | $slot | $shard | pgbench_$shard | ${got:-(nothing)} | $seen |")
+        log "routing check: aid $aid → slot $slot → $shard, answered from ${got:-(nothing)}: $seen"
+        if [[ $n0 -ge 3 && $n1 -ge 3 ]]; then break; fi
+    done
+    [[ $n0 -ge 1 && $n1 -ge 1 ]] || { VERIFY_BAD=$((VERIFY_BAD + 1)); log "routing check: aids 1-100 did not cover both shards"; }
+    stop_pid "$ROUTE_PID"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Idle clients: resident memory per connection, each proxy freshly started
@@ -503,6 +618,34 @@ errors_cell() { # scenario suffix
     echo
     echo "pgshard, pool of 2, \`pgbench -S -M prepared -c 50\`: status ${STATUS[pool2]}, tps $(tps_cell pool2), failed ${FAILED[pool2]}, aborted clients ${ABORTED[pool2]}, $(cpu_cell pool2) µs CPU/txn"
     echo
+    if [[ $ROUTING -eq 1 ]]; then
+        echo "Routing on vs off (issue 3), \`pgbench -S -c 16 -j 2\`, alternating, ${DURATION} s each (median of $REPEAT): routing off is the pgshard above (one shard, reads from its primary: statements forwarded unparsed); routing on is a second pgshard with two shards, \`pgbench_s0\` (slots 0-2047) and \`pgbench_s1\` (2048-4095), databases on the same cluster, each a full copy of pgbench, \`pgbench_accounts\` sharded by \`aid\` (every statement parsed and routed), pool size $POOL_SIZE per shard:"
+        echo
+        echo "| protocol | routing off tps | routing on tps | on/off | routing off µs CPU/txn | routing on µs CPU/txn | errors |"
+        echo "|---|---|---|---|---|---|---|"
+        for proto in "${PROTOCOLS[@]}"; do
+            eo=$((FAILED[routing-off/$proto] + ABORTED[routing-off/$proto]))
+            en=$((FAILED[routing-on/$proto] + ABORTED[routing-on/$proto]))
+            [[ ${STATUS[routing-off/$proto]} =~ ^(hang|fail|crashed)$ ]] && eo=${STATUS[routing-off/$proto]}
+            [[ ${STATUS[routing-on/$proto]} =~ ^(hang|fail|crashed)$ ]] && en=${STATUS[routing-on/$proto]}
+            echo "| $proto | $(tps_cell "routing-off/$proto") | $(tps_cell "routing-on/$proto") | $(ratio "routing-on/$proto" "routing-off/$proto") | $(cpu_cell "routing-off/$proto") | $(cpu_cell "routing-on/$proto") | off $eo, on $en |"
+        done
+        echo
+        echo "Transactions committed in each shard database during the routing-on runs (pg_stat_database, which also counts pgshard's health checks; pgbench's -S transaction is one statement):"
+        echo
+        echo "| protocol | pgbench transactions | pgbench_s0 commits | pgbench_s1 commits |"
+        echo "|---|---|---|---|"
+        for proto in "${PROTOCOLS[@]}"; do
+            echo "| $proto | ${TXNS_ALL[$proto]} | ${COMMITS_S0[$proto]} | ${COMMITS_S1[$proto]} |"
+        done
+        echo
+        echo "Served by (simple query through the routing-on pgshard, \`SELECT current_database() FROM pgbench_accounts WHERE aid = N\`, against \`pgshard locate\`):"
+        echo
+        echo "| aid | slot | located shard | its database | answered from | |"
+        echo "|---|---|---|---|---|---|"
+        printf '%s\n' "${VERIFY_ROWS[@]}"
+        echo
+    fi
     echo "Idle clients (freshly started proxy, one served client before the baseline):"
     echo
     echo "| proxy | idle connections | RSS before KiB | RSS after KiB | KiB per idle connection |"
@@ -527,6 +670,16 @@ errors_cell() { # scenario suffix
     e=$((FAILED[pool2] + ABORTED[pool2]))
     echo "- prepared -c 50 through a pool of 2, 0 errors: $([[ ${STATUS[pool2]} == ok && $e -eq 0 ]] && echo met || echo "NOT met") ($e errors)"
     echo "- ≤ 16 KiB per idle client connection: $(verdict "${IDLE_KIB[pgshard]}" 16 le) (${IDLE_KIB[pgshard]} KiB)"
+    if [[ $ROUTING -eq 1 ]]; then
+        echo
+        echo "Bars (issue 3), this run:"
+        echo
+        for proto in "${PROTOCOLS[@]}"; do
+            rt=$(ratio "routing-on/$proto" "routing-off/$proto")
+            echo "- $proto -c 16, routing on ≥ 0.9× routing off: $(verdict "$rt" 0.9) ($rt)"
+        done
+        echo "- keys served by the shard \`pgshard locate\` names: $([[ $VERIFY_BAD -eq 0 ]] && echo "all ${#VERIFY_ROWS[@]}" || echo "NOT all ($VERIFY_BAD wrong)")"
+    fi
 } >"$WORK/report.md"
 
 mkdir -p "$RESULTS"
