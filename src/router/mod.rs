@@ -49,7 +49,7 @@ pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
 pub use error::RouteError;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
-pub use scatter::{Scatter, SortColumn, SortKey};
+pub use scatter::{Combine, Scatter, SortColumn, SortKey};
 pub use volatility::Volatility;
 
 /// What the analysis consults: table rules and function volatility.

@@ -13,7 +13,12 @@
 //! after `n` in total (`LIMIT ALL` is no limit; `TABLE t` is read as `SELECT * FROM t`).
 //! Subqueries in WHERE or the select list may do
 //! anything as long as they are co-located with the outer row (correlated on the key) or read
-//! no sharded table. Anything else is [`Scatter::Unsupported`], naming the construct.
+//! no sharded table. A top-level select list of only aggregate calls that add up across
+//! shards (count, sum, min, max, bool_and/every, bool_or: each item exactly one call, no
+//! DISTINCT, FILTER, ORDER BY or OVER in it), under the same FROM rules and with no GROUP BY,
+//! HAVING, DISTINCT, ORDER BY, LIMIT or OFFSET, is [`Scatter::Aggregate`]: each shard returns
+//! one row and the session combines them ([`Combine`]). Anything else is
+//! [`Scatter::Unsupported`], naming the construct.
 //!
 //! Aggregates are recognised by PostgreSQL's built-in aggregate names (and by FILTER or WITHIN
 //! GROUP): a user-defined aggregate called like a plain function cannot be told apart from one
@@ -21,9 +26,10 @@
 //! seen. Pure: never does I/O, never sees parameter values.
 
 use sqlparser::ast::{
-    Distinct, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
-    JoinOperator, LimitClause, LockType, ObjectName, Query, Select, SelectItem, SetExpr,
-    SetOperator, Statement, TableFactor, TableWithJoins, Value,
+    Distinct, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentClause, FunctionArguments, GroupByExpr, JoinOperator, LimitClause, LockType,
+    ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr, SetOperator, Statement,
+    TableFactor, TableWithJoins, Value,
 };
 
 use super::analyze::{last_ident, lower, Analyzer, TableRule};
@@ -43,11 +49,33 @@ pub enum Scatter {
         order: Vec<SortKey>,
         limit: Option<u64>,
     },
+    /// A read whose select list is only aggregates, with no GROUP BY/HAVING/DISTINCT/ORDER BY/
+    /// LIMIT/OFFSET/window: each shard returns one row and the session combines them column by
+    /// column.
+    Aggregate(Vec<Combine>),
     /// Cannot be merged correctly (yet): the construct, named for the user, e.g. "ORDER BY on
-    /// an expression that is not in the select list", "OFFSET", "aggregate function count()",
+    /// an expression that is not in the select list", "OFFSET", "aggregate function avg()",
+    /// "count(DISTINCT ...)", "an aggregate mixed with plain columns", "an aggregate inside an
+    /// expression (aggregate function count())",
     /// "GROUP BY", "DISTINCT", "window function rank()", "HAVING", "FOR UPDATE", "a join of sharded tables not on their shard key",
     /// "several statements", "LIMIT with a non-literal count", "UNION".
     Unsupported(String),
+}
+
+/// How one output column of a [`Scatter::Aggregate`] combines the shards' values (one per
+/// shard, in the column's position in the select list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// count(*), count(x), count(DISTINCT ...) is NOT this (refuse it): add the shards' counts.
+    Count,
+    /// sum(x): add the shards' sums (the session refuses float results at run time).
+    Sum,
+    Min,
+    Max,
+    /// bool_and(x) / every(x)
+    BoolAnd,
+    /// bool_or(x)
+    BoolOr,
 }
 
 /// One key of a top-level ORDER BY, as an output column.
@@ -109,12 +137,13 @@ pub(super) fn scatter(
     kind: &StatementKind,
 ) -> Scatter {
     match check(analyzer, statements, kind) {
-        Ok((order, limit)) => Scatter::Concat { order, limit },
+        Ok(scatter) => scatter,
         Err(construct) => Scatter::Unsupported(construct),
     }
 }
 
-fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Merge> {
+/// Never `Ok(Scatter::Unsupported(_))`.
+fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Scatter> {
     let [statement] = statements else {
         return Err("several statements".into());
     };
@@ -161,9 +190,6 @@ fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<
     Ok(merge)
 }
 
-/// A query's top-level ORDER BY (as output columns) and literal LIMIT.
-type Merge = (Vec<SortKey>, Option<u64>);
-
 /// The walk over the statement's top level and the subqueries in its FROM.
 struct Walk<'a, 'r> {
     analyzer: &'a Analyzer<'r>,
@@ -172,8 +198,10 @@ struct Walk<'a, 'r> {
 }
 
 impl Walk<'_, '_> {
-    /// A query at the top (`top`) or in FROM; returns its ORDER BY and literal LIMIT.
-    fn query(&mut self, q: &Query, top: bool) -> Check<Merge> {
+    /// A query at the top (`top`) or in FROM; returns how its rows combine (a
+    /// [`Scatter::Concat`] with its ORDER BY and literal LIMIT, or, only at the top, a
+    /// [`Scatter::Aggregate`]).
+    fn query(&mut self, q: &Query, top: bool) -> Check<Scatter> {
         if !q.pipe_operators.is_empty()
             || q.for_clause.is_some()
             || q.settings.is_some()
@@ -190,7 +218,7 @@ impl Walk<'_, '_> {
             );
         }
         let select = match &*q.body {
-            SetExpr::Select(s) => self.select(s),
+            SetExpr::Select(s) => self.select(s, top),
             SetExpr::SetOperation { op, .. } => Err(match op {
                 SetOperator::Union => "UNION",
                 SetOperator::Intersect => "INTERSECT",
@@ -203,7 +231,9 @@ impl Walk<'_, '_> {
             _ => Err("a data-modifying statement".into()),
         };
         self.ctes.truncate(ctes_before);
-        select?;
+        if let Some(combines) = select? {
+            return aggregate_tail(q, combines);
+        }
         let order = match (&q.order_by, &*q.body) {
             (None, _) => Vec::new(),
             (Some(_), _) if !top => return Err("ORDER BY in a subquery in FROM".into()),
@@ -224,10 +254,11 @@ impl Walk<'_, '_> {
         if !top && limit.is_some() {
             return Err("LIMIT in a subquery in FROM".into());
         }
-        Ok((order, limit))
+        Ok(Scatter::Concat { order, limit })
     }
 
-    fn select(&mut self, s: &Select) -> Check {
+    /// A SELECT; at the top (`top`), the combines of a select list of only aggregates.
+    fn select(&mut self, s: &Select, top: bool) -> Check<Option<Vec<Combine>>> {
         match &s.distinct {
             Some(Distinct::Distinct) => return Err("DISTINCT".into()),
             Some(Distinct::On(_)) => return Err("DISTINCT ON".into()),
@@ -261,12 +292,19 @@ impl Walk<'_, '_> {
         {
             return Err(FOREIGN.into());
         }
-        for item in &s.projection {
-            match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    expr(e, 0)?
+        let combines = if top {
+            aggregate_list(&s.projection)?
+        } else {
+            None
+        };
+        if combines.is_none() {
+            for item in &s.projection {
+                match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        expr(e, 0)?
+                    }
+                    SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {}
                 }
-                SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {}
             }
         }
         let mut sharded = false;
@@ -276,7 +314,7 @@ impl Walk<'_, '_> {
         if !sharded {
             return Err("a sharded table read only in a subquery".into());
         }
-        Ok(())
+        Ok(combines)
     }
 
     /// A FROM item and its joins; whether they read a sharded table. An outer join must not
@@ -367,6 +405,148 @@ fn limit(clause: Option<&LimitClause>) -> Check<Option<u64>> {
                 .ok_or_else(|| "LIMIT with a non-literal count".into())
         }
     }
+}
+
+/// The rest of a top-level query whose select list is only aggregates: nothing after the
+/// SELECT may combine or cut its one row per shard.
+fn aggregate_tail(q: &Query, combines: Vec<Combine>) -> Check<Scatter> {
+    if q.order_by.is_some() {
+        return Err("ORDER BY with aggregates".into());
+    }
+    if limit(q.limit_clause.as_ref())?.is_some() {
+        return Err("LIMIT with aggregates".into());
+    }
+    if q.fetch.is_some() {
+        return Err("FETCH FIRST".into());
+    }
+    if let Some(lock) = q.locks.first() {
+        return Err(match lock.lock_type {
+            LockType::Update => "FOR UPDATE",
+            LockType::Share => "FOR SHARE",
+        }
+        .into());
+    }
+    Ok(Scatter::Aggregate(combines))
+}
+
+/// A top-level select list: `None` when no item is an aggregate call (the list is checked as
+/// for concatenation), the combines when every item is exactly one mergeable aggregate call;
+/// refused when aggregates are mixed with plain columns, nested in expressions, or cannot be
+/// combined.
+fn aggregate_list(items: &[SelectItem]) -> Check<Option<Vec<Combine>>> {
+    let mut combines = Vec::new();
+    let mut plain = false;
+    for item in items {
+        let e = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {
+                plain = true;
+                continue;
+            }
+        };
+        let mut bare = e;
+        while let Expr::Nested(inner) = bare {
+            bare = inner;
+        }
+        match bare {
+            Expr::Function(f) if f.over.is_none() && is_aggregate(f) => combines.push(combine(f)?),
+            _ => match expr(e, 0) {
+                Ok(()) => plain = true,
+                Err(construct) if construct.starts_with("aggregate function") => {
+                    return Err(format!("an aggregate inside an expression ({construct})"))
+                }
+                Err(construct) => return Err(construct),
+            },
+        }
+    }
+    match (combines.is_empty(), plain) {
+        (true, _) => Ok(None),
+        (false, true) => Err("an aggregate mixed with plain columns".into()),
+        (false, false) => Ok(Some(combines)),
+    }
+}
+
+/// A call of a built-in aggregate (by name), or one with FILTER or WITHIN GROUP.
+fn is_aggregate(f: &Function) -> bool {
+    let name = lower(last_ident(&f.name).unwrap_or_default());
+    AGGREGATES.binary_search(&&*name).is_ok() || f.filter.is_some() || !f.within_group.is_empty()
+}
+
+/// How an aggregate call (not a window function) combines across shards, or the construct
+/// that keeps it from combining.
+fn combine(f: &Function) -> Check<Combine> {
+    let lowered = lower(last_ident(&f.name).unwrap_or_default()).into_owned();
+    let named = format!("aggregate function {lowered}()");
+    // PostgreSQL folds unquoted names; a quoted name is taken as written.
+    let folded = match f.name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) if i.quote_style.is_some() => i.value.clone(),
+        _ => lowered.clone(),
+    };
+    let schema_ok = match &f.name.0[..] {
+        [_] => true,
+        [ObjectNamePart::Identifier(schema), _] => {
+            let schema = if schema.quote_style.is_some() {
+                schema.value.clone()
+            } else {
+                lower(&schema.value).into_owned()
+            };
+            schema == "pg_catalog"
+        }
+        _ => false,
+    };
+    if !schema_ok {
+        return Err(format!(
+            "{named} qualified with a schema other than pg_catalog"
+        ));
+    }
+    let combine = match folded.as_str() {
+        "count" => Combine::Count,
+        "sum" => Combine::Sum,
+        "min" => Combine::Min,
+        "max" => Combine::Max,
+        "bool_and" | "every" => Combine::BoolAnd,
+        "bool_or" => Combine::BoolOr,
+        _ => return Err(named),
+    };
+    if f.filter.is_some() {
+        return Err(format!("FILTER on {named}"));
+    }
+    if !f.within_group.is_empty() {
+        return Err(format!("WITHIN GROUP on {named}"));
+    }
+    if f.uses_odbc_syntax
+        || f.null_treatment.is_some()
+        || !matches!(f.parameters, FunctionArguments::None)
+    {
+        return Err(FOREIGN.into());
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(FOREIGN.into());
+    };
+    if list.duplicate_treatment == Some(DuplicateTreatment::Distinct) {
+        return Err(format!("{folded}(DISTINCT ...)"));
+    }
+    if let Some(clause) = list.clauses.first() {
+        return Err(match clause {
+            FunctionArgumentClause::OrderBy(_) => format!("ORDER BY inside {named}"),
+            _ => FOREIGN.into(),
+        });
+    }
+    let [arg] = &list.args[..] else {
+        return Err(format!("{named} with {} arguments", list.args.len()));
+    };
+    let FunctionArg::Unnamed(arg) = arg else {
+        return Err(format!("a named argument to {named}"));
+    };
+    match arg {
+        FunctionArgExpr::Expr(e) => expr(e, 1)?,
+        FunctionArgExpr::Wildcard | FunctionArgExpr::QualifiedWildcard(_)
+            if combine == Combine::Count => {}
+        FunctionArgExpr::Wildcard | FunctionArgExpr::QualifiedWildcard(_) => {
+            return Err(format!("{lowered}(*)"))
+        }
+    }
+    Ok(combine)
 }
 
 /// Checks a select-list expression for aggregates and window functions. Subqueries are not

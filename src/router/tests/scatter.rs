@@ -1,10 +1,12 @@
 //! Scatter plans: which multi-shard reads can be answered by concatenating every shard's rows
 //! (`concat`, `concat limit N`) or by merging their sorted rows (`order by <keys>[ limit N]`,
-//! each key `#i` for output column i or a bare name, then `asc|desc nulls first|last`), and
-//! which constructs are refused (`unsupported: <words the message must contain>`).
+//! each key `#i` for output column i or a bare name, then `asc|desc nulls first|last`), which
+//! combine one row per shard column by column (`aggregate count, sum, min, max, bool_and,
+//! bool_or`), and which constructs are refused (`unsupported: <words the message must
+//! contain>`).
 
 use super::router;
-use crate::router::{Scatter, SortColumn, SortKey};
+use crate::router::{Combine, Scatter, SortColumn, SortKey};
 
 /// A [`Scatter::Concat`] in the fixtures' notation.
 fn describe(order: &[SortKey], limit: Option<u64>) -> String {
@@ -31,6 +33,22 @@ fn describe(order: &[SortKey], limit: Option<u64>) -> String {
     out
 }
 
+/// A [`Scatter::Aggregate`] in the fixtures' notation.
+fn describe_aggregate(combines: &[Combine]) -> String {
+    let names: Vec<&str> = combines
+        .iter()
+        .map(|c| match c {
+            Combine::Count => "count",
+            Combine::Sum => "sum",
+            Combine::Min => "min",
+            Combine::Max => "max",
+            Combine::BoolAnd => "bool_and",
+            Combine::BoolOr => "bool_or",
+        })
+        .collect();
+    format!("aggregate {}", names.join(", "))
+}
+
 /// Checks every `(sql, expected)` fixture's [`Scatter`] and lists all mismatches at once.
 fn check(cases: &[(&str, &str)]) {
     let router = router();
@@ -41,6 +59,7 @@ fn check(cases: &[(&str, &str)]) {
             let ok = match (plan.scatter(), expected.strip_prefix("unsupported: ")) {
                 (Scatter::Unsupported(msg), Some(words)) => msg.contains(words),
                 (Scatter::Concat { order, limit }, None) => *expected == describe(order, *limit),
+                (Scatter::Aggregate(combines), None) => *expected == describe_aggregate(combines),
                 _ => false,
             };
             (!ok).then(|| format!("  {sql}\n    expected {expected}, got {:?}", plan.scatter()))
@@ -91,7 +110,7 @@ fn constructs_that_combine_rows_are_named() {
         ("SELECT * FROM users ORDER BY name LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
         ("SELECT * FROM users LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
         ("SELECT * FROM users OFFSET 5", "unsupported: OFFSET"),
-        ("SELECT count(*) FROM orders WHERE status = 'open'", "unsupported: aggregate function count()"),
+        ("SELECT count(*) FROM orders WHERE status = 'open'", "aggregate count"),
         ("SELECT coalesce(sum(total), 0) FROM orders", "unsupported: aggregate function sum()"),
         ("SELECT string_agg(name, ',' ORDER BY name) FROM users", "unsupported: string_agg"),
         ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY age) FROM users", "unsupported: percentile_cont"),
@@ -195,7 +214,7 @@ fn order_by_what_is_not_an_output_column_is_refused() {
         ("SELECT current_date FROM users u ORDER BY u.current_date", "unsupported: not in the select list"),
         ("SELECT user_id::text FROM users ORDER BY user_id::public.text", "unsupported: not in the select list"),
         ("SELECT * FROM (SELECT * FROM users ORDER BY name) s", "unsupported: ORDER BY in a subquery in FROM"),
-        ("SELECT count(*) FROM users ORDER BY 1", "unsupported: aggregate function count()"),
+        ("SELECT count(*) FROM users ORDER BY 1", "unsupported: ORDER BY with aggregates"),
         ("SELECT DISTINCT name FROM users ORDER BY name", "unsupported: DISTINCT"),
         ("SELECT name FROM users GROUP BY name ORDER BY name", "unsupported: GROUP BY"),
         ("SELECT name, rank() OVER (ORDER BY age) FROM users ORDER BY name", "unsupported: window function rank()"),
@@ -203,5 +222,62 @@ fn order_by_what_is_not_an_output_column_is_refused() {
         ("SELECT name FROM users ORDER BY name FETCH FIRST 3 ROWS ONLY", "unsupported: FETCH FIRST"),
         ("SELECT name FROM users ORDER BY name LIMIT $1", "unsupported: LIMIT with a non-literal count"),
         ("SELECT name FROM users ORDER BY name FOR UPDATE", "unsupported: FOR UPDATE"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn select_lists_of_only_mergeable_aggregates_combine() {
+    check(&[
+        ("SELECT count(*) FROM users", "aggregate count"),
+        ("SELECT count(*), sum(amount), min(created_at), max(amount) FROM orders WHERE amount > 5", "aggregate count, sum, min, max"),
+        ("SELECT bool_and(active), bool_or(active) FROM users", "aggregate bool_and, bool_or"),
+        ("SELECT COUNT(email) AS n, Every(active) AS all_active, pg_catalog.sum(age) FROM users", "aggregate count, bool_and, sum"),
+        ("SELECT (count(*)), \"max\"(age) FROM users WHERE user_id IN (1, 42)", "aggregate count, max"),
+        ("SELECT count(ALL email), sum(coalesce(age, 0) * 2), min(lower(name)) FROM users", "aggregate count, sum, min"),
+        ("SELECT count(u.*) FROM users u", "aggregate count"),
+        ("SELECT count(*), max(o.total) FROM users u JOIN orders o ON o.user_id = u.user_id", "aggregate count, max"),
+        ("SELECT count(*) FROM users u JOIN countries c ON c.code = u.country WHERE c.name = 'x'", "aggregate count"),
+        ("SELECT sum((SELECT count(*) FROM orders o WHERE o.user_id = u.user_id)) FROM users u", "aggregate sum"),
+        ("SELECT count(*) FROM (SELECT * FROM users WHERE active) s", "aggregate count"),
+        ("SELECT count(*) FROM users LIMIT ALL", "aggregate count"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn aggregates_that_do_not_combine_are_named() {
+    check(&[
+        ("SELECT avg(amount) FROM orders", "unsupported: aggregate function avg()"),
+        ("SELECT count(*), avg(amount) FROM orders", "unsupported: aggregate function avg()"),
+        ("SELECT count(DISTINCT user_id) FROM users", "unsupported: count(DISTINCT ...)"),
+        ("SELECT user_id, count(*) FROM users GROUP BY user_id", "unsupported: GROUP BY"),
+        ("SELECT count(*) FROM users GROUP BY ()", "unsupported: GROUP BY"),
+        ("SELECT count(*) + 1 FROM users", "unsupported: an aggregate inside an expression (aggregate function count())"),
+        ("SELECT coalesce(sum(age), 0) FROM users", "unsupported: an aggregate inside an expression"),
+        ("SELECT name, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
+        ("SELECT *, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
+        ("SELECT 1, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
+        ("SELECT count(*) FILTER (WHERE active) FROM users", "unsupported: FILTER on aggregate function count()"),
+        ("SELECT max(age ORDER BY name) FROM users", "unsupported: ORDER BY inside aggregate function max()"),
+        ("SELECT count(*) OVER () FROM users", "unsupported: window function count()"),
+        ("SELECT count(*), rank() OVER (ORDER BY 1) FROM users", "unsupported: window function rank()"),
+        ("SELECT sum(*) FROM users", "unsupported: sum(*)"),
+        ("SELECT count() FROM users", "unsupported: aggregate function count() with 0 arguments"),
+        ("SELECT min(age, name) FROM users", "unsupported: aggregate function min() with 2 arguments"),
+        ("SELECT myschema.count(*) FROM users", "unsupported: qualified with a schema other than pg_catalog"),
+        ("SELECT \"COUNT\"(*) FROM users", "unsupported: aggregate function count()"),
+        ("SELECT count(*) FROM users HAVING count(*) > 1", "unsupported: HAVING"),
+        ("SELECT DISTINCT count(*) FROM users", "unsupported: DISTINCT"),
+        ("SELECT count(*) FROM users LIMIT 1", "unsupported: LIMIT with aggregates"),
+        ("SELECT count(*) FROM users OFFSET 1", "unsupported: OFFSET"),
+        ("SELECT max(age) FROM users ORDER BY 1", "unsupported: ORDER BY with aggregates"),
+        ("SELECT count(*) FROM users FOR UPDATE", "unsupported: FOR UPDATE"),
+        ("SELECT count(*) FROM users a JOIN users b ON a.name = b.name", "unsupported: a join of sharded tables"),
+        ("SELECT count(*) FROM users u JOIN settings s ON s.k = u.name", "unsupported: table settings"),
+        ("SELECT max((SELECT max(total) FROM orders)) FROM users", "unsupported: a join of sharded tables"),
+        ("SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders", "unsupported: UNION"),
+        ("SELECT * FROM (SELECT count(*) FROM orders) c", "unsupported: aggregate function count()"),
+        ("SELECT (SELECT count(*) FROM users)", "unsupported: a sharded table read only in a subquery"),
     ]);
 }
