@@ -135,6 +135,42 @@ fn split_decimal(v: &[u8]) -> (bool, &[u8], &[u8]) {
     (neg, &int[int_start..], &frac[..frac_end])
 }
 
+/// Adds two decimal texts exactly (`12.5` + `-0.25` = `12.25`), keeping the larger scale, as
+/// PostgreSQL's numeric addition does. `None` for NaN/Infinity or more than 38 significant digits.
+pub fn add_decimal(a: &[u8], b: &[u8]) -> Option<String> {
+    let (ma, sa) = parse_decimal(a)?;
+    let (mb, sb) = parse_decimal(b)?;
+    let scale = sa.max(sb);
+    let widen = |m: i128, s: u32| m.checked_mul(10i128.checked_pow(scale - s)?);
+    let sum = widen(ma, sa)?.checked_add(widen(mb, sb)?)?;
+    Some(format_decimal(sum, scale))
+}
+
+/// A decimal text as (mantissa, scale): `-12.50` is (-1250, 2).
+fn parse_decimal(v: &[u8]) -> Option<(i128, u32)> {
+    if numeric_class(v) != 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(v).ok()?;
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let scale = u32::try_from(frac.len()).ok()?;
+    let digits = format!("{int}{frac}");
+    let mantissa: i128 = digits.parse().ok()?;
+    Some((mantissa, scale))
+}
+
+fn format_decimal(mantissa: i128, scale: u32) -> String {
+    let sign = if mantissa < 0 { "-" } else { "" };
+    let digits = mantissa.unsigned_abs().to_string();
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +216,20 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
         }
+    }
+
+    #[test]
+    fn decimals_add_exactly_keeping_the_larger_scale() {
+        let add = |a: &str, b: &str| add_decimal(a.as_bytes(), b.as_bytes());
+        assert_eq!(add("12.5", "-0.25").as_deref(), Some("12.25"));
+        assert_eq!(add("1", "2").as_deref(), Some("3"));
+        assert_eq!(add("-0.05", "0.01").as_deref(), Some("-0.04"));
+        assert_eq!(
+            add("99999999999999999999", "1").as_deref(),
+            Some("100000000000000000000")
+        );
+        assert_eq!(add("0.10", "0.2").as_deref(), Some("0.30"));
+        assert_eq!(add("NaN", "1"), None);
     }
 
     #[test]

@@ -143,7 +143,8 @@ async fn reads_pgshard_cannot_merge_yet_are_refused_naming_the_construct() {
             "SELECT user_id FROM scatter_rows ORDER BY lower(label)",
             "ORDER BY",
         ),
-        ("SELECT count(*) FROM scatter_rows", "count"),
+        ("SELECT avg(val) FROM scatter_rows", "avg"),
+        ("SELECT count(DISTINCT grp) FROM scatter_rows", "DISTINCT"),
         ("SELECT grp FROM scatter_rows GROUP BY grp", "GROUP BY"),
         ("SELECT DISTINCT grp FROM scatter_rows", "DISTINCT"),
         ("SELECT user_id FROM scatter_rows OFFSET 5", "OFFSET"),
@@ -239,4 +240,26 @@ async fn rows_sorted_by_text_merge_in_the_single_server_order_under_the_c_collat
     }
     let want = ordered_rows(&reference, sql).await.unwrap();
     assert_eq!(got.unwrap(), want);
+}
+
+#[tokio::test]
+async fn aggregates_without_group_by_combine_into_the_single_server_answer() {
+    let (proxy, reference) = setup().await;
+    let client = proxy.connect().await;
+    let corpus = [
+        "SELECT count(*) FROM scatter_rows",
+        "SELECT count(val), count(label) FROM scatter_rows",
+        "SELECT sum(user_id), sum(val), sum(grp) FROM scatter_rows",
+        "SELECT min(val), max(val), min(user_id), max(grp) FROM scatter_rows WHERE grp > 2",
+        "SELECT count(*), sum(grp), max(val) FROM scatter_rows WHERE false",
+        "SELECT bool_and(grp > 0), bool_or(grp = 6) FROM scatter_rows",
+        "SELECT count(*) AS n, sum(val * 2) AS doubled FROM scatter_rows WHERE val IS NOT NULL",
+    ];
+    for sql in corpus {
+        let got = ordered_rows(&client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let want = ordered_rows(&reference, sql).await.unwrap();
+        assert_eq!(got, want, "combined aggregates differ for {sql}");
+    }
 }

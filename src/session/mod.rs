@@ -3,6 +3,7 @@
 //! transaction (or the whole session) and no longer. Must never hand a server connection back
 //! while a response is outstanding or a transaction is open.
 
+mod aggregate;
 pub mod cancel;
 mod client_msg;
 pub mod error;

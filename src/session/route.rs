@@ -14,7 +14,7 @@ use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
 use crate::pool::Pooled;
 use crate::router::{
-    Params, Plan, Route, RouteError, Scatter, SortKey, StatementKind, Target, TransactionControl,
+    Params, Plan, Route, RouteError, Scatter, StatementKind, Target, TransactionControl,
     TransactionMode,
 };
 use crate::wire::client_tag as tag;
@@ -49,8 +49,7 @@ enum Decision {
     Scatter {
         shards: Vec<usize>,
         target: Target,
-        order: Vec<SortKey>,
-        limit: Option<u64>,
+        how: Scatter,
     },
 }
 
@@ -74,9 +73,8 @@ impl Session {
             Decision::Scatter {
                 shards,
                 target,
-                order,
-                limit,
-            } => match self.scatter(&frame, &shards, target, &order, limit).await {
+                how,
+            } => match self.scatter(&frame, &shards, target, &how).await {
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
                 Err(e) => self.refuse(&e, true),
                 Ok(()) => {}
@@ -394,14 +392,12 @@ impl Session {
                 plan.sharded_tables().join(", ")
             )))
         };
-        let (order, limit) = match plan.scatter() {
-            Scatter::Concat { order, limit } => (order.clone(), *limit),
-            Scatter::Unsupported(construct) => {
-                return refuse(format!(
-                    "pgshard cannot merge {construct} across shards yet"
-                ))
-            }
-        };
+        let how = plan.scatter();
+        if let Scatter::Unsupported(construct) = how {
+            return refuse(format!(
+                "pgshard cannot merge {construct} across shards yet"
+            ));
+        }
         if self.server.is_some() || self.status != TransactionStatus::Idle {
             return refuse("cross-shard reads do not run inside a transaction yet".into());
         }
@@ -414,8 +410,7 @@ impl Session {
         Decision::Scatter {
             shards,
             target,
-            order,
-            limit,
+            how: how.clone(),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::pool::Pooled;
 use std::cmp::Ordering;
 
 use crate::merge::SortType;
-use crate::router::{SortColumn, SortKey, Target};
+use crate::router::{Scatter, SortColumn, SortKey, Target};
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
 use crate::wire::{rows, Frame, TransactionStatus};
@@ -23,14 +23,14 @@ const FLUSH_AT: usize = 64 * 1024;
 
 /// What the shards have answered so far.
 #[derive(Default)]
-struct Gathered {
+pub(super) struct Gathered {
     /// Stop forwarding rows after this many.
-    limit: Option<u64>,
-    rows: u64,
+    pub(super) limit: Option<u64>,
+    pub(super) rows: u64,
     /// The first RowDescription, forwarded to the client; the others must agree with it.
-    described: Option<Bytes>,
+    pub(super) described: Option<Bytes>,
     /// The first error (ErrorResponse bytes), sent instead of the row count.
-    error: Option<Bytes>,
+    pub(super) error: Option<Bytes>,
 }
 
 impl Session {
@@ -40,8 +40,7 @@ impl Session {
         frame: &Frame,
         shards: &[usize],
         target: Target,
-        order: &[SortKey],
-        limit: Option<u64>,
+        how: &Scatter,
     ) -> Result<(), SessionError> {
         let mut conns = Vec::with_capacity(shards.len());
         for &shard in shards {
@@ -52,16 +51,28 @@ impl Session {
             conn.in_flight = true;
             conn.write(&frame.bytes).await?;
         }
-        let mut gathered = Gathered {
-            limit,
-            ..Gathered::default()
-        };
-        if order.is_empty() {
-            for conn in conns.iter_mut() {
-                self.gather(conn, &mut gathered).await?;
+        let mut gathered = Gathered::default();
+        match how {
+            Scatter::Concat { order, limit } if order.is_empty() => {
+                gathered.limit = *limit;
+                for conn in conns.iter_mut() {
+                    self.gather(conn, &mut gathered).await?;
+                }
             }
-        } else {
-            self.merge_sorted(&mut conns, order, &mut gathered).await?;
+            Scatter::Concat { order, limit } => {
+                gathered.limit = *limit;
+                self.merge_sorted(&mut conns, order, &mut gathered).await?;
+            }
+            Scatter::Aggregate(combine) => {
+                self.combine_aggregates(&mut conns, combine, &mut gathered)
+                    .await?;
+            }
+            Scatter::Unsupported(why) => {
+                gathered.error = Some(unsupported_bytes(why));
+                for conn in conns.iter_mut() {
+                    while self.next_row(conn, &mut gathered).await?.is_some() {}
+                }
+            }
         }
         match gathered.error {
             Some(error) => self.client_out.extend_from_slice(&error),
@@ -204,7 +215,7 @@ impl Session {
     }
 
     /// A shard's next DataRow, handling what comes before it; `None` once its ReadyForQuery is read.
-    async fn next_row(
+    pub(super) async fn next_row(
         &mut self,
         conn: &mut Pooled<BackendManager>,
         gathered: &mut Gathered,
@@ -313,7 +324,7 @@ fn resolve_keys(description: &[u8], order: &[SortKey], bytewise: bool) -> Result
         .collect()
 }
 
-fn unsupported_bytes(why: &str) -> Bytes {
+pub(super) fn unsupported_bytes(why: &str) -> Bytes {
     let mut out = BytesMut::new();
     let message =
         format!("pgshard cannot merge {why} across shards yet: add WHERE <shard key> = ... to read one shard");

@@ -98,6 +98,23 @@ pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     finish(buf, at);
 }
 
+/// DataRow with text values (`None` is NULL).
+pub fn data_row(buf: &mut BytesMut, fields: &[Option<&[u8]>]) {
+    let at = begin(buf, b'D');
+    // Infallible in practice: rows pgshard builds have a handful of columns.
+    buf.put_i16(fields.len() as i16);
+    for field in fields {
+        match field {
+            Some(value) => {
+                buf.put_i32(value.len() as i32);
+                buf.put_slice(value);
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, at);
+}
+
 /// CloseComplete.
 pub fn close_complete(buf: &mut BytesMut) {
     let at = begin(buf, b'3');
