@@ -112,9 +112,14 @@ const PLAN_CACHE_BYTES: usize = 16 << 20;
 impl Shared {
     /// The plan of a simple query's text, from the cache or made now.
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
-        let router = self.router.load();
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        plans.get_or_plan(&router, sql)
+        let lock = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = lock().get(sql) {
+            return plan;
+        }
+        // Parsed outside the lock: sessions never wait for each other's parses.
+        let plan = self.router.load().plan(sql);
+        lock().insert(sql, plan.clone());
+        plan
     }
 
     /// Learns the database collation (whether text sorts by bytes) and which functions are
