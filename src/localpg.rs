@@ -9,14 +9,12 @@
 //! The binaries are taken from `$PGSHARD_PG_BINDIR`, else `/usr/lib/postgresql/15/bin`; `psql` from
 //! that directory when present, else from `PATH`.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -469,22 +467,20 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A free loopback TCP port in 20000..32000, chosen at random and checked by binding it; never
-/// handed out twice by this process.
+/// A free loopback TCP port in 20000..32000, checked by binding it. Ports are handed out in
+/// sequence from a random start, so clusters started at the same time by different test threads
+/// never get the same port before one of them binds it (hence the process-wide counter).
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    let mut rng = rand::thread_rng();
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = rand::thread_rng().gen_range(20000..26000);
+    let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
     loop {
-        let port = rng.gen_range(20000..32000);
-        if given.contains(&port) {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        if !(20000..32000).contains(&port) {
+            NEXT.store(20000, Ordering::Relaxed);
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
             return port;
         }
     }
