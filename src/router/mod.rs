@@ -25,6 +25,7 @@ mod cache;
 mod constraints;
 mod error;
 mod expr;
+mod normalize;
 mod parse;
 mod plan;
 mod query;
@@ -47,6 +48,7 @@ use analyze::TableRule;
 
 pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
 pub use error::RouteError;
+pub use normalize::normalize_literals;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
 pub use scatter::{Combine, Scatter, SortColumn, SortKey};

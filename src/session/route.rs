@@ -14,8 +14,8 @@ use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
 use crate::pool::Pooled;
 use crate::router::{
-    Params, Plan, Route, RouteError, Scatter, StatementKind, Target, TransactionControl,
-    TransactionMode,
+    normalize_literals, Params, Plan, Route, RouteError, Scatter, StatementKind, Target,
+    TransactionControl, TransactionMode,
 };
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
@@ -142,6 +142,11 @@ impl Session {
         }
         let body = frame.body();
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+        if !self.aborted {
+            if let Some(decision) = self.route_normalized(&sql) {
+                return decision;
+            }
+        }
         let plan = self.shared.plan(&sql);
         if self.aborted {
             return self.while_aborted(&plan, frame);
@@ -180,6 +185,23 @@ impl Session {
             return Decision::Answered;
         }
         self.decide(&plan, route, true)
+    }
+
+    /// Routes a statement by the plan of its text with literals as parameters, so statements that
+    /// differ only in their literals share one cached plan. Used only when that plan is a parsed
+    /// read or write landing on exactly one shard; anything else is planned from the original text.
+    fn route_normalized(&self, sql: &str) -> Option<Decision> {
+        let (normalized, literals) = normalize_literals(sql)?;
+        let plan = self.shared.plan(&normalized);
+        if !plan.is_parsed() || !matches!(plan.kind(), StatementKind::Read | StatementKind::Write) {
+            return None;
+        }
+        let values: Vec<Option<&[u8]>> = literals.iter().map(|l| Some(l.as_bytes())).collect();
+        let params = Params::new(&values, &[]);
+        match self.shared.router.load().route(&plan, &params, &self.ctx) {
+            Ok(route @ Route::Shard { .. }) => Some(self.decide(&plan, Ok(route), true)),
+            _ => None,
+        }
     }
 
     /// BEGIN with no server held is answered here and sent later, with the first statement that
