@@ -111,19 +111,12 @@ fn read_into(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<Option<u
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
-    let room = buf.capacity() - buf.len();
+    // Readiness is cleared only by the read that fails with WouldBlock. (Clearing it after a
+    // short read, as tokio's poll_read does, is only safe with the readiness event captured
+    // before the read; capturing it after can erase the wake-up for bytes that arrived in
+    // between, and the session would sleep forever.)
     match stream.try_read_buf(buf) {
-        Ok(n) => {
-            if n > 0 && n < room {
-                // A short read drained the socket: forget its readiness now, as tokio's own
-                // poll_read does, instead of paying for a read that fails with EAGAIN. New bytes
-                // raise a new edge, so nothing is missed.
-                let _ = stream.try_io(Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
-            }
-            Ok(Some(n))
-        }
+        Ok(n) => Ok(Some(n)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }
