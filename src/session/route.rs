@@ -519,8 +519,12 @@ impl Session {
                 }
                 match self.connection_from(pool).await {
                     Ok(conn) => return Ok((conn, false)),
-                    // Unreachable replica: try the next one, then the primary.
-                    Err(SessionError::Backend(e)) if e.sqlstate() == "08006" => continue,
+                    // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
+                    // try the next one, then the primary. Reads never fail for a replica's sake.
+                    Err(SessionError::Backend(e)) => {
+                        tracing::debug!("replica {} unavailable for a read: {e}", replica.addr);
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -30,8 +30,22 @@ impl Session {
                     return Err(BackendError::Protocol(conn.addr.clone()).into());
                 }
             };
-            if self.replay.is_some() && frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body())
-            {
+            let fatal = frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body());
+            let idle = self.expect.is_empty()
+                && !self.awaiting_sync
+                && conn.status == TransactionStatus::Idle;
+            if fatal && idle {
+                // Nothing is owed to the client and no transaction is open: the server is going
+                // away between requests (shutdown). That is no news for the client: close this
+                // server connection and keep serving the client elsewhere.
+                conn.broken = true;
+                self.server = None;
+                self.held = None;
+                self.replay = None;
+                self.cancel.slot.set(None);
+                return Ok(());
+            }
+            if self.replay.is_some() && fatal {
                 // The server is going away (shutdown, crash) before answering a plain read:
                 // treat it as lost, so the read runs elsewhere.
                 conn.broken = true;
