@@ -54,12 +54,6 @@ impl ClientStatements {
     pub fn remove(&mut self, name: &[u8]) {
         self.by_name.remove(name);
     }
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
 }
 
 /// A response the server owes (or pgshard must make up), in the order they will reach the client.
@@ -92,15 +86,6 @@ pub enum Expect {
     /// A held-back BEGIN sent ahead of the statement that picked the shard: its responses, up to
     /// and including ReadyForQuery, are not for the client (it was answered already).
     Hidden,
-}
-
-impl Expect {
-    pub fn is_made_up(&self) -> bool {
-        matches!(
-            self,
-            Expect::MadeUpParseComplete | Expect::MadeUpCloseComplete
-        )
-    }
 }
 
 #[cfg(test)]
