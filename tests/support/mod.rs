@@ -106,14 +106,9 @@ extern "C" fn stop_shard_clusters_at_exit() {
     }
 }
 
-/// A config routing database `app` across two shards: `s0` (slots 0-2047) and `s1`
-/// (2048-4095), each with its replica and `read_from` left at its default (replicas); pools of 4
-/// for user app/app. Sharded tables: `users` and `orders` (key `user_id bigint`),
-/// `accounts_text` (key `email text`), `items_uuid` (key `owner uuid`); reference table
-/// `countries`. Ends with the last `[[shards]]` entry.
-pub fn two_shard_config(shards: [&LocalCluster; 2]) -> String {
-    let mut text = String::from(
-        r#"[server]
+/// The `[server]`, `[pool]` and `[[users]]` sections every test config starts with: listen on any
+/// free port, database `app`, transaction mode, pools of 4, user app/app.
+const COMMON_HEADER: &str = r#"[server]
 listen = "127.0.0.1:0"
 database = "app"
 pool_mode = "transaction"
@@ -126,7 +121,17 @@ checkout_timeout_ms = 5000
 name = "app"
 password = "app"
 
-[sharding]
+"#;
+
+/// A config routing database `app` across two shards: `s0` (slots 0-2047) and `s1`
+/// (2048-4095), each with its replica and `read_from` left at its default (replicas); pools of 4
+/// for user app/app. Sharded tables: `users` and `orders` (key `user_id bigint`),
+/// `accounts_text` (key `email text`), `items_uuid` (key `owner uuid`); reference table
+/// `countries`. Ends with the last `[[shards]]` entry.
+pub fn two_shard_config(shards: [&LocalCluster; 2]) -> String {
+    let mut text = String::from(COMMON_HEADER);
+    text.push_str(
+        r#"[sharding]
 key_column = "user_id"
 key_type = "bigint"
 reference_tables = ["countries"]
@@ -198,20 +203,7 @@ pub fn base_config(cluster: &LocalCluster) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-database = "app"
-pool_mode = "transaction"
-
-[pool]
-size = 4
-checkout_timeout_ms = 5000
-
-[[users]]
-name = "app"
-password = "app"
-
-[sharding]
+        r#"{COMMON_HEADER}[sharding]
 key_column = "user_id"
 key_type = "bigint"
 
