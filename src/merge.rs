@@ -171,6 +171,127 @@ fn format_decimal(mantissa: i128, scale: u32) -> String {
     format!("{sign}{int}.{frac}")
 }
 
+/// `sum / count` as PostgreSQL's avg() over integers and numerics returns it: numeric division
+/// with its result scale (at least 16 significant digits, and no less than the sum's scale),
+/// rounded half away from zero. `None` for a malformed or non-finite sum or count; a zero
+/// count is NULL, which the caller handles.
+pub fn average(sum: &[u8], count: &[u8]) -> Option<String> {
+    if numeric_class(sum) != 0 {
+        return None;
+    }
+    let count: u64 = std::str::from_utf8(count).ok()?.parse().ok()?;
+    if count == 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(sum).ok()?;
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let count_text = count.to_string();
+    let (w1, d1) = weight_and_first_digit(int, frac);
+    let (w2, d2) = weight_and_first_digit(&count_text, "");
+    let mut qweight = w1 - w2;
+    if d1 <= d2 {
+        qweight -= 1;
+    }
+    let dscale = i64::try_from(frac.len()).ok()?;
+    let rscale = (16 - qweight * 4).max(dscale).clamp(0, 1000);
+    // The dividend scaled to an integer at the result's scale, divided digit by digit.
+    let padding = usize::try_from(rscale - dscale).ok()?;
+    let dividend = int
+        .bytes()
+        .chain(frac.bytes())
+        .chain(std::iter::repeat_n(b'0', padding));
+    let mut quotient = Vec::new();
+    let mut remainder: u128 = 0;
+    for digit in dividend {
+        remainder = remainder * 10 + u128::from(digit - b'0');
+        let q = remainder / u128::from(count);
+        remainder %= u128::from(count);
+        if !quotient.is_empty() || q != 0 {
+            quotient.push(b'0' + q as u8);
+        }
+    }
+    if remainder * 2 >= u128::from(count) {
+        increment(&mut quotient);
+    }
+    let rscale = usize::try_from(rscale).ok()?;
+    let mut digits = String::from_utf8(quotient).ok()?;
+    let zero = digits.is_empty();
+    if digits.len() <= rscale {
+        digits = format!("{digits:0>width$}", width = rscale + 1);
+    }
+    let (int, frac) = digits.split_at(digits.len() - rscale);
+    let sign = if negative && !zero { "-" } else { "" };
+    Some(match rscale {
+        0 => format!("{sign}{int}"),
+        _ => format!("{sign}{int}.{frac}"),
+    })
+}
+
+/// Adds one to a decimal digit string (empty is zero).
+fn increment(digits: &mut Vec<u8>) {
+    for d in digits.iter_mut().rev() {
+        if *d == b'9' {
+            *d = b'0';
+        } else {
+            *d += 1;
+            return;
+        }
+    }
+    digits.insert(0, b'1');
+}
+
+/// A decimal's weight and first digit in PostgreSQL's base-10000 numeric representation
+/// (`int` without leading zeros): what its division picks the result scale from.
+fn weight_and_first_digit(int: &str, frac: &str) -> (i64, u32) {
+    if !int.is_empty() {
+        let len = int.len() as i64;
+        let first_len = ((len - 1) % 4 + 1) as usize;
+        return ((len - 1) / 4, int[..first_len].parse().unwrap_or(0));
+    }
+    let Some(p) = frac.bytes().position(|c| c != b'0') else {
+        return (0, 0);
+    };
+    let group = p / 4;
+    let digits: String = frac
+        .chars()
+        .chain(std::iter::repeat('0'))
+        .skip(group * 4)
+        .take(4)
+        .collect();
+    (-(group as i64) - 1, digits.parse().unwrap_or(0))
+}
+
+/// A value's text made equal for values PostgreSQL considers equal (numeric `1.50` and `1.5`,
+/// float `-0` and `0`), for grouping and DISTINCT; other types are compared as sent.
+pub fn canonical(oid: u32, value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    match oid {
+        1700 if numeric_class(value) == 0 => {
+            let (negative, int, frac) = split_decimal(value);
+            let mut out = Vec::with_capacity(value.len());
+            if negative && !(int.is_empty() && frac.is_empty()) {
+                out.push(b'-');
+            }
+            out.extend_from_slice(if int.is_empty() { b"0" } else { int });
+            if !frac.is_empty() {
+                out.push(b'.');
+                out.extend_from_slice(frac);
+            }
+            Cow::Owned(out)
+        }
+        700 | 701 if value == b"-0" => Cow::Borrowed(b"0"),
+        _ => Cow::Borrowed(value),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +351,33 @@ mod tests {
         );
         assert_eq!(add("0.10", "0.2").as_deref(), Some("0.30"));
         assert_eq!(add("NaN", "1"), None);
+    }
+
+    #[test]
+    fn averages_use_postgresql_division_scale_and_rounding() {
+        let avg = |s: &str, c: &str| average(s.as_bytes(), c.as_bytes());
+        // Values checked against PostgreSQL 15: SELECT avg(x) FROM (VALUES ...) t(x).
+        assert_eq!(avg("3", "2").as_deref(), Some("1.5000000000000000"));
+        assert_eq!(avg("10", "4").as_deref(), Some("2.5000000000000000"));
+        assert_eq!(avg("2", "3").as_deref(), Some("0.66666666666666666667"));
+        assert_eq!(avg("0", "2").as_deref(), Some("0.00000000000000000000"));
+        assert_eq!(avg("-2", "3").as_deref(), Some("-0.66666666666666666667"));
+        assert_eq!(
+            avg("123456789", "2").as_deref(),
+            Some("61728394.500000000000")
+        );
+        assert_eq!(avg("10.50", "3").as_deref(), Some("3.5000000000000000"));
+        assert_eq!(avg("1", "0"), None);
+        assert_eq!(avg("NaN", "1"), None);
+    }
+
+    #[test]
+    fn equal_values_get_one_canonical_text() {
+        assert_eq!(&*canonical(1700, b"1.50"), b"1.5");
+        assert_eq!(&*canonical(1700, b"-0.00"), b"0");
+        assert_eq!(&*canonical(1700, b"007.0"), b"7");
+        assert_eq!(&*canonical(701, b"-0"), b"0");
+        assert_eq!(&*canonical(25, b"1.50"), b"1.50");
     }
 
     #[test]

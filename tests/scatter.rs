@@ -140,14 +140,17 @@ async fn reads_pgshard_cannot_merge_yet_are_refused_naming_the_construct() {
     let client = proxy.connect().await;
     let cases = [
         (
-            "SELECT user_id FROM scatter_rows ORDER BY lower(label)",
-            "ORDER BY",
+            "SELECT user_id FROM scatter_rows ORDER BY lower(label) COLLATE \"C\"",
+            "COLLATE",
         ),
-        ("SELECT avg(val) FROM scatter_rows", "avg"),
+        ("SELECT avg(val::float8) FROM scatter_rows", "avg"),
         ("SELECT count(DISTINCT grp) FROM scatter_rows", "DISTINCT"),
-        ("SELECT grp FROM scatter_rows GROUP BY grp", "GROUP BY"),
-        ("SELECT DISTINCT grp FROM scatter_rows", "DISTINCT"),
-        ("SELECT user_id FROM scatter_rows OFFSET 5", "OFFSET"),
+        ("SELECT grp FROM scatter_rows GROUP BY CUBE (grp)", "CUBE"),
+        (
+            "SELECT DISTINCT ON (grp) grp FROM scatter_rows",
+            "DISTINCT ON",
+        ),
+        ("SELECT user_id FROM scatter_rows OFFSET $1", "OFFSET"),
     ];
     for (sql, construct) in cases {
         let err = client.simple_query(sql).await.expect_err(sql);

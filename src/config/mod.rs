@@ -141,6 +141,9 @@ pub struct ShardingConfig {
     pub reference_tables: Vec<String>,
     /// Shard holding every table that is neither sharded nor a reference table (default: the first).
     pub default_shard: Option<String>,
+    /// Most memory one cross-shard read may hold while merging (GROUP BY groups, DISTINCT rows,
+    /// rows sorted by an aggregate), in MiB; above it the client gets an error (53200).
+    pub max_merge_memory_mb: usize,
 }
 
 impl Default for ShardingConfig {
@@ -151,6 +154,7 @@ impl Default for ShardingConfig {
             tables: Vec::new(),
             reference_tables: Vec::new(),
             default_shard: None,
+            max_merge_memory_mb: 64,
         }
     }
 }

@@ -30,6 +30,7 @@ mod parse;
 mod plan;
 mod query;
 mod route;
+mod gather;
 mod scatter;
 mod sort;
 mod text;
@@ -51,6 +52,7 @@ pub use error::RouteError;
 pub use normalize::normalize_literals;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
+pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use scatter::{Combine, Scatter, SortColumn, SortKey};
 pub use volatility::Volatility;
 

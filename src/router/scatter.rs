@@ -32,8 +32,11 @@ use sqlparser::ast::{
     TableFactor, TableWithJoins, Value,
 };
 
+use std::sync::Arc;
+
 use super::analyze::{last_ident, lower, Analyzer, TableRule};
 use super::expr::{one_child, two_children, MAX_WALK_DEPTH};
+use super::gather::{self, Merge};
 use super::plan::StatementKind;
 use super::sort::sort_keys;
 
@@ -49,10 +52,9 @@ pub enum Scatter {
         order: Vec<SortKey>,
         limit: Option<u64>,
     },
-    /// A read whose select list is only aggregates, with no GROUP BY/HAVING/DISTINCT/ORDER BY/
-    /// LIMIT/OFFSET/window: each shard returns one row and the session combines them column by
-    /// column.
-    Aggregate(Vec<Combine>),
+    /// A read the shards run rewritten ([`Merge::sql`]): OFFSET, DISTINCT, hidden sort columns,
+    /// aggregates with or without GROUP BY and HAVING.
+    Merge(Arc<Merge>),
     /// Cannot be merged correctly (yet): the construct, named for the user, e.g. "ORDER BY on
     /// an expression that is not in the select list", "OFFSET", "aggregate function avg()",
     /// "count(DISTINCT ...)", "an aggregate mixed with plain columns", "an aggregate inside an
@@ -62,8 +64,7 @@ pub enum Scatter {
     Unsupported(String),
 }
 
-/// How one output column of a [`Scatter::Aggregate`] combines the shards' values (one per
-/// shard, in the column's position in the select list).
+/// How a partial aggregate combines across shards (and across a group's rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Combine {
     /// count(*), count(x), count(DISTINCT ...) is NOT this (refuse it): add the shards' counts.
@@ -76,6 +77,8 @@ pub enum Combine {
     BoolAnd,
     /// bool_or(x)
     BoolOr,
+    /// avg(x): sent to the shards as sum(x) and count(x) ([`super::gather::Output::Avg`]).
+    Avg,
 }
 
 /// One key of a top-level ORDER BY, as an output column.
@@ -104,6 +107,9 @@ pub enum SortColumn {
     /// quoted), to compare exactly with the RowDescription's column names; the session
     /// refuses at run time when no column or more than one column has the name.
     Name(String),
+    /// The n-th (0-based) hidden sort column the shards add after the client's columns
+    /// ([`Merge::hidden`]).
+    Hidden(usize),
 }
 
 /// The construct named for text sqlparser cannot parse.
@@ -218,7 +224,7 @@ impl Walk<'_, '_> {
             );
         }
         let select = match &*q.body {
-            SetExpr::Select(s) => self.select(s, top),
+            SetExpr::Select(s) => self.select(s, top).map(|()| &**s),
             SetExpr::SetOperation { op, .. } => Err(match op {
                 SetOperator::Union => "UNION",
                 SetOperator::Intersect => "INTERSECT",
@@ -231,8 +237,9 @@ impl Walk<'_, '_> {
             _ => Err("a data-modifying statement".into()),
         };
         self.ctes.truncate(ctes_before);
-        if let Some(combines) = select? {
-            return aggregate_tail(q, combines);
+        let select = select?;
+        if top {
+            return gather::top_level(q, select);
         }
         let order = match (&q.order_by, &*q.body) {
             (None, _) => Vec::new(),
@@ -257,24 +264,27 @@ impl Walk<'_, '_> {
         Ok(Scatter::Concat { order, limit })
     }
 
-    /// A SELECT; at the top (`top`), the combines of a select list of only aggregates.
-    fn select(&mut self, s: &Select, top: bool) -> Check<Option<Vec<Combine>>> {
-        match &s.distinct {
-            Some(Distinct::Distinct) => return Err("DISTINCT".into()),
-            Some(Distinct::On(_)) => return Err("DISTINCT ON".into()),
-            None => {}
-        }
-        let grouped = match &s.group_by {
-            GroupByExpr::All(_) => true,
-            GroupByExpr::Expressions(exprs, modifiers) => {
-                !exprs.is_empty() || !modifiers.is_empty()
+    /// A SELECT; at the top (`top`) its select list, DISTINCT, GROUP BY and HAVING are left to
+    /// [`gather::top_level`].
+    fn select(&mut self, s: &Select, top: bool) -> Check {
+        if !top {
+            match &s.distinct {
+                Some(Distinct::Distinct) => return Err("DISTINCT in a subquery in FROM".into()),
+                Some(Distinct::On(_)) => return Err("DISTINCT ON".into()),
+                None => {}
             }
-        };
-        if grouped {
-            return Err("GROUP BY".into());
-        }
-        if s.having.is_some() {
-            return Err("HAVING".into());
+            let grouped = match &s.group_by {
+                GroupByExpr::All(_) => true,
+                GroupByExpr::Expressions(exprs, modifiers) => {
+                    !exprs.is_empty() || !modifiers.is_empty()
+                }
+            };
+            if grouped {
+                return Err("GROUP BY in a subquery in FROM".into());
+            }
+            if s.having.is_some() {
+                return Err("HAVING in a subquery in FROM".into());
+            }
         }
         if !s.named_window.is_empty() {
             return Err("window function (WINDOW clause)".into());
@@ -292,12 +302,7 @@ impl Walk<'_, '_> {
         {
             return Err(FOREIGN.into());
         }
-        let combines = if top {
-            aggregate_list(&s.projection)?
-        } else {
-            None
-        };
-        if combines.is_none() {
+        if !top {
             for item in &s.projection {
                 match item {
                     SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
@@ -314,7 +319,7 @@ impl Walk<'_, '_> {
         if !sharded {
             return Err("a sharded table read only in a subquery".into());
         }
-        Ok(combines)
+        Ok(())
     }
 
     /// A FROM item and its joins; whether they read a sharded table. An outer join must not
@@ -407,74 +412,15 @@ fn limit(clause: Option<&LimitClause>) -> Check<Option<u64>> {
     }
 }
 
-/// The rest of a top-level query whose select list is only aggregates: nothing after the
-/// SELECT may combine or cut its one row per shard.
-fn aggregate_tail(q: &Query, combines: Vec<Combine>) -> Check<Scatter> {
-    if q.order_by.is_some() {
-        return Err("ORDER BY with aggregates".into());
-    }
-    if limit(q.limit_clause.as_ref())?.is_some() {
-        return Err("LIMIT with aggregates".into());
-    }
-    if q.fetch.is_some() {
-        return Err("FETCH FIRST".into());
-    }
-    if let Some(lock) = q.locks.first() {
-        return Err(match lock.lock_type {
-            LockType::Update => "FOR UPDATE",
-            LockType::Share => "FOR SHARE",
-        }
-        .into());
-    }
-    Ok(Scatter::Aggregate(combines))
-}
-
-/// A top-level select list: `None` when no item is an aggregate call (the list is checked as
-/// for concatenation), the combines when every item is exactly one mergeable aggregate call;
-/// refused when aggregates are mixed with plain columns, nested in expressions, or cannot be
-/// combined.
-fn aggregate_list(items: &[SelectItem]) -> Check<Option<Vec<Combine>>> {
-    let mut combines = Vec::new();
-    let mut plain = false;
-    for item in items {
-        let e = match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-            SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {
-                plain = true;
-                continue;
-            }
-        };
-        let mut bare = e;
-        while let Expr::Nested(inner) = bare {
-            bare = inner;
-        }
-        match bare {
-            Expr::Function(f) if f.over.is_none() && is_aggregate(f) => combines.push(combine(f)?),
-            _ => match expr(e, 0) {
-                Ok(()) => plain = true,
-                Err(construct) if construct.starts_with("aggregate function") => {
-                    return Err(format!("an aggregate inside an expression ({construct})"))
-                }
-                Err(construct) => return Err(construct),
-            },
-        }
-    }
-    match (combines.is_empty(), plain) {
-        (true, _) => Ok(None),
-        (false, true) => Err("an aggregate mixed with plain columns".into()),
-        (false, false) => Ok(Some(combines)),
-    }
-}
-
 /// A call of a built-in aggregate (by name), or one with FILTER or WITHIN GROUP.
-fn is_aggregate(f: &Function) -> bool {
+pub(super) fn is_aggregate(f: &Function) -> bool {
     let name = lower(last_ident(&f.name).unwrap_or_default());
     AGGREGATES.binary_search(&&*name).is_ok() || f.filter.is_some() || !f.within_group.is_empty()
 }
 
 /// How an aggregate call (not a window function) combines across shards, or the construct
 /// that keeps it from combining.
-fn combine(f: &Function) -> Check<Combine> {
+pub(super) fn combine(f: &Function) -> Check<Combine> {
     let lowered = lower(last_ident(&f.name).unwrap_or_default()).into_owned();
     let named = format!("aggregate function {lowered}()");
     // PostgreSQL folds unquoted names; a quoted name is taken as written.
@@ -506,11 +452,9 @@ fn combine(f: &Function) -> Check<Combine> {
         "max" => Combine::Max,
         "bool_and" | "every" => Combine::BoolAnd,
         "bool_or" => Combine::BoolOr,
+        "avg" => Combine::Avg,
         _ => return Err(named),
     };
-    if f.filter.is_some() {
-        return Err(format!("FILTER on {named}"));
-    }
     if !f.within_group.is_empty() {
         return Err(format!("WITHIN GROUP on {named}"));
     }
@@ -551,7 +495,7 @@ fn combine(f: &Function) -> Check<Combine> {
 
 /// Checks a select-list expression for aggregates and window functions. Subqueries are not
 /// entered: they are per row, and co-location is checked on the key graph.
-fn expr(e: &Expr, depth: usize) -> Check {
+pub(super) fn expr(e: &Expr, depth: usize) -> Check {
     if depth >= MAX_WALK_DEPTH {
         return Err("an expression nested too deeply".into());
     }

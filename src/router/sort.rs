@@ -44,6 +44,16 @@ const VALUE_FUNCTIONS: &[&str] = &[
 
 /// The sort keys of `order_by`, the ORDER BY of the top-level `select`.
 pub(super) fn sort_keys(select: &Select, order_by: &OrderBy) -> Result<Vec<SortKey>, String> {
+    sort_keys_or(select, order_by, &mut |_| Err(NOT_SELECTED.into()))
+}
+
+/// Like [`sort_keys`], but an item that is not an output column is handed to `not_selected`,
+/// which may give it a column of its own (a hidden sort column) or refuse it.
+pub(super) fn sort_keys_or(
+    select: &Select,
+    order_by: &OrderBy,
+    not_selected: &mut dyn FnMut(&Expr) -> Result<SortColumn, String>,
+) -> Result<Vec<SortKey>, String> {
     if order_by.interpolate.is_some() {
         return Err(FOREIGN.into());
     }
@@ -58,13 +68,37 @@ pub(super) fn sort_keys(select: &Select, order_by: &OrderBy) -> Result<Vec<SortK
                 return Err(FOREIGN.to_string());
             }
             let descending = item.options.asc == Some(false);
+            let column = match list.resolve(&item.expr) {
+                Err(why) if why == NOT_SELECTED => not_selected(&item.expr)?,
+                other => other?,
+            };
             Ok(SortKey {
-                column: list.resolve(&item.expr)?,
+                column,
                 descending,
                 nulls_first: item.options.nulls_first.unwrap_or(descending),
             })
         })
         .collect()
+}
+
+/// The select item (0-based) an expression stands for, as a GROUP BY item is read: an ordinal,
+/// an output column name, or an expression equal to the item's; `None` otherwise or when the
+/// select list has a wildcard.
+pub(super) fn select_item_of(select: &Select, e: &Expr) -> Option<usize> {
+    let list = SelectList::new(select);
+    if list.first_wildcard.is_some() {
+        return None;
+    }
+    match list.resolve(e) {
+        Ok(SortColumn::Index(i)) => Some(i),
+        _ => None,
+    }
+}
+
+/// Whether two expressions of `select` are the same (see [`same_expr`]).
+pub(super) fn same_expression(select: &Select, a: &Expr, b: &Expr) -> bool {
+    let list = SelectList::new(select);
+    same_expr(unnest(a), unnest(b), list.unify())
 }
 
 /// An identifier as PostgreSQL folds it: lowercase unless quoted.

@@ -1,70 +1,16 @@
-//! Aggregates across shards without GROUP BY: every shard returns one row of partial aggregates
-//! (count, sum, min, max, bool_and, bool_or) and pgshard combines them column by column into the
-//! row one server would have returned. Only combinations it reproduces exactly are done: sums of
-//! integers and numerics (exact decimal addition), min/max of the types `merge::SortType` orders;
-//! anything else is an error naming the column, never an approximation.
+//! Values of cross-shard aggregates: folding partial aggregates (count, sum, min, max, bool_and,
+//! bool_or) into the value one server would have computed, and HAVING conditions over the
+//! combined values. Only combinations it reproduces exactly are done: sums of integers and
+//! numerics (exact decimal addition), min/max of the types `merge::SortType` orders; anything
+//! else is an error naming what cannot be combined, never an approximation. Pure: no I/O.
 
 use std::cmp::Ordering;
 
-use super::error::SessionError;
-use super::scatter::{unsupported_bytes, Gathered};
-use super::Session;
-use crate::backend::BackendManager;
 use crate::merge::{add_decimal, SortType};
-use crate::pool::Pooled;
-use crate::router::Combine;
-use crate::wire::{build, rows};
-
-impl Session {
-    /// Reads every shard's single row and sends the combined row.
-    pub(super) async fn combine_aggregates(
-        &mut self,
-        conns: &mut [Pooled<BackendManager>],
-        combine: &[Combine],
-        gathered: &mut Gathered,
-    ) -> Result<(), SessionError> {
-        let mut totals: Vec<Option<Vec<u8>>> = vec![None; combine.len()];
-        let bytewise = self
-            .shared
-            .text_is_bytewise
-            .load(std::sync::atomic::Ordering::Relaxed);
-        for conn in conns.iter_mut() {
-            while let Some(row) = self.next_row(conn, gathered).await? {
-                if gathered.error.is_some() {
-                    continue;
-                }
-                let types = gathered
-                    .described
-                    .as_ref()
-                    .and_then(|d| rows::column_types(&d[5..]));
-                let Some(types) = types else { continue };
-                for (i, how) in combine.iter().enumerate() {
-                    let value = rows::data_row_field(&row[5..], i).flatten();
-                    let oid = types.get(i).map_or(0, |t| t.1);
-                    match fold(*how, oid, bytewise, totals[i].take(), value) {
-                        Ok(total) => totals[i] = total,
-                        Err(why) => {
-                            let name = types.get(i).map_or("?", |t| t.0.as_str());
-                            let why = format!("{why} (column {name})");
-                            gathered
-                                .error
-                                .get_or_insert_with(|| unsupported_bytes(&why));
-                        }
-                    }
-                }
-            }
-        }
-        if gathered.error.is_none() {
-            let fields: Vec<Option<&[u8]>> = totals.iter().map(|t| t.as_deref()).collect();
-            build::data_row(&mut self.client_out, &fields);
-            gathered.rows = 1;
-        }
-        Ok(())
-    }
-}
+use crate::router::{Combine, CompareOp, Operand, Predicate};
 
 /// Folds one shard's partial aggregate into the running total; `Err` says what cannot be combined.
-fn fold(
+pub(super) fn fold(
     how: Combine,
     oid: u32,
     bytewise: bool,
@@ -104,8 +50,126 @@ fn fold(
         }
         Combine::BoolAnd => bool_text(total == b"t" && value == b"t"),
         Combine::BoolOr => bool_text(total == b"t" || value == b"t"),
+        Combine::Avg => return Err("avg() folded as one column".into()),
     };
     Ok(Some(combined))
+}
+
+/// Why a partial aggregate of this type cannot be combined exactly, if it cannot.
+pub(super) fn check_type(how: Combine, oid: u32, bytewise: bool) -> Result<(), String> {
+    let ok = match how {
+        Combine::Count | Combine::Sum => matches!(oid, 20 | 21 | 23 | 1700),
+        Combine::Avg => matches!(oid, 20 | 1700),
+        Combine::Min | Combine::Max => SortType::of(oid, bytewise).is_some(),
+        Combine::BoolAnd | Combine::BoolOr => oid == 16,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match how {
+        Combine::Sum | Combine::Count => {
+            format!("a sum of type OID {oid}, whose order of addition changes the result")
+        }
+        Combine::Avg => format!(
+            "avg() of type OID {oid} (sum type); only integer and numeric averages are exact"
+        ),
+        _ => format!("min/max of type OID {oid}"),
+    })
+}
+
+/// A HAVING condition on one group's outputs (`values[i]`, of type `oids[i]`), in SQL's
+/// three-valued logic: `Some(true)` keeps the group.
+pub(super) fn evaluate(
+    p: &Predicate,
+    values: &[Option<Vec<u8>>],
+    oids: &[u32],
+    bytewise: bool,
+) -> Result<Option<bool>, String> {
+    let eval = |p: &Predicate| evaluate(p, values, oids, bytewise);
+    Ok(match p {
+        Predicate::And(a, b) => match (eval(a)?, eval(b)?) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        Predicate::Or(a, b) => match (eval(a)?, eval(b)?) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        Predicate::Not(a) => eval(a)?.map(|b| !b),
+        Predicate::Constant(b) => Some(*b),
+        Predicate::IsNull(operand, negated) => {
+            let (value, _) = operand_value(operand, values, oids);
+            Some(value.is_none() != *negated)
+        }
+        Predicate::Compare(a, op, b) => {
+            let ordering = compare_operands(a, b, values, oids, bytewise)?;
+            ordering.map(|o| match op {
+                CompareOp::Eq => o == Ordering::Equal,
+                CompareOp::NotEq => o != Ordering::Equal,
+                CompareOp::Lt => o == Ordering::Less,
+                CompareOp::LtEq => o != Ordering::Greater,
+                CompareOp::Gt => o == Ordering::Greater,
+                CompareOp::GtEq => o != Ordering::Less,
+            })
+        }
+    })
+}
+
+fn operand_value<'v>(
+    operand: &'v Operand,
+    values: &'v [Option<Vec<u8>>],
+    oids: &[u32],
+) -> (Option<&'v [u8]>, Option<u32>) {
+    match operand {
+        Operand::Output(i) => (
+            values.get(*i).and_then(|v| v.as_deref()),
+            oids.get(*i).copied(),
+        ),
+        Operand::Literal(text) => (text.as_deref().map(str::as_bytes), None),
+    }
+}
+
+/// Compares two HAVING operands by the type of the output among them (`None`: one is NULL).
+fn compare_operands(
+    a: &Operand,
+    b: &Operand,
+    values: &[Option<Vec<u8>>],
+    oids: &[u32],
+    bytewise: bool,
+) -> Result<Option<Ordering>, String> {
+    let (va, ta) = operand_value(a, values, oids);
+    let (vb, tb) = operand_value(b, values, oids);
+    let oid = ta.or(tb).ok_or("HAVING comparing two constants")?;
+    let kind = match SortType::of(oid, bytewise) {
+        Some(SortType::Integer) => SortType::Numeric,
+        Some(kind) => kind,
+        None => return Err(format!("HAVING comparing a value of type OID {oid}")),
+    };
+    let (Some(va), Some(vb)) = (va, vb) else {
+        return Ok(None);
+    };
+    let literal = |v: &[u8], typed: Option<u32>| -> Result<Vec<u8>, String> {
+        if typed.is_some() {
+            return Ok(v.to_vec());
+        }
+        match kind {
+            SortType::Bool => match v.to_ascii_lowercase().as_slice() {
+                b"t" | b"true" | b"yes" | b"y" | b"on" | b"1" => Ok(b"t".to_vec()),
+                b"f" | b"false" | b"no" | b"n" | b"off" | b"0" => Ok(b"f".to_vec()),
+                _ => Err("HAVING comparing a boolean with a constant that is not one".into()),
+            },
+            SortType::Numeric | SortType::Float
+                if crate::merge::average(v, b"1").is_none() && v != b"NaN" =>
+            {
+                Err("HAVING comparing a number with a constant that is not a number".into())
+            }
+            _ => Ok(v.to_vec()),
+        }
+    };
+    let (va, vb) = (literal(va, ta)?, literal(vb, tb)?);
+    Ok(Some(kind.compare(&va, &vb)))
 }
 
 fn bool_text(b: bool) -> Vec<u8> {

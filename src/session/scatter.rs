@@ -1,19 +1,21 @@
-//! Keyless reads answered from several shards (scatter-gather): the statement runs unchanged on
-//! every involved shard; rows are concatenated, or, when it has an ORDER BY, merged k-way from the
-//! shards' sorted streams (one head row per shard); a LIMIT stops after that many rows. Reads that
-//! need more (aggregates, DISTINCT, OFFSET, ...) are refused by the router's
-//! `Scatter::Unsupported` before anything is sent. Holds one row per shard, never a whole result.
+//! Keyless reads answered from several shards (scatter-gather): the statement (or the router's
+//! rewrite of it, [`Merge::sql`]) runs on every involved shard; rows are concatenated, or, with
+//! an ORDER BY, merged k-way from the shards' sorted streams (one head row per shard); OFFSET,
+//! LIMIT, DISTINCT and hidden sort columns are applied on the way out, and aggregates are
+//! combined per group ([`super::groups`]). Holds one row per shard plus, for DISTINCT, the rows
+//! seen, within `[sharding] max_merge_memory_mb`; never a whole result otherwise.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
 
 use super::error::SessionError;
 use super::{io, Session};
 use crate::backend::BackendManager;
+use crate::merge::{canonical, SortType};
 use crate::pool::Pooled;
-use std::cmp::Ordering;
-
-use crate::merge::SortType;
-use crate::router::{Scatter, SortColumn, SortKey, Target};
+use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
 use crate::wire::{rows, Frame, TransactionStatus};
@@ -21,20 +23,58 @@ use crate::wire::{rows, Frame, TransactionStatus};
 /// Output queued for the client beyond this is written before reading more rows.
 const FLUSH_AT: usize = 64 * 1024;
 
-/// What the shards have answered so far.
+/// What the shards have answered so far, and what may still go to the client.
 #[derive(Default)]
 pub(super) struct Gathered {
     /// Stop forwarding rows after this many.
     pub(super) limit: Option<u64>,
+    /// Drop this many rows before forwarding any.
+    offset: u64,
     pub(super) rows: u64,
-    /// The first RowDescription, forwarded to the client; the others must agree with it.
+    /// Trailing hidden sort columns to strip from rows and the RowDescription.
+    hidden: usize,
+    /// SELECT DISTINCT: the canonical rows sent so far.
+    seen: Option<HashSet<Vec<u8>>>,
+    /// Bytes held for this query (DISTINCT rows, groups), and the most allowed.
+    pub(super) held: usize,
+    pub(super) max_held: usize,
+    /// Groups are described by the session itself, once all shards answered.
+    pub(super) grouped: bool,
+    /// The first RowDescription (as the shards sent it); the others must agree with it.
     pub(super) described: Option<Bytes>,
+    /// The type OID of each column it describes.
+    pub(super) oids: Vec<u32>,
     /// The first error (ErrorResponse bytes), sent instead of the row count.
     pub(super) error: Option<Bytes>,
 }
 
+impl Gathered {
+    fn full(&self) -> bool {
+        self.limit.is_some_and(|limit| self.rows >= limit)
+    }
+
+    /// Counts `bytes` more held memory; false (with the error set) when over the limit.
+    pub(super) fn hold(&mut self, bytes: usize) -> bool {
+        self.held += bytes;
+        if self.held <= self.max_held {
+            return true;
+        }
+        self.error.get_or_insert_with(|| {
+            let mut out = BytesMut::new();
+            let message = format!(
+                "pgshard: this cross-shard read needs more than {} MiB to merge (sharding.max_merge_memory_mb): \
+                 add WHERE <shard key> = ... to read one shard, narrow the query, or raise the limit",
+                self.max_held >> 20
+            );
+            build::error_response(&mut out, Severity::Error, "53200", &message);
+            out.freeze()
+        });
+        false
+    }
+}
+
 impl Session {
-    /// Runs a simple query on one connection per shard and streams the concatenated rows.
+    /// Runs a simple query on one connection per shard and streams the combined rows.
     pub(super) async fn scatter(
         &mut self,
         frame: &Frame,
@@ -42,6 +82,14 @@ impl Session {
         target: Target,
         how: &Scatter,
     ) -> Result<(), SessionError> {
+        let mut rewritten = BytesMut::new();
+        let query: &[u8] = match how {
+            Scatter::Merge(merge) => {
+                build::query(&mut rewritten, &merge.sql);
+                &rewritten
+            }
+            _ => &frame.bytes,
+        };
         let mut conns = Vec::with_capacity(shards.len());
         for &shard in shards {
             conns.push(self.connection_for(shard, target).await?.0);
@@ -49,29 +97,32 @@ impl Session {
         // Every shard starts working before any answer is read.
         for conn in conns.iter_mut() {
             conn.in_flight = true;
-            conn.write(&frame.bytes).await?;
+            conn.write(query).await?;
         }
-        let mut gathered = Gathered::default();
+        let mut gathered = Gathered {
+            max_held: self.shared.config.sharding.max_merge_memory_mb << 20,
+            ..Gathered::default()
+        };
         match how {
-            Scatter::Concat { order, limit } if order.is_empty() => {
-                gathered.limit = *limit;
-                for conn in conns.iter_mut() {
-                    self.gather(conn, &mut gathered).await?;
-                }
-            }
             Scatter::Concat { order, limit } => {
                 gathered.limit = *limit;
-                self.merge_sorted(&mut conns, order, &mut gathered).await?;
+                self.merge_rows(&mut conns, order, &mut gathered).await?;
             }
-            Scatter::Aggregate(combine) => {
-                self.combine_aggregates(&mut conns, combine, &mut gathered)
-                    .await?;
-            }
+            Scatter::Merge(merge) => match &merge.groups {
+                Some(groups) => {
+                    gathered.grouped = true;
+                    self.merge_groups(&mut conns, merge, groups, &mut gathered)
+                        .await?;
+                }
+                None => {
+                    apply(merge, &mut gathered);
+                    self.merge_rows(&mut conns, &merge.order, &mut gathered)
+                        .await?;
+                }
+            },
             Scatter::Unsupported(why) => {
                 gathered.error = Some(unsupported_bytes(why));
-                for conn in conns.iter_mut() {
-                    while self.next_row(conn, &mut gathered).await?.is_some() {}
-                }
+                self.drain(&mut conns, &mut gathered).await?;
             }
         }
         match gathered.error {
@@ -84,60 +135,111 @@ impl Session {
         Ok(())
     }
 
-    /// Reads one shard's answer up to its ReadyForQuery, forwarding what the client should see.
-    async fn gather(
+    /// Concatenates the shards' rows, or merges them by `order`.
+    async fn merge_rows(
         &mut self,
-        conn: &mut Pooled<BackendManager>,
+        conns: &mut [Pooled<BackendManager>],
+        order: &[SortKey],
         gathered: &mut Gathered,
     ) -> Result<(), SessionError> {
-        loop {
-            let frame = conn.read_frame().await?;
-            match frame.tag() {
-                tag::ROW_DESCRIPTION => match &gathered.described {
-                    None => {
-                        self.client_out.extend_from_slice(&frame.bytes);
-                        gathered.described = Some(frame.bytes.freeze());
-                    }
-                    Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
-                    Some(_) => {
-                        gathered.error.get_or_insert_with(|| {
-                            error_bytes("the shards returned different columns for this query; check that every shard has the same schema")
-                        });
-                    }
-                },
-                tag::DATA_ROW => {
-                    let room = gathered.limit.is_none_or(|limit| gathered.rows < limit);
-                    if room && gathered.error.is_none() {
-                        self.client_out.extend_from_slice(&frame.bytes);
-                        gathered.rows += 1;
-                    }
+        if order.is_empty() {
+            for conn in conns.iter_mut() {
+                while let Some(row) = self.next_row(conn, gathered).await? {
+                    self.emit(&row, gathered);
+                    self.flush_full().await?;
                 }
-                tag::ERROR_RESPONSE => {
-                    gathered.error.get_or_insert(frame.bytes.freeze());
-                }
-                tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
-                tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
-                tag::READY_FOR_QUERY => {
-                    conn.status = frame
-                        .body()
-                        .first()
-                        .and_then(|&b| TransactionStatus::from_byte(b))
-                        .unwrap_or(TransactionStatus::Idle);
-                    conn.in_flight = false;
-                    return Ok(());
-                }
-                // CommandComplete is replaced by the total; nothing else belongs to a SELECT.
-                _ => {}
             }
-            if self.client_out.len() > FLUSH_AT {
-                let out = std::mem::take(&mut self.client_out);
-                io::write_all(&mut self.client, &out).await?;
+            return Ok(());
+        }
+        self.merge_sorted(conns, order, gathered).await
+    }
+
+    /// Reads every shard's answer to its end, dropping the rows.
+    pub(super) async fn drain(
+        &mut self,
+        conns: &mut [Pooled<BackendManager>],
+        gathered: &mut Gathered,
+    ) -> Result<(), SessionError> {
+        for conn in conns.iter_mut() {
+            while self.next_row(conn, gathered).await?.is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Sends one shard row to the client, unless DISTINCT, OFFSET or LIMIT drop it.
+    fn emit(&mut self, row: &[u8], gathered: &mut Gathered) {
+        if gathered.error.is_some() || gathered.full() {
+            return;
+        }
+        if gathered.hidden == 0 && gathered.seen.is_none() {
+            if gathered.offset > 0 {
+                gathered.offset -= 1;
+            } else {
+                self.client_out.extend_from_slice(row);
+                gathered.rows += 1;
+            }
+            return;
+        }
+        let Some(mut fields) = rows::data_row_fields(&row[5..]) else {
+            gathered
+                .error
+                .get_or_insert_with(|| error_bytes("a server sent a malformed DataRow"));
+            return;
+        };
+        fields.truncate(fields.len().saturating_sub(gathered.hidden));
+        if gathered.seen.is_some() {
+            let key = canonical_row(&fields, &gathered.oids);
+            let size = key.len() + 48;
+            let new = gathered.seen.as_mut().is_some_and(|seen| seen.insert(key));
+            if !new || !gathered.hold(size) {
+                return;
             }
         }
+        if gathered.offset > 0 {
+            gathered.offset -= 1;
+            return;
+        }
+        build::data_row(&mut self.client_out, &fields);
+        gathered.rows += 1;
+    }
+
+    /// Writes the output queued for the client once it is large.
+    pub(super) async fn flush_full(&mut self) -> Result<(), SessionError> {
+        if self.client_out.len() > FLUSH_AT {
+            let out = std::mem::take(&mut self.client_out);
+            io::write_all(&mut self.client, &out).await?;
+        }
+        Ok(())
     }
 }
 
-fn error_bytes(message: &str) -> Bytes {
+/// Sets up `gathered` for a rows merge (no aggregates).
+fn apply(merge: &Merge, gathered: &mut Gathered) {
+    gathered.limit = merge.limit;
+    gathered.offset = merge.offset;
+    gathered.hidden = merge.hidden;
+    if merge.distinct {
+        gathered.seen = Some(HashSet::new());
+    }
+}
+
+/// A row's values made comparable as PostgreSQL compares them (DISTINCT, grouping).
+pub(super) fn canonical_row(fields: &[Option<&[u8]>], oids: &[u32]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for (i, field) in fields.iter().enumerate() {
+        match field {
+            None => key.extend_from_slice(&u32::MAX.to_be_bytes()),
+            Some(value) => {
+                let value = canonical(oids.get(i).copied().unwrap_or(0), value);
+                key.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                key.extend_from_slice(&value);
+            }
+        }
+    }
+    key
+}
+
+pub(super) fn error_bytes(message: &str) -> Bytes {
     let mut out = BytesMut::new();
     build::error_response(
         &mut out,
@@ -149,11 +251,11 @@ fn error_bytes(message: &str) -> Bytes {
 }
 
 /// A sort key resolved against the result's columns.
-struct Key {
-    column: usize,
-    kind: SortType,
-    descending: bool,
-    nulls_first: bool,
+pub(super) struct Key {
+    pub(super) column: usize,
+    pub(super) kind: SortType,
+    pub(super) descending: bool,
+    pub(super) nulls_first: bool,
 }
 
 impl Session {
@@ -176,10 +278,10 @@ impl Session {
             .shared
             .text_is_bytewise
             .load(std::sync::atomic::Ordering::Relaxed);
-        let resolved = gathered
-            .described
-            .as_ref()
-            .map(|d| resolve_keys(&d[5..], order, bytewise));
+        let resolved = gathered.described.as_ref().map(|d| {
+            let columns = rows::column_types(&d[5..]).unwrap_or_default();
+            resolve_keys(&columns, gathered.hidden, order, bytewise)
+        });
         let keys = match resolved {
             Some(Ok(keys)) => keys,
             Some(Err(why)) => {
@@ -190,18 +292,14 @@ impl Session {
             }
             None => Vec::new(),
         };
-        while gathered.error.is_none() && gathered.limit.is_none_or(|limit| gathered.rows < limit) {
+        while gathered.error.is_none() && !gathered.full() {
             let Some(best) = smallest(&heads, &keys) else {
                 break;
             };
             if let Some(row) = heads[best].take() {
-                self.client_out.extend_from_slice(&row);
-                gathered.rows += 1;
+                self.emit(&row, gathered);
             }
-            if self.client_out.len() > FLUSH_AT {
-                let out = std::mem::take(&mut self.client_out);
-                io::write_all(&mut self.client, &out).await?;
-            }
+            self.flush_full().await?;
             heads[best] = self.next_row(&mut conns[best], gathered).await?;
             finished[best] = heads[best].is_none();
         }
@@ -231,20 +329,37 @@ impl Session {
                 tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 tag::READY_FOR_QUERY => {
+                    conn.status = frame
+                        .body()
+                        .first()
+                        .and_then(|&b| TransactionStatus::from_byte(b))
+                        .unwrap_or(TransactionStatus::Idle);
                     conn.in_flight = false;
                     return Ok(None);
                 }
+                // CommandComplete is replaced by the total; nothing else belongs to a SELECT.
                 _ => {}
             }
         }
     }
 
-    /// Forwards the first RowDescription; later ones must describe the same columns.
+    /// Forwards the first RowDescription (without hidden columns; groups are described later);
+    /// later ones must describe the same columns.
     fn describe(&mut self, frame: Frame, gathered: &mut Gathered) {
         match &gathered.described {
             None => {
-                self.client_out.extend_from_slice(&frame.bytes);
-                gathered.described = Some(frame.bytes.freeze());
+                let bytes = frame.bytes.freeze();
+                if gathered.grouped {
+                } else if gathered.hidden == 0 {
+                    self.client_out.extend_from_slice(&bytes);
+                } else {
+                    let mut fields = rows::description_fields(&bytes[5..]).unwrap_or_default();
+                    fields.truncate(fields.len().saturating_sub(gathered.hidden));
+                    build::row_description(&mut self.client_out, &fields);
+                }
+                let types = rows::column_types(&bytes[5..]).unwrap_or_default();
+                gathered.oids = types.into_iter().map(|(_, oid, _)| oid).collect();
+                gathered.described = Some(bytes);
             }
             Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
             Some(_) => {
@@ -274,10 +389,21 @@ fn smallest(heads: &[Option<BytesMut>], keys: &[Key]) -> Option<usize> {
 }
 
 fn compare_rows(keys: &[Key], a: &[u8], b: &[u8]) -> Ordering {
+    compare_by(
+        keys,
+        |i| rows::data_row_field(a, i).flatten(),
+        |i| rows::data_row_field(b, i).flatten(),
+    )
+}
+
+/// Compares two rows key by key, with `a(i)`/`b(i)` giving column `i` (`None`: NULL).
+pub(super) fn compare_by<'x, 'y>(
+    keys: &[Key],
+    a: impl Fn(usize) -> Option<&'x [u8]>,
+    b: impl Fn(usize) -> Option<&'y [u8]>,
+) -> Ordering {
     for key in keys {
-        let fa = rows::data_row_field(a, key.column).flatten();
-        let fb = rows::data_row_field(b, key.column).flatten();
-        let ordering = match (fa, fb) {
+        let ordering = match (a(key.column), b(key.column)) {
             (None, None) => Ordering::Equal,
             (None, Some(_)) if key.nulls_first => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
@@ -293,18 +419,23 @@ fn compare_rows(keys: &[Key], a: &[u8], b: &[u8]) -> Ordering {
     Ordering::Equal
 }
 
-/// Resolves the router's sort keys against the RowDescription body; `Err` names what cannot be
-/// merged.
-fn resolve_keys(description: &[u8], order: &[SortKey], bytewise: bool) -> Result<Vec<Key>, String> {
-    let columns =
-        rows::column_types(description).ok_or("a result with a malformed row description")?;
+/// Resolves the router's sort keys against the columns (name, type OID, format) of a result
+/// whose last `hidden` columns are hidden sort columns; `Err` names what cannot be merged.
+pub(super) fn resolve_keys(
+    columns: &[(String, u32, i16)],
+    hidden: usize,
+    order: &[SortKey],
+    bytewise: bool,
+) -> Result<Vec<Key>, String> {
+    let visible = columns.len().saturating_sub(hidden);
     order
         .iter()
         .map(|key| {
             let column = match &key.column {
                 SortColumn::Index(i) => *i,
+                SortColumn::Hidden(i) => visible + i,
                 SortColumn::Name(name) => {
-                    let mut found = columns.iter().enumerate().filter(|(_, c)| c.0 == *name);
+                    let mut found = columns[..visible].iter().enumerate().filter(|(_, c)| c.0 == *name);
                     match (found.next(), found.next()) {
                         (Some((i, _)), None) => i,
                         _ => return Err(format!("ORDER BY {name}, which is not exactly one column of the result")),

@@ -115,6 +115,16 @@ pub fn data_row(buf: &mut BytesMut, fields: &[Option<&[u8]>]) {
     finish(buf, at);
 }
 
+/// RowDescription from fields as sent (see `rows::description_fields`).
+pub fn row_description<F: AsRef<[u8]>>(buf: &mut BytesMut, fields: &[F]) {
+    let start = begin(buf, b'T');
+    buf.put_i16(fields.len() as i16);
+    for field in fields {
+        buf.put_slice(field.as_ref());
+    }
+    finish(buf, start);
+}
+
 /// CloseComplete.
 pub fn close_complete(buf: &mut BytesMut) {
     let at = begin(buf, b'3');

@@ -58,6 +58,55 @@ pub fn data_row_field(body: &[u8], index: usize) -> Option<Option<&[u8]>> {
     None
 }
 
+/// Each field of a RowDescription body as sent (name, NUL, then 18 bytes of attributes).
+pub fn description_fields(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let end = rest.iter().position(|&b| b == 0)? + 1 + 18;
+        out.push(rest.get(..end)?);
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
+/// A RowDescription field (from [`description_fields`]) with another type: OID, size and
+/// type modifier replaced (table OID and column number cleared, as for a computed column).
+pub fn retyped_field(field: &[u8], oid: u32, size: i16, typmod: i32) -> Option<Vec<u8>> {
+    let name_end = field.iter().position(|&b| b == 0)? + 1;
+    let mut out = field.get(..name_end)?.to_vec();
+    let format = field.get(name_end + 16..name_end + 18)?;
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&oid.to_be_bytes());
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&typmod.to_be_bytes());
+    out.extend_from_slice(format);
+    Some(out)
+}
+
+/// Every field of a DataRow body (`None` for NULL).
+pub fn data_row_fields(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        match usize::try_from(i32::from_be_bytes(*len)) {
+            Ok(len) => {
+                out.push(Some(after.get(..len)?));
+                rest = &after[len..];
+            }
+            Err(_) => {
+                out.push(None);
+                rest = after;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Whether two RowDescription bodies describe the same columns (names, types and formats).
 pub fn same_columns(a: &[u8], b: &[u8]) -> bool {
     match (columns(a), columns(b)) {

@@ -6,7 +6,7 @@
 //! contain>`).
 
 use super::router;
-use crate::router::{Combine, Scatter, SortColumn, SortKey};
+use crate::router::{Combine, Merge, Output, Scatter, SortColumn, SortKey};
 
 /// A [`Scatter::Concat`] in the fixtures' notation.
 fn describe(order: &[SortKey], limit: Option<u64>) -> String {
@@ -16,6 +16,7 @@ fn describe(order: &[SortKey], limit: Option<u64>) -> String {
             let column = match &k.column {
                 SortColumn::Index(i) => format!("#{i}"),
                 SortColumn::Name(name) => name.clone(),
+                SortColumn::Hidden(i) => format!("hidden#{i}"),
             };
             let direction = if k.descending { "desc" } else { "asc" };
             let nulls = if k.nulls_first { "first" } else { "last" };
@@ -33,20 +34,62 @@ fn describe(order: &[SortKey], limit: Option<u64>) -> String {
     out
 }
 
-/// A [`Scatter::Aggregate`] in the fixtures' notation.
-fn describe_aggregate(combines: &[Combine]) -> String {
-    let names: Vec<&str> = combines
-        .iter()
-        .map(|c| match c {
-            Combine::Count => "count",
-            Combine::Sum => "sum",
-            Combine::Min => "min",
-            Combine::Max => "max",
-            Combine::BoolAnd => "bool_and",
-            Combine::BoolOr => "bool_or",
-        })
-        .collect();
-    format!("aggregate {}", names.join(", "))
+/// A [`Scatter::Merge`] in the fixtures' notation: `merge <shard SQL> | rows hidden N` or
+/// `| groups keys [..] outputs ..` (`#c` a grouped shard column, `count#c` a partial aggregate,
+/// `avg#s/#c`), then `visible N`, `having`, `distinct`, the order, `offset N`, `limit N`.
+fn describe_merge(m: &Merge) -> String {
+    let mut out = format!("merge {} |", m.sql);
+    match &m.groups {
+        None => out += &format!(" rows hidden {}", m.hidden),
+        Some(g) => {
+            let keys: Vec<String> = g.keys.iter().map(|k| k.to_string()).collect();
+            let outputs: Vec<String> = g
+                .outputs
+                .iter()
+                .map(|o| match o {
+                    Output::Column(c) => format!("#{c}"),
+                    Output::Aggregate(how, c) => format!("{}#{c}", combine_name(*how)),
+                    Output::Avg { sum, count } => format!("avg#{sum}/#{count}"),
+                })
+                .collect();
+            out += &format!(
+                " groups keys [{}] outputs {}",
+                keys.join(","),
+                outputs.join(", ")
+            );
+            if g.visible < g.outputs.len() {
+                out += &format!(" visible {}", g.visible);
+            }
+            if g.having.is_some() {
+                out += " having";
+            }
+        }
+    }
+    if m.distinct {
+        out += " distinct";
+    }
+    if !m.order.is_empty() {
+        out += &format!(" {}", describe(&m.order, None));
+    }
+    if m.offset > 0 {
+        out += &format!(" offset {}", m.offset);
+    }
+    if let Some(n) = m.limit {
+        out += &format!(" limit {n}");
+    }
+    out
+}
+
+fn combine_name(c: Combine) -> &'static str {
+    match c {
+        Combine::Count => "count",
+        Combine::Sum => "sum",
+        Combine::Min => "min",
+        Combine::Max => "max",
+        Combine::BoolAnd => "bool_and",
+        Combine::BoolOr => "bool_or",
+        Combine::Avg => "avg",
+    }
 }
 
 /// Checks every `(sql, expected)` fixture's [`Scatter`] and lists all mismatches at once.
@@ -59,10 +102,14 @@ fn check(cases: &[(&str, &str)]) {
             let ok = match (plan.scatter(), expected.strip_prefix("unsupported: ")) {
                 (Scatter::Unsupported(msg), Some(words)) => msg.contains(words),
                 (Scatter::Concat { order, limit }, None) => *expected == describe(order, *limit),
-                (Scatter::Aggregate(combines), None) => *expected == describe_aggregate(combines),
+                (Scatter::Merge(m), None) => *expected == describe_merge(m),
                 _ => false,
             };
-            (!ok).then(|| format!("  {sql}\n    expected {expected}, got {:?}", plan.scatter()))
+            let got = match plan.scatter() {
+                Scatter::Merge(m) => describe_merge(m),
+                other => format!("{other:?}"),
+            };
+            (!ok).then(|| format!("  {sql}\n    expected {expected}, got {got}"))
         })
         .collect();
     assert!(
@@ -104,19 +151,19 @@ fn plain_keyless_and_spanning_reads_concatenate() {
 
 #[test]
 #[rustfmt::skip]
-fn constructs_that_combine_rows_are_named() {
+fn constructs_that_combine_rows_are_rewritten_or_named() {
     check(&[
-        ("SELECT * FROM users ORDER BY lower(name)", "unsupported: ORDER BY on an expression that is not in the select list"),
-        ("SELECT * FROM users ORDER BY name LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
-        ("SELECT * FROM users LIMIT 10 OFFSET 5", "unsupported: OFFSET"),
-        ("SELECT * FROM users OFFSET 5", "unsupported: OFFSET"),
-        ("SELECT count(*) FROM orders WHERE status = 'open'", "aggregate count"),
+        ("SELECT * FROM users ORDER BY lower(name)", "merge SELECT *, lower(name) FROM users ORDER BY lower(name) | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT * FROM users ORDER BY name LIMIT 10 OFFSET 5", "merge SELECT * FROM users ORDER BY name LIMIT 15 | rows hidden 0 order by name asc nulls last offset 5 limit 10"),
+        ("SELECT * FROM users LIMIT 10 OFFSET 5", "merge SELECT * FROM users LIMIT 15 | rows hidden 0 offset 5 limit 10"),
+        ("SELECT * FROM users OFFSET 5", "merge SELECT * FROM users | rows hidden 0 offset 5"),
+        ("SELECT count(*) FROM orders WHERE status = 'open'", "merge SELECT count(*) FROM orders WHERE status = 'open' | groups keys [] outputs count#0"),
         ("SELECT coalesce(sum(total), 0) FROM orders", "unsupported: aggregate function sum()"),
         ("SELECT string_agg(name, ',' ORDER BY name) FROM users", "unsupported: string_agg"),
         ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY age) FROM users", "unsupported: percentile_cont"),
-        ("SELECT status FROM orders GROUP BY status", "unsupported: GROUP BY"),
+        ("SELECT status FROM orders GROUP BY status", "merge SELECT status FROM orders GROUP BY status | groups keys [0] outputs #0"),
         ("SELECT 1 FROM orders HAVING true", "unsupported: HAVING"),
-        ("SELECT DISTINCT name FROM users", "unsupported: DISTINCT"),
+        ("SELECT DISTINCT name FROM users", "merge SELECT DISTINCT name FROM users | rows hidden 0 distinct"),
         ("SELECT DISTINCT ON (name) * FROM users", "unsupported: DISTINCT ON"),
         ("SELECT name, row_number() OVER (ORDER BY name) FROM users", "unsupported: window function row_number()"),
         ("SELECT name, sum(age) OVER w FROM users WINDOW w AS (PARTITION BY name)", "unsupported: window function"),
@@ -190,12 +237,12 @@ fn order_by_output_columns_merges() {
 
 #[test]
 #[rustfmt::skip]
-fn order_by_what_is_not_an_output_column_is_refused() {
+fn order_by_what_is_not_an_output_column_gets_a_hidden_column() {
     check(&[
-        ("SELECT user_id FROM users ORDER BY lower(name)", "unsupported: ORDER BY on an expression that is not in the select list"),
-        ("SELECT user_id FROM users ORDER BY name", "unsupported: not in the select list"),
-        ("SELECT user_id + 1 FROM users ORDER BY user_id", "unsupported: not in the select list"),
-        ("SELECT name AS n FROM users ORDER BY lower(n)", "unsupported: not in the select list"),
+        ("SELECT user_id FROM users ORDER BY lower(name)", "merge SELECT user_id, lower(name) FROM users ORDER BY lower(name) | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT user_id FROM users ORDER BY name", "merge SELECT user_id, name FROM users ORDER BY name | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT user_id + 1 FROM users ORDER BY user_id", "merge SELECT user_id + 1, user_id FROM users ORDER BY user_id | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT name AS n FROM users ORDER BY lower(n)", "merge SELECT name AS n, lower(n) FROM users ORDER BY lower(n) | rows hidden 1 order by hidden#0 asc nulls last"),
         ("SELECT user_id FROM users ORDER BY 2", "unsupported: ORDER BY position 2"),
         ("SELECT user_id FROM users ORDER BY 0", "unsupported: ORDER BY position 0"),
         ("SELECT user_id FROM users ORDER BY 'x'", "unsupported: ORDER BY on a constant"),
@@ -204,19 +251,19 @@ fn order_by_what_is_not_an_output_column_is_refused() {
         ("SELECT name COLLATE \"C\" AS n FROM users ORDER BY n", "unsupported: COLLATE"),
         ("SELECT name FROM users ORDER BY name USING <", "unsupported: a statement pgshard cannot parse"),
         ("SELECT name AS x, email AS x FROM users ORDER BY x", "unsupported: several select items"),
-        ("SELECT * FROM users ORDER BY lower(name)", "unsupported: not in the select list"),
-        ("SELECT * FROM users ORDER BY user_id + 1", "unsupported: not in the select list"),
-        ("SELECT u.* FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total", "unsupported: not in the select list"),
-        ("SELECT * FROM users ORDER BY addr.city", "unsupported: not in the select list"),
-        ("SELECT * FROM users u JOIN orders o USING (user_id) ORDER BY o.user_id", "unsupported: not in the select list"),
-        ("SELECT user_id FROM users u FULL JOIN orders o USING (user_id) ORDER BY u.user_id", "unsupported: not in the select list"),
-        ("SELECT u.user_id FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.user_id", "unsupported: not in the select list"),
-        ("SELECT current_date FROM users u ORDER BY u.current_date", "unsupported: not in the select list"),
-        ("SELECT user_id::text FROM users ORDER BY user_id::public.text", "unsupported: not in the select list"),
+        ("SELECT * FROM users ORDER BY lower(name)", "merge SELECT *, lower(name) FROM users ORDER BY lower(name) | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT * FROM users ORDER BY user_id + 1", "merge SELECT *, user_id + 1 FROM users ORDER BY user_id + 1 | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT u.* FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.total", "merge SELECT u.*, o.total FROM users AS u JOIN orders AS o ON o.user_id = u.user_id ORDER BY o.total | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT * FROM users ORDER BY addr.city", "merge SELECT *, addr.city FROM users ORDER BY addr.city | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT * FROM users u JOIN orders o USING (user_id) ORDER BY o.user_id", "merge SELECT *, o.user_id FROM users AS u JOIN orders AS o USING(user_id) ORDER BY o.user_id | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT user_id FROM users u FULL JOIN orders o USING (user_id) ORDER BY u.user_id", "unsupported: a join of sharded tables not on their shard key (orders, users)"),
+        ("SELECT u.user_id FROM users u JOIN orders o ON o.user_id = u.user_id ORDER BY o.user_id", "merge SELECT u.user_id, o.user_id FROM users AS u JOIN orders AS o ON o.user_id = u.user_id ORDER BY o.user_id | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT current_date FROM users u ORDER BY u.current_date", "merge SELECT current_date, u.current_date FROM users AS u ORDER BY u.current_date | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT user_id::text FROM users ORDER BY user_id::public.text", "merge SELECT user_id::TEXT, user_id::public.text FROM users ORDER BY user_id::public.text | rows hidden 1 order by hidden#0 asc nulls last"),
         ("SELECT * FROM (SELECT * FROM users ORDER BY name) s", "unsupported: ORDER BY in a subquery in FROM"),
-        ("SELECT count(*) FROM users ORDER BY 1", "unsupported: ORDER BY with aggregates"),
-        ("SELECT DISTINCT name FROM users ORDER BY name", "unsupported: DISTINCT"),
-        ("SELECT name FROM users GROUP BY name ORDER BY name", "unsupported: GROUP BY"),
+        ("SELECT count(*) FROM users ORDER BY 1", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 order by #0 asc nulls last"),
+        ("SELECT DISTINCT name FROM users ORDER BY name", "merge SELECT DISTINCT name FROM users ORDER BY name | rows hidden 0 distinct order by #0 asc nulls last"),
+        ("SELECT name FROM users GROUP BY name ORDER BY name", "merge SELECT name FROM users GROUP BY name | groups keys [0] outputs #0 order by #0 asc nulls last"),
         ("SELECT name, rank() OVER (ORDER BY age) FROM users ORDER BY name", "unsupported: window function rank()"),
         ("SELECT name FROM users UNION SELECT name FROM users ORDER BY name", "unsupported: UNION"),
         ("SELECT name FROM users ORDER BY name FETCH FIRST 3 ROWS ONLY", "unsupported: FETCH FIRST"),
@@ -229,18 +276,18 @@ fn order_by_what_is_not_an_output_column_is_refused() {
 #[rustfmt::skip]
 fn select_lists_of_only_mergeable_aggregates_combine() {
     check(&[
-        ("SELECT count(*) FROM users", "aggregate count"),
-        ("SELECT count(*), sum(amount), min(created_at), max(amount) FROM orders WHERE amount > 5", "aggregate count, sum, min, max"),
-        ("SELECT bool_and(active), bool_or(active) FROM users", "aggregate bool_and, bool_or"),
-        ("SELECT COUNT(email) AS n, Every(active) AS all_active, pg_catalog.sum(age) FROM users", "aggregate count, bool_and, sum"),
-        ("SELECT (count(*)), \"max\"(age) FROM users WHERE user_id IN (1, 42)", "aggregate count, max"),
-        ("SELECT count(ALL email), sum(coalesce(age, 0) * 2), min(lower(name)) FROM users", "aggregate count, sum, min"),
-        ("SELECT count(u.*) FROM users u", "aggregate count"),
-        ("SELECT count(*), max(o.total) FROM users u JOIN orders o ON o.user_id = u.user_id", "aggregate count, max"),
-        ("SELECT count(*) FROM users u JOIN countries c ON c.code = u.country WHERE c.name = 'x'", "aggregate count"),
-        ("SELECT sum((SELECT count(*) FROM orders o WHERE o.user_id = u.user_id)) FROM users u", "aggregate sum"),
-        ("SELECT count(*) FROM (SELECT * FROM users WHERE active) s", "aggregate count"),
-        ("SELECT count(*) FROM users LIMIT ALL", "aggregate count"),
+        ("SELECT count(*) FROM users", "merge SELECT count(*) FROM users | groups keys [] outputs count#0"),
+        ("SELECT count(*), sum(amount), min(created_at), max(amount) FROM orders WHERE amount > 5", "merge SELECT count(*), sum(amount), min(created_at), max(amount) FROM orders WHERE amount > 5 | groups keys [] outputs count#0, sum#1, min#2, max#3"),
+        ("SELECT bool_and(active), bool_or(active) FROM users", "merge SELECT bool_and(active), bool_or(active) FROM users | groups keys [] outputs bool_and#0, bool_or#1"),
+        ("SELECT COUNT(email) AS n, Every(active) AS all_active, pg_catalog.sum(age) FROM users", "merge SELECT COUNT(email) AS n, Every(active) AS all_active, pg_catalog.sum(age) FROM users | groups keys [] outputs count#0, bool_and#1, sum#2"),
+        ("SELECT (count(*)), \"max\"(age) FROM users WHERE user_id IN (1, 42)", "merge SELECT (count(*)), \"max\"(age) FROM users WHERE user_id IN (1, 42) | groups keys [] outputs count#0, max#1"),
+        ("SELECT count(ALL email), sum(coalesce(age, 0) * 2), min(lower(name)) FROM users", "merge SELECT count(ALL email), sum(coalesce(age, 0) * 2), min(lower(name)) FROM users | groups keys [] outputs count#0, sum#1, min#2"),
+        ("SELECT count(u.*) FROM users u", "merge SELECT count(u.*) FROM users AS u | groups keys [] outputs count#0"),
+        ("SELECT count(*), max(o.total) FROM users u JOIN orders o ON o.user_id = u.user_id", "merge SELECT count(*), max(o.total) FROM users AS u JOIN orders AS o ON o.user_id = u.user_id | groups keys [] outputs count#0, max#1"),
+        ("SELECT count(*) FROM users u JOIN countries c ON c.code = u.country WHERE c.name = 'x'", "merge SELECT count(*) FROM users AS u JOIN countries AS c ON c.code = u.country WHERE c.name = 'x' | groups keys [] outputs count#0"),
+        ("SELECT sum((SELECT count(*) FROM orders o WHERE o.user_id = u.user_id)) FROM users u", "merge SELECT sum((SELECT count(*) FROM orders AS o WHERE o.user_id = u.user_id)) FROM users AS u | groups keys [] outputs sum#0"),
+        ("SELECT count(*) FROM (SELECT * FROM users WHERE active) s", "merge SELECT count(*) FROM (SELECT * FROM users WHERE active) AS s | groups keys [] outputs count#0"),
+        ("SELECT count(*) FROM users LIMIT ALL", "merge SELECT count(*) FROM users | groups keys [] outputs count#0"),
     ]);
 }
 
@@ -248,17 +295,17 @@ fn select_lists_of_only_mergeable_aggregates_combine() {
 #[rustfmt::skip]
 fn aggregates_that_do_not_combine_are_named() {
     check(&[
-        ("SELECT avg(amount) FROM orders", "unsupported: aggregate function avg()"),
-        ("SELECT count(*), avg(amount) FROM orders", "unsupported: aggregate function avg()"),
+        ("SELECT avg(amount) FROM orders", "merge SELECT sum(amount) AS \"avg\", count(amount) FROM orders | groups keys [] outputs avg#0/#1"),
+        ("SELECT count(*), avg(amount) FROM orders", "merge SELECT count(*), sum(amount) AS \"avg\", count(amount) FROM orders | groups keys [] outputs count#0, avg#1/#2"),
         ("SELECT count(DISTINCT user_id) FROM users", "unsupported: count(DISTINCT ...)"),
-        ("SELECT user_id, count(*) FROM users GROUP BY user_id", "unsupported: GROUP BY"),
-        ("SELECT count(*) FROM users GROUP BY ()", "unsupported: GROUP BY"),
+        ("SELECT user_id, count(*) FROM users GROUP BY user_id", "merge SELECT user_id, count(*) FROM users GROUP BY user_id | groups keys [0] outputs #0, count#1"),
+        ("SELECT count(*) FROM users GROUP BY ()", "merge SELECT count(*) FROM users GROUP BY () | groups keys [] outputs count#0"),
         ("SELECT count(*) + 1 FROM users", "unsupported: an aggregate inside an expression (aggregate function count())"),
         ("SELECT coalesce(sum(age), 0) FROM users", "unsupported: an aggregate inside an expression"),
-        ("SELECT name, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
-        ("SELECT *, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
-        ("SELECT 1, count(*) FROM users", "unsupported: an aggregate mixed with plain columns"),
-        ("SELECT count(*) FILTER (WHERE active) FROM users", "unsupported: FILTER on aggregate function count()"),
+        ("SELECT name, count(*) FROM users", "merge SELECT name, count(*) FROM users | groups keys [] outputs #0, count#1"),
+        ("SELECT *, count(*) FROM users", "unsupported: SELECT * with GROUP BY or aggregates"),
+        ("SELECT 1, count(*) FROM users", "merge SELECT 1, count(*) FROM users | groups keys [] outputs #0, count#1"),
+        ("SELECT count(*) FILTER (WHERE active) FROM users", "merge SELECT count(*) FILTER (WHERE active) FROM users | groups keys [] outputs count#0"),
         ("SELECT max(age ORDER BY name) FROM users", "unsupported: ORDER BY inside aggregate function max()"),
         ("SELECT count(*) OVER () FROM users", "unsupported: window function count()"),
         ("SELECT count(*), rank() OVER (ORDER BY 1) FROM users", "unsupported: window function rank()"),
@@ -267,11 +314,11 @@ fn aggregates_that_do_not_combine_are_named() {
         ("SELECT min(age, name) FROM users", "unsupported: aggregate function min() with 2 arguments"),
         ("SELECT myschema.count(*) FROM users", "unsupported: qualified with a schema other than pg_catalog"),
         ("SELECT \"COUNT\"(*) FROM users", "unsupported: aggregate function count()"),
-        ("SELECT count(*) FROM users HAVING count(*) > 1", "unsupported: HAVING"),
-        ("SELECT DISTINCT count(*) FROM users", "unsupported: DISTINCT"),
-        ("SELECT count(*) FROM users LIMIT 1", "unsupported: LIMIT with aggregates"),
-        ("SELECT count(*) FROM users OFFSET 1", "unsupported: OFFSET"),
-        ("SELECT max(age) FROM users ORDER BY 1", "unsupported: ORDER BY with aggregates"),
+        ("SELECT count(*) FROM users HAVING count(*) > 1", "merge SELECT count(*), count(*) FROM users | groups keys [] outputs count#0, count#1 visible 1 having"),
+        ("SELECT DISTINCT count(*) FROM users", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 distinct"),
+        ("SELECT count(*) FROM users LIMIT 1", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 limit 1"),
+        ("SELECT count(*) FROM users OFFSET 1", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 offset 1"),
+        ("SELECT max(age) FROM users ORDER BY 1", "merge SELECT max(age) FROM users | groups keys [] outputs max#0 order by #0 asc nulls last"),
         ("SELECT count(*) FROM users FOR UPDATE", "unsupported: FOR UPDATE"),
         ("SELECT count(*) FROM users a JOIN users b ON a.name = b.name", "unsupported: a join of sharded tables"),
         ("SELECT count(*) FROM users u JOIN settings s ON s.k = u.name", "unsupported: table settings"),
@@ -279,5 +326,31 @@ fn aggregates_that_do_not_combine_are_named() {
         ("SELECT count(*) FROM users UNION ALL SELECT count(*) FROM orders", "unsupported: UNION"),
         ("SELECT * FROM (SELECT count(*) FROM orders) c", "unsupported: aggregate function count()"),
         ("SELECT (SELECT count(*) FROM users)", "unsupported: a sharded table read only in a subquery"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn grouped_reads_send_partial_aggregates_per_group() {
+    check(&[
+        ("SELECT status, count(*) FROM orders GROUP BY status", "merge SELECT status, count(*) FROM orders GROUP BY status | groups keys [0] outputs #0, count#1"),
+        ("SELECT status, avg(total) AS mean FROM orders GROUP BY 1 HAVING count(*) > 2 ORDER BY mean DESC LIMIT 3", "merge SELECT status, sum(total) AS mean, count(total), count(*) FROM orders GROUP BY 1 | groups keys [0] outputs #0, avg#1/#2, count#3 visible 2 having order by #1 desc nulls first limit 3"),
+        ("SELECT count(*) FROM orders GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 10", "merge SELECT count(*), user_id FROM orders GROUP BY user_id | groups keys [1] outputs count#0, #1 visible 1 order by #0 desc nulls first, #1 asc nulls last limit 10"),
+        ("SELECT lower(status) AS s, sum(total) FROM orders GROUP BY s HAVING sum(total) >= 10 AND NOT bool_or(paid) OR min(total) IS NULL", "merge SELECT lower(status) AS s, sum(total), sum(total), bool_or(paid), min(total) FROM orders GROUP BY s | groups keys [0] outputs #0, sum#1, sum#2, bool_or#3, min#4 visible 2 having"),
+        ("SELECT status, max(total) FROM orders GROUP BY status ORDER BY avg(total)", "merge SELECT status, max(total), sum(total), count(total) FROM orders GROUP BY status | groups keys [0] outputs #0, max#1, avg#2/#3 visible 2 order by #2 asc nulls last"),
+        ("SELECT DISTINCT count(*) FROM orders GROUP BY user_id", "merge SELECT count(*), user_id FROM orders GROUP BY user_id | groups keys [1] outputs count#0 distinct"),
+        ("SELECT status, count(*) FILTER (WHERE paid), avg(total) FILTER (WHERE paid) FROM orders GROUP BY status", "merge SELECT status, count(*) FILTER (WHERE paid), sum(total) FILTER (WHERE paid) AS \"avg\", count(total) FILTER (WHERE paid) FROM orders GROUP BY status | groups keys [0] outputs #0, count#1, avg#2/#3"),
+        ("SELECT count(*) FROM orders GROUP BY (user_id, status) OFFSET 2", "merge SELECT count(*), user_id, status FROM orders GROUP BY (user_id, status) | groups keys [1,2] outputs count#0 offset 2"),
+        ("SELECT status, count(*) FROM orders GROUP BY status HAVING status <> 'x' AND count(*) BETWEEN 1 AND 5", "unsupported: HAVING"),
+        ("SELECT status, count(*) FROM orders GROUP BY status ORDER BY note", "unsupported: neither an aggregate nor grouped"),
+        ("SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)", "unsupported: ROLLUP"),
+        ("SELECT status, count(DISTINCT user_id) FROM orders GROUP BY status", "unsupported: count(DISTINCT ...)"),
+        ("SELECT status, string_agg(note, ',') FROM orders GROUP BY status", "unsupported: aggregate function string_agg()"),
+        ("SELECT status, round(avg(total), 2) FROM orders GROUP BY status", "unsupported: an aggregate inside an expression"),
+        ("SELECT status, rank() OVER (ORDER BY count(*)) FROM orders GROUP BY status", "unsupported: window function rank()"),
+        ("SELECT 1 FROM orders HAVING true", "unsupported: HAVING without GROUP BY or aggregates"),
+        ("SELECT DISTINCT ON (status) status, total FROM orders", "unsupported: DISTINCT ON"),
+        ("SELECT DISTINCT status FROM orders ORDER BY total", "unsupported: with SELECT DISTINCT"),
+        ("SELECT * FROM users OFFSET $1", "unsupported: OFFSET with a non-literal count"),
     ]);
 }
