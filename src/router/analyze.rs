@@ -19,7 +19,7 @@ use super::plan::{
 };
 use super::scatter::{self, Scatter};
 use super::Rules;
-use super::{parse, text};
+use super::{parse, split, text};
 
 /// How the config classifies a table.
 #[derive(Debug, Clone)]
@@ -60,7 +60,9 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
     {
         return Plan::empty(hint);
     }
+    let mut was_rewritten = false;
     let parsed = parse::parse(sql).or_else(|e| {
+        was_rewritten = true;
         text::rewrite_for_parser(sql)
             .ok_or(e)
             .and_then(|rewritten| parse::parse(&rewritten))
@@ -72,6 +74,9 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
             let scatter = scatter::scatter(&analyzer, &statements, &kind);
             let mut plan = analyzer.finish(kind, hint);
             plan.scatter = scatter;
+            if !was_rewritten {
+                plan.split = split::prepare(&statements, &plan).map(Arc::new);
+            }
             plan
         }
         Ok(_) => Plan::empty(hint),
@@ -143,6 +148,7 @@ impl<'r> Analyzer<'r> {
             hint,
             unsupported: self.unsupported,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            split: None,
         }
     }
 

@@ -33,6 +33,7 @@ mod route;
 mod gather;
 mod scatter;
 mod sort;
+mod split;
 mod text;
 mod volatility;
 

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::scatter::{self, Scatter};
+use super::split::InsertSplit;
 use crate::sharding::{KeyType, ShardingError};
 
 /// What a statement is, as far as routing and the session's state machine care.
@@ -155,6 +156,8 @@ pub struct Plan {
     pub(crate) unsupported: Option<String>,
     /// How results combine when the statement runs on several shards.
     pub(crate) scatter: Scatter,
+    /// A multi-row INSERT rendered for cutting per shard ([`super::Router::split_insert`]).
+    pub(crate) split: Option<Arc<InsertSplit>>,
 }
 
 impl Plan {
@@ -232,6 +235,7 @@ impl Plan {
             hint,
             unsupported: None,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            split: None,
         }
     }
 }

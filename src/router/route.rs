@@ -322,7 +322,14 @@ impl Router {
             Target::Primary
         };
         match &plan.placement {
-            Placement::All => Ok(Route::All),
+            Placement::All => {
+                Ok(self
+                    .hinted_shard(plan)?
+                    .map_or(Route::All, |shard| Route::Shard {
+                        shard,
+                        target: Target::Primary,
+                    }))
+            }
             Placement::Default => {
                 let shard = self.override_shard(plan, ctx, self.default_key_type)?;
                 Ok(Route::Shard {
@@ -418,7 +425,11 @@ impl Router {
     }
 
     /// The shard of one key value; `None` for NULL.
-    fn key_shard(&self, key: &KeyExpr, params: &Params<'_>) -> Result<Option<usize>, RouteError> {
+    pub(super) fn key_shard(
+        &self,
+        key: &KeyExpr,
+        params: &Params<'_>,
+    ) -> Result<Option<usize>, RouteError> {
         match key {
             KeyExpr::Slot(slot) => Ok(Some(self.map.shard_of_slot(*slot))),
             KeyExpr::Param { index, key_type } => Ok(params
@@ -451,6 +462,15 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// The shard a leading `/* pgshard: shard=s1 */` names: the only way to send a write meant
+    /// for every shard (a reference table's) to one, e.g. to repair a partly applied one.
+    fn hinted_shard(&self, plan: &Plan) -> Result<Option<usize>, RouteError> {
+        match plan.hint.as_ref().and_then(|h| h.shard.as_deref()) {
+            Some(name) => self.shard_named(name).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The shard a hint or session override names, if any: the statement's leading comment

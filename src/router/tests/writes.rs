@@ -90,6 +90,8 @@ fn reference_table_writes_go_everywhere_and_other_tables_to_the_default_shard() 
         ("INSERT INTO countries (code) VALUES ('fr')", "all"),
         ("UPDATE countries SET name = 'France' WHERE code = 'fr'", "all"),
         ("DELETE FROM public.countries", "all"),
+        ("/* pgshard: shard=s1 */ DELETE FROM countries", "shard 1 primary"),
+        ("/* pgshard: shard_key=42 */ DELETE FROM countries", "all"),
         ("INSERT INTO settings (k, v) VALUES ('a', 'b')", "shard 0 primary"),
         ("UPDATE settings SET v = 1", "shard 0 primary"),
         ("DELETE FROM settings", "shard 0 primary"),
