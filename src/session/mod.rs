@@ -6,6 +6,7 @@
 mod aggregate;
 pub mod cancel;
 mod client_msg;
+mod fanout;
 mod groups;
 pub mod error;
 mod io;

@@ -45,6 +45,9 @@ enum Decision {
     Preview { shard: usize },
     /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
     ForwardAs(Frame),
+    /// Run a write on several shards' primaries: a reference table's everywhere, or a multi-row
+    /// INSERT cut into one INSERT per shard.
+    FanOut(super::fanout::FanOut),
     /// Run it on each of these shards and concatenate the rows (a keyless read).
     Scatter {
         shards: Vec<usize>,
@@ -70,6 +73,13 @@ impl Session {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            // Waits until the connection held now (answering an earlier query) is released.
+            Decision::FanOut(_) if self.server.is_some() => return Ok(Some(frame)),
+            Decision::FanOut(work) => match self.fan_out(&frame, work).await {
+                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
+                Err(e) => self.refuse(&e, true),
+                Ok(()) => {}
+            },
             Decision::Scatter {
                 shards,
                 target,
@@ -388,6 +398,18 @@ impl Session {
                 shards: list,
                 target,
             }) if !plan.is_write() => self.scatter_decision(plan, list, target, simple),
+            Ok(route @ (Route::SplitInsert { .. } | Route::All)) if plan.is_write() => {
+                match self.fan_out_decision(plan, &route, simple) {
+                    Some(Ok(work)) => Decision::FanOut(work),
+                    Some(Err(e)) => Decision::Failed(e),
+                    None => {
+                        let router = self.shared.router.load();
+                        Decision::Failed(SessionError::Route(
+                            router.multi_shard_error(plan, &route),
+                        ))
+                    }
+                }
+            }
             Ok(multi @ (Route::Shards { .. } | Route::SplitInsert { .. } | Route::All)) => {
                 let router = self.shared.router.load();
                 Decision::Failed(SessionError::Route(router.multi_shard_error(plan, &multi)))

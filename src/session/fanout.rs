@@ -1,0 +1,412 @@
+//! Writes that run on several shards' primaries at once, outside a transaction, over the simple
+//! query protocol: a write to a reference table runs unchanged on every shard (the client sees one
+//! shard's answer), and a multi-row INSERT whose rows belong to several shards runs as one INSERT
+//! per shard, cut by the router (the counts add up; RETURNING rows of every shard are forwarded).
+//!
+//! Every shard gets its statement before any answer is read. Not atomic: each shard commits its
+//! own part, so when some shards fail the client is told which applied and which failed. Nothing
+//! is sent anywhere unless a connection to every involved primary was checked out first. Never
+//! hands a connection back with unread results (each is read to its ReadyForQuery, or dropped
+//! as in flight, which closes it).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::SessionError;
+use super::{io, Session};
+use crate::backend::BackendManager;
+use crate::config::PoolMode;
+use crate::pool::Pooled;
+use crate::router::{Params, Plan, Route, Target};
+use crate::wire::build::{self, Severity};
+use crate::wire::server_tag as tag;
+use crate::wire::{rows, Frame, TransactionStatus};
+
+/// Output queued for the client beyond this is written before reading more.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// A write that runs on several shards.
+#[derive(Debug)]
+pub(super) enum FanOut {
+    /// The client's statement, unchanged, on every shard (a write to a reference table).
+    Everywhere,
+    /// One INSERT per shard with only that shard's rows: `(shard, sql)`.
+    Split(Vec<(usize, String)>),
+}
+
+/// An ErrorResponse from a server, with the fields the client's message is built from.
+struct ServerError {
+    code: String,
+    message: String,
+    detail: Option<String>,
+    bytes: Bytes,
+}
+
+/// How one shard's part ended.
+enum Outcome {
+    /// CommandComplete tags, in order.
+    Applied(Vec<String>),
+    Failed(ServerError),
+    /// The connection failed before the answer was complete: whether it applied is unknown.
+    Lost(String),
+}
+
+/// What the answers so far decided for the client.
+#[derive(Default)]
+struct Answer {
+    /// The first RowDescription forwarded; the others must agree with it.
+    described: Option<Bytes>,
+    /// A shard failed (or the shards disagree): stop forwarding results.
+    failed: bool,
+    /// The shards returned different columns.
+    mismatch: bool,
+}
+
+impl Session {
+    /// Whether a write routed to several shards can run here (`None`: refuse it as before).
+    pub(super) fn fan_out_decision(
+        &self,
+        plan: &Plan,
+        route: &Route,
+        simple: bool,
+    ) -> Option<Result<FanOut, SessionError>> {
+        let refuse = |why: &str| Some(Err(SessionError::Unsupported(why.to_string())));
+        match route {
+            // Inside a transaction the transaction's shard decides: refused as cross-shard.
+            Route::SplitInsert { .. } if self.status != TransactionStatus::Idle => None,
+            Route::SplitInsert { .. } if !simple => refuse(SPLIT_NEEDS_SIMPLE),
+            Route::All if self.status != TransactionStatus::Idle => {
+                refuse(EVERYWHERE_IN_TRANSACTION)
+            }
+            Route::All if !simple => refuse(EVERYWHERE_NEEDS_SIMPLE),
+            _ if self.mode == PoolMode::Session => refuse(
+                "this write runs on several shards, and pool_mode = \"session\" holds one server \
+                 connection: use pool_mode = \"transaction\", or write each shard's part with a \
+                 leading /* pgshard: shard=<name> */ comment",
+            ),
+            Route::All => Some(Ok(FanOut::Everywhere)),
+            Route::SplitInsert { .. } => {
+                let router = self.shared.router.load();
+                Some(
+                    router
+                        .split_insert(plan, &Params::NONE)
+                        .map(FanOut::Split)
+                        .map_err(SessionError::Route),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs a simple-query write on every involved shard's primary and answers the client once.
+    pub(super) async fn fan_out(
+        &mut self,
+        frame: &Frame,
+        work: FanOut,
+    ) -> Result<(), SessionError> {
+        let split = matches!(work, FanOut::Split(_));
+        let jobs: Vec<(usize, BytesMut)> = match work {
+            FanOut::Everywhere => (0..self.shared.shards.len())
+                .map(|shard| (shard, frame.bytes.clone()))
+                .collect(),
+            FanOut::Split(parts) => parts
+                .into_iter()
+                .map(|(shard, sql)| {
+                    let mut query = BytesMut::new();
+                    build::query(&mut query, &sql);
+                    (shard, query)
+                })
+                .collect(),
+        };
+        // Nothing is sent anywhere unless every primary gave a connection.
+        let mut conns = Vec::with_capacity(jobs.len());
+        for (shard, _) in &jobs {
+            conns.push(self.connection_for(*shard, Target::Primary).await?.0);
+        }
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
+        for (conn, (_, query)) in conns.iter_mut().zip(&jobs) {
+            conn.in_flight = true;
+            outcomes.push(match conn.write(query).await {
+                Ok(()) => None,
+                Err(e) => Some(Outcome::Lost(e.to_string())),
+            });
+        }
+        // A reference write shows the first shard's answer, read last so that a failure anywhere
+        // else is known before anything of it is forwarded; split parts are read in order.
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        if !split {
+            order.rotate_left(1);
+        }
+        let answer_shard = if split { None } else { Some(0) };
+        let mut answer = Answer::default();
+        for i in order {
+            if outcomes[i].is_some() {
+                answer.failed = true;
+                continue;
+            }
+            let forward = split || answer_shard == Some(i);
+            let outcome = match self
+                .read_part(&mut conns[i], forward, split, &mut answer)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(SessionError::Backend(e)) => Outcome::Lost(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            answer.failed |= !matches!(outcome, Outcome::Applied(_));
+            outcomes[i] = Some(outcome);
+        }
+        let shards: Vec<usize> = jobs.iter().map(|(shard, _)| *shard).collect();
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Lost("no answer".into())))
+            .collect();
+        self.conclude(&shards, &outcomes, split, &answer);
+        build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        Ok(())
+    }
+
+    /// Reads one shard's answer to its ReadyForQuery, forwarding what the client should see.
+    async fn read_part(
+        &mut self,
+        conn: &mut Pooled<BackendManager>,
+        forward: bool,
+        split: bool,
+        answer: &mut Answer,
+    ) -> Result<Outcome, SessionError> {
+        let mut tags = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = conn.read_frame().await?;
+            let show = forward && !answer.failed && error.is_none();
+            match frame.tag() {
+                tag::ROW_DESCRIPTION => match &answer.described {
+                    _ if !show => {}
+                    None => {
+                        self.client_out.extend_from_slice(&frame.bytes);
+                        answer.described = Some(frame.bytes.freeze());
+                    }
+                    Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
+                    Some(_) => answer.mismatch = true,
+                },
+                tag::DATA_ROW if show && !answer.mismatch => {
+                    self.client_out.extend_from_slice(&frame.bytes)
+                }
+                tag::COMMAND_COMPLETE => {
+                    let body = frame.body();
+                    let text = body.strip_suffix(&[0]).unwrap_or(body);
+                    tags.push(String::from_utf8_lossy(text).into_owned());
+                    if show && !split {
+                        self.client_out.extend_from_slice(&frame.bytes);
+                    }
+                }
+                tag::EMPTY_QUERY_RESPONSE if show && !split => {
+                    self.client_out.extend_from_slice(&frame.bytes)
+                }
+                tag::ERROR_RESPONSE => {
+                    if error.is_none() {
+                        error = Some(server_error(frame.bytes.freeze()));
+                    }
+                }
+                tag::NOTICE_RESPONSE if forward => self.client_out.extend_from_slice(&frame.bytes),
+                tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
+                // A COPY FROM STDIN cannot be fed to several shards here: end it on the server.
+                tag::COPY_IN_RESPONSE => conn.write(&copy_fail()).await?,
+                tag::READY_FOR_QUERY => {
+                    conn.status = frame
+                        .body()
+                        .first()
+                        .and_then(|&b| TransactionStatus::from_byte(b))
+                        .unwrap_or(TransactionStatus::Idle);
+                    conn.in_flight = false;
+                    return Ok(match error {
+                        Some(e) => Outcome::Failed(e),
+                        None => Outcome::Applied(tags),
+                    });
+                }
+                _ => {}
+            }
+            if self.client_out.len() > FLUSH_AT {
+                let out = std::mem::take(&mut self.client_out);
+                io::write_all(&mut self.client, &out).await?;
+            }
+        }
+    }
+
+    /// The end of the client's answer: the total for a split INSERT, or one error naming the
+    /// shards that applied their part and those that did not.
+    fn conclude(&mut self, shards: &[usize], outcomes: &[Outcome], split: bool, answer: &Answer) {
+        let names: Vec<&str> = shards
+            .iter()
+            .map(|&s| self.shared.shards[s].name.as_str())
+            .collect();
+        let applied: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| matches!(outcomes[i], Outcome::Applied(_)))
+            .collect();
+        if applied.len() == outcomes.len() {
+            if answer.mismatch {
+                tracing::warn!("a write on several shards returned different columns per shard");
+                let message = "pgshard: the write applied on every shard, but the shards \
+                     returned different RETURNING columns; check that every shard has the same \
+                     schema";
+                build::error_response(&mut self.client_out, Severity::Error, "XX000", message);
+            } else if split {
+                let total: u64 = outcomes.iter().map(inserted).sum();
+                build::command_complete(&mut self.client_out, &format!("INSERT 0 {total}"));
+            } else {
+                warn_if_counts_differ(&names, outcomes);
+            }
+            return;
+        }
+        let first_failure = outcomes.iter().find(|o| !matches!(o, Outcome::Applied(_)));
+        if let (true, Some(Outcome::Failed(e))) = (applied.is_empty(), first_failure) {
+            let all_answered = outcomes.iter().all(|o| matches!(o, Outcome::Failed(_)));
+            if all_answered {
+                // Nothing applied anywhere: the server's own error says it all.
+                self.client_out.extend_from_slice(&e.bytes);
+                return;
+            }
+        }
+        let (code, message) = partial_failure(&names, outcomes, split);
+        tracing::warn!("{message}");
+        build::error_response(&mut self.client_out, Severity::Error, &code, &message);
+    }
+}
+
+/// The rows a shard's `INSERT 0 <n>` reports.
+fn inserted(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Applied(tags) => tags
+            .iter()
+            .filter_map(|t| t.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// All shards should report the same counts for a reference write; if not, the tables differ.
+fn warn_if_counts_differ(names: &[&str], outcomes: &[Outcome]) {
+    let tags: Vec<&[String]> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Applied(tags) => Some(tags.as_slice()),
+            _ => None,
+        })
+        .collect();
+    if tags.windows(2).any(|w| w[0] != w[1]) {
+        let per_shard: Vec<String> = names
+            .iter()
+            .zip(&tags)
+            .map(|(name, tags)| format!("{name}: {}", tags.join("; ")))
+            .collect();
+        tracing::warn!(
+            "a write to every shard changed different row counts per shard ({}); the reference \
+             tables differ between shards",
+            per_shard.join(", ")
+        );
+    }
+}
+
+/// SQLSTATE and message for a write that applied on some shards and not on others.
+fn partial_failure(names: &[&str], outcomes: &[Outcome], split: bool) -> (String, String) {
+    let list = |pick: &dyn Fn(&Outcome) -> bool| -> Vec<&str> {
+        names
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| pick(o))
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let applied = list(&|o| matches!(o, Outcome::Applied(_)));
+    let failed = list(&|o| !matches!(o, Outcome::Applied(_)));
+    let mut code = String::from("08006");
+    let mut reasons = Vec::new();
+    for (name, outcome) in names.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied(_) => {}
+            Outcome::Failed(e) => {
+                if reasons.is_empty() {
+                    code = e.code.clone();
+                }
+                let detail = e
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                reasons.push(format!("{name}: {}{detail}", e.message));
+            }
+            Outcome::Lost(why) => reasons.push(format!(
+                "{name}: the server connection failed before it answered ({why}), so whether it \
+                 applied there is unknown"
+            )),
+        }
+    }
+    let applied = if applied.is_empty() {
+        "none".to_string()
+    } else {
+        applied.join(", ")
+    };
+    let failed_list = failed.join(", ");
+    let message = if split {
+        format!(
+            "pgshard: this INSERT was split into one INSERT per shard; the rows for shards \
+             {applied} were inserted and stay inserted, the rows for shards {failed_list} were not: \
+             {}; re-run the INSERT with only the rows that failed (or delete the inserted ones): \
+             a split INSERT is not atomic",
+            reasons.join("; ")
+        )
+    } else {
+        format!(
+            "pgshard: this write to every shard (a reference table) applied on shards {applied} \
+             and failed on shards {failed_list}: {}; it is not undone where it applied: fix the \
+             cause and re-run it on each failed shard with a leading /* pgshard: shard=<name> */ \
+             comment (or undo it on the others the same way)",
+            reasons.join("; ")
+        )
+    };
+    (code, message)
+}
+
+/// The SQLSTATE, message and detail of an ErrorResponse.
+fn server_error(bytes: Bytes) -> ServerError {
+    let mut error = ServerError {
+        code: "XX000".into(),
+        message: String::new(),
+        detail: None,
+        bytes: Bytes::new(),
+    };
+    for field in bytes.get(5..).unwrap_or_default().split(|&b| b == 0) {
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        match field.split_first() {
+            Some((b'C', v)) => error.code = text(v),
+            Some((b'M', v)) => error.message = text(v),
+            Some((b'D', v)) => error.detail = Some(text(v)),
+            _ => {}
+        }
+    }
+    error.bytes = bytes;
+    error
+}
+
+/// A CopyFail message ending a COPY FROM STDIN that a fan-out cannot feed.
+fn copy_fail() -> BytesMut {
+    let message = b"pgshard: COPY into a table kept on every shard is not supported; use INSERT\0";
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.put_u8(b'f');
+    // The length counts itself (4 bytes) and the message; the message is a short constant.
+    out.put_i32(4 + message.len() as i32);
+    out.put_slice(message);
+    out
+}
+
+const SPLIT_NEEDS_SIMPLE: &str = "this INSERT's rows belong to several shards, and pgshard splits \
+     a multi-row INSERT into one INSERT per shard only over the simple query protocol (literal \
+     values, no $n parameters): send one INSERT per shard key (rows whose keys are on the same \
+     shard may share one), or send it as a simple query";
+
+const EVERYWHERE_NEEDS_SIMPLE: &str = "writes to reference tables run on every shard, which \
+     pgshard does only over the simple query protocol for now: send it as a simple query with \
+     literal values (no $n parameters)";
+
+const EVERYWHERE_IN_TRANSACTION: &str = "this write goes to every shard (it writes a reference \
+     table), but a transaction runs on one shard: run writes to reference tables outside \
+     BEGIN ... COMMIT (each shard then commits its own copy)";
