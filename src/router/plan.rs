@@ -2,7 +2,8 @@
 //! and [`super::Router::route`] resolves per execution.
 //!
 //! A plan holds facts only (statement kind, read/write, where the shard key comes from); it
-//! never holds the SQL text, never looks at parameters and never does I/O. Literal keys are
+//! never holds the SQL text (except a multi-row INSERT re-rendered for splitting per shard),
+//! never looks at parameters and never does I/O. Literal keys are
 //! already hashed to slots here; `$n` keys wait for Bind.
 
 use std::sync::Arc;
