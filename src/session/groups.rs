@@ -15,7 +15,7 @@ use crate::backend::BackendManager;
 use crate::merge::average;
 use crate::pool::Pooled;
 use crate::router::{Combine, Groups, Merge, Output};
-use crate::wire::{build, rows};
+use crate::wire::rows;
 
 /// numeric's type OID: what avg() of integers and numerics returns.
 const NUMERIC: u32 = 1700;
@@ -74,16 +74,35 @@ impl Session {
                 return Ok(());
             }
         };
-        build::row_description(&mut self.client_out, &fields);
+        if gathered.describe {
+            self.send_description(&fields, gathered);
+        }
+        // The client's values are the outputs, typed as described.
+        gathered.oids = output_types(groups, &gathered.oids);
         for row in rows {
             let values: Vec<Option<&[u8]>> =
                 row[..groups.visible].iter().map(|v| v.as_deref()).collect();
-            build::data_row(&mut self.client_out, &values);
-            gathered.rows += 1;
+            self.send_row(&values, gathered);
+            if gathered.error.is_some() {
+                break;
+            }
             self.flush_full().await?;
         }
         Ok(())
     }
+}
+
+/// The type OID of each output, from the shard columns' types.
+fn output_types(groups: &Groups, oids: &[u32]) -> Vec<u32> {
+    let oid = |c: usize| oids.get(c).copied().unwrap_or(0);
+    groups
+        .outputs
+        .iter()
+        .map(|output| match *output {
+            Output::Column(c) | Output::Aggregate(_, c) => oid(c),
+            Output::Avg { .. } => NUMERIC,
+        })
+        .collect()
 }
 
 /// Which shard columns hold partial aggregates, and how each folds (`None`: a grouped value).

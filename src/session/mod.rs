@@ -13,6 +13,7 @@ mod io;
 pub mod prepared;
 mod route;
 mod scatter;
+mod scatter_extended;
 mod server_msg;
 pub mod settings;
 mod startup;
@@ -142,6 +143,8 @@ pub(crate) struct Session {
     skipping_until_sync: bool,
     /// The server is in copy-in mode: it ignores Sync and Flush until CopyDone or CopyFail.
     copy_in: bool,
+    /// A cross-shard read bound over the extended protocol, run at its Execute.
+    scatter_batch: Option<Box<scatter_extended::ExtendedScatter>>,
     /// Transaction status as the client last saw it.
     status: TransactionStatus,
     cancel: CancelGuard,
@@ -183,6 +186,7 @@ impl Session {
             awaiting_sync: false,
             skipping_until_sync: false,
             copy_in: false,
+            scatter_batch: None,
             status: TransactionStatus::Idle,
             cancel,
         }

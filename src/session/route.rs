@@ -60,6 +60,19 @@ impl Session {
     /// Routes one client frame and forwards it. Gives the frame back when it must wait until the
     /// server connection held now is released (it goes elsewhere and no transaction pins it).
     pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
+        let frame = if self.scatter_batch.is_some() {
+            match self.continue_extended_scatter(frame).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
+                Err(e) => {
+                    self.refuse(&e, false);
+                    return Ok(None);
+                }
+            }
+        } else {
+            frame
+        };
         let decision = match frame.tag() {
             tag::QUERY => self.route_query(&frame),
             tag::PARSE => self.note_parse(&frame)?,
@@ -80,6 +93,15 @@ impl Session {
                 Err(e) => self.refuse(&e, true),
                 Ok(()) => {}
             },
+            Decision::Scatter {
+                shards,
+                target,
+                how,
+            } if !simple => {
+                if let Err(e) = self.begin_extended_scatter(&frame, shards, target, how) {
+                    self.refuse(&e, false);
+                }
+            }
             Decision::Scatter {
                 shards,
                 target,
@@ -420,8 +442,8 @@ impl Session {
         }
     }
 
-    /// A keyless read: answered from every shard when the rows only need concatenating, outside
-    /// a transaction, over the simple protocol; refused with the construct named otherwise.
+    /// A keyless read: answered from every shard when its rows can be merged exactly, outside a
+    /// transaction; refused with the construct named otherwise.
     fn scatter_decision(
         &self,
         plan: &Plan,
@@ -442,12 +464,20 @@ impl Session {
                 "pgshard cannot merge {construct} across shards yet"
             ));
         }
-        if self.server.is_some() || self.status != TransactionStatus::Idle {
+        if self.status != TransactionStatus::Idle {
             return refuse("cross-shard reads do not run inside a transaction yet".into());
         }
-        if !simple {
-            return refuse("cross-shard reads need the simple query protocol for now".into());
+        if self.server.is_some() {
+            return refuse(
+                "it shares an extended-protocol batch with a statement sent to one shard (e.g. a \
+                 Describe of the statement before its Bind): send Sync before the Bind"
+                    .into(),
+            );
         }
+        if !simple && self.pending.iter().any(|f| f.tag() != tag::PARSE) {
+            return refuse("frames other than Parse wait for a shard in this batch".into());
+        }
+
         if self.mode == PoolMode::Session {
             return refuse("session mode holds one server connection".into());
         }

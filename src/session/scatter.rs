@@ -18,7 +18,7 @@ use crate::pool::Pooled;
 use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
-use crate::wire::{rows, Frame, TransactionStatus};
+use crate::wire::{binary, rows, Frame, TransactionStatus};
 
 /// Output queued for the client beyond this is written before reading more rows.
 const FLUSH_AT: usize = 64 * 1024;
@@ -40,6 +40,12 @@ pub(super) struct Gathered {
     pub(super) max_held: usize,
     /// Groups are described by the session itself, once all shards answered.
     pub(super) grouped: bool,
+    /// The client gets the RowDescription (simple protocol, or a Describe of the portal).
+    pub(super) describe: bool,
+    /// Result formats the client asked for, when the shards answer in text instead.
+    pub(super) formats: Option<Vec<i16>>,
+    /// Some value goes to the client in binary.
+    binary: bool,
     /// The first RowDescription (as the shards sent it); the others must agree with it.
     pub(super) described: Option<Bytes>,
     /// The type OID of each column it describes.
@@ -73,6 +79,16 @@ impl Gathered {
     }
 }
 
+/// How a cross-shard read's answer goes to the client.
+pub(super) struct Output {
+    /// Send the RowDescription.
+    pub(super) describe: bool,
+    /// Result formats the client asked for (`None`: as the shards send them).
+    pub(super) formats: Option<Vec<i16>>,
+    /// Simple protocol: end with ReadyForQuery.
+    pub(super) simple: bool,
+}
+
 impl Session {
     /// Runs a simple query on one connection per shard and streams the combined rows.
     pub(super) async fn scatter(
@@ -90,6 +106,23 @@ impl Session {
             }
             _ => &frame.bytes,
         };
+        let output = Output {
+            describe: true,
+            formats: None,
+            simple: true,
+        };
+        self.run_scatter(query, shards, target, how, output).await
+    }
+
+    /// Sends `request` to one connection per shard and streams the combined answer.
+    pub(super) async fn run_scatter(
+        &mut self,
+        request: &[u8],
+        shards: &[usize],
+        target: Target,
+        how: &Scatter,
+        output: Output,
+    ) -> Result<(), SessionError> {
         let mut conns = Vec::with_capacity(shards.len());
         for &shard in shards {
             conns.push(self.connection_for(shard, target).await?.0);
@@ -97,10 +130,16 @@ impl Session {
         // Every shard starts working before any answer is read.
         for conn in conns.iter_mut() {
             conn.in_flight = true;
-            conn.write(query).await?;
+            conn.write(request).await?;
         }
         let mut gathered = Gathered {
             max_held: self.shared.config.sharding.max_merge_memory_mb << 20,
+            describe: output.describe,
+            binary: output
+                .formats
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|&c| c != 0)),
+            formats: output.formats,
             ..Gathered::default()
         };
         match how {
@@ -126,12 +165,18 @@ impl Session {
             }
         }
         match gathered.error {
-            Some(error) => self.client_out.extend_from_slice(&error),
+            Some(error) => {
+                self.client_out.extend_from_slice(&error);
+                // The rest of an extended-protocol batch is skipped, as after any error.
+                self.skipping_until_sync = !output.simple;
+            }
             None => {
                 build::command_complete(&mut self.client_out, &format!("SELECT {}", gathered.rows))
             }
         }
-        build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        if output.simple {
+            build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        }
         Ok(())
     }
 
@@ -171,7 +216,7 @@ impl Session {
         if gathered.error.is_some() || gathered.full() {
             return;
         }
-        if gathered.hidden == 0 && gathered.seen.is_none() {
+        if gathered.hidden == 0 && gathered.seen.is_none() && !gathered.binary {
             if gathered.offset > 0 {
                 gathered.offset -= 1;
             } else {
@@ -199,8 +244,56 @@ impl Session {
             gathered.offset -= 1;
             return;
         }
-        build::data_row(&mut self.client_out, &fields);
+        self.send_row(&fields, gathered);
+    }
+
+    /// Sends a DataRow of text values, encoded in the formats the client asked for.
+    pub(super) fn send_row(&mut self, fields: &[Option<&[u8]>], gathered: &mut Gathered) {
+        if !gathered.binary {
+            build::data_row(&mut self.client_out, fields);
+            gathered.rows += 1;
+            return;
+        }
+        let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(fields.len());
+        for (i, field) in fields.iter().enumerate() {
+            let Some(value) = field else {
+                encoded.push(None);
+                continue;
+            };
+            if format_code(gathered.formats.as_deref(), i) == 0 {
+                encoded.push(Some(value.to_vec()));
+                continue;
+            }
+            let oid = gathered.oids.get(i).copied().unwrap_or(0);
+            match binary::text_to_binary(oid, value) {
+                Some(bytes) => encoded.push(Some(bytes)),
+                None => {
+                    let why = format!("binary results of type OID {oid} (ask for text results)");
+                    gathered
+                        .error
+                        .get_or_insert_with(|| unsupported_bytes(&why));
+                    return;
+                }
+            }
+        }
+        let values: Vec<Option<&[u8]>> = encoded.iter().map(|v| v.as_deref()).collect();
+        build::data_row(&mut self.client_out, &values);
         gathered.rows += 1;
+    }
+
+    /// Sends a RowDescription of these fields, with the format codes the client will get.
+    pub(super) fn send_description<F: AsRef<[u8]>>(&mut self, fields: &[F], gathered: &Gathered) {
+        match gathered.formats.as_deref() {
+            None => build::row_description(&mut self.client_out, fields),
+            Some(codes) => {
+                let fields: Vec<Vec<u8>> = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| rows::with_format(f.as_ref(), format_code(Some(codes), i)))
+                    .collect();
+                build::row_description(&mut self.client_out, &fields);
+            }
+        }
     }
 
     /// Writes the output queued for the client once it is large.
@@ -210,6 +303,15 @@ impl Session {
             io::write_all(&mut self.client, &out).await?;
         }
         Ok(())
+    }
+}
+
+/// The format code of result column `i` under a Bind's result format codes.
+fn format_code(codes: Option<&[i16]>, i: usize) -> i16 {
+    match codes {
+        None | Some([]) => 0,
+        Some([one]) => *one,
+        Some(codes) => codes.get(i).copied().unwrap_or(0),
     }
 }
 
@@ -349,16 +451,16 @@ impl Session {
         match &gathered.described {
             None => {
                 let bytes = frame.bytes.freeze();
-                if gathered.grouped {
-                } else if gathered.hidden == 0 {
+                let types = rows::column_types(&bytes[5..]).unwrap_or_default();
+                gathered.oids = types.into_iter().map(|(_, oid, _)| oid).collect();
+                if gathered.grouped || !gathered.describe {
+                } else if gathered.hidden == 0 && gathered.formats.is_none() {
                     self.client_out.extend_from_slice(&bytes);
                 } else {
                     let mut fields = rows::description_fields(&bytes[5..]).unwrap_or_default();
                     fields.truncate(fields.len().saturating_sub(gathered.hidden));
-                    build::row_description(&mut self.client_out, &fields);
+                    self.send_description(&fields, gathered);
                 }
-                let types = rows::column_types(&bytes[5..]).unwrap_or_default();
-                gathered.oids = types.into_iter().map(|(_, oid, _)| oid).collect();
                 gathered.described = Some(bytes);
             }
             Some(first) if rows::same_columns(&first[5..], frame.body()) => {}

@@ -188,6 +188,40 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     finish(buf, at);
 }
 
+/// Parse of `sql` as the unnamed statement, with these parameter type OIDs.
+pub fn parse(buf: &mut BytesMut, sql: &str, param_types: &[u32]) {
+    let at = begin(buf, b'P');
+    put_cstr(buf, "");
+    put_cstr(buf, sql);
+    buf.put_i16(param_types.len() as i16);
+    for oid in param_types {
+        buf.put_u32(*oid);
+    }
+    finish(buf, at);
+}
+
+/// Describe of the unnamed portal.
+pub fn describe_portal(buf: &mut BytesMut) {
+    let at = begin(buf, b'D');
+    buf.put_u8(b'P');
+    put_cstr(buf, "");
+    finish(buf, at);
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute(buf: &mut BytesMut) {
+    let at = begin(buf, b'E');
+    put_cstr(buf, "");
+    buf.put_i32(0);
+    finish(buf, at);
+}
+
+/// BindComplete.
+pub fn bind_complete(buf: &mut BytesMut) {
+    let at = begin(buf, b'2');
+    finish(buf, at);
+}
+
 /// Sync.
 pub fn sync(buf: &mut BytesMut) {
     let at = begin(buf, b'S');

@@ -136,6 +136,64 @@ impl<'a> Bind<'a> {
     }
 }
 
+impl<'a> Bind<'a> {
+    /// The result-column format codes (none: all text; one: for every column; else per column).
+    pub fn result_formats(&self) -> Result<Vec<i16>, WireError> {
+        let tail = &self.rest[self.params_len()?..];
+        let malformed = WireError::Malformed { what: "Bind" };
+        let (count, mut rest) = tail.split_first_chunk::<2>().ok_or(malformed.clone())?;
+        let count = usize::try_from(i16::from_be_bytes(*count)).map_err(|_| malformed.clone())?;
+        let mut formats = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (code, after) = rest.split_first_chunk::<2>().ok_or(malformed.clone())?;
+            formats.push(i16::from_be_bytes(*code));
+            rest = after;
+        }
+        Ok(formats)
+    }
+
+    /// Bytes of `rest` taken by the parameter formats and values.
+    fn params_len(&self) -> Result<usize, WireError> {
+        let params = self.params()?;
+        let values: usize = params
+            .values
+            .iter()
+            .map(|v| 4 + v.map_or(0, <[u8]>::len))
+            .sum();
+        Ok(2 + 2 * params.formats.len() + 2 + values)
+    }
+
+    /// This Bind for the unnamed portal and statement, with all results in text when `text`.
+    pub fn encode_unnamed(&self, text: bool) -> Result<BytesMut, WireError> {
+        let rest = if text {
+            let mut rest = self.rest[..self.params_len()?].to_vec();
+            rest.extend_from_slice(&0i16.to_be_bytes());
+            rest
+        } else {
+            self.rest.to_vec()
+        };
+        Ok(frame_with_name(b'B', &[0], &[], &rest))
+    }
+}
+
+/// An Execute message: the portal and the most rows to return (0: all).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Execute<'a> {
+    pub portal: &'a [u8],
+    pub max_rows: i32,
+}
+
+impl<'a> Execute<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<Execute<'a>, WireError> {
+        let (portal, rest) = split_name(body, "Execute")?;
+        let max_rows = rest
+            .first_chunk::<4>()
+            .map(|b| i32::from_be_bytes(*b))
+            .ok_or(WireError::Malformed { what: "Execute" })?;
+        Ok(Execute { portal, max_rows })
+    }
+}
+
 /// Describe or Close: a kind byte (`S` statement, `P` portal) and a name.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target<'a> {

@@ -4,6 +4,7 @@
 //! On the hot path frames are forwarded as bytes: [`frame::split_frame`] cuts a complete frame off
 //! a buffer without copying, and only the tag (and, for a few messages, a name) is ever decoded.
 
+pub mod binary;
 pub mod build;
 pub mod extended;
 pub mod frame;

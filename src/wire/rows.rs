@@ -86,6 +86,14 @@ pub fn retyped_field(field: &[u8], oid: u32, size: i16, typmod: i32) -> Option<V
     Some(out)
 }
 
+/// A RowDescription field (from [`description_fields`]) with another format code.
+pub fn with_format(field: &[u8], format: i16) -> Vec<u8> {
+    let mut out = field.to_vec();
+    let at = out.len().saturating_sub(2);
+    out[at..].copy_from_slice(&format.to_be_bytes());
+    out
+}
+
 /// Every field of a DataRow body (`None` for NULL).
 pub fn data_row_fields(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let (count, mut rest) = body.split_first_chunk::<2>()?;

@@ -1,0 +1,157 @@
+//! Cross-shard reads over the extended protocol: at a Bind that routes to several shards the
+//! batch's Parses and the Bind are answered here, and at its Execute every shard runs the
+//! statement (the router's rewrite of it when the merge needs one) as its own unnamed
+//! statement and portal, with the client's parameters; the rows are merged as for the simple
+//! protocol ([`super::scatter`]). Shards answer in text whenever values are compared or
+//! computed, and values go to the client in the formats its Bind asked for. Never leaves a
+//! portal open: a row limit on Execute (a cursor) is refused.
+
+use bytes::BytesMut;
+
+use super::error::SessionError;
+use super::Session;
+use crate::router::{Scatter, Target};
+use crate::wire::build;
+use crate::wire::client_tag as tag;
+use crate::wire::extended::{Bind, Execute, Parse, Target as Named, TargetKind};
+use crate::wire::Frame;
+
+/// A cross-shard read bound by the client and not yet executed.
+pub(super) struct ExtendedScatter {
+    shards: Vec<usize>,
+    target: Target,
+    how: Scatter,
+    /// Parse and Bind for each shard (unnamed statement and portal).
+    prefix: BytesMut,
+    /// The result formats the client's Bind asked for; `None` when the shards answer in them.
+    formats: Option<Vec<i16>>,
+    /// The client described the portal: it gets the RowDescription.
+    describe: bool,
+    /// The client's portal name.
+    portal: Vec<u8>,
+}
+
+impl Session {
+    /// A Bind of a cross-shard read: answers the batch's Parses and the Bind, and waits for the
+    /// Execute.
+    pub(super) fn begin_extended_scatter(
+        &mut self,
+        frame: &Frame,
+        shards: Vec<usize>,
+        target: Target,
+        how: Scatter,
+    ) -> Result<(), SessionError> {
+        let bind = Bind::decode(frame.body())?;
+        let (sql, types) = self.bound_statement(bind.statement)?;
+        let sql = match &how {
+            Scatter::Merge(merge) => merge.sql.clone(),
+            _ => sql,
+        };
+        // Values are only forwarded untouched when rows are concatenated as they come.
+        let passthrough = matches!(&how, Scatter::Concat { order, .. } if order.is_empty());
+        let mut prefix = BytesMut::new();
+        build::parse(&mut prefix, &sql, &types);
+        prefix.extend_from_slice(&bind.encode_unnamed(!passthrough)?);
+        let formats = (!passthrough).then(|| bind.result_formats()).transpose()?;
+        let parses = std::mem::take(&mut self.pending).len();
+        self.answer(|out| {
+            for _ in 0..parses {
+                build::parse_complete(out);
+            }
+            build::bind_complete(out);
+        });
+        self.scatter_batch = Some(Box::new(ExtendedScatter {
+            shards,
+            target,
+            how,
+            prefix,
+            formats,
+            describe: false,
+            portal: bind.portal.to_vec(),
+        }));
+        Ok(())
+    }
+
+    /// The text and parameter types of the statement a Bind names: a named statement, or the
+    /// unnamed one parsed in this batch.
+    fn bound_statement(&self, name: &[u8]) -> Result<(String, Vec<u32>), SessionError> {
+        let from_parse = |bytes: &[u8]| -> Result<(String, Vec<u32>), SessionError> {
+            let parse = Parse::decode(&bytes[5..])?;
+            let sql = String::from_utf8_lossy(parse.query()).into_owned();
+            Ok((sql, parse.param_types()))
+        };
+        if !name.is_empty() {
+            if let Some(statement) = self.statements.get(name) {
+                return from_parse(&statement.parse);
+            }
+        }
+        let unnamed = self.pending.iter().rev().find(|f| {
+            f.tag() == tag::PARSE && Parse::decode(f.body()).is_ok_and(|p| p.name.is_empty())
+        });
+        match unnamed {
+            Some(frame) if name.is_empty() => from_parse(&frame.bytes),
+            _ => Err(SessionError::Unsupported(
+                "this cross-shard read binds an unnamed statement parsed in an earlier batch: \
+                 send its Parse in the same batch as the Bind, or name the statement"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A frame after the Bind of a cross-shard read; `Some(frame)` when it ends the read unrun
+    /// and must be routed as usual.
+    pub(super) async fn continue_extended_scatter(
+        &mut self,
+        frame: Frame,
+    ) -> Result<Option<Frame>, SessionError> {
+        match frame.tag() {
+            tag::DESCRIBE => {
+                let target = Named::decode(frame.body(), "Describe")?;
+                if let Some(batch) = self.scatter_batch.as_mut() {
+                    if target.kind == TargetKind::Portal && target.name == batch.portal {
+                        batch.describe = true;
+                        return Ok(None);
+                    }
+                }
+                self.scatter_batch = None;
+                Ok(Some(frame))
+            }
+            tag::FLUSH => Ok(None),
+            tag::EXECUTE => {
+                let Some(batch) = self.scatter_batch.take() else {
+                    return Ok(Some(frame));
+                };
+                let execute = Execute::decode(frame.body())?;
+                if execute.portal != batch.portal {
+                    return Ok(Some(frame));
+                }
+                if execute.max_rows != 0 {
+                    return Err(SessionError::Unsupported(
+                        "a cross-shard read fetched in parts (Execute with a row limit, as for a \
+                         cursor or fetch size): fetch all rows at once, or add LIMIT"
+                            .into(),
+                    ));
+                }
+                self.run_extended_scatter(*batch).await.map(|()| None)
+            }
+            _ => {
+                self.scatter_batch = None;
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    async fn run_extended_scatter(&mut self, batch: ExtendedScatter) -> Result<(), SessionError> {
+        let mut request = batch.prefix;
+        build::describe_portal(&mut request);
+        build::execute(&mut request);
+        build::sync(&mut request);
+        let output = super::scatter::Output {
+            describe: batch.describe,
+            formats: batch.formats,
+            simple: false,
+        };
+        self.run_scatter(&request, &batch.shards, batch.target, &batch.how, output)
+            .await
+    }
+}
