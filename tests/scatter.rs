@@ -166,27 +166,49 @@ async fn reads_pgshard_cannot_merge_yet_are_refused_naming_the_construct() {
 }
 
 #[tokio::test]
-async fn a_keyless_read_inside_a_transaction_is_refused_and_the_client_recovers() {
-    let (proxy, _reference) = setup().await;
+async fn a_keyless_read_runs_in_a_transaction_until_it_uses_a_shard() {
+    let (proxy, reference) = setup().await;
     let client = proxy.connect().await;
+    let count = "SELECT count(*), sum(grp) FROM scatter_rows";
+    let want = rows(&reference, count).await.unwrap().0;
+
+    // Before the transaction's first statement reaches a shard, the read runs on every shard.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(rows(&client, count).await.unwrap().0, want);
+    let by_key = "SELECT user_id FROM scatter_rows WHERE user_id = 5";
+    assert_eq!(rows(&client, by_key).await.unwrap().0.len(), 1);
+    // Now the transaction is on one shard: a cross-shard read is refused and aborts it.
+    let err = client.simple_query(count).await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("already used a shard"), "{}", db.message());
+    let err = client.simple_query(by_key).await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
+    client.simple_query("ROLLBACK").await.unwrap();
+
+    // REPEATABLE READ needs one snapshot, which shards do not share.
+    client
+        .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let err = client.simple_query(count).await.unwrap_err();
+    assert!(
+        err.as_db_error().unwrap().message().contains("snapshot"),
+        "{err}"
+    );
+    client.simple_query("ROLLBACK").await.unwrap();
+
+    // A shard's error in a cross-shard read aborts the transaction, as one server would.
     client.simple_query("BEGIN").await.unwrap();
     let err = client
-        .simple_query("SELECT * FROM scatter_rows")
+        .simple_query("SELECT 1 / (grp - grp) FROM scatter_rows")
         .await
         .unwrap_err();
-    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "22012");
+    let err = client.simple_query(count).await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
     client.simple_query("ROLLBACK").await.unwrap();
-    assert_eq!(
-        rows(
-            &client,
-            "SELECT user_id FROM scatter_rows WHERE user_id = 5"
-        )
-        .await
-        .unwrap()
-        .0
-        .len(),
-        1
-    );
+    assert_eq!(rows(&client, count).await.unwrap().0, want);
 }
 
 #[tokio::test]

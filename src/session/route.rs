@@ -465,9 +465,10 @@ impl Session {
             ));
         }
         if self.status != TransactionStatus::Idle {
-            return refuse("cross-shard reads do not run inside a transaction yet".into());
-        }
-        if self.server.is_some() {
+            if let Some(why) = self.transaction_refuses_scatter() {
+                return refuse(why.into());
+            }
+        } else if self.server.is_some() {
             return refuse(
                 "it shares an extended-protocol batch with a statement sent to one shard (e.g. a \
                  Describe of the statement before its Bind): send Sync before the Bind"
@@ -486,6 +487,27 @@ impl Session {
             target,
             how: how.clone(),
         }
+    }
+
+    /// Why a cross-shard read cannot run in the client's transaction, if it cannot. It can while
+    /// the transaction has not reached a shard yet (its BEGIN is held back) at READ COMMITTED:
+    /// each statement there reads its own snapshot anyway, and nothing is written yet, so the
+    /// read runs outside it, as a separate statement on each shard.
+    fn transaction_refuses_scatter(&self) -> Option<&'static str> {
+        let Some(begin) = &self.begin else {
+            return Some(
+                "cross-shard reads do not run in a transaction that has already used a shard: \
+                 run the read before the transaction's first statement or outside it",
+            );
+        };
+        let text = String::from_utf8_lossy(begin).to_ascii_lowercase();
+        if text.contains("repeatable") || text.contains("serializable") {
+            return Some(
+                "cross-shard reads do not share one snapshot across shards, which REPEATABLE \
+                 READ and SERIALIZABLE transactions need",
+            );
+        }
+        None
     }
 
     /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`

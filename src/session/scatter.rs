@@ -169,13 +169,18 @@ impl Session {
                 self.client_out.extend_from_slice(&error);
                 // The rest of an extended-protocol batch is skipped, as after any error.
                 self.skipping_until_sync = !output.simple;
+                if self.status != TransactionStatus::Idle {
+                    // As in PostgreSQL, an error aborts the client's transaction.
+                    self.aborted = true;
+                    self.status = TransactionStatus::Failed;
+                }
             }
             None => {
                 build::command_complete(&mut self.client_out, &format!("SELECT {}", gathered.rows))
             }
         }
         if output.simple {
-            build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+            build::ready_for_query(&mut self.client_out, self.status);
         }
         Ok(())
     }
