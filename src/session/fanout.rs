@@ -136,14 +136,14 @@ impl Session {
         if !split {
             order.rotate_left(1);
         }
-        let answer_shard = if split { None } else { Some(0) };
         let mut answer = Answer::default();
         for i in order {
             if outcomes[i].is_some() {
                 answer.failed = true;
                 continue;
             }
-            let forward = split || answer_shard == Some(i);
+            // Split parts each forward their rows; a reference write only the first shard's.
+            let forward = split || i == 0;
             let outcome = match self
                 .read_part(&mut conns[i], forward, split, &mut answer)
                 .await
@@ -202,10 +202,8 @@ impl Session {
                 tag::EMPTY_QUERY_RESPONSE if show && !split => {
                     self.client_out.extend_from_slice(&frame.bytes)
                 }
-                tag::ERROR_RESPONSE => {
-                    if error.is_none() {
-                        error = Some(server_error(frame.bytes.freeze()));
-                    }
+                tag::ERROR_RESPONSE if error.is_none() => {
+                    error = Some(server_error(frame.bytes.freeze()));
                 }
                 tag::NOTICE_RESPONSE if forward => self.client_out.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
@@ -257,12 +255,10 @@ impl Session {
             }
             return;
         }
-        let first_failure = outcomes.iter().find(|o| !matches!(o, Outcome::Applied(_)));
-        if let (true, Some(Outcome::Failed(e))) = (applied.is_empty(), first_failure) {
-            let all_answered = outcomes.iter().all(|o| matches!(o, Outcome::Failed(_)));
-            if all_answered {
-                // Nothing applied anywhere: the server's own error says it all.
-                self.client_out.extend_from_slice(&e.bytes);
+        if let [Outcome::Failed(first), ..] = outcomes {
+            if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
+                // It failed everywhere, so nothing applied: the server's own error says it all.
+                self.client_out.extend_from_slice(&first.bytes);
                 return;
             }
         }
