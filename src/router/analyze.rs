@@ -19,7 +19,7 @@ use super::plan::{
 };
 use super::scatter::{self, Scatter};
 use super::Rules;
-use super::{parse, split, text};
+use super::{copy, parse, split, text};
 
 /// How the config classifies a table.
 #[derive(Debug, Clone)]
@@ -67,13 +67,21 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
             .ok_or(e)
             .and_then(|rewritten| parse::parse(&rewritten))
     });
+    // sqlparser wants `COPY ... FROM STDIN` to end with `;` (inline data may follow it).
+    let parsed =
+        parsed.or_else(|e| copy::terminated(sql).ok_or(e).and_then(|t| parse::parse(&t)));
     match parsed {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
             let scatter = scatter::scatter(&analyzer, &statements, &kind);
+            let copy = copy::copy_plan(&analyzer, &statements, sql);
             let mut plan = analyzer.finish(kind, hint);
             plan.scatter = scatter;
+            match copy {
+                Ok(copy) => plan.copy = copy,
+                Err(refusal) => plan.unsupported = plan.unsupported.or(Some(refusal)),
+            }
             if !was_rewritten {
                 plan.split = split::prepare(&statements, &plan).map(Arc::new);
             }
@@ -95,9 +103,10 @@ fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
         match rules.tables.get(table.as_str()) {
             Some(TableRule::Sharded(t)) => {
                 plan.unsupported = Some(format!(
-                    "COPY into sharded table {} is not supported yet; use INSERT (multi-row \
-                     VALUES whose rows share a shard, or one INSERT per row)",
-                    t.name
+                    "pgshard cannot parse this COPY into sharded table {}, so it cannot split its \
+                     rows by key; write it as COPY {} (<columns>) FROM STDIN WITH (FORMAT csv, \
+                     HEADER true, ...) (HEADER MATCH is not supported)",
+                    t.name, t.name
                 ));
             }
             Some(TableRule::Reference) => plan.placement = Placement::All,
@@ -149,6 +158,7 @@ impl<'r> Analyzer<'r> {
             unsupported: self.unsupported,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
             split: None,
+            copy: None,
         }
     }
 
@@ -242,15 +252,9 @@ impl<'r> Analyzer<'r> {
             }
             CopySource::Table { table_name, .. } => {
                 self.writes = true;
-                match self.table_rule(table_name) {
-                    Some(TableRule::Sharded(t)) => {
-                        self.unsupported = Some(format!(
-                            "COPY into sharded table {} is not supported yet; use INSERT",
-                            t.name
-                        ));
-                    }
-                    Some(TableRule::Reference) => self.broadcast = true,
-                    None => {}
+                // Into a sharded table: rows are split by key (`copy::copy_plan`).
+                if let Some(TableRule::Reference) = self.table_rule(table_name) {
+                    self.broadcast = true;
                 }
                 StatementKind::Write
             }

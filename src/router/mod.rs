@@ -23,6 +23,8 @@
 mod analyze;
 mod cache;
 mod constraints;
+mod copy;
+mod copy_rows;
 mod error;
 mod expr;
 mod normalize;
@@ -49,6 +51,8 @@ use crate::sharding::{KeyType, ShardMap};
 use analyze::TableRule;
 
 pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
+pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
+pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
 pub use normalize::normalize_literals;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::copy::CopyPlan;
 use super::scatter::{self, Scatter};
 use super::split::InsertSplit;
 use crate::sharding::{KeyType, ShardingError};
@@ -159,6 +160,8 @@ pub struct Plan {
     pub(crate) scatter: Scatter,
     /// A multi-row INSERT rendered for cutting per shard ([`super::Router::split_insert`]).
     pub(crate) split: Option<Arc<InsertSplit>>,
+    /// A COPY into a sharded table (split by key) or out of several shards (gathered).
+    pub(crate) copy: Option<CopyPlan>,
 }
 
 impl Plan {
@@ -208,6 +211,12 @@ impl Plan {
         &self.scatter
     }
 
+    /// What a COPY statement needs beyond its route: rows split by key (`COPY <sharded table>
+    /// FROM STDIN`), or whether several shards' output may be concatenated (`COPY ... TO`).
+    pub fn copy(&self) -> Option<&CopyPlan> {
+        self.copy.as_ref()
+    }
+
     /// Names of the sharded tables the statement touches (for logs and the demo).
     pub fn sharded_tables(&self) -> Vec<&str> {
         let mut names: Vec<&str> = match &self.placement {
@@ -237,6 +246,7 @@ impl Plan {
             unsupported: None,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
             split: None,
+            copy: None,
         }
     }
 }

@@ -7,6 +7,7 @@ mod aggregate;
 pub mod cancel;
 mod client_msg;
 mod fanout;
+mod copy_split;
 mod groups;
 pub mod error;
 mod io;

@@ -48,6 +48,8 @@ enum Decision {
     /// Run a write on several shards' primaries: a reference table's everywhere, or a multi-row
     /// INSERT cut into one INSERT per shard.
     FanOut(super::fanout::FanOut),
+    /// A COPY split by key into every shard, or gathered from several.
+    Copy(super::copy_split::CopyJob),
     /// Run it on each of these shards and concatenate the rows (a keyless read).
     Scatter {
         shards: Vec<usize>,
@@ -92,6 +94,12 @@ impl Session {
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
                 Err(e) => self.refuse(&e, true),
                 Ok(()) => {}
+            },
+            Decision::Copy(job) => match self.run_copy(&frame, job, simple).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(Some(frame)),
+                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
+                Err(e) => self.refuse(&e, simple),
             },
             Decision::Scatter {
                 shards,
@@ -394,6 +402,11 @@ impl Session {
     }
 
     fn decide(&self, plan: &Plan, route: Result<Route, RouteError>, simple: bool) -> Decision {
+        match self.copy_job(plan, &route) {
+            Ok(Some(job)) => return Decision::Copy(job),
+            Ok(None) => {}
+            Err(e) => return Decision::Failed(e),
+        }
         if let (Some(held), Ok(Route::Shard { target, .. })) = (self.held, &route) {
             // A statement that needs no particular shard stays on the held connection, unless
             // it needs a primary and the held connection is a replica.
