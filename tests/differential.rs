@@ -506,3 +506,36 @@ async fn cross_shard_reads_take_parameters_over_the_extended_protocol() {
         .unwrap();
     assert_eq!(count.get::<_, i64>(0), want.get::<_, i64>(0));
 }
+
+#[tokio::test]
+async fn psycopg_and_asyncpg_get_the_single_server_answers() {
+    let (proxy, _reference) = setup().await;
+    let script: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests",
+        "clients",
+        "scatter_drivers.py",
+    ]
+    .iter()
+    .collect();
+    let proxy_dsn = format!("postgresql://app:app@127.0.0.1:{}/app", proxy.port());
+    let reference_dsn = format!(
+        "postgresql://app:app@127.0.0.1:{}/app",
+        support::cluster().primary_port()
+    );
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args([&proxy_dsn, &reference_dsn])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the driver script finishes")
+        .expect("python3 runs");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "scatter_drivers.py failed:\n{report}");
+}

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
-    BinaryOperator, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause, LockType,
+    BinaryOperator, CaseWhen, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause, LockType,
     ObjectNamePart, Query, Select, SelectItem, SetExpr, UnaryOperator, Value,
 };
 
@@ -82,6 +83,9 @@ pub enum Operand {
     Output(usize),
     /// A literal in its text form; `None` is NULL.
     Literal(Option<String>),
+    /// A `$n` parameter: the shards return its value as an output column (this index), and it
+    /// compares like a literal (by the type of the other side).
+    Param(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,28 +431,30 @@ impl<'a> Builder<'a> {
                         B::GtEq => CompareOp::GtEq,
                         _ => return Err(format!("HAVING with the operator {op}")),
                     };
-                    Predicate::Compare(self.operand(left)?, op, self.operand(right)?)
+                    let l = self.operand(left, Some(right))?;
+                    Predicate::Compare(l, op, self.operand(right, Some(left))?)
                 }
             },
             Expr::UnaryOp {
                 op: UnaryOperator::Not,
                 expr: inner,
             } => Predicate::Not(next(self, inner)?),
-            Expr::IsNull(x) => Predicate::IsNull(self.operand(x)?, false),
-            Expr::IsNotNull(x) => Predicate::IsNull(self.operand(x)?, true),
+            Expr::IsNull(x) => Predicate::IsNull(self.operand(x, None)?, false),
+            Expr::IsNotNull(x) => Predicate::IsNull(self.operand(x, None)?, true),
             Expr::Value(v) if matches!(v.value, Value::Boolean(_)) => {
                 Predicate::Constant(v.value == Value::Boolean(true))
             }
             // A boolean value on its own: HAVING bool_or(x).
             other => Predicate::Compare(
-                self.operand(other)?,
+                self.operand(other, None)?,
                 CompareOp::Eq,
                 Operand::Literal(Some("true".into())),
             ),
         })
     }
 
-    fn operand(&mut self, e: &Expr) -> Check<Operand> {
+    /// One side of a HAVING condition; `other` is the side it is compared with.
+    fn operand(&mut self, e: &Expr, other: Option<&Expr>) -> Check<Operand> {
         let mut bare = e;
         while let Expr::Nested(inner) = bare {
             bare = inner;
@@ -473,6 +479,28 @@ impl<'a> Builder<'a> {
         };
         if let Some(text) = found {
             return Ok(Operand::Literal(text));
+        }
+        if let Expr::Value(v) = bare {
+            if let Value::Placeholder(_) = v.value {
+                // `CASE WHEN false THEN <other side> ELSE $n END` gives $n the type it has in
+                // the comparison, as PostgreSQL infers it, where a bare `$n` would be text.
+                let typed = match other {
+                    Some(other) if !matches!(other, Expr::Value(_)) => Expr::Case {
+                        case_token: AttachedToken::empty(),
+                        end_token: AttachedToken::empty(),
+                        operand: None,
+                        conditions: vec![CaseWhen {
+                            condition: Expr::value(Value::Boolean(false)),
+                            result: other.clone(),
+                        }],
+                        else_result: Some(Box::new(bare.clone())),
+                    },
+                    _ => bare.clone(),
+                };
+                let column = self.push_hidden(typed);
+                self.outputs.push(Output::Column(column));
+                return Ok(Operand::Param(self.outputs.len() - 1));
+            }
         }
         self.hidden_output(bare)
             .map(Operand::Output)

@@ -128,6 +128,7 @@ fn operand_value<'v>(
             oids.get(*i).copied(),
         ),
         Operand::Literal(text) => (text.as_deref().map(str::as_bytes), None),
+        Operand::Param(i) => (values.get(*i).and_then(|v| v.as_deref()), None),
     }
 }
 

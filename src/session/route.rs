@@ -50,6 +50,9 @@ enum Decision {
     FanOut(super::fanout::FanOut),
     /// A COPY split by key into every shard, or gathered from several.
     Copy(super::copy_split::CopyJob),
+    /// Wait until the server connection held now is released (its batch ended), then route
+    /// the frame again.
+    ReleaseFirst,
     /// Run it on each of these shards and concatenate the rows (a keyless read).
     Scatter {
         shards: Vec<usize>,
@@ -88,6 +91,10 @@ impl Session {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            Decision::ReleaseFirst => {
+                self.end_held_batch();
+                return Ok(Some(frame));
+            }
             // Waits until the connection held now (answering an earlier query) is released.
             Decision::FanOut(_) if self.server.is_some() => return Ok(Some(frame)),
             Decision::FanOut(work) => match self.fan_out(&frame, work).await {
@@ -481,17 +488,14 @@ impl Session {
             if let Some(why) = self.transaction_refuses_scatter() {
                 return refuse(why.into());
             }
-        } else if self.server.is_some() {
-            return refuse(
-                "it shares an extended-protocol batch with a statement sent to one shard (e.g. a \
-                 Describe of the statement before its Bind): send Sync before the Bind"
-                    .into(),
-            );
+        } else if self.server.is_some() && self.mode == PoolMode::Transaction {
+            // The held connection ran earlier parts of this batch (a Describe before the Bind):
+            // it is released first, then the read runs on every shard.
+            return Decision::ReleaseFirst;
         }
         if !simple && self.pending.iter().any(|f| f.tag() != tag::PARSE) {
             return refuse("frames other than Parse wait for a shard in this batch".into());
         }
-
         if self.mode == PoolMode::Session {
             return refuse("session mode holds one server connection".into());
         }
@@ -550,14 +554,7 @@ impl Session {
                     wanted: self.shared.shards[shard].name.clone(),
                 });
             }
-            if self.awaiting_sync {
-                // The batch so far ends here on the held connection (its ReadyForQuery is not the
-                // client's), so that connection can be released and the rest go elsewhere.
-                let mut sync = bytes::BytesMut::new();
-                build::sync(&mut sync);
-                self.send(&sync, Some(Expect::InternalReady));
-                self.awaiting_sync = false;
-            }
+            self.end_held_batch();
             return Ok(false);
         }
         self.checkout_route(shard, target).await?;
@@ -569,6 +566,18 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Ends the client's extended-protocol batch so far on the held connection (its
+    /// ReadyForQuery is not the client's), so that connection can be released and the rest of
+    /// the batch go elsewhere.
+    fn end_held_batch(&mut self) {
+        if self.awaiting_sync {
+            let mut sync = bytes::BytesMut::new();
+            build::sync(&mut sync);
+            self.send(&sync, Some(Expect::InternalReady));
+            self.awaiting_sync = false;
+        }
     }
 
     /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the

@@ -354,3 +354,11 @@ fn grouped_reads_send_partial_aggregates_per_group() {
         ("SELECT * FROM users OFFSET $1", "unsupported: OFFSET with a non-literal count"),
     ]);
 }
+
+#[test]
+#[rustfmt::skip]
+fn having_parameters_come_back_from_the_shards_as_hidden_columns() {
+    check(&[
+        ("SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > $1", "merge SELECT status, count(*), count(*), CASE WHEN false THEN count(*) ELSE $1 END FROM orders GROUP BY status | groups keys [0] outputs #0, count#1, count#2, #3 visible 2 having"),
+    ]);
+}
