@@ -1509,3 +1509,36 @@ async fn statements_the_parser_cannot_read_follow_the_shard_overrides() {
     run(&client, "RESET pgshard.shard").await;
     assert_eq!(port_of(&client, select).await, fx.primary_port(0));
 }
+
+#[tokio::test]
+async fn prepared_keyed_reads_in_a_transaction_run_on_their_keys_shard() {
+    let fx = fixture().await;
+    let mut client = fx.connect().await;
+    let read = "SELECT inet_server_port() FROM users WHERE user_id = $1";
+    let prepared_outside = client.prepare(read).await.unwrap();
+    for shard in 0..2 {
+        let id = id_on(shard, 3_500_000);
+        client
+            .simple_query(&format!("INSERT INTO users (user_id, name) VALUES ({id}, 'tx-read')"))
+            .await
+            .unwrap();
+        // A statement prepared inside the transaction (Parse/Describe/Sync, then Bind/Execute).
+        let tx = client.transaction().await.unwrap();
+        let port: i32 = tx
+            .query_one(read, &[&id])
+            .await
+            .unwrap_or_else(|e| panic!("read of user {id} (s{shard}) in a transaction: {}", describe(&e)))
+            .get(0);
+        assert_eq!(port, i32::from(fx.primary_port(shard)));
+        tx.commit().await.unwrap();
+        // A statement prepared before the transaction, bound inside it.
+        let tx = client.transaction().await.unwrap();
+        let port: i32 = tx
+            .query_one(&prepared_outside, &[&id])
+            .await
+            .unwrap_or_else(|e| panic!("prepared read of user {id} (s{shard}): {}", describe(&e)))
+            .get(0);
+        assert_eq!(port, i32::from(fx.primary_port(shard)));
+        tx.rollback().await.unwrap();
+    }
+}
