@@ -268,6 +268,53 @@ async fn reference_writes_inside_a_transaction_or_with_parameters_are_refused() 
 }
 
 #[tokio::test]
+async fn a_reference_write_that_also_uses_a_sharded_table_is_refused() {
+    let (proxy, client, direct) = setup().await;
+    let (a, _) = keys_on_each_shard(50_000);
+    for sql in [
+        format!("INSERT INTO countries (code, name) SELECT 'fu', name FROM users WHERE user_id = {a}"),
+        format!("INSERT INTO countries (code, name) VALUES ('fu', 'U'); INSERT INTO users (user_id, name) VALUES ({a}, 'u')"),
+    ] {
+        let (code, message) = db_error(run(&client, &sql).await);
+        assert_eq!(code, "0A000", "{sql}");
+        assert!(message.contains("its own statement"), "{message}");
+    }
+    for server in &direct {
+        assert!(
+            column(server, "SELECT code FROM countries WHERE code = 'fu'")
+                .await
+                .is_empty()
+        );
+        let users = column(
+            server,
+            &format!("SELECT name FROM users WHERE user_id = {a}"),
+        )
+        .await;
+        assert!(users.is_empty());
+    }
+    assert_clean(&client, &direct).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn copy_into_a_reference_table_is_refused_and_loads_nothing() {
+    let (proxy, client, direct) = setup().await;
+    // As a simple query (psql's \copy): every shard's COPY is ended with CopyFail.
+    let (code, message) = db_error(run(&client, "COPY countries (code, name) FROM STDIN").await);
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("INSERT ... VALUES"), "{message}");
+    for server in &direct {
+        assert!(
+            column(server, "SELECT code FROM countries WHERE code = 'fc'")
+                .await
+                .is_empty()
+        );
+    }
+    assert_clean(&client, &direct).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_multi_row_insert_is_split_so_each_row_lands_on_its_keys_shard() {
     let (proxy, client, direct) = setup().await;
     let keys: Vec<i64> = (0..100).map(|i| 10_000 + i * 7).collect();

@@ -137,6 +137,8 @@ impl<'r> Analyzer<'r> {
     fn finish(self, kind: StatementKind, hint: Option<Hint>) -> Plan {
         let plain_read =
             kind == StatementKind::Read && !self.writes && !self.locks && !self.volatile;
+        // Each shard would see only its own rows of these sharded tables.
+        let everywhere_with_sharded = self.broadcast && self.keys.occ_count() > 0;
         let placement = if self.broadcast {
             Placement::All
         } else {
@@ -158,6 +160,7 @@ impl<'r> Analyzer<'r> {
             unsupported: self.unsupported,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
             split: None,
+            everywhere_with_sharded,
             copy: None,
         }
     }

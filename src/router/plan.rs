@@ -160,6 +160,8 @@ pub struct Plan {
     pub(crate) scatter: Scatter,
     /// A multi-row INSERT rendered for cutting per shard ([`super::Router::split_insert`]).
     pub(crate) split: Option<Arc<InsertSplit>>,
+    /// Routes to every shard but also uses a sharded table (whose rows differ per shard).
+    pub(crate) everywhere_with_sharded: bool,
     /// A COPY into a sharded table (split by key) or out of several shards (gathered).
     pub(crate) copy: Option<CopyPlan>,
 }
@@ -217,6 +219,13 @@ impl Plan {
         self.copy.as_ref()
     }
 
+    /// Whether a statement for every shard ([`super::Route::All`]) does the same on each: false
+    /// when it also reads or writes a sharded table (`INSERT INTO countries SELECT ... FROM
+    /// users`, or a string that also writes `users`), whose rows differ per shard.
+    pub fn same_on_every_shard(&self) -> bool {
+        !self.everywhere_with_sharded
+    }
+
     /// Names of the sharded tables the statement touches (for logs and the demo).
     pub fn sharded_tables(&self) -> Vec<&str> {
         let mut names: Vec<&str> = match &self.placement {
@@ -246,6 +255,7 @@ impl Plan {
             unsupported: None,
             scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
             split: None,
+            everywhere_with_sharded: false,
             copy: None,
         }
     }

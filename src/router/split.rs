@@ -290,6 +290,28 @@ mod tests {
     }
 
     #[test]
+    fn reference_writes_that_also_use_sharded_tables_are_not_the_same_everywhere() {
+        let router = router();
+        let alike = |sql: &str| router.plan(sql).same_on_every_shard();
+        assert!(alike(
+            "INSERT INTO countries (code) VALUES ('fr'), ('de') RETURNING *"
+        ));
+        assert!(alike(
+            "UPDATE countries SET name = upper(name) WHERE code IN (SELECT code FROM countries)"
+        ));
+        assert!(alike("TRUNCATE users, countries"));
+        assert!(!alike(
+            "INSERT INTO countries (code) SELECT name FROM users"
+        ));
+        assert!(!alike(
+            "UPDATE countries c SET name = u.name FROM users u WHERE u.user_id = 1"
+        ));
+        assert!(!alike(
+            "INSERT INTO countries (code) VALUES ('fr'); INSERT INTO users (user_id) VALUES (1)"
+        ));
+    }
+
+    #[test]
     fn inserts_that_cannot_be_split_are_refused_with_0a000() {
         // Several statements in one string.
         assert_eq!(

@@ -59,6 +59,8 @@ struct Answer {
     failed: bool,
     /// The shards returned different columns.
     mismatch: bool,
+    /// The statement was a COPY FROM STDIN, ended on every shard with CopyFail.
+    copy_in: bool,
 }
 
 impl Session {
@@ -74,6 +76,7 @@ impl Session {
             // Inside a transaction the transaction's shard decides: refused as cross-shard.
             Route::SplitInsert { .. } if self.status != TransactionStatus::Idle => None,
             Route::SplitInsert { .. } if !simple => refuse(SPLIT_NEEDS_SIMPLE),
+            Route::All if !plan.same_on_every_shard() => refuse(EVERYWHERE_WITH_SHARDED),
             Route::All if self.status != TransactionStatus::Idle => {
                 refuse(EVERYWHERE_IN_TRANSACTION)
             }
@@ -208,7 +211,10 @@ impl Session {
                 tag::NOTICE_RESPONSE if forward => self.client_out.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 // A COPY FROM STDIN cannot be fed to several shards here: end it on the server.
-                tag::COPY_IN_RESPONSE => conn.write(&copy_fail()).await?,
+                tag::COPY_IN_RESPONSE => {
+                    answer.copy_in = true;
+                    conn.write(&copy_fail()).await?;
+                }
                 tag::READY_FOR_QUERY => {
                     conn.status = frame
                         .body()
@@ -240,6 +246,10 @@ impl Session {
         let applied: Vec<usize> = (0..outcomes.len())
             .filter(|&i| matches!(outcomes[i], Outcome::Applied(_)))
             .collect();
+        if answer.copy_in && applied.is_empty() {
+            build::error_response(&mut self.client_out, Severity::Error, "0A000", COPY_IN);
+            return;
+        }
         if applied.len() == outcomes.len() {
             if answer.mismatch {
                 tracing::warn!("a write on several shards returned different columns per shard");
@@ -402,6 +412,15 @@ const SPLIT_NEEDS_SIMPLE: &str = "this INSERT's rows belong to several shards, a
 const EVERYWHERE_NEEDS_SIMPLE: &str = "writes to reference tables run on every shard, which \
      pgshard does only over the simple query protocol for now: send it as a simple query with \
      literal values (no $n parameters)";
+
+const COPY_IN: &str = "pgshard: COPY into a reference table is not supported (every shard would \
+     need the same rows, and nothing was loaded): load it with INSERT ... VALUES, which runs on \
+     every shard, or COPY into each shard's primary directly";
+
+const EVERYWHERE_WITH_SHARDED: &str = "this write goes to every shard (it writes a reference \
+     table) but also reads or writes a sharded table, whose rows differ from shard to shard, so \
+     it would not do the same on each: write the reference table in its own statement with \
+     literal values (read the sharded rows first)";
 
 const EVERYWHERE_IN_TRANSACTION: &str = "this write goes to every shard (it writes a reference \
      table), but a transaction runs on one shard: run writes to reference tables outside \
