@@ -19,6 +19,25 @@ pub enum SortType {
     Uuid,
     /// text, varchar, name: byte order, which is PostgreSQL's order only under the C collation.
     Bytes,
+    /// date, timestamp (`false`) and timestamptz (`true`) in DateStyle ISO, as instants.
+    DateTime(bool),
+}
+
+/// What the session knows about how the shards format values, which decides what it can order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeRules {
+    /// The database collation is C (or POSIX): text orders by bytes.
+    pub text_is_bytewise: bool,
+    /// The shards' connections use DateStyle ISO: dates and timestamps can be read.
+    pub iso_dates: bool,
+}
+
+impl TypeRules {
+    /// How values of type `oid` compare under these rules; `None` when pgshard cannot order them.
+    pub fn sort_type(self, oid: u32) -> Option<SortType> {
+        SortType::of(oid, self.text_is_bytewise)
+            .filter(|kind| self.iso_dates || !matches!(kind, SortType::DateTime(_)))
+    }
 }
 
 impl SortType {
@@ -32,6 +51,8 @@ impl SortType {
             16 => Some(SortType::Bool),
             2950 => Some(SortType::Uuid),
             19 | 25 | 1043 if text_is_bytewise => Some(SortType::Bytes),
+            1082 | 1114 => Some(SortType::DateTime(false)),
+            1184 => Some(SortType::DateTime(true)),
             _ => None,
         }
     }
@@ -43,6 +64,9 @@ impl SortType {
             SortType::Float => compare_float(parse_float(a), parse_float(b)),
             SortType::Numeric => compare_numeric(a, b),
             SortType::Bool | SortType::Uuid | SortType::Bytes => a.cmp(b),
+            SortType::DateTime(zoned) => {
+                crate::wire::datetime::parse(a, zoned).cmp(&crate::wire::datetime::parse(b, zoned))
+            }
         }
     }
 }
@@ -384,10 +408,15 @@ mod tests {
     fn text_is_merged_only_under_a_bytewise_collation() {
         assert_eq!(SortType::of(25, true), Some(SortType::Bytes));
         assert_eq!(SortType::of(25, false), None);
+        assert_eq!(SortType::of(1186, true), None, "intervals are not merged");
+        let rules = TypeRules {
+            text_is_bytewise: true,
+            iso_dates: false,
+        };
         assert_eq!(
-            SortType::of(1114, true),
+            rules.sort_type(1114),
             None,
-            "timestamps are not merged yet"
+            "timestamps only under DateStyle ISO"
         );
     }
 }

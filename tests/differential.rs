@@ -19,7 +19,8 @@ const SCHEMA: &str = "\
     CREATE TABLE diff_users (user_id bigint PRIMARY KEY, name text NOT NULL, country text, \
         score int NOT NULL, active boolean NOT NULL); \
     CREATE TABLE diff_orders (order_id bigint PRIMARY KEY, user_id bigint NOT NULL, \
-        amount numeric(10,2) NOT NULL, status text NOT NULL, qty int NOT NULL, note text);";
+        amount numeric(10,2) NOT NULL, status text NOT NULL, qty int NOT NULL, note text, \
+        created_at timestamp NOT NULL, paid_at timestamptz, due date);";
 
 /// How a query's rows are compared.
 #[derive(Clone, Copy)]
@@ -65,6 +66,13 @@ const CORPUS: &[(&str, Compare)] = &[
     ("SELECT user_id, score FROM diff_users ORDER BY 2 DESC, 1 LIMIT 7", Exact),
     ("SELECT u.user_id, o.amount FROM diff_users u JOIN diff_orders o ON o.user_id = u.user_id ORDER BY o.amount DESC, o.order_id LIMIT 10", Exact),
     ("SELECT user_id FROM diff_users LIMIT 0", Exact),
+    // Dates and timestamps.
+    ("SELECT order_id, created_at FROM diff_orders ORDER BY created_at DESC, order_id LIMIT 10", Exact),
+    ("SELECT order_id, paid_at FROM diff_orders ORDER BY paid_at NULLS FIRST, order_id LIMIT 12", Exact),
+    ("SELECT order_id FROM diff_orders WHERE status = 'new' ORDER BY due DESC, paid_at, order_id LIMIT 8", Exact),
+    ("SELECT min(created_at), max(paid_at), min(due) FROM diff_orders", Exact),
+    ("SELECT date_trunc('month', created_at) AS month, count(*) FROM diff_orders GROUP BY 1 ORDER BY month", Exact),
+    ("SELECT due, count(*) FROM diff_orders GROUP BY due ORDER BY count(*) DESC, due LIMIT 5", Exact),
     // Ties.
     ("SELECT score, user_id FROM diff_users WHERE score > 95 ORDER BY score", Ties(1)),
     ("SELECT status, order_id FROM diff_orders WHERE amount > 99 ORDER BY status DESC", Ties(1)),
@@ -133,7 +141,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("SELECT name FROM diff_users UNION SELECT note FROM diff_orders", "UNION"),
     ("SELECT status, count(*) FROM diff_orders GROUP BY ROLLUP (status)", "ROLLUP"),
     ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM diff_orders", "percentile_cont"),
-    ("SELECT user_id FROM diff_users ORDER BY now() - interval '1 day' * score LIMIT 3", "type OID"),
+    ("SELECT user_id FROM diff_users ORDER BY interval '1 day' * score LIMIT 3", "type OID"),
 ];
 
 fn shard_map() -> &'static ShardMap {
@@ -165,10 +173,21 @@ fn order_row(id: i64) -> (i64, String) {
     } else {
         format!("'n{:02}'", id % 50)
     };
-    (
-        user,
-        format!("({id}, {user}, {amount}, '{status}', {qty}, {note})"),
-    )
+    let created = format!(
+        "timestamp '2024-01-01' + interval '1 minute' * {}",
+        id * 7919 % 525_600
+    );
+    let paid = match id % 5 {
+        0 => "NULL".to_string(),
+        _ => format!(
+            "timestamptz '2024-01-01 00:00:00+00' + interval '1 second' * {}",
+            id * 104_729 % 31_536_000
+        ),
+    };
+    let due = format!("date '2024-01-01' + {}", id % 400);
+    let row =
+        format!("({id}, {user}, {amount}, '{status}', {qty}, {note}, {created}, {paid}, {due})");
+    (user, row)
 }
 
 /// Inserts `rows` into `table` in batches.
@@ -538,4 +557,31 @@ async fn psycopg_and_asyncpg_get_the_single_server_answers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "scatter_drivers.py failed:\n{report}");
+}
+
+#[tokio::test]
+async fn timestamps_are_merged_only_in_datestyle_iso() {
+    let (proxy, reference) = setup().await;
+    let url = format!(
+        "{}?options=-c%20DateStyle%3DGerman",
+        proxy.url("app", "app")
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let sql =
+        "SELECT order_id, created_at FROM diff_orders ORDER BY created_at DESC, order_id LIMIT 3";
+    let err = client
+        .simple_query(sql)
+        .await
+        .expect_err("German dates cannot be ordered");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("DateStyle ISO"), "{}", db.message());
+    // Switching to ISO in the session makes the same read merge, equal to one server.
+    client.simple_query("SET DateStyle = ISO").await.unwrap();
+    let got = run(&client, sql).await.unwrap();
+    let want = run(&reference, sql).await.unwrap();
+    assert_eq!(got.1, want.1);
 }

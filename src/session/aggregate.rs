@@ -6,14 +6,14 @@
 
 use std::cmp::Ordering;
 
-use crate::merge::{add_decimal, SortType};
+use crate::merge::{add_decimal, SortType, TypeRules};
 use crate::router::{Combine, CompareOp, Operand, Predicate};
 
 /// Folds one shard's partial aggregate into the running total; `Err` says what cannot be combined.
 pub(super) fn fold(
     how: Combine,
     oid: u32,
-    bytewise: bool,
+    rules: TypeRules,
     total: Option<Vec<u8>>,
     value: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, String> {
@@ -36,7 +36,9 @@ pub(super) fn fold(
                 .into_bytes()
         }
         Combine::Min | Combine::Max => {
-            let kind = SortType::of(oid, bytewise).ok_or(format!("min/max of type OID {oid}"))?;
+            let kind = rules
+                .sort_type(oid)
+                .ok_or(format!("min/max of type OID {oid}"))?;
             let ordering = kind.compare(value, &total);
             let take = match how {
                 Combine::Min => ordering == Ordering::Less,
@@ -56,11 +58,11 @@ pub(super) fn fold(
 }
 
 /// Why a partial aggregate of this type cannot be combined exactly, if it cannot.
-pub(super) fn check_type(how: Combine, oid: u32, bytewise: bool) -> Result<(), String> {
+pub(super) fn check_type(how: Combine, oid: u32, rules: TypeRules) -> Result<(), String> {
     let ok = match how {
         Combine::Count | Combine::Sum => matches!(oid, 20 | 21 | 23 | 1700),
         Combine::Avg => matches!(oid, 20 | 1700),
-        Combine::Min | Combine::Max => SortType::of(oid, bytewise).is_some(),
+        Combine::Min | Combine::Max => rules.sort_type(oid).is_some(),
         Combine::BoolAnd | Combine::BoolOr => oid == 16,
     };
     if ok {
@@ -83,9 +85,9 @@ pub(super) fn evaluate(
     p: &Predicate,
     values: &[Option<Vec<u8>>],
     oids: &[u32],
-    bytewise: bool,
+    rules: TypeRules,
 ) -> Result<Option<bool>, String> {
-    let eval = |p: &Predicate| evaluate(p, values, oids, bytewise);
+    let eval = |p: &Predicate| evaluate(p, values, oids, rules);
     Ok(match p {
         Predicate::And(a, b) => match (eval(a)?, eval(b)?) {
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -104,7 +106,7 @@ pub(super) fn evaluate(
             Some(value.is_none() != *negated)
         }
         Predicate::Compare(a, op, b) => {
-            let ordering = compare_operands(a, b, values, oids, bytewise)?;
+            let ordering = compare_operands(a, b, values, oids, rules)?;
             ordering.map(|o| match op {
                 CompareOp::Eq => o == Ordering::Equal,
                 CompareOp::NotEq => o != Ordering::Equal,
@@ -138,12 +140,12 @@ fn compare_operands(
     b: &Operand,
     values: &[Option<Vec<u8>>],
     oids: &[u32],
-    bytewise: bool,
+    rules: TypeRules,
 ) -> Result<Option<Ordering>, String> {
     let (va, ta) = operand_value(a, values, oids);
     let (vb, tb) = operand_value(b, values, oids);
     let oid = ta.or(tb).ok_or("HAVING comparing two constants")?;
-    let kind = match SortType::of(oid, bytewise) {
+    let kind = match rules.sort_type(oid) {
         Some(SortType::Integer) => SortType::Numeric,
         Some(kind) => kind,
         None => return Err(format!("HAVING comparing a value of type OID {oid}")),
@@ -188,7 +190,16 @@ mod tests {
     fn fold_all(how: Combine, oid: u32, values: &[Option<&str>]) -> Result<Option<String>, String> {
         let mut total = None;
         for v in values {
-            total = fold(how, oid, true, total, v.map(str::as_bytes))?;
+            total = fold(
+                how,
+                oid,
+                TypeRules {
+                    text_is_bytewise: true,
+                    iso_dates: true,
+                },
+                total,
+                v.map(str::as_bytes),
+            )?;
         }
         Ok(total.map(|t| String::from_utf8(t).unwrap()))
     }

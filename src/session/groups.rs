@@ -12,7 +12,7 @@ use super::error::SessionError;
 use super::scatter::{canonical_row, compare_by, resolve_keys, unsupported_bytes, Gathered};
 use super::Session;
 use crate::backend::BackendManager;
-use crate::merge::average;
+use crate::merge::{average, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Combine, Groups, Merge, Output};
 use crate::wire::rows;
@@ -38,10 +38,7 @@ impl Session {
         groups: &Groups,
         gathered: &mut Gathered,
     ) -> Result<(), SessionError> {
-        let bytewise = self
-            .shared
-            .text_is_bytewise
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let rules = gathered.rules;
         let mut table = Table::default();
         let mut roles: Option<Vec<Option<Combine>>> = None;
         for conn in conns.iter_mut() {
@@ -50,8 +47,8 @@ impl Session {
                     continue;
                 }
                 let roles = roles.get_or_insert_with(|| fold_roles(groups, gathered.oids.len()));
-                let added = check_types(groups, &gathered.oids, bytewise)
-                    .and_then(|()| table.add(&row[5..], groups, roles, bytewise, gathered));
+                let added = check_types(groups, &gathered.oids, rules)
+                    .and_then(|()| table.add(&row[5..], groups, roles, rules, gathered));
                 if let Err(why) = added {
                     gathered
                         .error
@@ -65,8 +62,8 @@ impl Session {
         let Some(described) = gathered.described.clone() else {
             return Ok(());
         };
-        let finished = check_types(groups, &gathered.oids, bytewise)
-            .and_then(|()| finish(table, merge, groups, &described[5..], bytewise));
+        let finished = check_types(groups, &gathered.oids, rules)
+            .and_then(|()| finish(table, merge, groups, &described[5..], rules));
         let (fields, rows) = match finished {
             Ok(done) => done,
             Err(why) => {
@@ -127,13 +124,13 @@ fn fold_roles(groups: &Groups, columns: usize) -> Vec<Option<Combine>> {
 }
 
 /// Refuses aggregates whose shard type cannot be combined exactly, before any is combined.
-fn check_types(groups: &Groups, oids: &[u32], bytewise: bool) -> Result<(), String> {
+fn check_types(groups: &Groups, oids: &[u32], rules: TypeRules) -> Result<(), String> {
     let oid = |c: usize| oids.get(c).copied().unwrap_or(0);
     for output in &groups.outputs {
         match *output {
             Output::Column(_) => {}
-            Output::Aggregate(how, column) => check_type(how, oid(column), bytewise)?,
-            Output::Avg { sum, .. } => check_type(Combine::Avg, oid(sum), bytewise)?,
+            Output::Aggregate(how, column) => check_type(how, oid(column), rules)?,
+            Output::Avg { sum, .. } => check_type(Combine::Avg, oid(sum), rules)?,
         }
     }
     Ok(())
@@ -146,7 +143,7 @@ impl Table {
         body: &[u8],
         groups: &Groups,
         roles: &[Option<Combine>],
-        bytewise: bool,
+        rules: TypeRules,
         gathered: &mut Gathered,
     ) -> Result<(), String> {
         let fields = rows::data_row_fields(body).ok_or("a malformed DataRow")?;
@@ -170,7 +167,7 @@ impl Table {
                 };
                 let value = fields.get(column).copied().flatten();
                 let oid = oids.get(column).copied().unwrap_or(0);
-                *slot = fold(*how, oid, bytewise, slot.take(), value)?;
+                *slot = fold(*how, oid, rules, slot.take(), value)?;
             }
             return Ok(());
         }
@@ -196,7 +193,7 @@ fn finish(
     merge: &Merge,
     groups: &Groups,
     description: &[u8],
-    bytewise: bool,
+    rules: TypeRules,
 ) -> Result<(Vec<Vec<u8>>, Vec<Row>), String> {
     let shard_fields = rows::description_fields(description).ok_or("a malformed RowDescription")?;
     let shard_types = rows::column_types(description).ok_or("a malformed RowDescription")?;
@@ -224,7 +221,7 @@ fn finish(
     for state in table.groups {
         let row = outputs(&state, &groups.outputs)?;
         if let Some(having) = &groups.having {
-            if evaluate(having, &row, &types, bytewise)? != Some(true) {
+            if evaluate(having, &row, &types, rules)? != Some(true) {
                 continue;
             }
         }
@@ -242,7 +239,7 @@ fn finish(
         // Sort keys of groups are output positions; names are not needed.
         let columns: Vec<(String, u32, i16)> =
             types.iter().map(|&oid| (String::new(), oid, 0)).collect();
-        let keys = resolve_keys(&columns, 0, &merge.order, bytewise)?;
+        let keys = resolve_keys(&columns, 0, &merge.order, rules)?;
         out.sort_by(|a, b| compare_by(&keys, |i| a[i].as_deref(), |i| b[i].as_deref()));
     }
     let skip = usize::try_from(merge.offset).unwrap_or(usize::MAX);

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::error::SessionError;
 use super::{io, Session};
 use crate::backend::BackendManager;
-use crate::merge::{canonical, SortType};
+use crate::merge::{canonical, SortType, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
 use crate::wire::build::{self, Severity};
@@ -35,6 +35,8 @@ pub(super) struct Gathered {
     hidden: usize,
     /// SELECT DISTINCT: the canonical rows sent so far.
     seen: Option<HashSet<Vec<u8>>>,
+    /// What the session can order (collation, DateStyle).
+    pub(super) rules: TypeRules,
     /// Bytes held for this query (DISTINCT rows, groups), and the most allowed.
     pub(super) held: usize,
     pub(super) max_held: usize,
@@ -132,7 +134,21 @@ impl Session {
             conn.in_flight = true;
             conn.write(request).await?;
         }
+        // Dates and timestamps are read in DateStyle ISO, which every connection must report.
+        let iso_dates = conns.iter().all(|c| {
+            c.params
+                .get("DateStyle")
+                .is_some_and(|style| style.starts_with("ISO"))
+        });
+        let rules = TypeRules {
+            text_is_bytewise: self
+                .shared
+                .text_is_bytewise
+                .load(std::sync::atomic::Ordering::Relaxed),
+            iso_dates,
+        };
         let mut gathered = Gathered {
+            rules,
             max_held: self.shared.config.sharding.max_merge_memory_mb << 20,
             describe: output.describe,
             binary: output
@@ -381,13 +397,10 @@ impl Session {
             finished[i] = head.is_none();
             heads.push(head);
         }
-        let bytewise = self
-            .shared
-            .text_is_bytewise
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let rules = gathered.rules;
         let resolved = gathered.described.as_ref().map(|d| {
             let columns = rows::column_types(&d[5..]).unwrap_or_default();
-            resolve_keys(&columns, gathered.hidden, order, bytewise)
+            resolve_keys(&columns, gathered.hidden, order, rules)
         });
         let keys = match resolved {
             Some(Ok(keys)) => keys,
@@ -532,7 +545,7 @@ pub(super) fn resolve_keys(
     columns: &[(String, u32, i16)],
     hidden: usize,
     order: &[SortKey],
-    bytewise: bool,
+    rules: TypeRules,
 ) -> Result<Vec<Key>, String> {
     let visible = columns.len().saturating_sub(hidden);
     order
@@ -551,10 +564,10 @@ pub(super) fn resolve_keys(
             };
             let (name, oid, format) =
                 columns.get(column).ok_or("ORDER BY a column the result does not have")?;
-            let kind = SortType::of(*oid, bytewise).filter(|_| *format == 0).ok_or_else(|| {
+            let kind = rules.sort_type(*oid).filter(|_| *format == 0).ok_or_else(|| {
                 format!(
                     "rows sorted by column {name} (type OID {oid}); pgshard merges integers, floats, \
-                     numeric, bool, uuid, and text under the C collation"
+                     numeric, bool, uuid, dates and timestamps (DateStyle ISO), and text under the C collation"
                 )
             })?;
             Ok(Key { column, kind, descending: key.descending, nulls_first: key.nulls_first })

@@ -1,6 +1,7 @@
 //! Text-format column values re-encoded in PostgreSQL's binary format, for results pgshard
 //! merges in text but a client asked for in binary. Covers the types merges compare and
-//! compute (integers, floats, numeric, bool, text-like, uuid, bytea, json/jsonb); any other type
+//! compute (integers, floats, numeric, bool, text-like, uuid, bytea, json/jsonb, dates and
+//! timestamps in DateStyle ISO); any other type
 //! is `None`, never a guess.
 
 /// The binary form of `text`, a value of type `oid` in text format; `None` for a type this does
@@ -21,6 +22,19 @@ pub fn text_to_binary(oid: u32, text: &[u8]) -> Option<Vec<u8>> {
         2950 => uuid(s)?,
         17 => bytea(s)?,
         1700 => numeric(s)?,
+        1082 => i32::try_from(super::datetime::parse_date(text)?)
+            .ok()?
+            .to_be_bytes()
+            .to_vec(),
+        1114 | 1184 => {
+            let micros = super::datetime::parse(text, oid == 1184)?;
+            let micros = match micros {
+                i128::MAX => i64::MAX,
+                i128::MIN => i64::MIN,
+                m => i64::try_from(m).ok()?,
+            };
+            micros.to_be_bytes().to_vec()
+        }
         _ => return None,
     })
 }
@@ -160,6 +174,14 @@ mod tests {
             text_to_binary(2950, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap()[..3],
             [0xa0, 0xee, 0xbc]
         );
-        assert_eq!(text_to_binary(1114, b"2024-01-01 00:00:00"), None);
+        assert_eq!(
+            text_to_binary(1114, b"2000-01-01 00:00:01").unwrap(),
+            1_000_000i64.to_be_bytes()
+        );
+        assert_eq!(
+            text_to_binary(1082, b"2000-01-03").unwrap(),
+            2i32.to_be_bytes()
+        );
+        assert_eq!(text_to_binary(1186, b"1 day"), None);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod build;
+pub mod datetime;
 pub mod extended;
 pub mod frame;
 pub mod rows;
