@@ -818,7 +818,10 @@ async fn a_keyless_aggregate_that_cannot_be_merged_is_refused() {
     assert_usable(&client).await;
 
     let err = client
-        .query("SELECT count(DISTINCT owner) FROM items_uuid WHERE item = $1", &[&"x"])
+        .query(
+            "SELECT count(DISTINCT owner) FROM items_uuid WHERE item = $1",
+            &[&"x"],
+        )
         .await
         .expect_err("a keyless count(DISTINCT) with parameters is refused");
     assert_eq!(db_error(&err).0, "0A000");
@@ -874,13 +877,17 @@ async fn a_leading_shard_key_comment_routes_a_keyless_statement() {
     );
     let fx = fixture().await;
     let client = fx.connect().await;
-    let sql = "/* pgshard: shard_key=1 */ SELECT inet_server_port(), count(DISTINCT name) FROM users";
+    let sql =
+        "/* pgshard: shard_key=1 */ SELECT inet_server_port(), count(DISTINCT name) FROM users";
     assert_eq!(port_of(&client, sql).await, fx.replica_port(0));
-    let sql = "/* pgshard: shard_key=42 */ SELECT inet_server_port(), count(DISTINCT name) FROM users";
+    let sql =
+        "/* pgshard: shard_key=42 */ SELECT inet_server_port(), count(DISTINCT name) FROM users";
     assert_eq!(port_of(&client, sql).await, fx.replica_port(1));
     // The hint holds for that statement only.
     assert_eq!(
-        refused(&client, "SELECT count(DISTINCT user_id) FROM users").await.0,
+        refused(&client, "SELECT count(DISTINCT user_id) FROM users")
+            .await
+            .0,
         "0A000"
     );
 }
@@ -905,7 +912,11 @@ async fn pgshard_answers_come_after_the_responses_owed_for_earlier_messages() {
     client.query(read, &[&1_i64]).await.unwrap();
     run(&client, "SET pgshard.shard = 's1'").await;
     assert_eq!(
-        port_of(&client, "SELECT inet_server_port(), count(DISTINCT name) FROM users").await,
+        port_of(
+            &client,
+            "SELECT inet_server_port(), count(DISTINCT name) FROM users"
+        )
+        .await,
         fx.replica_port(1)
     );
 
@@ -1517,9 +1528,11 @@ async fn prepared_keyed_reads_in_a_transaction_run_on_their_keys_shard() {
     let read = "SELECT inet_server_port() FROM users WHERE user_id = $1";
     let prepared_outside = client.prepare(read).await.unwrap();
     for shard in 0..2 {
-        let id = id_on(shard, 3_500_000);
+        let id = id_on(shard, 7_700_000);
         client
-            .simple_query(&format!("INSERT INTO users (user_id, name) VALUES ({id}, 'tx-read')"))
+            .simple_query(&format!(
+                "INSERT INTO users (user_id, name) VALUES ({id}, 'tx-read')"
+            ))
             .await
             .unwrap();
         // A statement prepared inside the transaction (Parse/Describe/Sync, then Bind/Execute).
@@ -1527,7 +1540,12 @@ async fn prepared_keyed_reads_in_a_transaction_run_on_their_keys_shard() {
         let port: i32 = tx
             .query_one(read, &[&id])
             .await
-            .unwrap_or_else(|e| panic!("read of user {id} (s{shard}) in a transaction: {}", describe(&e)))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "read of user {id} (s{shard}) in a transaction: {}",
+                    describe(&e)
+                )
+            })
             .get(0);
         assert_eq!(port, i32::from(fx.primary_port(shard)));
         tx.commit().await.unwrap();
