@@ -181,7 +181,11 @@ async fn a_keyless_read_runs_in_a_transaction_until_it_uses_a_shard() {
     let err = client.simple_query(count).await.unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "0A000");
-    assert!(db.message().contains("already used a shard"), "{}", db.message());
+    assert!(
+        db.message().contains("already used a shard"),
+        "{}",
+        db.message()
+    );
     let err = client.simple_query(by_key).await.unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
     client.simple_query("ROLLBACK").await.unwrap();
@@ -287,4 +291,63 @@ async fn aggregates_without_group_by_combine_into_the_single_server_answer() {
         let want = ordered_rows(&reference, sql).await.unwrap();
         assert_eq!(got, want, "combined aggregates differ for {sql}");
     }
+}
+
+#[tokio::test]
+async fn a_cancel_request_stops_a_cross_shard_read_on_every_shard() {
+    let (proxy, _reference) = setup().await;
+    let client = proxy.connect().await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let result = client
+            .simple_query("SELECT pg_sleep(30), count(*), 'scatter_cancel' FROM scatter_rows")
+            .await;
+        (client, result.map(|_| ()))
+    });
+    // Cancel once the statement runs on both shards (pgshard sends them its own rendering of
+    // the statement, without comments: the marker is a string).
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                   AND query LIKE '%scatter_cancel%' AND pid <> pg_backend_pid()";
+    let shards = support::shard_clusters();
+    let mut watchers = Vec::new();
+    for cluster in shards {
+        watchers.push(support::connect_direct(cluster.primary_port()).await);
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let mut active = 0;
+            for watcher in &watchers {
+                active += watcher
+                    .query_one(running, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0);
+            }
+            if active == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the read never ran on both shards");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (client, result) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("a cancelled cross-shard read returns at once, not after 30 s")
+        .unwrap();
+    let err = result.expect_err("the read was cancelled");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+    // Neither shard is still running it, and the client goes on.
+    for watcher in &watchers {
+        assert_eq!(
+            watcher
+                .query_one(running, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            0
+        );
+    }
+    assert_eq!(rows(&client, "SELECT 1").await.unwrap().0.len(), 1);
 }

@@ -1,21 +1,37 @@
 //! Cancel keys: each client gets its own BackendKeyData from pgshard, and a CancelRequest carrying it
-//! is forwarded to the server connection that client is using at that moment (if any).
+//! is forwarded to the server connections that client is using at that moment (none, one, or one
+//! per shard during a cross-shard read).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use crate::backend::connection::CancelKey as ServerKey;
 
-/// The server connection a client is using right now, if any.
+/// The server connections a client is using right now.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<Arc<ServerKey>>>);
+pub struct CancelSlot(Mutex<Vec<Arc<ServerKey>>>);
 
 impl CancelSlot {
     pub fn set(&self, key: Option<Arc<ServerKey>>) {
-        *lock(&self.0) = key;
+        *lock(&self.0) = key.into_iter().collect();
     }
-    pub fn get(&self) -> Option<Arc<ServerKey>> {
+    /// Several connections at once (a cross-shard read); cleared again when `SlotInUse` drops.
+    pub fn set_all(self: &Arc<Self>, keys: Vec<Arc<ServerKey>>) -> SlotInUse {
+        *lock(&self.0) = keys;
+        SlotInUse(self.clone())
+    }
+    pub fn get(&self) -> Vec<Arc<ServerKey>> {
         lock(&self.0).clone()
+    }
+}
+
+/// Clears a [`CancelSlot`] on drop, so a cancel never reaches connections given back.
+#[derive(Debug)]
+pub struct SlotInUse(Arc<CancelSlot>);
+
+impl Drop for SlotInUse {
+    fn drop(&mut self) {
+        self.0.set(None);
     }
 }
 
@@ -44,11 +60,12 @@ impl CancelRegistry {
         }
     }
 
-    /// The server connection to cancel for a client key, if that client is using one now.
-    pub fn lookup(&self, process_id: i32, secret_key: i32) -> Option<Arc<ServerKey>> {
+    /// The server connections to cancel for a client key (those the client is using now).
+    pub fn lookup(&self, process_id: i32, secret_key: i32) -> Vec<Arc<ServerKey>> {
         lock(&self.clients)
             .get(&(process_id, secret_key))
-            .and_then(|slot| slot.get())
+            .map(|slot| slot.get())
+            .unwrap_or_default()
     }
 }
 
@@ -80,16 +97,24 @@ mod tests {
         let registry = Arc::new(CancelRegistry::default());
         let guard = registry.register();
         let (pid, secret) = guard.key;
-        assert_eq!(registry.lookup(pid, secret), None);
+        assert!(registry.lookup(pid, secret).is_empty());
         let key = ServerKey {
             addr: "127.0.0.1:5432".into(),
             process_id: 7,
             secret_key: 9,
         };
         guard.slot.set(Some(Arc::new(key.clone())));
-        assert_eq!(registry.lookup(pid, secret).as_deref(), Some(&key));
-        assert_eq!(registry.lookup(pid, secret.wrapping_add(1)), None);
+        assert_eq!(registry.lookup(pid, secret), vec![Arc::new(key.clone())]);
+        assert!(registry.lookup(pid, secret.wrapping_add(1)).is_empty());
+        let other = Arc::new(ServerKey {
+            process_id: 8,
+            ..key.clone()
+        });
+        let in_use = guard.slot.set_all(vec![Arc::new(key.clone()), other]);
+        assert_eq!(registry.lookup(pid, secret).len(), 2);
+        drop(in_use);
+        assert!(registry.lookup(pid, secret).is_empty());
         drop(guard);
-        assert_eq!(registry.lookup(pid, secret), None);
+        assert!(registry.lookup(pid, secret).is_empty());
     }
 }

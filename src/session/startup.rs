@@ -32,10 +32,15 @@ pub(super) async fn read_startup(
                 process_id,
                 secret_key,
             }) => {
-                if let Some(key) = shared.cancel.lookup(process_id, secret_key) {
-                    crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key)
-                        .await;
+                // Every server the client is using now, at once (several in a cross-shard read).
+                let mut cancels = tokio::task::JoinSet::new();
+                for key in shared.cancel.lookup(process_id, secret_key) {
+                    cancels.spawn(async move {
+                        crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key)
+                            .await
+                    });
                 }
+                while cancels.join_next().await.is_some() {}
                 return Ok(None);
             }
             Some(StartupPacket::Startup(message)) => return Ok(Some(message)),
