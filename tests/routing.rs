@@ -1560,3 +1560,90 @@ async fn prepared_keyed_reads_in_a_transaction_run_on_their_keys_shard() {
         tx.rollback().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_extended_protocol_begin_waits_for_the_statement_that_picks_the_shard() {
+    let fx = fixture().await;
+    let client = fx.connect().await;
+    for shard in 0..2 {
+        let id = id_on(shard, 7_800_000);
+        // tokio-postgres `execute` sends BEGIN over the extended protocol.
+        client.execute("BEGIN", &[]).await.unwrap();
+        client
+            .execute(
+                "INSERT INTO users (user_id, name) VALUES ($1, 'ext-begin')",
+                &[&id],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("INSERT of user {id} (s{shard}): {}", describe(&e)));
+        client.execute("COMMIT", &[]).await.unwrap();
+        assert!(
+            user_exists_on(&fx, shard, id).await,
+            "user {id} is on s{shard}"
+        );
+        // An empty transaction over the extended protocol.
+        client.execute("BEGIN", &[]).await.unwrap();
+        client.execute("ROLLBACK", &[]).await.unwrap();
+    }
+    assert_usable(&client).await;
+}
+
+#[tokio::test]
+async fn jdbc_transactions_run_on_their_keys_shard() {
+    let jar = std::path::Path::new("/usr/share/java/postgresql.jar");
+    assert!(
+        jar.exists(),
+        "pgJDBC is installed by .ci/run (libpostgresql-jdbc-java)"
+    );
+    let fx = fixture().await;
+    let source: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests",
+        "clients",
+        "JdbcRouting.java",
+    ]
+    .iter()
+    .collect();
+    let url = format!(
+        "jdbc:postgresql://127.0.0.1:{}/app?sslmode=disable",
+        fx.proxy.port()
+    );
+    let (first_s0, first_s1) = (7_900_000i64, 7_900_001i64);
+    // Keys first + 1000 * i must stay on one shard: pick starts whose 20 keys all live there.
+    let start = |shard: usize, from: i64| {
+        (from..)
+            .find(|s| {
+                (0..20).all(|i| shard_of_id(s + i * 1000) == shard) && shard_of_id(s + 999) == shard
+            })
+            .unwrap()
+    };
+    let (first_s0, first_s1) = (start(0, first_s0), start(1, first_s1 + 100));
+    let run = tokio::process::Command::new("java")
+        .arg("-cp")
+        .arg(jar)
+        .arg(&source)
+        .args([&url, &first_s0.to_string(), &first_s1.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(HANG_GUARD, run)
+        .await
+        .expect("java finishes")
+        .expect("java runs");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "JdbcRouting failed:\n{report}");
+    for (shard, first) in [(0, first_s0), (1, first_s1)] {
+        assert!(
+            user_exists_on(&fx, shard, first).await,
+            "user {first} is on s{shard}"
+        );
+        assert!(
+            !user_exists_on(&fx, 1 - shard, first).await,
+            "user {first} is not on s{}",
+            1 - shard
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! while a response is outstanding or a transaction is open.
 
 mod aggregate;
+mod bound;
 pub mod cancel;
 mod client_msg;
 mod fanout;
@@ -144,8 +145,8 @@ pub(crate) struct Session {
     skipping_until_sync: bool,
     /// The server is in copy-in mode: it ignores Sync and Flush until CopyDone or CopyFail.
     copy_in: bool,
-    /// A cross-shard read bound over the extended protocol, run at its Execute.
-    scatter_batch: Option<Box<scatter_extended::ExtendedScatter>>,
+    /// A portal pgshard bound itself (a cross-shard read, a held-back BEGIN), until its Execute.
+    bound: Option<Box<bound::Bound>>,
     /// Transaction status as the client last saw it.
     status: TransactionStatus,
     cancel: CancelGuard,
@@ -187,7 +188,7 @@ impl Session {
             awaiting_sync: false,
             skipping_until_sync: false,
             copy_in: false,
-            scatter_batch: None,
+            bound: None,
             status: TransactionStatus::Idle,
             cancel,
         }

@@ -65,8 +65,8 @@ impl Session {
     /// Routes one client frame and forwards it. Gives the frame back when it must wait until the
     /// server connection held now is released (it goes elsewhere and no transaction pins it).
     pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
-        let frame = if self.scatter_batch.is_some() {
-            match self.continue_extended_scatter(frame).await {
+        let frame = if self.bound.is_some() {
+            match self.continue_bound(frame).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(None),
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
@@ -346,22 +346,37 @@ impl Session {
             return Ok(self.held_or(self.default_route()));
         }
         let bind = Bind::decode(frame.body())?;
-        if self.aborted {
-            return Ok(Decision::Failed(SessionError::TransactionAborted));
-        }
         let statement = (!bind.statement.is_empty())
             .then(|| self.statements.get(bind.statement))
             .flatten();
-        let (plan, types) = match &statement {
-            Some(s) => (s.plan.clone(), &s.param_types[..]),
-            None if bind.statement.is_empty() => {
-                (self.unnamed_plan.clone(), &self.unnamed_types[..])
-            }
-            None => (None, &[][..]),
+        let plan = match &statement {
+            Some(s) => s.plan.clone(),
+            None if bind.statement.is_empty() => self.unnamed_plan.clone(),
+            None => None,
         };
+        if let Some(StatementKind::Transaction(control)) = plan.as_deref().map(Plan::kind) {
+            let control = *control;
+            if self.bound_transaction_control(control, &bind)? {
+                return Ok(Decision::Answered);
+            }
+            if matches!(
+                control,
+                TransactionControl::Rollback | TransactionControl::RollbackTo
+            ) {
+                // As in PostgreSQL, a rollback ends what an error aborted.
+                self.aborted = false;
+            }
+        }
+        if self.aborted {
+            return Ok(Decision::Failed(SessionError::TransactionAborted));
+        }
         let Some(plan) = plan else {
             // Unknown statement: the server answers with its own error.
             return Ok(self.held_or(self.default_route()));
+        };
+        let types = match &statement {
+            Some(s) => &s.param_types[..],
+            None => &self.unnamed_types[..],
         };
         let params = bind.params()?;
         let route = self.shared.router.load().route(

@@ -8,12 +8,13 @@
 
 use bytes::BytesMut;
 
+use super::bound::Bound;
 use super::error::SessionError;
 use super::Session;
 use crate::router::{Scatter, Target};
 use crate::wire::build;
 use crate::wire::client_tag as tag;
-use crate::wire::extended::{Bind, Execute, Parse, Target as Named, TargetKind};
+use crate::wire::extended::{Bind, Parse};
 use crate::wire::Frame;
 
 /// A cross-shard read bound by the client and not yet executed.
@@ -26,9 +27,9 @@ pub(super) struct ExtendedScatter {
     /// The result formats the client's Bind asked for; `None` when the shards answer in them.
     formats: Option<Vec<i16>>,
     /// The client described the portal: it gets the RowDescription.
-    describe: bool,
+    pub(super) describe: bool,
     /// The client's portal name.
-    portal: Vec<u8>,
+    pub(super) portal: Vec<u8>,
 }
 
 impl Session {
@@ -60,7 +61,7 @@ impl Session {
             }
             build::bind_complete(out);
         });
-        self.scatter_batch = Some(Box::new(ExtendedScatter {
+        self.bound = Some(Box::new(Bound::Scatter(ExtendedScatter {
             shards,
             target,
             how,
@@ -68,13 +69,13 @@ impl Session {
             formats,
             describe: false,
             portal: bind.portal.to_vec(),
-        }));
+        })));
         Ok(())
     }
 
     /// The text and parameter types of the statement a Bind names: a named statement, or the
     /// unnamed one parsed in this batch.
-    fn bound_statement(&self, name: &[u8]) -> Result<(String, Vec<u32>), SessionError> {
+    pub(super) fn bound_statement(&self, name: &[u8]) -> Result<(String, Vec<u32>), SessionError> {
         let from_parse = |bytes: &[u8]| -> Result<(String, Vec<u32>), SessionError> {
             let parse = Parse::decode(&bytes[5..])?;
             let sql = String::from_utf8_lossy(parse.query()).into_owned();
@@ -98,50 +99,19 @@ impl Session {
         }
     }
 
-    /// A frame after the Bind of a cross-shard read; `Some(frame)` when it ends the read unrun
-    /// and must be routed as usual.
-    pub(super) async fn continue_extended_scatter(
+    /// Runs a bound cross-shard read at its Execute (`max_rows` 0: all rows).
+    pub(super) async fn run_extended_scatter(
         &mut self,
-        frame: Frame,
-    ) -> Result<Option<Frame>, SessionError> {
-        match frame.tag() {
-            tag::DESCRIBE => {
-                let target = Named::decode(frame.body(), "Describe")?;
-                if let Some(batch) = self.scatter_batch.as_mut() {
-                    if target.kind == TargetKind::Portal && target.name == batch.portal {
-                        batch.describe = true;
-                        return Ok(None);
-                    }
-                }
-                self.scatter_batch = None;
-                Ok(Some(frame))
-            }
-            tag::FLUSH => Ok(None),
-            tag::EXECUTE => {
-                let Some(batch) = self.scatter_batch.take() else {
-                    return Ok(Some(frame));
-                };
-                let execute = Execute::decode(frame.body())?;
-                if execute.portal != batch.portal {
-                    return Ok(Some(frame));
-                }
-                if execute.max_rows != 0 {
-                    return Err(SessionError::Unsupported(
-                        "a cross-shard read fetched in parts (Execute with a row limit, as for a \
-                         cursor or fetch size): fetch all rows at once, or add LIMIT"
-                            .into(),
-                    ));
-                }
-                self.run_extended_scatter(*batch).await.map(|()| None)
-            }
-            _ => {
-                self.scatter_batch = None;
-                Ok(Some(frame))
-            }
+        batch: ExtendedScatter,
+        max_rows: i32,
+    ) -> Result<(), SessionError> {
+        if max_rows != 0 {
+            return Err(SessionError::Unsupported(
+                "a cross-shard read fetched in parts (Execute with a row limit, as for a \
+                 cursor or fetch size): fetch all rows at once, or add LIMIT"
+                    .into(),
+            ));
         }
-    }
-
-    async fn run_extended_scatter(&mut self, batch: ExtendedScatter) -> Result<(), SessionError> {
         let mut request = batch.prefix;
         build::describe_portal(&mut request);
         build::execute(&mut request);

@@ -216,6 +216,12 @@ pub fn execute(buf: &mut BytesMut) {
     finish(buf, at);
 }
 
+/// NoData.
+pub fn no_data(buf: &mut BytesMut) {
+    let at = begin(buf, b'n');
+    finish(buf, at);
+}
+
 /// BindComplete.
 pub fn bind_complete(buf: &mut BytesMut) {
     let at = begin(buf, b'2');

@@ -1,0 +1,148 @@
+//! Portals pgshard binds itself instead of a server: a cross-shard read (run on every shard at
+//! its Execute, [`super::scatter_extended`]) and transaction commands it answers itself (a BEGIN
+//! held back until the first statement picks a shard, and the end of a transaction that never
+//! reached one), as the extended protocol sends them (JDBC, Npgsql). Handles the frames after
+//! such a Bind up to its Execute; never sends anything to a server for the command portals.
+
+use bytes::BytesMut;
+
+use super::error::SessionError;
+use super::scatter_extended::ExtendedScatter;
+use super::Session;
+use crate::config::PoolMode;
+use crate::router::{TransactionControl, TransactionMode};
+use crate::wire::build;
+use crate::wire::client_tag as tag;
+use crate::wire::extended::{Bind, Execute, Target as Named, TargetKind};
+use crate::wire::{Frame, TransactionStatus};
+
+/// A portal bound by pgshard, waiting for its Execute.
+pub(super) enum Bound {
+    Scatter(ExtendedScatter),
+    /// A command answered here with this CommandComplete tag.
+    Answer {
+        portal: Vec<u8>,
+        tag: &'static str,
+    },
+}
+
+impl Bound {
+    fn portal(&self) -> &[u8] {
+        match self {
+            Bound::Scatter(batch) => &batch.portal,
+            Bound::Answer { portal, .. } => portal,
+        }
+    }
+}
+
+impl Session {
+    /// A Bind of BEGIN with no server held yet, or of COMMIT/ROLLBACK of a transaction whose
+    /// BEGIN is still held back: answered here as the simple protocol's are (the BEGIN is sent
+    /// later, as a simple query, with the first statement that picks a shard). `true` when
+    /// answered; the batch's Parses and the Bind are answered now, the Execute later.
+    pub(super) fn bound_transaction_control(
+        &mut self,
+        control: TransactionControl,
+        bind: &Bind<'_>,
+    ) -> Result<bool, SessionError> {
+        let free = self.server.is_none();
+        let tag = match control {
+            TransactionControl::Begin { read_only }
+                if free
+                    && self.status == TransactionStatus::Idle
+                    && self.mode == PoolMode::Transaction =>
+            {
+                let Ok((sql, types)) = self.bound_statement(bind.statement) else {
+                    return Ok(false);
+                };
+                if !types.is_empty() {
+                    return Ok(false);
+                }
+                let mut begin = BytesMut::new();
+                build::query(&mut begin, &sql);
+                self.begin = Some(begin.freeze());
+                self.status = TransactionStatus::InTransaction;
+                self.ctx.transaction = if read_only {
+                    TransactionMode::ReadOnly
+                } else {
+                    TransactionMode::ReadWrite
+                };
+                "BEGIN"
+            }
+            TransactionControl::Commit | TransactionControl::Rollback
+                if free && self.begin.is_some() =>
+            {
+                self.begin = None;
+                self.aborted = false;
+                self.ctx.transaction = TransactionMode::Outside;
+                let failed = self.status == TransactionStatus::Failed;
+                self.status = TransactionStatus::Idle;
+                if control == TransactionControl::Commit && !failed {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                }
+            }
+            _ => return Ok(false),
+        };
+        let parses = std::mem::take(&mut self.pending).len();
+        self.answer(|out| {
+            for _ in 0..parses {
+                build::parse_complete(out);
+            }
+            build::bind_complete(out);
+        });
+        self.bound = Some(Box::new(Bound::Answer {
+            portal: bind.portal.to_vec(),
+            tag,
+        }));
+        Ok(true)
+    }
+
+    /// A frame after a Bind pgshard answered; `Some(frame)` when the frame is not about that
+    /// portal and must be routed as usual (the portal is then forgotten).
+    pub(super) async fn continue_bound(
+        &mut self,
+        frame: Frame,
+    ) -> Result<Option<Frame>, SessionError> {
+        let Some(bound) = self.bound.take() else {
+            return Ok(Some(frame));
+        };
+        match frame.tag() {
+            tag::DESCRIBE => {
+                let target = Named::decode(frame.body(), "Describe")?;
+                if target.kind != TargetKind::Portal || target.name != bound.portal() {
+                    return Ok(Some(frame));
+                }
+                let mut bound = bound;
+                match &mut *bound {
+                    Bound::Scatter(batch) => batch.describe = true,
+                    Bound::Answer { .. } => self.answer(build::no_data),
+                }
+                self.bound = Some(bound);
+                Ok(None)
+            }
+            tag::FLUSH => {
+                self.bound = Some(bound);
+                Ok(None)
+            }
+            tag::EXECUTE => {
+                let execute = Execute::decode(frame.body())?;
+                if execute.portal != bound.portal() {
+                    return Ok(Some(frame));
+                }
+                match *bound {
+                    Bound::Scatter(batch) => self
+                        .run_extended_scatter(batch, execute.max_rows)
+                        .await
+                        .map(|()| None),
+                    Bound::Answer { tag, .. } => {
+                        self.answer(|out| build::command_complete(out, tag));
+                        Ok(None)
+                    }
+                }
+            }
+            _ => Ok(Some(frame)),
+        }
+    }
+}
