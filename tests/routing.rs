@@ -1622,7 +1622,7 @@ async fn jdbc_transactions_run_on_their_keys_shard() {
         .arg("-cp")
         .arg(jar)
         .arg(&source)
-        .args([&url, &first_s0.to_string(), &first_s1.to_string()])
+        .args([&url, &first_s0.to_string(), &first_s1.to_string(), "jd"])
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(HANG_GUARD, run)
@@ -1635,6 +1635,14 @@ async fn jdbc_transactions_run_on_their_keys_shard() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "JdbcRouting failed:\n{report}");
+    for shard in 0..2 {
+        let names = texts_on(&fx, shard, "SELECT name FROM countries WHERE code = 'jd'").await;
+        assert_eq!(
+            names,
+            BTreeSet::from(["JDBC".to_string()]),
+            "the reference row on s{shard}"
+        );
+    }
     for (shard, first) in [(0, first_s0), (1, first_s1)] {
         assert!(
             user_exists_on(&fx, shard, first).await,

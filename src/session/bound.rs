@@ -1,5 +1,6 @@
 //! Portals pgshard binds itself instead of a server: a cross-shard read (run on every shard at
-//! its Execute, [`super::scatter_extended`]) and transaction commands it answers itself (a BEGIN
+//! its Execute, [`super::scatter_extended`]), a write to a reference table (run on every shard's
+//! primary at its Execute, [`super::fanout`]) and transaction commands it answers itself (a BEGIN
 //! held back until the first statement picks a shard, and the end of a transaction that never
 //! reached one), as the extended protocol sends them (JDBC, Npgsql). Handles the frames after
 //! such a Bind up to its Execute; never sends anything to a server for the command portals.
@@ -7,6 +8,7 @@
 use bytes::BytesMut;
 
 use super::error::SessionError;
+use super::fanout::FanOut;
 use super::scatter_extended::ExtendedScatter;
 use super::Session;
 use crate::config::PoolMode;
@@ -19,6 +21,13 @@ use crate::wire::{Frame, TransactionStatus};
 /// A portal bound by pgshard, waiting for its Execute.
 pub(super) enum Bound {
     Scatter(ExtendedScatter),
+    /// A write on every shard: the shards' Parse and Bind, and whether the client described it.
+    FanOut {
+        prefix: BytesMut,
+        work: FanOut,
+        portal: Vec<u8>,
+        describe: bool,
+    },
     /// A command answered here with this CommandComplete tag.
     Answer {
         portal: Vec<u8>,
@@ -30,6 +39,7 @@ impl Bound {
     fn portal(&self) -> &[u8] {
         match self {
             Bound::Scatter(batch) => &batch.portal,
+            Bound::FanOut { portal, .. } => portal,
             Bound::Answer { portal, .. } => portal,
         }
     }
@@ -99,6 +109,34 @@ impl Session {
         Ok(true)
     }
 
+    /// A Bind of a write that runs on every shard (a reference table): its Parses and the Bind
+    /// are answered now, and the shards run it at its Execute.
+    pub(super) fn begin_bound_fan_out(
+        &mut self,
+        frame: &Frame,
+        work: FanOut,
+    ) -> Result<(), SessionError> {
+        let bind = Bind::decode(frame.body())?;
+        let (sql, types) = self.bound_statement(bind.statement)?;
+        let mut prefix = BytesMut::new();
+        build::parse(&mut prefix, &sql, &types);
+        prefix.extend_from_slice(&bind.encode_unnamed(false)?);
+        let parses = std::mem::take(&mut self.pending).len();
+        self.answer(|out| {
+            for _ in 0..parses {
+                build::parse_complete(out);
+            }
+            build::bind_complete(out);
+        });
+        self.bound = Some(Box::new(Bound::FanOut {
+            prefix,
+            work,
+            portal: bind.portal.to_vec(),
+            describe: false,
+        }));
+        Ok(())
+    }
+
     /// A frame after a Bind pgshard answered; `Some(frame)` when the frame is not about that
     /// portal and must be routed as usual (the portal is then forgotten).
     pub(super) async fn continue_bound(
@@ -117,6 +155,7 @@ impl Session {
                 let mut bound = bound;
                 match &mut *bound {
                     Bound::Scatter(batch) => batch.describe = true,
+                    Bound::FanOut { describe, .. } => *describe = true,
                     Bound::Answer { .. } => self.answer(build::no_data),
                 }
                 self.bound = Some(bound);
@@ -136,6 +175,21 @@ impl Session {
                         .run_extended_scatter(batch, execute.max_rows)
                         .await
                         .map(|()| None),
+                    Bound::FanOut {
+                        mut prefix,
+                        work,
+                        describe,
+                        ..
+                    } => {
+                        if describe {
+                            build::describe_portal(&mut prefix);
+                        }
+                        build::execute(&mut prefix);
+                        build::sync(&mut prefix);
+                        self.fan_out_request(&prefix, work, false)
+                            .await
+                            .map(|()| None)
+                    }
                     Bound::Answer { tag, .. } => {
                         self.answer(|out| build::command_complete(out, tag));
                         Ok(None)

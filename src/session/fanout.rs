@@ -1,7 +1,8 @@
-//! Writes that run on several shards' primaries at once, outside a transaction, over the simple
-//! query protocol: a write to a reference table runs unchanged on every shard (the client sees one
+//! Writes that run on several shards' primaries at once, outside a transaction: a write to a
+//! reference table runs unchanged on every shard, over either protocol (the client sees one
 //! shard's answer), and a multi-row INSERT whose rows belong to several shards runs as one INSERT
-//! per shard, cut by the router (the counts add up; RETURNING rows of every shard are forwarded).
+//! per shard, cut by the router (the counts add up; RETURNING rows of every shard are forwarded;
+//! simple query protocol only).
 //!
 //! Every shard gets its statement before any answer is read. Not atomic: each shard commits its
 //! own part, so when some shards fail the client is told which applied and which failed. Nothing
@@ -80,7 +81,6 @@ impl Session {
             Route::All if self.status != TransactionStatus::Idle => {
                 refuse(EVERYWHERE_IN_TRANSACTION)
             }
-            Route::All if !simple => refuse(EVERYWHERE_NEEDS_SIMPLE),
             _ if self.mode == PoolMode::Session => refuse(
                 "this write runs on several shards, and pool_mode = \"session\" holds one server \
                  connection: use pool_mode = \"transaction\", or write each shard's part with a \
@@ -106,10 +106,22 @@ impl Session {
         frame: &Frame,
         work: FanOut,
     ) -> Result<(), SessionError> {
+        self.fan_out_request(&frame.bytes, work, true).await
+    }
+
+    /// Runs a write on every involved shard's primary: `request` (a simple Query, or an
+    /// extended-protocol batch ending in Sync when not `simple`) on every shard for a reference
+    /// table, or the split INSERTs; answers the client once (ReadyForQuery only when `simple`).
+    pub(super) async fn fan_out_request(
+        &mut self,
+        request: &[u8],
+        work: FanOut,
+        simple: bool,
+    ) -> Result<(), SessionError> {
         let split = matches!(work, FanOut::Split(_));
         let jobs: Vec<(usize, BytesMut)> = match work {
             FanOut::Everywhere => (0..self.shared.shards.len())
-                .map(|shard| (shard, frame.bytes.clone()))
+                .map(|shard| (shard, BytesMut::from(request)))
                 .collect(),
             FanOut::Split(parts) => parts
                 .into_iter()
@@ -163,8 +175,13 @@ impl Session {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Lost("no answer".into())))
             .collect();
-        self.conclude(&shards, &outcomes, split, &answer);
-        build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        let failed = self.conclude(&shards, &outcomes, split, &answer);
+        if simple {
+            build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        } else {
+            // After an error the rest of the batch is skipped, as PostgreSQL does.
+            self.skipping_until_sync = failed;
+        }
         Ok(())
     }
 
@@ -202,7 +219,7 @@ impl Session {
                         self.client_out.extend_from_slice(&frame.bytes);
                     }
                 }
-                tag::EMPTY_QUERY_RESPONSE if show && !split => {
+                tag::EMPTY_QUERY_RESPONSE | tag::NO_DATA if show && !split => {
                     self.client_out.extend_from_slice(&frame.bytes)
                 }
                 tag::ERROR_RESPONSE if error.is_none() => {
@@ -237,8 +254,14 @@ impl Session {
     }
 
     /// The end of the client's answer: the total for a split INSERT, or one error naming the
-    /// shards that applied their part and those that did not.
-    fn conclude(&mut self, shards: &[usize], outcomes: &[Outcome], split: bool, answer: &Answer) {
+    /// shards that applied their part and those that did not. `true` when it is an error.
+    fn conclude(
+        &mut self,
+        shards: &[usize],
+        outcomes: &[Outcome],
+        split: bool,
+        answer: &Answer,
+    ) -> bool {
         let names: Vec<&str> = shards
             .iter()
             .map(|&s| self.shared.shards[s].name.as_str())
@@ -248,7 +271,7 @@ impl Session {
             .collect();
         if answer.copy_in && applied.is_empty() {
             build::error_response(&mut self.client_out, Severity::Error, "0A000", COPY_IN);
-            return;
+            return true;
         }
         if applied.len() == outcomes.len() {
             if answer.mismatch {
@@ -257,24 +280,26 @@ impl Session {
                      returned different RETURNING columns; check that every shard has the same \
                      schema";
                 build::error_response(&mut self.client_out, Severity::Error, "XX000", message);
+                return true;
             } else if split {
                 let total: u64 = outcomes.iter().map(inserted).sum();
                 build::command_complete(&mut self.client_out, &format!("INSERT 0 {total}"));
             } else {
                 warn_if_counts_differ(&names, outcomes);
             }
-            return;
+            return false;
         }
         if let [Outcome::Failed(first), ..] = outcomes {
             if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
                 // It failed everywhere, so nothing applied: the server's own error says it all.
                 self.client_out.extend_from_slice(&first.bytes);
-                return;
+                return true;
             }
         }
         let (code, message) = partial_failure(&names, outcomes, split);
         tracing::warn!("{message}");
         build::error_response(&mut self.client_out, Severity::Error, &code, &message);
+        true
     }
 }
 
@@ -408,10 +433,6 @@ const SPLIT_NEEDS_SIMPLE: &str = "this INSERT's rows belong to several shards, a
      a multi-row INSERT into one INSERT per shard only over the simple query protocol (literal \
      values, no $n parameters): send one INSERT per shard key (rows whose keys are on the same \
      shard may share one), or send it as a simple query";
-
-const EVERYWHERE_NEEDS_SIMPLE: &str = "writes to reference tables run on every shard, which \
-     pgshard does only over the simple query protocol for now: send it as a simple query with \
-     literal values (no $n parameters)";
 
 const COPY_IN: &str = "pgshard: COPY into a reference table is not supported (every shard would \
      need the same rows, and nothing was loaded): load it with INSERT ... VALUES, which runs on \

@@ -96,7 +96,17 @@ impl Session {
                 return Ok(Some(frame));
             }
             // Waits until the connection held now (answering an earlier query) is released.
-            Decision::FanOut(_) if self.server.is_some() => return Ok(Some(frame)),
+            Decision::FanOut(_) if self.server.is_some() => {
+                if !simple {
+                    self.end_held_batch();
+                }
+                return Ok(Some(frame));
+            }
+            Decision::FanOut(work) if !simple => {
+                if let Err(e) = self.begin_bound_fan_out(&frame, work) {
+                    self.refuse(&e, false);
+                }
+            }
             Decision::FanOut(work) => match self.fan_out(&frame, work).await {
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
                 Err(e) => self.refuse(&e, true),

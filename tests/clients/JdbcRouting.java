@@ -2,9 +2,10 @@
 // BEGIN included (with autocommit off it is pipelined with the first statement), and uses
 // server-side prepared statements after a few executions.
 //
-// Usage: java -cp postgresql.jar JdbcRouting.java URL FIRST_ID_ON_S0 FIRST_ID_ON_S1
+// Usage: java -cp postgresql.jar JdbcRouting.java URL FIRST_ID_ON_S0 FIRST_ID_ON_S1 COUNTRY
 // Inserts users FIRST_ID.. (20 per shard) in transactions, one shard per transaction, then checks
-// them with reads by key and a cross-shard count (the first statement of its transaction). Exits non-zero on any error or wrong result.
+// them with reads by key and a cross-shard count (the first statement of its transaction), and
+// inserts COUNTRY into the reference table countries. Exits non-zero on any error or wrong result.
 
 import java.sql.Connection;
 import java.sql.DriverManager;
@@ -70,6 +71,14 @@ public class JdbcRouting {
                 }
             }
             conn.commit();
+            // A write to a reference table, with parameters, outside a transaction: every shard.
+            conn.setAutoCommit(true);
+            try (PreparedStatement ref =
+                    conn.prepareStatement("INSERT INTO countries (code, name) VALUES (?, ?)")) {
+                ref.setString(1, args[3]);
+                ref.setString(2, "JDBC");
+                check(ref.executeUpdate() == 1, "reference insert count");
+            }
         } catch (SQLException e) {
             System.err.println("SQL error " + e.getSQLState() + ": " + e.getMessage());
             System.exit(1);
