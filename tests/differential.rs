@@ -88,6 +88,8 @@ const CORPUS: &[(&str, Compare)] = &[
     ("SELECT count(*) FILTER (WHERE status = 'paid'), sum(amount) FILTER (WHERE qty > 3) FROM diff_orders", Exact),
     ("SELECT max(name), min(country) FROM diff_users", Exact),
     ("SELECT count(*) AS n, avg(amount) AS mean FROM diff_orders WHERE user_id < 100", Exact),
+    ("SELECT coalesce(sum(amount), 0), coalesce(count(note), 0) FROM diff_orders WHERE false", Exact),
+    ("SELECT coalesce(sum(amount), 0.0) AS total FROM diff_orders WHERE user_id < 50", Exact),
     // GROUP BY.
     ("SELECT status, count(*) FROM diff_orders GROUP BY status", Unordered),
     ("SELECT status, count(*), sum(amount), avg(amount) FROM diff_orders GROUP BY status ORDER BY status", Exact),
@@ -101,6 +103,7 @@ const CORPUS: &[(&str, Compare)] = &[
     ("SELECT active, max(score), min(score) FROM diff_users GROUP BY active ORDER BY active", Exact),
     ("SELECT country, avg(score) FROM diff_users GROUP BY country ORDER BY avg(score) DESC, country LIMIT 3", Exact),
     ("SELECT lower(status) AS s, count(*) FILTER (WHERE qty = 1) FROM diff_orders GROUP BY lower(status) ORDER BY s", Exact),
+    ("SELECT status, coalesce(sum(qty), 0) AS q FROM diff_orders GROUP BY status ORDER BY q DESC, status", Exact),
     // HAVING.
     ("SELECT user_id, count(*) FROM diff_orders GROUP BY user_id HAVING count(*) > 8 ORDER BY user_id", Exact),
     ("SELECT status, sum(amount) FROM diff_orders GROUP BY status HAVING sum(amount) > 1000 AND count(*) >= 3", Unordered),
@@ -140,6 +143,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("SELECT status, round(avg(amount), 2) FROM diff_orders GROUP BY status", "aggregate inside an expression"),
     ("SELECT name FROM diff_users UNION SELECT note FROM diff_orders", "UNION"),
     ("SELECT status, count(*) FROM diff_orders GROUP BY ROLLUP (status)", "ROLLUP"),
+    ("SELECT coalesce(max(amount), 0) FROM diff_orders", "aggregate inside an expression"),
     ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM diff_orders", "percentile_cont"),
     ("SELECT user_id FROM diff_users ORDER BY interval '1 day' * score LIMIT 3", "type OID"),
 ];

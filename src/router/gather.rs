@@ -332,6 +332,12 @@ impl<'a> Builder<'a> {
     /// A client select item: kept in place (avg becomes sum there, its count is added hidden).
     fn visible_item(&mut self, e: &Expr, alias: Option<&Ident>) -> Check {
         let column = self.projection.len();
+        if zero_coalesced_sum(e) {
+            // Each shard's coalesce(sum, 0) is its sum or 0, and they add up to the total's.
+            self.projection.push(item(e.clone(), alias.cloned()));
+            self.outputs.push(Output::Aggregate(Combine::Sum, column));
+            return Ok(());
+        }
         let Some(f) = aggregate_call(e) else {
             expr(e, 0).map_err(|why| match why.starts_with("aggregate function") {
                 true => format!("an aggregate inside an expression ({why})"),
@@ -388,6 +394,11 @@ impl<'a> Builder<'a> {
     /// An output for an aggregate call or grouped expression the select list may lack: its
     /// index in `outputs`, added hidden when needed.
     fn hidden_output(&mut self, e: &Expr) -> Check<usize> {
+        if zero_coalesced_sum(e) {
+            let column = self.push_hidden(e.clone());
+            self.outputs.push(Output::Aggregate(Combine::Sum, column));
+            return Ok(self.outputs.len() - 1);
+        }
         if let Some(f) = aggregate_call(e) {
             let output = match combine(f)? {
                 Combine::Avg => Output::Avg {
@@ -506,6 +517,37 @@ impl<'a> Builder<'a> {
             .map(Operand::Output)
             .map_err(|why| format!("HAVING on {why}"))
     }
+}
+
+/// `coalesce(sum(x), 0)` or `coalesce(count(x), 0)` (any zero literal): computed per shard, the
+/// partials add up to the whole's value, so it combines as a sum.
+fn zero_coalesced_sum(e: &Expr) -> bool {
+    let mut e = e;
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    let Expr::Function(f) = e else {
+        return false;
+    };
+    let named_coalesce = matches!(&f.name.0[..], [ObjectNamePart::Identifier(i)]
+        if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("coalesce"));
+    let sqlparser::ast::FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    if !named_coalesce || f.over.is_some() || f.filter.is_some() || !list.clauses.is_empty() {
+        return false;
+    }
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(first)), FunctionArg::Unnamed(FunctionArgExpr::Expr(second))] =
+        &list.args[..]
+    else {
+        return false;
+    };
+    let summed = aggregate_call(first)
+        .is_some_and(|agg| matches!(combine(agg), Ok(Combine::Sum | Combine::Count)));
+    let zero = matches!(second, Expr::Value(v)
+        if matches!(&v.value, Value::Number(n, _) if n.bytes().all(|c| c == b'0' || c == b'.')));
+    summed && zero
 }
 
 fn item(e: Expr, alias: Option<Ident>) -> SelectItem {

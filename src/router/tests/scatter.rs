@@ -158,7 +158,7 @@ fn constructs_that_combine_rows_are_rewritten_or_named() {
         ("SELECT * FROM users LIMIT 10 OFFSET 5", "merge SELECT * FROM users LIMIT 15 | rows hidden 0 offset 5 limit 10"),
         ("SELECT * FROM users OFFSET 5", "merge SELECT * FROM users | rows hidden 0 offset 5"),
         ("SELECT count(*) FROM orders WHERE status = 'open'", "merge SELECT count(*) FROM orders WHERE status = 'open' | groups keys [] outputs count#0"),
-        ("SELECT coalesce(sum(total), 0) FROM orders", "unsupported: aggregate function sum()"),
+        ("SELECT coalesce(sum(total), -1) FROM orders", "unsupported: aggregate function sum()"),
         ("SELECT string_agg(name, ',' ORDER BY name) FROM users", "unsupported: string_agg"),
         ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY age) FROM users", "unsupported: percentile_cont"),
         ("SELECT status FROM orders GROUP BY status", "merge SELECT status FROM orders GROUP BY status | groups keys [0] outputs #0"),
@@ -301,7 +301,7 @@ fn aggregates_that_do_not_combine_are_named() {
         ("SELECT user_id, count(*) FROM users GROUP BY user_id", "merge SELECT user_id, count(*) FROM users GROUP BY user_id | groups keys [0] outputs #0, count#1"),
         ("SELECT count(*) FROM users GROUP BY ()", "merge SELECT count(*) FROM users GROUP BY () | groups keys [] outputs count#0"),
         ("SELECT count(*) + 1 FROM users", "unsupported: an aggregate inside an expression (aggregate function count())"),
-        ("SELECT coalesce(sum(age), 0) FROM users", "unsupported: an aggregate inside an expression"),
+        ("SELECT coalesce(sum(age), 1) FROM users", "unsupported: an aggregate inside an expression"),
         ("SELECT name, count(*) FROM users", "merge SELECT name, count(*) FROM users | groups keys [] outputs #0, count#1"),
         ("SELECT *, count(*) FROM users", "unsupported: SELECT * with GROUP BY or aggregates"),
         ("SELECT 1, count(*) FROM users", "merge SELECT 1, count(*) FROM users | groups keys [] outputs #0, count#1"),
@@ -360,5 +360,16 @@ fn grouped_reads_send_partial_aggregates_per_group() {
 fn having_parameters_come_back_from_the_shards_as_hidden_columns() {
     check(&[
         ("SELECT status, count(*) FROM orders GROUP BY status HAVING count(*) > $1", "merge SELECT status, count(*), count(*), CASE WHEN false THEN count(*) ELSE $1 END FROM orders GROUP BY status | groups keys [0] outputs #0, count#1, count#2, #3 visible 2 having"),
+    ]);
+}
+
+#[test]
+#[rustfmt::skip]
+fn a_sum_coalesced_to_zero_combines_as_a_sum() {
+    check(&[
+        ("SELECT coalesce(sum(total), 0) FROM orders", "merge SELECT coalesce(sum(total), 0) FROM orders | groups keys [] outputs sum#0"),
+        ("SELECT status, COALESCE(count(note), 0.00) AS n FROM orders GROUP BY status ORDER BY coalesce(sum(total), 0) DESC", "merge SELECT status, COALESCE(count(note), 0.00) AS n, coalesce(sum(total), 0) FROM orders GROUP BY status | groups keys [0] outputs #0, sum#1, sum#2 visible 2 order by #2 desc nulls first"),
+        ("SELECT coalesce(sum(total), 1) FROM orders", "unsupported: an aggregate inside an expression"),
+        ("SELECT coalesce(max(total), 0) FROM orders", "unsupported: an aggregate inside an expression"),
     ]);
 }
