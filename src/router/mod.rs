@@ -59,6 +59,7 @@ pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionContro
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
 pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use scatter::{Combine, Scatter, SortColumn, SortKey};
+pub use split::SplitPart;
 pub use volatility::Volatility;
 
 /// What the analysis consults: table rules and function volatility.

@@ -6,10 +6,14 @@
 //! VALUES`), one text per row and a tail (` ON CONFLICT ... RETURNING ...`), and keeps them only
 //! when sqlparser's rendering is faithful: the pieces put back together re-parse to exactly the
 //! statement the client sent. [`super::Router::split_insert`] then groups the rows by their key's
-//! shard. Pure: never does I/O, never looks at a server, never guesses a row's shard (a row
-//! whose key is not a literal makes the INSERT unsplittable).
+//! shard. Keys may be literals or `$n` parameters (read at Bind): each shard's INSERT then
+//! numbers its own parameters from `$1` and says which of the client's values it takes
+//! ([`SplitPart::params`]). Pure: never does I/O, never looks at a server, never guesses a row's
+//! shard (a row whose key is neither a literal nor a parameter makes the INSERT unsplittable).
 
-use sqlparser::ast::{Expr, Insert, SetExpr, Statement};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{visit_expressions_mut, Expr, Insert, SetExpr, Statement, Value};
 
 use super::parse;
 use super::plan::{KeyExpr, Placement, Plan};
@@ -24,8 +28,20 @@ pub(crate) struct InsertSplit {
     rows: Vec<Box<str>>,
     /// ` ON CONFLICT ... RETURNING ...`, or empty.
     tail: Box<str>,
-    /// The shard key of each row, in order (literals, already hashed).
+    /// The shard key of each row, in order (literals, already hashed, or parameters).
     keys: Vec<KeyExpr>,
+    /// The statement, when it has `$n` parameters: each part is rendered from it, renumbered.
+    parameterized: Option<Box<Statement>>,
+}
+
+/// One shard's INSERT of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPart {
+    pub shard: usize,
+    pub sql: String,
+    /// For a statement with parameters: the client's parameter (0-based) behind each of this
+    /// part's `$1`, `$2`, ...; empty otherwise.
+    pub params: Vec<usize>,
 }
 
 /// The split form of `statements` when they are one `INSERT ... VALUES` into a sharded table
@@ -46,11 +62,16 @@ pub(super) fn prepare(statements: &[Statement], plan: &Plan) -> Option<InsertSpl
     }
     let (head, tail) = head_and_tail(insert)?;
     let rows: Vec<Box<str>> = rows.iter().map(|row| render_row(row).into()).collect();
+    let parameterized = keys
+        .iter()
+        .any(|k| matches!(k, KeyExpr::Param { .. }))
+        .then(|| Box::new(statement.clone()));
     let split = InsertSplit {
         head: head.into(),
         rows,
         tail: tail.into(),
         keys,
+        parameterized,
     };
     // The pieces must rebuild sqlparser's own rendering, and that must mean what the client sent.
     let all: Vec<usize> = (0..split.rows.len()).collect();
@@ -81,7 +102,7 @@ fn row_keys(plan: &Plan) -> Option<Vec<KeyExpr>> {
     }
     set.alts
         .iter()
-        .all(|k| matches!(k, KeyExpr::Slot(_)))
+        .all(|k| matches!(k, KeyExpr::Slot(_) | KeyExpr::Param { .. }))
         .then(|| set.alts.clone())
 }
 
@@ -126,6 +147,42 @@ fn render_row(row: &[Expr]) -> String {
 }
 
 impl InsertSplit {
+    /// The INSERT holding only the rows at `indexes`, and for a statement with parameters the
+    /// client's parameter behind each of its renumbered `$n`.
+    fn part(&self, indexes: &[usize]) -> (String, Vec<usize>) {
+        let Some(statement) = &self.parameterized else {
+            return (self.text(indexes), Vec::new());
+        };
+        let mut part = (**statement).clone();
+        if let Statement::Insert(insert) = &mut part {
+            if let Some(source) = insert.source.as_deref_mut() {
+                if let SetExpr::Values(values) = &mut *source.body {
+                    values.rows = indexes.iter().map(|&i| values.rows[i].clone()).collect();
+                }
+            }
+        }
+        let mut order: Vec<usize> = Vec::new();
+        let _ = visit_expressions_mut(&mut part, |e| {
+            if let Expr::Value(v) = e {
+                if let Value::Placeholder(p) = &mut v.value {
+                    let index = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+                    if let Some(old) = index.filter(|&n| n > 0).map(|n| n - 1) {
+                        let new = match order.iter().position(|&o| o == old) {
+                            Some(new) => new,
+                            None => {
+                                order.push(old);
+                                order.len() - 1
+                            }
+                        };
+                        *p = format!("${}", new + 1);
+                    }
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        (part.to_string(), order)
+    }
+
     /// The INSERT holding only the rows at `indexes` (ascending).
     fn text(&self, indexes: &[usize]) -> String {
         let mut sql = String::with_capacity(
@@ -150,7 +207,7 @@ impl Router {
         &self,
         plan: &Plan,
         params: &Params<'_>,
-    ) -> Result<Vec<(usize, String)>, RouteError> {
+    ) -> Result<Vec<SplitPart>, RouteError> {
         let Some(split) = &plan.split else {
             return Err(RouteError::Unsupported(UNSPLITTABLE.to_string()));
         };
@@ -167,13 +224,17 @@ impl Router {
         by_shard.sort_unstable_by_key(|(shard, _)| *shard);
         Ok(by_shard
             .into_iter()
-            .map(|(shard, rows)| (shard, split.text(&rows)))
+            .map(|(shard, rows)| {
+                let (sql, params) = split.part(&rows);
+                SplitPart { shard, sql, params }
+            })
             .collect())
     }
 }
 
 const UNSPLITTABLE: &str = "this INSERT's rows belong to several shards, and pgshard splits only \
-     a single INSERT ... VALUES whose shard keys are literals: send one INSERT per shard (rows \
+     a single INSERT ... VALUES whose shard keys are literals or $n parameters: send one INSERT \
+     per shard (rows \
      whose keys are on the same shard may share one)";
 
 #[cfg(test)]
@@ -189,7 +250,7 @@ mod tests {
             .split_insert(&plan, &Params::NONE)
             .unwrap_or_else(|e| panic!("{sql} not split: {e}"))
             .into_iter()
-            .map(|(shard, text)| format!("{shard}: {text}"))
+            .map(|part| format!("{}: {}", part.shard, part.sql))
             .collect()
     }
 
@@ -275,7 +336,10 @@ mod tests {
         let router = router();
         let sql = "INSERT INTO users (user_id) VALUES (1), (42), (2), (0), (3), (5)";
         let plan = router.plan(sql);
-        for (shard, text) in router.split_insert(&plan, &Params::NONE).unwrap() {
+        for SplitPart {
+            shard, sql: text, ..
+        } in router.split_insert(&plan, &Params::NONE).unwrap()
+        {
             let part = router.plan(&text);
             let route = router.route(&part, &Params::NONE, &Default::default());
             assert_eq!(
@@ -318,9 +382,9 @@ mod tests {
             refused("INSERT INTO users (user_id) VALUES (1), (42); SELECT 1"),
             "0A000"
         );
-        // A key given as a parameter.
+        // A key given as an expression.
         assert_eq!(
-            refused("INSERT INTO users (user_id) VALUES ($1), (42)"),
+            refused("INSERT INTO users (user_id) VALUES (abs(-1)), (42)"),
             "0A000"
         );
         // INSERT ... SELECT, and rows behind a WITH.
@@ -332,6 +396,44 @@ mod tests {
         assert_eq!(
             refused("INSERT INTO users (user_id) VALUES (1), (1)"),
             "0A000"
+        );
+    }
+
+    #[test]
+    fn parameters_are_renumbered_per_part_with_the_clients_values_named() {
+        let router = router();
+        // Keys 1 and 2 are on shard 0, 42 on shard 1 (see each_part_routes_to_its_own_shard).
+        let sql = "INSERT INTO users (user_id, name) VALUES ($1, $2), ($3, $4), ($5, upper($2)) \
+                   ON CONFLICT (user_id) DO UPDATE SET name = $6 RETURNING user_id";
+        let plan = router.plan(sql);
+        let values: Vec<Option<&[u8]>> = vec![
+            Some(b"1"),
+            Some(b"a"),
+            Some(b"42"),
+            Some(b"b"),
+            Some(b"2"),
+            Some(b"z"),
+        ];
+        let params = Params::new(&values, &[]);
+        let parts = router.split_insert(&plan, &params).unwrap();
+        let shown: Vec<(usize, &str, &[usize])> = parts
+            .iter()
+            .map(|p| (p.shard, p.sql.as_str(), p.params.as_slice()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    0,
+                    "INSERT INTO users (user_id, name) VALUES ($1, $2), ($3, upper($2)) ON CONFLICT(user_id) DO UPDATE SET name = $4 RETURNING user_id",
+                    &[0, 1, 4, 5][..]
+                ),
+                (
+                    1,
+                    "INSERT INTO users (user_id, name) VALUES ($1, $2) ON CONFLICT(user_id) DO UPDATE SET name = $3 RETURNING user_id",
+                    &[2, 3, 5][..]
+                ),
+            ]
         );
     }
 }

@@ -12,7 +12,7 @@ use super::fanout::FanOut;
 use super::scatter_extended::ExtendedScatter;
 use super::Session;
 use crate::config::PoolMode;
-use crate::router::{TransactionControl, TransactionMode};
+use crate::router::{Params, TransactionControl, TransactionMode};
 use crate::wire::build;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::{Bind, Execute, Target as Named, TargetKind};
@@ -79,9 +79,7 @@ impl Session {
                 };
                 "BEGIN"
             }
-            TransactionControl::Commit | TransactionControl::Rollback
-                if free && self.begin.is_some() =>
-            {
+            TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
                 self.begin = None;
                 self.aborted = false;
                 self.ctx.transaction = TransactionMode::Outside;
@@ -119,8 +117,14 @@ impl Session {
         let bind = Bind::decode(frame.body())?;
         let (sql, types) = self.bound_statement(bind.statement)?;
         let mut prefix = BytesMut::new();
-        build::parse(&mut prefix, &sql, &types);
-        prefix.extend_from_slice(&bind.encode_unnamed(false)?);
+        let work = match work {
+            FanOut::SplitAtBind => FanOut::SplitRequests(self.split_requests(&bind, &types)?),
+            work => {
+                build::parse(&mut prefix, &sql, &types);
+                prefix.extend_from_slice(&bind.encode_unnamed(false)?);
+                work
+            }
+        };
         let parses = std::mem::take(&mut self.pending).len();
         self.answer(|out| {
             for _ in 0..parses {
@@ -135,6 +139,46 @@ impl Session {
             describe: false,
         }));
         Ok(())
+    }
+
+    /// Each shard's Parse and Bind of a multi-row INSERT split by its bound keys: the shard's
+    /// rows with their parameters renumbered from `$1`, and the client's values for them.
+    fn split_requests(
+        &self,
+        bind: &Bind<'_>,
+        types: &[u32],
+    ) -> Result<Vec<(usize, BytesMut)>, SessionError> {
+        let plan = match (!bind.statement.is_empty())
+            .then(|| self.statements.get(bind.statement))
+            .flatten()
+        {
+            Some(statement) => statement.plan.clone(),
+            None => self.unnamed_plan.clone(),
+        };
+        let plan = plan.ok_or_else(|| {
+            SessionError::Unsupported("a split INSERT of an unknown statement".into())
+        })?;
+        let params = bind.params()?;
+        let router = self.shared.router.load();
+        let parts = router
+            .split_insert(
+                &plan,
+                &Params::new(&params.values, &params.formats).with_types(types),
+            )
+            .map_err(SessionError::Route)?;
+        let mut requests = Vec::with_capacity(parts.len());
+        for part in parts {
+            let part_types: Vec<u32> = part
+                .params
+                .iter()
+                .map(|&i| types.get(i).copied().unwrap_or(0))
+                .collect();
+            let mut request = BytesMut::new();
+            build::parse(&mut request, &part.sql, &part_types);
+            request.extend_from_slice(&bind.encode_subset(&part.params)?);
+            requests.push((part.shard, request));
+        }
+        Ok(requests)
     }
 
     /// A frame after a Bind pgshard answered; `Some(frame)` when the frame is not about that
@@ -181,11 +225,21 @@ impl Session {
                         describe,
                         ..
                     } => {
-                        if describe {
-                            build::describe_portal(&mut prefix);
-                        }
-                        build::execute(&mut prefix);
-                        build::sync(&mut prefix);
+                        let finish = |request: &mut BytesMut| {
+                            if describe {
+                                build::describe_portal(request);
+                            }
+                            build::execute(request);
+                            build::sync(request);
+                        };
+                        finish(&mut prefix);
+                        let work = match work {
+                            FanOut::SplitRequests(mut requests) => {
+                                requests.iter_mut().for_each(|(_, r)| finish(r));
+                                FanOut::SplitRequests(requests)
+                            }
+                            work => work,
+                        };
                         self.fan_out_request(&prefix, work, false)
                             .await
                             .map(|()| None)

@@ -17,7 +17,7 @@ use super::{io, Session};
 use crate::backend::BackendManager;
 use crate::config::PoolMode;
 use crate::pool::Pooled;
-use crate::router::{Params, Plan, Route, Target};
+use crate::router::{Params, Plan, Route, SplitPart, Target};
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
 use crate::wire::{rows, Frame, TransactionStatus};
@@ -30,8 +30,12 @@ const FLUSH_AT: usize = 64 * 1024;
 pub(super) enum FanOut {
     /// The client's statement, unchanged, on every shard (a write to a reference table).
     Everywhere,
-    /// One INSERT per shard with only that shard's rows: `(shard, sql)`.
-    Split(Vec<(usize, String)>),
+    /// One INSERT per shard with only that shard's rows (simple protocol).
+    Split(Vec<SplitPart>),
+    /// A split INSERT over the extended protocol: cut at its Bind, with the parameters.
+    SplitAtBind,
+    /// Each shard's extended-protocol request (Parse, Bind, ..., Sync) of a split INSERT.
+    SplitRequests(Vec<(usize, BytesMut)>),
 }
 
 /// An ErrorResponse from a server, with the fields the client's message is built from.
@@ -76,7 +80,9 @@ impl Session {
         match route {
             // Inside a transaction the transaction's shard decides: refused as cross-shard.
             Route::SplitInsert { .. } if self.status != TransactionStatus::Idle => None,
-            Route::SplitInsert { .. } if !simple => refuse(SPLIT_NEEDS_SIMPLE),
+            Route::SplitInsert { .. } if !simple && self.mode != PoolMode::Session => {
+                Some(Ok(FanOut::SplitAtBind))
+            }
             Route::All if !plan.same_on_every_shard() => refuse(EVERYWHERE_WITH_SHARDED),
             Route::All if self.status != TransactionStatus::Idle => {
                 refuse(EVERYWHERE_IN_TRANSACTION)
@@ -118,19 +124,23 @@ impl Session {
         work: FanOut,
         simple: bool,
     ) -> Result<(), SessionError> {
-        let split = matches!(work, FanOut::Split(_));
+        let split = !matches!(work, FanOut::Everywhere);
         let jobs: Vec<(usize, BytesMut)> = match work {
             FanOut::Everywhere => (0..self.shared.shards.len())
                 .map(|shard| (shard, BytesMut::from(request)))
                 .collect(),
             FanOut::Split(parts) => parts
                 .into_iter()
-                .map(|(shard, sql)| {
+                .map(|part| {
                     let mut query = BytesMut::new();
-                    build::query(&mut query, &sql);
-                    (shard, query)
+                    build::query(&mut query, &part.sql);
+                    (part.shard, query)
                 })
                 .collect(),
+            FanOut::SplitRequests(requests) => requests,
+            FanOut::SplitAtBind => {
+                return Err(SessionError::Unsupported(SPLIT_UNBOUND.into()));
+            }
         };
         // Nothing is sent anywhere unless every primary gave a connection.
         let mut conns = Vec::with_capacity(jobs.len());
@@ -429,10 +439,8 @@ fn copy_fail() -> BytesMut {
     out
 }
 
-const SPLIT_NEEDS_SIMPLE: &str = "this INSERT's rows belong to several shards, and pgshard splits \
-     a multi-row INSERT into one INSERT per shard only over the simple query protocol (literal \
-     values, no $n parameters): send one INSERT per shard key (rows whose keys are on the same \
-     shard may share one), or send it as a simple query";
+const SPLIT_UNBOUND: &str = "this INSERT's rows belong to several shards and were never bound: \
+     send Parse, Bind and Execute for it";
 
 const COPY_IN: &str = "pgshard: COPY into a reference table is not supported (every shard would \
      need the same rows, and nothing was loaded): load it with INSERT ... VALUES, which runs on \

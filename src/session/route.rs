@@ -262,7 +262,8 @@ impl Session {
     }
 
     /// BEGIN with no server held is answered here and sent later, with the first statement that
-    /// picks a shard; COMMIT/ROLLBACK of such an empty transaction are answered here too.
+    /// picks a shard; COMMIT/ROLLBACK of such an empty transaction are answered here too (after
+    /// anything a connection held for another reason, e.g. a Close, still owes the client).
     fn transaction_control(
         &mut self,
         control: TransactionControl,
@@ -284,9 +285,7 @@ impl Session {
                 self.status = TransactionStatus::InTransaction;
                 self.answer(|out| build::command_complete(out, "BEGIN"));
             }
-            TransactionControl::Commit | TransactionControl::Rollback
-                if free && self.begin.is_some() =>
-            {
+            TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
                 self.begin = None;
                 self.aborted = false;
                 self.ctx.transaction = TransactionMode::Outside;
@@ -313,7 +312,7 @@ impl Session {
             control,
             TransactionControl::Commit | TransactionControl::Rollback
         );
-        if ends && self.server.is_none() && self.begin.is_some() {
+        if ends && self.begin.is_some() {
             if let Some(answered) = self.transaction_control(*control, frame) {
                 return answered;
             }

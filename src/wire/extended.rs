@@ -176,6 +176,47 @@ impl<'a> Bind<'a> {
     }
 }
 
+impl Bind<'_> {
+    /// An unnamed Bind of the unnamed statement with only the parameters at `order` (the
+    /// statement's `$1` gets the value of parameter `order[0]`, ...), their format codes, and
+    /// this Bind's result formats.
+    pub fn encode_subset(&self, order: &[usize]) -> Result<BytesMut, WireError> {
+        let malformed = WireError::Malformed { what: "Bind" };
+        let params = self.params()?;
+        let results = self.result_formats()?;
+        let count = |n: usize| i16::try_from(n).map_err(|_| malformed.clone());
+        let mut rest = BytesMut::new();
+        match params.formats.as_slice() {
+            [] => rest.put_i16(0),
+            [all] => {
+                rest.put_i16(1);
+                rest.put_i16(*all);
+            }
+            each => {
+                rest.put_i16(count(order.len())?);
+                for &i in order {
+                    rest.put_i16(*each.get(i).ok_or(malformed.clone())?);
+                }
+            }
+        }
+        rest.put_i16(count(order.len())?);
+        for &i in order {
+            match params.values.get(i).ok_or(malformed.clone())? {
+                Some(value) => {
+                    rest.put_i32(i32::try_from(value.len()).map_err(|_| malformed.clone())?);
+                    rest.put_slice(value);
+                }
+                None => rest.put_i32(-1),
+            }
+        }
+        rest.put_i16(count(results.len())?);
+        for code in results {
+            rest.put_i16(code);
+        }
+        Ok(frame_with_name(b'B', &[0], &[], &rest))
+    }
+}
+
 /// An Execute message: the portal and the most rows to return (0: all).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Execute<'a> {
