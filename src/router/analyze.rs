@@ -68,8 +68,11 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
             .and_then(|rewritten| parse::parse(&rewritten))
     });
     // sqlparser wants `COPY ... FROM STDIN` to end with `;` (inline data may follow it).
-    let parsed =
-        parsed.or_else(|e| copy::terminated(sql).ok_or(e).and_then(|t| parse::parse(&t)));
+    let parsed = parsed.or_else(|e| {
+        copy::terminated(sql)
+            .ok_or(e)
+            .and_then(|t| parse::parse(&t))
+    });
     match parsed {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
