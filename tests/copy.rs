@@ -11,13 +11,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pgshard::localpg::LocalCluster;
-use pgshard::sharding::{KeyValue, ShardMap};
 use support::{connect_direct, shard_clusters, start_proxy, two_shard_config, Proxy};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -26,20 +24,8 @@ use tokio_postgres::Client;
 /// performance bar.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// `s0` owns slots 0-2047, `s1` 2048-4095, as in [`two_shard_config`].
-fn shard_map() -> &'static ShardMap {
-    static MAP: OnceLock<ShardMap> = OnceLock::new();
-    MAP.get_or_init(|| {
-        ShardMap::new(&[
-            ("s0".to_string(), Some("0-2047".to_string())),
-            ("s1".to_string(), Some("2048-4095".to_string())),
-        ])
-        .expect("the test shard map is valid")
-    })
-}
-
 fn shard_of_id(id: i64) -> usize {
-    shard_map().shard_of_key(&KeyValue::Int(id))
+    support::shard_of_id(id)
 }
 
 /// A proxy whose config shards `table` by `id bigint`, the table created fresh on both shards

@@ -8,12 +8,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pgshard::sharding::KeyValue;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-/// Shard 0 owns slots 0-2047 in [`support::two_shard_config`].
 fn shard_of(key: i64) -> usize {
-    usize::from(KeyValue::Int(key).slot() >= 2048)
+    support::shard_of_id(key)
 }
 
 /// A proxy over the two shards, and a direct client to each shard's primary.

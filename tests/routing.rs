@@ -12,12 +12,11 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use pgshard::localpg::LocalCluster;
-use pgshard::sharding::{KeyValue, ShardMap};
+use pgshard::sharding::KeyValue;
 use support::{connect_direct, shard_clusters, start_proxy, two_shard_config, Proxy};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -105,24 +104,12 @@ impl Fixture {
 // ---------------------------------------------------------------------------------------------
 // Where keys live, computed from the sharding contract (not by asking the proxy)
 
-/// `s0` owns slots 0-2047, `s1` 2048-4095, as in [`two_shard_config`].
-fn shard_map() -> &'static ShardMap {
-    static MAP: OnceLock<ShardMap> = OnceLock::new();
-    MAP.get_or_init(|| {
-        ShardMap::new(&[
-            ("s0".to_string(), Some("0-2047".to_string())),
-            ("s1".to_string(), Some("2048-4095".to_string())),
-        ])
-        .expect("the test shard map is valid")
-    })
-}
-
 fn shard_of(key: &KeyValue) -> usize {
-    shard_map().shard_of_key(key)
+    support::shard_of_key(key)
 }
 
 fn shard_of_id(id: i64) -> usize {
-    shard_of(&KeyValue::Int(id))
+    support::shard_of_id(id)
 }
 
 /// The first `n` bigint keys from `from` upwards that live on `shard`.

@@ -198,6 +198,15 @@ impl ServerConnection {
         self.write(&out).await
     }
 
+    /// Records a ReadyForQuery body: the transaction status, and that nothing is owed anymore.
+    pub fn note_ready_for_query(&mut self, body: &[u8]) {
+        self.status = body
+            .first()
+            .and_then(|&b| TransactionStatus::from_byte(b))
+            .unwrap_or(TransactionStatus::Idle);
+        self.in_flight = false;
+    }
+
     /// Records a ParameterStatus body (`name\0value\0`).
     pub fn note_parameter_status(&mut self, body: &[u8]) {
         if let Some((name, value)) = parse_parameter_status(body) {
@@ -259,11 +268,7 @@ impl ServerConnection {
             let frame = self.read_frame().await?;
             match frame.tag() {
                 server_tag::READY_FOR_QUERY => {
-                    self.status = frame
-                        .body()
-                        .first()
-                        .and_then(|&b| TransactionStatus::from_byte(b))
-                        .unwrap_or(TransactionStatus::Idle);
+                    self.note_ready_for_query(frame.body());
                     return failure.map_or(Ok(()), Err);
                 }
                 server_tag::ERROR_RESPONSE if failure.is_none() => {

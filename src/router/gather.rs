@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
-    BinaryOperator, CaseWhen, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause, LockType,
+    BinaryOperator, CaseWhen, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause,
     ObjectNamePart, Query, Select, SelectItem, SetExpr, UnaryOperator, Value,
 };
 
-use super::scatter::{combine, expr, is_aggregate, Combine, Scatter, SortColumn, SortKey};
+use super::scatter::{
+    combine, expr, fetch_and_locks, is_aggregate, Combine, Scatter, SortColumn, SortKey,
+};
 use super::sort::{same_expression, select_item_of, sort_keys, sort_keys_or};
 
 type Check<T = ()> = Result<T, String>;
@@ -101,16 +103,7 @@ pub enum CompareOp {
 /// How the top-level SELECT `s` of `q` combines across shards, once FROM and subqueries passed.
 pub(super) fn top_level(q: &Query, s: &Select) -> Check<Scatter> {
     let (offset, limit) = limit_offset(q.limit_clause.as_ref())?;
-    if q.fetch.is_some() {
-        return Err("FETCH FIRST".into());
-    }
-    if let Some(lock) = q.locks.first() {
-        return Err(match lock.lock_type {
-            LockType::Update => "FOR UPDATE",
-            LockType::Share => "FOR SHARE",
-        }
-        .into());
-    }
+    fetch_and_locks(q)?;
     let distinct = match &s.distinct {
         None => false,
         Some(Distinct::Distinct) => true,

@@ -248,16 +248,7 @@ impl Walk<'_, '_> {
             (Some(_), _) => return Err("ORDER BY".into()),
         };
         let limit = limit(q.limit_clause.as_ref())?;
-        if q.fetch.is_some() {
-            return Err("FETCH FIRST".into());
-        }
-        if let Some(lock) = q.locks.first() {
-            return Err(match lock.lock_type {
-                LockType::Update => "FOR UPDATE",
-                LockType::Share => "FOR SHARE",
-            }
-            .into());
-        }
+        fetch_and_locks(q)?;
         if !top && limit.is_some() {
             return Err("LIMIT in a subquery in FROM".into());
         }
@@ -379,6 +370,21 @@ impl Walk<'_, '_> {
         analyzer.query(q);
         analyzer.keys.occ_count() > 0
     }
+}
+
+/// FETCH FIRST and row locks (FOR UPDATE/SHARE), which no merge reproduces.
+pub(super) fn fetch_and_locks(q: &Query) -> Check {
+    if q.fetch.is_some() {
+        return Err("FETCH FIRST".into());
+    }
+    if let Some(lock) = q.locks.first() {
+        return Err(match lock.lock_type {
+            LockType::Update => "FOR UPDATE",
+            LockType::Share => "FOR SHARE",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// A top-level LIMIT: `None` without one, the count for a literal; OFFSET and other counts

@@ -80,26 +80,11 @@ impl Session {
                 "BEGIN"
             }
             TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
-                self.begin = None;
-                self.aborted = false;
-                self.ctx.transaction = TransactionMode::Outside;
-                let failed = self.status == TransactionStatus::Failed;
-                self.status = TransactionStatus::Idle;
-                if control == TransactionControl::Commit && !failed {
-                    "COMMIT"
-                } else {
-                    "ROLLBACK"
-                }
+                self.end_held_transaction(control)
             }
             _ => return Ok(false),
         };
-        let parses = std::mem::take(&mut self.pending).len();
-        self.answer(|out| {
-            for _ in 0..parses {
-                build::parse_complete(out);
-            }
-            build::bind_complete(out);
-        });
+        self.answer_parses_and_bind();
         self.bound = Some(Box::new(Bound::Answer {
             portal: bind.portal.to_vec(),
             tag,
@@ -125,13 +110,7 @@ impl Session {
                 work
             }
         };
-        let parses = std::mem::take(&mut self.pending).len();
-        self.answer(|out| {
-            for _ in 0..parses {
-                build::parse_complete(out);
-            }
-            build::bind_complete(out);
-        });
+        self.answer_parses_and_bind();
         self.bound = Some(Box::new(Bound::FanOut {
             prefix,
             work,

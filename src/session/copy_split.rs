@@ -413,8 +413,7 @@ impl Session {
                 server_tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
                 server_tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 server_tag::READY_FOR_QUERY => {
-                    conn.status = ready_status(&frame);
-                    conn.in_flight = false;
+                    conn.note_ready_for_query(frame.body());
                     return Ok(());
                 }
                 _ => {}
@@ -630,8 +629,7 @@ async fn read_to_ready(part: &mut Part) -> Result<(), SessionError> {
             }
             server_tag::PARAMETER_STATUS => part.conn.note_parameter_status(frame.body()),
             server_tag::READY_FOR_QUERY => {
-                part.conn.status = ready_status(&frame);
-                part.conn.in_flight = false;
+                part.conn.note_ready_for_query(frame.body());
                 return Ok(());
             }
             _ => {}
@@ -695,8 +693,7 @@ async fn table_columns(
                 error.get_or_insert(frame.bytes.freeze());
             }
             server_tag::READY_FOR_QUERY => {
-                conn.status = ready_status(&frame);
-                conn.in_flight = false;
+                conn.note_ready_for_query(frame.body());
                 return Ok(error.map_or(Ok(columns), Err));
             }
             _ => {}

@@ -243,12 +243,7 @@ impl Session {
                     conn.write(&copy_fail()).await?;
                 }
                 tag::READY_FOR_QUERY => {
-                    conn.status = frame
-                        .body()
-                        .first()
-                        .and_then(|&b| TransactionStatus::from_byte(b))
-                        .unwrap_or(TransactionStatus::Idle);
-                    conn.in_flight = false;
+                    conn.note_ready_for_query(frame.body());
                     return Ok(match error {
                         Some(e) => Outcome::Failed(e),
                         None => Outcome::Applied(tags),

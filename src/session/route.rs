@@ -286,13 +286,7 @@ impl Session {
                 self.answer(|out| build::command_complete(out, "BEGIN"));
             }
             TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
-                self.begin = None;
-                self.aborted = false;
-                self.ctx.transaction = TransactionMode::Outside;
-                let failed = self.status == TransactionStatus::Failed;
-                self.status = TransactionStatus::Idle;
-                let commit = control == TransactionControl::Commit && !failed;
-                let tag = if commit { "COMMIT" } else { "ROLLBACK" };
+                let tag = self.end_held_transaction(control);
                 self.answer(|out| build::command_complete(out, tag));
             }
             _ => return None,
@@ -300,6 +294,32 @@ impl Session {
         let status = self.status;
         self.answer(|out| build::ready_for_query(out, status));
         Some(Decision::Answered)
+    }
+
+    /// Ends a transaction whose BEGIN is still held back (it never reached a server): its
+    /// CommandComplete tag, ROLLBACK for a COMMIT of a transaction pgshard aborted.
+    pub(super) fn end_held_transaction(&mut self, control: TransactionControl) -> &'static str {
+        self.begin = None;
+        self.aborted = false;
+        self.ctx.transaction = TransactionMode::Outside;
+        let failed = self.status == TransactionStatus::Failed;
+        self.status = TransactionStatus::Idle;
+        if control == TransactionControl::Commit && !failed {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        }
+    }
+
+    /// Answers the batch's pending Parses and a Bind that pgshard handles itself.
+    pub(super) fn answer_parses_and_bind(&mut self) {
+        let parses = std::mem::take(&mut self.pending).len();
+        self.answer(|out| {
+            for _ in 0..parses {
+                build::parse_complete(out);
+            }
+            build::bind_complete(out);
+        });
     }
 
     /// In a transaction pgshard aborted: only its end (or a rollback to a savepoint) runs, and

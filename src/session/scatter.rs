@@ -452,12 +452,7 @@ impl Session {
                 tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 tag::READY_FOR_QUERY => {
-                    conn.status = frame
-                        .body()
-                        .first()
-                        .and_then(|&b| TransactionStatus::from_byte(b))
-                        .unwrap_or(TransactionStatus::Idle);
-                    conn.in_flight = false;
+                    conn.note_ready_for_query(frame.body());
                     return Ok(None);
                 }
                 // CommandComplete is replaced by the total; nothing else belongs to a SELECT.

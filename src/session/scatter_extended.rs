@@ -54,13 +54,7 @@ impl Session {
         build::parse(&mut prefix, &sql, &types);
         prefix.extend_from_slice(&bind.encode_unnamed(!passthrough)?);
         let formats = (!passthrough).then(|| bind.result_formats()).transpose()?;
-        let parses = std::mem::take(&mut self.pending).len();
-        self.answer(|out| {
-            for _ in 0..parses {
-                build::parse_complete(out);
-            }
-            build::bind_complete(out);
-        });
+        self.answer_parses_and_bind();
         self.bound = Some(Box::new(Bound::Scatter(ExtendedScatter {
             shards,
             target,

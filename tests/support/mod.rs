@@ -106,6 +106,25 @@ extern "C" fn stop_shard_clusters_at_exit() {
     }
 }
 
+/// The shard (0 or 1) a key lives on under [`two_shard_config`] (`s0` owns slots 0-2047, `s1`
+/// 2048-4095), computed from the sharding contract, not by asking the proxy.
+pub fn shard_of_key(key: &pgshard::sharding::KeyValue) -> usize {
+    static MAP: OnceLock<pgshard::sharding::ShardMap> = OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        pgshard::sharding::ShardMap::new(&[
+            ("s0".to_string(), Some("0-2047".to_string())),
+            ("s1".to_string(), Some("2048-4095".to_string())),
+        ])
+        .expect("the test shard map is valid")
+    });
+    map.shard_of_key(key)
+}
+
+/// [`shard_of_key`] of a bigint key.
+pub fn shard_of_id(id: i64) -> usize {
+    shard_of_key(&pgshard::sharding::KeyValue::Int(id))
+}
+
 /// The `[server]`, `[pool]` and `[[users]]` sections every test config starts with: listen on any
 /// free port, database `app`, transaction mode, pools of 4, user app/app.
 const COMMON_HEADER: &str = r#"[server]
