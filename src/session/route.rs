@@ -532,9 +532,11 @@ impl Session {
             if let Some(why) = self.transaction_refuses_scatter() {
                 return refuse(why.into());
             }
-        } else if self.server.is_some() && self.mode == PoolMode::Transaction {
-            // The held connection ran earlier parts of this batch (a Describe before the Bind):
-            // it is released first, then the read runs on every shard.
+        }
+        if self.server.is_some() && self.mode == PoolMode::Transaction {
+            // The held connection is outside the client's transaction (its BEGIN is held back)
+            // and ran earlier parts of this batch (a Describe before the Bind) or still owes
+            // answers: it is released first, so the read's answer comes after those.
             return Decision::ReleaseFirst;
         }
         if !simple && self.pending.iter().any(|f| f.tag() != tag::PARSE) {
