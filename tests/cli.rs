@@ -140,3 +140,45 @@ fn locate_rejects_a_bad_literal_with_22p02() {
     assert!(err.contains("22P02"), "{err}");
     assert!(err.contains("bigint") && err.contains("\"abc\""), "{err}");
 }
+
+#[test]
+fn locate_reads_many_keys_from_stdin() {
+    use std::io::Write;
+    let path = example("two-shards.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .args(["locate", "--config", path.to_str().unwrap(), "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pgshard binary runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"42\n-1\n1\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], "42\t3418\ts1");
+    assert!(lines[1].starts_with("-1\t1297\t"), "{}", lines[1]);
+    // A key that does not parse names its line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .args(["locate", "--config", path.to_str().unwrap(), "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"7\nseven\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+}

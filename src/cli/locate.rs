@@ -1,6 +1,8 @@
-//! `pgshard locate`: prints the slot and owning shard of one shard key, the way the router
-//! would place it. Glue only: parsing and hashing live in `sharding`; this never connects.
+//! `pgshard locate`: prints the slot and owning shard of a shard key (or of every key read from
+//! standard input), the way the router would place it. Glue only: parsing and hashing live in
+//! `sharding`; this never connects.
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -15,8 +17,16 @@ pub struct LocateArgs {
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
     /// The key value, as you would write it in SQL without quotes (e.g. 42, alice).
-    #[arg(value_name = "KEY", allow_hyphen_values = true)]
-    pub key: String,
+    #[arg(
+        value_name = "KEY",
+        allow_hyphen_values = true,
+        required_unless_present = "stdin"
+    )]
+    pub key: Option<String>,
+    /// Read keys from standard input, one per line, and print `KEY<TAB>SLOT<TAB>SHARD` for each
+    /// (to check or plan where many rows belong).
+    #[arg(long, conflicts_with = "key")]
+    pub stdin: bool,
     /// Key type: bigint, integer, smallint, text, varchar or uuid (default: the table's key
     /// type with --table, else `[sharding] key_type`).
     #[arg(long = "type", value_name = "TYPE")]
@@ -34,9 +44,22 @@ pub fn run(args: LocateArgs) -> anyhow::Result<()> {
         Some(key_type) => key_type,
         None => table_key_type(&config, args.table.as_deref())?,
     };
-    let key = key_from_text(key_type, &args.key)
-        .map_err(|e| anyhow::anyhow!("{e} (SQLSTATE {})", e.sqlstate()))?;
     let map = config.shard_map();
+    let Some(text) = args.key else {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for (n, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.context("reading keys from standard input")?;
+            let key = key_from_text(key_type, &line)
+                .map_err(|e| anyhow::anyhow!("line {}: {e} (SQLSTATE {})", n + 1, e.sqlstate()))?;
+            let slot = key.slot();
+            let shard = map.shard_name(map.shard_of_slot(slot));
+            writeln!(out, "{line}\t{slot}\t{shard}")?;
+        }
+        out.flush()?;
+        return Ok(());
+    };
+    let key = key_from_text(key_type, &text)
+        .map_err(|e| anyhow::anyhow!("{e} (SQLSTATE {})", e.sqlstate()))?;
     let slot = key.slot();
     let shard = map.shard_name(map.shard_of_slot(slot));
     println!("key {key} ({key_type}) -> slot {slot} -> shard {shard}");
