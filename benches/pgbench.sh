@@ -193,8 +193,8 @@ log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -p "$PG_PORT" pgbench >"$WORK/pgbench-init.log" 2>&1 ||
     { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
 if [[ $ROUTING -eq 1 ]]; then
-    # The two shards of the routing run: databases on this cluster, each a full copy of pgbench
-    # (select-only reads only the rows of its own slots, so the extra rows do no harm).
+    # The two shards of the routing run: databases on this cluster, copies of pgbench from which
+    # each keeps only the accounts its slots own (below, once the shard map is written).
     log "CREATE DATABASE pgbench_s0, pgbench_s1 TEMPLATE pgbench"
     psql_super -c "CREATE DATABASE pgbench_s0 OWNER app TEMPLATE pgbench" \
         -c "CREATE DATABASE pgbench_s1 OWNER app TEMPLATE pgbench"
@@ -238,6 +238,27 @@ slots = "2048-4095"
 read_from = "primary"
 EOF
 )
+
+if [[ $ROUTING -eq 1 ]]; then
+    # Each shard keeps only its own accounts, compacted, so the two shards together hold the
+    # same data as the one database of the routing-off run, not twice as much.
+    LOCATE_CFG=$WORK/locate.toml
+    {
+        printf '[server]\nlisten = "127.0.0.1:0"\ndatabase = "pgbench"\n\n'
+        printf '[[users]]\nname = "app"\npassword = "app"\n\n'
+        echo "$TWO_SHARDS"
+    } >"$LOCATE_CFG"
+    log "keeping each shard's own accounts (pgshard locate --stdin over $((SCALE * 100000)) aids)"
+    seq 1 $((SCALE * 100000)) | "$PGSHARD" locate --config "$LOCATE_CFG" --stdin >"$WORK/aid-shards.tsv"
+    for s in 0 1; do
+        awk -F'\t' -v shard="s$s" '$3 == shard {print $1}' "$WORK/aid-shards.tsv" >"$WORK/aids-s$s.txt"
+        psql -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PG_PORT" -U postgres -d "pgbench_s$s" \
+            -c "CREATE TEMP TABLE keep (aid int PRIMARY KEY)" \
+            -c "\\copy keep FROM '$WORK/aids-s$s.txt'" \
+            -c "DELETE FROM pgbench_accounts a WHERE NOT EXISTS (SELECT 1 FROM keep k WHERE k.aid = a.aid)" \
+            -c "VACUUM FULL ANALYZE pgbench_accounts"
+    done
+fi
 
 # start_pgshard NAME PORT POOL_SIZE [SHARDS_TOML]: starts a pgshard in transaction mode with the
 # given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
@@ -619,7 +640,7 @@ errors_cell() { # scenario suffix
     echo "pgshard, pool of 2, \`pgbench -S -M prepared -c 50\`: status ${STATUS[pool2]}, tps $(tps_cell pool2), failed ${FAILED[pool2]}, aborted clients ${ABORTED[pool2]}, $(cpu_cell pool2) µs CPU/txn"
     echo
     if [[ $ROUTING -eq 1 ]]; then
-        echo "Routing on vs off (issue 3), \`pgbench -S -c 16 -j 2\`, alternating, ${DURATION} s each (median of $REPEAT): routing off is the pgshard above (one shard, reads from its primary: statements forwarded unparsed); routing on is a second pgshard with two shards, \`pgbench_s0\` (slots 0-2047) and \`pgbench_s1\` (2048-4095), databases on the same cluster, each a full copy of pgbench, \`pgbench_accounts\` sharded by \`aid\` (every statement parsed and routed), pool size $POOL_SIZE per shard:"
+        echo "Routing on vs off (issue 3), \`pgbench -S -c 16 -j 2\`, alternating, ${DURATION} s each (median of $REPEAT): routing off is the pgshard above (one shard, reads from its primary: statements forwarded unparsed); routing on is a second pgshard with two shards, \`pgbench_s0\` (slots 0-2047) and \`pgbench_s1\` (2048-4095), databases on the same cluster, each holding only the \`pgbench_accounts\` rows its slots own (compacted, so both together hold what the one database holds), sharded by \`aid\` (every statement parsed and routed), pool size $POOL_SIZE per shard:"
         echo
         echo "| protocol | routing off tps | routing on tps | on/off | routing off µs CPU/txn | routing on µs CPU/txn | errors |"
         echo "|---|---|---|---|---|---|---|"

@@ -4,6 +4,9 @@
 //! - `cached`: `Router::route` from an existing `Arc<Plan>` with its Bind parameters: a
 //!   prepared statement, or a simple query whose plan is cached. Must stay under 2 µs.
 //! - `cache_hit`: `PlanCache::get` by query text + `Router::route`: a repeated simple query.
+//! - `simple_literal`: what a session does for a simple query with a fresh literal (pgbench -S):
+//!   `normalize_literals`, `PlanCache::get` of the normalized text behind a mutex, and
+//!   `Router::route` with the literals as text parameters.
 //!
 //! Each benchmark routes one statement; "time" is the cost per statement.
 //! Run: `cargo bench --bench router`.
@@ -13,7 +16,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 use pgshard::config::Config;
-use pgshard::router::{Params, PlanCache, RouteContext, Router, Volatility};
+use pgshard::router::{normalize_literals, Params, PlanCache, RouteContext, Router, Volatility};
 
 const CONFIG: &str = r#"
 [server]
@@ -137,12 +140,32 @@ fn cache_hit(c: &mut Criterion) {
     group.finish();
 }
 
+fn simple_literal(c: &mut Criterion) {
+    let router = router();
+    let ctx = RouteContext::default();
+    let cache = std::sync::Mutex::new(PlanCache::new(1 << 20));
+    let mut n = 0u64;
+    c.bench_function("simple_literal/pgbench_select", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql = format!("SELECT abalance FROM users WHERE user_id = {n};");
+            let (normalized, literals) = normalize_literals(black_box(&sql)).expect("literals");
+            let plan = cache
+                .lock()
+                .unwrap()
+                .get_or_plan(&router, &normalized);
+            let values: Vec<Option<&[u8]>> = literals.iter().map(|l| Some(l.as_bytes())).collect();
+            black_box(router.route(&plan, &Params::new(&values, &[]), &ctx))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = cold, cached, cache_hit
+    targets = cold, cached, cache_hit, simple_literal
 }
 criterion_main!(benches);
