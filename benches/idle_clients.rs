@@ -28,11 +28,11 @@ fn main() -> anyhow::Result<()> {
 
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&env_or("PGHOST", "127.0.0.1"))
+        .host(env_or("PGHOST", "127.0.0.1"))
         .port(env_or("PGPORT", "6432").parse()?)
-        .user(&env_or("PGUSER", "app"))
+        .user(env_or("PGUSER", "app"))
         .password(env_or("PGPASSWORD", "app"))
-        .dbname(&env_or("PGDATABASE", "app"))
+        .dbname(env_or("PGDATABASE", "app"))
         .application_name("pgshard-idle-clients")
         .connect_timeout(Duration::from_secs(30));
 

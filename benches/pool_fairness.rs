@@ -34,8 +34,8 @@ impl Manager for Counter {
         Returned::Clean
     }
 
-    fn reset(&self, _conn: &mut u64) -> impl Future<Output = Result<(), Infallible>> + Send {
-        async { Ok(()) }
+    async fn reset(&self, _conn: &mut u64) -> Result<(), Infallible> {
+        Ok(())
     }
 }
 
@@ -48,8 +48,8 @@ impl bb8::ManageConnection for Counter {
         async move { Ok(n) }
     }
 
-    fn is_valid(&self, _conn: &mut u64) -> impl Future<Output = Result<(), Infallible>> + Send {
-        async { Ok(()) }
+    async fn is_valid(&self, _conn: &mut u64) -> Result<(), Infallible> {
+        Ok(())
     }
 
     fn has_broken(&self, _conn: &mut u64) -> bool {

@@ -150,10 +150,7 @@ fn simple_literal(c: &mut Criterion) {
             n += 1;
             let sql = format!("SELECT abalance FROM users WHERE user_id = {n};");
             let (normalized, literals) = normalize_literals(black_box(&sql)).expect("literals");
-            let plan = cache
-                .lock()
-                .unwrap()
-                .get_or_plan(&router, &normalized);
+            let plan = cache.lock().unwrap().get_or_plan(&router, &normalized);
             let values: Vec<Option<&[u8]>> = literals.iter().map(|l| Some(l.as_bytes())).collect();
             black_box(router.route(&plan, &Params::new(&values, &[]), &ctx))
         })

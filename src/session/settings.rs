@@ -68,10 +68,10 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
         let assignment = if word == "-c" {
             i += 1;
             words.get(i).cloned()
-        } else if let Some(rest) = word.strip_prefix("-c").or_else(|| word.strip_prefix("--")) {
-            Some(rest.to_string())
         } else {
-            None
+            word.strip_prefix("-c")
+                .or_else(|| word.strip_prefix("--"))
+                .map(|rest| rest.to_string())
         };
         let bad = || {
             SessionError::Unsupported(format!(
