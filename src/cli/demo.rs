@@ -59,6 +59,7 @@ const EXAMPLES: &[&[&str]] = &[
         "ROLLBACK;",
     ],
     &["SELECT count(*) FROM users;"],
+    &["SELECT user_id, sum(amount) AS total FROM orders GROUP BY user_id ORDER BY total DESC, user_id LIMIT 3;"],
 ];
 
 /// One started shard.
@@ -417,8 +418,9 @@ async fn prepare(demo: &Demo, map: &ShardMap) -> anyhow::Result<String> {
     );
     for statements in EXAMPLES {
         let outcome = match run_example(&client, statements).await {
-            Ok(Some(port)) => demo.describe_server(port),
-            Ok(None) => "answered (no server port in the result)".to_string(),
+            Ok((Some(port), _)) => demo.describe_server(port),
+            Ok((None, Some(first))) => format!("merged from every shard; first row: {first}"),
+            Ok((None, None)) => "answered (no rows)".to_string(),
             Err(message) => format!("refused: {message}"),
         };
         let _ = writeln!(text, "  {}\n      -> {outcome}", statements.join(" "));
@@ -442,8 +444,8 @@ async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// Inserts the sample users with one multi-row INSERT per shard and chunk (the proxy refuses a
-/// multi-row INSERT whose rows span shards). Returns how many were inserted.
+/// Inserts the sample users with one multi-row INSERT per shard and chunk (each statement stays on
+/// one shard, so the load never depends on splitting). Returns how many were inserted.
 async fn insert_users(client: &tokio_postgres::Client, map: &ShardMap) -> anyhow::Result<usize> {
     let rows =
         (1..=SAMPLE_USERS).map(|id| (id, format!("({id}, 'user {id}', 'user{id}@example.com')")));
@@ -492,11 +494,14 @@ async fn insert_grouped(
 
 /// Runs one example's statements in order; returns the `inet_server_port()` the result shows, or
 /// the error message the proxy (or PostgreSQL) answered with.
+/// Runs one example: the port of the server that answered (when the result says), and the
+/// first row's values.
 async fn run_example(
     client: &tokio_postgres::Client,
     statements: &[&str],
-) -> Result<Option<u16>, String> {
+) -> Result<(Option<u16>, Option<String>), String> {
     let mut port = None;
+    let mut first = None;
     for (i, sql) in statements.iter().enumerate() {
         let messages = match client.simple_query(sql).await {
             Ok(messages) => messages,
@@ -514,10 +519,16 @@ async fn run_example(
                 if let Some(p) = served_by.and_then(|p: &str| p.parse().ok()) {
                     port = Some(p);
                 }
+                if first.is_none() {
+                    let values: Vec<&str> = (0..row.len())
+                        .map(|i| row.get(i).unwrap_or("NULL"))
+                        .collect();
+                    first = Some(values.join(", "));
+                }
             }
         }
     }
-    Ok(port)
+    Ok((port, first))
 }
 
 fn error_text(e: &tokio_postgres::Error) -> String {
