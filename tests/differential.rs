@@ -197,10 +197,7 @@ async fn setup() -> (support::Proxy, Client) {
     static LOADED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let shards = support::shard_clusters();
     let reference = support::cluster();
-    let config = format!(
-        "{}\n[[sharding.tables]]\nname = \"diff_users\"\n\n[[sharding.tables]]\nname = \"diff_orders\"\n",
-        support::two_shard_config(shards)
-    );
+    let config = support::two_shard_config_with(shards, &["diff_users", "diff_orders"]);
     let proxy = support::start_proxy(&config).await;
     let reference_client = support::connect_direct(reference.primary_port()).await;
     LOADED
@@ -389,11 +386,8 @@ async fn constructs_that_cannot_be_merged_get_0a000_naming_them() {
 async fn a_merge_over_the_memory_limit_fails_cleanly_and_others_are_unaffected() {
     let (_proxy, _reference) = setup().await;
     let shards = support::shard_clusters();
-    let config = format!(
-        "{}\n[[sharding.tables]]\nname = \"diff_users\"\n\n[[sharding.tables]]\nname = \"diff_orders\"\n",
-        support::two_shard_config(shards)
-    )
-    .replace("[sharding]\n", "[sharding]\nmax_merge_memory_mb = 1\n");
+    let config = support::two_shard_config_with(shards, &["diff_users", "diff_orders"])
+        .replace("[sharding]\n", "[sharding]\nmax_merge_memory_mb = 1\n");
     let proxy = support::start_proxy(&config).await;
     let client = proxy.connect().await;
     let other = proxy.connect().await;

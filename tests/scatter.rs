@@ -22,10 +22,7 @@ async fn setup() -> (support::Proxy, Client) {
     static LOADED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let shards = support::shard_clusters();
     let reference = support::cluster();
-    let config = format!(
-        "{}\n[[sharding.tables]]\nname = \"scatter_rows\"\n",
-        support::two_shard_config(shards)
-    );
+    let config = support::two_shard_config_with(shards, &["scatter_rows"]);
     let proxy = support::start_proxy(&config).await;
     let reference_client = support::connect_direct(reference.primary_port()).await;
     LOADED.get_or_init(|| async {

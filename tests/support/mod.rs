@@ -106,6 +106,15 @@ extern "C" fn stop_shard_clusters_at_exit() {
     }
 }
 
+/// [`two_shard_config`] with these tables sharded too (by its `user_id bigint` key).
+pub fn two_shard_config_with(shards: [&LocalCluster; 2], tables: &[&str]) -> String {
+    let mut config = two_shard_config(shards);
+    for table in tables {
+        config.push_str(&format!("\n[[sharding.tables]]\nname = \"{table}\"\n"));
+    }
+    config
+}
+
 /// The shard (0 or 1) a key lives on under [`two_shard_config`] (`s0` owns slots 0-2047, `s1`
 /// 2048-4095), computed from the sharding contract, not by asking the proxy.
 pub fn shard_of_key(key: &pgshard::sharding::KeyValue) -> usize {
