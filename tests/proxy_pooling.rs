@@ -609,3 +609,138 @@ async fn server_connection_killed_mid_transaction_fails_only_its_client() {
         "still serving"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nothing of one client's identity reaches the next client
+
+/// Creates role `pooling_tenant` (granted to app) and two ways to become it without a SET tag:
+/// a plpgsql function and (through set_config) a plain SELECT. Once per test process.
+fn create_tenant_role() {
+    static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    CREATED.get_or_init(create_tenant_role_now);
+}
+
+fn create_tenant_role_now() {
+    let cluster = cluster();
+    cluster
+        .psql(
+            cluster.primary_port(),
+            "app",
+            "DO $$ BEGIN \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pooling_tenant') THEN \
+                 CREATE ROLE pooling_tenant NOLOGIN; GRANT pooling_tenant TO app; \
+               END IF; END $$; \
+             CREATE OR REPLACE FUNCTION public.pooling_become_tenant() RETURNS text \
+               LANGUAGE plpgsql AS $f$ BEGIN EXECUTE 'SET ROLE pooling_tenant'; \
+               RETURN current_user; END $f$; \
+             GRANT EXECUTE ON FUNCTION public.pooling_become_tenant() TO app;",
+        )
+        .expect("creating the tenant role");
+}
+
+/// Every way a client can change its role, as one simple-query string that also reports
+/// `current_user` right after (in the same server session).
+const BECOME_TENANT: &[&str] = &[
+    "SET ROLE pooling_tenant; SELECT current_user",
+    "SET SESSION ROLE pooling_tenant; SELECT current_user",
+    "SELECT set_config('role', 'pooling_tenant', false); SELECT current_user",
+    "SELECT public.pooling_become_tenant(); SELECT current_user",
+    "DO $$ BEGIN EXECUTE 'SET ROLE pooling_tenant'; END $$; SELECT current_user",
+];
+
+/// The last row's single value of a simple query string.
+async fn last_value(client: &Client, sql: &str) -> String {
+    let messages = client.simple_query(sql).await.unwrap();
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_else(|| panic!("{sql} returns rows"))
+}
+
+#[tokio::test]
+async fn a_role_set_by_one_client_never_reaches_the_next() {
+    create_tenant_role();
+    // One server connection, so the second client gets the very connection the first used.
+    let proxy = proxy_with_pool_size(1).await;
+    for become_tenant in BECOME_TENANT {
+        // The client leaves after changing its role.
+        let a = proxy.connect().await;
+        assert_eq!(
+            last_value(&a, become_tenant).await,
+            "pooling_tenant",
+            "{become_tenant} changes the role within its own statement"
+        );
+        drop(a);
+        let b = proxy.connect().await;
+        assert_eq!(
+            simple_value(&b, "SELECT current_user || '/' || session_user").await,
+            "app/app",
+            "after another client ran {become_tenant}"
+        );
+        // The client stays, and another one runs between its statements.
+        let a = proxy.connect().await;
+        assert_eq!(last_value(&a, become_tenant).await, "pooling_tenant");
+        assert_eq!(
+            simple_value(&b, "SELECT current_user").await,
+            "app",
+            "while another client that ran {become_tenant} is still connected"
+        );
+        // Over the extended protocol too.
+        let row = b.query_one("SELECT current_user::text", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "app");
+        drop(a);
+    }
+}
+
+#[tokio::test]
+async fn a_role_set_over_the_extended_protocol_never_reaches_the_next_client() {
+    create_tenant_role();
+    let proxy = proxy_with_pool_size(1).await;
+    let a = proxy.connect().await;
+    let become_tenant = a
+        .prepare("SELECT set_config('role', 'pooling_tenant', false)")
+        .await
+        .unwrap();
+    let row = a.query_one(&become_tenant, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "pooling_tenant");
+    let b = proxy.connect().await;
+    let row = b.query_one("SELECT current_user::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "app");
+    // The prepared statement runs again on the one connection, then another client comes.
+    a.query_one(&become_tenant, &[]).await.unwrap();
+    drop(a);
+    let row = b.query_one("SELECT current_user::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "app");
+}
+
+#[tokio::test]
+async fn session_mode_hands_on_no_role_either() {
+    create_tenant_role();
+    let proxy = start_proxy(&config(&[
+        ("pool_mode = \"transaction\"", "pool_mode = \"session\""),
+        ("size = 4", "size = 1"),
+    ]))
+    .await;
+    for become_tenant in BECOME_TENANT {
+        let a = proxy.connect().await;
+        assert_eq!(last_value(&a, become_tenant).await, "pooling_tenant");
+        // In session mode the role lasts for the client's session, as on PostgreSQL.
+        assert_eq!(
+            simple_value(&a, "SELECT current_user").await,
+            "pooling_tenant"
+        );
+        drop(a);
+        let b = tokio::time::timeout(HANG_GUARD, proxy.connect())
+            .await
+            .expect("the one server connection is released when the client leaves");
+        assert_eq!(
+            simple_value(&b, "SELECT current_user || '/' || session_user").await,
+            "app/app",
+            "after another client ran {become_tenant}"
+        );
+    }
+}

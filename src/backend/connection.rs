@@ -297,7 +297,9 @@ impl ServerConnection {
         let mut sql = String::new();
         let nothing = BTreeMap::new();
         let current = if self.settings_unknown {
-            sql.push_str("RESET ALL;");
+            // RESET ALL leaves the role and the session authorization as they are: a client's
+            // SET ROLE would reach the next client. Going back to the login user resets both.
+            sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
             &nothing
         } else {
             &self.applied

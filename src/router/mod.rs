@@ -28,12 +28,14 @@ mod copy_rows;
 mod error;
 mod expr;
 mod gather;
+pub mod lexer;
 mod normalize;
 mod parse;
 mod plan;
 mod query;
 mod route;
 mod scatter;
+mod session_effects;
 mod sort;
 mod split;
 mod text;
@@ -61,6 +63,15 @@ pub use route::{OverrideChange, Params, Route, RouteContext, Target, Transaction
 pub use scatter::{Combine, Scatter, SortColumn, SortKey};
 pub use split::SplitPart;
 pub use volatility::Volatility;
+
+impl Router {
+    /// Whether `sql` may change its server session's role or settings beyond what its
+    /// CommandComplete tag shows (see `session_effects`): the connection is then reset before
+    /// the next client uses it.
+    pub fn may_change_session(&self, sql: &str) -> bool {
+        session_effects::may_change_session(sql, &self.rules.volatility)
+    }
+}
 
 /// What the analysis consults: table rules and function volatility.
 #[derive(Debug)]

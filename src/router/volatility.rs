@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone)]
 pub struct Volatility {
     functions: HashMap<Box<str>, bool>,
+    /// The compiled-in names (both lists): functions PostgreSQL ships, whatever `pg_proc` adds.
+    builtin: HashSet<Box<str>>,
 }
 
 /// Built-in functions PostgreSQL marks VOLATILE that apps commonly call in reads. Listed so the
@@ -73,7 +75,8 @@ impl Volatility {
         for name in VOLATILE.split_whitespace() {
             functions.insert(Box::from(name), true);
         }
-        Volatility { functions }
+        let builtin = functions.keys().cloned().collect();
+        Volatility { functions, builtin }
     }
 
     /// Records what `pg_proc` says, replacing the defaults for the names it lists: rows are
@@ -103,6 +106,12 @@ impl Volatility {
     /// are volatile.
     pub fn is_volatile(&self, name: &str) -> bool {
         self.functions.get(name).copied().unwrap_or(true)
+    }
+
+    /// Whether `name` (lowercase, unqualified) is one of the built-in functions listed here
+    /// (not merely learned from `pg_proc`, where user functions are listed too).
+    pub fn is_known_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(name)
     }
 }
 

@@ -95,7 +95,36 @@ impl Session {
         }
         if let Some(conn) = self.server.as_deref_mut() {
             conn.in_flight = true;
+            conn.settings_unknown |= self.changes_session;
         }
+    }
+
+    /// Whether a statement text may change the server session unseen (see the router).
+    pub(super) fn may_change_session(&self, query: &[u8]) -> bool {
+        let sql = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query));
+        self.shared.router.load().may_change_session(&sql)
+    }
+
+    /// Notes what the client's next statement may do to a server session: everything sent and
+    /// every connection taken until the next Query or Bind is marked for a reset if it may
+    /// change the role or settings unseen.
+    pub(super) fn note_session_effects(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        match frame.tag() {
+            tag::QUERY => self.changes_session = self.may_change_session(frame.body()),
+            tag::FUNCTION_CALL => self.changes_session = true,
+            tag::BIND => {
+                let bind = Bind::decode(frame.body())?;
+                self.changes_session = if bind.statement.is_empty() {
+                    self.unnamed_changes_session
+                } else {
+                    self.statements
+                        .get(bind.statement)
+                        .is_some_and(|s| s.changes_session)
+                };
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Records a Parse: a named statement under the client's name (with its plan), the unnamed
@@ -103,12 +132,14 @@ impl Session {
     pub(super) fn register_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let parse = Parse::decode(frame.body())?;
         let plan = self.plan_text(parse.query());
+        let changes = self.may_change_session(parse.query());
         if parse.name.is_empty() {
             self.unnamed_plan = plan;
             self.unnamed_types = parse.param_types();
+            self.unnamed_changes_session = changes;
         } else {
             self.statements
-                .insert(parse.name, Arc::new(Statement::new(&parse, plan)));
+                .insert(parse.name, Arc::new(Statement::new(&parse, plan, changes)));
         }
         Ok(())
     }

@@ -132,6 +132,10 @@ pub(crate) struct Session {
     /// Plan and declared parameter types of the unnamed statement of the current batch.
     unnamed_plan: Option<Arc<Plan>>,
     unnamed_types: Vec<u32>,
+    /// The unnamed statement may change the server session's role or settings unseen.
+    unnamed_changes_session: bool,
+    /// The statement being run may: connections it reaches are reset before the next client.
+    changes_session: bool,
     /// pgshard refused a statement inside the client's transaction: only its end may run.
     aborted: bool,
     /// Client frames of the current plain replica read, kept so it can run elsewhere if its
@@ -181,6 +185,8 @@ impl Session {
             begin: None,
             unnamed_plan: None,
             unnamed_types: Vec::new(),
+            unnamed_changes_session: false,
+            changes_session: false,
             aborted: false,
             replay: None,
             statements: ClientStatements::default(),
@@ -282,6 +288,7 @@ impl Session {
             }
         })?;
         conn.apply_settings(&self.settings).await?;
+        conn.settings_unknown |= self.changes_session;
         Ok(conn)
     }
 

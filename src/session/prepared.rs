@@ -23,10 +23,13 @@ pub struct Statement {
     pub plan: Option<Arc<Plan>>,
     /// Parameter type OIDs the Parse declared, to read a binary key by its own type.
     pub param_types: Vec<u32>,
+    /// Running it may change the server session's role or settings unseen
+    /// ([`crate::router::Router::may_change_session`]).
+    pub changes_session: bool,
 }
 
 impl Statement {
-    pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>) -> Statement {
+    pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>, changes_session: bool) -> Statement {
         let hash = xxhash_rust::xxh3::xxh3_128(parse.rest);
         let server_name = format!("pgshard_{hash:032x}");
         Statement {
@@ -34,6 +37,7 @@ impl Statement {
             param_types: parse.param_types(),
             server_name,
             plan,
+            changes_session,
         }
     }
 }
@@ -94,9 +98,9 @@ mod tests {
 
     #[test]
     fn same_text_and_types_give_the_same_server_name() {
-        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap(), None);
-        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap(), None);
-        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap(), None);
+        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap(), None, false);
+        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap(), None, false);
+        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap(), None, false);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 64, "fits PostgreSQL's NAMEDATALEN");

@@ -78,6 +78,7 @@ impl Session {
         } else {
             frame
         };
+        self.note_session_effects(&frame)?;
         let decision = match frame.tag() {
             tag::QUERY => self.route_query(&frame),
             tag::PARSE => self.note_parse(&frame)?,

@@ -138,7 +138,8 @@ impl Session {
     /// CommandComplete tag once they have run (a failed DISCARD ALL changed nothing): DISCARD ALL
     /// and DEALLOCATE ALL drop every prepared statement; SET, RESET and DISCARD ALL leave its
     /// settings unlike what pgshard applied, so the next checkout starts from RESET ALL and no
-    /// client inherits them. (SETs inside functions and `set_config` calls go unnoticed.)
+    /// client inherits them. (SETs inside functions, `DO` and `set_config` calls are noticed from
+    /// the statement text instead: [`crate::router::Router::may_change_session`].)
     fn note_command(&mut self, body: &[u8]) {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
