@@ -124,11 +124,10 @@ pub fn may_change_session(sql: &str, volatility: &Volatility) -> bool {
         match token {
             Token::Word(word) if statement_start && is_one_of(word, RUNS_CODE) => return true,
             Token::Word(word) | Token::QuotedIdent(word)
-                if lexer.peek() == Some(&Token::Punct(b'(')) =>
+                if lexer.peek() == Some(&Token::Punct(b'('))
+                    && is_call(word, previous, volatility) =>
             {
-                if is_call(word, previous, volatility) {
-                    return true;
-                }
+                return true
             }
             _ => {}
         }
