@@ -1,6 +1,6 @@
 //! pgshard: a sharding router and transaction pooler for PostgreSQL.
 //!
-//! Data flows one way: client socket → [`wire`] (frames) → [`session`] (client state machine)
+//! Data flows one way: client socket → [`transport`] and [`wire`] (frames) → [`session`] (client state machine)
 //! → [`router`] (statement → route) → [`pool`] → [`backend`] (server connections) → back to the client.
 //! [`config`] and [`sharding`] are pure data; [`cli`] is the glue for the `pgshard` binary.
 //! See ARCHITECTURE.md for the map and the invariants.
@@ -16,4 +16,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sharding;
+pub mod transport;
 pub mod wire;

@@ -254,6 +254,7 @@ pub async fn run(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
                     sessions.spawn(crate::session::run(stream, shared.clone()));
                 }
                 Err(e) => {

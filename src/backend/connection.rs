@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{BackendError, MAX_SERVER_MESSAGE};
-use crate::wire::{build, server_tag, split_frame, Frame, TransactionStatus};
+use crate::transport::Conn;
+use crate::wire::{build, server_tag, Frame, TransactionStatus};
 
 /// Who to log in as, and where.
 #[derive(Debug, Clone)]
@@ -35,8 +35,9 @@ pub struct CancelKey {
 /// An open, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConnection {
-    pub stream: TcpStream,
-    pub read_buf: BytesMut,
+    /// The socket with its buffers: `io.input` holds what the server sent and was not handled
+    /// yet, `io.output` what is queued for the server.
+    pub io: Conn<TcpStream>,
     pub addr: String,
     pub process_id: i32,
     pub secret_key: i32,
@@ -72,8 +73,7 @@ impl ServerConnection {
             })?;
         let _ = stream.set_nodelay(true);
         let mut conn = ServerConnection {
-            stream,
-            read_buf: BytesMut::with_capacity(8192),
+            io: Conn::new(stream, BytesMut::with_capacity(8192)),
             addr: login.addr.clone(),
             process_id: 0,
             secret_key: 0,
@@ -214,9 +214,10 @@ impl ServerConnection {
         }
     }
 
-    /// Writes all of `bytes`; marks the connection broken on failure.
+    /// Writes all of `bytes` (after anything already queued); marks the connection broken on
+    /// failure.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        if let Err(source) = self.stream.write_all(bytes).await {
+        if let Err(source) = self.io.write_all(bytes).await {
             self.broken = true;
             return Err(BackendError::Io {
                 addr: self.addr.clone(),
@@ -229,7 +230,7 @@ impl ServerConnection {
     /// Reads one complete frame; marks the connection broken on failure.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
-            match split_frame(&mut self.read_buf, MAX_SERVER_MESSAGE) {
+            match self.io.next_frame(MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
                 Err(_) => {
@@ -237,24 +238,20 @@ impl ServerConnection {
                     return Err(BackendError::Protocol(self.addr.clone()));
                 }
             }
-            match self.stream.read_buf(&mut self.read_buf).await {
-                Ok(0) => {
-                    self.broken = true;
-                    let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                    return Err(BackendError::Io {
-                        addr: self.addr.clone(),
-                        source,
-                    });
-                }
+            match self.io.fill().await {
+                Ok(0) => return Err(self.lost(std::io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
-                Err(source) => {
-                    self.broken = true;
-                    return Err(BackendError::Io {
-                        addr: self.addr.clone(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(self.lost(source)),
             }
+        }
+    }
+
+    /// Marks the connection broken by an I/O failure and describes it.
+    pub fn lost(&mut self, source: std::io::Error) -> BackendError {
+        self.broken = true;
+        BackendError::Io {
+            addr: self.addr.clone(),
+            source,
         }
     }
 

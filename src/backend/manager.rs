@@ -29,7 +29,7 @@ impl Manager for BackendManager {
     }
 
     fn returned(&self, conn: &ServerConnection) -> Returned {
-        if conn.broken || !conn.read_buf.is_empty() {
+        if conn.broken || !conn.io.input.is_empty() || !conn.io.output.is_empty() {
             Returned::Broken
         } else if conn.in_flight || conn.status != TransactionStatus::Idle || conn.needs_discard {
             Returned::NeedsReset
@@ -41,8 +41,7 @@ impl Manager for BackendManager {
     /// An idle server connection has nothing to say: readable bytes (a FATAL from a shutting-down
     /// server) or end of file mean it is gone. One non-blocking read, no round trip.
     fn is_alive(&self, conn: &mut ServerConnection) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(conn.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(conn.io.try_fill(), Ok(None))
     }
 
     async fn reset(&self, conn: &mut ServerConnection) -> Result<(), BackendError> {

@@ -13,6 +13,7 @@ use super::scatter_extended::ExtendedScatter;
 use super::Session;
 use crate::config::PoolMode;
 use crate::router::{Params, TransactionControl, TransactionMode};
+use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::{Bind, Execute, Target as Named, TargetKind};
@@ -45,7 +46,7 @@ impl Bound {
     }
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// A Bind of BEGIN with no server held yet, or of COMMIT/ROLLBACK of a transaction whose
     /// BEGIN is still held back: answered here as the simple protocol's are (the BEGIN is sent
     /// later, as a simple query, with the first statement that picks a shard). `true` when

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use super::error::SessionError;
 use super::prepared::{Expect, Statement};
 use super::{Flow, Session};
+use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::{Bind, Parse, Target, TargetKind};
-use crate::wire::{split_frame, Frame};
+use crate::wire::Frame;
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Handles every complete frame the client has sent (and the one that waited for a route).
     pub(super) async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
         while let Some(frame) = self.next_client_frame()? {
@@ -47,7 +48,7 @@ impl Session {
         if let Some(frame) = self.stalled.take() {
             return Ok(Some(frame));
         }
-        Ok(split_frame(&mut self.client_in, self.max_message)?)
+        Ok(self.client.next_frame(self.max_message)?)
     }
 
     /// Queues one client frame for the server connection this session holds.
@@ -89,11 +90,11 @@ impl Session {
     }
 
     pub(super) fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
-        self.server_out.extend_from_slice(bytes);
         if let Some(expect) = expect {
             self.expect.push_back(expect);
         }
         if let Some(conn) = self.server.as_deref_mut() {
+            conn.io.output.extend_from_slice(bytes);
             conn.in_flight = true;
             conn.settings_unknown |= self.changes_session;
         }

@@ -12,16 +12,17 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::SessionError;
-use super::{io, Session};
+use super::Session;
 use crate::backend::{BackendError, BackendManager};
 use crate::config::PoolMode;
 use crate::pool::Pooled;
 use crate::router::{
     CopyIn, CopyPlan, CopyRow, Plan, Route, RouteError, Router, RowSplitter, Target,
 };
+use crate::transport::Stream;
 use crate::wire::build::{self, Severity};
 use crate::wire::extended::{Bind, Parse};
-use crate::wire::{client_tag, rows, server_tag, split_frame, Frame, TransactionStatus};
+use crate::wire::{client_tag, rows, server_tag, Frame, TransactionStatus};
 
 /// CopyData sent to a shard carries up to this many bytes of rows.
 const BATCH: usize = 64 * 1024;
@@ -66,7 +67,7 @@ fn failure(sqlstate: &str, message: &str) -> Failure {
     out.freeze()
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// The COPY job for `plan`, if it is a COPY that needs several shards; `Err` refuses it.
     pub(super) fn copy_job(
         &self,
@@ -143,13 +144,13 @@ impl Session {
             } => self.copy_out(&sql, &shards, target, header).await?,
         };
         if let Some(error) = failed {
-            self.client_out.extend_from_slice(&error);
+            self.client.output.extend_from_slice(&error);
             if !simple {
                 self.skipping_until_sync = true;
             }
         }
         if simple {
-            build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+            build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         }
         Ok(true)
     }
@@ -174,7 +175,7 @@ impl Session {
                 if parse.name == bind.statement {
                     sql = Some(String::from_utf8_lossy(parse.query()).into_owned());
                 }
-                message(&mut self.client_out, server_tag::PARSE_COMPLETE, &[]);
+                message(&mut self.client.output, server_tag::PARSE_COMPLETE, &[]);
             }
         }
         if sql.is_none() && !bind.statement.is_empty() {
@@ -190,15 +191,15 @@ impl Session {
                     .into(),
             )
         })?;
-        message(&mut self.client_out, server_tag::BIND_COMPLETE, &[]);
+        message(&mut self.client.output, server_tag::BIND_COMPLETE, &[]);
         loop {
             let next = self.client_frame().await?;
             match next.tag() {
                 client_tag::EXECUTE => return Ok(Some(sql)),
-                client_tag::DESCRIBE => message(&mut self.client_out, server_tag::NO_DATA, &[]),
+                client_tag::DESCRIBE => message(&mut self.client.output, server_tag::NO_DATA, &[]),
                 client_tag::FLUSH => {}
                 client_tag::SYNC => {
-                    build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+                    build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
                     return Ok(None);
                 }
                 other => {
@@ -215,15 +216,11 @@ impl Session {
     /// The client's next frame, waiting for it (and writing queued output first).
     async fn client_frame(&mut self) -> Result<Frame, SessionError> {
         loop {
-            if let Some(frame) = split_frame(&mut self.client_in, self.max_message)? {
+            if let Some(frame) = self.client.next_frame(self.max_message)? {
                 return Ok(frame);
             }
-            if !self.client_out.is_empty() {
-                let out = std::mem::take(&mut self.client_out);
-                io::write_all(&mut self.client, &out).await?;
-            }
-            self.client.readable().await?;
-            if !self.read_client()? {
+            self.client.drain().await?;
+            if self.client.fill().await? == 0 {
                 return Err(SessionError::ClientIo(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 ));
@@ -261,7 +258,7 @@ impl Session {
                 return Ok(Some(error));
             }
         };
-        self.client_out.extend_from_slice(&described);
+        self.client.output.extend_from_slice(&described);
         let outcome = self.stream_rows(&mut parts, &copy, &router).await;
         let failed = match outcome {
             Ok(None) => finish_copy_in(&mut parts).await?,
@@ -278,7 +275,7 @@ impl Session {
             }
             None => {
                 let total: u64 = parts.iter().map(|p| p.rows).sum();
-                build::command_complete(&mut self.client_out, &format!("COPY {total}"));
+                build::command_complete(&mut self.client.output, &format!("COPY {total}"));
                 Ok(None)
             }
         }
@@ -378,10 +375,10 @@ impl Session {
             return Ok(Some(error));
         }
         if gathered.started {
-            message(&mut self.client_out, COPY_DONE, &[]);
+            message(&mut self.client.output, COPY_DONE, &[]);
         }
         let total = gathered.rows;
-        build::command_complete(&mut self.client_out, &format!("COPY {total}"));
+        build::command_complete(&mut self.client.output, &format!("COPY {total}"));
         Ok(None)
     }
 
@@ -397,20 +394,20 @@ impl Session {
             let frame = conn.read_frame().await?;
             match frame.tag() {
                 server_tag::COPY_OUT_RESPONSE if !gathered.started && gathered.error.is_none() => {
-                    self.client_out.extend_from_slice(&frame.bytes);
+                    self.client.output.extend_from_slice(&frame.bytes);
                     gathered.started = true;
                 }
                 COPY_DATA if gathered.error.is_none() => {
                     if std::mem::take(&mut skip) {
                         continue;
                     }
-                    self.client_out.extend_from_slice(&frame.bytes);
+                    self.client.output.extend_from_slice(&frame.bytes);
                 }
                 server_tag::COMMAND_COMPLETE => gathered.rows += copy_count(frame.body()),
                 server_tag::ERROR_RESPONSE => {
                     gathered.error.get_or_insert(frame.bytes.freeze());
                 }
-                server_tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
+                server_tag::NOTICE_RESPONSE => self.client.output.extend_from_slice(&frame.bytes),
                 server_tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 server_tag::READY_FOR_QUERY => {
                     conn.note_ready_for_query(frame.body());
@@ -418,9 +415,8 @@ impl Session {
                 }
                 _ => {}
             }
-            if self.client_out.len() > BATCH {
-                let out = std::mem::take(&mut self.client_out);
-                io::write_all(&mut self.client, &out).await?;
+            if self.client.output.len() > BATCH {
+                self.client.drain().await?;
             }
         }
     }
@@ -504,29 +500,19 @@ async fn send_batches(parts: &mut [Part], all: bool) -> Result<Option<Failure>, 
 /// (and notices): looks without waiting.
 fn early_error(part: &mut Part) -> Result<Option<Failure>, SessionError> {
     let conn = &mut *part.conn;
-    let mut chunk = [0u8; 4096];
     loop {
-        match conn.stream.try_read(&mut chunk) {
-            Ok(0) => {
-                conn.broken = true;
-                return Err(SessionError::Backend(BackendError::Io {
-                    addr: conn.addr.clone(),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                }));
+        match conn.io.try_fill() {
+            Ok(Some(0)) => {
+                let eof = std::io::ErrorKind::UnexpectedEof.into();
+                return Err(SessionError::Backend(conn.lost(eof)));
             }
-            Ok(n) => conn.read_buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(source) => {
-                conn.broken = true;
-                return Err(SessionError::Backend(BackendError::Io {
-                    addr: conn.addr.clone(),
-                    source,
-                }));
-            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(source) => return Err(SessionError::Backend(conn.lost(source))),
         }
     }
-    if part.error.is_none() && conn.read_buf.first() == Some(&server_tag::ERROR_RESPONSE) {
-        if let Ok(Some(frame)) = split_frame(&mut conn.read_buf, usize::MAX >> 1) {
+    if part.error.is_none() && conn.io.input.first() == Some(&server_tag::ERROR_RESPONSE) {
+        if let Ok(Some(frame)) = conn.io.next_frame(usize::MAX >> 1) {
             part.error = Some(frame.bytes.freeze());
             return Ok(part.error.clone());
         }

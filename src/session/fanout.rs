@@ -13,11 +13,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::SessionError;
-use super::{io, Session};
+use super::Session;
 use crate::backend::BackendManager;
 use crate::config::PoolMode;
 use crate::pool::Pooled;
 use crate::router::{Params, Plan, Route, SplitPart, Target};
+use crate::transport::Stream;
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
 use crate::wire::{rows, Frame, TransactionStatus};
@@ -68,7 +69,7 @@ struct Answer {
     copy_in: bool,
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Whether a write routed to several shards can run here (`None`: refuse it as before).
     pub(super) fn fan_out_decision(
         &self,
@@ -187,7 +188,7 @@ impl Session {
             .collect();
         let failed = self.conclude(&shards, &outcomes, split, &answer);
         if simple {
-            build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+            build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         } else {
             // After an error the rest of the batch is skipped, as PostgreSQL does.
             self.skipping_until_sync = failed;
@@ -212,30 +213,32 @@ impl Session {
                 tag::ROW_DESCRIPTION => match &answer.described {
                     _ if !show => {}
                     None => {
-                        self.client_out.extend_from_slice(&frame.bytes);
+                        self.client.output.extend_from_slice(&frame.bytes);
                         answer.described = Some(frame.bytes.freeze());
                     }
                     Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
                     Some(_) => answer.mismatch = true,
                 },
                 tag::DATA_ROW if show && !answer.mismatch => {
-                    self.client_out.extend_from_slice(&frame.bytes)
+                    self.client.output.extend_from_slice(&frame.bytes)
                 }
                 tag::COMMAND_COMPLETE => {
                     let body = frame.body();
                     let text = body.strip_suffix(&[0]).unwrap_or(body);
                     tags.push(String::from_utf8_lossy(text).into_owned());
                     if show && !split {
-                        self.client_out.extend_from_slice(&frame.bytes);
+                        self.client.output.extend_from_slice(&frame.bytes);
                     }
                 }
                 tag::EMPTY_QUERY_RESPONSE | tag::NO_DATA if show && !split => {
-                    self.client_out.extend_from_slice(&frame.bytes)
+                    self.client.output.extend_from_slice(&frame.bytes)
                 }
                 tag::ERROR_RESPONSE if error.is_none() => {
                     error = Some(server_error(frame.bytes.freeze()));
                 }
-                tag::NOTICE_RESPONSE if forward => self.client_out.extend_from_slice(&frame.bytes),
+                tag::NOTICE_RESPONSE if forward => {
+                    self.client.output.extend_from_slice(&frame.bytes)
+                }
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 // A COPY FROM STDIN cannot be fed to several shards here: end it on the server.
                 tag::COPY_IN_RESPONSE => {
@@ -251,9 +254,8 @@ impl Session {
                 }
                 _ => {}
             }
-            if self.client_out.len() > FLUSH_AT {
-                let out = std::mem::take(&mut self.client_out);
-                io::write_all(&mut self.client, &out).await?;
+            if self.client.output.len() > FLUSH_AT {
+                self.client.drain().await?;
             }
         }
     }
@@ -275,7 +277,7 @@ impl Session {
             .filter(|&i| matches!(outcomes[i], Outcome::Applied(_)))
             .collect();
         if answer.copy_in && applied.is_empty() {
-            build::error_response(&mut self.client_out, Severity::Error, "0A000", COPY_IN);
+            build::error_response(&mut self.client.output, Severity::Error, "0A000", COPY_IN);
             return true;
         }
         if applied.len() == outcomes.len() {
@@ -284,11 +286,11 @@ impl Session {
                 let message = "pgshard: the write applied on every shard, but the shards \
                      returned different RETURNING columns; check that every shard has the same \
                      schema";
-                build::error_response(&mut self.client_out, Severity::Error, "XX000", message);
+                build::error_response(&mut self.client.output, Severity::Error, "XX000", message);
                 return true;
             } else if split {
                 let total: u64 = outcomes.iter().map(inserted).sum();
-                build::command_complete(&mut self.client_out, &format!("INSERT 0 {total}"));
+                build::command_complete(&mut self.client.output, &format!("INSERT 0 {total}"));
             } else {
                 warn_if_counts_differ(&names, outcomes);
             }
@@ -297,13 +299,13 @@ impl Session {
         if let [Outcome::Failed(first), ..] = outcomes {
             if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
                 // It failed everywhere, so nothing applied: the server's own error says it all.
-                self.client_out.extend_from_slice(&first.bytes);
+                self.client.output.extend_from_slice(&first.bytes);
                 return true;
             }
         }
         let (code, message) = partial_failure(&names, outcomes, split);
         tracing::warn!("{message}");
-        build::error_response(&mut self.client_out, Severity::Error, &code, &message);
+        build::error_response(&mut self.client.output, Severity::Error, &code, &message);
         true
     }
 }

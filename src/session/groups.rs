@@ -15,6 +15,7 @@ use crate::backend::BackendManager;
 use crate::merge::{average, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Combine, Groups, Merge, Output};
+use crate::transport::Stream;
 use crate::wire::rows;
 
 /// numeric's type OID: what avg() of integers and numerics returns.
@@ -29,7 +30,7 @@ struct Table {
 
 type Row = Vec<Option<Vec<u8>>>;
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Folds every shard's rows into groups, then sends the groups the query asks for.
     pub(super) async fn merge_groups(
         &mut self,

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use self::cancel::CancelGuard;
 use self::error::SessionError;
@@ -39,13 +38,14 @@ use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{Plan, RouteContext};
 use crate::server::Shared;
+use crate::transport::{Conn, Stream};
 use crate::wire::build::{self, Severity};
 use crate::wire::Frame;
 use crate::wire::TransactionStatus;
 
-/// Serves one client connection until it ends. Errors go to the client as FATAL ErrorResponses.
-pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+/// Serves one client connection (TCP, TLS, or an in-memory stream in tests) until it ends.
+/// Errors go to the client as FATAL ErrorResponses.
+pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
     let _count = ClientCount::new(&shared);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
@@ -56,11 +56,12 @@ pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
         Ok(Some(login)) => login,
         Ok(None) => return,
         Err(e) => {
-            io::send_fatal(&mut stream, &e).await;
+            let mut client = Conn::new(stream, buf);
+            io::send_fatal(&mut client, &e).await;
             return;
         }
     };
-    let mut session = Session::new(stream, buf, shared, user, settings);
+    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings);
     if let Err(e) = session.serve().await {
         tracing::debug!("session ended: {e}");
         session.send_fatal(&e).await;
@@ -68,8 +69,8 @@ pub async fn run(mut stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Startup, client limit, authentication, settings: `None` for a CancelRequest.
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<(String, Settings)>, SessionError> {
@@ -109,12 +110,9 @@ enum Flow {
 }
 
 /// An authenticated client and the server connection it holds, if any.
-pub(crate) struct Session {
-    client: TcpStream,
-    client_in: BytesMut,
-    client_out: BytesMut,
-    /// Bytes for the server connection in `server`; empty whenever `server` is `None`.
-    server_out: BytesMut,
+pub(crate) struct Session<S> {
+    /// The client's connection: what it sent (`client.input`), what goes to it (`client.output`).
+    client: Conn<S>,
     server: Option<Pooled<BackendManager>>,
     /// Which shard and server kind `server` belongs to.
     held: Option<Held>,
@@ -158,20 +156,11 @@ pub(crate) struct Session {
     max_message: usize,
 }
 
-impl Session {
-    fn new(
-        client: TcpStream,
-        client_in: BytesMut,
-        shared: Arc<Shared>,
-        user: String,
-        settings: Settings,
-    ) -> Self {
+impl<S: Stream> Session<S> {
+    fn new(client: Conn<S>, shared: Arc<Shared>, user: String, settings: Settings) -> Self {
         let cancel = shared.cancel.register();
         Session {
             client,
-            client_in,
-            client_out: BytesMut::new(),
-            server_out: BytesMut::new(),
             server: None,
             held: None,
             mode: shared.config.server.pool_mode,
@@ -217,12 +206,12 @@ impl Session {
         });
         if let Some(conn) = self.server.as_deref() {
             for (name, value) in &conn.params {
-                build::parameter_status(&mut self.client_out, name, value);
+                build::parameter_status(&mut self.client.output, name, value);
             }
         }
         let (process_id, secret_key) = self.cancel.key;
-        build::backend_key_data(&mut self.client_out, process_id, secret_key);
-        build::ready_for_query(&mut self.client_out, TransactionStatus::Idle);
+        build::backend_key_data(&mut self.client.output, process_id, secret_key);
+        build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         loop {
             self.release_if_done();
             let event = if self.stalled.is_some() && self.server.is_none() {
@@ -231,26 +220,24 @@ impl Session {
             } else {
                 self.next_event().await?
             };
-            match event {
-                io::Event::ClientReadable => {
-                    if !self.read_client()? {
-                        return Ok(());
-                    }
-                    if self.stalled.is_none() && self.on_client_data().await? == Flow::Exit {
-                        return Ok(());
-                    }
-                }
-                io::Event::Resume => {
-                    if self.on_client_data().await? == Flow::Exit {
-                        return Ok(());
-                    }
-                }
-                io::Event::ServerReadable => {
+            let flow = match event {
+                io::Event::ClientClosed => Flow::Exit,
+                io::Event::ClientData if self.stalled.is_some() => Flow::Continue,
+                io::Event::ClientData | io::Event::Resume => self.on_client_data().await?,
+                io::Event::ServerData => {
                     if let Err(e) = self.on_server_data() {
                         self.recover_server(e).await?;
                     }
+                    Flow::Continue
                 }
-                io::Event::ClientWritable | io::Event::ServerWritable => {}
+                io::Event::ServerFailed(e) => {
+                    self.recover_server(e).await?;
+                    Flow::Continue
+                }
+                io::Event::Wrote => Flow::Continue,
+            };
+            if flow == Flow::Exit {
+                return Ok(());
             }
             if let Err(e) = self.write_server() {
                 self.recover_server(e).await?;
@@ -301,8 +288,8 @@ impl Session {
             return;
         };
         if conn.status != TransactionStatus::Idle
-            || !conn.read_buf.is_empty()
-            || !self.server_out.is_empty()
+            || !conn.io.input.is_empty()
+            || !conn.io.output.is_empty()
         {
             return;
         }
@@ -313,15 +300,13 @@ impl Session {
         self.held = None;
         self.replay = None;
         // An idle client keeps no buffers.
-        if self.client_in.is_empty() {
-            self.client_in = BytesMut::new();
-        }
+        self.client.shrink_idle();
     }
 
     /// Queues bytes pgshard answers itself, behind whatever the server still owes the client.
     pub(super) fn answer(&mut self, write: impl FnOnce(&mut BytesMut)) {
         if self.expect.is_empty() {
-            write(&mut self.client_out);
+            write(&mut self.client.output);
         } else {
             let mut bytes = BytesMut::new();
             write(&mut bytes);
@@ -340,26 +325,21 @@ impl Session {
     async fn send_fatal(&mut self, e: &SessionError) {
         if let Some(message) = e.client_message() {
             build::error_response(
-                &mut self.client_out,
+                &mut self.client.output,
                 Severity::Fatal,
                 e.sqlstate(),
                 &message,
             );
         }
-        let out = std::mem::take(&mut self.client_out);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            io::write_all(&mut self.client, &out),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
     }
 }
 
-impl Drop for Session {
+impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         if let Some(conn) = self.server.as_deref_mut() {
             conn.in_flight |=
-                !self.expect.is_empty() || self.awaiting_sync || !self.server_out.is_empty();
+                !self.expect.is_empty() || self.awaiting_sync || !conn.io.output.is_empty();
             if self.mode == PoolMode::Session {
                 conn.needs_discard = true;
             }

@@ -17,6 +17,7 @@ use crate::router::{
     normalize_literals, Params, Plan, Route, RouteError, Scatter, StatementKind, Target,
     TransactionControl, TransactionMode,
 };
+use crate::transport::Stream;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
 use crate::wire::{build, Frame, TransactionStatus};
@@ -61,7 +62,7 @@ enum Decision {
     },
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Routes one client frame and forwards it. Gives the frame back when it must wait until the
     /// server connection held now is released (it goes elsewhere and no transaction pins it).
     pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
@@ -699,7 +700,7 @@ fn follows_held(plan: &Plan) -> bool {
         || plan.sharded_tables().is_empty()
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// The server connection broke: a plain read the client has seen nothing of yet runs again
     /// on another replica or the primary; anything else ends the session with the error.
     pub(super) async fn recover_server(&mut self, e: SessionError) -> Result<(), SessionError> {
@@ -711,7 +712,6 @@ impl Session {
         }
         self.held = None;
         self.expect.clear();
-        self.server_out.clear();
         self.awaiting_sync = false;
         self.copy_in = false;
         tracing::info!("server connection lost during a read ({e}); running it elsewhere");

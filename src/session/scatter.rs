@@ -11,11 +11,12 @@ use std::collections::HashSet;
 use bytes::{Bytes, BytesMut};
 
 use super::error::SessionError;
-use super::{io, Session};
+use super::Session;
 use crate::backend::BackendManager;
 use crate::merge::{canonical, SortType, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
+use crate::transport::Stream;
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
 use crate::wire::{binary, rows, Frame, TransactionStatus};
@@ -91,7 +92,7 @@ pub(super) struct Output {
     pub(super) simple: bool,
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Runs a simple query on one connection per shard and streams the combined rows.
     pub(super) async fn scatter(
         &mut self,
@@ -185,7 +186,7 @@ impl Session {
         }
         match gathered.error {
             Some(error) => {
-                self.client_out.extend_from_slice(&error);
+                self.client.output.extend_from_slice(&error);
                 // The rest of an extended-protocol batch is skipped, as after any error.
                 self.skipping_until_sync = !output.simple;
                 if self.status != TransactionStatus::Idle {
@@ -194,12 +195,13 @@ impl Session {
                     self.status = TransactionStatus::Failed;
                 }
             }
-            None => {
-                build::command_complete(&mut self.client_out, &format!("SELECT {}", gathered.rows))
-            }
+            None => build::command_complete(
+                &mut self.client.output,
+                &format!("SELECT {}", gathered.rows),
+            ),
         }
         if output.simple {
-            build::ready_for_query(&mut self.client_out, self.status);
+            build::ready_for_query(&mut self.client.output, self.status);
         }
         Ok(())
     }
@@ -244,7 +246,7 @@ impl Session {
             if gathered.offset > 0 {
                 gathered.offset -= 1;
             } else {
-                self.client_out.extend_from_slice(row);
+                self.client.output.extend_from_slice(row);
                 gathered.rows += 1;
             }
             return;
@@ -274,7 +276,7 @@ impl Session {
     /// Sends a DataRow of text values, encoded in the formats the client asked for.
     pub(super) fn send_row(&mut self, fields: &[Option<&[u8]>], gathered: &mut Gathered) {
         if !gathered.binary {
-            build::data_row(&mut self.client_out, fields);
+            build::data_row(&mut self.client.output, fields);
             gathered.rows += 1;
             return;
         }
@@ -301,30 +303,29 @@ impl Session {
             }
         }
         let values: Vec<Option<&[u8]>> = encoded.iter().map(|v| v.as_deref()).collect();
-        build::data_row(&mut self.client_out, &values);
+        build::data_row(&mut self.client.output, &values);
         gathered.rows += 1;
     }
 
     /// Sends a RowDescription of these fields, with the format codes the client will get.
     pub(super) fn send_description<F: AsRef<[u8]>>(&mut self, fields: &[F], gathered: &Gathered) {
         match gathered.formats.as_deref() {
-            None => build::row_description(&mut self.client_out, fields),
+            None => build::row_description(&mut self.client.output, fields),
             Some(codes) => {
                 let fields: Vec<Vec<u8>> = fields
                     .iter()
                     .enumerate()
                     .map(|(i, f)| rows::with_format(f.as_ref(), format_code(Some(codes), i)))
                     .collect();
-                build::row_description(&mut self.client_out, &fields);
+                build::row_description(&mut self.client.output, &fields);
             }
         }
     }
 
     /// Writes the output queued for the client once it is large.
     pub(super) async fn flush_full(&mut self) -> Result<(), SessionError> {
-        if self.client_out.len() > FLUSH_AT {
-            let out = std::mem::take(&mut self.client_out);
-            io::write_all(&mut self.client, &out).await?;
+        if self.client.output.len() > FLUSH_AT {
+            self.client.drain().await?;
         }
         Ok(())
     }
@@ -384,7 +385,7 @@ pub(super) struct Key {
     pub(super) nulls_first: bool,
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Merges the shards' sorted rows: each step forwards the smallest head row and reads the
     /// next row of that shard only.
     async fn merge_sorted(
@@ -449,7 +450,7 @@ impl Session {
                 tag::ERROR_RESPONSE => {
                     gathered.error.get_or_insert(frame.bytes.freeze());
                 }
-                tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
+                tag::NOTICE_RESPONSE => self.client.output.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 tag::READY_FOR_QUERY => {
                     conn.note_ready_for_query(frame.body());
@@ -471,7 +472,7 @@ impl Session {
                 gathered.oids = types.into_iter().map(|(_, oid, _)| oid).collect();
                 if gathered.grouped || !gathered.describe {
                 } else if gathered.hidden == 0 && gathered.formats.is_none() {
-                    self.client_out.extend_from_slice(&bytes);
+                    self.client.output.extend_from_slice(&bytes);
                 } else {
                     let mut fields = rows::description_fields(&bytes[5..]).unwrap_or_default();
                     fields.truncate(fields.len().saturating_sub(gathered.hidden));

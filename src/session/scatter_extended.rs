@@ -12,6 +12,7 @@ use super::bound::Bound;
 use super::error::SessionError;
 use super::Session;
 use crate::router::{Scatter, Target};
+use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::{Bind, Parse};
@@ -32,7 +33,7 @@ pub(super) struct ExtendedScatter {
     pub(super) portal: Vec<u8>,
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// A Bind of a cross-shard read: answers the batch's Parses and the Bind, and waits for the
     /// Execute.
     pub(super) fn begin_extended_scatter(

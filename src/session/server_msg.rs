@@ -9,20 +9,20 @@ use super::Session;
 use crate::backend::connection::parse_parameter_status;
 use crate::backend::{BackendError, MAX_SERVER_MESSAGE};
 use crate::router::TransactionMode;
+use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
-use crate::wire::{split_frame, Frame, TransactionStatus};
+use crate::wire::{Frame, TransactionStatus};
 
-impl Session {
+impl<S: Stream> Session<S> {
     /// Reads what the server sent and handles every complete frame.
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
-        self.read_server()?;
         loop {
             self.drain_made_up();
             let Some(conn) = self.server.as_deref_mut() else {
                 return Ok(());
             };
-            let frame = match split_frame(&mut conn.read_buf, MAX_SERVER_MESSAGE) {
+            let frame = match conn.io.next_frame(MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(_) => {
@@ -64,9 +64,9 @@ impl Session {
     pub(super) fn drain_made_up(&mut self) {
         while let Some(front) = self.expect.front() {
             match front {
-                Expect::MadeUpParseComplete => build::parse_complete(&mut self.client_out),
-                Expect::MadeUpCloseComplete => build::close_complete(&mut self.client_out),
-                Expect::Answer(bytes) => self.client_out.extend_from_slice(bytes),
+                Expect::MadeUpParseComplete => build::parse_complete(&mut self.client.output),
+                Expect::MadeUpCloseComplete => build::close_complete(&mut self.client.output),
+                Expect::Answer(bytes) => self.client.output.extend_from_slice(bytes),
                 _ => return,
             }
             self.expect.pop_front();
@@ -128,7 +128,7 @@ impl Session {
             _ => true,
         };
         if forward {
-            self.client_out.extend_from_slice(&frame.bytes);
+            self.client.output.extend_from_slice(&frame.bytes);
             // The client has seen part of the answer: the request can no longer be replayed.
             self.replay = None;
         }
@@ -216,7 +216,7 @@ impl Session {
         if self.begin.is_some() {
             // The client's transaction is held back (this server ran a Describe outside it):
             // the client stays "in transaction" whatever this server says.
-            build::ready_for_query(&mut self.client_out, self.status);
+            build::ready_for_query(&mut self.client.output, self.status);
             return false;
         }
         if let Some(status) = status {

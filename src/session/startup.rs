@@ -4,12 +4,12 @@
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::error::SessionError;
 use crate::auth::{md5_matches, AuthError, ScramServer, ScramVerifier};
 use crate::config::AuthMethod;
 use crate::server::Shared;
+use crate::transport::Stream;
 use crate::wire::startup::{split_startup, take_cstr, StartupMessage, StartupPacket};
 use crate::wire::{build, client_tag, split_frame, Frame};
 
@@ -17,8 +17,8 @@ use crate::wire::{build, client_tag, split_frame, Frame};
 const MAX_AUTH_MESSAGE: usize = 8192;
 
 /// Reads startup packets until a StartupMessage; `None` when the connection was a CancelRequest.
-pub(super) async fn read_startup(
-    stream: &mut TcpStream,
+pub(super) async fn read_startup<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<StartupMessage>, SessionError> {
@@ -26,7 +26,7 @@ pub(super) async fn read_startup(
         match split_startup(buf)? {
             None => read_more(stream, buf).await?,
             Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
-                stream.write_all(b"N").await?;
+                send(stream, b"N").await?;
             }
             Some(StartupPacket::CancelRequest {
                 process_id,
@@ -49,8 +49,8 @@ pub(super) async fn read_startup(
 }
 
 /// Checks database and user, negotiates the protocol version, and authenticates the client.
-pub(super) async fn authenticate(
-    stream: &mut TcpStream,
+pub(super) async fn authenticate<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
     startup: &StartupMessage,
@@ -81,7 +81,7 @@ pub(super) async fn authenticate(
         AuthMethod::Md5 => {
             let salt: [u8; 4] = rand::random();
             build::authentication_md5(&mut out, salt);
-            stream.write_all(&out).await?;
+            send(stream, &out).await?;
             out.clear();
             let frame = read_password_message(stream, buf).await?;
             let mut body = frame.body();
@@ -103,12 +103,12 @@ pub(super) async fn authenticate(
         }
     }
     build::authentication_ok(&mut out);
-    stream.write_all(&out).await?;
+    send(stream, &out).await?;
     Ok(user)
 }
 
-async fn scram_exchange(
-    stream: &mut TcpStream,
+async fn scram_exchange<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     user: &str,
@@ -116,7 +116,7 @@ async fn scram_exchange(
 ) -> Result<(), SessionError> {
     let mut scram = ScramServer::new(user, verifier, random_nonce());
     build::authentication_sasl(out);
-    stream.write_all(out).await?;
+    send(stream, out).await?;
     out.clear();
     let frame = read_password_message(stream, buf).await?;
     let mut body = frame.body();
@@ -128,7 +128,7 @@ async fn scram_exchange(
     let data = if len < 0 { &[][..] } else { body };
     let server_first = scram.client_first(&mechanism, data)?;
     build::authentication_sasl_continue(out, &server_first);
-    stream.write_all(out).await?;
+    send(stream, out).await?;
     out.clear();
     let frame = read_password_message(stream, buf).await?;
     let server_final = scram.client_final(frame.body())?;
@@ -137,8 +137,8 @@ async fn scram_exchange(
 }
 
 /// Reads one PasswordMessage-type frame (`p`).
-async fn read_password_message(
-    stream: &mut TcpStream,
+async fn read_password_message<S: Stream>(
+    stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Frame, SessionError> {
     loop {
@@ -155,7 +155,7 @@ async fn read_password_message(
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), SessionError> {
+async fn read_more<S: Stream>(stream: &mut S, buf: &mut BytesMut) -> Result<(), SessionError> {
     buf.reserve(1024);
     if stream.read_buf(buf).await? == 0 {
         return Err(SessionError::ClientIo(
@@ -170,4 +170,10 @@ fn random_nonce() -> String {
     use base64::Engine;
     let bytes: [u8; 18] = rand::random();
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Writes `bytes` and flushes them (a TLS stream holds written bytes until flushed).
+async fn send<S: Stream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

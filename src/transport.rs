@@ -1,0 +1,185 @@
+//! A framed connection over any byte stream (`AsyncRead + AsyncWrite`: TCP, TLS, an in-memory
+//! duplex): an input buffer cut into protocol frames and an output queue written as one batch.
+//! Both sides use it, clients ([`crate::session`]) and servers ([`crate::backend`]). It moves
+//! bytes and cuts frames; it never interprets a frame.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::wire::{split_frame, Frame, WireError};
+
+/// Free room kept in the input buffer before each read.
+const READ_CHUNK: usize = 8192;
+
+/// Buffers larger than this are given back once empty, so an idle connection holds none.
+const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
+
+/// A byte stream a connection can run over.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A byte stream with its input and output buffers.
+#[derive(Debug)]
+pub struct Conn<S> {
+    stream: S,
+    /// Bytes read and not yet cut into frames.
+    pub input: BytesMut,
+    /// Bytes queued for the peer, written by [`Conn::poll_drain`].
+    pub output: BytesMut,
+}
+
+impl<S: Stream> Conn<S> {
+    /// Wraps `stream`; `input` holds bytes already read from it (after a handshake).
+    pub fn new(stream: S, input: BytesMut) -> Conn<S> {
+        Conn {
+            stream,
+            input,
+            output: BytesMut::new(),
+        }
+    }
+
+    /// The stream itself (socket options, peer address).
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Cuts the next complete frame off the input; `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self, max: usize) -> Result<Option<Frame>, WireError> {
+        split_frame(&mut self.input, max)
+    }
+
+    /// Reads what the stream has into the input buffer: `Ready(Ok(0))` is end of stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+            self.input.reserve(READ_CHUNK);
+        }
+        let spare = self.input.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                unsafe { self.input.advance_mut(n) };
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes the queued output (and flushes the stream) until done or the stream is full.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.output.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.output) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.output.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.output.capacity() > KEEP_CAPACITY {
+            self.output = BytesMut::new();
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    /// Reads once: the number of bytes read, 0 at end of stream.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Writes all queued output.
+    pub async fn drain(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    /// Writes as much queued output as the stream takes without waiting.
+    pub fn try_drain(&mut self) -> io::Result<()> {
+        match self.poll_drain(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// Reads what is there without waiting: `Some(0)` at end of stream, `None` when nothing was.
+    pub fn try_fill(&mut self) -> io::Result<Option<usize>> {
+        match self.poll_fill(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result.map(Some),
+            Poll::Pending => Ok(None),
+        }
+    }
+
+    /// Queues `bytes` and writes everything queued.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.output.extend_from_slice(bytes);
+        self.drain().await
+    }
+
+    /// Releases the input buffer's memory when it holds nothing (an idle peer keeps none).
+    pub fn shrink_idle(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            self.input = BytesMut::new();
+        }
+    }
+
+    /// Gives back the stream, dropping anything buffered.
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn frames_cross_a_duplex_in_pieces() {
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut conn = Conn::new(a, BytesMut::new());
+        // One Query frame ("SELECT 1"), written in chunks smaller than the frame.
+        let frame = b"Q\0\0\0\x0dSELECT 1\0";
+        let writer = tokio::spawn(async move {
+            for chunk in frame.chunks(3) {
+                b.write_all(chunk).await.unwrap();
+            }
+            b
+        });
+        let got = loop {
+            if let Some(f) = conn.next_frame(1 << 20).unwrap() {
+                break f;
+            }
+            assert!(conn.fill().await.unwrap() > 0, "the peer is still writing");
+        };
+        assert_eq!(&got.bytes[..], &frame[..]);
+        let mut b = writer.await.unwrap();
+        conn.write_all(b"Z\0\0\0\x05I").await.unwrap();
+        let mut reply = [0u8; 6];
+        b.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"Z\0\0\0\x05I");
+        drop(b);
+        assert_eq!(conn.fill().await.unwrap(), 0, "end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_full_peer_leaves_output_queued_without_blocking() {
+        let (a, mut b) = tokio::io::duplex(8);
+        let mut conn = Conn::new(a, BytesMut::new());
+        conn.output.extend_from_slice(&[7u8; 20]);
+        conn.try_drain().unwrap();
+        assert_eq!(conn.output.len(), 12, "the duplex took 8 bytes");
+        assert_eq!(conn.try_fill().unwrap(), None, "nothing to read yet");
+        let mut all = [0u8; 20];
+        let (drained, read) = tokio::join!(conn.drain(), b.read_exact(&mut all));
+        drained.unwrap();
+        read.unwrap();
+        assert_eq!(all, [7u8; 20]);
+        assert!(conn.output.is_empty());
+    }
+}
