@@ -18,7 +18,7 @@ use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::{BackendManager, ServerPool};
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
-use crate::router::{Plan, PlanCache, Router, Volatility};
+use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 use crate::session::cancel::CancelRegistry;
 
 /// Why the proxy could not keep serving.
@@ -55,6 +55,9 @@ pub struct Shared {
     /// The database collation is C (or POSIX): text sorts by bytes, so pgshard may merge rows
     /// that shards sorted by a text column. Learned with the volatility table.
     pub text_is_bytewise: std::sync::atomic::AtomicBool,
+    /// The servers' `default_transaction_isolation` is REPEATABLE READ or SERIALIZABLE (set in
+    /// postgresql.conf or with ALTER ROLE/DATABASE). Learned with the volatility table.
+    pub server_isolation_is_snapshot: std::sync::atomic::AtomicBool,
     /// False when there is nothing to decide (one shard, reads from its primary): statements
     /// then go to that primary without being parsed.
     pub routing: bool,
@@ -94,6 +97,7 @@ impl Shared {
         let router = ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()));
         Shared {
             text_is_bytewise: std::sync::atomic::AtomicBool::new(false),
+            server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(false),
             router,
             plans: Mutex::new(PlanCache::new(PLAN_CACHE_BYTES)),
             routing,
@@ -110,6 +114,18 @@ impl Shared {
 const PLAN_CACHE_BYTES: usize = 16 << 20;
 
 impl Shared {
+    /// The servers' default isolation level, as learned at start (READ COMMITTED until then).
+    pub fn server_default_isolation(&self) -> Isolation {
+        if self
+            .server_isolation_is_snapshot
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Isolation::Snapshot
+        } else {
+            Isolation::ReadCommitted
+        }
+    }
+
     /// The plan of a simple query's text, from the cache or made now.
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
         let lock = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,6 +169,17 @@ impl Shared {
                 )
                 .await?
                 .get(0);
+            let isolation: String = client
+                .query_one(
+                    "SELECT current_setting('default_transaction_isolation')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            self.server_isolation_is_snapshot.store(
+                Isolation::parse(&isolation) != Some(Isolation::ReadCommitted),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let bytewise = matches!(collation.as_str(), "C" | "POSIX");
             self.text_is_bytewise
                 .store(bytewise, std::sync::atomic::Ordering::Relaxed);

@@ -212,6 +212,54 @@ async fn a_keyless_read_runs_in_a_transaction_until_it_uses_a_shard() {
     assert_eq!(rows(&client, count).await.unwrap().0, want);
 }
 
+/// The isolation level in force, however it was set, keeps cross-shard reads out of
+/// REPEATABLE READ and SERIALIZABLE transactions (they need one snapshot; shards have several).
+#[tokio::test]
+async fn a_snapshot_isolation_set_any_way_refuses_a_keyless_read_in_a_transaction() {
+    let (proxy, reference) = setup().await;
+    let count = "SELECT count(*) FROM scatter_rows";
+    let want = rows(&reference, count).await.unwrap().0;
+    let refused = |result: Result<(Rows, u64), tokio_postgres::Error>, how: &str| {
+        let err = result.expect_err(how);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{how}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{how}");
+        assert!(db.message().contains("snapshot"), "{how}: {}", db.message());
+    };
+    // A session default set with SET, or with SET SESSION CHARACTERISTICS.
+    for set in [
+        "SET default_transaction_isolation = 'repeatable read'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        let client = proxy.connect().await;
+        client.simple_query(set).await.unwrap();
+        client.simple_query("BEGIN").await.unwrap();
+        refused(rows(&client, count).await, set);
+        client.simple_query("ROLLBACK").await.unwrap();
+        // Outside a transaction each shard reads alone: the read runs.
+        assert_eq!(rows(&client, count).await.unwrap().0, want, "{set}");
+        // BEGIN ISOLATION LEVEL READ COMMITTED overrides the default.
+        client
+            .simple_query("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .unwrap();
+        assert_eq!(rows(&client, count).await.unwrap().0, want, "{set}");
+        client.simple_query("COMMIT").await.unwrap();
+    }
+    // A startup option, as libpq sends PGOPTIONS.
+    let mut config: tokio_postgres::Config = proxy.url("app", "app").parse().unwrap();
+    config.options("-c default_transaction_isolation=serializable");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.simple_query("BEGIN").await.unwrap();
+    refused(rows(&client, count).await, "startup option");
+    client.simple_query("ROLLBACK").await.unwrap();
+    // Over the extended protocol too (BEGIN held back, then a prepared keyless read).
+    client.simple_query("BEGIN").await.unwrap();
+    let err = client.query(count, &[]).await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "0A000");
+    client.simple_query("ROLLBACK").await.unwrap();
+}
+
 #[tokio::test]
 async fn a_keyless_read_over_the_extended_protocol_gathers_every_shard() {
     let (proxy, reference) = setup().await;

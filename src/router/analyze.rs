@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use sqlparser::ast::{
     CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement,
-    TransactionAccessMode, TransactionMode, Value,
+    TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value,
 };
 
 use super::constraints::{literal_text, KeyGraph};
+use super::execution::{Isolation, IsolationChange};
 use super::plan::{
     Hint, KeyMove, Placement, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
 };
@@ -49,6 +50,8 @@ pub(super) struct Analyzer<'r> {
     pub cte_sharded: bool,
     /// Current nesting of the expression walk (bounded by `expr::MAX_WALK_DEPTH`).
     pub depth: usize,
+    /// The last change of the isolation level in force.
+    pub isolation: Option<IsolationChange>,
 }
 
 /// Analyses `sql` into a plan.
@@ -134,6 +137,7 @@ impl<'r> Analyzer<'r> {
             others: Vec::new(),
             cte_sharded: false,
             depth: 0,
+            isolation: None,
         }
     }
 
@@ -165,6 +169,7 @@ impl<'r> Analyzer<'r> {
             split: None,
             everywhere_with_sharded,
             copy: None,
+            isolation: self.isolation,
         }
     }
 
@@ -206,9 +211,14 @@ impl<'r> Analyzer<'r> {
             Statement::Explain {
                 statement, analyze, ..
             } => self.explain(statement, *analyze),
-            Statement::StartTransaction { modes, .. } => K::Transaction(T::Begin {
-                read_only: access_mode(modes) == Some(true),
-            }),
+            Statement::StartTransaction { modes, .. } => {
+                if let Some(level) = isolation_level(modes) {
+                    self.isolation = Some(IsolationChange::Transaction(level));
+                }
+                K::Transaction(T::Begin {
+                    read_only: access_mode(modes) == Some(true),
+                })
+            }
             Statement::Commit { .. } => K::Transaction(T::Commit),
             Statement::Rollback { savepoint, .. } => K::Transaction(match savepoint {
                 Some(_) => T::RollbackTo,
@@ -216,7 +226,12 @@ impl<'r> Analyzer<'r> {
             }),
             Statement::Savepoint { .. } => K::Transaction(T::Savepoint),
             Statement::ReleaseSavepoint { .. } => K::Transaction(T::Release),
-            Statement::Set(set) => set_statement(set),
+            Statement::Set(set) => {
+                if let Some(change) = isolation_setting(set) {
+                    self.isolation = Some(change);
+                }
+                set_statement(set)
+            }
             Statement::Copy { source, to, .. } => self.copy(source, *to),
             Statement::Call(f) => {
                 self.function(f);
@@ -293,6 +308,55 @@ impl<'r> Analyzer<'r> {
     pub(super) fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
         let last = last_ident(name)?;
         self.rules.tables.get(&*lower(last)).cloned()
+    }
+}
+
+/// The isolation level among transaction modes, if one is given.
+fn isolation_level(modes: &[TransactionMode]) -> Option<Isolation> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::IsolationLevel(level) => Some(match level {
+            TransactionIsolationLevel::ReadUncommitted
+            | TransactionIsolationLevel::ReadCommitted => Isolation::ReadCommitted,
+            TransactionIsolationLevel::RepeatableRead
+            | TransactionIsolationLevel::Serializable
+            | TransactionIsolationLevel::Snapshot => Isolation::Snapshot,
+        }),
+        _ => None,
+    })
+}
+
+/// `SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL ...`, `SET
+/// default_transaction_isolation = ...` and `SET transaction_isolation = ...`.
+fn isolation_setting(set: &Set) -> Option<IsolationChange> {
+    match set {
+        Set::SetTransaction { modes, session, .. } => {
+            let level = isolation_level(modes)?;
+            Some(if *session {
+                IsolationChange::SessionDefault(level)
+            } else {
+                IsolationChange::Transaction(level)
+            })
+        }
+        Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let name = last_ident(variable)?.to_ascii_lowercase();
+            let value = values.first().map(setting_value);
+            match (name.as_str(), value) {
+                ("default_transaction_isolation", Some(None)) => {
+                    Some(IsolationChange::ResetSessionDefault)
+                }
+                ("default_transaction_isolation", Some(Some(v))) => {
+                    // A value PostgreSQL would refuse changes nothing.
+                    Isolation::parse(&v).map(IsolationChange::SessionDefault)
+                }
+                ("transaction_isolation", Some(Some(v))) => {
+                    Isolation::parse(&v).map(IsolationChange::Transaction)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -26,6 +26,7 @@ mod constraints;
 mod copy;
 mod copy_rows;
 mod error;
+mod execution;
 mod expr;
 mod gather;
 pub mod lexer;
@@ -56,6 +57,9 @@ pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
 pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
 pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
+pub use execution::{
+    Execution, FanOutPlan, HeldServer, Isolation, IsolationChange, SessionView, TransactionView,
+};
 pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use normalize::normalize_literals;
 pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};

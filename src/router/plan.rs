@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::copy::CopyPlan;
+use super::execution::IsolationChange;
 use super::scatter::{self, Scatter};
 use super::split::InsertSplit;
 use crate::sharding::{KeyType, ShardingError};
@@ -164,6 +165,8 @@ pub struct Plan {
     pub(crate) everywhere_with_sharded: bool,
     /// A COPY into a sharded table (split by key) or out of several shards (gathered).
     pub(crate) copy: Option<CopyPlan>,
+    /// What the statement does to the transaction isolation level in force.
+    pub(crate) isolation: Option<IsolationChange>,
 }
 
 impl Plan {
@@ -226,6 +229,12 @@ impl Plan {
         !self.everywhere_with_sharded
     }
 
+    /// What the statement does to the transaction isolation level (BEGIN ISOLATION LEVEL,
+    /// SET default_transaction_isolation, ...).
+    pub fn isolation_change(&self) -> Option<IsolationChange> {
+        self.isolation
+    }
+
     /// Names of the sharded tables the statement touches (for logs and the demo).
     pub fn sharded_tables(&self) -> Vec<&str> {
         let mut names: Vec<&str> = match &self.placement {
@@ -257,6 +266,7 @@ impl Plan {
             split: None,
             everywhere_with_sharded: false,
             copy: None,
+            isolation: None,
         }
     }
 }

@@ -14,11 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::SessionError;
 use super::Session;
 use crate::backend::{BackendError, BackendManager};
-use crate::config::PoolMode;
 use crate::pool::Pooled;
-use crate::router::{
-    CopyIn, CopyPlan, CopyRow, Plan, Route, RouteError, Router, RowSplitter, Target,
-};
+use crate::router::{CopyIn, CopyRow, Router, RowSplitter, Target};
 use crate::transport::Stream;
 use crate::wire::build::{self, Severity};
 use crate::wire::extended::{Bind, Parse};
@@ -68,52 +65,6 @@ fn failure(sqlstate: &str, message: &str) -> Failure {
 }
 
 impl<S: Stream> Session<S> {
-    /// The COPY job for `plan`, if it is a COPY that needs several shards; `Err` refuses it.
-    pub(super) fn copy_job(
-        &self,
-        plan: &Plan,
-        route: &Result<Route, RouteError>,
-    ) -> Result<Option<CopyJob>, SessionError> {
-        let job = match (plan.copy(), route) {
-            (Some(CopyPlan::In(copy)), Ok(_)) => CopyJob::In(copy.clone()),
-            (Some(CopyPlan::Out(gather)), Ok(Route::Shards { shards, target }))
-                if shards.len() > 1 =>
-            {
-                let out = gather.as_ref().map_err(|why| {
-                    SessionError::Unsupported(format!(
-                        "this COPY reads every shard ({}), and pgshard cannot merge {why} by \
-                         concatenating the shards' output: remove it, or add WHERE <shard key> = \
-                         ... to read one shard",
-                        plan.sharded_tables().join(", ")
-                    ))
-                })?;
-                CopyJob::Out {
-                    shards: shards.clone(),
-                    target: *target,
-                    header: out.header,
-                }
-            }
-            _ => return Ok(None),
-        };
-        let what = match &job {
-            CopyJob::In(copy) => format!("COPY into sharded table {}", copy.table.name),
-            CopyJob::Out { .. } => "COPY out of several shards".to_string(),
-        };
-        if self.status != TransactionStatus::Idle || self.begin.is_some() {
-            return Err(SessionError::Unsupported(format!(
-                "{what} runs only outside an explicit transaction (pgshard runs it in a \
-                 transaction on every shard and commits them together): COMMIT or ROLLBACK first"
-            )));
-        }
-        if self.mode == PoolMode::Session {
-            return Err(SessionError::Unsupported(format!(
-                "{what} needs a connection to every shard, and pool_mode = \"session\" holds one: \
-                 use pool_mode = \"transaction\""
-            )));
-        }
-        Ok(Some(job))
-    }
-
     /// Runs a COPY job for `frame` (a Query, or the Bind of an extended-protocol COPY).
     /// `Ok(false)`: the server connection held now must be released first.
     pub(super) async fn run_copy(

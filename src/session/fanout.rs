@@ -15,9 +15,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::SessionError;
 use super::Session;
 use crate::backend::BackendManager;
-use crate::config::PoolMode;
 use crate::pool::Pooled;
-use crate::router::{Params, Plan, Route, SplitPart, Target};
+use crate::router::{FanOutPlan, SplitPart, Target};
 use crate::transport::Stream;
 use crate::wire::build::{self, Severity};
 use crate::wire::server_tag as tag;
@@ -37,6 +36,16 @@ pub(super) enum FanOut {
     SplitAtBind,
     /// Each shard's extended-protocol request (Parse, Bind, ..., Sync) of a split INSERT.
     SplitRequests(Vec<(usize, BytesMut)>),
+}
+
+impl From<FanOutPlan> for FanOut {
+    fn from(plan: FanOutPlan) -> FanOut {
+        match plan {
+            FanOutPlan::Everywhere => FanOut::Everywhere,
+            FanOutPlan::Split(parts) => FanOut::Split(parts),
+            FanOutPlan::SplitAtBind => FanOut::SplitAtBind,
+        }
+    }
 }
 
 /// An ErrorResponse from a server, with the fields the client's message is built from.
@@ -70,43 +79,6 @@ struct Answer {
 }
 
 impl<S: Stream> Session<S> {
-    /// Whether a write routed to several shards can run here (`None`: refuse it as before).
-    pub(super) fn fan_out_decision(
-        &self,
-        plan: &Plan,
-        route: &Route,
-        simple: bool,
-    ) -> Option<Result<FanOut, SessionError>> {
-        let refuse = |why: &str| Some(Err(SessionError::Unsupported(why.to_string())));
-        match route {
-            // Inside a transaction the transaction's shard decides: refused as cross-shard.
-            Route::SplitInsert { .. } if self.status != TransactionStatus::Idle => None,
-            Route::SplitInsert { .. } if !simple && self.mode != PoolMode::Session => {
-                Some(Ok(FanOut::SplitAtBind))
-            }
-            Route::All if !plan.same_on_every_shard() => refuse(EVERYWHERE_WITH_SHARDED),
-            Route::All if self.status != TransactionStatus::Idle => {
-                refuse(EVERYWHERE_IN_TRANSACTION)
-            }
-            _ if self.mode == PoolMode::Session => refuse(
-                "this write runs on several shards, and pool_mode = \"session\" holds one server \
-                 connection: use pool_mode = \"transaction\", or write each shard's part with a \
-                 leading /* pgshard: shard=<name> */ comment",
-            ),
-            Route::All => Some(Ok(FanOut::Everywhere)),
-            Route::SplitInsert { .. } => {
-                let router = self.shared.router.load();
-                Some(
-                    router
-                        .split_insert(plan, &Params::NONE)
-                        .map(FanOut::Split)
-                        .map_err(SessionError::Route),
-                )
-            }
-            _ => None,
-        }
-    }
-
     /// Runs a simple-query write on every involved shard's primary and answers the client once.
     pub(super) async fn fan_out(
         &mut self,
@@ -442,12 +414,3 @@ const SPLIT_UNBOUND: &str = "this INSERT's rows belong to several shards and wer
 const COPY_IN: &str = "pgshard: COPY into a reference table is not supported (every shard would \
      need the same rows, and nothing was loaded): load it with INSERT ... VALUES, which runs on \
      every shard, or COPY into each shard's primary directly";
-
-const EVERYWHERE_WITH_SHARDED: &str = "this write goes to every shard (it writes a reference \
-     table) but also reads or writes a sharded table, whose rows differ from shard to shard, so \
-     it would not do the same on each: write the reference table in its own statement with \
-     literal values (read the sharded rows first)";
-
-const EVERYWHERE_IN_TRANSACTION: &str = "this write goes to every shard (it writes a reference \
-     table), but a transaction runs on one shard: run writes to reference tables outside \
-     BEGIN ... COMMIT (each shard then commits its own copy)";

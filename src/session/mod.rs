@@ -12,6 +12,7 @@ pub mod error;
 mod fanout;
 mod groups;
 mod io;
+mod isolation;
 pub mod prepared;
 mod route;
 mod scatter;
@@ -29,14 +30,14 @@ use bytes::{Bytes, BytesMut};
 
 use self::cancel::CancelGuard;
 use self::error::SessionError;
+use self::isolation::IsolationInForce;
 use self::prepared::{ClientStatements, Expect};
-use self::route::Held;
 use self::settings::Settings;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::config::PoolMode;
 use crate::pool::{PoolError, Pooled};
-use crate::router::{Plan, RouteContext};
+use crate::router::{HeldServer, Plan, RouteContext};
 use crate::server::Shared;
 use crate::transport::{Conn, Stream};
 use crate::wire::build::{self, Severity};
@@ -115,7 +116,9 @@ pub(crate) struct Session<S> {
     client: Conn<S>,
     server: Option<Pooled<BackendManager>>,
     /// Which shard and server kind `server` belongs to.
-    held: Option<Held>,
+    held: Option<HeldServer>,
+    /// The isolation level the client's transactions run at (for cross-shard reads).
+    isolation: IsolationInForce,
     shared: Arc<Shared>,
     user: String,
     settings: Settings,
@@ -163,6 +166,13 @@ impl<S: Stream> Session<S> {
             client,
             server: None,
             held: None,
+            isolation: IsolationInForce::new(
+                shared.server_default_isolation(),
+                settings
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
+                    .map(|(_, value)| value.as_str()),
+            ),
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,
@@ -200,7 +210,7 @@ impl<S: Stream> Session<S> {
         let pool =
             pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
         self.checkout(pool).await?;
-        self.held = Some(Held {
+        self.held = Some(HeldServer {
             shard: default_shard,
             primary: true,
         });

@@ -7,59 +7,39 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::copy_split::CopyJob;
 use super::error::SessionError;
+use super::fanout::FanOut;
 use super::prepared::Expect;
 use super::Session;
 use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
 use crate::pool::Pooled;
 use crate::router::{
-    normalize_literals, Params, Plan, Route, RouteError, Scatter, StatementKind, Target,
-    TransactionControl, TransactionMode,
+    normalize_literals, Execution, HeldServer, OverrideChange, Params, Plan, Route, SessionView,
+    StatementKind, Target, TransactionControl, TransactionMode, TransactionView,
 };
 use crate::transport::Stream;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
 use crate::wire::{build, Frame, TransactionStatus};
 
-/// The shard and server kind of the connection a session holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Held {
-    pub shard: usize,
-    pub primary: bool,
-}
-
-/// What to do with a client frame.
+/// What to do with a client frame: the router's [`Execution`] for statements, or the session's
+/// own protocol steps around it.
 enum Decision {
-    /// Send it to the server connection already held.
-    Forward,
+    /// Carry out what the router decided.
+    Run(Execution),
     /// Keep it until a later frame decides the route (a Parse before its Bind).
     Pending,
     /// pgshard answered it itself.
     Answered,
     /// Refuse it: an ErrorResponse, then ReadyForQuery (simple) or skip to Sync (extended).
     Failed(SessionError),
-    /// Send it to this shard.
-    Server { shard: usize, target: Target },
     /// Send it to this shard without starting a held-back transaction there (a statement
     /// described before its Bind picks the shard).
     Preview { shard: usize },
     /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
     ForwardAs(Frame),
-    /// Run a write on several shards' primaries: a reference table's everywhere, or a multi-row
-    /// INSERT cut into one INSERT per shard.
-    FanOut(super::fanout::FanOut),
-    /// A COPY split by key into every shard, or gathered from several.
-    Copy(super::copy_split::CopyJob),
-    /// Wait until the server connection held now is released (its batch ended), then route
-    /// the frame again.
-    ReleaseFirst,
-    /// Run it on each of these shards and concatenate the rows (a keyless read).
-    Scatter {
-        shards: Vec<usize>,
-        target: Target,
-        how: Scatter,
-    },
 }
 
 impl<S: Stream> Session<S> {
@@ -88,59 +68,11 @@ impl<S: Stream> Session<S> {
         };
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         match decision {
-            Decision::Forward => self.forward(frame)?,
+            Decision::Run(execution) => return self.execute(frame, execution, simple).await,
             Decision::Pending => self.pending.push(frame),
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
-            Decision::ReleaseFirst => {
-                self.end_held_batch();
-                return Ok(Some(frame));
-            }
-            // Waits until the connection held now (answering an earlier query) is released.
-            Decision::FanOut(_) if self.server.is_some() => {
-                if !simple {
-                    self.end_held_batch();
-                }
-                return Ok(Some(frame));
-            }
-            Decision::FanOut(work) if !simple => {
-                if let Err(e) = self.begin_bound_fan_out(&frame, work) {
-                    self.refuse(&e, false);
-                }
-            }
-            Decision::FanOut(work) => match self.fan_out(&frame, work).await {
-                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
-                Err(e) => self.refuse(&e, true),
-                Ok(()) => {}
-            },
-            Decision::Copy(job) => match self.run_copy(&frame, job, simple).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(Some(frame)),
-                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
-                Err(e) => self.refuse(&e, simple),
-            },
-            Decision::Scatter {
-                shards,
-                target,
-                how,
-            } if !simple => {
-                if let Err(e) = self.begin_extended_scatter(&frame, shards, target, how) {
-                    self.refuse(&e, false);
-                }
-            }
-            Decision::Scatter {
-                shards,
-                target,
-                how,
-            } => match self.scatter(&frame, &shards, target, &how).await {
-                Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
-                Err(e) => self.refuse(&e, true),
-                Ok(()) => {}
-            },
-            Decision::Server { shard, target } => {
-                return self.forward_to(shard, target, true, frame, simple).await;
-            }
             Decision::Preview { shard } => {
                 return self
                     .forward_to(shard, Target::Primary, false, frame, simple)
@@ -148,6 +80,113 @@ impl<S: Stream> Session<S> {
             }
         }
         Ok(None)
+    }
+
+    /// Carries out the router's decision for `frame`. Gives the frame back when it must wait
+    /// until the server connection held now is released.
+    async fn execute(
+        &mut self,
+        frame: Frame,
+        execution: Execution,
+        simple: bool,
+    ) -> Result<Option<Frame>, SessionError> {
+        let outcome = match execution {
+            Execution::Held => self.forward(frame).map(|()| None),
+            Execution::Shard { shard, target } => {
+                return self.forward_to(shard, target, true, frame, simple).await
+            }
+            Execution::Refuse(e) => {
+                self.refuse(&SessionError::Route(e), simple);
+                Ok(None)
+            }
+            Execution::Local(change) => {
+                self.answer_override(&change);
+                Ok(None)
+            }
+            Execution::ReleaseFirst => {
+                self.end_held_batch();
+                Ok(Some(frame))
+            }
+            // Waits until the connection held now (answering an earlier query) is released.
+            Execution::FanOut(_) if self.server.is_some() => {
+                if !simple {
+                    self.end_held_batch();
+                }
+                Ok(Some(frame))
+            }
+            Execution::FanOut(plan) if !simple => self
+                .begin_bound_fan_out(&frame, FanOut::from(plan))
+                .map(|()| None),
+            Execution::FanOut(plan) => self
+                .fan_out(&frame, FanOut::from(plan))
+                .await
+                .map(|()| None),
+            Execution::CopyIn(copy) => self.copy(frame, CopyJob::In(copy), simple).await,
+            Execution::CopyOut {
+                shards,
+                target,
+                header,
+            } => {
+                let job = CopyJob::Out {
+                    shards,
+                    target,
+                    header,
+                };
+                self.copy(frame, job, simple).await
+            }
+            Execution::Scatter {
+                shards,
+                target,
+                how,
+            } if !simple => self
+                .begin_extended_scatter(&frame, shards, target, how)
+                .map(|()| None),
+            Execution::Scatter {
+                shards,
+                target,
+                how,
+            } => self
+                .scatter(&frame, &shards, target, &how)
+                .await
+                .map(|()| None),
+        };
+        match outcome {
+            Err(SessionError::ClientIo(e)) => Err(SessionError::ClientIo(e)),
+            Err(e) => {
+                self.refuse(&e, simple);
+                Ok(None)
+            }
+            Ok(frame) => Ok(frame),
+        }
+    }
+
+    async fn copy(
+        &mut self,
+        frame: Frame,
+        job: CopyJob,
+        simple: bool,
+    ) -> Result<Option<Frame>, SessionError> {
+        Ok(match self.run_copy(&frame, job, simple).await? {
+            true => None,
+            false => Some(frame),
+        })
+    }
+
+    /// Applies a `SET pgshard.*` / `RESET` the router answered locally, and answers it.
+    fn answer_override(&mut self, change: &OverrideChange) {
+        self.ctx.apply(change);
+        if *change == OverrideChange::ResetAll {
+            self.isolation.reset_default();
+        }
+        let tag = match change {
+            OverrideChange::ShardKey(_) | OverrideChange::Shard(_) => "SET",
+            _ => "RESET",
+        };
+        let status = self.status;
+        self.answer(|out| {
+            build::command_complete(out, tag);
+            build::ready_for_query(out, status);
+        });
     }
 
     async fn forward_to(
@@ -189,10 +228,10 @@ impl<S: Stream> Session<S> {
 
     fn default_route(&self) -> Decision {
         let shard = self.shared.router.load().default_shard();
-        Decision::Server {
+        Decision::Run(Execution::Shard {
             shard,
             target: Target::Primary,
-        }
+        })
     }
 
     fn route_query(&mut self, frame: &Frame) -> Decision {
@@ -210,40 +249,19 @@ impl<S: Stream> Session<S> {
         if self.aborted {
             return self.while_aborted(&plan, frame);
         }
+        self.isolation.note(plan.isolation_change());
         if let StatementKind::Transaction(control) = plan.kind() {
             if let Some(answered) = self.transaction_control(*control, frame) {
                 return answered;
             }
             // Transaction control runs where the transaction is.
             if self.server.is_some() {
-                return Decision::Forward;
+                return Decision::Run(Execution::Held);
             }
         }
-        let route = self
-            .shared
-            .router
-            .load()
-            .route(&plan, &Params::NONE, &self.ctx);
-        if let Ok(Route::Local(change)) = &route {
-            self.ctx.apply(change);
-            let tag = if matches!(
-                plan.kind(),
-                StatementKind::Setting(
-                    crate::router::SettingPlan::ShardKey(_) | crate::router::SettingPlan::Shard(_)
-                )
-            ) {
-                "SET"
-            } else {
-                "RESET"
-            };
-            let status = self.status;
-            self.answer(|out| {
-                build::command_complete(out, tag);
-                build::ready_for_query(out, status);
-            });
-            return Decision::Answered;
-        }
-        self.decide(&plan, route, true)
+        let router = self.shared.router.load();
+        let route = router.route(&plan, &Params::NONE, &self.ctx);
+        Decision::Run(router.execution(&plan, route, &self.view(true)))
     }
 
     /// Routes a statement by the plan of its text with literals as parameters, so statements that
@@ -257,8 +275,13 @@ impl<S: Stream> Session<S> {
         }
         let values: Vec<Option<&[u8]>> = literals.iter().map(|l| Some(l.as_bytes())).collect();
         let params = Params::new(&values, &[]);
-        match self.shared.router.load().route(&plan, &params, &self.ctx) {
-            Ok(route @ Route::Shard { .. }) => Some(self.decide(&plan, Ok(route), true)),
+        let router = self.shared.router.load();
+        match router.route(&plan, &params, &self.ctx) {
+            Ok(route @ Route::Shard { .. }) => Some(Decision::Run(router.execution(
+                &plan,
+                Ok(route),
+                &self.view(true),
+            ))),
             _ => None,
         }
     }
@@ -303,6 +326,7 @@ impl<S: Stream> Session<S> {
     pub(super) fn end_held_transaction(&mut self, control: TransactionControl) -> &'static str {
         self.begin = None;
         self.aborted = false;
+        self.isolation.end_transaction();
         self.ctx.transaction = TransactionMode::Outside;
         let failed = self.status == TransactionStatus::Failed;
         self.status = TransactionStatus::Idle;
@@ -359,7 +383,7 @@ impl<S: Stream> Session<S> {
     fn note_parse(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
         self.register_parse(frame)?;
         Ok(if self.server.is_some() {
-            Decision::Forward
+            Decision::Run(Execution::Held)
         } else {
             Decision::Pending
         })
@@ -385,6 +409,9 @@ impl<S: Stream> Session<S> {
             None if bind.statement.is_empty() => self.unnamed_plan.clone(),
             None => None,
         };
+        if let Some(plan) = plan.as_deref() {
+            self.isolation.note(plan.isolation_change());
+        }
         if let Some(StatementKind::Transaction(control)) = plan.as_deref().map(Plan::kind) {
             let control = *control;
             if self.bound_transaction_control(control, &bind)? {
@@ -410,18 +437,23 @@ impl<S: Stream> Session<S> {
             None => &self.unnamed_types[..],
         };
         let params = bind.params()?;
-        let route = self.shared.router.load().route(
+        let router = self.shared.router.load();
+        let route = router.route(
             &plan,
             &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
-        Ok(self.decide(&plan, route, false))
+        Ok(Decision::Run(router.execution(
+            &plan,
+            route,
+            &self.view(false),
+        )))
     }
 
     /// Describe, Execute, Close, Sync, Flush, FunctionCall, COPY data.
     fn route_other(&mut self, t: u8) -> Decision {
         if self.server.is_some() {
-            return Decision::Forward;
+            return Decision::Run(Execution::Held);
         }
         if self.pending.is_empty() {
             match t {
@@ -448,131 +480,30 @@ impl<S: Stream> Session<S> {
     /// Keeps a statement that needs no particular shard on the connection already held.
     fn held_or(&self, decision: Decision) -> Decision {
         if self.server.is_some() {
-            Decision::Forward
+            Decision::Run(Execution::Held)
         } else {
             decision
         }
     }
 
-    fn decide(&self, plan: &Plan, route: Result<Route, RouteError>, simple: bool) -> Decision {
-        match self.copy_job(plan, &route) {
-            Ok(Some(job)) => return Decision::Copy(job),
-            Ok(None) => {}
-            Err(e) => return Decision::Failed(e),
-        }
-        if let (Some(held), Ok(Route::Shard { target, .. })) = (self.held, &route) {
-            // A statement that needs no particular shard stays on the held connection, unless
-            // it needs a primary and the held connection is a replica.
-            if follows_held(plan) && (held.primary || *target == Target::Replica) {
-                return Decision::Forward;
+    /// What the router needs to know about this session to decide.
+    fn view(&self, simple: bool) -> SessionView {
+        let transaction = if self.status == TransactionStatus::Idle {
+            TransactionView::Outside
+        } else if self.begin.is_some() {
+            TransactionView::HeldBack {
+                isolation: self.isolation.in_force(),
             }
-        }
-        let shards = self.shared.shards.len();
-        match route {
-            Err(e) => Decision::Failed(SessionError::Route(e)),
-            Ok(Route::Shard { shard, target }) => Decision::Server { shard, target },
-            Ok(Route::Shards {
-                shards: list,
-                target,
-            }) if list.len() == 1 => Decision::Server {
-                shard: list[0],
-                target,
-            },
-            Ok(Route::All) if shards == 1 => Decision::Server {
-                shard: 0,
-                target: Target::Primary,
-            },
-            Ok(Route::Shards {
-                shards: list,
-                target,
-            }) if !plan.is_write() => self.scatter_decision(plan, list, target, simple),
-            Ok(route @ (Route::SplitInsert { .. } | Route::All)) if plan.is_write() => {
-                match self.fan_out_decision(plan, &route, simple) {
-                    Some(Ok(work)) => Decision::FanOut(work),
-                    Some(Err(e)) => Decision::Failed(e),
-                    None => {
-                        let router = self.shared.router.load();
-                        Decision::Failed(SessionError::Route(
-                            router.multi_shard_error(plan, &route),
-                        ))
-                    }
-                }
-            }
-            Ok(multi @ (Route::Shards { .. } | Route::SplitInsert { .. } | Route::All)) => {
-                let router = self.shared.router.load();
-                Decision::Failed(SessionError::Route(router.multi_shard_error(plan, &multi)))
-            }
-            Ok(Route::Local(_)) => Decision::Failed(SessionError::Unsupported(
-                "SET pgshard.* must be sent as a simple query".into(),
-            )),
-        }
-    }
-
-    /// A keyless read: answered from every shard when its rows can be merged exactly, outside a
-    /// transaction; refused with the construct named otherwise.
-    fn scatter_decision(
-        &self,
-        plan: &Plan,
-        shards: Vec<usize>,
-        target: Target,
-        simple: bool,
-    ) -> Decision {
-        let refuse = |why: String| {
-            Decision::Failed(SessionError::Unsupported(format!(
-                "this read needs every shard ({}), and {why}: add WHERE <shard key> = ... or pick a \
-                 shard with SET pgshard.shard",
-                plan.sharded_tables().join(", ")
-            )))
+        } else {
+            TransactionView::OnServer
         };
-        let how = plan.scatter();
-        if let Scatter::Unsupported(construct) = how {
-            return refuse(format!(
-                "pgshard cannot merge {construct} across shards yet"
-            ));
+        SessionView {
+            pool_mode: self.mode,
+            simple,
+            held: self.held,
+            transaction,
+            frames_waiting: self.pending.iter().any(|f| f.tag() != tag::PARSE),
         }
-        if self.status != TransactionStatus::Idle {
-            if let Some(why) = self.transaction_refuses_scatter() {
-                return refuse(why.into());
-            }
-        }
-        if self.server.is_some() && self.mode == PoolMode::Transaction {
-            // The held connection is outside the client's transaction (its BEGIN is held back)
-            // and ran earlier parts of this batch (a Describe before the Bind) or still owes
-            // answers: it is released first, so the read's answer comes after those.
-            return Decision::ReleaseFirst;
-        }
-        if !simple && self.pending.iter().any(|f| f.tag() != tag::PARSE) {
-            return refuse("frames other than Parse wait for a shard in this batch".into());
-        }
-        if self.mode == PoolMode::Session {
-            return refuse("session mode holds one server connection".into());
-        }
-        Decision::Scatter {
-            shards,
-            target,
-            how: how.clone(),
-        }
-    }
-
-    /// Why a cross-shard read cannot run in the client's transaction, if it cannot. It can while
-    /// the transaction has not reached a shard yet (its BEGIN is held back) at READ COMMITTED:
-    /// each statement there reads its own snapshot anyway, and nothing is written yet, so the
-    /// read runs outside it, as a separate statement on each shard.
-    fn transaction_refuses_scatter(&self) -> Option<&'static str> {
-        let Some(begin) = &self.begin else {
-            return Some(
-                "cross-shard reads do not run in a transaction that has already used a shard: \
-                 run the read before the transaction's first statement or outside it",
-            );
-        };
-        let text = String::from_utf8_lossy(begin).to_ascii_lowercase();
-        if text.contains("repeatable") || text.contains("serializable") {
-            return Some(
-                "cross-shard reads do not share one snapshot across shards, which REPEATABLE \
-                 READ and SERIALIZABLE transactions need",
-            );
-        }
-        None
     }
 
     /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`
@@ -634,7 +565,7 @@ impl<S: Stream> Session<S> {
         let (conn, primary) = self.connection_for(shard, target).await?;
         self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
-        self.held = Some(Held { shard, primary });
+        self.held = Some(HeldServer { shard, primary });
         Ok(())
     }
 
@@ -691,13 +622,6 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
-}
-
-/// Statements that touch no sharded table (SELECT 1, SET, SHOW, transaction control) run on the
-/// server connection already held, so a transaction stays on its shard.
-fn follows_held(plan: &Plan) -> bool {
-    !matches!(plan.kind(), StatementKind::Read | StatementKind::Write)
-        || plan.sharded_tables().is_empty()
 }
 
 impl<S: Stream> Session<S> {

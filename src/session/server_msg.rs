@@ -223,6 +223,7 @@ impl<S: Stream> Session<S> {
             self.status = status;
             if status == TransactionStatus::Idle {
                 self.aborted = false;
+                self.isolation.end_transaction();
             }
             self.ctx.transaction = match (status, self.ctx.transaction) {
                 (TransactionStatus::Idle, _) => TransactionMode::Outside,
