@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::auth::ScramVerifier;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
+use crate::backend::{catalog, ServerConnection};
 use crate::backend::{BackendManager, ServerPool};
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
@@ -116,10 +117,7 @@ const PLAN_CACHE_BYTES: usize = 16 << 20;
 impl Shared {
     /// The servers' default isolation level, as learned at start (READ COMMITTED until then).
     pub fn server_default_isolation(&self) -> Isolation {
-        if self
-            .server_isolation_is_snapshot
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.server_isolation_is_snapshot.load(Ordering::Relaxed) {
             Isolation::Snapshot
         } else {
             Isolation::ReadCommitted
@@ -148,63 +146,37 @@ impl Shared {
         let Some(user) = self.config.users.first() else {
             return;
         };
-        let Some((host, port)) = shard.primary.rsplit_once(':') else {
-            return;
+        let login = login(&self.config, shard, &shard.primary, user);
+        let facts = async {
+            let mut conn = ServerConnection::connect(&login).await?;
+            catalog::server_facts(&mut conn).await
         };
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(host.trim_matches(['[', ']']))
-            .port(port.parse().unwrap_or(5432))
-            .user(user.server_user())
-            .password(user.server_password())
-            .dbname(self.config.shard_database(shard))
-            .application_name("pgshard volatility")
-            .connect_timeout(Duration::from_millis(self.config.pool.connect_timeout_ms));
-        let rows = async {
-            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            let collation: String = client
-                .query_one(
-                    "SELECT datcollate::text FROM pg_database WHERE datname = current_database()",
-                    &[],
-                )
-                .await?
-                .get(0);
-            let isolation: String = client
-                .query_one(
-                    "SELECT current_setting('default_transaction_isolation')",
-                    &[],
-                )
-                .await?
-                .get(0);
-            self.server_isolation_is_snapshot.store(
-                Isolation::parse(&isolation) != Some(Isolation::ReadCommitted),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            let bytewise = matches!(collation.as_str(), "C" | "POSIX");
-            self.text_is_bytewise
-                .store(bytewise, std::sync::atomic::Ordering::Relaxed);
-            client
-                .query("SELECT proname::text, provolatile FROM pg_proc", &[])
-                .await
-        };
-        match rows.await {
-            Ok(rows) => {
-                let mut volatility = Volatility::builtin();
-                volatility.learn_pg_proc(rows.iter().map(|r| {
-                    let name: &str = r.get(0);
-                    let kind: i8 = r.get(1);
-                    (name, kind as u8)
-                }));
-                self.router
-                    .store(Arc::new(Router::new(&self.config, volatility)));
-                self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                tracing::info!(
-                    "learned function volatility from pg_proc ({} functions)",
-                    rows.len()
-                );
+        let facts = match facts.await {
+            Ok(facts) => facts,
+            Err(e) => {
+                tracing::warn!("cannot read the catalog (function volatility, collation): {e}");
+                return;
             }
-            Err(e) => tracing::warn!("cannot read pg_proc for function volatility: {e}"),
-        }
+        };
+        let bytewise = matches!(facts.collation.as_str(), "C" | "POSIX");
+        self.text_is_bytewise.store(bytewise, Ordering::Relaxed);
+        let snapshot = Isolation::parse(&facts.default_isolation) != Some(Isolation::ReadCommitted);
+        self.server_isolation_is_snapshot
+            .store(snapshot, Ordering::Relaxed);
+        let mut volatility = Volatility::builtin();
+        volatility.learn_pg_proc(
+            facts
+                .functions
+                .iter()
+                .map(|(name, kind)| (name.as_str(), *kind)),
+        );
+        self.router
+            .store(Arc::new(Router::new(&self.config, volatility)));
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        tracing::info!(
+            "learned function volatility from pg_proc ({} functions)",
+            facts.functions.len()
+        );
     }
 }
 
