@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::error::SessionError;
 use super::Session;
 use crate::backend::BackendError;
-use crate::wire::build::{self, Severity};
+use crate::error::ClientError;
 
 /// Stop reading one side while this much is queued for the other (back-pressure).
 const HIGH_WATER: usize = 1 << 20;
@@ -144,10 +144,10 @@ pub(super) async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::
 
 /// Sends a FATAL ErrorResponse to a client that never got a session.
 pub(super) async fn send_fatal(stream: &mut TcpStream, e: &SessionError) {
-    let Some(message) = e.client_message() else {
+    if !e.reaches_client() {
         return;
-    };
+    }
     let mut out = BytesMut::new();
-    build::error_response(&mut out, Severity::Fatal, e.sqlstate(), &message);
+    ClientError::from(e).fatal().encode(&mut out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 use super::prepared::Expect;
 use super::Session;
 use crate::backend::BackendManager;
@@ -501,9 +501,7 @@ impl Session {
                 let router = self.shared.router.load();
                 Decision::Failed(SessionError::Route(router.multi_shard_error(plan, &multi)))
             }
-            Ok(Route::Local(_)) => Decision::Failed(SessionError::Unsupported(
-                "SET pgshard.* must be sent as a simple query".into(),
-            )),
+            Ok(Route::Local(_)) => Decision::Failed(Unsupported::SetOverExtended.into()),
         }
     }
 
@@ -517,11 +515,10 @@ impl Session {
         simple: bool,
     ) -> Decision {
         let refuse = |why: String| {
-            Decision::Failed(SessionError::Unsupported(format!(
-                "this read needs every shard ({}), and {why}: add WHERE <shard key> = ... or pick a \
-                 shard with SET pgshard.shard",
-                plan.sharded_tables().join(", ")
-            )))
+            Decision::Failed(SessionError::from(Unsupported::ScatterRead {
+                tables: plan.sharded_tables().join(", "),
+                why,
+            }))
         };
         let how = plan.scatter();
         if let Scatter::Unsupported(construct) = how {

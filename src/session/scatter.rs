@@ -10,13 +10,13 @@ use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::SessionError;
+use super::error::{Failure, MultiShardError, SessionError};
 use super::{io, Session};
 use crate::backend::BackendManager;
 use crate::merge::{canonical, SortType, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
-use crate::wire::build::{self, Severity};
+use crate::wire::build;
 use crate::wire::server_tag as tag;
 use crate::wire::{binary, rows, Frame, TransactionStatus};
 
@@ -52,13 +52,20 @@ pub(super) struct Gathered {
     pub(super) described: Option<Bytes>,
     /// The type OID of each column it describes.
     pub(super) oids: Vec<u32>,
-    /// The first error (ErrorResponse bytes), sent instead of the row count.
-    pub(super) error: Option<Bytes>,
+    /// The first error, sent instead of the row count.
+    pub(super) error: Option<Failure>,
 }
 
 impl Gathered {
     fn full(&self) -> bool {
         self.limit.is_some_and(|limit| self.rows >= limit)
+    }
+
+    /// Keeps `error` unless an earlier one is kept already (the client sees the first).
+    pub(super) fn fail(&mut self, error: impl Into<Failure>) {
+        if self.error.is_none() {
+            self.error = Some(error.into());
+        }
     }
 
     /// Counts `bytes` more held memory; false (with the error set) when over the limit.
@@ -67,16 +74,8 @@ impl Gathered {
         if self.held <= self.max_held {
             return true;
         }
-        self.error.get_or_insert_with(|| {
-            let mut out = BytesMut::new();
-            let message = format!(
-                "pgshard: this cross-shard read needs more than {} MiB to merge (sharding.max_merge_memory_mb): \
-                 add WHERE <shard key> = ... to read one shard, narrow the query, or raise the limit",
-                self.max_held >> 20
-            );
-            build::error_response(&mut out, Severity::Error, "53200", &message);
-            out.freeze()
-        });
+        let mib = self.max_held >> 20;
+        self.fail(MultiShardError::MergeMemory { mib });
         false
     }
 }
@@ -179,13 +178,13 @@ impl Session {
                 }
             },
             Scatter::Unsupported(why) => {
-                gathered.error = Some(unsupported_bytes(why));
+                gathered.fail(MultiShardError::CannotMerge(why.clone()));
                 self.drain(&mut conns, &mut gathered).await?;
             }
         }
         match gathered.error {
             Some(error) => {
-                self.client_out.extend_from_slice(&error);
+                error.write_to(&mut self.client_out);
                 // The rest of an extended-protocol batch is skipped, as after any error.
                 self.skipping_until_sync = !output.simple;
                 if self.status != TransactionStatus::Idle {
@@ -250,9 +249,7 @@ impl Session {
             return;
         }
         let Some(mut fields) = rows::data_row_fields(&row[5..]) else {
-            gathered
-                .error
-                .get_or_insert_with(|| error_bytes("a server sent a malformed DataRow"));
+            gathered.fail(MultiShardError::MalformedRow);
             return;
         };
         fields.truncate(fields.len().saturating_sub(gathered.hidden));
@@ -293,9 +290,7 @@ impl Session {
                 Some(bytes) => encoded.push(Some(bytes)),
                 None => {
                     let why = format!("binary results of type OID {oid} (ask for text results)");
-                    gathered
-                        .error
-                        .get_or_insert_with(|| unsupported_bytes(&why));
+                    gathered.fail(MultiShardError::CannotMerge(why));
                     return;
                 }
             }
@@ -365,17 +360,6 @@ pub(super) fn canonical_row(fields: &[Option<&[u8]>], oids: &[u32]) -> Vec<u8> {
     key
 }
 
-pub(super) fn error_bytes(message: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    build::error_response(
-        &mut out,
-        Severity::Error,
-        "XX000",
-        &format!("pgshard: {message}"),
-    );
-    out.freeze()
-}
-
 /// A sort key resolved against the result's columns.
 pub(super) struct Key {
     pub(super) column: usize,
@@ -408,9 +392,7 @@ impl Session {
         let keys = match resolved {
             Some(Ok(keys)) => keys,
             Some(Err(why)) => {
-                gathered
-                    .error
-                    .get_or_insert_with(|| unsupported_bytes(&why));
+                gathered.fail(MultiShardError::CannotMerge(why));
                 Vec::new()
             }
             None => Vec::new(),
@@ -446,9 +428,7 @@ impl Session {
             match frame.tag() {
                 tag::DATA_ROW => return Ok(Some(frame.bytes)),
                 tag::ROW_DESCRIPTION => self.describe(frame, gathered),
-                tag::ERROR_RESPONSE => {
-                    gathered.error.get_or_insert(frame.bytes.freeze());
-                }
+                tag::ERROR_RESPONSE => gathered.fail(Failure::Server(frame.bytes.freeze())),
                 tag::NOTICE_RESPONSE => self.client_out.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 tag::READY_FOR_QUERY => {
@@ -480,17 +460,10 @@ impl Session {
                 gathered.described = Some(bytes);
             }
             Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
-            Some(_) => {
-                gathered
-                    .error
-                    .get_or_insert_with(|| error_bytes(DIFFERENT_COLUMNS));
-            }
+            Some(_) => gathered.fail(MultiShardError::DifferentColumns),
         }
     }
 }
-
-const DIFFERENT_COLUMNS: &str =
-    "the shards returned different columns for this query; check that every shard has the same schema";
 
 /// Index of the head row that sorts first (ties: the lower shard).
 fn smallest(heads: &[Option<BytesMut>], keys: &[Key]) -> Option<usize> {
@@ -571,12 +544,4 @@ pub(super) fn resolve_keys(
             Ok(Key { column, kind, descending: key.descending, nulls_first: key.nulls_first })
         })
         .collect()
-}
-
-pub(super) fn unsupported_bytes(why: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    let message =
-        format!("pgshard cannot merge {why} across shards yet: add WHERE <shard key> = ... to read one shard");
-    build::error_response(&mut out, Severity::Error, "0A000", &message);
-    out.freeze()
 }

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 
 use super::bound::Bound;
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 use super::Session;
 use crate::router::{Scatter, Target};
 use crate::wire::build;
@@ -85,11 +85,7 @@ impl Session {
         });
         match unnamed {
             Some(frame) if name.is_empty() => from_parse(&frame.bytes),
-            _ => Err(SessionError::Unsupported(
-                "this cross-shard read binds an unnamed statement parsed in an earlier batch: \
-                 send its Parse in the same batch as the Bind, or name the statement"
-                    .into(),
-            )),
+            _ => Err(Unsupported::ScatterUnnamedFromEarlierBatch.into()),
         }
     }
 
@@ -100,11 +96,7 @@ impl Session {
         max_rows: i32,
     ) -> Result<(), SessionError> {
         if max_rows != 0 {
-            return Err(SessionError::Unsupported(
-                "a cross-shard read fetched in parts (Execute with a row limit, as for a \
-                 cursor or fetch size): fetch all rows at once, or add LIMIT"
-                    .into(),
-            ));
+            return Err(Unsupported::ScatterFetchInParts.into());
         }
         let mut request = batch.prefix;
         build::describe_portal(&mut request);
