@@ -1,8 +1,9 @@
 //! The errors pgshard itself sends to clients: [`ClientError`] (severity, SQLSTATE, message,
 //! optional detail and hint) and the named SQLSTATEs it uses ([`SqlState`]). Every layer's error
 //! converts into a `ClientError`, and [`ClientError::encode`] is the only place in the crate that
-//! writes an ErrorResponse. Never used for a server's own ErrorResponse, which is forwarded as
-//! it came, and never carries internal details (socket errors of other clients, addresses).
+//! writes an ErrorResponse. Never used for a server's ErrorResponse to a client's statement,
+//! which is forwarded as it came, and never carries internal details (socket errors of other
+//! clients, addresses).
 
 use std::fmt;
 
