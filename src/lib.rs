@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod localpg;
 pub mod merge;
 pub mod pool;

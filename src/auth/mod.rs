@@ -5,6 +5,8 @@ pub mod scram;
 
 pub use scram::{ScramServer, ScramVerifier};
 
+use crate::error::{ClientError, SqlState};
+
 /// Why a client could not authenticate.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -18,12 +20,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            AuthError::PasswordFailed(_) => "28P01",
-            AuthError::Protocol(_) => "08P01",
-            AuthError::UnsupportedMechanism(_) => "28000",
+            AuthError::PasswordFailed(_) => SqlState::INVALID_PASSWORD,
+            AuthError::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
+            AuthError::UnsupportedMechanism(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         }
+    }
+}
+
+impl From<&AuthError> for ClientError {
+    fn from(e: &AuthError) -> ClientError {
+        ClientError::new(e.sqlstate(), format!("pgshard: {e}"))
     }
 }
 

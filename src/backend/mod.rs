@@ -10,6 +10,8 @@ pub mod manager;
 pub use connection::ServerConnection;
 pub use manager::{BackendManager, ServerPool};
 
+use crate::error::{ClientError, SqlState};
+
 /// Largest message accepted from a server (PostgreSQL's own limit is 1 GiB per field).
 pub const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
 
@@ -46,21 +48,24 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    pub fn sqlstate(&self) -> &str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            BackendError::Server { sqlstate, .. } => sqlstate,
-            _ => "08006",
+            BackendError::Server { sqlstate, .. } => SqlState::from_server(sqlstate),
+            _ => SqlState::CONNECTION_FAILURE,
         }
     }
+}
 
-    /// Text a client may see. Connection details are the DBA's, but naming the server helps the
-    /// operator and leaks nothing the client could not learn from the config it was given.
-    pub fn client_message(&self) -> String {
-        match self {
+/// Text a client may see. Connection details are the DBA's, but naming the server helps the
+/// operator and leaks nothing the client could not learn from the config it was given.
+impl From<&BackendError> for ClientError {
+    fn from(e: &BackendError) -> ClientError {
+        let message = match e {
             BackendError::Server { message, .. } => message.clone(),
             other => format!(
                 "pgshard: {other}; check that the server is up and the [[shards]] config is right"
             ),
-        }
+        };
+        ClientError::new(e.sqlstate(), message)
     }
 }

@@ -19,6 +19,7 @@ use super::analyze::{Analyzer, TableRule};
 use super::copy_rows::CopyFormat;
 use super::plan::{ShardedTable, StatementKind};
 use super::scatter::{self, Scatter};
+use crate::error::{ClientError, SqlState};
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
 
 /// What a COPY statement needs beyond an ordinary route.
@@ -72,11 +73,17 @@ pub enum CopyKeyError {
 }
 
 impl CopyKeyError {
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            CopyKeyError::Null { .. } => "23502", // not_null_violation
+            CopyKeyError::Null { .. } => SqlState::NOT_NULL_VIOLATION,
             CopyKeyError::Bad { source, .. } => source.sqlstate(),
         }
+    }
+}
+
+impl From<&CopyKeyError> for ClientError {
+    fn from(e: &CopyKeyError) -> ClientError {
+        ClientError::new(e.sqlstate(), format!("pgshard: {e}"))
     }
 }
 

@@ -11,6 +11,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::error::{ClientError, SqlState};
+
 /// How the rows of one COPY are written (from its options).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyFormat {
@@ -86,8 +88,14 @@ pub enum CopyRowError {
 }
 
 impl CopyRowError {
-    pub fn sqlstate(&self) -> &'static str {
-        "22P04" // bad_copy_file_format
+    pub fn sqlstate(&self) -> SqlState {
+        SqlState::BAD_COPY_FILE_FORMAT
+    }
+}
+
+impl From<&CopyRowError> for ClientError {
+    fn from(e: &CopyRowError) -> ClientError {
+        ClientError::new(e.sqlstate(), format!("pgshard: {e}"))
     }
 }
 

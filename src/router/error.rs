@@ -4,6 +4,7 @@
 
 use super::plan::Placement;
 use super::{Plan, Route, Router};
+use crate::error::{ClientError, SqlState};
 use crate::sharding::ShardingError;
 
 /// A statement pgshard refuses to route.
@@ -70,6 +71,9 @@ pub enum RouteError {
     #[error("{0}")]
     Unsupported(String),
 
+    #[error("{0}")]
+    Refused(#[from] super::execution::Refusal),
+
     /// One statement whose keys are on several shards, refused until cross-shard queries land.
     #[error(
         "this statement's shard keys are on shards {shards}; pgshard cannot run one statement \
@@ -87,18 +91,30 @@ pub enum RouteError {
 
 impl RouteError {
     /// The SQLSTATE sent with the ErrorResponse.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
             RouteError::KeyNeeded { .. }
             | RouteError::KeyChange { .. }
             | RouteError::Unsupported(_)
+            | RouteError::Refused(_)
             | RouteError::CrossShard { .. }
-            | RouteError::CrossShardTransaction { .. } => "0A000", // feature_not_supported
+            | RouteError::CrossShardTransaction { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             RouteError::BadKey(e) => e.sqlstate(),
-            RouteError::NullKey { .. } => "22004", // null_value_not_allowed
-            RouteError::UnknownShard { .. } | RouteError::UnknownSetting(_) => "42704", // undefined_object
-            RouteError::MissingParam { .. } => "08P01", // protocol_violation
-            RouteError::KeyParamType { .. } => "42804", // datatype_mismatch
+            RouteError::NullKey { .. } => SqlState::NULL_VALUE_NOT_ALLOWED,
+            RouteError::UnknownShard { .. } | RouteError::UnknownSetting(_) => {
+                SqlState::UNDEFINED_OBJECT
+            }
+            RouteError::MissingParam { .. } => SqlState::PROTOCOL_VIOLATION,
+            RouteError::KeyParamType { .. } => SqlState::DATATYPE_MISMATCH,
+        }
+    }
+}
+
+impl From<&RouteError> for ClientError {
+    fn from(e: &RouteError) -> ClientError {
+        match e {
+            RouteError::BadKey(key) => ClientError::from(key),
+            other => ClientError::new(other.sqlstate(), format!("pgshard: {other}")),
         }
     }
 }

@@ -112,6 +112,56 @@ pub enum Execution {
     Refuse(RouteError),
 }
 
+/// A statement refused before anything is sent (SQLSTATE 0A000): what cannot run, and what to
+/// do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("SET pgshard.* must be sent as a simple query")]
+    SetOverExtended,
+    /// A keyless read pgshard cannot answer from several shards, and why.
+    #[error(
+        "this read needs every shard ({tables}), and {why}: add WHERE <shard key> = ... or pick a \
+         shard with SET pgshard.shard"
+    )]
+    ScatterRead { tables: String, why: String },
+    #[error(
+        "this write goes to every shard (it writes a reference table) but also reads or writes a \
+         sharded table, whose rows differ from shard to shard, so it would not do the same on \
+         each: write the reference table in its own statement with literal values (read the \
+         sharded rows first)"
+    )]
+    EverywhereWithSharded,
+    #[error(
+        "this write goes to every shard (it writes a reference table), but a transaction runs on \
+         one shard: run writes to reference tables outside BEGIN ... COMMIT (each shard then \
+         commits its own copy)"
+    )]
+    EverywhereInTransaction,
+    #[error(
+        "this write runs on several shards, and pool_mode = \"session\" holds one server \
+         connection: use pool_mode = \"transaction\", or write each shard's part with a leading \
+         /* pgshard: shard=<name> */ comment"
+    )]
+    FanOutInSessionMode,
+    /// A COPY out of several shards whose query concatenation cannot answer (`why` names it).
+    #[error(
+        "this COPY reads every shard ({tables}), and pgshard cannot merge {why} by concatenating \
+         the shards' output: remove it, or add WHERE <shard key> = ... to read one shard"
+    )]
+    CopyOutNotMergeable { tables: String, why: String },
+    /// `what`: the COPY, as "COPY into sharded table t" or "COPY out of several shards".
+    #[error(
+        "{what} runs only outside an explicit transaction (pgshard runs it in a transaction on \
+         every shard and commits them together): COMMIT or ROLLBACK first"
+    )]
+    CopyInTransaction { what: String },
+    #[error(
+        "{what} needs a connection to every shard, and pool_mode = \"session\" holds one: use \
+         pool_mode = \"transaction\""
+    )]
+    CopyInSessionMode { what: String },
+}
+
 /// A write on several shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOutPlan {
@@ -122,19 +172,6 @@ pub enum FanOutPlan {
     /// An extended-protocol INSERT, cut per shard at its Bind with the parameters.
     SplitAtBind,
 }
-
-const EVERYWHERE_WITH_SHARDED: &str = "this write goes to every shard (it writes a reference \
-     table) but also reads or writes a sharded table, whose rows differ from shard to shard, so \
-     it would not do the same on each: write the reference table in its own statement with \
-     literal values (read the sharded rows first)";
-
-const EVERYWHERE_IN_TRANSACTION: &str = "this write goes to every shard (it writes a reference \
-     table), but a transaction runs on one shard: run writes to reference tables outside \
-     BEGIN ... COMMIT (each shard then commits its own copy)";
-
-const SESSION_MODE_FAN_OUT: &str = "this write runs on several shards, and pool_mode = \
-     \"session\" holds one server connection: use pool_mode = \"transaction\", or write each \
-     shard's part with a leading /* pgshard: shard=<name> */ comment";
 
 impl Router {
     /// The one decision for a planned statement whose route was computed with the session's
@@ -176,9 +213,7 @@ impl Router {
                 Execution::Refuse(self.multi_shard_error(plan, &multi))
             }
             Ok(Route::Local(change)) if view.simple => Execution::Local(change),
-            Ok(Route::Local(_)) => Execution::Refuse(RouteError::Unsupported(
-                "SET pgshard.* must be sent as a simple query".into(),
-            )),
+            Ok(Route::Local(_)) => refuse(Refusal::SetOverExtended),
         }
     }
 
@@ -200,12 +235,10 @@ impl Router {
                 let out = match gather {
                     Ok(out) => out,
                     Err(why) => {
-                        return Some(refuse(format!(
-                            "this COPY reads every shard ({}), and pgshard cannot merge {why} by \
-                             concatenating the shards' output: remove it, or add WHERE <shard \
-                             key> = ... to read one shard",
-                            plan.sharded_tables().join(", ")
-                        )))
+                        return Some(refuse(Refusal::CopyOutNotMergeable {
+                            tables: plan.sharded_tables().join(", "),
+                            why: why.clone(),
+                        }))
                     }
                 };
                 let execution = Execution::CopyOut {
@@ -218,16 +251,10 @@ impl Router {
             _ => return None,
         };
         if view.transaction != TransactionView::Outside {
-            return Some(refuse(format!(
-                "{what} runs only outside an explicit transaction (pgshard runs it in a \
-                 transaction on every shard and commits them together): COMMIT or ROLLBACK first"
-            )));
+            return Some(refuse(Refusal::CopyInTransaction { what }));
         }
         if view.pool_mode == PoolMode::Session {
-            return Some(refuse(format!(
-                "{what} needs a connection to every shard, and pool_mode = \"session\" holds one: \
-                 use pool_mode = \"transaction\""
-            )));
+            return Some(refuse(Refusal::CopyInSessionMode { what }));
         }
         Some(execution)
     }
@@ -242,11 +269,10 @@ impl Router {
         view: &SessionView,
     ) -> Execution {
         let refuse_because = |why: &str| {
-            refuse(format!(
-                "this read needs every shard ({}), and {why}: add WHERE <shard key> = ... or pick \
-                 a shard with SET pgshard.shard",
-                plan.sharded_tables().join(", ")
-            ))
+            refuse(Refusal::ScatterRead {
+                tables: plan.sharded_tables().join(", "),
+                why: why.to_string(),
+            })
         };
         let how = plan.scatter();
         if let Scatter::Unsupported(construct) = how {
@@ -290,10 +316,10 @@ impl Router {
             Route::SplitInsert { .. } if in_transaction => return None,
             Route::SplitInsert { .. } if !view.simple && !session_mode => FanOutPlan::SplitAtBind,
             Route::All if !plan.same_on_every_shard() => {
-                return Some(refuse(EVERYWHERE_WITH_SHARDED))
+                return Some(refuse(Refusal::EverywhereWithSharded))
             }
-            Route::All if in_transaction => return Some(refuse(EVERYWHERE_IN_TRANSACTION)),
-            _ if session_mode => return Some(refuse(SESSION_MODE_FAN_OUT)),
+            Route::All if in_transaction => return Some(refuse(Refusal::EverywhereInTransaction)),
+            _ if session_mode => return Some(refuse(Refusal::FanOutInSessionMode)),
             Route::All => FanOutPlan::Everywhere,
             Route::SplitInsert { .. } => match self.split_insert(plan, &Params::NONE) {
                 Ok(parts) => FanOutPlan::Split(parts),
@@ -334,8 +360,8 @@ fn follows_held(plan: &Plan) -> bool {
         || plan.sharded_tables().is_empty()
 }
 
-fn refuse(message: impl Into<String>) -> Execution {
-    Execution::Refuse(RouteError::Unsupported(message.into()))
+fn refuse(refusal: Refusal) -> Execution {
+    Execution::Refuse(RouteError::Refused(refusal))
 }
 
 #[cfg(test)]

@@ -58,7 +58,8 @@ pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
 pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
 pub use execution::{
-    Execution, FanOutPlan, HeldServer, Isolation, IsolationChange, SessionView, TransactionView,
+    Execution, FanOutPlan, HeldServer, Isolation, IsolationChange, Refusal, SessionView,
+    TransactionView,
 };
 pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use normalize::normalize_literals;

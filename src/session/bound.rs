@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 use super::fanout::FanOut;
 use super::scatter_extended::ExtendedScatter;
 use super::Session;
@@ -135,9 +135,7 @@ impl<S: Stream> Session<S> {
             Some(statement) => statement.plan.clone(),
             None => self.unnamed_plan.clone(),
         };
-        let plan = plan.ok_or_else(|| {
-            SessionError::Unsupported("a split INSERT of an unknown statement".into())
-        })?;
+        let plan = plan.ok_or(Unsupported::SplitUnknownStatement)?;
         let params = bind.params()?;
         let router = self.shared.router.load();
         let parts = router

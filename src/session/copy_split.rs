@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::error::SessionError;
+use super::error::{Failure, MultiShardError, SessionError, Unsupported};
 use super::Session;
 use crate::backend::{BackendError, BackendManager};
+use crate::error::{ClientError, SqlState};
 use crate::pool::Pooled;
 use crate::router::{CopyIn, CopyRow, Router, RowSplitter, Target};
 use crate::transport::Stream;
-use crate::wire::build::{self, Severity};
+use crate::wire::build;
 use crate::wire::extended::{Bind, Parse};
 use crate::wire::{client_tag, rows, server_tag, Frame, TransactionStatus};
 
@@ -50,20 +51,6 @@ struct Part {
     rows: u64,
 }
 
-/// Why a COPY stopped: an ErrorResponse for the client.
-type Failure = Bytes;
-
-fn failure(sqlstate: &str, message: &str) -> Failure {
-    let mut out = BytesMut::new();
-    build::error_response(
-        &mut out,
-        Severity::Error,
-        sqlstate,
-        &format!("pgshard: {message}"),
-    );
-    out.freeze()
-}
-
 impl<S: Stream> Session<S> {
     /// Runs a COPY job for `frame` (a Query, or the Bind of an extended-protocol COPY).
     /// `Ok(false)`: the server connection held now must be released first.
@@ -75,11 +62,7 @@ impl<S: Stream> Session<S> {
     ) -> Result<bool, SessionError> {
         if self.server.is_some() {
             if self.awaiting_sync || self.status != TransactionStatus::Idle {
-                return Err(SessionError::Unsupported(
-                    "COPY across shards cannot start in the middle of an extended-protocol batch \
-                     that already runs on a server: send Sync first"
-                        .into(),
-                ));
+                return Err(Unsupported::CopyMidBatch.into());
             }
             return Ok(false);
         }
@@ -95,7 +78,7 @@ impl<S: Stream> Session<S> {
             } => self.copy_out(&sql, &shards, target, header).await?,
         };
         if let Some(error) = failed {
-            self.client.output.extend_from_slice(&error);
+            error.write_to(&mut self.client.output);
             if !simple {
                 self.skipping_until_sync = true;
             }
@@ -135,13 +118,7 @@ impl<S: Stream> Session<S> {
                 sql = Some(String::from_utf8_lossy(parse.query()).into_owned());
             }
         }
-        let sql = sql.ok_or_else(|| {
-            SessionError::Unsupported(
-                "send the Parse of an unnamed COPY statement in the same batch as its Bind, or \
-                 use a named statement"
-                    .into(),
-            )
-        })?;
+        let sql = sql.ok_or(Unsupported::CopyUnnamedFromEarlierBatch)?;
         message(&mut self.client.output, server_tag::BIND_COMPLETE, &[]);
         loop {
             let next = self.client_frame().await?;
@@ -154,11 +131,8 @@ impl<S: Stream> Session<S> {
                     return Ok(None);
                 }
                 other => {
-                    return Err(SessionError::Unsupported(format!(
-                        "expected Execute after the Bind of a COPY statement, got message type \
-                         {:?}",
-                        other as char
-                    )))
+                    let got = other as char;
+                    return Err(Unsupported::CopyExpectedExecute { got }.into());
                 }
             }
         }
@@ -197,7 +171,7 @@ impl<S: Stream> Session<S> {
             None => match table_columns(&mut parts[0].conn, &copy.table_sql).await? {
                 Ok(columns) => match copy.with_columns(&columns) {
                     Ok(resolved) => resolved,
-                    Err(why) => return Ok(Some(failure("0A000", &why))),
+                    Err(why) => return Ok(Some(MultiShardError::CopyColumns(why).into())),
                 },
                 Err(error) => return Ok(Some(error)),
             },
@@ -253,21 +227,16 @@ impl<S: Stream> Session<S> {
                     let reason = frame.body().strip_suffix(&[0]).unwrap_or(frame.body());
                     let reason = String::from_utf8_lossy(reason).into_owned();
                     abort(parts, &reason).await?;
-                    return Ok(Some(first_error(parts).unwrap_or_else(|| {
-                        failure("57014", &format!("COPY from stdin failed: {reason}"))
-                    })));
+                    return Ok(Some(
+                        first_error(parts)
+                            .unwrap_or_else(|| MultiShardError::CopyFailed(reason).into()),
+                    ));
                 }
                 // Ignored in copy-in mode, as PostgreSQL does.
                 client_tag::SYNC | client_tag::FLUSH => continue,
                 other => {
-                    return Ok(Some(failure(
-                        "08P01",
-                        &format!(
-                            "unexpected message type {:?} during COPY from stdin; the COPY was \
-                             rolled back on every shard",
-                            other as char
-                        ),
-                    )))
+                    let got = other as char;
+                    return Ok(Some(MultiShardError::CopyUnexpectedMessage(got).into()));
                 }
             };
             loop {
@@ -279,7 +248,7 @@ impl<S: Stream> Session<S> {
                 let row = match row {
                     Ok(Some(row)) => row,
                     Ok(None) => break,
-                    Err(e) => return Ok(Some(failure(e.sqlstate(), &e.to_string()))),
+                    Err(e) => return Ok(Some(ClientError::from(&e).into())),
                 };
                 if let Some(error) = place_row(parts, copy, router, row, splitter.lines()) {
                     return Ok(Some(error));
@@ -356,7 +325,9 @@ impl<S: Stream> Session<S> {
                 }
                 server_tag::COMMAND_COMPLETE => gathered.rows += copy_count(frame.body()),
                 server_tag::ERROR_RESPONSE => {
-                    gathered.error.get_or_insert(frame.bytes.freeze());
+                    gathered
+                        .error
+                        .get_or_insert(Failure::Server(frame.bytes.freeze()));
                 }
                 server_tag::NOTICE_RESPONSE => self.client.output.extend_from_slice(&frame.bytes),
                 server_tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
@@ -423,7 +394,7 @@ fn place_row(
         CopyRow::Data { bytes, key } => {
             match copy.shard_of(router.shard_map(), key.as_deref(), line) {
                 Ok(shard) => parts[shard].batch.extend_from_slice(&bytes),
-                Err(e) => return Some(failure(e.sqlstate(), &e.to_string())),
+                Err(e) => return Some(ClientError::from(&e).into()),
             }
         }
         CopyRow::End => {}
@@ -464,8 +435,9 @@ fn early_error(part: &mut Part) -> Result<Option<Failure>, SessionError> {
     }
     if part.error.is_none() && conn.io.input.first() == Some(&server_tag::ERROR_RESPONSE) {
         if let Ok(Some(frame)) = conn.io.next_frame(usize::MAX >> 1) {
-            part.error = Some(frame.bytes.freeze());
-            return Ok(part.error.clone());
+            let error = frame.bytes.freeze();
+            part.error = Some(error.clone());
+            return Ok(Some(Failure::Server(error)));
         }
     }
     Ok(None)
@@ -506,7 +478,7 @@ async fn start_copy_in(
                 server_tag::ERROR_RESPONSE => {
                     let e = frame.bytes.freeze();
                     part.error = Some(e.clone());
-                    error.get_or_insert(e);
+                    error.get_or_insert(Failure::Server(e));
                 }
                 server_tag::PARAMETER_STATUS => part.conn.note_parameter_status(frame.body()),
                 _ => {}
@@ -516,7 +488,7 @@ async fn start_copy_in(
     Ok(match (error, described) {
         (Some(e), _) => Err(e),
         (None, Some(d)) => Ok(d),
-        (None, None) => Err(failure("XX000", "no shard answered the COPY")),
+        (None, None) => Err(MultiShardError::NoShardAnswered.into()),
     })
 }
 
@@ -543,13 +515,13 @@ async fn finish_copy_in(parts: &mut [Part]) -> Result<Option<Failure>, SessionEr
         }
     }
     match commit_error {
-        Some(BackendError::Server { sqlstate, message }) => Ok(Some(failure(
-            &sqlstate,
-            &format!(
-                "COMMIT of the COPY failed on a shard after the others may have committed; \
-                 check the table on every shard: {message}"
-            ),
-        ))),
+        Some(BackendError::Server { sqlstate, message }) => Ok(Some(
+            MultiShardError::CopyCommit {
+                code: SqlState::from_server(&sqlstate),
+                message,
+            }
+            .into(),
+        )),
         Some(other) => Err(other.into()),
         None => Ok(None),
     }
@@ -575,7 +547,9 @@ async fn read_to_ready(part: &mut Part) -> Result<(), SessionError> {
 }
 
 fn first_error(parts: &[Part]) -> Option<Failure> {
-    parts.iter().find_map(|p| p.error.clone())
+    parts
+        .iter()
+        .find_map(|p| p.error.clone().map(Failure::Server))
 }
 
 /// Ends the COPY on every shard without keeping anything: CopyFail where it is still running,
@@ -627,7 +601,7 @@ async fn table_columns(
                 }
             }
             server_tag::ERROR_RESPONSE => {
-                error.get_or_insert(frame.bytes.freeze());
+                error.get_or_insert(Failure::Server(frame.bytes.freeze()));
             }
             server_tag::READY_FOR_QUERY => {
                 conn.note_ready_for_query(frame.body());

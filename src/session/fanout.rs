@@ -12,13 +12,14 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::error::SessionError;
+use super::error::{MultiShardError, SessionError, Unsupported};
 use super::Session;
-use crate::backend::BackendManager;
+use crate::backend::{BackendError, BackendManager};
+use crate::error::{ClientError, SqlState};
 use crate::pool::Pooled;
 use crate::router::{FanOutPlan, SplitPart, Target};
 use crate::transport::Stream;
-use crate::wire::build::{self, Severity};
+use crate::wire::build;
 use crate::wire::server_tag as tag;
 use crate::wire::{rows, Frame, TransactionStatus};
 
@@ -50,7 +51,7 @@ impl From<FanOutPlan> for FanOut {
 
 /// An ErrorResponse from a server, with the fields the client's message is built from.
 struct ServerError {
-    code: String,
+    code: SqlState,
     message: String,
     detail: Option<String>,
     bytes: Bytes,
@@ -62,7 +63,7 @@ enum Outcome {
     Applied(Vec<String>),
     Failed(ServerError),
     /// The connection failed before the answer was complete: whether it applied is unknown.
-    Lost(String),
+    Lost(BackendError),
 }
 
 /// What the answers so far decided for the client.
@@ -111,22 +112,17 @@ impl<S: Stream> Session<S> {
                 })
                 .collect(),
             FanOut::SplitRequests(requests) => requests,
-            FanOut::SplitAtBind => {
-                return Err(SessionError::Unsupported(SPLIT_UNBOUND.into()));
-            }
+            FanOut::SplitAtBind => return Err(Unsupported::SplitUnbound.into()),
         };
         // Nothing is sent anywhere unless every primary gave a connection.
         let mut conns = Vec::with_capacity(jobs.len());
         for (shard, _) in &jobs {
             conns.push(self.connection_for(*shard, Target::Primary).await?.0);
         }
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
+        let mut lost: Vec<Option<BackendError>> = Vec::with_capacity(jobs.len());
         for (conn, (_, query)) in conns.iter_mut().zip(&jobs) {
             conn.in_flight = true;
-            outcomes.push(match conn.write(query).await {
-                Ok(()) => None,
-                Err(e) => Some(Outcome::Lost(e.to_string())),
-            });
+            lost.push(conn.write(query).await.err());
         }
         // A reference write shows the first shard's answer, read last so that a failure anywhere
         // else is known before anything of it is forwarded; split parts are read in order.
@@ -135,29 +131,26 @@ impl<S: Stream> Session<S> {
             order.rotate_left(1);
         }
         let mut answer = Answer::default();
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(jobs.len());
         for i in order {
-            if outcomes[i].is_some() {
-                answer.failed = true;
-                continue;
-            }
-            // Split parts each forward their rows; a reference write only the first shard's.
-            let forward = split || i == 0;
-            let outcome = match self
-                .read_part(&mut conns[i], forward, split, &mut answer)
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(SessionError::Backend(e)) => Outcome::Lost(e.to_string()),
-                Err(e) => return Err(e),
+            let outcome = match lost[i].take() {
+                Some(e) => Outcome::Lost(e),
+                // Split parts each forward their rows; a reference write only the first shard's.
+                None => match self
+                    .read_part(&mut conns[i], split || i == 0, split, &mut answer)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(SessionError::Backend(e)) => Outcome::Lost(e),
+                    Err(e) => return Err(e),
+                },
             };
             answer.failed |= !matches!(outcome, Outcome::Applied(_));
-            outcomes[i] = Some(outcome);
+            outcomes.push((i, outcome));
         }
+        outcomes.sort_by_key(|(i, _)| *i);
+        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
         let shards: Vec<usize> = jobs.iter().map(|(shard, _)| *shard).collect();
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Lost("no answer".into())))
-            .collect();
         let failed = self.conclude(&shards, &outcomes, split, &answer);
         if simple {
             build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
@@ -249,16 +242,14 @@ impl<S: Stream> Session<S> {
             .filter(|&i| matches!(outcomes[i], Outcome::Applied(_)))
             .collect();
         if answer.copy_in && applied.is_empty() {
-            build::error_response(&mut self.client.output, Severity::Error, "0A000", COPY_IN);
+            ClientError::from(&MultiShardError::CopyIntoReference).encode(&mut self.client.output);
             return true;
         }
         if applied.len() == outcomes.len() {
             if answer.mismatch {
                 tracing::warn!("a write on several shards returned different columns per shard");
-                let message = "pgshard: the write applied on every shard, but the shards \
-                     returned different RETURNING columns; check that every shard has the same \
-                     schema";
-                build::error_response(&mut self.client.output, Severity::Error, "XX000", message);
+                ClientError::from(&MultiShardError::DifferentReturning)
+                    .encode(&mut self.client.output);
                 return true;
             } else if split {
                 let total: u64 = outcomes.iter().map(inserted).sum();
@@ -275,9 +266,9 @@ impl<S: Stream> Session<S> {
                 return true;
             }
         }
-        let (code, message) = partial_failure(&names, outcomes, split);
-        tracing::warn!("{message}");
-        build::error_response(&mut self.client.output, Severity::Error, &code, &message);
+        let error = ClientError::from(&partial_failure(&names, outcomes, split));
+        tracing::warn!("{}", error.message);
+        error.encode(&mut self.client.output);
         true
     }
 }
@@ -316,8 +307,8 @@ fn warn_if_counts_differ(names: &[&str], outcomes: &[Outcome]) {
     }
 }
 
-/// SQLSTATE and message for a write that applied on some shards and not on others.
-fn partial_failure(names: &[&str], outcomes: &[Outcome], split: bool) -> (String, String) {
+/// The error for a write that applied on some shards and not on others.
+fn partial_failure(names: &[&str], outcomes: &[Outcome], split: bool) -> MultiShardError {
     let list = |pick: &dyn Fn(&Outcome) -> bool| -> Vec<&str> {
         names
             .iter()
@@ -328,14 +319,14 @@ fn partial_failure(names: &[&str], outcomes: &[Outcome], split: bool) -> (String
     };
     let applied = list(&|o| matches!(o, Outcome::Applied(_)));
     let failed = list(&|o| !matches!(o, Outcome::Applied(_)));
-    let mut code = String::from("08006");
+    let mut code = SqlState::CONNECTION_FAILURE;
     let mut reasons = Vec::new();
     for (name, outcome) in names.iter().zip(outcomes) {
         match outcome {
             Outcome::Applied(_) => {}
             Outcome::Failed(e) => {
                 if reasons.is_empty() {
-                    code = e.code.clone();
+                    code = e.code;
                 }
                 let detail = e
                     .detail
@@ -355,31 +346,29 @@ fn partial_failure(names: &[&str], outcomes: &[Outcome], split: bool) -> (String
     } else {
         applied.join(", ")
     };
-    let failed_list = failed.join(", ");
-    let message = if split {
-        format!(
-            "pgshard: this INSERT was split into one INSERT per shard; the rows for shards \
-             {applied} were inserted and stay inserted, the rows for shards {failed_list} were not: \
-             {}; re-run the INSERT with only the rows that failed (or delete the inserted ones): \
-             a split INSERT is not atomic",
-            reasons.join("; ")
-        )
+    let failed = failed.join(", ");
+    let reasons = reasons.join("; ");
+    if split {
+        MultiShardError::SplitInsertPartial {
+            code,
+            applied,
+            failed,
+            reasons,
+        }
     } else {
-        format!(
-            "pgshard: this write to every shard (a reference table) applied on shards {applied} \
-             and failed on shards {failed_list}: {}; it is not undone where it applied: fix the \
-             cause and re-run it on each failed shard with a leading /* pgshard: shard=<name> */ \
-             comment (or undo it on the others the same way)",
-            reasons.join("; ")
-        )
-    };
-    (code, message)
+        MultiShardError::EverywherePartial {
+            code,
+            applied,
+            failed,
+            reasons,
+        }
+    }
 }
 
 /// The SQLSTATE, message and detail of an ErrorResponse.
 fn server_error(bytes: Bytes) -> ServerError {
     let mut error = ServerError {
-        code: "XX000".into(),
+        code: SqlState::INTERNAL_ERROR,
         message: String::new(),
         detail: None,
         bytes: Bytes::new(),
@@ -387,7 +376,7 @@ fn server_error(bytes: Bytes) -> ServerError {
     for field in bytes.get(5..).unwrap_or_default().split(|&b| b == 0) {
         let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         match field.split_first() {
-            Some((b'C', v)) => error.code = text(v),
+            Some((b'C', v)) => error.code = SqlState::from_server(&text(v)),
             Some((b'M', v)) => error.message = text(v),
             Some((b'D', v)) => error.detail = Some(text(v)),
             _ => {}
@@ -407,10 +396,3 @@ fn copy_fail() -> BytesMut {
     out.put_slice(message);
     out
 }
-
-const SPLIT_UNBOUND: &str = "this INSERT's rows belong to several shards and were never bound: \
-     send Parse, Bind and Execute for it";
-
-const COPY_IN: &str = "pgshard: COPY into a reference table is not supported (every shard would \
-     need the same rows, and nothing was loaded): load it with INSERT ... VALUES, which runs on \
-     every shard, or COPY into each shard's primary directly";

@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::aggregate::{check_type, evaluate, fold};
-use super::error::SessionError;
-use super::scatter::{canonical_row, compare_by, resolve_keys, unsupported_bytes, Gathered};
+use super::error::{MultiShardError, SessionError};
+use super::scatter::{canonical_row, compare_by, resolve_keys, Gathered};
 use super::Session;
 use crate::backend::BackendManager;
 use crate::merge::{average, TypeRules};
@@ -51,9 +51,7 @@ impl<S: Stream> Session<S> {
                 let added = check_types(groups, &gathered.oids, rules)
                     .and_then(|()| table.add(&row[5..], groups, roles, rules, gathered));
                 if let Err(why) = added {
-                    gathered
-                        .error
-                        .get_or_insert_with(|| unsupported_bytes(&why));
+                    gathered.fail(MultiShardError::CannotMerge(why));
                 }
             }
         }
@@ -68,7 +66,7 @@ impl<S: Stream> Session<S> {
         let (fields, rows) = match finished {
             Ok(done) => done,
             Err(why) => {
-                gathered.error = Some(unsupported_bytes(&why));
+                gathered.fail(MultiShardError::CannotMerge(why));
                 return Ok(());
             }
         };

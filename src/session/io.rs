@@ -6,8 +6,8 @@ use std::task::Poll;
 
 use super::error::SessionError;
 use super::Session;
+use crate::error::ClientError;
 use crate::transport::{Conn, Stream};
-use crate::wire::build::{self, Severity};
 
 /// Stop reading one side while this much is queued for the other (back-pressure).
 const HIGH_WATER: usize = 1 << 20;
@@ -104,9 +104,9 @@ impl<S: Stream> Session<S> {
 
 /// Sends a FATAL ErrorResponse to a client that never got a session.
 pub(super) async fn send_fatal<S: Stream>(client: &mut Conn<S>, e: &SessionError) {
-    let Some(message) = e.client_message() else {
+    if !e.reaches_client() {
         return;
-    };
-    build::error_response(&mut client.output, Severity::Fatal, e.sqlstate(), &message);
+    }
+    ClientError::from(e).fatal().encode(&mut client.output);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
 }

@@ -36,11 +36,12 @@ use self::settings::Settings;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::config::PoolMode;
+use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
 use crate::server::Shared;
 use crate::transport::{Conn, Stream};
-use crate::wire::build::{self, Severity};
+use crate::wire::build;
 use crate::wire::Frame;
 use crate::wire::TransactionStatus;
 
@@ -326,20 +327,14 @@ impl<S: Stream> Session<S> {
 
     /// Queues an ERROR for the client (the session goes on).
     fn report_error(&mut self, e: &SessionError) {
-        let message = e.client_message().unwrap_or_else(|| e.to_string());
-        let sqlstate = e.sqlstate().to_string();
-        self.answer(|out| build::error_response(out, Severity::Error, &sqlstate, &message));
+        let error = ClientError::from(e);
+        self.answer(|out| error.encode(out));
     }
 
     /// Sends a FATAL error and whatever is still queued for the client; best effort.
     async fn send_fatal(&mut self, e: &SessionError) {
-        if let Some(message) = e.client_message() {
-            build::error_response(
-                &mut self.client.output,
-                Severity::Fatal,
-                e.sqlstate(),
-                &message,
-            );
+        if e.reaches_client() {
+            ClientError::from(e).fatal().encode(&mut self.client.output);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
     }

@@ -10,14 +10,14 @@ use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::SessionError;
+use super::error::{Failure, MultiShardError, SessionError};
 use super::Session;
 use crate::backend::BackendManager;
 use crate::merge::{canonical, SortType, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
 use crate::transport::Stream;
-use crate::wire::build::{self, Severity};
+use crate::wire::build;
 use crate::wire::server_tag as tag;
 use crate::wire::{binary, rows, Frame, TransactionStatus};
 
@@ -53,13 +53,20 @@ pub(super) struct Gathered {
     pub(super) described: Option<Bytes>,
     /// The type OID of each column it describes.
     pub(super) oids: Vec<u32>,
-    /// The first error (ErrorResponse bytes), sent instead of the row count.
-    pub(super) error: Option<Bytes>,
+    /// The first error, sent instead of the row count.
+    pub(super) error: Option<Failure>,
 }
 
 impl Gathered {
     fn full(&self) -> bool {
         self.limit.is_some_and(|limit| self.rows >= limit)
+    }
+
+    /// Keeps `error` unless an earlier one is kept already (the client sees the first).
+    pub(super) fn fail(&mut self, error: impl Into<Failure>) {
+        if self.error.is_none() {
+            self.error = Some(error.into());
+        }
     }
 
     /// Counts `bytes` more held memory; false (with the error set) when over the limit.
@@ -68,16 +75,8 @@ impl Gathered {
         if self.held <= self.max_held {
             return true;
         }
-        self.error.get_or_insert_with(|| {
-            let mut out = BytesMut::new();
-            let message = format!(
-                "pgshard: this cross-shard read needs more than {} MiB to merge (sharding.max_merge_memory_mb): \
-                 add WHERE <shard key> = ... to read one shard, narrow the query, or raise the limit",
-                self.max_held >> 20
-            );
-            build::error_response(&mut out, Severity::Error, "53200", &message);
-            out.freeze()
-        });
+        let mib = self.max_held >> 20;
+        self.fail(MultiShardError::MergeMemory { mib });
         false
     }
 }
@@ -180,13 +179,13 @@ impl<S: Stream> Session<S> {
                 }
             },
             Scatter::Unsupported(why) => {
-                gathered.error = Some(unsupported_bytes(why));
+                gathered.fail(MultiShardError::CannotMerge(why.clone()));
                 self.drain(&mut conns, &mut gathered).await?;
             }
         }
         match gathered.error {
             Some(error) => {
-                self.client.output.extend_from_slice(&error);
+                error.write_to(&mut self.client.output);
                 // The rest of an extended-protocol batch is skipped, as after any error.
                 self.skipping_until_sync = !output.simple;
                 if self.status != TransactionStatus::Idle {
@@ -252,9 +251,7 @@ impl<S: Stream> Session<S> {
             return;
         }
         let Some(mut fields) = rows::data_row_fields(&row[5..]) else {
-            gathered
-                .error
-                .get_or_insert_with(|| error_bytes("a server sent a malformed DataRow"));
+            gathered.fail(MultiShardError::MalformedRow);
             return;
         };
         fields.truncate(fields.len().saturating_sub(gathered.hidden));
@@ -295,9 +292,7 @@ impl<S: Stream> Session<S> {
                 Some(bytes) => encoded.push(Some(bytes)),
                 None => {
                     let why = format!("binary results of type OID {oid} (ask for text results)");
-                    gathered
-                        .error
-                        .get_or_insert_with(|| unsupported_bytes(&why));
+                    gathered.fail(MultiShardError::CannotMerge(why));
                     return;
                 }
             }
@@ -366,17 +361,6 @@ pub(super) fn canonical_row(fields: &[Option<&[u8]>], oids: &[u32]) -> Vec<u8> {
     key
 }
 
-pub(super) fn error_bytes(message: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    build::error_response(
-        &mut out,
-        Severity::Error,
-        "XX000",
-        &format!("pgshard: {message}"),
-    );
-    out.freeze()
-}
-
 /// A sort key resolved against the result's columns.
 pub(super) struct Key {
     pub(super) column: usize,
@@ -409,9 +393,7 @@ impl<S: Stream> Session<S> {
         let keys = match resolved {
             Some(Ok(keys)) => keys,
             Some(Err(why)) => {
-                gathered
-                    .error
-                    .get_or_insert_with(|| unsupported_bytes(&why));
+                gathered.fail(MultiShardError::CannotMerge(why));
                 Vec::new()
             }
             None => Vec::new(),
@@ -447,9 +429,7 @@ impl<S: Stream> Session<S> {
             match frame.tag() {
                 tag::DATA_ROW => return Ok(Some(frame.bytes)),
                 tag::ROW_DESCRIPTION => self.describe(frame, gathered),
-                tag::ERROR_RESPONSE => {
-                    gathered.error.get_or_insert(frame.bytes.freeze());
-                }
+                tag::ERROR_RESPONSE => gathered.fail(Failure::Server(frame.bytes.freeze())),
                 tag::NOTICE_RESPONSE => self.client.output.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
                 tag::READY_FOR_QUERY => {
@@ -481,17 +461,10 @@ impl<S: Stream> Session<S> {
                 gathered.described = Some(bytes);
             }
             Some(first) if rows::same_columns(&first[5..], frame.body()) => {}
-            Some(_) => {
-                gathered
-                    .error
-                    .get_or_insert_with(|| error_bytes(DIFFERENT_COLUMNS));
-            }
+            Some(_) => gathered.fail(MultiShardError::DifferentColumns),
         }
     }
 }
-
-const DIFFERENT_COLUMNS: &str =
-    "the shards returned different columns for this query; check that every shard has the same schema";
 
 /// Index of the head row that sorts first (ties: the lower shard).
 fn smallest(heads: &[Option<BytesMut>], keys: &[Key]) -> Option<usize> {
@@ -572,12 +545,4 @@ pub(super) fn resolve_keys(
             Ok(Key { column, kind, descending: key.descending, nulls_first: key.nulls_first })
         })
         .collect()
-}
-
-pub(super) fn unsupported_bytes(why: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    let message =
-        format!("pgshard cannot merge {why} across shards yet: add WHERE <shard key> = ... to read one shard");
-    build::error_response(&mut out, Severity::Error, "0A000", &message);
-    out.freeze()
 }

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 
 use super::bound::Bound;
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 use super::Session;
 use crate::router::{Scatter, Target};
 use crate::transport::Stream;
@@ -86,11 +86,7 @@ impl<S: Stream> Session<S> {
         });
         match unnamed {
             Some(frame) if name.is_empty() => from_parse(&frame.bytes),
-            _ => Err(SessionError::Unsupported(
-                "this cross-shard read binds an unnamed statement parsed in an earlier batch: \
-                 send its Parse in the same batch as the Bind, or name the statement"
-                    .into(),
-            )),
+            _ => Err(Unsupported::ScatterUnnamedFromEarlierBatch.into()),
         }
     }
 
@@ -101,11 +97,7 @@ impl<S: Stream> Session<S> {
         max_rows: i32,
     ) -> Result<(), SessionError> {
         if max_rows != 0 {
-            return Err(SessionError::Unsupported(
-                "a cross-shard read fetched in parts (Execute with a row limit, as for a \
-                 cursor or fetch size): fetch all rows at once, or add LIMIT"
-                    .into(),
-            ));
+            return Err(Unsupported::ScatterFetchInParts.into());
         }
         let mut request = batch.prefix;
         build::describe_portal(&mut request);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options"];
@@ -28,11 +28,7 @@ pub fn from_startup(params: &[(String, String)]) -> Result<Settings, SessionErro
     let mut settings = Settings::new();
     for (name, value) in params {
         match name.as_str() {
-            "replication" => {
-                return Err(SessionError::Unsupported(
-                    "replication connections are not supported through pgshard; connect to the server directly".into(),
-                ))
-            }
+            "replication" => return Err(Unsupported::Replication.into()),
             "options" => {
                 for (k, v) in parse_options(value)? {
                     insert(&mut settings, k, v)?;
@@ -73,11 +69,7 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, SessionErro
                 .or_else(|| word.strip_prefix("--"))
                 .map(|rest| rest.to_string())
         };
-        let bad = || {
-            SessionError::Unsupported(format!(
-                "startup option {word:?} is not supported; use -c name=value"
-            ))
-        };
+        let bad = || SessionError::from(Unsupported::StartupOption { word: word.clone() });
         let assignment = assignment.ok_or_else(bad)?;
         let (name, value) = assignment.split_once('=').ok_or_else(bad)?;
         out.push((name.replace('-', "_"), value.to_string()));
@@ -110,6 +102,7 @@ fn split_words(s: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{ClientError, SqlState};
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -151,12 +144,15 @@ mod tests {
     #[test]
     fn replication_is_refused() {
         let err = from_startup(&params(&[("replication", "database")])).unwrap_err();
-        assert_eq!(err.sqlstate(), "0A000");
+        assert_eq!(
+            ClientError::from(&err).code,
+            SqlState::FEATURE_NOT_SUPPORTED
+        );
     }
 
     #[test]
     fn odd_setting_names_are_refused() {
         let err = from_startup(&params(&[("a;drop table x", "1")])).unwrap_err();
-        assert_eq!(err.sqlstate(), "42704");
+        assert_eq!(ClientError::from(&err).code, SqlState::UNDEFINED_OBJECT);
     }
 }

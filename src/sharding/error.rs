@@ -4,6 +4,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 use super::KeyType;
+use crate::error::{ClientError, SqlState};
 
 /// Longest key value (in characters) quoted back in an error message.
 const MAX_QUOTED_CHARS: usize = 64;
@@ -117,12 +118,12 @@ pub struct SlotOverlap {
 
 impl ShardingError {
     /// The SQLSTATE a client sees for this error.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
-            ShardingError::InvalidKey { .. } => "22P02", // invalid_text_representation
-            ShardingError::KeyOutOfRange { .. } => "22003", // numeric_value_out_of_range
-            ShardingError::BadBinaryKey { .. } => "22P03", // invalid_binary_representation
-            ShardingError::KeyNotUtf8 { .. } => "22021", // character_not_in_repertoire
+            ShardingError::InvalidKey { .. } => SqlState::INVALID_TEXT_REPRESENTATION,
+            ShardingError::KeyOutOfRange { .. } => SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            ShardingError::BadBinaryKey { .. } => SqlState::INVALID_BINARY_REPRESENTATION,
+            ShardingError::KeyNotUtf8 { .. } => SqlState::CHARACTER_NOT_IN_REPERTOIRE,
             ShardingError::UnknownKeyType(_)
             | ShardingError::NoShards
             | ShardingError::TooManyShards { .. }
@@ -130,7 +131,7 @@ impl ShardingError {
             | ShardingError::MixedSlotSpecs { .. }
             | ShardingError::BadSlotSpec { .. }
             | ShardingError::SlotsOwnedTwice(_)
-            | ShardingError::SlotsUnowned(_) => "F0000", // config_file_error
+            | ShardingError::SlotsUnowned(_) => SqlState::CONFIG_FILE_ERROR,
         }
     }
 
@@ -143,6 +144,12 @@ impl ShardingError {
             ShardingError::SlotsOwnedTwice(overlaps) => overlaps.first().map(|o| o.second_idx),
             _ => None,
         }
+    }
+}
+
+impl From<&ShardingError> for ClientError {
+    fn from(e: &ShardingError) -> ClientError {
+        ClientError::new(e.sqlstate(), format!("pgshard: {e}"))
     }
 }
 

@@ -143,12 +143,13 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognised: 
     finish(buf, at);
 }
 
-/// Severity of an ErrorResponse or NoticeResponse.
+/// Severity of an ErrorResponse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// The statement failed; the session goes on.
     Error,
+    /// The session ends.
     Fatal,
-    Notice,
 }
 
 impl Severity {
@@ -156,19 +157,21 @@ impl Severity {
         match self {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
-            Severity::Notice => "NOTICE",
         }
     }
 }
 
-/// ErrorResponse (or, with [`Severity::Notice`], NoticeResponse) with severity, SQLSTATE and message.
-pub fn error_response(buf: &mut BytesMut, severity: Severity, sqlstate: &str, message: &str) {
-    let tag = if severity == Severity::Notice {
-        b'N'
-    } else {
-        b'E'
-    };
-    let at = begin(buf, tag);
+/// ErrorResponse from plain fields: severity, SQLSTATE, message, and detail and hint when given.
+/// Only `crate::error::ClientError::encode` calls this; everything else builds a `ClientError`.
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: Severity,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let at = begin(buf, b'E');
     buf.put_u8(b'S');
     put_cstr(buf, severity.as_str());
     buf.put_u8(b'V');
@@ -177,6 +180,14 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, sqlstate: &str, me
     put_cstr(buf, sqlstate);
     buf.put_u8(b'M');
     put_cstr(buf, message);
+    if let Some(detail) = detail {
+        buf.put_u8(b'D');
+        put_cstr(buf, detail);
+    }
+    if let Some(hint) = hint {
+        buf.put_u8(b'H');
+        put_cstr(buf, hint);
+    }
     buf.put_u8(0);
     finish(buf, at);
 }
@@ -290,23 +301,6 @@ pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_response_carries_sqlstate_and_message() {
-        let mut buf = BytesMut::new();
-        error_response(
-            &mut buf,
-            Severity::Error,
-            "28P01",
-            "password authentication failed",
-        );
-        assert_eq!(buf[0], b'E');
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        assert_eq!(len + 1, buf.len());
-        let body = &buf[5..];
-        assert!(body.windows(6).any(|w| w == b"C28P01"));
-        assert_eq!(*body.last().unwrap(), 0);
-    }
 
     #[test]
     fn ready_for_query_has_status_byte() {

@@ -17,7 +17,8 @@ pub use frame::{split_frame, Frame};
 /// The 5-byte header of every message after startup: a tag byte and a big-endian length.
 pub const HEADER_LEN: usize = 5;
 
-/// A malformed message from a peer. Everything here is a protocol violation (SQLSTATE 08P01).
+/// A malformed message from a peer. Everything here is a protocol violation (SQLSTATE 08P01,
+/// given by `crate::error`).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("message length {0} is invalid")]
@@ -30,13 +31,6 @@ pub enum WireError {
     UnsupportedProtocol { major: u16, minor: u16 },
     #[error("malformed {what} message")]
     Malformed { what: &'static str },
-}
-
-impl WireError {
-    /// Every wire error is a protocol violation.
-    pub fn sqlstate(&self) -> &'static str {
-        "08P01"
-    }
 }
 
 /// Transaction status as reported by ReadyForQuery.

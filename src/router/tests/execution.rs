@@ -28,7 +28,7 @@ fn decide(sql: &str, view: SessionView) -> Execution {
 fn refusal(execution: Execution) -> String {
     match execution {
         Execution::Refuse(e) => {
-            assert_eq!(e.sqlstate(), "0A000");
+            assert_eq!(e.sqlstate(), crate::error::SqlState::FEATURE_NOT_SUPPORTED);
             e.to_string()
         }
         other => panic!("expected a refusal, got {other:?}"),
