@@ -13,14 +13,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::{Failure, MultiShardError, SessionError, Unsupported};
 use super::Session;
-use crate::backend::{BackendError, BackendManager};
+use crate::backend::{catalog, BackendError, BackendManager};
 use crate::error::{ClientError, SqlState};
 use crate::pool::Pooled;
 use crate::router::{CopyIn, CopyRow, Router, RowSplitter, Target};
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::extended::{Bind, Parse};
-use crate::wire::{client_tag, rows, server_tag, Frame, TransactionStatus};
+use crate::wire::{client_tag, server_tag, Frame, TransactionStatus};
 
 /// CopyData sent to a shard carries up to this many bytes of rows.
 const BATCH: usize = 64 * 1024;
@@ -168,12 +168,17 @@ impl<S: Stream> Session<S> {
         }
         let copy = match copy.key_index {
             Some(_) => copy,
-            None => match table_columns(&mut parts[0].conn, &copy.table_sql).await? {
+            None => match catalog::table_columns(&mut parts[0].conn, &copy.table_sql).await {
                 Ok(columns) => match copy.with_columns(&columns) {
                     Ok(resolved) => resolved,
                     Err(why) => return Ok(Some(MultiShardError::CopyColumns(why).into())),
                 },
-                Err(error) => return Ok(Some(error)),
+                // No such table, say: the server's own error, as it would answer the COPY.
+                Err(BackendError::Server { sqlstate, message }) => {
+                    let error = ClientError::new(SqlState::from_server(&sqlstate), message);
+                    return Ok(Some(Failure::Own(error)));
+                }
+                Err(e) => return Err(e.into()),
             },
         };
         let described = match start_copy_in(&mut parts, sql).await? {
@@ -574,40 +579,4 @@ async fn abort(parts: &mut [Part], reason: &str) -> Result<(), SessionError> {
         }
     }
     Ok(())
-}
-
-/// The table's column names in COPY's default order (no dropped or generated columns).
-async fn table_columns(
-    conn: &mut Pooled<BackendManager>,
-    table_sql: &str,
-) -> Result<Result<Vec<String>, Failure>, SessionError> {
-    let literal = table_sql.replace('\'', "''");
-    let sql = format!(
-        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = '{literal}'::regclass \
-         AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum"
-    );
-    let mut out = BytesMut::new();
-    build::query(&mut out, &sql);
-    conn.in_flight = true;
-    conn.write(&out).await?;
-    let mut columns = Vec::new();
-    let mut error = None;
-    loop {
-        let frame = conn.read_frame().await?;
-        match frame.tag() {
-            server_tag::DATA_ROW => {
-                if let Some(Some(name)) = rows::data_row_field(frame.body(), 0) {
-                    columns.push(String::from_utf8_lossy(name).into_owned());
-                }
-            }
-            server_tag::ERROR_RESPONSE => {
-                error.get_or_insert(Failure::Server(frame.bytes.freeze()));
-            }
-            server_tag::READY_FOR_QUERY => {
-                conn.note_ready_for_query(frame.body());
-                return Ok(error.map_or(Ok(columns), Err));
-            }
-            _ => {}
-        }
-    }
 }
