@@ -17,5 +17,6 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sharding;
+pub mod shared;
 pub mod transport;
 pub mod wire;

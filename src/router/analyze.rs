@@ -14,9 +14,9 @@ use sqlparser::ast::{
 };
 
 use super::constraints::{literal_text, KeyGraph};
-use super::execution::{Isolation, IsolationChange};
 use super::plan::{
-    Hint, KeyMove, Placement, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
+    Hint, Isolation, IsolationChange, KeyMove, Placement, Plan, SettingPlan, ShardedTable,
+    StatementKind, TransactionControl,
 };
 use super::scatter::{self, Scatter};
 use super::Rules;

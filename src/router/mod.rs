@@ -57,13 +57,12 @@ pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
 pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
 pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
-pub use execution::{
-    Execution, FanOutPlan, HeldServer, Isolation, IsolationChange, Refusal, SessionView,
-    TransactionView,
-};
+pub use execution::{Execution, FanOutPlan, HeldServer, Refusal, SessionView, TransactionView};
 pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use normalize::normalize_literals;
-pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
+pub use plan::{
+    Isolation, IsolationChange, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
+};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
 pub use scatter::{Combine, Scatter, SortColumn, SortKey};
 pub use split::SplitPart;

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use super::copy::CopyPlan;
-use super::execution::IsolationChange;
 use super::scatter::{self, Scatter};
 use super::split::InsertSplit;
 use crate::sharding::{KeyType, ShardingError};
@@ -269,4 +268,43 @@ impl Plan {
             isolation: None,
         }
     }
+}
+
+/// Transaction isolation, as far as reads across shards care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// READ COMMITTED (or READ UNCOMMITTED): each statement takes its own snapshot.
+    #[default]
+    ReadCommitted,
+    /// REPEATABLE READ or SERIALIZABLE: one snapshot for the whole transaction.
+    Snapshot,
+}
+
+impl Isolation {
+    /// Reads a `default_transaction_isolation` / `transaction_isolation` value; `None` when it
+    /// is not one (the caller keeps what it had).
+    pub fn parse(value: &str) -> Option<Isolation> {
+        let words: Vec<String> = value
+            .split(|c: char| c.is_whitespace() || c == '_' || c == '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["read", "committed"] | ["read", "uncommitted"] => Some(Isolation::ReadCommitted),
+            ["repeatable", "read"] | ["serializable"] => Some(Isolation::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// A statement's effect on the isolation level in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationChange {
+    /// `BEGIN ISOLATION LEVEL ...` / `SET TRANSACTION ISOLATION LEVEL ...`: this transaction.
+    Transaction(Isolation),
+    /// `SET default_transaction_isolation = ...` / `SET SESSION CHARACTERISTICS AS TRANSACTION
+    /// ISOLATION LEVEL ...`: later transactions.
+    SessionDefault(Isolation),
+    /// `SET default_transaction_isolation TO DEFAULT`, `RESET ALL`: back to the start.
+    ResetSessionDefault,
 }

@@ -39,7 +39,7 @@ use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
 use crate::wire::Frame;

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::error::SessionError;
 use crate::auth::{md5_matches, AuthError, ScramServer, ScramVerifier};
 use crate::config::AuthMethod;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::transport::Stream;
 use crate::wire::startup::{split_startup, take_cstr, StartupMessage, StartupPacket};
 use crate::wire::{build, client_tag, split_frame, Frame};
