@@ -124,3 +124,22 @@ fn the_checks_see_what_they_look_for() {
     assert!(!sqlstate_literals(&error_rs).is_empty());
     assert!(rust_files(&src().join("session")).len() > 5);
 }
+
+/// The session runs over `transport::Conn<S>` for any stream (TCP, TLS, an in-memory duplex):
+/// no file under src/session names a TCP socket.
+#[test]
+fn the_session_never_names_a_tcp_stream() {
+    let offenders: Vec<String> = rust_files(&src().join("session"))
+        .iter()
+        .flat_map(|path| {
+            let text = fs::read_to_string(path).expect("readable source");
+            lines_with(&text, "TcpStream")
+                .into_iter()
+                .map(move |line| format!("{}:{line}", relative(path)))
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "TcpStream in the session: {offenders:?}"
+    );
+}
