@@ -9,7 +9,10 @@
 # Knobs: DURATION (s per pgbench run, 15), REPEAT (runs per cell, median reported, 1), SCALE (pgbench -i -s, 10), POOL_SIZE (20),
 #        IDLE_CLIENTS (2000), PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg),
 #        PGSHARD_THREADS (pgshard serve --threads; default one worker per core),
-#        ROUTING (1; 0 skips the routing on/off comparison of issue 3).
+#        ROUTING (1; 0 skips the routing on/off comparison of issue 3),
+#        PROTOCOLS ("simple prepared"), IDLE (1; 0 skips the idle-client memory run),
+#        BASELINE_BIN (a pgshard binary of another build, e.g. the commit before a change: it runs
+#        as a fourth target in the same rotation, and a before/after table is added).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -22,8 +25,10 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
 PGSHARD_THREADS=${PGSHARD_THREADS:-}
 ROUTING=${ROUTING:-1}
+IDLE=${IDLE:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
 CLIENT_COUNTS=(16 200)
-PROTOCOLS=(simple prepared)
+read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -238,10 +243,10 @@ if [[ $ROUTING -eq 1 ]]; then
     done
 fi
 
-# start_pgshard NAME PORT POOL_SIZE [SHARDS_TOML]: starts a pgshard in transaction mode with the
-# given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
+# start_pgshard NAME PORT POOL_SIZE [SHARDS_TOML [BINARY]]: starts a pgshard in transaction mode
+# with the given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
 start_pgshard() {
-    local name=$1 port=$2 size=$3 shards=${4:-$ONE_SHARD}
+    local name=$1 port=$2 size=$3 shards=${4:-$ONE_SHARD} binary=${5:-$PGSHARD}
     cat >"$WORK/$name.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -259,7 +264,7 @@ password = "app"
 
 $shards
 EOF
-    NO_COLOR=1 "$PGSHARD" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
+    NO_COLOR=1 "$binary" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
         >>"$WORK/$name.log" 2>&1 &
     PGSHARD_PID=$!
     PIDS+=("$PGSHARD_PID")
@@ -319,6 +324,15 @@ start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE"
 MAIN_SHARD_PID=$PGSHARD_PID
 start_pgbouncer
 log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard :$SHARD_PORT (pid $MAIN_SHARD_PID)"
+BASELINE_PORT= BASELINE_PID=-
+if [[ -n $BASELINE_BIN ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
+    free_port BASELINE_PORT
+    start_pgshard baseline "$BASELINE_PORT" "$POOL_SIZE" "$ONE_SHARD" "$BASELINE_BIN"
+    BASELINE_PID=$PGSHARD_PID
+    TARGETS+=(baseline)
+    log "baseline pgshard ($BASELINE_BIN) :$BASELINE_PORT (pid $BASELINE_PID)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # pgbench runs
@@ -395,11 +409,13 @@ for clients in "${CLIENT_COUNTS[@]}"; do
     for proto in "${PROTOCOLS[@]}"; do
         for r in $(seq 1 "$REPEAT"); do
             # Rotate the order, so no target always runs first after a pause or last in a row.
-            for i in 0 1 2; do
-                case $(((i + r - 1) % 3)) in
-                    0) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$clients/$proto#$r" ;;
-                    1) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$clients/$proto#$r" ;;
-                    2) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$clients/$proto#$r" ;;
+            n=${#TARGETS[@]}
+            for i in $(seq 0 $((n - 1))); do
+                case ${TARGETS[$(((i + r - 1) % n))]} in
+                    direct) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$clients/$proto#$r" ;;
+                    pgbouncer) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$clients/$proto#$r" ;;
+                    pgshard) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$clients/$proto#$r" ;;
+                    baseline) run_pgbench baseline "$BASELINE_PORT" "$BASELINE_PID" "$clients" "$proto" "baseline/$clients/$proto#$r" ;;
                 esac
             done
         done
@@ -493,6 +509,7 @@ fi
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 stop_pid "$MAIN_SHARD_PID"
+[[ $BASELINE_PID == - ]] || stop_pid "$BASELINE_PID"
 stop_pgbouncer
 
 # idle_test NAME PORT PID: opens IDLE_CLIENTS connections, sets IDLE_KIB[NAME] and IDLE_OPEN[NAME].
@@ -524,14 +541,18 @@ idle_test() {
         "${IDLE_KIB[$name]} KiB per connection"
 }
 
-free_port IDLE_PORT
-start_pgshard pgshard-idle "$IDLE_PORT" "$POOL_SIZE"
-IDLE_SHARD_PID=$PGSHARD_PID
-idle_test pgshard "$IDLE_PORT" "$IDLE_SHARD_PID"
-stop_pid "$IDLE_SHARD_PID"
-start_pgbouncer
-idle_test pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID"
-stop_pgbouncer
+if [[ $IDLE -eq 1 ]]; then
+    free_port IDLE_PORT
+    start_pgshard pgshard-idle "$IDLE_PORT" "$POOL_SIZE"
+    IDLE_SHARD_PID=$PGSHARD_PID
+    idle_test pgshard "$IDLE_PORT" "$IDLE_SHARD_PID"
+    stop_pid "$IDLE_SHARD_PID"
+    start_pgbouncer
+    idle_test pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID"
+    stop_pgbouncer
+else
+    for p in pgshard pgbouncer; do IDLE_OPEN[$p]=skipped IDLE_BEFORE[$p]=n/a IDLE_AFTER[$p]=n/a IDLE_KIB[$p]=n/a; done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -615,6 +636,19 @@ errors_cell() { # scenario suffix
         done
     done
     echo
+    if [[ -n $BASELINE_BIN ]]; then
+        echo "This build against a baseline build ($BASELINE_BIN), same run, same rotation:"
+        echo
+        echo "| scenario | baseline tps | pgshard tps | pgshard/baseline | baseline/pgbouncer | pgshard/pgbouncer | baseline µs CPU/txn | pgshard µs CPU/txn | baseline csw/txn | pgshard csw/txn |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        for clients in "${CLIENT_COUNTS[@]}"; do
+            for proto in "${PROTOCOLS[@]}"; do
+                s=$clients/$proto
+                echo "| -S -c $clients -M $proto | $(tps_cell "baseline/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "baseline/$s") | $(ratio "baseline/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(cpu_cell "baseline/$s") | $(cpu_cell "pgshard/$s") | ${CSW[baseline/$s]:-n/a} | ${CSW[pgshard/$s]:-n/a} |"
+            done
+        done
+        echo
+    fi
     echo "pgshard, pool of 2, \`pgbench -S -M prepared -c 50\`: status ${STATUS[pool2]}, tps $(tps_cell pool2), failed ${FAILED[pool2]}, aborted clients ${ABORTED[pool2]}, $(cpu_cell pool2) µs CPU/txn"
     echo
     if [[ $ROUTING -eq 1 ]]; then
