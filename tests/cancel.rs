@@ -25,8 +25,10 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 const SLEEP: u32 = 600;
 
 /// A proxy over the two shards (with `tables` sharded by `user_id bigint`, created fresh on both
-/// primaries with `columns`), and a direct client to each shard's primary.
-async fn setup(tables: &[&str], columns: &str) -> (Proxy, [Client; 2]) {
+/// primaries with `columns`), a client of it with `application_name` = `app` (which pgshard gives
+/// every server connection it uses, so they can be told apart from other tests' connections),
+/// and a direct client to each shard's primary.
+async fn setup(app: &str, tables: &[&str], columns: &str) -> (Proxy, Client, [Client; 2]) {
     let clusters = support::shard_clusters();
     let mut direct = Vec::new();
     for cluster in clusters {
@@ -43,24 +45,43 @@ async fn setup(tables: &[&str], columns: &str) -> (Proxy, [Client; 2]) {
     }
     let proxy = support::start_proxy(&support::two_shard_config_with(clusters, tables)).await;
     let direct = direct.try_into().unwrap_or_else(|_| unreachable!());
-    (proxy, direct)
+    let url = format!("{}?application_name={app}", proxy.url("app", "app"));
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("connecting through the proxy");
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("client connection ended with an error: {e}");
+        }
+    });
+    (proxy, client, direct)
 }
 
-/// How many servers run a statement containing `marker` right now, on each shard's primary.
-async fn running(direct: &[Client; 2], marker: &str) -> [i64; 2] {
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-               AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()";
+/// How many servers run a statement containing `marker` right now (counting only those asleep
+/// in `pg_sleep` when `asleep`), on each shard's primary.
+async fn running(direct: &[Client; 2], marker: &str, asleep: bool) -> [i64; 2] {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid(){}",
+        if asleep {
+            " AND wait_event = 'PgSleep'"
+        } else {
+            ""
+        }
+    );
     let mut counts = [0; 2];
     for (count, server) in counts.iter_mut().zip(direct) {
-        *count = server.query_one(sql, &[&marker]).await.unwrap().get(0);
+        *count = server.query_one(&sql, &[&marker]).await.unwrap().get(0);
     }
     counts
 }
 
-/// Waits until a statement containing `marker` runs on both shards' primaries.
-async fn wait_running_everywhere(direct: &[Client; 2], marker: &str) {
+/// Waits until a statement containing `marker` sleeps in `pg_sleep` on both shards' primaries,
+/// so that a cancel lands inside it whenever the proxy forwards it (tokio-postgres's
+/// `cancel_query` returns once the request is sent, before the proxy has acted on it).
+async fn wait_asleep_everywhere(direct: &[Client; 2], marker: &str) {
     let wait = async {
-        while running(direct, marker).await.contains(&0) {
+        while running(direct, marker, true).await.contains(&0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -92,7 +113,7 @@ where
 {
     let token = client.cancel_token();
     let task = tokio::spawn(statement(client));
-    wait_running_everywhere(direct, marker).await;
+    wait_asleep_everywhere(direct, marker).await;
     token.cancel_query(NoTls).await.expect("sending the cancel");
     let (client, result) = tokio::time::timeout(HANG_GUARD, task)
         .await
@@ -100,19 +121,20 @@ where
         .unwrap();
     let err = result.expect_err("the statement was cancelled");
     assert_eq!(sqlstate(&err), "57014", "{marker}: {err}");
-    assert_eq!(running(direct, marker).await, [0, 0], "{marker}");
+    assert_eq!(running(direct, marker, false).await, [0, 0], "{marker}");
     client
 }
 
-/// No server of either shard is left inside a transaction, and the same client still runs a
-/// plain query, a read of both shards and a write on both shards through pooled connections.
-async fn assert_usable(client: &Client, direct: &[Client; 2]) {
+/// No server connection of the client's (`application_name` = `app`) is left inside a
+/// transaction on either shard, and the same client still runs a plain query, a read of both
+/// shards and a write on both shards through pooled connections.
+async fn assert_usable(client: &Client, direct: &[Client; 2], app: &str) {
     for (i, server) in direct.iter().enumerate() {
         let stuck: i64 = server
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' \
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
                  AND state LIKE 'idle in transaction%'",
-                &[],
+                &[&app],
             )
             .await
             .unwrap()
@@ -153,8 +175,8 @@ async fn country_names(direct: &[Client; 2], code: &str) -> Vec<Option<String>> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_reference_table_write_on_every_shard() {
-    let (proxy, direct) = setup(&[], "").await;
-    let client = proxy.connect().await;
+    const APP: &str = "cancel_ref";
+    let (_proxy, client, direct) = setup(APP, &[], "").await;
     let before = Some("before".to_string());
     for code in ["cancel_ref_simple", "cancel_ref_ext"] {
         client
@@ -183,7 +205,7 @@ async fn a_cancel_stops_a_reference_table_write_on_every_shard() {
         country_names(&direct, marker).await,
         [before.clone(), before.clone()]
     );
-    assert_usable(&client, &direct).await;
+    assert_usable(&client, &direct, APP).await;
     // Extended protocol, with a parameter.
     let marker = "cancel_ref_ext";
     let sql = format!(
@@ -199,13 +221,13 @@ async fn a_cancel_stops_a_reference_table_write_on_every_shard() {
         country_names(&direct, marker).await,
         [before.clone(), before]
     );
-    assert_usable(&client, &direct).await;
+    assert_usable(&client, &direct, APP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_split_insert_on_every_shard() {
-    let (proxy, direct) = setup(&[], "").await;
-    let mut client = proxy.connect().await;
+    const APP: &str = "cancel_split";
+    let (_proxy, mut client, direct) = setup(APP, &[], "").await;
     let key_on = |shard: usize, from: i64| {
         (from..)
             .find(|&k| support::shard_of_id(k) == shard)
@@ -247,7 +269,7 @@ async fn a_cancel_stops_a_split_insert_on_every_shard() {
                 .get(0);
             assert_eq!(left, 0, "{marker}: a cancelled INSERT left rows");
         }
-        assert_usable(&client, &direct).await;
+        assert_usable(&client, &direct, APP).await;
     }
 }
 
@@ -264,47 +286,61 @@ async fn row_counts(direct: &[Client; 2], table: &str) -> [i64; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_split_copy_from_stdin_on_every_shard() {
     let table = "cancel_copy_in";
-    let (proxy, direct) = setup(&[table], "user_id bigint, name text").await;
-    let client = proxy.connect().await;
+    // A row named 'slow' sleeps in its CHECK: the COPY is busy on each shard when cancelled.
+    let columns = format!(
+        "user_id bigint, name text CHECK (name <> 'slow' OR pg_sleep({SLEEP}) IS NOT NULL)"
+    );
+    const APP: &str = "cancel_copy_in";
+    let (_proxy, client, direct) = setup(APP, &[table], &columns).await;
     let token = client.cancel_token();
+    let slow: Vec<i64> = (0..2)
+        .map(|shard| {
+            (10_001..)
+                .find(|&k| support::shard_of_id(k) == shard)
+                .unwrap()
+        })
+        .collect();
+    let rows = |ids: std::ops::RangeInclusive<i64>| -> Bytes {
+        ids.map(|id| format!("{id}\tsome text to fill the batches\n"))
+            .collect::<String>()
+            .into()
+    };
     let copy = async {
         let sink = client
             .copy_in::<_, Bytes>(&format!("COPY {table} (user_id, name) FROM STDIN"))
             .await
             .expect("the COPY starts");
         futures_util::pin_mut!(sink);
-        // More than a 64 KiB batch for each shard: both already hold rows when the cancel comes.
-        let rows = |ids: std::ops::RangeInclusive<i64>| -> Bytes {
-            ids.map(|id| format!("{id}\tsome text to fill the batches\n"))
-                .collect::<String>()
-                .into()
-        };
-        sink.send(rows(1..=6000)).await.expect("sending rows");
-        wait_running_everywhere(&direct, table).await;
+        sink.send(rows(1..=3000)).await.expect("sending rows");
+        let slow_rows = format!("{}\tslow\n{}\tslow\n", slow[0], slow[1]);
+        sink.send(Bytes::from(slow_rows))
+            .await
+            .expect("sending rows");
+        // More than a 64 KiB batch for each shard after the slow rows, so pgshard sends them.
+        sink.send(rows(3001..=9000)).await.expect("sending rows");
+        wait_asleep_everywhere(&direct, table).await;
         token.cancel_query(NoTls).await.expect("sending the cancel");
-        // The shards stop at their next row (as PostgreSQL does in COPY FROM STDIN).
-        let _ = sink.send(rows(6001..=6100)).await;
         sink.as_mut().finish().await
     };
     let result = tokio::time::timeout(HANG_GUARD, copy)
         .await
-        .expect("the cancelled COPY ends");
+        .expect("the cancelled COPY ends (it sleeps for minutes on each shard otherwise)");
     let err = result.expect_err("the COPY was cancelled");
     assert_eq!(sqlstate(&err), "57014", "{err}");
-    assert_eq!(running(&direct, table).await, [0, 0]);
+    assert_eq!(running(&direct, table, false).await, [0, 0]);
     assert_eq!(
         row_counts(&direct, table).await,
         [0, 0],
         "a cancelled COPY loads nothing"
     );
-    assert_usable(&client, &direct).await;
+    assert_usable(&client, &direct, APP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_gathered_copy_to_stdout_on_every_shard() {
     let table = "cancel_copy_out";
-    let (proxy, direct) = setup(&[table], "user_id bigint, name text").await;
-    let client = proxy.connect().await;
+    const APP: &str = "cancel_copy_out";
+    let (_proxy, client, direct) = setup(APP, &[table], "user_id bigint, name text").await;
     for id in 1..=10i64 {
         client
             .execute(
@@ -334,5 +370,5 @@ async fn a_cancel_stops_a_gathered_copy_to_stdout_on_every_shard() {
         (client, result)
     })
     .await;
-    assert_usable(&client, &direct).await;
+    assert_usable(&client, &direct, APP).await;
 }
