@@ -285,12 +285,13 @@ async fn row_counts(direct: &[Client; 2], table: &str) -> [i64; 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_split_copy_from_stdin_on_every_shard() {
-    let table = "cancel_copy_in";
-    // A row named 'slow' sleeps in its CHECK: the COPY is busy on each shard when cancelled.
+    const APP: &str = "cancel_copy_in";
+    let table = APP;
+    // A row named 'slow' sleeps in its CHECK, so each shard is busy with the COPY (not waiting
+    // for rows, when PostgreSQL honours a cancel only at the next row) when the cancel comes.
     let columns = format!(
         "user_id bigint, name text CHECK (name <> 'slow' OR pg_sleep({SLEEP}) IS NOT NULL)"
     );
-    const APP: &str = "cancel_copy_in";
     let (_proxy, client, direct) = setup(APP, &[table], &columns).await;
     let token = client.cancel_token();
     let slow: Vec<i64> = (0..2)
@@ -338,8 +339,8 @@ async fn a_cancel_stops_a_split_copy_from_stdin_on_every_shard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_a_gathered_copy_to_stdout_on_every_shard() {
-    let table = "cancel_copy_out";
     const APP: &str = "cancel_copy_out";
+    let table = APP;
     let (_proxy, client, direct) = setup(APP, &[table], "user_id bigint, name text").await;
     for id in 1..=10i64 {
         client
