@@ -1,6 +1,8 @@
 //! Cancel keys: each client gets its own BackendKeyData from pgshard, and a CancelRequest carrying it
-//! is forwarded to the server connections that client is using at that moment (none, one, or one
-//! per shard during a cross-shard read).
+//! is forwarded to the server connections that client is using at that moment: none, one, or
+//! one per shard while the session runs cross-shard work itself (a read, a write on several
+//! shards, a split or gathered COPY), registered for that work's duration by
+//! [`CancelSlot::reach_all`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,9 +17,13 @@ impl CancelSlot {
     pub fn set(&self, key: Option<Arc<ServerKey>>) {
         *lock(&self.0) = key.into_iter().collect();
     }
-    /// Several connections at once (a cross-shard read); cleared again when `SlotInUse` drops.
-    pub fn set_all(self: &Arc<Self>, keys: Vec<Arc<ServerKey>>) -> SlotInUse {
-        *lock(&self.0) = keys;
+    /// Every one of these connections (one per shard of a cross-shard statement) until the
+    /// returned guard drops; drop it before the connections go back to the pool.
+    pub fn reach_all<'a>(
+        self: &Arc<Self>,
+        keys: impl IntoIterator<Item = &'a Arc<ServerKey>>,
+    ) -> SlotInUse {
+        *lock(&self.0) = keys.into_iter().cloned().collect();
         SlotInUse(self.clone())
     }
     pub fn get(&self) -> Vec<Arc<ServerKey>> {
@@ -27,6 +33,7 @@ impl CancelSlot {
 
 /// Clears a [`CancelSlot`] on drop, so a cancel never reaches connections given back.
 #[derive(Debug)]
+#[must_use = "the connections stop being reachable by a cancel when this guard drops"]
 pub struct SlotInUse(Arc<CancelSlot>);
 
 impl Drop for SlotInUse {
@@ -110,7 +117,7 @@ mod tests {
             process_id: 8,
             ..key.clone()
         });
-        let in_use = guard.slot.set_all(vec![Arc::new(key.clone()), other]);
+        let in_use = guard.slot.reach_all(&[Arc::new(key.clone()), other]);
         assert_eq!(registry.lookup(pid, secret).len(), 2);
         drop(in_use);
         assert!(registry.lookup(pid, secret).is_empty());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::cancel::SlotInUse;
 use super::error::{Failure, MultiShardError, SessionError, Unsupported};
 use super::Session;
 use crate::backend::{catalog, BackendError, BackendManager};
@@ -166,6 +167,11 @@ impl<S: Stream> Session<S> {
                 rows: 0,
             });
         }
+        // A CancelRequest from the client reaches every shard until each has taken its rows.
+        let cancel = self
+            .cancel
+            .slot
+            .reach_all(parts.iter().map(|p| &p.conn.cancel_key));
         let copy = match copy.key_index {
             Some(_) => copy,
             None => match catalog::table_columns(&mut parts[0].conn, &copy.table_sql).await {
@@ -191,7 +197,7 @@ impl<S: Stream> Session<S> {
         self.client.output.extend_from_slice(&described);
         let outcome = self.stream_rows(&mut parts, &copy, &router).await;
         let failed = match outcome {
-            Ok(None) => finish_copy_in(&mut parts).await?,
+            Ok(None) => finish_copy_in(&mut parts, cancel).await?,
             Ok(Some(error)) => Some(error),
             Err(e) => {
                 abort(&mut parts, "the client connection failed").await?;
@@ -285,6 +291,11 @@ impl<S: Stream> Session<S> {
         for &shard in shards {
             conns.push(self.connection_for(shard, target).await?.0);
         }
+        // A CancelRequest from the client reaches every shard while they work.
+        let _cancel = self
+            .cancel
+            .slot
+            .reach_all(conns.iter().map(|c| &c.cancel_key));
         let mut query = BytesMut::new();
         build::query(&mut query, sql);
         for conn in conns.iter_mut() {
@@ -499,7 +510,10 @@ async fn start_copy_in(
 
 /// CopyDone to every shard, then COMMIT on every shard once all of them took their rows.
 /// `Some` when a shard failed before COMMIT (nothing is kept anywhere, after [`abort`]).
-async fn finish_copy_in(parts: &mut [Part]) -> Result<Option<Failure>, SessionError> {
+async fn finish_copy_in(
+    parts: &mut [Part],
+    cancel: SlotInUse,
+) -> Result<Option<Failure>, SessionError> {
     let mut done = BytesMut::new();
     message(&mut done, COPY_DONE, &[]);
     for part in parts.iter_mut().filter(|p| p.error.is_none()) {
@@ -511,6 +525,8 @@ async fn finish_copy_in(parts: &mut [Part]) -> Result<Option<Failure>, SessionEr
     if let Some(error) = first_error(parts) {
         return Ok(Some(error));
     }
+    // A cancel from here on could only fail some shards' COMMIT after others committed.
+    drop(cancel);
     // Every shard holds its rows, uncommitted: commit them all. A COMMIT failing on one shard
     // after another committed is the one case that leaves rows behind (see README).
     let mut commit_error = None;

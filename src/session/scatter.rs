@@ -130,8 +130,10 @@ impl<S: Stream> Session<S> {
             conns.push(self.connection_for(shard, target).await?.0);
         }
         // A CancelRequest from the client reaches every shard while they work.
-        let keys = conns.iter().map(|c| c.cancel_key.clone()).collect();
-        let _cancel = self.cancel.slot.set_all(keys);
+        let _cancel = self
+            .cancel
+            .slot
+            .reach_all(conns.iter().map(|c| &c.cancel_key));
         // Every shard starts working before any answer is read.
         for conn in conns.iter_mut() {
             conn.in_flight = true;
