@@ -19,6 +19,8 @@ mod scatter_extended;
 mod server_msg;
 pub mod settings;
 mod startup;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
