@@ -12,4 +12,5 @@ mod extended;
 mod prepared;
 mod protocol_errors;
 mod settings;
+mod shard_switch;
 mod transactions;
