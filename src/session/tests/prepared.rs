@@ -5,7 +5,7 @@
 use tokio_postgres::types::Type;
 
 use super::harness::{on, one_shard, server_name, within};
-use super::harness::{Msgs, PgClient, ScriptedServer};
+use super::harness::{Batch, Msgs, PgClient, RawClient, ScriptedServer};
 
 const SQL: &str = "SELECT name FROM users WHERE user_id = $1";
 
@@ -90,4 +90,40 @@ async fn a_parse_the_connection_already_has_is_answered_by_pgshard() {
     assert_eq!(server.conn_count(), 1);
     server.assert_done();
     drop((first, second));
+}
+
+#[tokio::test]
+async fn the_unnamed_statement_is_parsed_again_on_the_next_connection_before_its_describe() {
+    let server = ScriptedServer::start().await;
+    let shared = one_shard(&server, 2);
+    let mut a = RawClient::connect(&shared).await;
+    let parse = r#"P "" "SELECT 1 AS a""#;
+    server.script([on(&[parse, "S"]).reply(Msgs::new().parse_complete().ready(b'I'))]);
+    let got = a
+        .request(Batch::new().parse("", "SELECT 1 AS a", &[]).sync())
+        .await;
+    assert_eq!(got, ["1", "Z I"]);
+
+    // Client B holds that connection in a transaction, so A's next batch gets another one.
+    let mut b = RawClient::connect(&shared).await;
+    server.script([on(&[r#"Q "BEGIN""#]).reply(Msgs::new().command("BEGIN").ready(b'T'))]);
+    assert_eq!(
+        b.request(Batch::new().query("BEGIN")).await,
+        [r#"C "BEGIN""#, "Z T"]
+    );
+
+    let described = Msgs::new()
+        .parse_complete()
+        .params(&[])
+        .columns(&[("a", 23)])
+        .ready(b'I');
+    server.script([on(&[parse, r#"D S """#, "S"]).reply(described)]);
+    let got = a.request(Batch::new().describe_statement("").sync()).await;
+    assert_eq!(
+        got,
+        ["t []", "T [a]", "Z I"],
+        "pgshard's own ParseComplete is dropped"
+    );
+    assert_eq!(server.conn_count(), 2);
+    server.assert_done();
 }

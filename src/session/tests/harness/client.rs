@@ -98,6 +98,11 @@ impl Batch {
         self
     }
 
+    pub fn describe_statement(mut self, name: &str) -> Batch {
+        frontend::describe(b'S', name, &mut self.0).expect("describe");
+        self
+    }
+
     /// Execute of the unnamed portal, all rows.
     pub fn execute(mut self) -> Batch {
         frontend::execute("", 0, &mut self.0).expect("execute");
