@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::error::SessionError;
 use super::prepared::{Expect, Statement};
 use super::{Flow, Session};
@@ -138,6 +140,8 @@ impl<S: Stream> Session<S> {
             self.unnamed_plan = plan;
             self.unnamed_types = parse.param_types();
             self.unnamed_changes_session = changes;
+            self.unnamed_parse = Some(Bytes::copy_from_slice(&frame.bytes));
+            self.unnamed_held = false;
         } else {
             self.statements
                 .insert(parse.name, Arc::new(Statement::new(&parse, plan, changes)));
@@ -156,6 +160,7 @@ impl<S: Stream> Session<S> {
                     server_name: None,
                 };
                 self.send(&frame.bytes, Some(expect));
+                self.unnamed_held |= parse.name.is_empty();
                 return Ok(());
             }
         };
@@ -175,7 +180,12 @@ impl<S: Stream> Session<S> {
                 let renamed = bind.encode_renamed(&statement.server_name);
                 self.send(&renamed, Some(Expect::Bind));
             }
-            None => self.send(&frame.bytes, Some(Expect::Bind)),
+            None => {
+                if bind.statement.is_empty() {
+                    self.send_unnamed_if_missing();
+                }
+                self.send(&frame.bytes, Some(Expect::Bind));
+            }
         }
         Ok(())
     }
@@ -188,7 +198,12 @@ impl<S: Stream> Session<S> {
                 let renamed = Target::encode_statement(tag::DESCRIBE, &statement.server_name);
                 self.send(&renamed, Some(Expect::Describe));
             }
-            None => self.send(&frame.bytes, Some(Expect::Describe)),
+            None => {
+                if target.kind == TargetKind::Statement && target.name.is_empty() {
+                    self.send_unnamed_if_missing();
+                }
+                self.send(&frame.bytes, Some(Expect::Describe));
+            }
         }
         Ok(())
     }
@@ -226,6 +241,22 @@ impl<S: Stream> Session<S> {
             self.send_parse(&statement, false);
         }
         Some(statement)
+    }
+
+    /// Sends the client's unnamed statement to the held connection if it never got it (the batch
+    /// moved there after its Parse went elsewhere); that ParseComplete is not the client's.
+    fn send_unnamed_if_missing(&mut self) {
+        if self.unnamed_held {
+            return;
+        }
+        if let Some(parse) = self.unnamed_parse.clone() {
+            let expect = Expect::Parse {
+                forward: false,
+                server_name: None,
+            };
+            self.send(&parse, Some(expect));
+            self.unnamed_held = true;
+        }
     }
 
     fn server_has(&self, statement: &Statement) -> bool {

@@ -20,6 +20,8 @@ mod scatter_extended;
 mod server_msg;
 pub mod settings;
 mod startup;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -136,6 +138,10 @@ pub(crate) struct Session<S> {
     unnamed_types: Vec<u32>,
     /// The unnamed statement may change the server session's role or settings unseen.
     unnamed_changes_session: bool,
+    /// The client's last unnamed Parse, and whether the server connection held now got it: a
+    /// batch that moves to another connection sends it there before binding it.
+    unnamed_parse: Option<Bytes>,
+    unnamed_held: bool,
     /// The statement being run may: connections it reaches are reset before the next client.
     changes_session: bool,
     /// pgshard refused a statement inside the client's transaction: only its end may run.
@@ -186,6 +192,8 @@ impl<S: Stream> Session<S> {
             unnamed_plan: None,
             unnamed_types: Vec::new(),
             unnamed_changes_session: false,
+            unnamed_parse: None,
+            unnamed_held: false,
             changes_session: false,
             aborted: false,
             replay: None,
@@ -262,6 +270,7 @@ impl<S: Stream> Session<S> {
         let conn = self.connection_from(&pool).await?;
         self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
+        self.unnamed_held = false;
         Ok(())
     }
 

@@ -565,6 +565,7 @@ impl<S: Stream> Session<S> {
         let (conn, primary) = self.connection_for(shard, target).await?;
         self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
+        self.unnamed_held = false;
         self.held = Some(HeldServer { shard, primary });
         Ok(())
     }

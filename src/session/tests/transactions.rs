@@ -1,0 +1,122 @@
+//! Held-back BEGIN: pgshard answers BEGIN itself and sends it with the first statement that picks
+//! a shard, over the simple protocol and as tokio-postgres sends a transaction (simple BEGIN, then
+//! a prepared statement described on the default shard outside the transaction).
+
+use tokio_postgres::types::Type;
+
+use super::harness::{key_on, on, server_name, two_shards, within};
+use super::harness::{Batch, Msgs, PgClient, RawClient, ScriptedServer};
+
+#[tokio::test]
+async fn begin_waits_for_the_first_statement_and_goes_with_it_to_that_statements_shard() {
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let key = key_on(&shared, 1);
+
+    let got = client.request(Batch::new().query("BEGIN")).await;
+    assert_eq!(got, [r#"C "BEGIN""#, "Z T"], "answered by pgshard");
+    assert!(
+        s0.scripted_frames(0).is_empty(),
+        "the login connection got nothing"
+    );
+    assert_eq!(
+        s1.conn_count(),
+        0,
+        "no connection to the statement's shard yet"
+    );
+
+    let insert = format!("INSERT INTO users (user_id, name) VALUES ({key}, 'ann')");
+    s1.script([
+        on(&[r#"Q "BEGIN""#]).reply(Msgs::new().command("BEGIN").ready(b'T')),
+        on(&[&format!("Q {insert:?}")]).reply(Msgs::new().command("INSERT 0 1").ready(b'T')),
+        on(&[r#"Q "COMMIT""#]).reply(Msgs::new().command("COMMIT").ready(b'I')),
+    ]);
+    let got = client.request(Batch::new().query(&insert)).await;
+    assert_eq!(
+        got,
+        [r#"C "INSERT 0 1""#, "Z T"],
+        "BEGIN's own answer is not repeated"
+    );
+    let got = client.request(Batch::new().query("COMMIT")).await;
+    assert_eq!(got, [r#"C "COMMIT""#, "Z I"]);
+
+    let expected = [
+        r#"Q "BEGIN""#.to_string(),
+        format!("Q {insert:?}"),
+        r#"Q "COMMIT""#.to_string(),
+    ];
+    assert_eq!(s1.scripted_frames(0), expected);
+    assert!(
+        s0.scripted_frames(0).is_empty(),
+        "the default shard saw none of it"
+    );
+    s0.assert_done();
+    s1.assert_done();
+}
+
+#[tokio::test]
+async fn an_empty_transaction_never_reaches_a_server() {
+    let s0 = ScriptedServer::start().await;
+    let s1 = ScriptedServer::start().await;
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let got = client.request(Batch::new().query("BEGIN")).await;
+    assert_eq!(got, [r#"C "BEGIN""#, "Z T"]);
+    let got = client.request(Batch::new().query("COMMIT")).await;
+    assert_eq!(got, [r#"C "COMMIT""#, "Z I"]);
+    assert!(s0.scripted_frames(0).is_empty());
+    assert_eq!(s1.conn_count(), 0);
+    s0.assert_done();
+}
+
+#[tokio::test]
+async fn a_prepared_insert_in_a_transaction_is_described_outside_it_and_runs_after_begin() {
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let pg = PgClient::connect(&shared).await;
+    let key = key_on(&shared, 1);
+    let sql = "INSERT INTO users (user_id, name) VALUES ($1, 'ann')";
+    let name = server_name(sql, &[20]);
+    let parse = format!(r#"P "{name}" "{sql}" [20]"#);
+
+    within("BEGIN", pg.client.batch_execute("BEGIN"))
+        .await
+        .expect("BEGIN");
+    // tokio-postgres describes the statement before binding it: that runs on the default shard,
+    // outside the transaction (its ReadyForQuery says idle; the client is told "in transaction").
+    let described = Msgs::new().parse_complete().params(&[20]).no_data();
+    s0.script([on(&[&parse, &format!(r#"D S "{name}""#), "S"]).reply(described.ready(b'I'))]);
+    let statement = within("prepare", pg.client.prepare_typed(sql, &[Type::INT8]))
+        .await
+        .expect("prepare");
+
+    // The Bind picks s1: BEGIN goes first, then the Parse s1 lacks, then the Bind.
+    let bind = format!(r#"B "" "{name}" [x{key:016x}]"#);
+    let inserted = Msgs::new()
+        .parse_complete()
+        .bind_complete()
+        .command("INSERT 0 1")
+        .ready(b'T');
+    s1.script([
+        on(&[r#"Q "BEGIN""#]).reply(Msgs::new().command("BEGIN").ready(b'T')),
+        on(&[&parse, &bind, r#"E """#, "S"]).reply(inserted),
+        on(&[r#"Q "COMMIT""#]).reply(Msgs::new().command("COMMIT").ready(b'I')),
+    ]);
+    let rows = within("insert", pg.client.execute(&statement, &[&key]))
+        .await
+        .expect("insert");
+    assert_eq!(rows, 1);
+    within("COMMIT", pg.client.batch_execute("COMMIT"))
+        .await
+        .expect("COMMIT");
+
+    s0.assert_done();
+    s1.assert_done();
+    assert_eq!(
+        s0.scripted_frames(0).len(),
+        3,
+        "only the Describe ran on s0"
+    );
+    drop(statement);
+}
