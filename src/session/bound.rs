@@ -12,12 +12,12 @@ use super::fanout::FanOut;
 use super::scatter_extended::ExtendedScatter;
 use super::Session;
 use crate::config::PoolMode;
-use crate::router::{Params, TransactionControl, TransactionMode};
+use crate::router::{Params, TransactionControl};
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::{Bind, Execute, Target as Named, TargetKind};
-use crate::wire::{Frame, TransactionStatus};
+use crate::wire::Frame;
 
 /// A portal bound by pgshard, waiting for its Execute.
 pub(super) enum Bound {
@@ -59,9 +59,7 @@ impl<S: Stream> Session<S> {
         let free = self.server.is_none();
         let tag = match control {
             TransactionControl::Begin { read_only }
-                if free
-                    && self.status == TransactionStatus::Idle
-                    && self.mode == PoolMode::Transaction =>
+                if free && self.tx.is_outside() && self.mode == PoolMode::Transaction =>
             {
                 let Ok((sql, types)) = self.bound_statement(bind.statement) else {
                     return Ok(false);
@@ -71,22 +69,16 @@ impl<S: Stream> Session<S> {
                 }
                 let mut begin = BytesMut::new();
                 build::query(&mut begin, &sql);
-                self.begin = Some(begin.freeze());
-                self.status = TransactionStatus::InTransaction;
-                self.ctx.transaction = if read_only {
-                    TransactionMode::ReadOnly
-                } else {
-                    TransactionMode::ReadWrite
-                };
+                self.tx.hold_begin(begin.freeze(), read_only);
                 "BEGIN"
             }
-            TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
-                self.end_held_transaction(control)
+            TransactionControl::Commit | TransactionControl::Rollback if self.tx.is_held_back() => {
+                self.tx.end_held_back(control)
             }
             _ => return Ok(false),
         };
         self.answer_parses_and_bind();
-        self.bound = Some(Box::new(Bound::Answer {
+        self.proto.bound = Some(Box::new(Bound::Answer {
             portal: bind.portal.to_vec(),
             tag,
         }));
@@ -112,7 +104,7 @@ impl<S: Stream> Session<S> {
             }
         };
         self.answer_parses_and_bind();
-        self.bound = Some(Box::new(Bound::FanOut {
+        self.proto.bound = Some(Box::new(Bound::FanOut {
             prefix,
             work,
             portal: bind.portal.to_vec(),
@@ -133,7 +125,7 @@ impl<S: Stream> Session<S> {
             .flatten()
         {
             Some(statement) => statement.plan.clone(),
-            None => self.unnamed_plan.clone(),
+            None => self.unnamed.plan.clone(),
         };
         let plan = plan.ok_or(Unsupported::SplitUnknownStatement)?;
         let params = bind.params()?;
@@ -165,7 +157,7 @@ impl<S: Stream> Session<S> {
         &mut self,
         frame: Frame,
     ) -> Result<Option<Frame>, SessionError> {
-        let Some(bound) = self.bound.take() else {
+        let Some(bound) = self.proto.bound.take() else {
             return Ok(Some(frame));
         };
         match frame.tag() {
@@ -180,11 +172,11 @@ impl<S: Stream> Session<S> {
                     Bound::FanOut { describe, .. } => *describe = true,
                     Bound::Answer { .. } => self.answer(build::no_data),
                 }
-                self.bound = Some(bound);
+                self.proto.bound = Some(bound);
                 Ok(None)
             }
             tag::FLUSH => {
-                self.bound = Some(bound);
+                self.proto.bound = Some(bound);
                 Ok(None)
             }
             tag::EXECUTE => {

@@ -23,22 +23,22 @@ impl<S: Stream> Session<S> {
             if t == tag::TERMINATE {
                 return Ok(Flow::Exit);
             }
-            if self.skipping_until_sync {
+            if self.proto.skipping_until_sync {
                 if t == tag::SYNC {
-                    self.skipping_until_sync = false;
-                    if self.server.is_some() && self.awaiting_sync {
+                    self.proto.skipping_until_sync = false;
+                    if self.server.is_some() && self.proto.awaiting_sync {
                         // Part of this batch went to the server: its Sync ends it there, and the
                         // server's ReadyForQuery follows the refusal.
                         self.forward(frame)?;
                     } else {
-                        let status = self.status;
+                        let status = self.tx.status();
                         self.answer(|out| build::ready_for_query(out, status));
                     }
                 }
                 continue;
             }
             if let Some(frame) = self.dispatch(frame).await? {
-                self.stalled = Some(frame);
+                self.proto.stalled = Some(frame);
                 break;
             }
         }
@@ -47,7 +47,7 @@ impl<S: Stream> Session<S> {
     }
 
     fn next_client_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        if let Some(frame) = self.stalled.take() {
+        if let Some(frame) = self.proto.stalled.take() {
             return Ok(Some(frame));
         }
         Ok(self.client.next_frame(self.max_message)?)
@@ -61,17 +61,17 @@ impl<S: Stream> Session<S> {
         match frame.tag() {
             tag::QUERY => {
                 self.send(&frame.bytes, Some(Expect::Ready));
-                self.awaiting_sync = false;
+                self.proto.awaiting_sync = false;
             }
             // The server ignores a Sync in copy-in mode, so no ReadyForQuery is owed for it.
-            tag::SYNC if self.copy_in => self.send(&frame.bytes, None),
+            tag::SYNC if self.proto.copy_in => self.send(&frame.bytes, None),
             tag::SYNC | tag::FUNCTION_CALL => {
                 self.send(&frame.bytes, Some(Expect::Ready));
-                self.awaiting_sync = false;
+                self.proto.awaiting_sync = false;
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
                 self.send(&frame.bytes, None);
-                self.copy_in = false;
+                self.proto.copy_in = false;
             }
             tag::PARSE => self.forward_parse(&frame)?,
             tag::BIND => self.forward_bind(&frame)?,
@@ -79,11 +79,11 @@ impl<S: Stream> Session<S> {
             tag::CLOSE => self.forward_close(&frame)?,
             tag::EXECUTE => {
                 self.send(&frame.bytes, Some(Expect::Execute));
-                self.awaiting_sync = true;
+                self.proto.awaiting_sync = true;
             }
             tag::FLUSH => {
                 self.send(&frame.bytes, None);
-                self.awaiting_sync = true;
+                self.proto.awaiting_sync = true;
             }
             // CopyData, CopyDone, CopyFail, and anything else: the server judges it.
             _ => self.send(&frame.bytes, None),
@@ -93,7 +93,7 @@ impl<S: Stream> Session<S> {
 
     pub(super) fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
         if let Some(expect) = expect {
-            self.expect.push_back(expect);
+            self.proto.expect.push_back(expect);
         }
         if let Some(conn) = self.server.as_deref_mut() {
             conn.io.output.extend_from_slice(bytes);
@@ -118,7 +118,7 @@ impl<S: Stream> Session<S> {
             tag::BIND => {
                 let bind = Bind::decode(frame.body())?;
                 self.changes_session = if bind.statement.is_empty() {
-                    self.unnamed_changes_session
+                    self.unnamed.changes_session
                 } else {
                     self.statements
                         .get(bind.statement)
@@ -137,11 +137,11 @@ impl<S: Stream> Session<S> {
         let plan = self.plan_text(parse.query());
         let changes = self.may_change_session(parse.query());
         if parse.name.is_empty() {
-            self.unnamed_plan = plan;
-            self.unnamed_types = parse.param_types();
-            self.unnamed_changes_session = changes;
-            self.unnamed_parse = Some(Bytes::copy_from_slice(&frame.bytes));
-            self.unnamed_held = false;
+            self.unnamed.plan = plan;
+            self.unnamed.types = parse.param_types();
+            self.unnamed.changes_session = changes;
+            self.unnamed.parse = Some(Bytes::copy_from_slice(&frame.bytes));
+            self.unnamed.held = false;
         } else {
             self.statements
                 .insert(parse.name, Arc::new(Statement::new(&parse, plan, changes)));
@@ -150,7 +150,7 @@ impl<S: Stream> Session<S> {
     }
 
     fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        self.awaiting_sync = true;
+        self.proto.awaiting_sync = true;
         let parse = Parse::decode(frame.body())?;
         let statement = match self.statements.get(parse.name) {
             Some(statement) if !parse.name.is_empty() => statement,
@@ -160,12 +160,12 @@ impl<S: Stream> Session<S> {
                     server_name: None,
                 };
                 self.send(&frame.bytes, Some(expect));
-                self.unnamed_held |= parse.name.is_empty();
+                self.unnamed.held |= parse.name.is_empty();
                 return Ok(());
             }
         };
         if self.server_has(&statement) {
-            self.expect.push_back(Expect::MadeUpParseComplete);
+            self.proto.expect.push_back(Expect::MadeUpParseComplete);
         } else {
             self.send_parse(&statement, true);
         }
@@ -173,7 +173,7 @@ impl<S: Stream> Session<S> {
     }
 
     fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        self.awaiting_sync = true;
+        self.proto.awaiting_sync = true;
         let bind = Bind::decode(frame.body())?;
         match self.named_statement(bind.statement) {
             Some(statement) => {
@@ -191,7 +191,7 @@ impl<S: Stream> Session<S> {
     }
 
     fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        self.awaiting_sync = true;
+        self.proto.awaiting_sync = true;
         let target = Target::decode(frame.body(), "Describe")?;
         match self.statement_target(&target) {
             Some(statement) => {
@@ -209,12 +209,12 @@ impl<S: Stream> Session<S> {
     }
 
     fn forward_close(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        self.awaiting_sync = true;
+        self.proto.awaiting_sync = true;
         let target = Target::decode(frame.body(), "Close")?;
         if target.kind == TargetKind::Statement && !target.name.is_empty() {
             // Server connections keep the statement for other clients; only this client forgets it.
             self.statements.remove(target.name);
-            self.expect.push_back(Expect::MadeUpCloseComplete);
+            self.proto.expect.push_back(Expect::MadeUpCloseComplete);
         } else {
             self.send(&frame.bytes, Some(Expect::Close));
         }
@@ -246,16 +246,16 @@ impl<S: Stream> Session<S> {
     /// Sends the client's unnamed statement to the held connection if it never got it (the batch
     /// moved there after its Parse went elsewhere); that ParseComplete is not the client's.
     fn send_unnamed_if_missing(&mut self) {
-        if self.unnamed_held {
+        if self.unnamed.held {
             return;
         }
-        if let Some(parse) = self.unnamed_parse.clone() {
+        if let Some(parse) = self.unnamed.parse.clone() {
             let expect = Expect::Parse {
                 forward: false,
                 server_name: None,
             };
             self.send(&parse, Some(expect));
-            self.unnamed_held = true;
+            self.unnamed.held = true;
         }
     }
 

@@ -62,7 +62,7 @@ impl<S: Stream> Session<S> {
         simple: bool,
     ) -> Result<bool, SessionError> {
         if self.server.is_some() {
-            if self.awaiting_sync || self.status != TransactionStatus::Idle {
+            if self.proto.awaiting_sync || !self.tx.is_outside() {
                 return Err(Unsupported::CopyMidBatch.into());
             }
             return Ok(false);
@@ -81,7 +81,7 @@ impl<S: Stream> Session<S> {
         if let Some(error) = failed {
             error.write_to(&mut self.client.output);
             if !simple {
-                self.skipping_until_sync = true;
+                self.proto.skipping_until_sync = true;
             }
         }
         if simple {
@@ -104,7 +104,7 @@ impl<S: Stream> Session<S> {
         }
         let bind = Bind::decode(frame.body())?;
         let mut sql = None;
-        for pending in std::mem::take(&mut self.pending) {
+        for pending in std::mem::take(&mut self.proto.pending) {
             if pending.tag() == client_tag::PARSE {
                 let parse = Parse::decode(pending.body())?;
                 if parse.name == bind.statement {

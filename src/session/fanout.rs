@@ -161,7 +161,7 @@ impl<S: Stream> Session<S> {
             build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         } else {
             // After an error the rest of the batch is skipped, as PostgreSQL does.
-            self.skipping_until_sync = failed;
+            self.proto.skipping_until_sync = failed;
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ impl<S: Stream> Session<S> {
         let mut server = self.server.as_deref_mut();
         let server_queued = server.as_ref().map_or(0, |c| c.io.output.len());
         // While a frame waits for a route, the client's later frames wait behind it.
-        let read_client = server_queued < HIGH_WATER && self.stalled.is_none();
+        let read_client = server_queued < HIGH_WATER && self.proto.stalled.is_none();
         let read_server = self.client.output.len() < HIGH_WATER;
         let client = &mut self.client;
         poll_fn(|cx| {

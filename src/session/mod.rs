@@ -22,6 +22,7 @@ pub mod settings;
 mod startup;
 #[cfg(test)]
 mod tests;
+mod transaction;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -32,9 +33,9 @@ use bytes::{Bytes, BytesMut};
 
 use self::cancel::CancelGuard;
 use self::error::SessionError;
-use self::isolation::IsolationInForce;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;
+use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::config::PoolMode;
@@ -117,39 +118,35 @@ enum Flow {
 pub(crate) struct Session<S> {
     /// The client's connection: what it sent (`client.input`), what goes to it (`client.output`).
     client: Conn<S>,
+    /// The server connection held now (for the client's transaction or the current request),
+    /// which shard and kind it is, and the frames to run again if a replica read loses it.
     server: Option<Pooled<BackendManager>>,
-    /// Which shard and server kind `server` belongs to.
     held: Option<HeldServer>,
-    /// The isolation level the client's transactions run at (for cross-shard reads).
-    isolation: IsolationInForce,
+    replay: Option<Vec<BytesMut>>,
+    /// What the server owes for what was sent, and where the client's extended batch stands.
+    proto: Protocol,
+    /// The client's transaction: outside, held back, or on the server; failed; isolation.
+    tx: ClientTransaction,
+    /// The client's prepared statements, and its unnamed one.
+    statements: ClientStatements,
+    unnamed: Unnamed,
+    /// The statement being run may change the server session's role or settings unseen:
+    /// connections it reaches are reset before the next client.
+    changes_session: bool,
+    /// Who the client is and what it asked for: settings, `SET pgshard.*` overrides.
     shared: Arc<Shared>,
     user: String,
     settings: Settings,
-    /// The session's `SET pgshard.*` overrides and transaction mode, for the router.
     ctx: RouteContext,
-    /// Frames (Parses) waiting for the frame that decides their route.
-    pending: Vec<Frame>,
-    /// A frame waiting until the server connection held now is released.
-    stalled: Option<Frame>,
-    /// A BEGIN answered by pgshard, to be sent with the first statement that picks the shard.
-    begin: Option<Bytes>,
-    /// Plan and declared parameter types of the unnamed statement of the current batch.
-    unnamed_plan: Option<Arc<Plan>>,
-    unnamed_types: Vec<u32>,
-    /// The unnamed statement may change the server session's role or settings unseen.
-    unnamed_changes_session: bool,
-    /// The client's last unnamed Parse, and whether the server connection held now got it: a
-    /// batch that moves to another connection sends it there before binding it.
-    unnamed_parse: Option<Bytes>,
-    unnamed_held: bool,
-    /// The statement being run may: connections it reaches are reset before the next client.
-    changes_session: bool,
-    /// pgshard refused a statement inside the client's transaction: only its end may run.
-    aborted: bool,
-    /// Client frames of the current plain replica read, kept so it can run elsewhere if its
-    /// server goes away before the client has seen any of the answer.
-    replay: Option<Vec<BytesMut>>,
-    statements: ClientStatements,
+    cancel: CancelGuard,
+    mode: PoolMode,
+    max_message: usize,
+}
+
+/// Where the client's protocol stands with the held server connection.
+#[derive(Default)]
+struct Protocol {
+    /// Responses owed (or to make up), in the order they reach the client.
     expect: VecDeque<Expect>,
     /// Extended-protocol messages were sent since the last Sync.
     awaiting_sync: bool,
@@ -157,53 +154,51 @@ pub(crate) struct Session<S> {
     skipping_until_sync: bool,
     /// The server is in copy-in mode: it ignores Sync and Flush until CopyDone or CopyFail.
     copy_in: bool,
+    /// Frames (Parses) waiting for the frame that decides their route.
+    pending: Vec<Frame>,
+    /// A frame waiting until the server connection held now is released.
+    stalled: Option<Frame>,
     /// A portal pgshard bound itself (a cross-shard read, a held-back BEGIN), until its Execute.
     bound: Option<Box<bound::Bound>>,
-    /// Transaction status as the client last saw it.
-    status: TransactionStatus,
-    cancel: CancelGuard,
-    mode: PoolMode,
-    max_message: usize,
+}
+
+/// The client's unnamed statement of the current batch.
+#[derive(Default)]
+struct Unnamed {
+    /// Its plan and declared parameter types.
+    plan: Option<Arc<Plan>>,
+    types: Vec<u32>,
+    /// It may change the server session's role or settings unseen.
+    changes_session: bool,
+    /// Its Parse, and whether the server connection held now got it: a batch that moves to
+    /// another connection sends it there before binding it.
+    parse: Option<Bytes>,
+    held: bool,
 }
 
 impl<S: Stream> Session<S> {
     fn new(client: Conn<S>, shared: Arc<Shared>, user: String, settings: Settings) -> Self {
         let cancel = shared.cancel.register();
+        let startup_isolation = settings
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
+            .map(|(_, value)| value.as_str());
         Session {
             client,
             server: None,
             held: None,
-            isolation: IsolationInForce::new(
-                shared.server_default_isolation(),
-                settings
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
-                    .map(|(_, value)| value.as_str()),
-            ),
+            replay: None,
+            proto: Protocol::default(),
+            tx: ClientTransaction::new(shared.server_default_isolation(), startup_isolation),
+            statements: ClientStatements::default(),
+            unnamed: Unnamed::default(),
+            changes_session: false,
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,
             user,
             settings,
             ctx: RouteContext::default(),
-            pending: Vec::new(),
-            stalled: None,
-            begin: None,
-            unnamed_plan: None,
-            unnamed_types: Vec::new(),
-            unnamed_changes_session: false,
-            unnamed_parse: None,
-            unnamed_held: false,
-            changes_session: false,
-            aborted: false,
-            replay: None,
-            statements: ClientStatements::default(),
-            expect: VecDeque::new(),
-            awaiting_sync: false,
-            skipping_until_sync: false,
-            copy_in: false,
-            bound: None,
-            status: TransactionStatus::Idle,
             cancel,
         }
     }
@@ -233,7 +228,7 @@ impl<S: Stream> Session<S> {
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         loop {
             self.release_if_done();
-            let event = if self.stalled.is_some() && self.server.is_none() {
+            let event = if self.proto.stalled.is_some() && self.server.is_none() {
                 // The frame that waited for a route can go now.
                 io::Event::Resume
             } else {
@@ -241,7 +236,7 @@ impl<S: Stream> Session<S> {
             };
             let flow = match event {
                 io::Event::ClientClosed => Flow::Exit,
-                io::Event::ClientData if self.stalled.is_some() => Flow::Continue,
+                io::Event::ClientData if self.proto.stalled.is_some() => Flow::Continue,
                 io::Event::ClientData | io::Event::Resume => self.on_client_data().await?,
                 io::Event::ServerData => {
                     if let Err(e) = self.on_server_data() {
@@ -270,7 +265,7 @@ impl<S: Stream> Session<S> {
         let conn = self.connection_from(&pool).await?;
         self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
-        self.unnamed_held = false;
+        self.unnamed.held = false;
         Ok(())
     }
 
@@ -301,7 +296,10 @@ impl<S: Stream> Session<S> {
 
     /// In transaction mode, gives the server connection back once it is idle with nothing owed.
     fn release_if_done(&mut self) {
-        if self.mode != PoolMode::Transaction || !self.expect.is_empty() || self.awaiting_sync {
+        if self.mode != PoolMode::Transaction
+            || !self.proto.expect.is_empty()
+            || self.proto.awaiting_sync
+        {
             return;
         }
         let Some(conn) = self.server.as_deref_mut() else {
@@ -315,22 +313,28 @@ impl<S: Stream> Session<S> {
         }
         conn.in_flight = false;
         tracing::trace!(key = self.cancel.key.0, "release");
-        self.cancel.slot.set(None);
-        self.server = None;
-        self.held = None;
-        self.replay = None;
+        self.let_go_of_server();
         // An idle client keeps no buffers.
         self.client.shrink_idle();
     }
 
+    /// Stops holding the server connection (back to the pool, or closed if it is marked
+    /// broken or in flight): the one place a session lets go of it.
+    fn let_go_of_server(&mut self) -> Option<Pooled<BackendManager>> {
+        self.cancel.slot.set(None);
+        self.held = None;
+        self.replay = None;
+        self.server.take()
+    }
+
     /// Queues bytes pgshard answers itself, behind whatever the server still owes the client.
     pub(super) fn answer(&mut self, write: impl FnOnce(&mut BytesMut)) {
-        if self.expect.is_empty() {
+        if self.proto.expect.is_empty() {
             write(&mut self.client.output);
         } else {
             let mut bytes = BytesMut::new();
             write(&mut bytes);
-            self.expect.push_back(Expect::Answer(bytes.freeze()));
+            self.proto.expect.push_back(Expect::Answer(bytes.freeze()));
         }
     }
 
@@ -352,8 +356,9 @@ impl<S: Stream> Session<S> {
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.in_flight |=
-                !self.expect.is_empty() || self.awaiting_sync || !conn.io.output.is_empty();
+            conn.in_flight |= !self.proto.expect.is_empty()
+                || self.proto.awaiting_sync
+                || !conn.io.output.is_empty();
             if self.mode == PoolMode::Session {
                 conn.needs_discard = true;
             }

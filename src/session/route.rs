@@ -16,13 +16,13 @@ use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
 use crate::pool::Pooled;
 use crate::router::{
-    normalize_literals, Execution, HeldServer, OverrideChange, Params, Plan, Route, SessionView,
-    StatementKind, Target, TransactionControl, TransactionMode, TransactionView,
+    normalize_literals, Execution, HeldServer, OverrideChange, Params, Plan, Route, RouteContext,
+    SessionView, StatementKind, Target, TransactionControl,
 };
 use crate::transport::Stream;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
-use crate::wire::{build, Frame, TransactionStatus};
+use crate::wire::{build, Frame};
 
 /// What to do with a client frame: the router's [`Execution`] for statements, or the session's
 /// own protocol steps around it.
@@ -46,7 +46,7 @@ impl<S: Stream> Session<S> {
     /// Routes one client frame and forwards it. Gives the frame back when it must wait until the
     /// server connection held now is released (it goes elsewhere and no transaction pins it).
     pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
-        let frame = if self.bound.is_some() {
+        let frame = if self.proto.bound.is_some() {
             match self.continue_bound(frame).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(None),
@@ -69,7 +69,7 @@ impl<S: Stream> Session<S> {
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         match decision {
             Decision::Run(execution) => return self.execute(frame, execution, simple).await,
-            Decision::Pending => self.pending.push(frame),
+            Decision::Pending => self.proto.pending.push(frame),
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
@@ -176,13 +176,13 @@ impl<S: Stream> Session<S> {
     fn answer_override(&mut self, change: &OverrideChange) {
         self.ctx.apply(change);
         if *change == OverrideChange::ResetAll {
-            self.isolation.reset_default();
+            self.tx.reset_isolation_default();
         }
         let tag = match change {
             OverrideChange::ShardKey(_) | OverrideChange::Shard(_) => "SET",
             _ => "RESET",
         };
-        let status = self.status;
+        let status = self.tx.status();
         self.answer(|out| {
             build::command_complete(out, tag);
             build::ready_for_query(out, status);
@@ -210,19 +210,16 @@ impl<S: Stream> Session<S> {
 
     /// Reports an error for a statement that will not run, keeping the protocol in step.
     fn refuse(&mut self, e: &SessionError, simple: bool) {
-        if self.status != TransactionStatus::Idle {
-            // As in PostgreSQL, an error aborts the transaction: nothing more runs in it, and
-            // COMMIT rolls it back.
-            self.aborted = true;
-            self.status = TransactionStatus::Failed;
-        }
+        // As in PostgreSQL, an error aborts the transaction: nothing more runs in it, and
+        // COMMIT rolls it back.
+        self.tx.abort();
         self.report_error(e);
         if simple {
-            let status = self.status;
+            let status = self.tx.status();
             self.answer(|out| build::ready_for_query(out, status));
         } else {
-            self.pending.clear();
-            self.skipping_until_sync = true;
+            self.proto.pending.clear();
+            self.proto.skipping_until_sync = true;
         }
     }
 
@@ -240,16 +237,16 @@ impl<S: Stream> Session<S> {
         }
         let body = frame.body();
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-        if !self.aborted {
+        if !self.tx.is_aborted() {
             if let Some(decision) = self.route_normalized(&sql) {
                 return decision;
             }
         }
         let plan = self.shared.plan(&sql);
-        if self.aborted {
+        if self.tx.is_aborted() {
             return self.while_aborted(&plan, frame);
         }
-        self.isolation.note(plan.isolation_change());
+        self.tx.note_isolation(plan.isolation_change());
         if let StatementKind::Transaction(control) = plan.kind() {
             if let Some(answered) = self.transaction_control(*control, frame) {
                 return answered;
@@ -260,14 +257,14 @@ impl<S: Stream> Session<S> {
             }
         }
         let router = self.shared.router.load();
-        let route = router.route(&plan, &Params::NONE, &self.ctx);
+        let route = router.route(&plan, &Params::NONE, self.route_context());
         Decision::Run(router.execution(&plan, route, &self.view(true)))
     }
 
     /// Routes a statement by the plan of its text with literals as parameters, so statements that
     /// differ only in their literals share one cached plan. Used only when that plan is a parsed
     /// read or write landing on exactly one shard; anything else is planned from the original text.
-    fn route_normalized(&self, sql: &str) -> Option<Decision> {
+    fn route_normalized(&mut self, sql: &str) -> Option<Decision> {
         let (normalized, literals) = normalize_literals(sql)?;
         let plan = self.shared.plan(&normalized);
         if !plan.is_parsed() || !matches!(plan.kind(), StatementKind::Read | StatementKind::Write) {
@@ -276,7 +273,7 @@ impl<S: Stream> Session<S> {
         let values: Vec<Option<&[u8]>> = literals.iter().map(|l| Some(l.as_bytes())).collect();
         let params = Params::new(&values, &[]);
         let router = self.shared.router.load();
-        match router.route(&plan, &params, &self.ctx) {
+        match router.route(&plan, &params, self.route_context()) {
             Ok(route @ Route::Shard { .. }) => Some(Decision::Run(router.execution(
                 &plan,
                 Ok(route),
@@ -297,49 +294,28 @@ impl<S: Stream> Session<S> {
         let free = self.server.is_none();
         match control {
             TransactionControl::Begin { read_only } => {
-                self.ctx.transaction = if read_only {
-                    TransactionMode::ReadOnly
-                } else {
-                    TransactionMode::ReadWrite
-                };
-                if !free || self.status != TransactionStatus::Idle || self.mode == PoolMode::Session
-                {
+                if !free || !self.tx.is_outside() || self.mode == PoolMode::Session {
+                    self.tx.note_begin(read_only);
                     return None;
                 }
-                self.begin = Some(Bytes::copy_from_slice(&frame.bytes));
-                self.status = TransactionStatus::InTransaction;
+                self.tx
+                    .hold_begin(Bytes::copy_from_slice(&frame.bytes), read_only);
                 self.answer(|out| build::command_complete(out, "BEGIN"));
             }
-            TransactionControl::Commit | TransactionControl::Rollback if self.begin.is_some() => {
-                let tag = self.end_held_transaction(control);
+            TransactionControl::Commit | TransactionControl::Rollback if self.tx.is_held_back() => {
+                let tag = self.tx.end_held_back(control);
                 self.answer(|out| build::command_complete(out, tag));
             }
             _ => return None,
         }
-        let status = self.status;
+        let status = self.tx.status();
         self.answer(|out| build::ready_for_query(out, status));
         Some(Decision::Answered)
     }
 
-    /// Ends a transaction whose BEGIN is still held back (it never reached a server): its
-    /// CommandComplete tag, ROLLBACK for a COMMIT of a transaction pgshard aborted.
-    pub(super) fn end_held_transaction(&mut self, control: TransactionControl) -> &'static str {
-        self.begin = None;
-        self.aborted = false;
-        self.isolation.end_transaction();
-        self.ctx.transaction = TransactionMode::Outside;
-        let failed = self.status == TransactionStatus::Failed;
-        self.status = TransactionStatus::Idle;
-        if control == TransactionControl::Commit && !failed {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        }
-    }
-
     /// Answers the batch's pending Parses and a Bind that pgshard handles itself.
     pub(super) fn answer_parses_and_bind(&mut self) {
-        let parses = std::mem::take(&mut self.pending).len();
+        let parses = std::mem::take(&mut self.proto.pending).len();
         self.answer(|out| {
             for _ in 0..parses {
                 build::parse_complete(out);
@@ -358,18 +334,18 @@ impl<S: Stream> Session<S> {
             control,
             TransactionControl::Commit | TransactionControl::Rollback
         );
-        if ends && self.begin.is_some() {
+        if ends && self.tx.is_held_back() {
             if let Some(answered) = self.transaction_control(*control, frame) {
                 return answered;
             }
         }
         match control {
             TransactionControl::Rollback | TransactionControl::RollbackTo => {
-                self.aborted = false;
+                self.tx.clear_abort();
                 self.held_or(self.default_route())
             }
             TransactionControl::Commit if self.server.is_some() => {
-                self.aborted = false;
+                self.tx.clear_abort();
                 let mut rollback = bytes::BytesMut::new();
                 build::query(&mut rollback, "ROLLBACK");
                 Decision::ForwardAs(Frame { bytes: rollback })
@@ -406,11 +382,11 @@ impl<S: Stream> Session<S> {
             .flatten();
         let plan = match &statement {
             Some(s) => s.plan.clone(),
-            None if bind.statement.is_empty() => self.unnamed_plan.clone(),
+            None if bind.statement.is_empty() => self.unnamed.plan.clone(),
             None => None,
         };
         if let Some(plan) = plan.as_deref() {
-            self.isolation.note(plan.isolation_change());
+            self.tx.note_isolation(plan.isolation_change());
         }
         if let Some(StatementKind::Transaction(control)) = plan.as_deref().map(Plan::kind) {
             let control = *control;
@@ -422,19 +398,20 @@ impl<S: Stream> Session<S> {
                 TransactionControl::Rollback | TransactionControl::RollbackTo
             ) {
                 // As in PostgreSQL, a rollback ends what an error aborted.
-                self.aborted = false;
+                self.tx.clear_abort();
             }
         }
-        if self.aborted {
+        if self.tx.is_aborted() {
             return Ok(Decision::Failed(SessionError::TransactionAborted));
         }
         let Some(plan) = plan else {
             // Unknown statement: the server answers with its own error.
             return Ok(self.held_or(self.default_route()));
         };
+        self.ctx.transaction = self.tx.mode();
         let types = match &statement {
             Some(s) => &s.param_types[..],
-            None => &self.unnamed_types[..],
+            None => &self.unnamed.types[..],
         };
         let params = bind.params()?;
         let router = self.shared.router.load();
@@ -455,7 +432,7 @@ impl<S: Stream> Session<S> {
         if self.server.is_some() {
             return Decision::Run(Execution::Held);
         }
-        if self.pending.is_empty() {
+        if self.proto.pending.is_empty() {
             match t {
                 // Leftovers of a COPY that already failed: PostgreSQL ignores them too.
                 tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::FLUSH => {
@@ -463,7 +440,7 @@ impl<S: Stream> Session<S> {
                 }
                 // Nothing is pending, so the answer is known without a server.
                 tag::SYNC => {
-                    let status = self.status;
+                    let status = self.tx.status();
                     self.answer(|out| build::ready_for_query(out, status));
                     return Decision::Answered;
                 }
@@ -486,23 +463,20 @@ impl<S: Stream> Session<S> {
         }
     }
 
+    /// The overrides and the transaction's access mode, as the router reads them.
+    fn route_context(&mut self) -> &RouteContext {
+        self.ctx.transaction = self.tx.mode();
+        &self.ctx
+    }
+
     /// What the router needs to know about this session to decide.
     fn view(&self, simple: bool) -> SessionView {
-        let transaction = if self.status == TransactionStatus::Idle {
-            TransactionView::Outside
-        } else if self.begin.is_some() {
-            TransactionView::HeldBack {
-                isolation: self.isolation.in_force(),
-            }
-        } else {
-            TransactionView::OnServer
-        };
         SessionView {
             pool_mode: self.mode,
             simple,
             held: self.held,
-            transaction,
-            frames_waiting: self.pending.iter().any(|f| f.tag() != tag::PARSE),
+            transaction: self.tx.view(),
+            frames_waiting: self.proto.pending.iter().any(|f| f.tag() != tag::PARSE),
         }
     }
 
@@ -516,7 +490,7 @@ impl<S: Stream> Session<S> {
     ) -> Result<bool, SessionError> {
         if let Some(held) = self.held {
             // The held connection carries the client's transaction once its BEGIN was sent.
-            let in_transaction = self.status != TransactionStatus::Idle && self.begin.is_none();
+            let in_transaction = self.tx.is_on_server();
             if held.shard == shard && (held.primary || target == Target::Replica || in_transaction)
             {
                 return Ok(true);
@@ -537,10 +511,10 @@ impl<S: Stream> Session<S> {
             return Ok(false);
         }
         self.checkout_route(shard, target).await?;
-        let plain_read = target == Target::Replica && self.status == TransactionStatus::Idle;
+        let plain_read = target == Target::Replica && self.tx.is_outside();
         self.replay = (plain_read && self.held.is_some_and(|h| !h.primary)).then(Vec::new);
         if start_transaction {
-            if let Some(begin) = self.begin.take() {
+            if let Some(begin) = self.tx.take_begin() {
                 self.send(&begin, Some(Expect::Hidden));
             }
         }
@@ -551,11 +525,11 @@ impl<S: Stream> Session<S> {
     /// ReadyForQuery is not the client's), so that connection can be released and the rest of
     /// the batch go elsewhere.
     fn end_held_batch(&mut self) {
-        if self.awaiting_sync {
+        if self.proto.awaiting_sync {
             let mut sync = bytes::BytesMut::new();
             build::sync(&mut sync);
             self.send(&sync, Some(Expect::InternalReady));
-            self.awaiting_sync = false;
+            self.proto.awaiting_sync = false;
         }
     }
 
@@ -565,7 +539,7 @@ impl<S: Stream> Session<S> {
         let (conn, primary) = self.connection_for(shard, target).await?;
         self.cancel.slot.set(Some(conn.cancel_key.clone()));
         self.server = Some(conn);
-        self.unnamed_held = false;
+        self.unnamed.held = false;
         self.held = Some(HeldServer { shard, primary });
         Ok(())
     }
@@ -618,7 +592,7 @@ impl<S: Stream> Session<S> {
 
     /// Sends the frames that waited for a route.
     fn flush_pending(&mut self) -> Result<(), SessionError> {
-        for frame in std::mem::take(&mut self.pending) {
+        for frame in std::mem::take(&mut self.proto.pending) {
             self.forward(frame)?;
         }
         Ok(())
@@ -632,13 +606,12 @@ impl<S: Stream> Session<S> {
         let (Some(frames), Some(held)) = (self.replay.take(), self.held) else {
             return Err(e);
         };
-        if let Some(conn) = self.server.take() {
+        if let Some(conn) = self.let_go_of_server() {
             conn.discard();
         }
-        self.held = None;
-        self.expect.clear();
-        self.awaiting_sync = false;
-        self.copy_in = false;
+        self.proto.expect.clear();
+        self.proto.awaiting_sync = false;
+        self.proto.copy_in = false;
         tracing::info!("server connection lost during a read ({e}); running it elsewhere");
         self.checkout_route(held.shard, Target::Replica).await?;
         self.replay = Some(Vec::new());

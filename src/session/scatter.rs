@@ -19,7 +19,7 @@ use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
-use crate::wire::{binary, rows, Frame, TransactionStatus};
+use crate::wire::{binary, rows, Frame};
 
 /// Output queued for the client beyond this is written before reading more rows.
 const FLUSH_AT: usize = 64 * 1024;
@@ -189,12 +189,9 @@ impl<S: Stream> Session<S> {
             Some(error) => {
                 error.write_to(&mut self.client.output);
                 // The rest of an extended-protocol batch is skipped, as after any error.
-                self.skipping_until_sync = !output.simple;
-                if self.status != TransactionStatus::Idle {
-                    // As in PostgreSQL, an error aborts the client's transaction.
-                    self.aborted = true;
-                    self.status = TransactionStatus::Failed;
-                }
+                self.proto.skipping_until_sync = !output.simple;
+                // As in PostgreSQL, an error aborts the client's transaction.
+                self.tx.abort();
             }
             None => build::command_complete(
                 &mut self.client.output,
@@ -202,7 +199,7 @@ impl<S: Stream> Session<S> {
             ),
         }
         if output.simple {
-            build::ready_for_query(&mut self.client.output, self.status);
+            build::ready_for_query(&mut self.client.output, self.tx.status());
         }
         Ok(())
     }

@@ -56,7 +56,7 @@ impl<S: Stream> Session<S> {
         prefix.extend_from_slice(&bind.encode_unnamed(!passthrough)?);
         let formats = (!passthrough).then(|| bind.result_formats()).transpose()?;
         self.answer_parses_and_bind();
-        self.bound = Some(Box::new(Bound::Scatter(ExtendedScatter {
+        self.proto.bound = Some(Box::new(Bound::Scatter(ExtendedScatter {
             shards,
             target,
             how,
@@ -81,7 +81,7 @@ impl<S: Stream> Session<S> {
                 return from_parse(&statement.parse);
             }
         }
-        let unnamed = self.pending.iter().rev().find(|f| {
+        let unnamed = self.proto.pending.iter().rev().find(|f| {
             f.tag() == tag::PARSE && Parse::decode(f.body()).is_ok_and(|p| p.name.is_empty())
         });
         match unnamed {

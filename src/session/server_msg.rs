@@ -8,7 +8,6 @@ use super::settings::FOLLOWED_REPORTS;
 use super::Session;
 use crate::backend::connection::parse_parameter_status;
 use crate::backend::{BackendError, MAX_SERVER_MESSAGE};
-use crate::router::TransactionMode;
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
@@ -31,18 +30,15 @@ impl<S: Stream> Session<S> {
                 }
             };
             let fatal = frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body());
-            let idle = self.expect.is_empty()
-                && !self.awaiting_sync
+            let idle = self.proto.expect.is_empty()
+                && !self.proto.awaiting_sync
                 && conn.status == TransactionStatus::Idle;
             if fatal && idle {
                 // Nothing is owed to the client and no transaction is open: the server is going
                 // away between requests (shutdown). That is no news for the client: close this
                 // server connection and keep serving the client elsewhere.
                 conn.broken = true;
-                self.server = None;
-                self.held = None;
-                self.replay = None;
-                self.cancel.slot.set(None);
+                self.let_go_of_server();
                 return Ok(());
             }
             if self.replay.is_some() && fatal {
@@ -62,23 +58,23 @@ impl<S: Stream> Session<S> {
 
     /// Sends the made-up responses that are due now (nothing owed by the server before them).
     pub(super) fn drain_made_up(&mut self) {
-        while let Some(front) = self.expect.front() {
+        while let Some(front) = self.proto.expect.front() {
             match front {
                 Expect::MadeUpParseComplete => build::parse_complete(&mut self.client.output),
                 Expect::MadeUpCloseComplete => build::close_complete(&mut self.client.output),
                 Expect::Answer(bytes) => self.client.output.extend_from_slice(bytes),
                 _ => return,
             }
-            self.expect.pop_front();
+            self.proto.expect.pop_front();
             // The client has seen part of the answer: the request can no longer be replayed.
             self.replay = None;
         }
     }
 
     fn on_server_frame(&mut self, frame: Frame) {
-        if self.expect.front() == Some(&Expect::Hidden) {
+        if self.proto.expect.front() == Some(&Expect::Hidden) {
             if frame.tag() == tag::READY_FOR_QUERY {
-                self.expect.pop_front();
+                self.proto.expect.pop_front();
                 let status = frame
                     .body()
                     .first()
@@ -90,12 +86,12 @@ impl<S: Stream> Session<S> {
             return;
         }
         let forward = match frame.tag() {
-            tag::PARSE_COMPLETE => match self.expect.pop_front() {
+            tag::PARSE_COMPLETE => match self.proto.expect.pop_front() {
                 Some(Expect::Parse { forward, .. }) => forward,
                 _ => true,
             },
             tag::BIND_COMPLETE | tag::CLOSE_COMPLETE => {
-                self.expect.pop_front();
+                self.proto.expect.pop_front();
                 true
             }
             tag::ROW_DESCRIPTION | tag::NO_DATA => {
@@ -112,7 +108,7 @@ impl<S: Stream> Session<S> {
                 true
             }
             tag::ERROR_RESPONSE => {
-                self.copy_in = false;
+                self.proto.copy_in = false;
                 self.skip_to_sync();
                 true
             }
@@ -156,22 +152,22 @@ impl<S: Stream> Session<S> {
     }
 
     fn pop_if(&mut self, is: impl Fn(&Expect) -> bool) {
-        if self.expect.front().is_some_and(is) {
-            self.expect.pop_front();
+        if self.proto.expect.front().is_some_and(is) {
+            self.proto.expect.pop_front();
         }
     }
 
     /// After an error in an extended-protocol batch the server skips everything up to Sync:
     /// so does the queue, and Parses that never ran are forgotten.
     fn skip_to_sync(&mut self) {
-        while let Some(front) = self.expect.front() {
+        while let Some(front) = self.proto.expect.front() {
             if matches!(front, Expect::Ready | Expect::InternalReady) {
                 return;
             }
             if let Some(Expect::Parse {
                 server_name: Some(name),
                 ..
-            }) = self.expect.pop_front()
+            }) = self.proto.expect.pop_front()
             {
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.prepared.remove(&name);
@@ -185,11 +181,11 @@ impl<S: Stream> Session<S> {
     /// ReadyForQuery queued for those will never come. (Clients wait for CopyInResponse before
     /// sending CopyDone, so every Sync queued behind the COPY so far is one of these.)
     fn enter_copy_in(&mut self) {
-        self.copy_in = true;
+        self.proto.copy_in = true;
         let mut i = 1; // the COPY's own Execute, or its Query's ReadyForQuery, stays first
-        while i < self.expect.len() {
-            if self.expect[i] == Expect::Ready {
-                self.expect.remove(i);
+        while i < self.proto.expect.len() {
+            if self.proto.expect[i] == Expect::Ready {
+                self.proto.expect.remove(i);
             } else {
                 i += 1;
             }
@@ -198,10 +194,10 @@ impl<S: Stream> Session<S> {
 
     /// Ends a request; returns whether the ReadyForQuery is the client's to see as is.
     fn on_ready_for_query(&mut self, body: &[u8]) -> bool {
-        let internal = self.expect.front() == Some(&Expect::InternalReady);
+        let internal = self.proto.expect.front() == Some(&Expect::InternalReady);
         self.pop_if(|e| matches!(e, Expect::Ready | Expect::InternalReady));
         let status = body.first().and_then(|&b| TransactionStatus::from_byte(b));
-        let done = self.expect.is_empty() && !self.awaiting_sync;
+        let done = self.proto.expect.is_empty() && !self.proto.awaiting_sync;
         if let Some(conn) = self.server.as_deref_mut() {
             if let Some(status) = status {
                 conn.status = status;
@@ -213,23 +209,13 @@ impl<S: Stream> Session<S> {
         if internal {
             return false;
         }
-        if self.begin.is_some() {
-            // The client's transaction is held back (this server ran a Describe outside it):
-            // the client stays "in transaction" whatever this server says.
-            build::ready_for_query(&mut self.client.output, self.status);
-            return false;
-        }
         if let Some(status) = status {
-            self.status = status;
-            if status == TransactionStatus::Idle {
-                self.aborted = false;
-                self.isolation.end_transaction();
+            if !self.tx.on_server_ready(status) {
+                // The client's transaction is held back (this server ran a Describe outside
+                // it): the client stays "in transaction" whatever this server says.
+                build::ready_for_query(&mut self.client.output, self.tx.status());
+                return false;
             }
-            self.ctx.transaction = match (status, self.ctx.transaction) {
-                (TransactionStatus::Idle, _) => TransactionMode::Outside,
-                (_, TransactionMode::Outside) => TransactionMode::ReadWrite,
-                (_, mode) => mode,
-            };
         }
         true
     }
