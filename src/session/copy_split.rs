@@ -157,21 +157,20 @@ impl<S: Stream> Session<S> {
     /// COPY FROM STDIN split by key; `Ok(Some(error))` when it failed and nothing was kept.
     async fn copy_in(&mut self, sql: &str, copy: CopyIn) -> Result<Option<Failure>, SessionError> {
         let router = self.shared.router.load_full();
-        let mut parts = Vec::with_capacity(router.shard_map().len());
-        for shard in 0..router.shard_map().len() {
-            let (conn, _) = self.connection_for(shard, Target::Primary).await?;
-            parts.push(Part {
+        // A CancelRequest from the client reaches every shard until each has taken its rows.
+        let (conns, cancel) = self
+            .shard_connections(&every_shard(&router), Target::Primary)
+            .await?
+            .into_parts();
+        let mut parts: Vec<Part> = conns
+            .into_iter()
+            .map(|conn| Part {
                 conn,
                 batch: BytesMut::new(),
                 error: None,
                 rows: 0,
-            });
-        }
-        // A CancelRequest from the client reaches every shard until each has taken its rows.
-        let cancel = self
-            .cancel
-            .slot
-            .reach_all(parts.iter().map(|p| &p.conn.cancel_key));
+            })
+            .collect();
         let copy = match copy.key_index {
             Some(_) => copy,
             None => match catalog::table_columns(&mut parts[0].conn, &copy.table_sql).await {
@@ -287,21 +286,10 @@ impl<S: Stream> Session<S> {
         target: Target,
         header: bool,
     ) -> Result<Option<Failure>, SessionError> {
-        let mut conns = Vec::with_capacity(shards.len());
-        for &shard in shards {
-            conns.push(self.connection_for(shard, target).await?.0);
-        }
-        // A CancelRequest from the client reaches every shard while they work.
-        let _cancel = self
-            .cancel
-            .slot
-            .reach_all(conns.iter().map(|c| &c.cancel_key));
+        let mut conns = self.shard_connections(shards, target).await?;
         let mut query = BytesMut::new();
         build::query(&mut query, sql);
-        for conn in conns.iter_mut() {
-            conn.in_flight = true;
-            conn.write(&query).await?;
-        }
+        conns.send_all(&query).await?;
         let mut gathered = Gathered::default();
         for (i, conn) in conns.iter_mut().enumerate() {
             self.gather_copy(conn, &mut gathered, header && i > 0)
@@ -595,4 +583,9 @@ async fn abort(parts: &mut [Part], reason: &str) -> Result<(), SessionError> {
         }
     }
     Ok(())
+}
+
+/// Every shard's index, in order.
+fn every_shard(router: &Router) -> Vec<usize> {
+    (0..router.shard_map().len()).collect()
 }

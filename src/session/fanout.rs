@@ -115,15 +115,12 @@ impl<S: Stream> Session<S> {
             FanOut::SplitAtBind => return Err(Unsupported::SplitUnbound.into()),
         };
         // Nothing is sent anywhere unless every primary gave a connection.
-        let mut conns = Vec::with_capacity(jobs.len());
-        for (shard, _) in &jobs {
-            conns.push(self.connection_for(*shard, Target::Primary).await?.0);
-        }
-        // A CancelRequest from the client reaches every shard while they work.
-        let _cancel = self
-            .cancel
-            .slot
-            .reach_all(conns.iter().map(|c| &c.cancel_key));
+        let mut conns = self
+            .shard_connections(
+                &jobs.iter().map(|(shard, _)| *shard).collect::<Vec<_>>(),
+                Target::Primary,
+            )
+            .await?;
         let mut lost: Vec<Option<BackendError>> = Vec::with_capacity(jobs.len());
         for (conn, (_, query)) in conns.iter_mut().zip(&jobs) {
             conn.in_flight = true;

@@ -19,6 +19,7 @@ mod scatter;
 mod scatter_extended;
 mod server_msg;
 pub mod settings;
+mod shards;
 mod startup;
 #[cfg(test)]
 mod tests;

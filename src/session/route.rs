@@ -210,16 +210,11 @@ impl<S: Stream> Session<S> {
 
     /// Reports an error for a statement that will not run, keeping the protocol in step.
     fn refuse(&mut self, e: &SessionError, simple: bool) {
-        // As in PostgreSQL, an error aborts the transaction: nothing more runs in it, and
-        // COMMIT rolls it back.
-        self.tx.abort();
+        self.fail_statement(simple);
         self.report_error(e);
         if simple {
             let status = self.tx.status();
             self.answer(|out| build::ready_for_query(out, status));
-        } else {
-            self.proto.pending.clear();
-            self.proto.skipping_until_sync = true;
         }
     }
 

@@ -125,20 +125,8 @@ impl<S: Stream> Session<S> {
         how: &Scatter,
         output: Output,
     ) -> Result<(), SessionError> {
-        let mut conns = Vec::with_capacity(shards.len());
-        for &shard in shards {
-            conns.push(self.connection_for(shard, target).await?.0);
-        }
-        // A CancelRequest from the client reaches every shard while they work.
-        let _cancel = self
-            .cancel
-            .slot
-            .reach_all(conns.iter().map(|c| &c.cancel_key));
-        // Every shard starts working before any answer is read.
-        for conn in conns.iter_mut() {
-            conn.in_flight = true;
-            conn.write(request).await?;
-        }
+        let mut conns = self.shard_connections(shards, target).await?;
+        conns.send_all(request).await?;
         // Dates and timestamps are read in DateStyle ISO, which every connection must report.
         let iso_dates = conns.iter().all(|c| {
             c.params
@@ -188,10 +176,7 @@ impl<S: Stream> Session<S> {
         match gathered.error {
             Some(error) => {
                 error.write_to(&mut self.client.output);
-                // The rest of an extended-protocol batch is skipped, as after any error.
-                self.proto.skipping_until_sync = !output.simple;
-                // As in PostgreSQL, an error aborts the client's transaction.
-                self.tx.abort();
+                self.fail_statement(output.simple);
             }
             None => build::command_complete(
                 &mut self.client.output,
