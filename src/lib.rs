@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod error;

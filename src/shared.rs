@@ -16,7 +16,7 @@ use crate::backend::{catalog, BackendManager, ServerConnection, ServerPool};
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
-use crate::session::cancel::CancelRegistry;
+use crate::cancel::CancelRegistry;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cancel::SlotInUse;
+use crate::cancel::SlotInUse;
 use super::error::{Failure, MultiShardError, SessionError, Unsupported};
 use super::Session;
 use crate::backend::{catalog, BackendError, BackendManager};

@@ -5,7 +5,6 @@
 
 mod aggregate;
 mod bound;
-pub mod cancel;
 mod client_msg;
 mod copy_split;
 pub mod error;
@@ -32,7 +31,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use self::cancel::CancelGuard;
+use crate::cancel::CancelGuard;
 use self::error::SessionError;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;

@@ -6,7 +6,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use super::cancel::SlotInUse;
+use crate::cancel::SlotInUse;
 use super::error::SessionError;
 use super::Session;
 use crate::backend::BackendManager;
