@@ -13,10 +13,10 @@ use crate::auth::ScramVerifier;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::{catalog, BackendManager, ServerConnection, ServerPool};
+use crate::cancel::CancelRegistry;
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
-use crate::cancel::CancelRegistry;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {

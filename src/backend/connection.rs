@@ -37,28 +37,28 @@ pub struct CancelKey {
 pub struct ServerConnection {
     /// The socket with its buffers: `io.input` holds what the server sent and was not handled
     /// yet, `io.output` what is queued for the server.
-    pub io: Conn<TcpStream>,
-    pub addr: String,
-    pub process_id: i32,
-    pub secret_key: i32,
+    pub(super) io: Conn<TcpStream>,
+    pub(super) addr: String,
+    pub(super) process_id: i32,
+    pub(super) secret_key: i32,
     /// This connection's cancel key, shared with the cancel registry while a client uses it.
-    pub cancel_key: Arc<CancelKey>,
+    pub(super) cancel_key: Arc<CancelKey>,
     /// Values the server reported with ParameterStatus.
-    pub params: HashMap<String, String>,
+    pub(super) params: HashMap<String, String>,
     /// Settings applied with SET for the current client (name → value as the client gave it).
-    pub applied: BTreeMap<String, String>,
+    pub(super) applied: BTreeMap<String, String>,
     /// Server-side names of the prepared statements this connection holds.
-    pub prepared: HashSet<String>,
-    pub status: TransactionStatus,
+    pub(super) prepared: HashSet<String>,
+    pub(super) status: TransactionStatus,
     /// Requests were sent whose responses have not all arrived.
-    pub in_flight: bool,
+    pub(super) in_flight: bool,
     /// The connection failed or its state is unknown.
-    pub broken: bool,
+    pub(super) broken: bool,
     /// Session mode: the client's session state must be wiped (DISCARD ALL) before reuse.
-    pub needs_discard: bool,
+    pub(super) needs_discard: bool,
     /// A client changed settings itself (SET, RESET, DISCARD ALL): `applied` no longer describes
     /// the server, so the next [`ServerConnection::apply_settings`] starts from RESET ALL.
-    pub settings_unknown: bool,
+    pub(super) settings_unknown: bool,
 }
 
 impl ServerConnection {
@@ -196,6 +196,93 @@ impl ServerConnection {
             }
         }
         self.write(&out).await
+    }
+
+    /// The socket and its buffers.
+    pub fn io(&mut self) -> &mut Conn<TcpStream> {
+        &mut self.io
+    }
+
+    /// Bytes queued for the server and not written yet.
+    pub fn queued(&self) -> usize {
+        self.io.output.len()
+    }
+
+    /// Nothing read and unhandled, nothing queued: the connection owes and is owed nothing.
+    pub fn is_quiet(&self) -> bool {
+        self.io.input.is_empty() && self.io.output.is_empty()
+    }
+
+    /// The server's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Where a CancelRequest for this connection's running statement goes.
+    pub fn cancel_key(&self) -> &Arc<CancelKey> {
+        &self.cancel_key
+    }
+
+    /// Values the server reported with ParameterStatus.
+    pub fn params(&self) -> &HashMap<String, String> {
+        &self.params
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn status(&self) -> TransactionStatus {
+        self.status
+    }
+
+    pub fn set_status(&mut self, status: TransactionStatus) {
+        self.status = status;
+    }
+
+    /// Requests were sent whose responses have not all arrived.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    pub fn set_in_flight(&mut self, in_flight: bool) {
+        self.in_flight = in_flight;
+    }
+
+    /// The connection failed or its state is unknown: it is closed, never reused.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Session mode: the client's session state is wiped (DISCARD ALL) before reuse.
+    pub fn mark_needs_discard(&mut self) {
+        self.needs_discard = true;
+    }
+
+    /// A client may have changed settings, role or authorization: the next checkout resets them.
+    pub fn mark_settings_unknown(&mut self) {
+        self.settings_unknown = true;
+    }
+
+    /// Whether the server holds the prepared statement `name`.
+    pub fn has_prepared(&self, name: &str) -> bool {
+        self.prepared.contains(name)
+    }
+
+    pub fn note_prepared(&mut self, name: String) {
+        self.prepared.insert(name);
+    }
+
+    pub fn forget_prepared(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
+    /// DISCARD ALL or DEALLOCATE ALL ran: the server holds no prepared statement any more.
+    pub fn forget_all_prepared(&mut self) {
+        self.prepared.clear();
+    }
+
+    /// A setting the client changed itself that the server reported: this connection now has it.
+    pub fn note_applied(&mut self, name: String, value: String) {
+        self.params.insert(name.clone(), value.clone());
+        self.applied.insert(name, value);
     }
 
     /// Records a ReadyForQuery body: the transaction status, and that nothing is owed anymore.

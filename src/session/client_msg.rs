@@ -96,9 +96,11 @@ impl<S: Stream> Session<S> {
             self.proto.expect.push_back(expect);
         }
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.io.output.extend_from_slice(bytes);
-            conn.in_flight = true;
-            conn.settings_unknown |= self.changes_session;
+            conn.io().output.extend_from_slice(bytes);
+            conn.set_in_flight(true);
+            if self.changes_session {
+                conn.mark_settings_unknown();
+            }
         }
     }
 
@@ -262,12 +264,12 @@ impl<S: Stream> Session<S> {
     fn server_has(&self, statement: &Statement) -> bool {
         self.server
             .as_deref()
-            .is_some_and(|c| c.prepared.contains(&statement.server_name))
+            .is_some_and(|c| c.has_prepared(&statement.server_name))
     }
 
     fn send_parse(&mut self, statement: &Statement, forward: bool) {
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.prepared.insert(statement.server_name.clone());
+            conn.note_prepared(statement.server_name.clone());
         }
         let expect = Expect::Parse {
             forward,

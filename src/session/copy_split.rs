@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::cancel::SlotInUse;
 use super::error::{Failure, MultiShardError, SessionError, Unsupported};
 use super::Session;
 use crate::backend::{catalog, BackendError, BackendManager};
+use crate::cancel::SlotInUse;
 use crate::error::{ClientError, SqlState};
 use crate::pool::Pooled;
 use crate::router::{CopyIn, CopyRow, Router, RowSplitter, Target};
@@ -427,7 +427,7 @@ async fn send_batches(parts: &mut [Part], all: bool) -> Result<Option<Failure>, 
 fn early_error(part: &mut Part) -> Result<Option<Failure>, SessionError> {
     let conn = &mut *part.conn;
     loop {
-        match conn.io.try_fill() {
+        match conn.io().try_fill() {
             Ok(Some(0)) => {
                 let eof = std::io::ErrorKind::UnexpectedEof.into();
                 return Err(SessionError::Backend(conn.lost(eof)));
@@ -437,8 +437,8 @@ fn early_error(part: &mut Part) -> Result<Option<Failure>, SessionError> {
             Err(source) => return Err(SessionError::Backend(conn.lost(source))),
         }
     }
-    if part.error.is_none() && conn.io.input.first() == Some(&server_tag::ERROR_RESPONSE) {
-        if let Ok(Some(frame)) = conn.io.next_frame(usize::MAX >> 1) {
+    if part.error.is_none() && conn.io().input.first() == Some(&server_tag::ERROR_RESPONSE) {
+        if let Ok(Some(frame)) = conn.io().next_frame(usize::MAX >> 1) {
             let error = frame.bytes.freeze();
             part.error = Some(error.clone());
             return Ok(Some(Failure::Server(error)));
@@ -457,7 +457,7 @@ async fn start_copy_in(
     build::query(&mut out, "BEGIN");
     build::query(&mut out, sql);
     for part in parts.iter_mut() {
-        part.conn.in_flight = true;
+        part.conn.set_in_flight(true);
         part.conn.write(&out).await?;
     }
     let mut described = None;
@@ -469,7 +469,7 @@ async fn start_copy_in(
             let frame = part.conn.read_frame().await?;
             match frame.tag() {
                 server_tag::READY_FOR_QUERY => {
-                    part.conn.status = ready_status(&frame);
+                    part.conn.set_status(ready_status(&frame));
                     ready += 1;
                     if ready == 2 {
                         break;
@@ -565,7 +565,7 @@ fn first_error(parts: &[Part]) -> Option<Failure> {
 /// then ROLLBACK, so every connection goes back idle.
 async fn abort(parts: &mut [Part], reason: &str) -> Result<(), SessionError> {
     for part in parts.iter_mut() {
-        if !part.conn.in_flight {
+        if !part.conn.in_flight() {
             continue;
         }
         if part.error.is_none() {
@@ -578,7 +578,7 @@ async fn abort(parts: &mut [Part], reason: &str) -> Result<(), SessionError> {
         read_to_ready(part).await?;
     }
     for part in parts.iter_mut() {
-        if part.conn.status != TransactionStatus::Idle {
+        if part.conn.status() != TransactionStatus::Idle {
             part.conn.run_internal("ROLLBACK").await?;
         }
     }

@@ -123,7 +123,7 @@ impl<S: Stream> Session<S> {
             .await?;
         let mut lost: Vec<Option<BackendError>> = Vec::with_capacity(jobs.len());
         for (conn, (_, query)) in conns.iter_mut().zip(&jobs) {
-            conn.in_flight = true;
+            conn.set_in_flight(true);
             lost.push(conn.write(query).await.err());
         }
         // A reference write shows the first shard's answer, read last so that a failure anywhere

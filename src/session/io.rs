@@ -32,7 +32,7 @@ impl<S: Stream> Session<S> {
     /// Writes what is queued and waits until either side has sent something.
     pub(super) async fn next_event(&mut self) -> Result<Event, SessionError> {
         let mut server = self.server.as_deref_mut();
-        let server_queued = server.as_ref().map_or(0, |c| c.io.output.len());
+        let server_queued = server.as_ref().map_or(0, |c| c.queued());
         // While a frame waits for a route, the client's later frames wait behind it.
         let read_client = server_queued < HIGH_WATER && self.proto.stalled.is_none();
         let read_server = self.client.output.len() < HIGH_WATER;
@@ -47,8 +47,8 @@ impl<S: Stream> Session<S> {
                 }
             }
             if let Some(conn) = server.as_deref_mut() {
-                if !conn.io.output.is_empty() {
-                    match conn.io.poll_drain(cx) {
+                if conn.queued() > 0 {
+                    match conn.io().poll_drain(cx) {
                         Poll::Ready(Ok(())) => wrote = true,
                         Poll::Ready(Err(e)) => {
                             return Poll::Ready(Ok(Event::ServerFailed(conn.lost(e).into())))
@@ -58,7 +58,7 @@ impl<S: Stream> Session<S> {
                 }
                 // Server first: answers flow out before more requests come in.
                 if read_server {
-                    match conn.io.poll_fill(cx) {
+                    match conn.io().poll_fill(cx) {
                         Poll::Ready(Ok(0)) => {
                             let eof = std::io::ErrorKind::UnexpectedEof.into();
                             return Poll::Ready(Ok(Event::ServerFailed(conn.lost(eof).into())));
@@ -98,7 +98,7 @@ impl<S: Stream> Session<S> {
         let Some(conn) = self.server.as_deref_mut() else {
             return Ok(());
         };
-        conn.io.try_drain().map_err(|e| conn.lost(e).into())
+        conn.io().try_drain().map_err(|e| conn.lost(e).into())
     }
 }
 

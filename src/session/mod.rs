@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::cancel::CancelGuard;
 use self::error::SessionError;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;
 use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
+use crate::cancel::CancelGuard;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
@@ -219,7 +219,7 @@ impl<S: Stream> Session<S> {
             primary: true,
         });
         if let Some(conn) = self.server.as_deref() {
-            for (name, value) in &conn.params {
+            for (name, value) in conn.params() {
                 build::parameter_status(&mut self.client.output, name, value);
             }
         }
@@ -263,7 +263,7 @@ impl<S: Stream> Session<S> {
     /// Takes a server connection from the pool and brings it to this client's settings.
     async fn checkout(&mut self, pool: ServerPool) -> Result<(), SessionError> {
         let conn = self.connection_from(&pool).await?;
-        self.cancel.slot.set(Some(conn.cancel_key.clone()));
+        self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
         Ok(())
@@ -290,7 +290,9 @@ impl<S: Stream> Session<S> {
             }
         })?;
         conn.apply_settings(&self.settings).await?;
-        conn.settings_unknown |= self.changes_session;
+        if self.changes_session {
+            conn.mark_settings_unknown();
+        }
         Ok(conn)
     }
 
@@ -305,13 +307,10 @@ impl<S: Stream> Session<S> {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
-        if conn.status != TransactionStatus::Idle
-            || !conn.io.input.is_empty()
-            || !conn.io.output.is_empty()
-        {
+        if conn.status() != TransactionStatus::Idle || !conn.is_quiet() {
             return;
         }
-        conn.in_flight = false;
+        conn.set_in_flight(false);
         tracing::trace!(key = self.cancel.key.0, "release");
         self.let_go_of_server();
         // An idle client keeps no buffers.
@@ -356,11 +355,11 @@ impl<S: Stream> Session<S> {
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.in_flight |= !self.proto.expect.is_empty()
-                || self.proto.awaiting_sync
-                || !conn.io.output.is_empty();
+            let owed =
+                !self.proto.expect.is_empty() || self.proto.awaiting_sync || conn.queued() > 0;
+            conn.set_in_flight(conn.in_flight() || owed);
             if self.mode == PoolMode::Session {
-                conn.needs_discard = true;
+                conn.mark_needs_discard();
             }
         }
         self.cancel.slot.set(None);

@@ -532,7 +532,7 @@ impl<S: Stream> Session<S> {
     /// next one if a replica cannot be reached), else to its primary.
     async fn checkout_route(&mut self, shard: usize, target: Target) -> Result<(), SessionError> {
         let (conn, primary) = self.connection_for(shard, target).await?;
-        self.cancel.slot.set(Some(conn.cancel_key.clone()));
+        self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
         self.held = Some(HeldServer { shard, primary });

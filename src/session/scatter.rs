@@ -129,7 +129,7 @@ impl<S: Stream> Session<S> {
         conns.send_all(request).await?;
         // Dates and timestamps are read in DateStyle ISO, which every connection must report.
         let iso_dates = conns.iter().all(|c| {
-            c.params
+            c.params()
                 .get("DateStyle")
                 .is_some_and(|style| style.starts_with("ISO"))
         });

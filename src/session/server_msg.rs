@@ -21,33 +21,33 @@ impl<S: Stream> Session<S> {
             let Some(conn) = self.server.as_deref_mut() else {
                 return Ok(());
             };
-            let frame = match conn.io.next_frame(MAX_SERVER_MESSAGE) {
+            let frame = match conn.io().next_frame(MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(_) => {
-                    conn.broken = true;
-                    return Err(BackendError::Protocol(conn.addr.clone()).into());
+                    conn.mark_broken();
+                    return Err(BackendError::Protocol(conn.addr().to_string()).into());
                 }
             };
             let fatal = frame.tag() == tag::ERROR_RESPONSE && is_fatal(frame.body());
             let idle = self.proto.expect.is_empty()
                 && !self.proto.awaiting_sync
-                && conn.status == TransactionStatus::Idle;
+                && conn.status() == TransactionStatus::Idle;
             if fatal && idle {
                 // Nothing is owed to the client and no transaction is open: the server is going
                 // away between requests (shutdown). That is no news for the client: close this
                 // server connection and keep serving the client elsewhere.
-                conn.broken = true;
+                conn.mark_broken();
                 self.let_go_of_server();
                 return Ok(());
             }
             if self.replay.is_some() && fatal {
                 // The server is going away (shutdown, crash) before answering a plain read:
                 // treat it as lost, so the read runs elsewhere.
-                conn.broken = true;
+                conn.mark_broken();
                 let source = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
                 return Err(BackendError::Io {
-                    addr: conn.addr.clone(),
+                    addr: conn.addr().to_string(),
                     source,
                 }
                 .into());
@@ -80,7 +80,7 @@ impl<S: Stream> Session<S> {
                     .first()
                     .and_then(|&b| TransactionStatus::from_byte(b));
                 if let (Some(conn), Some(status)) = (self.server.as_deref_mut(), status) {
-                    conn.status = status;
+                    conn.set_status(status);
                 }
             }
             return;
@@ -142,11 +142,11 @@ impl<S: Stream> Session<S> {
         };
         match body.strip_suffix(b"\0").unwrap_or(body) {
             b"DISCARD ALL" => {
-                conn.prepared.clear();
-                conn.settings_unknown = true;
+                conn.forget_all_prepared();
+                conn.mark_settings_unknown();
             }
-            b"DEALLOCATE ALL" => conn.prepared.clear(),
-            b"SET" | b"RESET" => conn.settings_unknown = true,
+            b"DEALLOCATE ALL" => conn.forget_all_prepared(),
+            b"SET" | b"RESET" => conn.mark_settings_unknown(),
             _ => {}
         }
     }
@@ -170,7 +170,7 @@ impl<S: Stream> Session<S> {
             }) = self.proto.expect.pop_front()
             {
                 if let Some(conn) = self.server.as_deref_mut() {
-                    conn.prepared.remove(&name);
+                    conn.forget_prepared(&name);
                 }
             }
         }
@@ -200,10 +200,10 @@ impl<S: Stream> Session<S> {
         let done = self.proto.expect.is_empty() && !self.proto.awaiting_sync;
         if let Some(conn) = self.server.as_deref_mut() {
             if let Some(status) = status {
-                conn.status = status;
+                conn.set_status(status);
             }
             if done {
-                conn.in_flight = false;
+                conn.set_in_flight(false);
             }
         }
         if internal {
@@ -226,13 +226,14 @@ impl<S: Stream> Session<S> {
             return;
         };
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.params.insert(name.clone(), value.clone());
             if FOLLOWED_REPORTS
                 .iter()
                 .any(|f| f.eq_ignore_ascii_case(&name))
             {
-                conn.applied.insert(name.clone(), value.clone());
+                conn.note_applied(name.clone(), value.clone());
                 self.settings.insert(name, value);
+            } else {
+                conn.note_parameter_status(body);
             }
         }
     }

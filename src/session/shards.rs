@@ -6,10 +6,10 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::cancel::SlotInUse;
 use super::error::SessionError;
 use super::Session;
 use crate::backend::BackendManager;
+use crate::cancel::SlotInUse;
 use crate::pool::Pooled;
 use crate::router::Target;
 use crate::transport::Stream;
@@ -25,7 +25,7 @@ impl ShardConns {
     /// Sends `request` to every shard before any answer is read, so they all work at once.
     pub async fn send_all(&mut self, request: &[u8]) -> Result<(), SessionError> {
         for conn in self.conns.iter_mut() {
-            conn.in_flight = true;
+            conn.set_in_flight(true);
             conn.write(request).await?;
         }
         Ok(())
@@ -67,7 +67,7 @@ impl<S: Stream> Session<S> {
         let cancel = self
             .cancel
             .slot
-            .reach_all(conns.iter().map(|c| &c.cancel_key));
+            .reach_all(conns.iter().map(|c| c.cancel_key()));
         Ok(ShardConns { cancel, conns })
     }
 
