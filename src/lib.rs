@@ -16,4 +16,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod sharding;
+pub mod sql;
 pub mod wire;

@@ -5,7 +5,6 @@
 //! Runs once per query text; never does I/O, never sees parameter values, holds no state
 //! between calls.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
@@ -19,7 +18,9 @@ use super::plan::{
 };
 use super::scatter::{self, Scatter};
 use super::Rules;
-use super::{copy, parse, split, text};
+use super::{copy, split, text};
+use crate::sql::parse;
+use crate::sql::syntax::{last_ident, lower};
 
 /// How the config classifies a table.
 #[derive(Debug, Clone)]
@@ -363,22 +364,5 @@ fn setting_value(e: &Expr) -> Option<String> {
         }
         Expr::Identifier(i) => Some(i.value.clone()),
         other => Some(other.to_string()),
-    }
-}
-
-/// The unqualified name: `public.users` → `users`.
-pub(super) fn last_ident(name: &ObjectName) -> Option<&str> {
-    match name.0.last()? {
-        ObjectNamePart::Identifier(i) => Some(&i.value),
-        _ => None,
-    }
-}
-
-/// Lowercase without allocating when already lowercase.
-pub(super) fn lower(s: &str) -> Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(s.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(s)
     }
 }

@@ -20,6 +20,7 @@ use super::copy_rows::CopyFormat;
 use super::plan::{ShardedTable, StatementKind};
 use super::scatter::{self, Scatter};
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
+use crate::sql::syntax::fold;
 
 /// What a COPY statement needs beyond an ordinary route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +197,7 @@ pub(super) fn copy_plan(
         Some(
             columns
                 .iter()
-                .position(|c| folded(c) == *table.key_column)
+                .position(|c| fold(c) == *table.key_column)
                 .ok_or_else(|| {
                     format!(
                         "COPY into sharded table {} must include its shard key column {} in the \
@@ -296,14 +297,6 @@ fn copy_out(
     })
 }
 
-/// An identifier as PostgreSQL folds it.
-fn folded(i: &Ident) -> String {
-    match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_ascii_lowercase(),
-    }
-}
-
 /// The COPY options that matter for splitting rows.
 #[derive(Debug, Default)]
 struct Options {
@@ -386,8 +379,8 @@ impl Options {
             f.null = n.as_bytes().into();
         }
         f.header = self.header;
-        f.force_not_null = self.force_not_null.iter().any(|c| folded(c) == key_column);
-        f.force_null = self.force_null.iter().any(|c| folded(c) == key_column);
+        f.force_not_null = self.force_not_null.iter().any(|c| fold(c) == key_column);
+        f.force_null = self.force_null.iter().any(|c| fold(c) == key_column);
         Ok(f)
     }
 }

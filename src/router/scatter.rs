@@ -34,11 +34,11 @@ use sqlparser::ast::{
 
 use std::sync::Arc;
 
-use super::analyze::{last_ident, lower, Analyzer, TableRule};
-use super::expr::{one_child, two_children, MAX_WALK_DEPTH};
+use super::analyze::{Analyzer, TableRule};
 use super::gather::{self, Merge};
 use super::plan::StatementKind;
 use super::sort::sort_keys;
+use crate::sql::syntax::{last_ident, lower, one_child, two_children, MAX_WALK_DEPTH};
 
 /// How results from several shards combine (computed at plan time, for reads only).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,9 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{visit_expressions_mut, Expr, Insert, SetExpr, Statement, Value};
 
-use super::parse;
 use super::plan::{KeyExpr, Placement, Plan};
 use super::{Params, RouteError, Router};
+use crate::sql::parse;
 
 /// A multi-row `INSERT ... VALUES` rendered in pieces, ready to be cut per shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
