@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod localpg;
 pub mod merge;
+pub mod multishard;
 pub mod pool;
 pub mod router;
 pub mod server;

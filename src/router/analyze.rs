@@ -8,17 +8,15 @@
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement,
+    CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Query, Set, Statement,
     TransactionAccessMode, TransactionMode, Value,
 };
 
 use super::constraints::{literal_text, KeyGraph};
-use super::plan::{
-    Hint, KeyMove, Placement, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
-};
-use super::scatter::{self, Scatter};
+use super::plan::{Hint, KeyMove, Placement, Plan, SettingPlan, StatementKind, TransactionControl};
 use super::Rules;
-use super::{copy, split, text};
+use super::{split, text};
+use crate::multishard::{self, Facts, Scatter, ShardedTable, Tables};
 use crate::sql::parse;
 use crate::sql::syntax::{last_ident, lower};
 
@@ -70,7 +68,7 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
     });
     // sqlparser wants `COPY ... FROM STDIN` to end with `;` (inline data may follow it).
     let parsed = parsed.or_else(|e| {
-        copy::terminated(sql)
+        text::terminated(sql)
             .ok_or(e)
             .and_then(|t| parse::parse(&t))
     });
@@ -78,8 +76,11 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
-            let scatter = scatter::scatter(&analyzer, &statements, &kind);
-            let copy = copy::copy_plan(&analyzer, &statements, sql);
+            let facts = analyzer.facts();
+            let read = kind == StatementKind::Read;
+            let scatter = multishard::scatter(&facts, rules, &statements, read);
+            let copy = multishard::copy_plan(&facts, rules, &statements, sql);
+            drop(facts);
             let mut plan = analyzer.finish(kind, hint);
             plan.scatter = scatter;
             match copy {
@@ -102,7 +103,7 @@ fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
     let mut plan = Plan::other(hint, false);
     plan.kind = fallback.kind;
     plan.writes = fallback.writes;
-    plan.scatter = Scatter::Unsupported(scatter::UNPARSED.to_string());
+    plan.scatter = Scatter::Unsupported(multishard::UNPARSED.to_string());
     if let Some(table) = fallback.copy_from {
         match rules.tables.get(table.as_str()) {
             Some(TableRule::Sharded(t)) => {
@@ -162,7 +163,7 @@ impl<'r> Analyzer<'r> {
             key_moves: self.key_moves,
             hint,
             unsupported: self.unsupported,
-            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            scatter: Scatter::Unsupported(multishard::NO_SHARDED_TABLE.to_string()),
             split: None,
             everywhere_with_sharded,
             copy: None,
@@ -292,8 +293,51 @@ impl<'r> Analyzer<'r> {
 
     /// The config's rule for a table name (schema ignored, case folded).
     pub(super) fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
+        self.rules.table_rule(name)
+    }
+
+    /// What the cross-shard planning needs to know of this analysis.
+    fn facts(&self) -> Facts<'_> {
+        let mut not_colocated = Vec::new();
+        if self.keys.colocated_groups() > 1 {
+            not_colocated = (0..self.keys.occ_count())
+                .map(|o| &*self.keys.table(o).name)
+                .collect();
+            not_colocated.sort_unstable();
+            not_colocated.dedup();
+        }
+        Facts {
+            writes: self.writes,
+            locks: self.locks,
+            sharded_occurrences: self.keys.occ_count(),
+            cte_sharded: self.cte_sharded,
+            other_table: self.others.first().map(|t| &**t),
+            not_colocated,
+        }
+    }
+}
+
+impl Rules {
+    /// The config's rule for a table name (schema ignored, case folded).
+    fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
         let last = last_ident(name)?;
-        self.rules.tables.get(&*lower(last)).cloned()
+        self.tables.get(&*lower(last)).cloned()
+    }
+}
+
+impl Tables for Rules {
+    fn sharded(&self, name: &ObjectName) -> Option<Arc<ShardedTable>> {
+        match self.table_rule(name)? {
+            TableRule::Sharded(table) => Some(table),
+            TableRule::Reference => None,
+        }
+    }
+
+    fn reads_sharded(&self, query: &Query, ctes: &[Box<str>]) -> bool {
+        let mut analyzer = Analyzer::new(self);
+        analyzer.ctes = ctes.to_vec();
+        analyzer.query(query);
+        analyzer.keys.occ_count() > 0
     }
 }
 

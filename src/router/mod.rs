@@ -23,18 +23,13 @@
 mod analyze;
 mod cache;
 mod constraints;
-mod copy;
-mod copy_rows;
 mod error;
 mod expr;
-mod gather;
 mod normalize;
 mod plan;
 mod query;
 mod route;
-mod scatter;
 mod session_effects;
-mod sort;
 mod split;
 mod text;
 mod volatility;
@@ -51,16 +46,19 @@ use crate::sharding::{KeyType, ShardMap};
 use analyze::TableRule;
 
 pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
-pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
-pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
-pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use normalize::normalize_literals;
-pub use plan::{Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl};
+pub use plan::{Plan, SettingPlan, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
-pub use scatter::{Combine, Scatter, SortColumn, SortKey};
 pub use split::SplitPart;
 pub use volatility::Volatility;
+
+// What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.
+pub use crate::multishard::{
+    Combine, CompareOp, CopyFormat, CopyIn, CopyKeyError, CopyOut, CopyPlan, CopyRow, CopyRowError,
+    Groups, Merge, Operand, Output, Predicate, RowSplitter, Scatter, ShardedTable, SortColumn,
+    SortKey,
+};
 
 impl Router {
     /// Whether `sql` may change its server session's role or settings beyond what its

@@ -8,9 +8,8 @@
 
 use std::sync::Arc;
 
-use super::copy::CopyPlan;
-use super::scatter::{self, Scatter};
 use super::split::InsertSplit;
+use crate::multishard::{CopyPlan, Scatter, ShardedTable, NO_SHARDED_TABLE};
 use crate::sharding::{KeyType, ShardingError};
 
 /// What a statement is, as far as routing and the session's state machine care.
@@ -67,16 +66,6 @@ pub enum SettingPlan {
     ResetAll,
     /// `SET pgshard.<other>`: refused with the list of known settings.
     Unknown(String),
-}
-
-/// A sharded table as the config declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardedTable {
-    /// Lowercase, unqualified.
-    pub name: Box<str>,
-    /// Lowercase.
-    pub key_column: Box<str>,
-    pub key_type: KeyType,
 }
 
 /// One value the shard key may take.
@@ -253,7 +242,7 @@ impl Plan {
             key_moves: Vec::new(),
             hint,
             unsupported: None,
-            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            scatter: Scatter::Unsupported(NO_SHARDED_TABLE.to_string()),
             split: None,
             everywhere_with_sharded: false,
             copy: None,

@@ -244,6 +244,16 @@ fn word_spans(sql: &str) -> Vec<(usize, &str)> {
     out
 }
 
+/// `sql` with the `;` sqlparser needs after `COPY ... FROM STDIN`, when it is a COPY without one.
+pub(crate) fn terminated(sql: &str) -> Option<String> {
+    let body = sql.trim_end();
+    let copy = body
+        .trim_start()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("copy"));
+    (copy && !body.ends_with(';')).then(|| format!("{body};"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

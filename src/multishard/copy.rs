@@ -15,9 +15,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::analyze::{Analyzer, TableRule};
 use super::copy_rows::CopyFormat;
-use super::plan::{ShardedTable, StatementKind};
+use super::input::{Facts, ShardedTable, Tables};
 use super::scatter::{self, Scatter};
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
 use crate::sql::syntax::fold;
@@ -127,12 +126,13 @@ impl CopyIn {
 
 /// The COPY plan of `statements` (parsed from `sql`), if they are a COPY that needs one; `Err`
 /// is the refusal.
-pub(super) fn copy_plan(
-    a: &Analyzer,
+pub(crate) fn copy_plan(
+    facts: &Facts,
+    tables: &dyn Tables,
     statements: &[Statement],
     sql: &str,
 ) -> Result<Option<CopyPlan>, String> {
-    let copies_in = statements.iter().any(|s| into_sharded(a, s).is_some());
+    let copies_in = statements.iter().any(|s| into_sharded(tables, s).is_some());
     let [statement] = statements else {
         if copies_in {
             return Err("COPY into a sharded table must be the only statement in its query".into());
@@ -151,11 +151,11 @@ pub(super) fn copy_plan(
         return Ok(None);
     };
     if *to {
-        let gather =
-            Options::read(options, legacy_options).and_then(|o| copy_out(a, source, target, &o));
+        let gather = Options::read(options, legacy_options)
+            .and_then(|o| copy_out(facts, tables, source, target, &o));
         return Ok(Some(CopyPlan::Out(gather)));
     }
-    let Some(table) = into_sharded(a, statement) else {
+    let Some(table) = into_sharded(tables, statement) else {
         return Ok(None);
     };
     let options = Options::read(options, legacy_options).map_err(|e| {
@@ -218,16 +218,6 @@ pub(super) fn copy_plan(
     })))
 }
 
-/// `sql` with the `;` sqlparser needs after `COPY ... FROM STDIN`, when it is a COPY without one.
-pub(super) fn terminated(sql: &str) -> Option<String> {
-    let body = sql.trim_end();
-    let copy = body
-        .trim_start()
-        .get(..4)
-        .is_some_and(|w| w.eq_ignore_ascii_case("copy"));
-    (copy && !body.ends_with(';')).then(|| format!("{body};"))
-}
-
 /// Whether anything but whitespace and comments follows the first `;` (sqlparser reads what
 /// follows `COPY ... FROM STDIN;` as inline data, even another statement).
 fn text_after_semicolon(sql: &str) -> bool {
@@ -243,23 +233,21 @@ fn text_after_semicolon(sql: &str) -> bool {
 }
 
 /// The sharded table a `COPY ... FROM` writes, if any.
-fn into_sharded(a: &Analyzer, s: &Statement) -> Option<Arc<ShardedTable>> {
+fn into_sharded(tables: &dyn Tables, s: &Statement) -> Option<Arc<ShardedTable>> {
     match s {
         Statement::Copy {
             source: CopySource::Table { table_name, .. },
             to: false,
             ..
-        } => match a.table_rule(table_name) {
-            Some(TableRule::Sharded(t)) => Some(t),
-            _ => None,
-        },
+        } => tables.sharded(table_name),
         _ => None,
     }
 }
 
 /// Whether the shards' COPY TO output may simply be concatenated.
 fn copy_out(
-    a: &Analyzer,
+    facts: &Facts,
+    tables: &dyn Tables,
     source: &CopySource,
     target: &CopyTarget,
     options: &Options,
@@ -274,7 +262,7 @@ fn copy_out(
     }
     if let CopySource::Query(q) = source {
         let inner = [Statement::Query(q.clone())];
-        match scatter::scatter(a, &inner, &StatementKind::Read) {
+        match scatter::scatter(facts, tables, &inner, true) {
             Scatter::Concat { order, limit: None } if order.is_empty() => {}
             Scatter::Concat { order, .. } if !order.is_empty() => {
                 return Err("ORDER BY inside COPY".into())
@@ -390,7 +378,3 @@ fn one_byte(c: char, option: &str) -> Result<u8, String> {
         format!("COPY {option} '{c}': PostgreSQL requires a single one-byte character")
     })
 }
-
-#[cfg(test)]
-#[path = "copy_tests.rs"]
-mod tests;

@@ -1,4 +1,4 @@
-//! Whether a read that routes to several shards ([`super::Route::Shards`]: no key, or an IN
+//! Whether a read that routes to several shards (the router's `Route::Shards`: no key, or an IN
 //! list spanning shards) can be answered by running it unchanged on every involved shard and
 //! concatenating or merging the rows, as a [`Scatter`] computed once at plan time.
 //!
@@ -34,9 +34,8 @@ use sqlparser::ast::{
 
 use std::sync::Arc;
 
-use super::analyze::{Analyzer, TableRule};
 use super::gather::{self, Merge};
-use super::plan::StatementKind;
+use super::input::{Facts, Tables};
 use super::sort::sort_keys;
 use crate::sql::syntax::{last_ident, lower, one_child, two_children, MAX_WALK_DEPTH};
 
@@ -113,9 +112,9 @@ pub enum SortColumn {
 }
 
 /// The construct named for text sqlparser cannot parse.
-pub(super) const UNPARSED: &str = "a statement pgshard cannot parse";
+pub(crate) const UNPARSED: &str = "a statement pgshard cannot parse";
 /// The construct named for statements reading no sharded table (they never span shards).
-pub(super) const NO_SHARDED_TABLE: &str = "a statement that reads no sharded table";
+pub(crate) const NO_SHARDED_TABLE: &str = "a statement that reads no sharded table";
 /// The construct named for syntax PostgreSQL does not have (parsed by a permissive grammar).
 pub(super) const FOREIGN: &str = "a construct PostgreSQL does not have";
 
@@ -136,20 +135,27 @@ const AGGREGATES: &[&str] = &[
 
 type Check<T = ()> = Result<T, String>;
 
-/// How `statements` (analysed by `analyzer`, of kind `kind`) combine across shards.
-pub(super) fn scatter(
-    analyzer: &Analyzer,
+/// How `statements` combine across shards, given what the router found in them (`facts`) and
+/// whether they are a read (`read`).
+pub(crate) fn scatter(
+    facts: &Facts,
+    tables: &dyn Tables,
     statements: &[Statement],
-    kind: &StatementKind,
+    read: bool,
 ) -> Scatter {
-    match check(analyzer, statements, kind) {
+    match check(facts, tables, statements, read) {
         Ok(scatter) => scatter,
         Err(construct) => Scatter::Unsupported(construct),
     }
 }
 
 /// Never `Ok(Scatter::Unsupported(_))`.
-fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<Scatter> {
+fn check(
+    facts: &Facts,
+    tables: &dyn Tables,
+    statements: &[Statement],
+    read: bool,
+) -> Check<Scatter> {
     let [statement] = statements else {
         return Err("several statements".into());
     };
@@ -159,51 +165,46 @@ fn check(a: &Analyzer, statements: &[Statement], kind: &StatementKind) -> Check<
         Statement::Copy { .. } => return Err("COPY".into()),
         _ => return Err("a statement that is not a SELECT".into()),
     };
-    if *kind != StatementKind::Read || a.writes {
+    if !read || facts.writes {
         return Err("a statement that writes".into());
     }
-    if a.keys.occ_count() == 0 {
+    if facts.sharded_occurrences == 0 {
         return Err(NO_SHARDED_TABLE.into());
     }
-    if a.cte_sharded {
+    if facts.cte_sharded {
         return Err("a WITH query that reads a sharded table".into());
     }
     let mut walk = Walk {
-        analyzer: a,
+        tables,
         ctes: Vec::new(),
     };
     let merge = walk.query(query, true)?;
-    if a.locks {
+    if facts.locks {
         return Err("FOR UPDATE".into());
     }
-    if let Some(table) = a.others.first() {
+    if let Some(table) = facts.other_table {
         return Err(format!(
             "a join of a sharded table with table {table}, which is neither sharded nor a \
              reference table"
         ));
     }
-    if a.keys.colocated_groups() > 1 {
-        let mut names: Vec<&str> = (0..a.keys.occ_count())
-            .map(|o| &*a.keys.table(o).name)
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+    if !facts.not_colocated.is_empty() {
         return Err(format!(
             "a join of sharded tables not on their shard key ({})",
-            names.join(", ")
+            facts.not_colocated.join(", ")
         ));
     }
     Ok(merge)
 }
 
 /// The walk over the statement's top level and the subqueries in its FROM.
-struct Walk<'a, 'r> {
-    analyzer: &'a Analyzer<'r>,
+struct Walk<'a> {
+    tables: &'a dyn Tables,
     /// CTE names in scope (lowercase): they shadow tables.
     ctes: Vec<Box<str>>,
 }
 
-impl Walk<'_, '_> {
+impl Walk<'_> {
     /// A query at the top (`top`) or in FROM; returns how its rows combine (a
     /// [`Scatter::Concat`] with its ORDER BY and literal LIMIT, or, only at the top, a
     /// [`Scatter::Aggregate`]).
@@ -360,15 +361,12 @@ impl Walk<'_, '_> {
     fn sharded(&self, name: &ObjectName) -> bool {
         let table = lower(last_ident(name).unwrap_or_default());
         let is_cte = name.0.len() == 1 && self.ctes.iter().any(|c| **c == *table);
-        !is_cte && matches!(self.analyzer.table_rule(name), Some(TableRule::Sharded(_)))
+        !is_cte && self.tables.sharded(name).is_some()
     }
 
     /// Whether a subquery reads a sharded table anywhere.
     fn reads_sharded(&self, q: &Query) -> bool {
-        let mut analyzer = Analyzer::new(self.analyzer.rules);
-        analyzer.ctes = self.ctes.clone();
-        analyzer.query(q);
-        analyzer.keys.occ_count() > 0
+        self.tables.reads_sharded(q, &self.ctes)
     }
 }
 

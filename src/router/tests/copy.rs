@@ -1,6 +1,8 @@
-use super::*;
-use crate::router::tests::router;
-use crate::router::{Params, RouteContext};
+//! COPY plans: the key's position and the data format of `COPY <sharded table> FROM STDIN`,
+//! the refusals, and whether `COPY ... TO STDOUT` on several shards may be gathered.
+
+use super::router;
+use crate::router::{CopyFormat, CopyIn, CopyOut, CopyPlan, Params, RouteContext};
 
 fn copy_in(sql: &str) -> CopyIn {
     match router().plan(sql).copy() {

@@ -1,0 +1,25 @@
+//! Cross-shard work, planned once per statement text: how a read that spans shards is answered
+//! ([`Scatter`]: the shards' rows concatenated, merged in order, or a rewritten statement whose
+//! rows are combined, [`Merge`]), and how a COPY is split by key or gathered ([`CopyPlan`], with
+//! [`RowSplitter`] cutting its data into rows).
+//!
+//! Called by the router, which hands in what its analysis found ([`Facts`]) and answers
+//! questions about tables ([`Tables`]). Pure and synchronous: never does I/O, never sees
+//! parameter values, and never imports the router, the session or anything that does I/O.
+
+mod copy;
+mod copy_rows;
+mod gather;
+mod input;
+mod scatter;
+mod sort;
+
+pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
+pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
+pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
+pub use input::ShardedTable;
+pub use scatter::{Combine, Scatter, SortColumn, SortKey};
+
+pub(crate) use copy::copy_plan;
+pub(crate) use input::{Facts, Tables};
+pub(crate) use scatter::{scatter, NO_SHARDED_TABLE, UNPARSED};
