@@ -13,9 +13,11 @@ use sqlparser::ast::{
 };
 
 use super::constraints::{literal_text, KeyGraph};
-use super::plan::{Hint, KeyMove, Placement, Plan, SettingPlan, StatementKind, TransactionControl};
+use super::plan::{
+    Hint, KeyExpr, KeyMove, Placement, Plan, SettingPlan, StatementKind, TransactionControl,
+};
+use super::text;
 use super::Rules;
-use super::{split, text};
 use crate::multishard::{self, Facts, Scatter, ShardedTable, Tables};
 use crate::sql::parse;
 use crate::sql::syntax::{last_ident, lower};
@@ -88,7 +90,11 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
                 Err(refusal) => plan.unsupported = plan.unsupported.or(Some(refusal)),
             }
             if !was_rewritten {
-                plan.split = split::prepare(&statements, &plan).map(Arc::new);
+                let split = plan.split_keys().and_then(|keys| {
+                    let parameterized = keys.iter().any(|k| matches!(k, KeyExpr::Param { .. }));
+                    multishard::prepare_split(&statements, keys.len(), parameterized)
+                });
+                plan.split = split.map(Arc::new);
             }
             plan
         }

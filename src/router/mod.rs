@@ -30,7 +30,6 @@ mod plan;
 mod query;
 mod route;
 mod session_effects;
-mod split;
 mod text;
 mod volatility;
 
@@ -50,14 +49,13 @@ pub use error::RouteError;
 pub use normalize::normalize_literals;
 pub use plan::{Plan, SettingPlan, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
-pub use split::SplitPart;
 pub use volatility::Volatility;
 
 // What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.
 pub use crate::multishard::{
     Combine, CompareOp, CopyFormat, CopyIn, CopyKeyError, CopyOut, CopyPlan, CopyRow, CopyRowError,
     Groups, Merge, Operand, Output, Predicate, RowSplitter, Scatter, ShardedTable, SortColumn,
-    SortKey,
+    SortKey, SplitPart,
 };
 
 impl Router {

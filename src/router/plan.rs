@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use super::split::InsertSplit;
-use crate::multishard::{CopyPlan, Scatter, ShardedTable, NO_SHARDED_TABLE};
+use crate::multishard::{CopyPlan, InsertSplit, Scatter, ShardedTable, NO_SHARDED_TABLE};
 use crate::sharding::{KeyType, ShardingError};
 
 /// What a statement is, as far as routing and the session's state machine care.
@@ -224,6 +223,30 @@ impl Plan {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// The shard key of each VALUES row of a multi-row INSERT into one sharded table, when the
+    /// keys are literals or `$n` parameters and not all the same: such an INSERT may be split
+    /// per shard ([`super::Router::split_insert`]).
+    pub(crate) fn split_keys(&self) -> Option<&[KeyExpr]> {
+        let Placement::Sharded(classes) = &self.placement else {
+            return None;
+        };
+        let [class] = classes.as_slice() else {
+            return None;
+        };
+        let [set] = class.sets.as_slice() else {
+            return None;
+        };
+        if !class.insert || !set.rows || set.alts.len() < 2 {
+            return None;
+        }
+        let keys = set.alts.as_slice();
+        let placeable = keys
+            .iter()
+            .all(|k| matches!(k, KeyExpr::Slot(_) | KeyExpr::Param { .. }));
+        let spread = keys.iter().any(|k| *k != keys[0]);
+        (placeable && spread).then_some(keys)
     }
 
     /// A plan for text with no statement in it (empty, or only comments).

@@ -12,6 +12,7 @@ mod params;
 mod reads;
 mod scatter;
 mod session;
+mod split;
 mod writes;
 
 use super::{Params, Route, RouteContext, RouteError, Router, Target, Volatility};
