@@ -17,7 +17,8 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::copy_rows::CopyFormat;
 use super::input::{Facts, ShardedTable, Tables};
-use super::scatter::{self, Scatter};
+use super::read_plan::Scatter;
+use super::scatter::scatter;
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
 use crate::sql::syntax::fold;
 
@@ -262,7 +263,7 @@ fn copy_out(
     }
     if let CopySource::Query(q) = source {
         let inner = [Statement::Query(q.clone())];
-        match scatter::scatter(facts, tables, &inner, true) {
+        match scatter(facts, tables, &inner, true) {
             Scatter::Concat { order, limit: None } if order.is_empty() => {}
             Scatter::Concat { order, .. } if !order.is_empty() => {
                 return Err("ORDER BY inside COPY".into())

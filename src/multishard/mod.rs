@@ -8,22 +8,26 @@
 //! questions about tables ([`Tables`]). Pure and synchronous: never does I/O, never sees
 //! parameter values, and never imports the router, the session or anything that does I/O.
 
+mod aggregate;
 mod copy;
 mod copy_rows;
 mod gather;
 mod input;
+mod read_plan;
 mod scatter;
 mod sort;
 mod split;
 
 pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
 pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
-pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use input::ShardedTable;
-pub use scatter::{Combine, Scatter, SortColumn, SortKey};
+pub use read_plan::{
+    Combine, CompareOp, Groups, Merge, Operand, Output, Predicate, Scatter, SortColumn, SortKey,
+};
 pub use split::SplitPart;
 
 pub(crate) use copy::copy_plan;
 pub(crate) use input::{Facts, Tables};
-pub(crate) use scatter::{scatter, NO_SHARDED_TABLE, UNPARSED};
+pub(crate) use read_plan::{NO_SHARDED_TABLE, UNPARSED};
+pub(crate) use scatter::scatter;
 pub(crate) use split::{prepare as prepare_split, InsertSplit};

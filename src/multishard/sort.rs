@@ -20,7 +20,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::scatter::{SortColumn, SortKey, FOREIGN};
+use super::read_plan::{SortColumn, SortKey, FOREIGN};
 use crate::sql::syntax::fold;
 
 /// The construct named for an ORDER BY item that is not an output column.
