@@ -1,7 +1,14 @@
-//! A small SQL lexer over statement text: words, quoted identifiers, literals and punctuation,
-//! with comments (nested `/* */`, `--`), strings (`'..'`, `E'..'` with backslashes) and dollar
-//! quotes (`$tag$..$tag$`) skipped whole. Pure; never allocates and never fails: text it does
-//! not understand comes out as punctuation, one byte at a time.
+//! The one hand-written SQL lexer: the words, quoted identifiers, literals, parameters and
+//! punctuation of statement text with their byte ranges, comments (nested `/* */`, `--`),
+//! strings (`'..'`, `E'..'` with backslashes) and dollar quotes (`$tag$..$tag$`) read whole.
+//! Whatever reads SQL text without sqlparser reads it through [`tokens`], [`spans`] (with byte
+//! ranges) or [`lex`] (with comments too), never with a scanner of its own.
+//!
+//! Pure; never allocates and never fails: text it does not understand comes out as
+//! punctuation, one byte at a time, and a quote or comment left open runs to the end of the text
+//! ([`Lexer::unclosed`]).
+
+use std::ops::Range;
 
 /// One token of SQL text, borrowing from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +19,7 @@ pub enum Token<'a> {
     QuotedIdent(&'a str),
     /// A string or dollar-quoted literal, quotes included.
     String(&'a str),
-    /// A numeric literal.
+    /// A numeric literal: digits, then `.digits` and an exponent (`e-3`) when written so.
     Number(&'a str),
     /// A `$n` parameter.
     Param(&'a str),
@@ -20,86 +27,129 @@ pub enum Token<'a> {
     Punct(u8),
 }
 
-/// The tokens of `sql`, comments and whitespace left out.
-pub fn tokens(sql: &str) -> Lexer<'_> {
-    Lexer { sql, at: 0 }
+/// What [`lex`] reads at one place of the text: a token, or a comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lexeme<'a> {
+    Token(Token<'a>),
+    /// A `--` comment (with its line end) or a `/* */` comment, delimiters included.
+    Comment(&'a str),
 }
 
-/// Iterator over the tokens of one SQL text.
+/// The tokens of `sql`, comments and whitespace left out.
+pub fn tokens(sql: &str) -> impl Iterator<Item = Token<'_>> {
+    spans(sql).map(|(_, token)| token)
+}
+
+/// The tokens of `sql` with their byte ranges, comments and whitespace left out.
+pub fn spans(sql: &str) -> impl Iterator<Item = (Range<usize>, Token<'_>)> {
+    lex(sql).filter_map(|(range, lexeme)| match lexeme {
+        Lexeme::Token(token) => Some((range, token)),
+        Lexeme::Comment(_) => None,
+    })
+}
+
+/// The tokens and comments of `sql` with their byte ranges, whitespace left out.
+pub fn lex(sql: &str) -> Lexer<'_> {
+    Lexer {
+        sql,
+        at: 0,
+        unclosed: false,
+    }
+}
+
+/// Iterator over the tokens and comments of one SQL text.
 pub struct Lexer<'a> {
     sql: &'a str,
     at: usize,
+    unclosed: bool,
+}
+
+impl Lexer<'_> {
+    /// Whether the item read last is a string, quoted identifier, dollar quote or block comment
+    /// the text ends inside of (text PostgreSQL refuses).
+    pub fn unclosed(&self) -> bool {
+        self.unclosed
+    }
+}
+
+/// What a run of text is, before it is cut out.
+#[derive(Clone, Copy)]
+enum Kind {
+    Word,
+    QuotedIdent,
+    String,
+    Number,
+    Param,
+    Punct,
+    Comment,
 }
 
 impl<'a> Iterator for Lexer<'a> {
-    type Item = Token<'a>;
+    type Item = (Range<usize>, Lexeme<'a>);
 
-    fn next(&mut self) -> Option<Token<'a>> {
+    fn next(&mut self) -> Option<Self::Item> {
         let bytes = self.sql.as_bytes();
         loop {
             let start = self.at;
             let c = *bytes.get(start)?;
             let next = bytes.get(start + 1).copied();
-            let (end, token) = match c {
-                c if c.is_ascii_whitespace() => (start + 1, None),
-                b'-' if next == Some(b'-') => (line_end(bytes, start), None),
-                b'/' if next == Some(b'*') => (block_comment_end(bytes, start), None),
-                b'\'' => {
-                    let end = quoted_end(bytes, start, b'\'', false);
-                    (end, Some(Token::String(&self.sql[start..end])))
+            // `None` as the end: open to the end of the text.
+            let (end, kind) = match c {
+                c if c.is_ascii_whitespace() => {
+                    self.at = start + 1;
+                    continue;
                 }
+                b'-' if next == Some(b'-') => (Some(line_end(bytes, start)), Kind::Comment),
+                b'/' if next == Some(b'*') => (block_comment_end(bytes, start), Kind::Comment),
+                b'\'' => (quoted_end(bytes, start, b'\'', false), Kind::String),
                 b'e' | b'E' if next == Some(b'\'') => {
-                    let end = quoted_end(bytes, start + 1, b'\'', true);
-                    (end, Some(Token::String(&self.sql[start..end])))
+                    (quoted_end(bytes, start + 1, b'\'', true), Kind::String)
                 }
-                b'"' => {
-                    let end = quoted_end(bytes, start, b'"', false);
-                    (end, Some(Token::QuotedIdent(&self.sql[start..end])))
-                }
-                b'$' => self.dollar(start),
-                c if c.is_ascii_digit() => {
-                    let end = run_end(bytes, start, |b| b.is_ascii_alphanumeric() || b == b'.');
-                    (end, Some(Token::Number(&self.sql[start..end])))
-                }
-                c if is_word_start(c) => {
-                    let end = run_end(bytes, start, is_word_byte);
-                    (end, Some(Token::Word(&self.sql[start..end])))
-                }
-                c => (start + 1, Some(Token::Punct(c))),
+                b'"' => (quoted_end(bytes, start, b'"', false), Kind::QuotedIdent),
+                b'$' => dollar(self.sql, start),
+                c if c.is_ascii_digit() => (Some(number_end(bytes, start)), Kind::Number),
+                c if is_word_start(c) => (Some(run_end(bytes, start, is_word_byte)), Kind::Word),
+                _ => (Some(start + 1), Kind::Punct),
             };
-            self.at = end.max(start + 1).min(bytes.len());
-            // Keep slicing on character boundaries (a multi-byte character is one punctuation).
-            while !self.sql.is_char_boundary(self.at) {
-                self.at += 1;
+            self.unclosed = end.is_none();
+            let mut end = end.unwrap_or(bytes.len()).clamp(start + 1, bytes.len());
+            // Keep slicing on character boundaries.
+            while !self.sql.is_char_boundary(end) {
+                end += 1;
             }
-            if token.is_some() {
-                return token;
-            }
+            self.at = end;
+            let text = &self.sql[start..end];
+            let lexeme = match kind {
+                Kind::Comment => Lexeme::Comment(text),
+                Kind::Word => Lexeme::Token(Token::Word(text)),
+                Kind::QuotedIdent => Lexeme::Token(Token::QuotedIdent(text)),
+                Kind::String => Lexeme::Token(Token::String(text)),
+                Kind::Number => Lexeme::Token(Token::Number(text)),
+                Kind::Param => Lexeme::Token(Token::Param(text)),
+                Kind::Punct => Lexeme::Token(Token::Punct(c)),
+            };
+            return Some((start..end, lexeme));
         }
     }
 }
 
-impl<'a> Lexer<'a> {
-    /// `$1` (a parameter), `$tag$...$tag$` or `$$...$$` (a string), or a lone `$`.
-    fn dollar(&self, start: usize) -> (usize, Option<Token<'a>>) {
-        let bytes = self.sql.as_bytes();
-        if bytes.get(start + 1).is_some_and(u8::is_ascii_digit) {
-            let end = run_end(bytes, start + 1, |b| b.is_ascii_digit());
-            return (end, Some(Token::Param(&self.sql[start..end])));
-        }
-        let tag_end = run_end(bytes, start + 1, |b| {
-            b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
-        });
-        if bytes.get(tag_end) != Some(&b'$') {
-            return (start + 1, Some(Token::Punct(b'$')));
-        }
-        let tag = &self.sql[start..=tag_end];
-        let body = tag_end + 1;
-        let end = self.sql[body..]
-            .find(tag)
-            .map_or(bytes.len(), |n| body + n + tag.len());
-        (end, Some(Token::String(&self.sql[start..end])))
+/// At a `$`: `$1` (a parameter), `$tag$...$tag$` or `$$...$$` (a string), or a lone `$`.
+fn dollar(sql: &str, start: usize) -> (Option<usize>, Kind) {
+    let bytes = sql.as_bytes();
+    if bytes.get(start + 1).is_some_and(u8::is_ascii_digit) {
+        let end = run_end(bytes, start + 1, |b| b.is_ascii_digit());
+        return (Some(end), Kind::Param);
     }
+    let tag_end = run_end(bytes, start + 1, |b| {
+        b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+    });
+    if bytes.get(tag_end) != Some(&b'$') {
+        return (Some(start + 1), Kind::Punct);
+    }
+    let tag = &sql[start..=tag_end];
+    let body = tag_end + 1;
+    let end = sql[body..].find(tag).map(|n| body + n + tag.len());
+    (end, Kind::String)
 }
 
 fn is_word_start(c: u8) -> bool {
@@ -124,8 +174,25 @@ fn line_end(bytes: &[u8], from: usize) -> usize {
         .map_or(bytes.len(), |n| from + n + 1)
 }
 
-/// End of a nested `/* ... */` comment starting at `from` (the end of text if unclosed).
-fn block_comment_end(bytes: &[u8], from: usize) -> usize {
+/// End of `digits[.digits][e[+-]digits]` starting at `from` (a dot or an `e` joins the number
+/// only when digits follow it).
+fn number_end(bytes: &[u8], from: usize) -> usize {
+    let digits = |i: usize| run_end(bytes, i, |b| b.is_ascii_digit());
+    let mut i = digits(from);
+    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        i = digits(i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
+        if bytes.get(i + 1 + sign).is_some_and(u8::is_ascii_digit) {
+            i = digits(i + 1 + sign);
+        }
+    }
+    i
+}
+
+/// End of a nested `/* ... */` comment starting at `from`; `None` when it is never closed.
+fn block_comment_end(bytes: &[u8], from: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut i = from;
     while i + 1 < bytes.len() {
@@ -138,28 +205,28 @@ fn block_comment_end(bytes: &[u8], from: usize) -> usize {
                 depth -= 1;
                 i += 2;
                 if depth == 0 {
-                    return i;
+                    return Some(i);
                 }
             }
             _ => i += 1,
         }
     }
-    bytes.len()
+    None
 }
 
 /// End of a quoted run opening at `from` with `quote` (doubled quotes stay inside; with
-/// `backslashes`, a backslash escapes the next byte).
-fn quoted_end(bytes: &[u8], from: usize, quote: u8, backslashes: bool) -> usize {
+/// `backslashes`, a backslash escapes the next byte); `None` when it is never closed.
+fn quoted_end(bytes: &[u8], from: usize, quote: u8, backslashes: bool) -> Option<usize> {
     let mut i = from + 1;
     while i < bytes.len() {
         match bytes[i] {
             b'\\' if backslashes => i += 2,
             b if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
-            b if b == quote => return i + 1,
+            b if b == quote => return Some(i + 1),
             _ => i += 1,
         }
     }
-    bytes.len()
+    None
 }
 
 #[cfg(test)]
@@ -217,5 +284,57 @@ mod tests {
         assert_eq!(words("/* open"), Vec::<String>::new());
         assert_eq!(words("é = ü"), ["é", "=", "ü"]);
         assert_eq!(words("$$ open"), ["$$ open"]);
+    }
+
+    #[test]
+    fn spans_give_each_token_its_byte_range() {
+        let sql = "SELECT 'a b' /* c */ FROM\tt";
+        let got: Vec<(&str, Token)> = spans(sql).map(|(r, t)| (&sql[r], t)).collect();
+        assert_eq!(
+            got,
+            [
+                ("SELECT", Token::Word("SELECT")),
+                ("'a b'", Token::String("'a b'")),
+                ("FROM", Token::Word("FROM")),
+                ("t", Token::Word("t")),
+            ]
+        );
+    }
+
+    #[test]
+    fn lex_reads_comments_too_and_says_when_the_text_ends_inside_a_quote() {
+        let mut lexer = lex("-- x\nSELECT /* a /* b */ */ 1");
+        let items: Vec<Lexeme> = lexer.by_ref().map(|(_, l)| l).collect();
+        assert_eq!(
+            items,
+            [
+                Lexeme::Comment("-- x\n"),
+                Lexeme::Token(Token::Word("SELECT")),
+                Lexeme::Comment("/* a /* b */ */"),
+                Lexeme::Token(Token::Number("1")),
+            ]
+        );
+        assert!(!lexer.unclosed());
+        for open in [
+            "'abc",
+            "'abc''",
+            "\"name",
+            "$$ x",
+            "$t$ x $t",
+            "/* a /* b */",
+            "E'\\'",
+        ] {
+            let mut lexer = lex(open);
+            let last = lexer.by_ref().last();
+            assert!(lexer.unclosed(), "{open}: {last:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_take_a_fraction_and_an_exponent_only_when_digits_follow() {
+        assert_eq!(
+            words("1.5e-3 2. 3e x4 0x1F"),
+            ["1.5e-3", "2", ".", "3", "e", "x4", "0", "x1F"]
+        );
     }
 }
