@@ -12,14 +12,12 @@ use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, Statement,
 };
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer};
-
 use super::copy_rows::CopyFormat;
 use super::input::{Facts, ShardedTable, Tables};
 use super::read_plan::Scatter;
 use super::scatter::scatter;
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
+use crate::sql::lexer::{tokens, Token};
 use crate::sql::syntax::fold;
 
 /// What a COPY statement needs beyond an ordinary route.
@@ -222,15 +220,10 @@ pub(crate) fn copy_plan(
 /// Whether anything but whitespace and comments follows the first `;` (sqlparser reads what
 /// follows `COPY ... FROM STDIN;` as inline data, even another statement).
 fn text_after_semicolon(sql: &str) -> bool {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
-        return true;
-    };
-    tokens
-        .iter()
-        .skip_while(|t| **t != Token::SemiColon)
+    tokens(sql)
+        .skip_while(|t| *t != Token::Punct(b';'))
         .skip(1)
-        .any(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .any(|t| t != Token::Punct(b';'))
 }
 
 /// The sharded table a `COPY ... FROM` writes, if any.

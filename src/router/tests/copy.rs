@@ -156,3 +156,16 @@ fn a_statement_after_copy_from_stdin_is_refused_not_read_as_data() {
     refusal("COPY users (user_id) FROM STDIN; SELECT 1");
     refusal("COPY users (user_id) FROM STDIN;\n1\n\\.\n");
 }
+
+#[test]
+fn comments_after_copy_from_stdin_are_not_a_statement() {
+    assert_eq!(
+        copy_in("COPY users (user_id) FROM STDIN; -- rows follow").key_index,
+        Some(0)
+    );
+    assert_eq!(
+        copy_in("COPY users (user_id) FROM STDIN -- rows follow").key_index,
+        Some(0)
+    );
+    refusal("COPY users (user_id) FROM STDIN; /* x */ SELECT 1");
+}
