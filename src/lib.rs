@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: client socket → [`wire`] (frames) → [`session`] (client state machine)
 //! → [`router`] (statement → route) → [`pool`] → [`backend`] (server connections) → back to the client.
+//! The router hands cross-shard planning to [`multishard`], and both read SQL with [`sql`].
 //! [`config`] and [`sharding`] are pure data; [`cli`] is the glue for the `pgshard` binary.
 //! See ARCHITECTURE.md for the map and the invariants.
 

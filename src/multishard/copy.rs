@@ -1,7 +1,7 @@
 //! COPY statements → [`CopyPlan`], at plan time: `COPY <sharded table> FROM STDIN` becomes the
 //! table, the shard key's position in each row and the data format ([`CopyFormat`]), so the
 //! session can split the rows by key; `COPY ... TO STDOUT` reading several shards becomes whether
-//! concatenating the shards' output is the right answer (reusing [`super::scatter`]'s judgement
+//! concatenating the shards' output is the right answer (reusing [`super::scatter`](mod@super::scatter)'s judgement
 //! on the inner query). Also places one row by its key text ([`CopyIn::shard_of`]).
 //!
 //! Pure: never does I/O, never sees the data, never keeps state between calls.

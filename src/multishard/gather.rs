@@ -3,7 +3,7 @@
 //! sort columns, stripped again), and aggregates with or without GROUP BY, HAVING and an ORDER
 //! BY/LIMIT over the groups (each shard returns partial aggregates per group; avg is sent as sum
 //! and count). Decides only from the top level of an already checked statement (FROM, joins and
-//! subqueries are [`super::scatter`]'s). Pure: builds values and SQL text, never does I/O.
+//! subqueries are [`super::scatter`](mod@super::scatter)'s). Pure: builds values and SQL text, never does I/O.
 
 use std::sync::Arc;
 

@@ -4,8 +4,8 @@
 //! how a COPY is split by key or gathered ([`CopyPlan`], with [`RowSplitter`] cutting its data
 //! into rows).
 //!
-//! Called by the router, which hands in what its analysis found ([`Facts`]) and answers
-//! questions about tables ([`Tables`]). Pure and synchronous: never does I/O, never sees
+//! Called by the router, which hands in what its analysis found (`Facts`) and answers
+//! questions about tables (`Tables`). Pure and synchronous: never does I/O, never sees
 //! parameter values, and never imports the router, the session or anything that does I/O.
 
 mod aggregate;

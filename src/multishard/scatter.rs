@@ -8,7 +8,7 @@
 //! with no other tables than reference tables, and with nothing that combines rows across the
 //! result (OFFSET, DISTINCT, GROUP BY, HAVING, aggregates, window functions, set operations,
 //! row locks). A top-level ORDER BY whose items are all output columns ([`super::sort`]) is
-//! kept: each shard returns its rows sorted and the session merges them ([`SortKey`]). A
+//! kept: each shard returns its rows sorted and the session merges them ([`SortKey`](super::SortKey)). A
 //! top-level literal `LIMIT n` is kept: each shard stops after `n` rows and the merge stops
 //! after `n` in total (`LIMIT ALL` is no limit; `TABLE t` is read as `SELECT * FROM t`).
 //! Subqueries in WHERE or the select list may do
@@ -16,8 +16,9 @@
 //! no sharded table. A top-level select list of only aggregate calls that add up across
 //! shards (count, sum, min, max, bool_and/every, bool_or: each item exactly one call, no
 //! DISTINCT, FILTER, ORDER BY or OVER in it), under the same FROM rules and with no GROUP BY,
-//! HAVING, DISTINCT, ORDER BY, LIMIT or OFFSET, is [`Scatter::Aggregate`]: each shard returns
-//! one row and the session combines them ([`Combine`]). Anything else is
+//! HAVING, DISTINCT, ORDER BY, LIMIT or OFFSET, is a [`Scatter::Merge`]: each shard returns
+//! one row and the session combines them ([`Combine`](super::Combine)); `gather` decides the
+//! rest of the top level (GROUP BY, HAVING, DISTINCT, OFFSET). Anything else is
 //! [`Scatter::Unsupported`], naming the construct.
 //!
 //! Aggregates are recognised by PostgreSQL's built-in aggregate names (and by FILTER or WITHIN
@@ -110,8 +111,8 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// A query at the top (`top`) or in FROM; returns how its rows combine (a
-    /// [`Scatter::Concat`] with its ORDER BY and literal LIMIT, or, only at the top, a
-    /// [`Scatter::Aggregate`]).
+    /// [`Scatter::Concat`] with its ORDER BY and literal LIMIT, or, only at the top, what
+    /// [`gather::top_level`] makes of it).
     fn query(&mut self, q: &Query, top: bool) -> Check<Scatter> {
         if !q.pipe_operators.is_empty()
             || q.for_clause.is_some()

@@ -17,6 +17,10 @@
 //! Keyless writes on sharded tables are refused; keyless reads route to every shard.
 //! Statements sqlparser cannot parse go to the default (or overridden) shard's primary.
 //!
+//! What a statement needs when it runs on several shards (how a read's rows merge, a split
+//! INSERT's text, a COPY's plan) is [`crate::multishard`]'s to decide: the router calls it with
+//! what its analysis found and re-exports its types; it never calls back.
+//!
 //! Pure and synchronous: this module never does I/O, never awaits, holds no globals and never
 //! learns anything by itself (volatility comes in as data).
 
