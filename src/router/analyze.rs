@@ -78,11 +78,15 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
-            let facts = analyzer.facts();
-            let read = kind == StatementKind::Read;
-            let scatter = multishard::scatter(&facts, rules, &statements, read);
-            let copy = multishard::copy_plan(&facts, rules, &statements, sql);
-            drop(facts);
+            let (scatter, copy) = {
+                let facts = analyzer.facts();
+                let read = kind == StatementKind::Read;
+                let scatter = multishard::scatter(&facts, rules, &statements, read);
+                (
+                    scatter,
+                    multishard::copy_plan(&facts, rules, &statements, sql),
+                )
+            };
             let mut plan = analyzer.finish(kind, hint);
             plan.scatter = scatter;
             match copy {
