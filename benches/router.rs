@@ -7,6 +7,7 @@
 //! - `simple_literal`: what a session does for a simple query with a fresh literal (pgbench -S):
 //!   `normalize_literals`, `PlanCache::get` of the normalized text behind a mutex, and
 //!   `Router::route` with the literals as text parameters.
+//! - `normalize`: `normalize_literals` alone, on texts with and without literals to replace.
 //!
 //! Each benchmark routes one statement; "time" is the cost per statement.
 //! Run: `cargo bench --bench router`.
@@ -157,12 +158,43 @@ fn simple_literal(c: &mut Criterion) {
     });
 }
 
+/// Texts `normalize` measures: its name, and the text.
+const NORMALIZE: &[(&str, &str)] = &[
+    (
+        "pgbench_select",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+    ),
+    (
+        "insert_row",
+        "INSERT INTO orders (user_id, total, note) VALUES (42, 10.50, 'it''s a note') RETURNING id",
+    ),
+    (
+        "comments_and_names",
+        "/* pgshard: shard_key=7 */ SELECT \"col 1\", t2.x FROM t2 -- note 5\n\
+         WHERE x = 3 AND name = 'ünïcødé'",
+    ),
+    (
+        "nothing_to_replace",
+        "SELECT user_id, name, email FROM users u WHERE u.user_id = u.parent_id AND u.active",
+    ),
+];
+
+fn normalize(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normalize");
+    for (name, sql) in NORMALIZE {
+        group.bench_function(*name, |b| {
+            b.iter(|| black_box(normalize_literals(black_box(sql))))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = cold, cached, cache_hit, simple_literal
+    targets = cold, cached, cache_hit, simple_literal, normalize
 }
 criterion_main!(benches);

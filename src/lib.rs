@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: client socket → [`transport`] and [`wire`] (frames) → [`session`] (client state machine)
 //! → [`router`] (statement → route) → [`pool`] → [`backend`] (server connections) → back to the client.
+//! The router hands cross-shard planning to [`multishard`], and both read SQL with [`sql`].
 //! [`config`] and [`sharding`] are pure data; [`cli`] is the glue for the `pgshard` binary.
 //! See ARCHITECTURE.md for the map and the invariants.
 
@@ -13,11 +14,13 @@ pub mod config;
 pub mod error;
 pub mod localpg;
 pub mod merge;
+pub mod multishard;
 pub mod pool;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod sharding;
 pub mod shared;
+pub mod sql;
 pub mod transport;
 pub mod wire;

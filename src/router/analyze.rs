@@ -5,22 +5,23 @@
 //! Runs once per query text; never does I/O, never sees parameter values, holds no state
 //! between calls.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Set, Statement,
+    CopySource, Expr, ObjectName, ObjectNamePart, ObjectType, Query, Set, Statement,
     TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value,
 };
 
 use super::constraints::{literal_text, KeyGraph};
 use super::plan::{
-    Hint, Isolation, IsolationChange, KeyMove, Placement, Plan, SettingPlan, ShardedTable,
+    Hint, Isolation, IsolationChange, KeyExpr, KeyMove, Placement, Plan, SettingPlan,
     StatementKind, TransactionControl,
 };
-use super::scatter::{self, Scatter};
+use super::text;
 use super::Rules;
-use super::{copy, parse, split, text};
+use crate::multishard::{self, Facts, Scatter, ShardedTable, Tables};
+use crate::sql::parse;
+use crate::sql::syntax::{last_ident, lower};
 
 /// How the config classifies a table.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
     });
     // sqlparser wants `COPY ... FROM STDIN` to end with `;` (inline data may follow it).
     let parsed = parsed.or_else(|e| {
-        copy::terminated(sql)
+        text::terminated(sql)
             .ok_or(e)
             .and_then(|t| parse::parse(&t))
     });
@@ -80,8 +81,15 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
         Ok(statements) if !statements.is_empty() => {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
-            let scatter = scatter::scatter(&analyzer, &statements, &kind);
-            let copy = copy::copy_plan(&analyzer, &statements, sql);
+            let (scatter, copy) = {
+                let facts = analyzer.facts();
+                let read = kind == StatementKind::Read;
+                let scatter = multishard::scatter(&facts, rules, &statements, read);
+                (
+                    scatter,
+                    multishard::copy_plan(&facts, rules, &statements, sql),
+                )
+            };
             let mut plan = analyzer.finish(kind, hint);
             plan.scatter = scatter;
             match copy {
@@ -89,7 +97,11 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
                 Err(refusal) => plan.unsupported = plan.unsupported.or(Some(refusal)),
             }
             if !was_rewritten {
-                plan.split = split::prepare(&statements, &plan).map(Arc::new);
+                let split = plan.split_keys().and_then(|keys| {
+                    let parameterized = keys.iter().any(|k| matches!(k, KeyExpr::Param { .. }));
+                    multishard::prepare_split(&statements, keys.len(), parameterized)
+                });
+                plan.split = split.map(Arc::new);
             }
             plan
         }
@@ -104,7 +116,7 @@ fn unparsed(rules: &Rules, body: &str, hint: Option<Hint>) -> Plan {
     let mut plan = Plan::other(hint, false);
     plan.kind = fallback.kind;
     plan.writes = fallback.writes;
-    plan.scatter = Scatter::Unsupported(scatter::UNPARSED.to_string());
+    plan.scatter = Scatter::Unsupported(multishard::UNPARSED.to_string());
     if let Some(table) = fallback.copy_from {
         match rules.tables.get(table.as_str()) {
             Some(TableRule::Sharded(t)) => {
@@ -165,7 +177,7 @@ impl<'r> Analyzer<'r> {
             key_moves: self.key_moves,
             hint,
             unsupported: self.unsupported,
-            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            scatter: Scatter::Unsupported(multishard::NO_SHARDED_TABLE.to_string()),
             split: None,
             everywhere_with_sharded,
             copy: None,
@@ -306,8 +318,51 @@ impl<'r> Analyzer<'r> {
 
     /// The config's rule for a table name (schema ignored, case folded).
     pub(super) fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
+        self.rules.table_rule(name)
+    }
+
+    /// What the cross-shard planning needs to know of this analysis.
+    fn facts(&self) -> Facts<'_> {
+        let mut not_colocated = Vec::new();
+        if self.keys.colocated_groups() > 1 {
+            not_colocated = (0..self.keys.occ_count())
+                .map(|o| &*self.keys.table(o).name)
+                .collect();
+            not_colocated.sort_unstable();
+            not_colocated.dedup();
+        }
+        Facts {
+            writes: self.writes,
+            locks: self.locks,
+            sharded_occurrences: self.keys.occ_count(),
+            cte_sharded: self.cte_sharded,
+            other_table: self.others.first().map(|t| &**t),
+            not_colocated,
+        }
+    }
+}
+
+impl Rules {
+    /// The config's rule for a table name (schema ignored, case folded).
+    fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
         let last = last_ident(name)?;
-        self.rules.tables.get(&*lower(last)).cloned()
+        self.tables.get(&*lower(last)).cloned()
+    }
+}
+
+impl Tables for Rules {
+    fn sharded(&self, name: &ObjectName) -> Option<Arc<ShardedTable>> {
+        match self.table_rule(name)? {
+            TableRule::Sharded(table) => Some(table),
+            TableRule::Reference => None,
+        }
+    }
+
+    fn reads_sharded(&self, query: &Query, ctes: &[Box<str>]) -> bool {
+        let mut analyzer = Analyzer::new(self);
+        analyzer.ctes = ctes.to_vec();
+        analyzer.query(query);
+        analyzer.keys.occ_count() > 0
     }
 }
 
@@ -427,22 +482,5 @@ fn setting_value(e: &Expr) -> Option<String> {
         }
         Expr::Identifier(i) => Some(i.value.clone()),
         other => Some(other.to_string()),
-    }
-}
-
-/// The unqualified name: `public.users` → `users`.
-pub(super) fn last_ident(name: &ObjectName) -> Option<&str> {
-    match name.0.last()? {
-        ObjectNamePart::Identifier(i) => Some(&i.value),
-        _ => None,
-    }
-}
-
-/// Lowercase without allocating when already lowercase.
-pub(super) fn lower(s: &str) -> Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(s.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(s)
     }
 }

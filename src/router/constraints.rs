@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
 
-use super::plan::{KeyClass, KeyExpr, KeySet, ShardedTable};
+use super::plan::{KeyClass, KeyExpr, KeySet};
+use crate::multishard::ShardedTable;
 use crate::sharding::{key_from_text, KeyType};
 
 /// Deepest AND/OR nesting read for keys; deeper predicates pin nothing (the safe side).

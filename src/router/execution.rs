@@ -4,8 +4,8 @@
 //! values here, with their message and SQLSTATE. Pure and synchronous: never does I/O and never
 //! looks at session internals beyond [`SessionView`].
 
-use super::copy::{CopyIn, CopyPlan};
 use super::plan::Isolation;
+use super::{CopyIn, CopyPlan};
 use super::{Params, Plan, Route, RouteError, Router, Scatter, SplitPart, StatementKind, Target};
 use crate::config::PoolMode;
 

@@ -7,11 +7,8 @@ use sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, WindowType,
 };
 
-use super::analyze::{last_ident, lower, Analyzer};
-
-/// Deepest expression nesting walked; deeper parts count as volatile (the primary) and pin
-/// no key. Bounds this walk's stack use whatever the parser accepted.
-pub(super) const MAX_WALK_DEPTH: usize = 256;
+use super::analyze::Analyzer;
+use crate::sql::syntax::{last_ident, lower, one_child, two_children, MAX_WALK_DEPTH};
 
 impl Analyzer<'_> {
     pub(super) fn expr(&mut self, e: &Expr) {
@@ -173,77 +170,5 @@ impl Analyzer<'_> {
                 self.expr(e);
             }
         }
-    }
-}
-
-/// The operand of expressions with exactly one.
-pub(super) fn one_child(e: &Expr) -> Option<&Expr> {
-    use Expr as E;
-    match e {
-        E::IsFalse(x)
-        | E::IsNotFalse(x)
-        | E::IsTrue(x)
-        | E::IsNotTrue(x)
-        | E::IsNull(x)
-        | E::IsNotNull(x)
-        | E::IsUnknown(x)
-        | E::IsNotUnknown(x)
-        | E::Nested(x)
-        | E::IsNormalized { expr: x, .. }
-        | E::UnaryOp { expr: x, .. }
-        | E::Cast { expr: x, .. }
-        | E::Extract { expr: x, .. }
-        | E::Ceil { expr: x, .. }
-        | E::Floor { expr: x, .. }
-        | E::Collate { expr: x, .. }
-        | E::Named { expr: x, .. }
-        | E::Prefixed { value: x, .. }
-        | E::JsonAccess { value: x, .. }
-        | E::CompoundFieldAccess { root: x, .. } => Some(x),
-        _ => None,
-    }
-}
-
-/// The operands of binary expressions.
-pub(super) fn two_children(e: &Expr) -> Option<(&Expr, &Expr)> {
-    use Expr as E;
-    match e {
-        E::IsDistinctFrom(a, b)
-        | E::IsNotDistinctFrom(a, b)
-        | E::BinaryOp {
-            left: a, right: b, ..
-        }
-        | E::AnyOp {
-            left: a, right: b, ..
-        }
-        | E::AllOp {
-            left: a, right: b, ..
-        }
-        | E::Like {
-            expr: a,
-            pattern: b,
-            ..
-        }
-        | E::ILike {
-            expr: a,
-            pattern: b,
-            ..
-        }
-        | E::SimilarTo {
-            expr: a,
-            pattern: b,
-            ..
-        }
-        | E::InUnnest {
-            expr: a,
-            array_expr: b,
-            ..
-        }
-        | E::AtTimeZone {
-            timestamp: a,
-            time_zone: b,
-        }
-        | E::Position { expr: a, r#in: b } => Some((a, b)),
-        _ => None,
     }
 }

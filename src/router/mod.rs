@@ -17,28 +17,24 @@
 //! Keyless writes on sharded tables are refused; keyless reads route to every shard.
 //! Statements sqlparser cannot parse go to the default (or overridden) shard's primary.
 //!
+//! What a statement needs when it runs on several shards (how a read's rows merge, a split
+//! INSERT's text, a COPY's plan) is [`crate::multishard`]'s to decide: the router calls it with
+//! what its analysis found and re-exports its types; it never calls back.
+//!
 //! Pure and synchronous: this module never does I/O, never awaits, holds no globals and never
 //! learns anything by itself (volatility comes in as data).
 
 mod analyze;
 mod cache;
 mod constraints;
-mod copy;
-mod copy_rows;
 mod error;
 mod execution;
 mod expr;
-mod gather;
-pub mod lexer;
 mod normalize;
-mod parse;
 mod plan;
 mod query;
 mod route;
-mod scatter;
 mod session_effects;
-mod sort;
-mod split;
 mod text;
 mod volatility;
 
@@ -54,19 +50,19 @@ use crate::sharding::{KeyType, ShardMap};
 use analyze::TableRule;
 
 pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
-pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
-pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use error::RouteError;
 pub use execution::{Execution, FanOutPlan, HeldServer, Refusal, SessionView, TransactionView};
-pub use gather::{CompareOp, Groups, Merge, Operand, Output, Predicate};
 pub use normalize::normalize_literals;
-pub use plan::{
-    Isolation, IsolationChange, Plan, SettingPlan, ShardedTable, StatementKind, TransactionControl,
-};
+pub use plan::{Isolation, IsolationChange, Plan, SettingPlan, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
-pub use scatter::{Combine, Scatter, SortColumn, SortKey};
-pub use split::SplitPart;
 pub use volatility::Volatility;
+
+// What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.
+pub use crate::multishard::{
+    Combine, CompareOp, CopyFormat, CopyIn, CopyKeyError, CopyOut, CopyPlan, CopyRow, CopyRowError,
+    Groups, Merge, Operand, Output, Predicate, RowSplitter, Scatter, ShardedTable, SortColumn,
+    SortKey, SplitPart,
+};
 
 impl Router {
     /// Whether `sql` may change its server session's role or settings beyond what its

@@ -2,8 +2,11 @@
 //! with the parameter `12345` (text format), so statements that differ only in their literals
 //! share one cached plan and are routed from the parameter, instead of being parsed each time.
 //! Pure and conservative: anything it does not fully understand (dollar quotes, `$n` already in
-//! the text, prefixed strings such as E'..', U&'..', B'..', X'..', backslashes in strings) returns
-//! `None`, and the caller plans the original text. Comments and quoted identifiers are kept as they are.
+//! the text, prefixed strings such as E'..', B'..', X'..', backslashes in strings, a quote or
+//! comment left open) returns `None`, and the caller plans the original text. Reads the text with
+//! the SQL lexer; comments and quoted identifiers are kept as they are.
+
+use crate::sql::lexer::{lex, Lexeme, Token};
 
 /// The text with every plain numeric and string literal replaced by `$1`, `$2`, ..., and the
 /// literals' values in order; `None` when there is nothing to replace or the text is not safe to
@@ -12,57 +15,44 @@ pub fn normalize_literals(sql: &str) -> Option<(String, Vec<String>)> {
     let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut params: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let after_identifier = i > 0 && is_identifier_byte(bytes[i - 1]);
-        match c {
-            b'$' => return None,
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                let end = sql[i..].find('\n').map_or(bytes.len(), |n| i + n);
-                out.push_str(&sql[i..end]);
-                i = end;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let end = block_comment_end(bytes, i)?;
-                out.push_str(&sql[i..end]);
-                i = end;
-            }
-            b'"' => {
-                let end = quoted_end(bytes, i, b'"')?;
-                out.push_str(&sql[i..end]);
-                i = end;
-            }
-            b'\'' if after_identifier => return None,
-            b'\'' => {
-                let end = quoted_end(bytes, i, b'\'')?;
-                let body = &sql[i + 1..end - 1];
-                if body.contains('\\') {
-                    // A backslash escapes under standard_conforming_strings = off: not ours to read.
-                    return None;
-                }
-                params.push(body.replace("''", "'"));
-                push_placeholder(&mut out, params.len());
-                i = end;
-            }
-            b'0'..=b'9' if !after_identifier => {
-                let end = number_end(bytes, i);
-                if end < bytes.len() && is_identifier_byte(bytes[end]) {
+    // `sql[..copied]` is in `out` already.
+    let mut copied = 0;
+    let mut lexer = lex(sql);
+    while let Some((range, lexeme)) = lexer.next() {
+        if lexer.unclosed() {
+            return None;
+        }
+        let value = match lexeme {
+            Lexeme::Token(Token::String(s)) => string_value(s, bytes, range.start)?,
+            Lexeme::Token(Token::Number(n)) => {
+                if bytes.get(range.end).is_some_and(|&b| is_identifier_byte(b)) {
                     return None; // `1e`, `0x1F`, `12abc`: not a plain number
                 }
-                params.push(sql[i..end].to_string());
-                push_placeholder(&mut out, params.len());
-                i = end;
+                n.to_string()
             }
-            _ => {
-                // Copy one whole UTF-8 character.
-                let len = sql[i..].chars().next().map_or(1, char::len_utf8);
-                out.push_str(&sql[i..i + len]);
-                i += len;
-            }
-        }
+            Lexeme::Token(Token::Param(_) | Token::Punct(b'$')) => return None,
+            Lexeme::Token(Token::Word(w)) if w.contains('$') => return None,
+            _ => continue,
+        };
+        out.push_str(&sql[copied..range.start]);
+        params.push(value);
+        push_placeholder(&mut out, params.len());
+        copied = range.end;
     }
+    out.push_str(&sql[copied..]);
     (!params.is_empty()).then_some((out, params))
+}
+
+/// The value of the string literal `s` found at byte `start`: `None` unless it is a plain
+/// `'...'` string (not E'..', B'..', X'..' or dollar-quoted) without a backslash.
+fn string_value(s: &str, bytes: &[u8], start: usize) -> Option<String> {
+    let prefixed = start > 0 && is_identifier_byte(bytes[start - 1]);
+    let body = s.strip_prefix('\'')?.strip_suffix('\'')?;
+    // A backslash escapes under standard_conforming_strings = off: not ours to read.
+    if prefixed || body.contains('\\') {
+        return None;
+    }
+    Some(body.replace("''", "'"))
 }
 
 fn is_identifier_byte(b: u8) -> bool {
@@ -72,66 +62,6 @@ fn is_identifier_byte(b: u8) -> bool {
 fn push_placeholder(out: &mut String, n: usize) {
     out.push('$');
     out.push_str(&n.to_string());
-}
-
-/// End (exclusive) of a quoted token starting at `start`; a doubled quote is an escaped one.
-fn quoted_end(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
-    let mut i = start + 1;
-    while i < bytes.len() {
-        if bytes[i] == quote {
-            if bytes.get(i + 1) == Some(&quote) {
-                i += 2;
-                continue;
-            }
-            return Some(i + 1);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// End (exclusive) of a block comment starting at `start`; PostgreSQL's comments nest.
-fn block_comment_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut depth = 0;
-    let mut i = start;
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// End (exclusive) of `digits[.digits][e[+-]digits]` starting at `start`.
-fn number_end(bytes: &[u8], start: usize) -> usize {
-    let digits = |mut i: usize| {
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        i
-    };
-    let mut i = digits(start);
-    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
-        i = digits(i + 1);
-    }
-    if matches!(bytes.get(i), Some(b'e' | b'E')) {
-        let sign = usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
-        if bytes.get(i + 1 + sign).is_some_and(u8::is_ascii_digit) {
-            i = digits(i + 1 + sign);
-        }
-    }
-    i
 }
 
 #[cfg(test)]
@@ -184,5 +114,14 @@ mod tests {
         let (text, params) = norm("SELECT * FROM t WHERE name = 'ünïcødé' AND ä = 1").unwrap();
         assert_eq!(text, "SELECT * FROM t WHERE name = $1 AND ä = $2");
         assert_eq!(params, vec!["ünïcødé", "1"]);
+    }
+
+    #[test]
+    fn quotes_and_comments_left_open_are_left_alone_and_dollars_inside_them_are_kept() {
+        assert_eq!(norm("SELECT 1 /* open"), None);
+        assert_eq!(norm("SELECT \"open, 1"), None);
+        let (text, params) = norm("SELECT \"a$\" FROM t /* $1 */ WHERE x = 1 -- $$").unwrap();
+        assert_eq!(text, "SELECT \"a$\" FROM t /* $1 */ WHERE x = $1 -- $$");
+        assert_eq!(params, vec!["1"]);
     }
 }

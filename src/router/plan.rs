@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use super::copy::CopyPlan;
-use super::scatter::{self, Scatter};
-use super::split::InsertSplit;
+use crate::multishard::{CopyPlan, InsertSplit, Scatter, ShardedTable, NO_SHARDED_TABLE};
 use crate::sharding::{KeyType, ShardingError};
 
 /// What a statement is, as far as routing and the session's state machine care.
@@ -67,16 +65,6 @@ pub enum SettingPlan {
     ResetAll,
     /// `SET pgshard.<other>`: refused with the list of known settings.
     Unknown(String),
-}
-
-/// A sharded table as the config declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardedTable {
-    /// Lowercase, unqualified.
-    pub name: Box<str>,
-    /// Lowercase.
-    pub key_column: Box<str>,
-    pub key_type: KeyType,
 }
 
 /// One value the shard key may take.
@@ -245,6 +233,30 @@ impl Plan {
         names
     }
 
+    /// The shard key of each VALUES row of a multi-row INSERT into one sharded table, when the
+    /// keys are literals or `$n` parameters and not all the same: such an INSERT may be split
+    /// per shard ([`super::Router::split_insert`]).
+    pub(crate) fn split_keys(&self) -> Option<&[KeyExpr]> {
+        let Placement::Sharded(classes) = &self.placement else {
+            return None;
+        };
+        let [class] = classes.as_slice() else {
+            return None;
+        };
+        let [set] = class.sets.as_slice() else {
+            return None;
+        };
+        if !class.insert || !set.rows || set.alts.len() < 2 {
+            return None;
+        }
+        let keys = set.alts.as_slice();
+        let placeable = keys
+            .iter()
+            .all(|k| matches!(k, KeyExpr::Slot(_) | KeyExpr::Param { .. }));
+        let spread = keys.iter().any(|k| *k != keys[0]);
+        (placeable && spread).then_some(keys)
+    }
+
     /// A plan for text with no statement in it (empty, or only comments).
     pub(crate) fn empty(hint: Option<Hint>) -> Plan {
         Plan::other(hint, true)
@@ -261,7 +273,7 @@ impl Plan {
             key_moves: Vec::new(),
             hint,
             unsupported: None,
-            scatter: Scatter::Unsupported(scatter::NO_SHARDED_TABLE.to_string()),
+            scatter: Scatter::Unsupported(NO_SHARDED_TABLE.to_string()),
             split: None,
             everywhere_with_sharded: false,
             copy: None,

@@ -9,10 +9,10 @@ use sqlparser::ast::{
     TableAlias, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind,
 };
 
-use super::analyze::{last_ident, lower, Analyzer, TableRule};
+use super::analyze::{Analyzer, TableRule};
 use super::constraints::{key_expr, Mode};
-use super::expr::MAX_WALK_DEPTH;
 use super::plan::{KeyMove, KeySet};
+use crate::sql::syntax::{last_ident, lower, MAX_WALK_DEPTH};
 
 impl Analyzer<'_> {
     pub(super) fn query(&mut self, q: &Query) {

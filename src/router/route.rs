@@ -6,6 +6,7 @@
 
 use super::plan::{KeyClass, KeyExpr, KeySet, Placement, Plan, SettingPlan, StatementKind};
 use super::{RouteError, Router};
+use crate::multishard::SplitPart;
 use crate::sharding::{key_from_binary, key_from_text, KeyType, KeyValue, ShardingError};
 
 /// Which server of a shard may run the statement.
@@ -550,6 +551,42 @@ impl Router {
         }
     }
 }
+
+impl Router {
+    /// The INSERTs a [`Route::SplitInsert`] runs: one per shard (ascending), each with only
+    /// the VALUES rows whose key lives there, in the client's order. Refused (0A000) when the
+    /// statement cannot be split: several statements in one string, keys or rows that are not
+    /// plain literals, or a rendering sqlparser cannot reproduce faithfully.
+    pub fn split_insert(
+        &self,
+        plan: &Plan,
+        params: &Params<'_>,
+    ) -> Result<Vec<SplitPart>, RouteError> {
+        let (Some(split), Some(keys)) = (&plan.split, plan.split_keys()) else {
+            return Err(RouteError::Unsupported(UNSPLITTABLE.to_string()));
+        };
+        let mut by_shard: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (row, key) in keys.iter().enumerate() {
+            let Some(shard) = self.key_shard(key, params)? else {
+                return Err(RouteError::Unsupported(UNSPLITTABLE.to_string()));
+            };
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, rows)) => rows.push(row),
+                None => by_shard.push((shard, vec![row])),
+            }
+        }
+        by_shard.sort_unstable_by_key(|(shard, _)| *shard);
+        Ok(by_shard
+            .into_iter()
+            .map(|(shard, rows)| split.part(shard, &rows))
+            .collect())
+    }
+}
+
+const UNSPLITTABLE: &str = "this INSERT's rows belong to several shards, and pgshard splits only \
+     a single INSERT ... VALUES whose shard keys are literals or $n parameters: send one INSERT \
+     per shard (rows \
+     whose keys are on the same shard may share one)";
 
 #[cfg(test)]
 mod binary_key_tests {

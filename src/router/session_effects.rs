@@ -5,8 +5,8 @@
 //! client uses it. Pure, text only; errs towards "yes": a false yes costs one reset round trip, a
 //! false no could hand one client's role to the next.
 
-use super::lexer::{tokens, Token};
 use super::Volatility;
+use crate::sql::lexer::{tokens, Token};
 
 /// Words that stand before `(` without being a function call.
 const NOT_CALLS: &[&str] = &[

@@ -1,59 +1,43 @@
 //! What the router reads from the raw statement text rather than from sqlparser's tree:
 //! leading `/* pgshard: ... */` hints (sqlparser drops comments), the first keywords of
 //! statements sqlparser cannot parse, and small rewrites that let it parse PostgreSQL syntax it
-//! does not know. Pure string work: never allocates per call on the hot path, never does I/O.
+//! does not know. Reads SQL only through the SQL lexer, so nothing inside a string, quoted name
+//! or comment is taken for a keyword or rewritten. Never allocates per call on the hot path,
+//! never does I/O.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use super::plan::{Hint, SettingPlan, StatementKind, TransactionControl};
+use crate::sql::lexer::{lex, spans, tokens, Lexeme, Token};
 
-/// The text after any leading whitespace and comments, and the hint those comments carry.
-/// Block comments nest, as in PostgreSQL.
+/// The text from its first token on, and the hint the comments before it carry. A block
+/// comment left open is where the text starts (sqlparser will refuse it).
 pub(crate) fn leading_comments(sql: &str) -> (&str, Option<Hint>) {
-    let mut rest = sql;
     let mut hint: Option<Hint> = None;
-    loop {
-        rest = rest.trim_start();
-        let (body, after) = if let Some(inner) = rest.strip_prefix("/*") {
-            match block_comment_end(inner) {
-                Some(end) => (&inner[..end], &inner[end + 2..]),
-                None => return (rest, hint),
-            }
-        } else if let Some(inner) = rest.strip_prefix("--") {
-            let end = inner.find('\n').unwrap_or(inner.len());
-            (&inner[..end], &inner[end..])
-        } else {
-            return (rest, hint);
+    let mut lexer = lex(sql);
+    while let Some((range, lexeme)) = lexer.next() {
+        let Lexeme::Comment(comment) = lexeme else {
+            return (&sql[range.start..], hint);
         };
-        if let Some(found) = parse_hint(body) {
+        if lexer.unclosed() {
+            return (&sql[range.start..], hint);
+        }
+        if let Some(found) = parse_hint(comment_body(comment)) {
             let h = hint.get_or_insert_with(Hint::default);
             h.shard_key = found.shard_key.or(h.shard_key.take());
             h.shard = found.shard.or(h.shard.take());
         }
-        rest = after;
     }
+    ("", hint)
 }
 
-/// Offset of the `*/` closing a block comment whose `/*` was just consumed.
-fn block_comment_end(inner: &str) -> Option<usize> {
-    let bytes = inner.as_bytes();
-    let mut depth = 1usize;
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-                i += 2;
-            }
-            _ => i += 1,
-        }
+/// A closed comment without its delimiters.
+fn comment_body(comment: &str) -> &str {
+    match comment.strip_prefix("/*") {
+        Some(inner) => inner.strip_suffix("*/").unwrap_or(inner),
+        None => comment.strip_prefix("--").unwrap_or(comment),
     }
-    None
 }
 
 /// `pgshard: shard_key=42, shard='s1'` → the hint (unknown names are ignored).
@@ -123,11 +107,9 @@ pub(crate) struct Fallback {
 
 /// Classifies an unparsable statement by its first keywords (comments already skipped).
 pub(crate) fn fallback(body: &str) -> Fallback {
-    let mut words = body
-        .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
-        .filter(|w| !w.is_empty());
-    let first = words.next().unwrap_or("").to_ascii_uppercase();
-    let second = words.next().unwrap_or("").to_ascii_uppercase();
+    let mut words = leading_words(body);
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
     let control = |t| StatementKind::Transaction(t);
     let mut out = Fallback {
         kind: StatementKind::Other,
@@ -165,19 +147,56 @@ pub(crate) fn fallback(body: &str) -> Fallback {
     out
 }
 
+/// The words a statement starts with, uppercased: a dotted name whole (`PGSHARD.SHARD_KEY`,
+/// `PUBLIC."USERS"`), any other token as written; `(` and `;` are skipped.
+fn leading_words(body: &str) -> impl Iterator<Item = String> + '_ {
+    let mut tokens = tokens(body)
+        .filter(|t| !matches!(t, Token::Punct(b'(' | b';')))
+        .peekable();
+    std::iter::from_fn(move || {
+        let first = tokens.next()?;
+        let mut word = token_text(first).to_ascii_uppercase();
+        if !matches!(first, Token::Word(_) | Token::QuotedIdent(_)) {
+            return Some(word);
+        }
+        while tokens.next_if_eq(&Token::Punct(b'.')).is_some() {
+            word.push('.');
+            if let Some(part @ (Token::Word(_) | Token::QuotedIdent(_))) = tokens.peek().copied() {
+                tokens.next();
+                word.push_str(&token_text(part).to_ascii_uppercase());
+            }
+        }
+        Some(word)
+    })
+}
+
+fn token_text(token: Token<'_>) -> Cow<'_, str> {
+    match token {
+        Token::Word(t)
+        | Token::QuotedIdent(t)
+        | Token::String(t)
+        | Token::Number(t)
+        | Token::Param(t) => t.into(),
+        Token::Punct(b) => char::from(b).to_string().into(),
+    }
+}
+
 /// `BEGIN ... READ ONLY` (the words, in any case and spacing).
 fn mentions_read_only(body: &str) -> bool {
-    let words: Vec<String> = body
-        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_uppercase)
-        .collect();
-    words.windows(2).any(|w| w[0] == "READ" && w[1] == "ONLY")
+    let mut previous = None;
+    tokens(body).any(|token| {
+        let found = is_word(previous, "read") && is_word(Some(token), "only");
+        previous = Some(token);
+        found
+    })
 }
 
 fn is_copy_from(body: &str) -> bool {
-    body.split_whitespace()
-        .any(|w| w.eq_ignore_ascii_case("from"))
+    tokens(body).any(|token| is_word(Some(token), "from"))
+}
+
+fn is_word(token: Option<Token<'_>>, word: &str) -> bool {
+    matches!(token, Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
 }
 
 /// `PUBLIC."Users"` → `users`.
@@ -190,58 +209,50 @@ fn unqualified(name: &str) -> String {
 /// `TABLE t` → `SELECT * FROM t`, and the row-lock strengths `FOR NO KEY UPDATE` / `FOR KEY
 /// SHARE` → `FOR UPDATE` / `FOR SHARE`. `None` when there is nothing to rewrite.
 pub(crate) fn rewrite_for_parser(sql: &str) -> Option<String> {
-    let words: Vec<(usize, &str)> = word_spans(sql);
-    let locks = rewrite_lock_clauses(sql, &words);
+    let tokens: Vec<(Range<usize>, Token)> = spans(sql).collect();
+    let locks = rewrite_lock_clauses(sql, &tokens);
     let text = locks.as_deref().unwrap_or(sql);
-    match words.first() {
-        Some(&(at, w)) if w.eq_ignore_ascii_case("table") => Some(format!(
+    match tokens.first() {
+        Some((at, token)) if is_word(Some(*token), "table") => Some(format!(
             "{}SELECT * FROM{}",
-            &text[..at],
-            &text[at + w.len()..]
+            &text[..at.start],
+            &text[at.end..]
         )),
         _ => locks,
     }
 }
 
-fn rewrite_lock_clauses(sql: &str, words: &[(usize, &str)]) -> Option<String> {
+/// Blanks `NO KEY` of `FOR NO KEY UPDATE` and `KEY` of `FOR KEY SHARE`, keeping every offset.
+fn rewrite_lock_clauses(sql: &str, tokens: &[(Range<usize>, Token)]) -> Option<String> {
+    let word = |i: usize, w: &str| is_word(tokens.get(i).map(|(_, t)| *t), w);
     let mut bytes = sql.as_bytes().to_vec();
     let mut changed = false;
-    for w in words.windows(4) {
-        let up = |i: usize| w[i].1.to_ascii_uppercase();
-        if up(0) == "FOR" && up(1) == "NO" && up(2) == "KEY" && up(3) == "UPDATE" {
-            blank(&mut bytes, w[1].0, w[2].0 + w[2].1.len());
-            changed = true;
-        } else if up(0) == "FOR" && up(1) == "KEY" && up(2) == "SHARE" {
-            blank(&mut bytes, w[1].0, w[1].0 + w[1].1.len());
-            changed = true;
+    for (i, (_, token)) in tokens.iter().enumerate() {
+        if !is_word(Some(*token), "for") {
+            continue;
         }
+        let blanked = if word(i + 1, "no") && word(i + 2, "key") && word(i + 3, "update") {
+            tokens[i + 1].0.start..tokens[i + 2].0.end
+        } else if word(i + 1, "key") && word(i + 2, "share") {
+            tokens[i + 1].0.clone()
+        } else {
+            continue;
+        };
+        bytes[blanked].fill(b' ');
+        changed = true;
     }
-    // Only ASCII letters were replaced by ASCII spaces, so the bytes are still UTF-8.
+    // Whole tokens, and what lies between two of them, became spaces: the bytes are still UTF-8.
     changed.then(|| String::from_utf8(bytes).ok()).flatten()
 }
 
-fn blank(bytes: &mut [u8], start: usize, end: usize) {
-    bytes[start..end].fill(b' ');
-}
-
-/// Whitespace-separated words with their byte offsets.
-fn word_spans(sql: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in sql.char_indices() {
-        match (c.is_whitespace() || c == ';', start) {
-            (true, Some(s)) => {
-                out.push((s, &sql[s..i]));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push((s, &sql[s..]));
-    }
-    out
+/// `sql` with the `;` sqlparser needs after `COPY ... FROM STDIN`, when it is a COPY without one:
+/// the text up to its last token, then `;`.
+pub(crate) fn terminated(sql: &str) -> Option<String> {
+    let mut spans = spans(sql);
+    let (first, token) = spans.next()?;
+    let copy = is_word(Some(token), "copy");
+    let (last, token) = spans.last().unwrap_or((first, token));
+    (copy && token != Token::Punct(b';')).then(|| format!("{};", &sql[..last.end]))
 }
 
 #[cfg(test)]
@@ -296,5 +307,58 @@ mod tests {
         assert_eq!(fallback("COMMIT PREPARED 'x'").kind, StatementKind::Other);
         let copy = fallback("COPY public.\"Users\"(a) FROM STDIN");
         assert_eq!(copy.copy_from.as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn words_inside_strings_and_comments_are_never_rewritten() {
+        let sql = "SELECT * FROM accounts WHERE email = 'a for no key update b' FOR NO KEY UPDATE";
+        assert_eq!(
+            rewrite_for_parser(sql).unwrap(),
+            "SELECT * FROM accounts WHERE email = 'a for no key update b' FOR        UPDATE"
+        );
+        let sql = "SELECT $$ table x $$ /* for key share y */ FROM t FOR KEY SHARE";
+        assert_eq!(
+            rewrite_for_parser(sql).unwrap(),
+            "SELECT $$ table x $$ /* for key share y */ FROM t FOR     SHARE"
+        );
+    }
+
+    #[test]
+    fn fallback_reads_keywords_never_strings_or_comments() {
+        let begin = fallback("BEGIN /* READ ONLY */ ISOLATION LEVEL SERIALIZABLE, READ WRITE");
+        assert_eq!(
+            begin.kind,
+            StatementKind::Transaction(TransactionControl::Begin { read_only: false })
+        );
+        let begin = fallback("START TRANSACTION READ\n  only");
+        assert_eq!(
+            begin.kind,
+            StatementKind::Transaction(TransactionControl::Begin { read_only: true })
+        );
+        let copy = fallback("COPY users (a) TO STDOUT WITH (DELIMITER 'from')");
+        assert_eq!(copy.copy_from, None);
+        assert_eq!(fallback("reset \"pgshard\".x").kind, StatementKind::Other);
+    }
+
+    #[test]
+    fn a_copy_is_terminated_after_its_last_token() {
+        assert_eq!(
+            terminated("COPY t FROM STDIN -- rows follow\n").as_deref(),
+            Some("COPY t FROM STDIN;")
+        );
+        assert_eq!(
+            terminated("/* load */ copy t FROM STDIN \n").as_deref(),
+            Some("/* load */ copy t FROM STDIN;")
+        );
+        assert_eq!(terminated("COPY t FROM STDIN;  "), None);
+        assert_eq!(terminated("SELECT 1"), None);
+    }
+
+    #[test]
+    fn a_block_comment_left_open_is_where_the_text_starts() {
+        let (rest, hint) = leading_comments("/* pgshard: shard=s1 */ /* open SELECT 1");
+        assert_eq!(rest, "/* open SELECT 1");
+        assert_eq!(hint.unwrap().shard.as_deref(), Some("s1"));
+        assert_eq!(leading_comments(" -- only a comment").0, "");
     }
 }

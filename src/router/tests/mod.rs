@@ -5,12 +5,15 @@
 //! 10, 42, 9223372036854775807 → shard 1. Text 'alice', 'bob', 'dave' → shard 0; 'carol',
 //! 'erin' → shard 1. UUID 550e8400-e29b-41d4-a716-446655440000 → shard 1.
 
+mod copy;
 mod execution;
+mod limits;
 mod normalized;
 mod params;
 mod reads;
 mod scatter;
 mod session;
+mod split;
 mod writes;
 
 use super::{Params, Route, RouteContext, RouteError, Router, Target, Volatility};

@@ -151,6 +151,18 @@ fn locking_and_volatile_reads_go_to_the_primary() {
     ]);
 }
 
+/// sqlparser lacks the lock strengths `FOR KEY SHARE` and `FOR NO KEY UPDATE`: the router
+/// rewrites them for parsing, wherever they stand, and never the words inside a literal.
+#[test]
+#[rustfmt::skip]
+fn lock_strengths_sqlparser_lacks_keep_the_key_and_its_literal() {
+    check(&[
+        ("SELECT * FROM users WHERE user_id = 42 FOR KEY SHARE", "shard 1 primary"),
+        ("SELECT * FROM accounts WHERE email = 'a for no key update b' FOR NO KEY UPDATE", "shard 1 primary"),
+        ("SELECT * FROM accounts WHERE email = 'x for key share y' /* for no key update x */ FOR KEY SHARE NOWAIT", "shard 0 primary"),
+    ]);
+}
+
 #[test]
 #[rustfmt::skip]
 fn stable_and_immutable_functions_keep_reads_on_replicas() {

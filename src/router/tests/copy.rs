@@ -1,6 +1,8 @@
-use super::*;
-use crate::router::tests::router;
-use crate::router::{Params, RouteContext};
+//! COPY plans: the key's position and the data format of `COPY <sharded table> FROM STDIN`,
+//! the refusals, and whether `COPY ... TO STDOUT` on several shards may be gathered.
+
+use super::router;
+use crate::router::{CopyFormat, CopyIn, CopyOut, CopyPlan, Params, RouteContext};
 
 fn copy_in(sql: &str) -> CopyIn {
     match router().plan(sql).copy() {
@@ -153,4 +155,17 @@ fn copy_out_that_concatenation_cannot_answer_names_the_construct() {
 fn a_statement_after_copy_from_stdin_is_refused_not_read_as_data() {
     refusal("COPY users (user_id) FROM STDIN; SELECT 1");
     refusal("COPY users (user_id) FROM STDIN;\n1\n\\.\n");
+}
+
+#[test]
+fn comments_after_copy_from_stdin_are_not_a_statement() {
+    assert_eq!(
+        copy_in("COPY users (user_id) FROM STDIN; -- rows follow").key_index,
+        Some(0)
+    );
+    assert_eq!(
+        copy_in("COPY users (user_id) FROM STDIN -- rows follow").key_index,
+        Some(0)
+    );
+    refusal("COPY users (user_id) FROM STDIN; /* x */ SELECT 1");
 }

@@ -1,3 +1,5 @@
+//! Tests of the COPY row splitter: text and CSV rows cut at any byte, keys read, errors named.
+
 use super::*;
 
 const BIG: usize = 1 << 20;

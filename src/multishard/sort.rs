@@ -14,14 +14,14 @@
 //! shards would need a hidden sort column, which is a later step.
 
 use sqlparser::ast::{
-    Expr, Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, OrderBy, OrderByKind,
-    Select, SelectItem, SelectItemQualifiedWildcardKind, TableFactor, TableWithJoins, Value,
+    Expr, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, OrderBy, OrderByKind, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, TableFactor, TableWithJoins, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::analyze::lower;
-use super::scatter::{SortColumn, SortKey, FOREIGN};
+use super::read_plan::{SortColumn, SortKey, FOREIGN};
+use crate::sql::syntax::fold;
 
 /// The construct named for an ORDER BY item that is not an output column.
 const NOT_SELECTED: &str = "ORDER BY on an expression that is not in the select list";
@@ -99,15 +99,6 @@ pub(super) fn select_item_of(select: &Select, e: &Expr) -> Option<usize> {
 pub(super) fn same_expression(select: &Select, a: &Expr, b: &Expr) -> bool {
     let list = SelectList::new(select);
     same_expr(unnest(a), unnest(b), list.unify())
-}
-
-/// An identifier as PostgreSQL folds it: lowercase unless quoted.
-fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        lower(&ident.value).into_owned()
-    }
 }
 
 fn last_part(name: &ObjectName) -> Option<String> {

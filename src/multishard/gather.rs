@@ -3,102 +3,23 @@
 //! sort columns, stripped again), and aggregates with or without GROUP BY, HAVING and an ORDER
 //! BY/LIMIT over the groups (each shard returns partial aggregates per group; avg is sent as sum
 //! and count). Decides only from the top level of an already checked statement (FROM, joins and
-//! subqueries are [`super::scatter`]'s). Pure: builds values and SQL text, never does I/O.
+//! subqueries are [`super::scatter`](mod@super::scatter)'s). Pure: builds values and SQL text, never does I/O.
 
 use std::sync::Arc;
 
 use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
-    BinaryOperator, CaseWhen, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause,
+    BinaryOperator, CaseWhen, Distinct, Expr, Function, GroupByExpr, Ident, LimitClause, LockType,
     ObjectNamePart, Query, Select, SelectItem, SetExpr, UnaryOperator, Value,
 };
 
-use super::scatter::{
-    combine, expr, fetch_and_locks, is_aggregate, Combine, Scatter, SortColumn, SortKey,
+use super::aggregate::{combine, expr, is_aggregate};
+use super::read_plan::{
+    Combine, CompareOp, Groups, Merge, Operand, Output, Predicate, Scatter, SortColumn, FOREIGN,
 };
 use super::sort::{same_expression, select_item_of, sort_keys, sort_keys_or};
 
 type Check<T = ()> = Result<T, String>;
-
-/// A read answered from every shard with a rewritten statement, and how the session combines
-/// the shards' rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merge {
-    /// The statement every shard runs instead of the client's.
-    pub sql: String,
-    /// Without `groups`: this many trailing columns of each shard row are hidden sort columns,
-    /// dropped before the client sees the row (and its RowDescription).
-    pub hidden: usize,
-    /// Aggregates: how shard rows form groups and how each output column is computed.
-    pub groups: Option<Groups>,
-    /// The final ORDER BY: over shard columns (rows), or over [`Groups::outputs`] (groups).
-    pub order: Vec<SortKey>,
-    /// SELECT DISTINCT: duplicate output rows are dropped.
-    pub distinct: bool,
-    /// Rows skipped after merging (each shard skips none).
-    pub offset: u64,
-    /// Rows sent after the offset.
-    pub limit: Option<u64>,
-}
-
-/// Aggregated reads: each shard row is one group's partial aggregates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Groups {
-    /// The shard columns holding the GROUP BY values: rows equal in all of them are one group
-    /// (none: the whole result is one group, as without GROUP BY).
-    pub keys: Vec<usize>,
-    /// Each output column of a group; the first `visible` are the client's, the rest exist for
-    /// HAVING and ORDER BY.
-    pub outputs: Vec<Output>,
-    pub visible: usize,
-    /// HAVING, evaluated on the combined outputs.
-    pub having: Option<Predicate>,
-}
-
-/// How one output column of a group comes from the shards' columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    /// A grouped value: the same in every row of the group.
-    Column(usize),
-    /// A partial aggregate in this shard column, combined across the group's rows.
-    Aggregate(Combine, usize),
-    /// avg(x): the sum of the `sum` column divided by the sum of the `count` column.
-    Avg { sum: usize, count: usize },
-}
-
-/// A HAVING condition over a group's outputs, in SQL's three-valued logic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Predicate {
-    And(Box<Predicate>, Box<Predicate>),
-    Or(Box<Predicate>, Box<Predicate>),
-    Not(Box<Predicate>),
-    Compare(Operand, CompareOp, Operand),
-    /// `x IS NULL` (`false`) or `x IS NOT NULL` (`true`).
-    IsNull(Operand, bool),
-    Constant(bool),
-}
-
-/// A value in a HAVING condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operand {
-    /// An output of the group (by position in [`Groups::outputs`]).
-    Output(usize),
-    /// A literal in its text form; `None` is NULL.
-    Literal(Option<String>),
-    /// A `$n` parameter: the shards return its value as an output column (this index), and it
-    /// compares like a literal (by the type of the other side).
-    Param(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp {
-    Eq,
-    NotEq,
-    Lt,
-    LtEq,
-    Gt,
-    GtEq,
-}
 
 /// How the top-level SELECT `s` of `q` combines across shards, once FROM and subqueries passed.
 pub(super) fn top_level(q: &Query, s: &Select) -> Check<Scatter> {
@@ -113,6 +34,21 @@ pub(super) fn top_level(q: &Query, s: &Select) -> Check<Scatter> {
         return groups(q, s, distinct, offset, limit);
     }
     rows(q, s, distinct, offset, limit)
+}
+
+/// FETCH FIRST and row locks (FOR UPDATE/SHARE), which no merge reproduces.
+pub(super) fn fetch_and_locks(q: &Query) -> Check {
+    if q.fetch.is_some() {
+        return Err("FETCH FIRST".into());
+    }
+    if let Some(lock) = q.locks.first() {
+        return Err(match lock.lock_type {
+            LockType::Update => "FOR UPDATE",
+            LockType::Share => "FOR SHARE",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// A top-level LIMIT and OFFSET as literal counts.
@@ -130,14 +66,14 @@ fn limit_offset(clause: Option<&LimitClause>) -> Check<(u64, Option<u64>)> {
     };
     match clause {
         None => Ok((0, None)),
-        Some(LimitClause::OffsetCommaLimit { .. }) => Err(super::scatter::FOREIGN.into()),
+        Some(LimitClause::OffsetCommaLimit { .. }) => Err(FOREIGN.into()),
         Some(LimitClause::LimitOffset {
             limit,
             offset,
             limit_by,
         }) => {
             if !limit_by.is_empty() {
-                return Err(super::scatter::FOREIGN.into());
+                return Err(FOREIGN.into());
             }
             let offset = match offset {
                 Some(o) => count(&o.value, "OFFSET")?,

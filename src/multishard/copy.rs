@@ -1,7 +1,7 @@
 //! COPY statements → [`CopyPlan`], at plan time: `COPY <sharded table> FROM STDIN` becomes the
 //! table, the shard key's position in each row and the data format ([`CopyFormat`]), so the
 //! session can split the rows by key; `COPY ... TO STDOUT` reading several shards becomes whether
-//! concatenating the shards' output is the right answer (reusing [`super::scatter`]'s judgement
+//! concatenating the shards' output is the right answer (reusing [`super::scatter`](mod@super::scatter)'s judgement
 //! on the inner query). Also places one row by its key text ([`CopyIn::shard_of`]).
 //!
 //! Pure: never does I/O, never sees the data, never keeps state between calls.
@@ -12,15 +12,14 @@ use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, Statement,
 };
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer};
-
-use super::analyze::{Analyzer, TableRule};
 use super::copy_rows::CopyFormat;
-use super::plan::{ShardedTable, StatementKind};
-use super::scatter::{self, Scatter};
+use super::input::{Facts, ShardedTable, Tables};
+use super::read_plan::Scatter;
+use super::scatter::scatter;
 use crate::error::{ClientError, SqlState};
 use crate::sharding::{key_from_text, ShardMap, ShardingError};
+use crate::sql::lexer::{tokens, Token};
+use crate::sql::syntax::fold;
 
 /// What a COPY statement needs beyond an ordinary route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,12 +132,13 @@ impl CopyIn {
 
 /// The COPY plan of `statements` (parsed from `sql`), if they are a COPY that needs one; `Err`
 /// is the refusal.
-pub(super) fn copy_plan(
-    a: &Analyzer,
+pub(crate) fn copy_plan(
+    facts: &Facts,
+    tables: &dyn Tables,
     statements: &[Statement],
     sql: &str,
 ) -> Result<Option<CopyPlan>, String> {
-    let copies_in = statements.iter().any(|s| into_sharded(a, s).is_some());
+    let copies_in = statements.iter().any(|s| into_sharded(tables, s).is_some());
     let [statement] = statements else {
         if copies_in {
             return Err("COPY into a sharded table must be the only statement in its query".into());
@@ -157,11 +157,11 @@ pub(super) fn copy_plan(
         return Ok(None);
     };
     if *to {
-        let gather =
-            Options::read(options, legacy_options).and_then(|o| copy_out(a, source, target, &o));
+        let gather = Options::read(options, legacy_options)
+            .and_then(|o| copy_out(facts, tables, source, target, &o));
         return Ok(Some(CopyPlan::Out(gather)));
     }
-    let Some(table) = into_sharded(a, statement) else {
+    let Some(table) = into_sharded(tables, statement) else {
         return Ok(None);
     };
     let options = Options::read(options, legacy_options).map_err(|e| {
@@ -203,7 +203,7 @@ pub(super) fn copy_plan(
         Some(
             columns
                 .iter()
-                .position(|c| folded(c) == *table.key_column)
+                .position(|c| fold(c) == *table.key_column)
                 .ok_or_else(|| {
                     format!(
                         "COPY into sharded table {} must include its shard key column {} in the \
@@ -224,48 +224,31 @@ pub(super) fn copy_plan(
     })))
 }
 
-/// `sql` with the `;` sqlparser needs after `COPY ... FROM STDIN`, when it is a COPY without one.
-pub(super) fn terminated(sql: &str) -> Option<String> {
-    let body = sql.trim_end();
-    let copy = body
-        .trim_start()
-        .get(..4)
-        .is_some_and(|w| w.eq_ignore_ascii_case("copy"));
-    (copy && !body.ends_with(';')).then(|| format!("{body};"))
-}
-
 /// Whether anything but whitespace and comments follows the first `;` (sqlparser reads what
 /// follows `COPY ... FROM STDIN;` as inline data, even another statement).
 fn text_after_semicolon(sql: &str) -> bool {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
-        return true;
-    };
-    tokens
-        .iter()
-        .skip_while(|t| **t != Token::SemiColon)
+    tokens(sql)
+        .skip_while(|t| *t != Token::Punct(b';'))
         .skip(1)
-        .any(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .any(|t| t != Token::Punct(b';'))
 }
 
 /// The sharded table a `COPY ... FROM` writes, if any.
-fn into_sharded(a: &Analyzer, s: &Statement) -> Option<Arc<ShardedTable>> {
+fn into_sharded(tables: &dyn Tables, s: &Statement) -> Option<Arc<ShardedTable>> {
     match s {
         Statement::Copy {
             source: CopySource::Table { table_name, .. },
             to: false,
             ..
-        } => match a.table_rule(table_name) {
-            Some(TableRule::Sharded(t)) => Some(t),
-            _ => None,
-        },
+        } => tables.sharded(table_name),
         _ => None,
     }
 }
 
 /// Whether the shards' COPY TO output may simply be concatenated.
 fn copy_out(
-    a: &Analyzer,
+    facts: &Facts,
+    tables: &dyn Tables,
     source: &CopySource,
     target: &CopyTarget,
     options: &Options,
@@ -280,7 +263,7 @@ fn copy_out(
     }
     if let CopySource::Query(q) = source {
         let inner = [Statement::Query(q.clone())];
-        match scatter::scatter(a, &inner, &StatementKind::Read) {
+        match scatter(facts, tables, &inner, true) {
             Scatter::Concat { order, limit: None } if order.is_empty() => {}
             Scatter::Concat { order, .. } if !order.is_empty() => {
                 return Err("ORDER BY inside COPY".into())
@@ -301,14 +284,6 @@ fn copy_out(
     Ok(CopyOut {
         header: options.header,
     })
-}
-
-/// An identifier as PostgreSQL folds it.
-fn folded(i: &Ident) -> String {
-    match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_ascii_lowercase(),
-    }
 }
 
 /// The COPY options that matter for splitting rows.
@@ -393,8 +368,8 @@ impl Options {
             f.null = n.as_bytes().into();
         }
         f.header = self.header;
-        f.force_not_null = self.force_not_null.iter().any(|c| folded(c) == key_column);
-        f.force_null = self.force_null.iter().any(|c| folded(c) == key_column);
+        f.force_not_null = self.force_not_null.iter().any(|c| fold(c) == key_column);
+        f.force_null = self.force_null.iter().any(|c| fold(c) == key_column);
         Ok(f)
     }
 }
@@ -404,7 +379,3 @@ fn one_byte(c: char, option: &str) -> Result<u8, String> {
         format!("COPY {option} '{c}': PostgreSQL requires a single one-byte character")
     })
 }
-
-#[cfg(test)]
-#[path = "copy_tests.rs"]
-mod tests;
