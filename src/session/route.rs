@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::bound::Bound;
 use super::copy_split::CopyJob;
 use super::error::SessionError;
 use super::fanout::FanOut;
@@ -140,7 +141,10 @@ impl<S: Stream> Session<S> {
                 how,
             } if !simple => self
                 .begin_extended_scatter(&frame, shards, target, how)
-                .map(|()| None),
+                .map(|portal| {
+                    self.proto.bound = Some(Box::new(Bound::Scatter(portal)));
+                    None
+                }),
             Execution::Scatter {
                 shards,
                 target,

@@ -8,7 +8,6 @@
 
 use bytes::BytesMut;
 
-use super::bound::Bound;
 use super::error::{SessionError, Unsupported};
 use super::Session;
 use crate::router::{Scatter, Target};
@@ -34,15 +33,15 @@ pub(super) struct ExtendedScatter {
 }
 
 impl<S: Stream> Session<S> {
-    /// A Bind of a cross-shard read: answers the batch's Parses and the Bind, and waits for the
-    /// Execute.
+    /// A Bind of a cross-shard read: answers the batch's Parses and the Bind; the read waits
+    /// for the Execute as the portal returned.
     pub(super) fn begin_extended_scatter(
         &mut self,
         frame: &Frame,
         shards: Vec<usize>,
         target: Target,
         how: Scatter,
-    ) -> Result<(), SessionError> {
+    ) -> Result<ExtendedScatter, SessionError> {
         let bind = Bind::decode(frame.body())?;
         let (sql, types) = self.bound_statement(bind.statement)?;
         let sql = match &how {
@@ -56,7 +55,7 @@ impl<S: Stream> Session<S> {
         prefix.extend_from_slice(&bind.encode_unnamed(!passthrough)?);
         let formats = (!passthrough).then(|| bind.result_formats()).transpose()?;
         self.answer_parses_and_bind();
-        self.proto.bound = Some(Box::new(Bound::Scatter(ExtendedScatter {
+        Ok(ExtendedScatter {
             shards,
             target,
             how,
@@ -64,8 +63,7 @@ impl<S: Stream> Session<S> {
             formats,
             describe: false,
             portal: bind.portal.to_vec(),
-        })));
-        Ok(())
+        })
     }
 
     /// The text and parameter types of the statement a Bind names: a named statement, or the
