@@ -16,6 +16,9 @@ use crate::wire::{split_frame, Frame, WireError};
 /// Free room kept in the input buffer before each read.
 const READ_CHUNK: usize = 8192;
 
+/// The first read of an idle connection goes to the stack, at most this much.
+const IDLE_READ: usize = 2048;
+
 /// Buffers larger than this are given back once empty, so an idle connection holds none.
 const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
 
@@ -56,6 +59,9 @@ impl<S: Stream> Conn<S> {
 
     /// Reads what the stream has into the input buffer: `Ready(Ok(0))` is end of stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.input.is_empty() && self.input.capacity() < READ_CHUNK / 4 {
+            return self.poll_fill_idle(cx);
+        }
         if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(READ_CHUNK);
         }
@@ -70,6 +76,26 @@ impl<S: Stream> Conn<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// An idle peer holds no input buffer: wait and read into the stack, and keep only what
+    /// came (a waiting client costs no read buffer).
+    fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut stack = [0u8; IDLE_READ];
+        let mut buf = ReadBuf::new(&mut stack);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                self.input = BytesMut::from(filled);
+                Poll::Ready(Ok(filled.len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // Nothing came: give back what an earlier exchange left allocated.
+                self.input = BytesMut::new();
+                Poll::Pending
+            }
         }
     }
 
@@ -165,6 +191,17 @@ mod tests {
         assert_eq!(&reply, b"Z\0\0\0\x05I");
         drop(b);
         assert_eq!(conn.fill().await.unwrap(), 0, "end of stream");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_input_buffer() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut conn = Conn::new(a, BytesMut::with_capacity(1024));
+        assert_eq!(conn.try_fill().unwrap(), None);
+        assert_eq!(conn.input.capacity(), 0, "waiting costs no buffer");
+        b.write_all(b"hello").await.unwrap();
+        assert_eq!(conn.fill().await.unwrap(), 5);
+        assert_eq!(&conn.input[..], b"hello");
     }
 
     #[tokio::test]
