@@ -53,6 +53,9 @@ pub fn normalize_literals(sql: &str) -> Option<(String, Vec<String>)> {
                 if end < bytes.len() && is_identifier_byte(bytes[end]) {
                     return None; // `1e`, `0x1F`, `12abc`: not a plain number
                 }
+                if bytes.get(end) == Some(&b'.') || (i > 0 && bytes[i - 1] == b'.') {
+                    return None; // `5.` and `.5` are numbers, `$1.` and `.$1` are not
+                }
                 params.push(sql[i..end].to_string());
                 push_placeholder(&mut out, params.len());
                 i = end;
@@ -180,6 +183,8 @@ mod tests {
         assert_eq!(norm("SELECT 'unterminated"), None);
         assert_eq!(norm("SELECT 'a\\'"), None);
         assert_eq!(norm("SELECT 'a'me = 'y'"), None);
+        assert_eq!(norm("SELECT 5. AS x"), None);
+        assert_eq!(norm("SELECT .5"), None);
         assert_eq!(norm("SELECT now()"), None, "nothing to replace");
     }
 

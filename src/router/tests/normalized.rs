@@ -38,6 +38,8 @@ fn fuzz_found_texts_route_like_their_own_plan() {
     let corpus = [
         // A string literal touching a word: `'a'me` became `$1me`, one placeholder token.
         "SELECT 'a'me = 'y'",
+        // `5.` is one number; `$2.` is a parameter and a period.
+        "SELECT * FROM urers WHERE (4,5. 42)",
     ];
     for sql in corpus {
         let Some((normalized, literals)) = normalize_literals(sql) else {
