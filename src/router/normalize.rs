@@ -23,10 +23,20 @@ pub fn normalize_literals(sql: &str) -> Option<(String, Vec<String>)> {
             return None;
         }
         let value = match lexeme {
-            Lexeme::Token(Token::String(s)) => string_value(s, bytes, range.start)?,
+            Lexeme::Token(Token::String(s)) => {
+                if bytes.get(range.end).is_some_and(|&b| is_identifier_byte(b)) {
+                    return None; // `'a'me`: `$1me` would be one placeholder token
+                }
+                string_value(s, bytes, range.start)?
+            }
             Lexeme::Token(Token::Number(n)) => {
                 if bytes.get(range.end).is_some_and(|&b| is_identifier_byte(b)) {
                     return None; // `1e`, `0x1F`, `12abc`: not a plain number
+                }
+                if bytes.get(range.end) == Some(&b'.')
+                    || (range.start > 0 && bytes[range.start - 1] == b'.')
+                {
+                    return None; // `5.` and `.5` are numbers, `$1.` and `.$1` are not
                 }
                 n.to_string()
             }
@@ -106,6 +116,9 @@ mod tests {
         assert_eq!(norm("SELECT 0x1F"), None);
         assert_eq!(norm("SELECT 'unterminated"), None);
         assert_eq!(norm("SELECT 'a\\'"), None);
+        assert_eq!(norm("SELECT 'a'me = 'y'"), None);
+        assert_eq!(norm("SELECT 5. AS x"), None);
+        assert_eq!(norm("SELECT .5"), None);
         assert_eq!(norm("SELECT now()"), None, "nothing to replace");
     }
 
