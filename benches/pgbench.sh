@@ -11,6 +11,8 @@
 #        PGSHARD_THREADS (pgshard serve --threads; default one worker per core),
 #        ROUTING (1; 0 skips the routing on/off comparison of issue 3),
 #        PROTOCOLS ("simple prepared"), IDLE (1; 0 skips the idle-client memory run),
+#        SYSCALLS (1: system calls per transaction of each proxy under strace, 4 clients, simple;
+#        0 skips it),
 #        BASELINE_BIN (a pgshard binary of another build, e.g. the commit before a change: it runs
 #        as a fourth target in the same rotation, and a before/after table is added).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
@@ -26,6 +28,7 @@ BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
 PGSHARD_THREADS=${PGSHARD_THREADS:-}
 ROUTING=${ROUTING:-1}
 IDLE=${IDLE:-1}
+SYSCALLS=${SYSCALLS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
@@ -44,6 +47,10 @@ die() { log "error: $*"; exit 1; }
 
 [[ -x $PGBIN/initdb ]] || die "no PostgreSQL binaries in $PGBIN (set PGBIN)"
 command -v pgbench >/dev/null || die "pgbench not on PATH (Debian: postgresql-client-15)"
+if [[ ${SYSCALLS:-1} -eq 1 ]] && ! command -v strace >/dev/null; then
+    [[ $(id -u) -eq 0 ]] || die "strace is not installed (SYSCALLS=0 skips the system-call count)"
+    apt-get install -y -qq strace >&2 || { apt-get update -qq >&2 && apt-get install -y -qq strace >&2; }
+fi
 
 PGBOUNCER=$(command -v pgbouncer || true)
 [[ -z $PGBOUNCER && -x /usr/sbin/pgbouncer ]] && PGBOUNCER=/usr/sbin/pgbouncer
@@ -508,6 +515,37 @@ fi
 # ---------------------------------------------------------------------------------------------
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# syscall_count NAME PORT PID: system calls per transaction of the proxy PID under strace during
+# 5 s of `pgbench -S -c 4` (simple protocol); sets SYSCALL_ROWS[NAME] (the slowdown strace causes
+# makes its tps meaningless; the counts per transaction are what it measures).
+declare -A SYSCALL_ROWS
+syscall_count() {
+    local name=$1 port=$2 pid=$3 out txns
+    strace -c -f -p "$pid" -o "$WORK/strace-$name" 2>/dev/null &
+    local tracer=$!
+    sleep 0.5
+    out=$(pgbench -n -S -M simple -c 4 -j 1 -T 5 -p "$port" pgbench 2>/dev/null)
+    kill -INT "$tracer" 2>/dev/null
+    wait "$tracer" 2>/dev/null || true
+    txns=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+    SYSCALL_ROWS[$name]=$(awk -v tx="${txns:-0}" -v name="$name" '
+        NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ { n[$NF] = $4 }
+        END {
+            if (tx == 0) { print "| " name " | n/a | n/a | n/a | n/a |"; exit }
+            reads = n["read"] + n["recvfrom"] + n["recvmsg"] + n["readv"]
+            writes = n["write"] + n["sendto"] + n["sendmsg"] + n["writev"]
+            waits = n["epoll_wait"] + n["epoll_pwait"] + n["poll"] + n["ppoll"]
+            printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", name, reads / tx, writes / tx, waits / tx, n["futex"] / tx
+        }' "$WORK/strace-$name")
+    log "system calls per transaction, $name: ${SYSCALL_ROWS[$name]}"
+}
+if [[ $SYSCALLS -eq 1 ]]; then
+    syscall_count pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID"
+    syscall_count pgshard "$SHARD_PORT" "$MAIN_SHARD_PID"
+    [[ $BASELINE_PID == - ]] || syscall_count baseline "$BASELINE_PORT" "$BASELINE_PID"
+fi
+
 stop_pid "$MAIN_SHARD_PID"
 [[ $BASELINE_PID == - ]] || stop_pid "$BASELINE_PID"
 stop_pgbouncer
@@ -646,6 +684,16 @@ errors_cell() { # scenario suffix
                 s=$clients/$proto
                 echo "| -S -c $clients -M $proto | $(tps_cell "baseline/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "baseline/$s") | $(ratio "baseline/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(cpu_cell "baseline/$s") | $(cpu_cell "pgshard/$s") | ${CSW[baseline/$s]:-n/a} | ${CSW[pgshard/$s]:-n/a} |"
             done
+        done
+        echo
+    fi
+    if [[ $SYSCALLS -eq 1 ]]; then
+        echo "System calls per transaction (strace -c, \`pgbench -S -M simple -c 4\`, 5 s; reads = read/recvfrom/recvmsg/readv, writes = write/sendto/sendmsg/writev, waits = epoll_wait/poll):"
+        echo
+        echo "| proxy | reads/txn | writes/txn | waits/txn | futex/txn |"
+        echo "|---|---|---|---|---|"
+        for p in pgbouncer pgshard baseline; do
+            [[ -n ${SYSCALL_ROWS[$p]:-} ]] && echo "${SYSCALL_ROWS[$p]}"
         done
         echo
     fi
