@@ -5,6 +5,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -82,8 +83,8 @@ impl<S: Stream> Conn<S> {
     /// An idle peer holds no input buffer: wait and read into the stack, and keep only what
     /// came (a waiting client costs no read buffer).
     fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut stack = [0u8; IDLE_READ];
-        let mut buf = ReadBuf::new(&mut stack);
+        let mut stack = [MaybeUninit::<u8>::uninit(); IDLE_READ];
+        let mut buf = ReadBuf::uninit(&mut stack);
         match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let filled = buf.filled();
