@@ -36,6 +36,9 @@ pub fn normalize_literals(sql: &str) -> Option<(String, Vec<String>)> {
             b'\'' if after_identifier => return None,
             b'\'' => {
                 let end = quoted_end(bytes, i, b'\'')?;
+                if end < bytes.len() && is_identifier_byte(bytes[end]) {
+                    return None; // `'a'me`: `$1me` would be one placeholder token
+                }
                 let body = &sql[i + 1..end - 1];
                 if body.contains('\\') {
                     // A backslash escapes under standard_conforming_strings = off: not ours to read.
@@ -49,6 +52,9 @@ pub fn normalize_literals(sql: &str) -> Option<(String, Vec<String>)> {
                 let end = number_end(bytes, i);
                 if end < bytes.len() && is_identifier_byte(bytes[end]) {
                     return None; // `1e`, `0x1F`, `12abc`: not a plain number
+                }
+                if bytes.get(end) == Some(&b'.') || (i > 0 && bytes[i - 1] == b'.') {
+                    return None; // `5.` and `.5` are numbers, `$1.` and `.$1` are not
                 }
                 params.push(sql[i..end].to_string());
                 push_placeholder(&mut out, params.len());
@@ -176,6 +182,9 @@ mod tests {
         assert_eq!(norm("SELECT 0x1F"), None);
         assert_eq!(norm("SELECT 'unterminated"), None);
         assert_eq!(norm("SELECT 'a\\'"), None);
+        assert_eq!(norm("SELECT 'a'me = 'y'"), None);
+        assert_eq!(norm("SELECT 5. AS x"), None);
+        assert_eq!(norm("SELECT .5"), None);
         assert_eq!(norm("SELECT now()"), None, "nothing to replace");
     }
 
