@@ -3,7 +3,8 @@
 
 Seeds are the messages real clients send, built byte for byte: psql and pgbench (simple and
 prepared) sessions, a JDBC-like startup, SCRAM exchanges, COPY, and the server's answers (the
-frame splitter cuts both directions). The SQL seeds are pgbench's statements plus every SQL
+frame splitter cuts both directions); for the session target, whole client sessions after login
+(transactions, pgshard's overrides, cross-shard reads and writes, COPY both ways, errors). The SQL seeds are pgbench's statements plus every SQL
 string literal in the router's and the integration tests' sources.
 """
 
@@ -184,6 +185,57 @@ STREAMS = {
     "huge_claim": b"d\x7f\xff\xff\xff" + b"x" * 20,
 }
 
+# --- whole sessions (after the StartupMessage the session target writes itself) ---------------
+
+def copy_in_extended():
+    """tokio-postgres's copy_in: Parse/Describe/Sync, then Bind/Execute/Sync and the data."""
+    sql = "COPY users (user_id, name) FROM STDIN"
+    return (parse("c1", sql) + describe(b"S", "c1") + SYNC + bind("", "c1", []) + execute() + SYNC
+            + msg(b"d", b"1\tann\n2\tbob\n") + msg(b"c") + SYNC)
+
+
+SESSIONS = {
+    "select1": query("SELECT 1") + TERMINATE,
+    "psql": psql_session(),
+    "extended": extended_batch(),
+    "extended_pipelined": (parse("", "SELECT * FROM users WHERE user_id = $1", [20])
+                           + bind("", "", [b"42"]) + describe(b"P", "") + execute() + SYNC
+                           + bind("", "", [b"7"]) + execute() + SYNC
+                           + parse("s1", "SELECT name FROM users WHERE user_id = $1")
+                           + bind("p1", "s1", [b"3"]) + execute("p1", 1) + FLUSH + execute("p1")
+                           + close(b"P", "p1") + close(b"S", "s1") + SYNC),
+    "pgbench_simple": b"".join(query(s) for s in TPCB),
+    "pgbench_prepared": pgbench_prepared(),
+    "transaction": (query("BEGIN") + query("SELECT * FROM users WHERE user_id = 1")
+                    + query("UPDATE users SET name = 'x' WHERE user_id = 1") + query("COMMIT")),
+    "transaction_extended": (parse("", "BEGIN") + bind("", "", []) + execute()
+                             + parse("", "INSERT INTO users (user_id, name) VALUES ($1, $2)")
+                             + bind("", "", [b"5", b"eve"]) + execute() + SYNC
+                             + query("ROLLBACK")),
+    "shard_key": (query("SET pgshard.shard_key = 42") + query("SELECT * FROM users")
+                  + query("SET pgshard.shard = 's1'") + query("SELECT 1") + query("RESET ALL")
+                  + query("/* pgshard: shard_key=7 */ SELECT * FROM users")),
+    "scatter": (query("SELECT count(*) FROM users") + query("SELECT * FROM users ORDER BY name LIMIT 3")
+                + parse("", "SELECT count(*) FROM users") + bind("", "", []) + execute() + SYNC),
+    "split_insert": query("INSERT INTO users (user_id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c')"),
+    "copy_in": copy_in() + query("SELECT 1"),
+    "copy_in_fail": (query("COPY users (user_id, name) FROM STDIN") + msg(b"d", b"1\tann\n")
+                     + msg(b"f", cstr("client gave up")) + query("SELECT 1")),
+    "copy_in_extended": copy_in_extended(),
+    "copy_in_no_columns": query("COPY users FROM STDIN") + msg(b"d", b"1\tann\n") + msg(b"c"),
+    # The server refuses the COPY (a column that does not exist, say).
+    "copy_in_refused": query("COPY users (user_id, fuzz_error) FROM STDIN") + query("SELECT 1"),
+    "copy_out": query("COPY users TO STDOUT") + query("COPY (SELECT 1) TO STDOUT"),
+    "errors": (query("SELECT fuzz_error") + query("BEGIN") + query("SELECT fuzz_error")
+               + query("SELECT 1") + query("ROLLBACK")
+               + parse("", "SELECT fuzz_error") + bind("", "", []) + execute() + SYNC),
+    "set_reset": query("SET TimeZone = 'Europe/Paris'") + query("RESET ALL") + query("DISCARD ALL"),
+    "function_call": msg(b"F", struct.pack("!ih", 1234, 0) + struct.pack("!hh", 0, 0)),
+    "unknown_tag": query("SELECT 1") + msg(b"?", b"junk") + query("SELECT 2"),
+    "bad_length": query("SELECT 1") + b"Q\0\0\0\x02",
+    "terminate": TERMINATE,
+}
+
 # --- SQL ---------------------------------------------------------------------------------------
 
 SQL_EXTRA = [
@@ -285,6 +337,11 @@ def main():
         body = frame[5:]
         write("extended", name, tag + b"\x02\x01\x00" + body)
         write("extended", name + "-any", b"?\x00" + body)
+
+    # session: [variant (low bit: one shard or two), client frames after the StartupMessage]
+    for name, stream in SESSIONS.items():
+        for variant in (0, 1):
+            write("session", f"{name}-{variant}", bytes([variant]) + stream)
 
     sqls = sql_from_sources() + TPCB + TPCB_PREPARED + SQL_EXTRA
     for i, s in enumerate(dict.fromkeys(sqls)):

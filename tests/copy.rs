@@ -1,9 +1,10 @@
 //! COPY through the proxy against two real shards: `COPY <sharded table> FROM STDIN` (text and
 //! CSV, tokio-postgres and psql's `\copy`) puts every row on the shard its key hashes to and
-//! reports the total; bad rows, NULL keys, a shard's own error and the client's CopyFail leave
-//! no row on any shard; `COPY ... TO STDOUT` without a key gathers every shard's rows; what
-//! cannot be gathered by concatenation, binary COPY and COPY inside a transaction are refused
-//! with 0A000. After each, the same client keeps working (pooled connections are clean).
+//! reports the total; bad rows, NULL keys, a shard's own error (at the start or midway) and the
+//! client's CopyFail leave no row on any shard; `COPY ... TO STDOUT` without a key gathers every
+//! shard's rows; what cannot be gathered by concatenation, binary COPY and COPY inside a
+//! transaction are refused with 0A000. After each, the same client keeps working (pooled
+//! connections are clean).
 //!
 //! Each test creates its own table (on both shards, directly) and its own proxy whose config
 //! declares that table sharded by `id bigint`.
@@ -428,6 +429,27 @@ async fn a_shards_own_error_rolls_back_every_shard() {
         assert_eq!(rows.len(), 1, "only the row from before: {rows:?}");
         assert_eq!(rows[&taken].as_deref(), Some("before"));
         still_works(&client, &f).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_shards_refuse_fails_with_their_error_and_the_session_goes_on() {
+    with_guard(async {
+        let f = fixture("copy_nocol", "id bigint, name text").await;
+        let client = f.proxy.connect().await;
+        // A column the table lacks: every shard refuses the COPY before copy-in mode.
+        let sql = "COPY copy_nocol (id, nosuch) FROM STDIN";
+        let err = client.simple_query(sql).await.expect_err("simple protocol");
+        assert_eq!(sqlstate(&err), SqlState::UNDEFINED_COLUMN.code(), "{err}");
+        still_works(&client, &f).await;
+        // On a client of its own: after a refused copy_in, tokio-postgres sends CopyFail and
+        // Sync and then cannot place the extra ReadyForQuery (with PostgreSQL too).
+        let other = f.proxy.connect().await;
+        let err = copy_in(&other, sql, b"1\tx\n", 2048)
+            .await
+            .expect_err("extended protocol");
+        assert_eq!(sqlstate(&err), SqlState::UNDEFINED_COLUMN.code(), "{err}");
     })
     .await;
 }

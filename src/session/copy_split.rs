@@ -469,11 +469,14 @@ async fn start_copy_in(
             let frame = part.conn.read_frame().await?;
             match frame.tag() {
                 server_tag::READY_FOR_QUERY => {
-                    part.conn.set_status(ready_status(&frame));
                     ready += 1;
                     if ready == 2 {
+                        // The COPY ended without copy-in mode (refused): this shard owes
+                        // nothing more, and `abort` must not wait for it.
+                        part.conn.note_ready_for_query(frame.body());
                         break;
                     }
+                    part.conn.set_status(ready_status(&frame));
                 }
                 server_tag::COPY_IN_RESPONSE => {
                     described.get_or_insert_with(|| frame.bytes.freeze());

@@ -1,11 +1,12 @@
 //! COPY FROM STDIN through a session: over the simple protocol, and as tokio-postgres sends it
 //! over the extended protocol (Bind, Execute, Sync, then the data: the server ignores that Sync in
-//! copy-in mode, so no ReadyForQuery is owed for it).
+//! copy-in mode, so no ReadyForQuery is owed for it); and split across shards when the shards
+//! refuse it.
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 
-use super::harness::{on, one_shard, server_name, within};
+use super::harness::{on, one_shard, server_name, two_shards, within};
 use super::harness::{Batch, Msgs, PgClient, RawClient, ScriptedServer};
 
 #[tokio::test]
@@ -89,4 +90,39 @@ async fn tokio_postgres_copy_in_skips_the_sync_the_server_ignores() {
     assert_eq!(server.conn_count(), 1);
     server.assert_done();
     drop(statement);
+}
+
+#[tokio::test]
+async fn a_split_copy_the_shards_refuse_ends_with_their_error_and_rolls_them_back() {
+    // Found by the session fuzz target: the shards' ReadyForQuery after the refused COPY left
+    // them "in flight", so pgshard waited for another that never came, holding the session and
+    // both connections forever.
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let copy = "COPY users (user_id, nosuch) FROM STDIN";
+    let refused = Msgs::new()
+        .command("BEGIN")
+        .ready(b'T')
+        .error(
+            "42703",
+            r#"column "nosuch" of relation "users" does not exist"#,
+        )
+        .ready(b'E');
+    for server in [&s0, &s1] {
+        server.script([on(&[r#"Q "BEGIN""#, &format!("Q {copy:?}")]).reply(refused.clone())]);
+    }
+
+    let got = client.request(Batch::new().query(copy)).await;
+
+    assert_eq!(got, ["E ERROR 42703", "Z I"]);
+    // Both shards' transactions were rolled back, and the session goes on.
+    for server in [&s0, &s1] {
+        server.wait_received(0, r#"Q "ROLLBACK""#).await;
+    }
+    s0.script([on(&[r#"Q "SELECT 2""#]).reply(Msgs::new().command("SELECT 0").ready(b'I'))]);
+    let got = client.request(Batch::new().query("SELECT 2")).await;
+    assert_eq!(got, [r#"C "SELECT 0""#, "Z I"]);
+    s0.assert_done();
+    s1.assert_done();
 }
