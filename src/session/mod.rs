@@ -226,11 +226,16 @@ impl<S: Stream> Session<S> {
         let (process_id, secret_key) = self.cancel.key;
         build::backend_key_data(&mut self.client.output, process_id, secret_key);
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
+        // Requests the client wrote with its StartupMessage were read with it: handle them
+        // first, as no read will announce them.
+        let mut read_with_startup = !self.client.input.is_empty();
         loop {
             self.release_if_done();
             let event = if self.proto.stalled.is_some() && self.server.is_none() {
                 // The frame that waited for a route can go now.
                 io::Event::Resume
+            } else if std::mem::take(&mut read_with_startup) {
+                io::Event::ClientData
             } else {
                 self.next_event().await?
             };
