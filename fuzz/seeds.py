@@ -338,9 +338,10 @@ def main():
         write("extended", name, tag + b"\x02\x01\x00" + body)
         write("extended", name + "-any", b"?\x00" + body)
 
-    # session: [variant (low bit: one shard or two), client frames after the StartupMessage]
+    # session: [variant, client frames after the StartupMessage]; the variant's bit 0 picks one
+    # shard or two, bit 1 closes the client right after its input.
     for name, stream in SESSIONS.items():
-        for variant in (0, 1):
+        for variant in (0, 1, 2, 3):
             write("session", f"{name}-{variant}", bytes([variant]) + stream)
 
     sqls = sql_from_sources() + TPCB + TPCB_PREPARED + SQL_EXTRA

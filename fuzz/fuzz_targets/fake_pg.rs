@@ -6,7 +6,8 @@
 //!
 //! - Query: CommandComplete (`BEGIN`, `COMMIT`, `ROLLBACK`, `SET`, `RESET`, else `SELECT 0`) and
 //!   ReadyForQuery; `COPY ... FROM STDIN` gets a CopyInResponse instead (then CopyData is taken,
-//!   CopyDone answers `COPY 0`, CopyFail a 57014 error), `COPY ... TO STDOUT` an empty copy-out.
+//!   CopyDone answers `COPY 0`, CopyFail a 57014 error, and ReadyForQuery follows unless the
+//!   COPY came from an Execute: then the Sync does), `COPY ... TO STDOUT` an empty copy-out.
 //! - Parse → ParseComplete, Bind → BindComplete, Describe → (ParameterDescription and) NoData,
 //!   Execute → as the bound statement's Query would, without ReadyForQuery; Close →
 //!   CloseComplete; Sync → ReadyForQuery; Flush and stray CopyData/CopyDone/CopyFail → nothing;
@@ -181,7 +182,9 @@ enum Next {
 struct Conn {
     /// ReadyForQuery status: `I`, `T` or `E`.
     status: u8,
-    copy_in: bool,
+    /// In copy-in mode: entered by a Query (false) or an Execute (true, then the Sync after
+    /// CopyDone or CopyFail brings ReadyForQuery).
+    copy_in: Option<bool>,
     /// An extended-protocol message failed: skip to Sync.
     skipping: bool,
     statements: HashMap<Vec<u8>, String>,
@@ -192,7 +195,7 @@ impl Default for Conn {
     fn default() -> Self {
         Conn {
             status: b'I',
-            copy_in: false,
+            copy_in: None,
             skipping: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -217,24 +220,21 @@ impl Conn {
         if tag == b'X' {
             return Next::Close;
         }
-        if self.copy_in {
+        if let Some(extended) = self.copy_in {
             match tag {
-                b'd' | b'S' | b'H' => {}
-                b'c' => {
-                    self.copy_in = false;
-                    msg(out, b'C', b"COPY 0\0");
-                    self.ready(out);
-                }
-                b'f' => {
-                    self.copy_in = false;
-                    self.fail(out, "57014", "COPY from stdin failed", false);
-                    self.ready(out);
-                }
-                _ => {
-                    self.copy_in = false;
-                    self.fail(out, "08P01", "unexpected message type during COPY", false);
-                    self.ready(out);
-                }
+                b'd' | b'S' | b'H' => return Next::Go,
+                b'c' => msg(out, b'C', b"COPY 0\0"),
+                b'f' => self.fail(out, "57014", "COPY from stdin failed", extended),
+                _ => self.fail(
+                    out,
+                    "08P01",
+                    "unexpected message type during COPY",
+                    extended,
+                ),
+            }
+            self.copy_in = None;
+            if !extended {
+                self.ready(out);
             }
             return Next::Go;
         }
@@ -250,7 +250,7 @@ impl Conn {
             b'Q' => {
                 let (sql, _) = cstr(body);
                 self.run(&String::from_utf8_lossy(sql), out, false);
-                if !self.copy_in {
+                if self.copy_in.is_none() {
                     self.ready(out);
                 }
             }
@@ -355,7 +355,7 @@ impl Conn {
             "copy" if lower.contains("from stdin") => {
                 // Text format, no columns.
                 msg(out, b'G', &[0, 0, 0]);
-                self.copy_in = true;
+                self.copy_in = Some(extended);
                 return;
             }
             "copy" if lower.contains("to stdout") => {

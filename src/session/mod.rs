@@ -226,11 +226,18 @@ impl<S: Stream> Session<S> {
         let (process_id, secret_key) = self.cancel.key;
         build::backend_key_data(&mut self.client.output, process_id, secret_key);
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
+        // Requests the client wrote with its StartupMessage were read with it: handle them
+        // first, as no read will announce them.
+        let mut read_with_startup = !self.client.input.is_empty();
         loop {
             self.release_if_done();
-            let event = if self.proto.stalled.is_some() && self.server.is_none() {
-                // The frame that waited for a route can go now.
+            let event = if self.proto.stalled.is_some()
+                && (self.server.is_none() || self.held_in_transaction())
+            {
+                // The frame that waited for a route can go now (or be refused).
                 io::Event::Resume
+            } else if std::mem::take(&mut read_with_startup) {
+                io::Event::ClientData
             } else {
                 self.next_event().await?
             };
@@ -315,6 +322,22 @@ impl<S: Stream> Session<S> {
         self.let_go_of_server();
         // An idle client keeps no buffers.
         self.client.shrink_idle();
+    }
+
+    /// The held server connection owes nothing yet stays held, a transaction being open on it
+    /// that began unseen (`SELECT 1; BEGIN` is no BEGIN to pgshard): the client's transaction is
+    /// there now, and a frame waiting for that connection's release would wait forever.
+    fn held_in_transaction(&mut self) -> bool {
+        let owed = !self.proto.expect.is_empty() || self.proto.awaiting_sync;
+        let Some(conn) = self.server.as_deref() else {
+            return false;
+        };
+        let status = conn.status();
+        if owed || !conn.is_quiet() || status == TransactionStatus::Idle || self.tx.is_held_back() {
+            return false;
+        }
+        self.tx.on_server_ready(status);
+        true
     }
 
     /// Stops holding the server connection (back to the pool, or closed if it is marked

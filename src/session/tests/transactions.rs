@@ -120,3 +120,29 @@ async fn a_prepared_insert_in_a_transaction_is_described_outside_it_and_runs_aft
     );
     drop(statement);
 }
+
+#[tokio::test]
+async fn a_statement_pipelined_behind_one_that_opened_a_transaction_unseen_is_not_left_waiting() {
+    // Found by the session fuzz target: `SELECT 1; BEGIN` is no BEGIN to pgshard, so the next
+    // statement, bound for another shard, waited for the connection to be released, which a
+    // transaction never is; and the session no longer read the client, so it hung for good.
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let opens = "SELECT 1; BEGIN";
+    let answer = Msgs::new().command("SELECT 1").command("BEGIN").ready(b'T');
+    s0.script([on(&[&format!("Q {opens:?}")]).reply(answer)]);
+    let other_shard = format!("SELECT * FROM users WHERE user_id = {}", key_on(&shared, 1));
+
+    let got = client
+        .request(Batch::new().query(opens).query(&other_shard))
+        .await;
+    let second = client.until_ready().await;
+
+    assert_eq!(got, [r#"C "SELECT 1""#, r#"C "BEGIN""#, "Z T"]);
+    // As when the client waits for the first answer before sending it: the transaction is on
+    // s0, and a statement for s1 is refused inside it.
+    assert_eq!(second, ["E ERROR 0A000", "Z E"]);
+    assert_eq!(s1.conn_count(), 0);
+    s0.assert_done();
+}

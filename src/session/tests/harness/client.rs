@@ -145,6 +145,12 @@ impl RawClient {
     /// Logs in as `app` (database `app`, no other parameters) and reads to the first
     /// ReadyForQuery.
     pub async fn connect(shared: &Arc<Shared>) -> RawClient {
+        RawClient::connect_pipelined(shared, Batch::new()).await
+    }
+
+    /// Logs in as [`RawClient::connect`] does, writing `batch` in the same write as the
+    /// StartupMessage (a client that does not wait for the login before its first request).
+    pub async fn connect_pipelined(shared: &Arc<Shared>, batch: Batch) -> RawClient {
         let (io, session) = open_session(shared);
         let mut client = RawClient {
             io,
@@ -153,6 +159,7 @@ impl RawClient {
         };
         let mut startup = BytesMut::new();
         crate::wire::build::startup_message(&mut startup, &[("user", "app"), ("database", "app")]);
+        startup.extend_from_slice(&batch.0);
         client.send_bytes(&startup).await;
         let login = client.until_ready().await;
         assert_eq!(login.first().map(String::as_str), Some("R 0"), "{login:?}");
