@@ -34,9 +34,9 @@ pub async fn start() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address").to_string();
     tokio::spawn(async move {
-        let mut next_pid = 1000;
+        let mut next_pid: i32 = 1000;
         while let Ok((stream, _)) = listener.accept().await {
-            next_pid += 1;
+            next_pid = next_pid.wrapping_add(1);
             tokio::spawn(serve(stream, next_pid));
         }
     });
@@ -82,7 +82,7 @@ async fn serve(mut stream: TcpStream, pid: i32) {
     msg(
         &mut out,
         b'K',
-        &[pid.to_be_bytes(), (pid * 7).to_be_bytes()].concat(),
+        &[pid.to_be_bytes(), pid.wrapping_mul(7).to_be_bytes()].concat(),
     );
     let mut conn = Conn::default();
     conn.ready(&mut out);
