@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 
 export RUSTC_BOOTSTRAP=1
 seconds=${SECONDS_PER_TARGET:-20}
-targets=(frame startup extended sql)
+targets=(frame startup extended sql session)
 
 python3 seeds.py
 cargo fuzz build
