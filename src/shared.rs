@@ -55,6 +55,9 @@ pub struct Shared {
     pub verifiers: HashMap<String, ScramVerifier>,
     pub cancel: Arc<CancelRegistry>,
     pub clients: AtomicUsize,
+    /// Clients in transaction mode holding their server connection for session state they keep
+    /// on it (temporary objects, cursors WITH HOLD, PREPARE, LISTEN, advisory locks).
+    pub pinned_clients: AtomicUsize,
 }
 
 impl Shared {
@@ -96,6 +99,7 @@ impl Shared {
             verifiers,
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
+            pinned_clients: AtomicUsize::new(0),
         }
     }
 }

@@ -5,6 +5,7 @@
 use super::connection::{parse_error_fields, ServerConnection};
 use super::BackendError;
 use crate::wire::{build, rows, server_tag};
+use bytes::BytesMut;
 
 /// What a server says about itself at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +69,29 @@ pub async fn table_columns(
         .collect())
 }
 
+/// Runs a client's session settle query (see `session::state`) on the connection serving it:
+/// its rows, and the ParameterStatus frames the server sent meanwhile (a restored `DateStyle`),
+/// which are the client's to see.
+pub async fn session_state(
+    conn: &mut ServerConnection,
+    sql: &str,
+) -> Result<(Rows, Vec<BytesMut>), BackendError> {
+    let mut reports = Vec::new();
+    let rows = query_noting(conn, sql, &mut reports).await?;
+    Ok((rows, reports))
+}
+
 /// Runs one of pgshard's own queries and returns its rows as text.
 async fn query(conn: &mut ServerConnection, sql: &str) -> Result<Rows, BackendError> {
+    query_noting(conn, sql, &mut Vec::new()).await
+}
+
+/// Runs a query of pgshard's own; ParameterStatus frames go to `reports`.
+async fn query_noting(
+    conn: &mut ServerConnection,
+    sql: &str,
+    reports: &mut Vec<BytesMut>,
+) -> Result<Rows, BackendError> {
     let mut out = bytes::BytesMut::new();
     build::query(&mut out, sql);
     conn.in_flight = true;
@@ -95,6 +117,10 @@ async fn query(conn: &mut ServerConnection, sql: &str) -> Result<Rows, BackendEr
             server_tag::READY_FOR_QUERY => {
                 conn.note_ready_for_query(frame.body());
                 return failure.map_or(Ok(found), Err);
+            }
+            server_tag::PARAMETER_STATUS => {
+                conn.note_parameter_status(frame.body());
+                reports.push(frame.bytes);
             }
             _ => {}
         }

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::net::TcpStream;
 
+use super::catalog::quote_literal;
 use super::{BackendError, MAX_SERVER_MESSAGE};
 use crate::transport::Conn;
 use crate::wire::{build, server_tag, Frame, TransactionStatus};
@@ -59,6 +60,8 @@ pub struct ServerConnection {
     /// A client changed settings itself (SET, RESET, DISCARD ALL): `applied` no longer describes
     /// the server, so the next [`ServerConnection::apply_settings`] starts from RESET ALL.
     pub(super) settings_unknown: bool,
+    /// Who it logged in as.
+    pub(super) user: String,
 }
 
 impl ServerConnection {
@@ -90,6 +93,7 @@ impl ServerConnection {
             broken: false,
             needs_discard: false,
             settings_unknown: false,
+            user: login.user.clone(),
         };
         tokio::time::timeout(login.connect_timeout, conn.startup(login))
             .await
@@ -279,10 +283,12 @@ impl ServerConnection {
         self.prepared.clear();
     }
 
-    /// A setting the client changed itself that the server reported: this connection now has it.
+    /// A setting the client changed itself that the server reported: this connection now has it
+    /// (setting names are case-insensitive: keyed in lower case, as the session keys them).
     pub fn note_applied(&mut self, name: String, value: String) {
-        self.params.insert(name.clone(), value.clone());
-        self.applied.insert(name, value);
+        self.applied
+            .insert(name.to_ascii_lowercase(), value.clone());
+        self.params.insert(name, value);
     }
 
     /// Records a ReadyForQuery body: the transaction status, and that nothing is owed anymore.
@@ -366,8 +372,10 @@ impl ServerConnection {
     }
 
     /// Brings this connection's settings to `wanted` (set what differs, RESET what the last client
-    /// set and this one did not; RESET ALL first when a client changed settings itself). Skips
-    /// the round trip when nothing differs.
+    /// set and this one did not; RESET ALL first when a client changed settings unseen). The
+    /// role and session authorization are settings here too (`role`, `session_authorization`),
+    /// applied first: setting the authorization resets the role. Skips the round trip when
+    /// nothing differs.
     ///
     /// Values go through `set_config`, which reads them exactly as PostgreSQL reads a startup
     /// parameter: `SET search_path = 'a,b'` would make one schema named "a,b" of them.
@@ -378,35 +386,13 @@ impl ServerConnection {
         if !self.settings_unknown && &self.applied == wanted {
             return Ok(());
         }
-        let mut sql = String::new();
         let nothing = BTreeMap::new();
         let current = if self.settings_unknown {
-            // RESET ALL leaves the role and the session authorization as they are: a client's
-            // SET ROLE would reach the next client. Going back to the login user resets both.
-            sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
             &nothing
         } else {
             &self.applied
         };
-        let changed: Vec<String> = wanted
-            .iter()
-            .filter(|(name, value)| current.get(*name) != Some(*value))
-            .map(|(name, value)| {
-                format!(
-                    "pg_catalog.set_config({}, {}, false)",
-                    quote_literal(name),
-                    quote_literal(value)
-                )
-            })
-            .collect();
-        if !changed.is_empty() {
-            sql.push_str(&format!("SELECT {};", changed.join(", ")));
-        }
-        for name in current.keys() {
-            if !wanted.contains_key(name) {
-                sql.push_str(&format!("RESET {};", quote_ident(name)));
-            }
-        }
+        let sql = settings_sql(current, wanted, self.settings_unknown);
         // The statements run as one implicit transaction: if one fails, none of the changes
         // stick and `applied` still describes the server (an emptied map would not, and the next
         // client would inherit the previous one's settings).
@@ -415,6 +401,80 @@ impl ServerConnection {
         self.settings_unknown = false;
         Ok(())
     }
+
+    /// What a client's session was read to hold after it changed it: the settings (with role
+    /// and authorization) this connection now has.
+    pub fn note_session_settings(&mut self, settings: BTreeMap<String, String>) {
+        self.applied = settings;
+        self.settings_unknown = false;
+    }
+
+    /// The user this connection logged in as.
+    pub fn login_user(&self) -> &str {
+        &self.user
+    }
+}
+
+/// Settings that say who the session runs as: applied before any other, authorization first.
+const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+
+/// The SQL that takes a server session from `current` settings to `wanted` (from nothing after
+/// a RESET ALL when `unknown`).
+fn settings_sql(
+    current: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+    unknown: bool,
+) -> String {
+    let mut sql = String::new();
+    let identity_differs = IDENTITY
+        .iter()
+        .any(|name| current.get(*name) != wanted.get(*name));
+    if unknown {
+        // RESET ALL leaves the role and the session authorization as they are: a client's
+        // SET ROLE would reach the next client. Going back to the login user resets both.
+        sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+    } else if identity_differs {
+        sql.push_str("SET SESSION AUTHORIZATION DEFAULT;");
+    }
+    let set = |sql: &mut String, name: &str, value: &str| {
+        sql.push_str(&format!(
+            "SELECT pg_catalog.set_config({}, {}, false);",
+            quote_literal(name),
+            quote_literal(value)
+        ))
+    };
+    if unknown || identity_differs {
+        for name in IDENTITY {
+            if let Some(value) = wanted.get(name) {
+                set(&mut sql, name, value);
+            }
+        }
+    }
+    let changed: Vec<(&String, &String)> = wanted
+        .iter()
+        .filter(|(name, value)| {
+            !IDENTITY.contains(&name.as_str()) && current.get(*name) != Some(*value)
+        })
+        .collect();
+    if !changed.is_empty() {
+        let calls: Vec<String> = changed
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote_literal(name),
+                    quote_literal(value)
+                )
+            })
+            .collect();
+        sql.push_str(&format!("SELECT {};", calls.join(", ")));
+    }
+    for name in current.keys() {
+        if !wanted.contains_key(name) && !IDENTITY.contains(&name.as_str()) {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+    }
+    sql
 }
 
 /// Splits a ParameterStatus body into (name, value).
@@ -443,11 +503,6 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes a value as an SQL string literal.
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +521,42 @@ mod tests {
 
     #[test]
     fn literals_and_identifiers_are_quoted() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn settings_change_only_what_differs_and_identity_goes_first() {
+        let current = map(&[("datestyle", "ISO"), ("work_mem", "8192")]);
+        let wanted = map(&[("datestyle", "ISO"), ("role", "reader")]);
+        assert_eq!(
+            settings_sql(&current, &wanted, false),
+            "SET SESSION AUTHORIZATION DEFAULT;\
+             SELECT pg_catalog.set_config(E'role', E'reader', false);\
+             RESET \"work_mem\";"
+        );
+        // Back from a role: the authorization goes back to the login user, nothing else runs.
+        assert_eq!(
+            settings_sql(&wanted, &map(&[("datestyle", "ISO")]), false),
+            "SET SESSION AUTHORIZATION DEFAULT;"
+        );
+        let both = map(&[
+            ("role", "r"),
+            ("session_authorization", "s"),
+            ("timezone", "UTC"),
+        ]);
+        assert_eq!(
+            settings_sql(&BTreeMap::new(), &both, true),
+            "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;\
+             SELECT pg_catalog.set_config(E'session_authorization', E's', false);\
+             SELECT pg_catalog.set_config(E'role', E'r', false);\
+             SELECT pg_catalog.set_config(E'timezone', E'UTC', false);"
+        );
     }
 }

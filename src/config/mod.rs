@@ -45,6 +45,21 @@ pub struct ServerConfig {
     /// Time a client has to finish startup and authentication.
     #[serde(default = "default_startup_timeout_ms")]
     pub startup_timeout_ms: u64,
+    /// Transaction mode: what to do with statements that leave state in the server session
+    /// (temporary objects, cursors WITH HOLD, SQL PREPARE, LISTEN, session advisory locks).
+    #[serde(default)]
+    pub session_state: SessionStatePolicy,
+}
+
+/// `server.session_state`: how transaction mode treats state no other server connection has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatePolicy {
+    /// The client keeps its server connection while it holds such state.
+    #[default]
+    Pin,
+    /// Such statements are refused with 0A000 before they run.
+    Refuse,
 }
 
 /// When a server connection goes back to the pool.

@@ -20,6 +20,9 @@ pub struct SessionView {
     pub transaction: TransactionView,
     /// Frames other than Parse wait for this statement's route (an extended batch).
     pub frames_waiting: bool,
+    /// Transaction mode, but the client keeps its server connection for session state it holds
+    /// there (temporary objects, cursors WITH HOLD, PREPARE, LISTEN, advisory locks).
+    pub pinned: bool,
 }
 
 /// A held server connection: its shard, and whether it is the primary.
@@ -80,6 +83,13 @@ pub enum Execution {
 pub enum Refusal {
     #[error("SET pgshard.* must be sent as a simple query")]
     SetOverExtended,
+    #[error(
+        "this statement needs several shards, but this client keeps session state (temporary \
+         objects, cursors WITH HOLD, PREPARE, LISTEN or advisory locks) on one server connection, \
+         which holds it there: release that state first (DROP, CLOSE, DEALLOCATE, UNLISTEN, \
+         pg_advisory_unlock_all() or DISCARD ALL), or run this statement on another connection"
+    )]
+    Pinned,
     /// A keyless read pgshard cannot answer from several shards, and why.
     #[error(
         "this read needs every shard ({tables}), and {why}: add WHERE <shard key> = ... or pick a \
@@ -139,6 +149,27 @@ impl Router {
     /// The one decision for a planned statement whose route was computed with the session's
     /// parameters and overrides.
     pub fn execution(
+        &self,
+        plan: &Plan,
+        route: Result<Route, RouteError>,
+        view: &SessionView,
+    ) -> Execution {
+        let execution = self.decide(plan, route, view);
+        let needs_other_connections = matches!(
+            execution,
+            Execution::Scatter { .. }
+                | Execution::FanOut(_)
+                | Execution::CopyIn(_)
+                | Execution::CopyOut { .. }
+                | Execution::ReleaseFirst
+        );
+        if view.pinned && needs_other_connections {
+            return refuse(Refusal::Pinned);
+        }
+        execution
+    }
+
+    fn decide(
         &self,
         plan: &Plan,
         route: Result<Route, RouteError>,

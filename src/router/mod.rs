@@ -55,6 +55,7 @@ pub use execution::{Execution, FanOutPlan, HeldServer, Refusal, SessionView, Tra
 pub use normalize::normalize_literals;
 pub use plan::{Isolation, IsolationChange, Plan, SettingPlan, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
+pub use session_effects::{placeholder_settings, session_state_statement};
 pub use volatility::Volatility;
 
 // What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.

@@ -1,9 +1,12 @@
-//! Whether a statement text may change its server session's role, authorization or settings in a
-//! way its CommandComplete tag does not show: a `set_config` call, `DO`, `CALL`, SQL `EXECUTE`,
-//! or any function that is not a known built-in (a user function may `SET ROLE` inside). Such a
-//! server connection is reset (`SET SESSION AUTHORIZATION DEFAULT; RESET ALL`) before its next
-//! client uses it. Pure, text only; errs towards "yes": a false yes costs one reset round trip, a
-//! false no could hand one client's role to the next.
+//! Whether a statement text may change its server session's role, authorization, settings or
+//! session state in a way its CommandComplete tag does not show: a `set_config` call, an advisory
+//! lock, `DO`, `CALL`, SQL `EXECUTE`, `TEMP` objects made by `SELECT INTO` or `CREATE TABLE AS`,
+//! or any function that is not a known built-in (a user function may `SET ROLE` inside). The
+//! session then reads that state back from the server before the connection can serve anyone
+//! else. Also: the placeholder settings (`myapp.tenant`) a statement names, and, for
+//! `session_state = "refuse"`, the statements that leave state no other connection can have.
+//! Pure, text only; errs towards "yes": a false yes costs one round trip, a false no could hand
+//! one client's role or temporary table to the next.
 
 use super::Volatility;
 use crate::sql::lexer::{tokens, Token};
@@ -110,7 +113,31 @@ const NOT_CALLS: &[&str] = &[
 ];
 
 /// Functions that change session state although PostgreSQL ships them.
-const STATEFUL_BUILTINS: &[&str] = &["set_config", "dblink", "dblink_exec", "dblink_connect"];
+const STATEFUL_BUILTINS: &[&str] = &[
+    "set_config",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// Session-level advisory lock functions: what they take outlives the transaction.
+const SESSION_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Words that make an object live in the session (`CREATE TEMP TABLE`, `SELECT ... INTO TEMP`,
+/// `pg_temp.f()`).
+const TEMPORARY: &[&str] = &["temp", "temporary", "pg_temp"];
 
 /// Statements whose first word alone says they may run arbitrary code.
 const RUNS_CODE: &[&str] = &["do", "call", "execute"];
@@ -119,7 +146,9 @@ const RUNS_CODE: &[&str] = &["do", "call", "execute"];
 pub fn may_change_session(sql: &str, volatility: &Volatility) -> bool {
     if let Some(first) = lone_statement_without_calls(sql) {
         // The common case, checked without lexing: one statement, no parenthesis anywhere.
-        return is_one_of(first, RUNS_CODE);
+        if !contains_ignore_case(sql.as_bytes(), b"temp") {
+            return is_one_of(first, RUNS_CODE);
+        }
     }
     let mut previous: Option<Token<'_>> = None;
     let mut statement_start = true;
@@ -127,6 +156,7 @@ pub fn may_change_session(sql: &str, volatility: &Volatility) -> bool {
     while let Some(token) = lexer.next() {
         match token {
             Token::Word(word) if statement_start && is_one_of(word, RUNS_CODE) => return true,
+            Token::Word(word) if is_one_of(word, TEMPORARY) => return true,
             Token::Word(word) | Token::QuotedIdent(word)
                 if lexer.peek() == Some(&Token::Punct(b'('))
                     && is_call(word, previous, volatility) =>
@@ -179,6 +209,103 @@ fn is_call(word: &str, previous: Option<Token<'_>>, volatility: &Volatility) -> 
     !volatility.is_known_builtin(&word.to_ascii_lowercase())
 }
 
+/// The placeholder settings (names with a dot, such as `myapp.tenant`) that `SET`, `RESET`
+/// or `set_config('...')` name in `sql`: the server lists their values nowhere, so the session
+/// asks for them by name.
+pub fn placeholder_settings(sql: &str) -> Vec<String> {
+    if !sql.as_bytes().contains(&b'.') {
+        return Vec::new();
+    }
+    let tokens: Vec<Token<'_>> = tokens(sql).collect();
+    let mut names = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let name = match token {
+            Token::Word(w) if is_one_of(w, &["set", "reset"]) => {
+                let mut j = i + 1;
+                while matches!(tokens.get(j), Some(Token::Word(w)) if is_one_of(w, &["session", "local"]))
+                {
+                    j += 1;
+                }
+                dotted_name(&tokens[j.min(tokens.len())..])
+            }
+            Token::Word(w) if w.eq_ignore_ascii_case("set_config") => {
+                match (tokens.get(i + 1), tokens.get(i + 2)) {
+                    (Some(Token::Punct(b'(')), Some(Token::String(lit))) => {
+                        string_value(lit).filter(|n| n.contains('.'))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        names.extend(name.map(|n| n.to_ascii_lowercase()));
+    }
+    names
+}
+
+/// `a.b` (words or quoted identifiers) at the start of `tokens`.
+fn dotted_name(tokens: &[Token<'_>]) -> Option<String> {
+    let part = |t: Option<&Token<'_>>| match t {
+        Some(Token::Word(w)) => Some(w.to_string()),
+        Some(Token::QuotedIdent(q)) => Some(q.trim_matches('"').replace("\"\"", "\"")),
+        _ => None,
+    };
+    let first = part(tokens.first())?;
+    if tokens.get(1) != Some(&Token::Punct(b'.')) {
+        return None;
+    }
+    Some(format!("{first}.{}", part(tokens.get(2))?))
+}
+
+/// The text of a plain `'...'` literal.
+fn string_value(lit: &str) -> Option<String> {
+    let inner = lit.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
+/// What in `sql` leaves state in the server session that no other server connection can have,
+/// named for a refusal (`session_state = "refuse"`): temporary objects, `DECLARE ... WITH HOLD`,
+/// SQL `PREPARE`, `LISTEN`, session advisory locks. `None` when nothing does.
+pub fn session_state_statement(sql: &str) -> Option<&'static str> {
+    let mut statement_start = true;
+    let mut first: Option<&str> = None;
+    let mut previous: Option<Token<'_>> = None;
+    let mut lexer = tokens(sql).peekable();
+    while let Some(token) = lexer.next() {
+        if let Token::Word(word) = token {
+            if statement_start {
+                first = Some(word);
+                if is_one_of(word, &["prepare"]) {
+                    return Some("PREPARE");
+                }
+                if is_one_of(word, &["listen"]) {
+                    return Some("LISTEN");
+                }
+            }
+            if is_one_of(word, TEMPORARY) {
+                return Some("a temporary object (TEMP)");
+            }
+            let hold = matches!(previous, Some(Token::Word(w)) if w.eq_ignore_ascii_case("with"))
+                && word.eq_ignore_ascii_case("hold");
+            if hold && first.is_some_and(|f| f.eq_ignore_ascii_case("declare")) {
+                return Some("DECLARE ... WITH HOLD");
+            }
+            if lexer.peek() == Some(&Token::Punct(b'(')) && is_one_of(word, SESSION_LOCKS) {
+                return Some("a session-level advisory lock (use pg_advisory_xact_lock)");
+            }
+        }
+        statement_start = token == Token::Punct(b';');
+        previous = Some(token);
+    }
+    None
+}
+
+/// Whether `hay` contains `needle` (ASCII, any case).
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 fn is_one_of(word: &str, list: &[&str]) -> bool {
     list.iter().any(|w| w.eq_ignore_ascii_case(word))
 }
@@ -224,8 +351,74 @@ mod tests {
             "  do $$ begin end $$;",
             "EXECUTE prepared_thing;",
             "call p",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT pg_advisory_unlock_all()",
+            "CREATE TEMP TABLE t AS SELECT 1",
+            "select * into temporary t from x",
+            "CREATE TABLE pg_temp.t (a int)",
         ] {
             assert!(changes(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_level_locks_and_plain_words_do_not() {
+        for sql in [
+            "SELECT pg_advisory_xact_lock(42)",
+            "SELECT * FROM temperatures",
+            "UPDATE templates SET x = 1 WHERE id = 2",
+        ] {
+            assert!(!changes(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn placeholder_settings_are_named() {
+        assert_eq!(
+            placeholder_settings("SET myapp.tenant = 42; SET LOCAL a.\"B\" TO 1; reset x.y"),
+            vec!["myapp.tenant", "a.b", "x.y"]
+        );
+        assert_eq!(
+            placeholder_settings("SELECT set_config('App.User', '7', false)"),
+            vec!["app.user"]
+        );
+        assert!(placeholder_settings("SET search_path = a.b").is_empty());
+        assert!(placeholder_settings("SET work_mem = '8MB'").is_empty());
+        assert!(placeholder_settings("SELECT t.a FROM t").is_empty());
+    }
+
+    #[test]
+    fn statements_that_leave_session_state_are_named() {
+        for (sql, what) in [
+            ("CREATE TEMP TABLE t (a int)", "a temporary object (TEMP)"),
+            (
+                "create temporary view v as select 1",
+                "a temporary object (TEMP)",
+            ),
+            ("SELECT 1 INTO TEMP t", "a temporary object (TEMP)"),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                "DECLARE ... WITH HOLD",
+            ),
+            ("PREPARE p AS SELECT 1", "PREPARE"),
+            ("LISTEN ch", "LISTEN"),
+            ("SELECT 1; listen ch", "LISTEN"),
+            (
+                "SELECT pg_try_advisory_lock(1)",
+                "a session-level advisory lock (use pg_advisory_xact_lock)",
+            ),
+        ] {
+            assert_eq!(session_state_statement(sql), Some(what), "{sql}");
+        }
+        for sql in [
+            "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "SELECT pg_advisory_xact_lock(1)",
+            "NOTIFY ch",
+            "SELECT 'listen'",
+            "EXECUTE p",
+        ] {
+            assert_eq!(session_state_statement(sql), None, "{sql}");
         }
     }
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::error::SessionError;
 use super::prepared::{Expect, Statement};
+use super::state::Effects;
 use super::{Flow, Session};
+use crate::config::{PoolMode, SessionStatePolicy};
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::client_tag as tag;
@@ -98,33 +100,41 @@ impl<S: Stream> Session<S> {
         if let Some(conn) = self.server.as_deref_mut() {
             conn.io().output.extend_from_slice(bytes);
             conn.set_in_flight(true);
-            if self.changes_session {
+            if self.effects.changes {
                 conn.mark_settings_unknown();
+                self.state.note_change([], true);
             }
         }
     }
 
-    /// Whether a statement text may change the server session unseen (see the router).
-    pub(super) fn may_change_session(&self, query: &[u8]) -> bool {
+    /// What a statement text may do to the server session (see `state::Effects`).
+    pub(super) fn effects_of(&mut self, query: &[u8]) -> Effects {
         let sql = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query));
-        self.shared.router.load().may_change_session(&sql)
+        let refuse = self.mode == PoolMode::Transaction
+            && self.shared.config.server.session_state == SessionStatePolicy::Refuse;
+        Effects::of(&sql, &self.shared.router.load(), refuse, &mut self.state)
     }
 
     /// Notes what the client's next statement may do to a server session: everything sent and
-    /// every connection taken until the next Query or Bind is marked for a reset if it may
-    /// change the role or settings unseen.
+    /// every connection taken until the next Query or Bind is marked for a reset, and the
+    /// session read back, if it may change the role, settings or session state unseen.
     pub(super) fn note_session_effects(&mut self, frame: &Frame) -> Result<(), SessionError> {
         match frame.tag() {
-            tag::QUERY => self.changes_session = self.may_change_session(frame.body()),
-            tag::FUNCTION_CALL => self.changes_session = true,
+            tag::QUERY => self.effects = self.effects_of(frame.body()),
+            tag::FUNCTION_CALL => {
+                self.effects = Effects {
+                    changes: true,
+                    ..Effects::NONE
+                }
+            }
             tag::BIND => {
                 let bind = Bind::decode(frame.body())?;
-                self.changes_session = if bind.statement.is_empty() {
-                    self.unnamed.changes_session
+                self.effects = if bind.statement.is_empty() {
+                    self.unnamed.effects
                 } else {
                     self.statements
                         .get(bind.statement)
-                        .is_some_and(|s| s.changes_session)
+                        .map_or(Effects::NONE, |s| s.effects)
                 };
             }
             _ => {}
@@ -137,16 +147,16 @@ impl<S: Stream> Session<S> {
     pub(super) fn register_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let parse = Parse::decode(frame.body())?;
         let plan = self.plan_text(parse.query());
-        let changes = self.may_change_session(parse.query());
+        let effects = self.effects_of(parse.query());
         if parse.name.is_empty() {
             self.unnamed.plan = plan;
             self.unnamed.types = parse.param_types();
-            self.unnamed.changes_session = changes;
+            self.unnamed.effects = effects;
             self.unnamed.parse = Some(Bytes::copy_from_slice(&frame.bytes));
             self.unnamed.held = false;
         } else {
             self.statements
-                .insert(parse.name, Arc::new(Statement::new(&parse, plan, changes)));
+                .insert(parse.name, Arc::new(Statement::new(&parse, plan, effects)));
         }
         Ok(())
     }

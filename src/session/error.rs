@@ -41,6 +41,17 @@ pub enum SessionError {
     )]
     SessionPinned { held: String, wanted: String },
     #[error(
+        "this client holds {reason} on its server connection of shard {held}, which keeps it on \
+         that connection until they are gone (DROP, CLOSE, DEALLOCATE, UNLISTEN, \
+         pg_advisory_unlock_all() or DISCARD ALL), but this statement needs {wanted}: release \
+         that state first, or run this statement on another connection"
+    )]
+    StatePinned {
+        reason: String,
+        held: String,
+        wanted: String,
+    },
+    #[error(
         "the primary of shard {shard} ({addr}) is down; writes to this shard fail until it is back"
     )]
     ShardDown { shard: String, addr: String },
@@ -89,9 +100,9 @@ impl From<&SessionError> for ClientError {
                 return ClientError::new(SqlState::CONNECTION_FAILURE, e.to_string())
             }
             SessionError::UnknownDatabase { .. } => SqlState::INVALID_CATALOG_NAME,
-            SessionError::Unsupported(_) | SessionError::SessionPinned { .. } => {
-                SqlState::FEATURE_NOT_SUPPORTED
-            }
+            SessionError::Unsupported(_)
+            | SessionError::SessionPinned { .. }
+            | SessionError::StatePinned { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             SessionError::TransactionAborted => SqlState::IN_FAILED_SQL_TRANSACTION,
             SessionError::ShardDown { .. } => SqlState::CONNECTION_FAILURE,
             SessionError::BadSettingName(_) => SqlState::UNDEFINED_OBJECT,
@@ -113,6 +124,13 @@ pub enum Unsupported {
     Replication,
     #[error("startup option {word:?} is not supported; use -c name=value")]
     StartupOption { word: String },
+    #[error(
+        "{statement} keeps state in the server session, and pgshard is set to refuse such \
+         statements in transaction mode (session_state = \"refuse\"): use a transaction-scoped \
+         form (ON COMMIT DROP, a cursor without HOLD, pg_advisory_xact_lock, the protocol's \
+         prepared statements), or ask for session_state = \"pin\""
+    )]
+    SessionState { statement: &'static str },
     #[error(
         "this cross-shard read binds an unnamed statement parsed in an earlier batch: send its \
          Parse in the same batch as the Bind, or name the statement"

@@ -8,6 +8,8 @@ use crate::router::{Isolation, IsolationChange};
 /// What decides the isolation level of the client's transactions.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct IsolationInForce {
+    /// The servers' default.
+    server: Isolation,
     /// The level a new session starts with (server default, then startup options).
     startup: Isolation,
     /// The session default now (`SET default_transaction_isolation`, `SET SESSION
@@ -26,6 +28,7 @@ impl IsolationInForce {
             None => server_default,
         };
         IsolationInForce {
+            server: server_default,
             startup,
             default: startup,
             transaction: None,
@@ -49,6 +52,15 @@ impl IsolationInForce {
         self.default = self.startup;
     }
 
+    /// The session default as read back from the server (`None`: not set in the session, so
+    /// the servers' default): exact, unlike what statements suggest.
+    pub fn learn_default(&mut self, value: Option<&str>) {
+        self.default = match value {
+            Some(value) => Isolation::parse(value).unwrap_or(Isolation::Snapshot),
+            None => self.server,
+        };
+    }
+
     /// The transaction ended.
     pub fn end_transaction(&mut self) {
         self.transaction = None;
@@ -60,8 +72,8 @@ impl IsolationInForce {
     }
 }
 
-/// A SET may outlive the server connection it ran on or not (transaction mode resets settings
-/// when the connection is released): the decision keeps the stricter of the two levels.
+/// Until the session is read back from the server, a SET's effect is not known for sure (it may
+/// fail, or be rolled back with its transaction): the decision keeps the stricter of the two.
 fn stricter(a: Isolation, b: Isolation) -> Isolation {
     if a == Isolation::Snapshot || b == Isolation::Snapshot {
         Isolation::Snapshot
@@ -92,6 +104,22 @@ mod tests {
         );
         iso.end_transaction();
         iso.note(Some(IsolationChange::ResetSessionDefault));
+        assert_eq!(iso.in_force(), Isolation::ReadCommitted);
+    }
+
+    #[test]
+    fn the_default_read_back_from_the_server_is_exact() {
+        let mut iso = IsolationInForce::new(Isolation::ReadCommitted, None);
+        iso.note(Some(IsolationChange::SessionDefault(Isolation::Snapshot)));
+        iso.learn_default(Some("read committed"));
+        assert_eq!(
+            iso.in_force(),
+            Isolation::ReadCommitted,
+            "the SET was rolled back"
+        );
+        iso.learn_default(Some("serializable"));
+        assert_eq!(iso.in_force(), Isolation::Snapshot);
+        iso.learn_default(None);
         assert_eq!(iso.in_force(), Isolation::ReadCommitted);
     }
 

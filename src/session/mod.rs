@@ -18,8 +18,10 @@ mod scatter;
 mod scatter_extended;
 mod server_msg;
 pub mod settings;
+mod settle;
 mod shards;
 mod startup;
+pub mod state;
 #[cfg(test)]
 mod tests;
 mod transaction;
@@ -34,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use self::error::SessionError;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;
+use self::state::SessionState;
 use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
@@ -130,13 +133,14 @@ pub(crate) struct Session<S> {
     /// The client's prepared statements, and its unnamed one.
     statements: ClientStatements,
     unnamed: Unnamed,
-    /// The statement being run may change the server session's role or settings unseen:
-    /// connections it reaches are reset before the next client.
-    changes_session: bool,
-    /// Who the client is and what it asked for: settings, `SET pgshard.*` overrides.
+    /// What the statement being run may do to the server session: connections it reaches are
+    /// read back or reset before anyone else uses them.
+    effects: state::Effects,
+    /// Who the client is and what it asked for: its server-session state (settings, role,
+    /// what pins it to a server connection), `SET pgshard.*` overrides.
     shared: Arc<Shared>,
     user: String,
-    settings: Settings,
+    state: SessionState,
     ctx: RouteContext,
     cancel: CancelGuard,
     mode: PoolMode,
@@ -168,8 +172,8 @@ struct Unnamed {
     /// Its plan and declared parameter types.
     plan: Option<Arc<Plan>>,
     types: Vec<u32>,
-    /// It may change the server session's role or settings unseen.
-    changes_session: bool,
+    /// What it may do to the server session.
+    effects: state::Effects,
     /// Its Parse, and whether the server connection held now got it: a batch that moves to
     /// another connection sends it there before binding it.
     parse: Option<Bytes>,
@@ -192,12 +196,12 @@ impl<S: Stream> Session<S> {
             tx: ClientTransaction::new(shared.server_default_isolation(), startup_isolation),
             statements: ClientStatements::default(),
             unnamed: Unnamed::default(),
-            changes_session: false,
+            effects: state::Effects::NONE,
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,
             user,
-            settings,
+            state: SessionState::new(settings),
             ctx: RouteContext::default(),
             cancel,
         }
@@ -230,7 +234,7 @@ impl<S: Stream> Session<S> {
         // first, as no read will announce them.
         let mut read_with_startup = !self.client.input.is_empty();
         loop {
-            self.release_if_done();
+            self.at_quiet_point().await?;
             let event = if self.proto.stalled.is_some()
                 && (self.server.is_none() || self.held_in_transaction())
             {
@@ -296,18 +300,20 @@ impl<S: Stream> Session<S> {
                 SessionError::Backend(BackendError::Protocol("pool closed".into()))
             }
         })?;
-        conn.apply_settings(&self.settings).await?;
-        if self.changes_session {
+        conn.apply_settings(self.state.wanted()).await?;
+        if self.effects.changes {
             conn.mark_settings_unknown();
         }
         Ok(conn)
     }
 
-    /// In transaction mode, gives the server connection back once it is idle with nothing owed.
+    /// In transaction mode, gives the server connection back once it is idle with nothing owed
+    /// (unless the client holds session state on it).
     fn release_if_done(&mut self) {
         if self.mode != PoolMode::Transaction
             || !self.proto.expect.is_empty()
             || self.proto.awaiting_sync
+            || self.state.pinned().is_some()
         {
             return;
         }
@@ -381,9 +387,17 @@ impl<S> Drop for Session<S> {
             let owed =
                 !self.proto.expect.is_empty() || self.proto.awaiting_sync || conn.queued() > 0;
             conn.set_in_flight(conn.in_flight() || owed);
-            if self.mode == PoolMode::Session {
+            // Session mode, or state kept on this connection (or maybe kept: not read back yet):
+            // DISCARD ALL before anyone else gets it.
+            if self.mode == PoolMode::Session
+                || self.state.pinned().is_some()
+                || self.state.is_dirty()
+            {
                 conn.mark_needs_discard();
             }
+        }
+        if self.state.pinned().is_some() {
+            self.shared.pinned_clients.fetch_sub(1, Ordering::Relaxed);
         }
         self.cancel.slot.set(None);
     }

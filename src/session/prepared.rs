@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::state::Effects;
 use crate::router::Plan;
 use crate::wire::extended::Parse;
 
@@ -23,13 +24,12 @@ pub struct Statement {
     pub plan: Option<Arc<Plan>>,
     /// Parameter type OIDs the Parse declared, to read a binary key by its own type.
     pub param_types: Vec<u32>,
-    /// Running it may change the server session's role or settings unseen
-    /// ([`crate::router::Router::may_change_session`]).
-    pub changes_session: bool,
+    /// What running it may do to the server session.
+    pub effects: Effects,
 }
 
 impl Statement {
-    pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>, changes_session: bool) -> Statement {
+    pub fn new(parse: &Parse<'_>, plan: Option<Arc<Plan>>, effects: Effects) -> Statement {
         let hash = xxhash_rust::xxh3::xxh3_128(parse.rest);
         let server_name = format!("pgshard_{hash:032x}");
         Statement {
@@ -37,7 +37,7 @@ impl Statement {
             param_types: parse.param_types(),
             server_name,
             plan,
-            changes_session,
+            effects,
         }
     }
 }
@@ -98,9 +98,21 @@ mod tests {
 
     #[test]
     fn same_text_and_types_give_the_same_server_name() {
-        let a = Statement::new(&Parse::decode(b"a\0SELECT 1\0\0\0").unwrap(), None, false);
-        let b = Statement::new(&Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap(), None, false);
-        let c = Statement::new(&Parse::decode(b"a\0SELECT 2\0\0\0").unwrap(), None, false);
+        let a = Statement::new(
+            &Parse::decode(b"a\0SELECT 1\0\0\0").unwrap(),
+            None,
+            Effects::NONE,
+        );
+        let b = Statement::new(
+            &Parse::decode(b"zz\0SELECT 1\0\0\0").unwrap(),
+            None,
+            Effects::NONE,
+        );
+        let c = Statement::new(
+            &Parse::decode(b"a\0SELECT 2\0\0\0").unwrap(),
+            None,
+            Effects::NONE,
+        );
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.len() < 64, "fits PostgreSQL's NAMEDATALEN");

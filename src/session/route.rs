@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::bound::Bound;
 use super::copy_split::CopyJob;
-use super::error::SessionError;
+use super::error::{SessionError, Unsupported};
 use super::fanout::FanOut;
 use super::prepared::Expect;
 use super::Session;
@@ -61,7 +61,17 @@ impl<S: Stream> Session<S> {
             frame
         };
         self.note_session_effects(&frame)?;
+        let refused = self
+            .effects
+            .refused
+            .filter(|_| matches!(frame.tag(), tag::QUERY | tag::BIND));
         let decision = match frame.tag() {
+            _ if refused.is_some() => Decision::Failed(
+                Unsupported::SessionState {
+                    statement: refused.unwrap_or_default(),
+                }
+                .into(),
+            ),
             tag::QUERY => self.route_query(&frame),
             tag::PARSE => self.note_parse(&frame)?,
             tag::BIND => self.route_bind(&frame)?,
@@ -476,6 +486,7 @@ impl<S: Stream> Session<S> {
             held: self.held,
             transaction: self.tx.view(),
             frames_waiting: self.proto.pending.iter().any(|f| f.tag() != tag::PARSE),
+            pinned: self.state.pinned().is_some(),
         }
     }
 
@@ -504,6 +515,19 @@ impl<S: Stream> Session<S> {
                 return Err(SessionError::SessionPinned {
                     held: self.shared.shards[held.shard].name.clone(),
                     wanted: self.shared.shards[shard].name.clone(),
+                });
+            }
+            if let Some(reason) = self.state.pinned() {
+                // The held connection cannot be released: it keeps the client's state.
+                let name = &self.shared.shards[shard].name;
+                return Err(SessionError::StatePinned {
+                    reason: reason.to_string(),
+                    held: self.shared.shards[held.shard].name.clone(),
+                    wanted: if held.shard == shard {
+                        format!("the primary of shard {name}")
+                    } else {
+                        format!("shard {name}")
+                    },
                 });
             }
             self.end_held_batch();

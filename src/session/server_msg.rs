@@ -132,22 +132,43 @@ impl<S: Stream> Session<S> {
 
     /// Commands that change the server connection's session state, known by their
     /// CommandComplete tag once they have run (a failed DISCARD ALL changed nothing): DISCARD ALL
-    /// and DEALLOCATE ALL drop every prepared statement; SET, RESET and DISCARD ALL leave its
-    /// settings unlike what pgshard applied, so the next checkout starts from RESET ALL and no
-    /// client inherits them. (SETs inside functions, `DO` and `set_config` calls are noticed from
-    /// the statement text instead: [`crate::router::Router::may_change_session`].)
+    /// and DEALLOCATE ALL drop every prepared statement; SET, RESET and DISCARD leave its
+    /// settings unlike what pgshard applied (and may have reset a startup value); CREATE, DROP,
+    /// DECLARE, CLOSE, PREPARE, DEALLOCATE, LISTEN and UNLISTEN may make or end state that pins
+    /// the client. The session reads the state back at its next quiet point. (SETs inside
+    /// functions, `DO`, `set_config` calls and advisory locks are noticed from the statement
+    /// text instead: [`crate::router::Router::may_change_session`].)
     fn note_command(&mut self, body: &[u8]) {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
-        match body.strip_suffix(b"\0").unwrap_or(body) {
+        let tag = body.strip_suffix(b"\0").unwrap_or(body);
+        match tag {
             b"DISCARD ALL" => {
                 conn.forget_all_prepared();
                 conn.mark_settings_unknown();
             }
             b"DEALLOCATE ALL" => conn.forget_all_prepared(),
+            // SET LOCAL, SET TRANSACTION: nothing outlives the transaction.
+            b"SET" if self.effects.local => return,
             b"SET" | b"RESET" => conn.mark_settings_unknown(),
             _ => {}
+        }
+        let resets = matches!(tag, b"SET" | b"RESET") || tag.starts_with(b"DISCARD");
+        let word = tag.split(|&b| b == b' ').next().unwrap_or_default();
+        let stateful = matches!(
+            word,
+            b"CREATE"
+                | b"DROP"
+                | b"DECLARE"
+                | b"CLOSE"
+                | b"PREPARE"
+                | b"DEALLOCATE"
+                | b"LISTEN"
+                | b"UNLISTEN"
+        );
+        if resets || stateful {
+            self.state.note_change([], resets);
         }
     }
 
@@ -230,8 +251,8 @@ impl<S: Stream> Session<S> {
                 .iter()
                 .any(|f| f.eq_ignore_ascii_case(&name))
             {
-                conn.note_applied(name.clone(), value.clone());
-                self.settings.insert(name, value);
+                self.state.follow_report(&name, value.clone());
+                conn.note_applied(name, value);
             } else {
                 conn.note_parameter_status(body);
             }

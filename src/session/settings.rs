@@ -20,7 +20,7 @@ pub const FOLLOWED_REPORTS: &[&str] = &[
     "standard_conforming_strings",
 ];
 
-/// The settings a client asked for, by name.
+/// The settings a client asked for, by [`canonical`] name.
 pub type Settings = BTreeMap<String, String>;
 
 /// Derives the wanted settings from the startup parameters.
@@ -49,8 +49,14 @@ fn insert(settings: &mut Settings, name: String, value: String) -> Result<(), Se
     if !plain {
         return Err(SessionError::BadSettingName(name));
     }
-    settings.insert(name, value);
+    settings.insert(canonical(&name), value);
     Ok(())
+}
+
+/// A setting's name as pgshard keys it: PostgreSQL's names are case-insensitive (libpq sends
+/// `datestyle` for PGDATESTYLE, the server reports `DateStyle`), so one spelling for both.
+pub fn canonical(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 /// Parses libpq's `options`: `-c name=value` / `-cname=value` / `--name=value`, separated by
@@ -128,8 +134,23 @@ mod tests {
         assert_eq!(s.get("extra_float_digits").map(String::as_str), Some("3"));
         assert_eq!(s.get("statement_timeout").map(String::as_str), Some("5s"));
         assert_eq!(s.get("search_path").map(String::as_str), Some("a,b"));
-        assert_eq!(s.get("TimeZone").map(String::as_str), Some("UTC"));
+        assert_eq!(s.get("timezone").map(String::as_str), Some("UTC"));
         assert!(!s.contains_key("user"));
+    }
+
+    #[test]
+    fn names_are_keyed_in_one_case_whatever_the_client_sent() {
+        // libpq sends `datestyle` for PGDATESTYLE; the server reports `DateStyle`: one key.
+        let s = from_startup(&params(&[
+            ("datestyle", "ISO"),
+            ("options", "-c DateStyle=SQL"),
+        ]))
+        .unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.get(&canonical("DateStyle")).map(String::as_str),
+            Some("SQL")
+        );
     }
 
     #[test]

@@ -170,6 +170,11 @@ impl ClientTransaction {
         self.isolation.note(change);
     }
 
+    /// The session's `default_transaction_isolation` as read back from the server.
+    pub fn learn_isolation_default(&mut self, value: Option<&str>) {
+        self.isolation.learn_default(value);
+    }
+
     /// `RESET ALL`: the session default isolation goes back to the startup value.
     pub fn reset_isolation_default(&mut self) {
         self.isolation.reset_default();

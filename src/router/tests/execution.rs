@@ -15,6 +15,7 @@ fn outside() -> SessionView {
         held: None,
         transaction: TransactionView::Outside,
         frames_waiting: false,
+        pinned: false,
     }
 }
 
@@ -81,6 +82,30 @@ fn a_keyless_read_waits_for_a_held_connection_and_is_refused_in_session_mode() {
         ..outside()
     };
     assert!(refusal(decide(read, extended)).contains("frames other than Parse"));
+}
+
+#[test]
+fn a_pinned_client_gets_no_work_that_needs_other_connections() {
+    let pinned = SessionView {
+        held: Some(HeldServer {
+            shard: 0,
+            primary: true,
+        }),
+        pinned: true,
+        ..outside()
+    };
+    for sql in [
+        "SELECT count(*) FROM users",
+        "INSERT INTO countries VALUES ('fr')",
+        "INSERT INTO users (user_id, name) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'e')",
+        "COPY users FROM STDIN",
+    ] {
+        assert!(
+            refusal(decide(sql, pinned)).contains("keeps session state"),
+            "{sql}"
+        );
+    }
+    assert_eq!(decide("SELECT 1", pinned), Execution::Held);
 }
 
 #[test]

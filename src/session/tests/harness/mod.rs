@@ -95,5 +95,6 @@ pub fn server_name(sql: &str, types: &[u32]) -> String {
     postgres_protocol::message::frontend::parse("any", sql, types.iter().copied(), &mut parse)
         .expect("parse");
     let parse = crate::wire::extended::Parse::decode(&parse[5..]).expect("decodes");
-    crate::session::prepared::Statement::new(&parse, None, false).server_name
+    crate::session::prepared::Statement::new(&parse, None, crate::session::state::Effects::NONE)
+        .server_name
 }

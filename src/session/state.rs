@@ -1,0 +1,339 @@
+//! The client's server-session state that pgshard keeps for it across server connections: the
+//! settings every connection serving it must have (its startup values, then whatever its SETs,
+//! RESETs, `SET ROLE` and `SET SESSION AUTHORIZATION` left), and why it is pinned to one server
+//! connection when it holds state that cannot move (temporary objects, cursors WITH HOLD, SQL
+//! `PREPARE`, LISTEN, session advisory locks). Learned from the server itself after any request
+//! that may have changed it (one round trip, only then); never guesses a setting's value.
+
+use std::collections::BTreeSet;
+
+use super::settings::{self, Settings};
+use crate::backend::catalog::quote_literal;
+use crate::router::{self, Router};
+
+/// What running a statement may do to the server session, read from its text once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// It may change settings, role or session state unseen by its CommandComplete tag.
+    pub changes: bool,
+    /// It is a lone `SET LOCAL` / `SET TRANSACTION`: its `SET` tag changes nothing that lasts.
+    pub local: bool,
+    /// It leaves state no other server connection can have (for `session_state = "refuse"`).
+    pub refused: Option<&'static str>,
+}
+
+impl Effects {
+    pub const NONE: Effects = Effects {
+        changes: false,
+        local: false,
+        refused: None,
+    };
+
+    /// Reads `sql`'s effects; with `refuse`, also what would pin the client. Placeholder
+    /// settings it names are added to `state`'s.
+    pub fn of(sql: &str, router: &Router, refuse: bool, state: &mut SessionState) -> Effects {
+        let changes = router.may_change_session(sql);
+        let first = first_word(sql);
+        let sets = first.eq_ignore_ascii_case("set") || first.eq_ignore_ascii_case("reset");
+        if sets || changes {
+            state.custom.extend(router::placeholder_settings(sql));
+        }
+        Effects {
+            changes,
+            local: sets && transaction_local_set(sql),
+            refused: refuse
+                .then(|| router::session_state_statement(sql))
+                .flatten(),
+        }
+    }
+}
+
+fn first_word(sql: &str) -> &str {
+    let sql = sql.trim_start();
+    let end = sql
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sql.len());
+    &sql[..end]
+}
+
+/// `SET LOCAL ...` or `SET TRANSACTION ...` alone (at most a trailing `;`): nothing it does
+/// outlives the transaction.
+fn transaction_local_set(sql: &str) -> bool {
+    let body = sql.trim().trim_end_matches(';');
+    if body.contains(';') || body.contains("--") || body.contains("/*") {
+        return false;
+    }
+    let mut words = body.split_ascii_whitespace();
+    let (Some(set), Some(scope)) = (words.next(), words.next()) else {
+        return false;
+    };
+    set.eq_ignore_ascii_case("set")
+        && (scope.eq_ignore_ascii_case("local") || scope.eq_ignore_ascii_case("transaction"))
+}
+
+/// Why a client holds on to its server connection: the kinds of state found on it.
+pub type PinReason = String;
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// What the client's StartupMessage asked for: where `RESET` and `DISCARD ALL` go back to.
+    startup: Settings,
+    /// What every server connection serving the client must have (lower-case names).
+    wanted: Settings,
+    /// Names of placeholder (dotted, extension or application) settings the client set: the
+    /// server lists them nowhere, so they are asked for by name.
+    custom: BTreeSet<String>,
+    /// A request since the last capture may have changed the server session.
+    dirty: bool,
+    /// A `RESET`, `SET ... TO DEFAULT` or `DISCARD ALL` may have taken a startup value away.
+    restore: bool,
+    /// The client holds state that cannot move to another server connection, and what.
+    pinned: Option<PinReason>,
+}
+
+/// What a settle query found on the server.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub settings: Settings,
+    pub pinned: Option<PinReason>,
+}
+
+/// Marks the row of a settle answer that carries the pin reasons (no setting has this name).
+const PIN_ROW: &str = "";
+
+impl SessionState {
+    pub fn new(startup: Settings) -> SessionState {
+        let custom = startup
+            .keys()
+            .filter(|n| n.contains('.'))
+            .cloned()
+            .collect();
+        SessionState {
+            wanted: startup.clone(),
+            startup,
+            custom,
+            dirty: false,
+            restore: false,
+            pinned: None,
+        }
+    }
+
+    /// The settings every server connection serving the client must have.
+    pub fn wanted(&self) -> &Settings {
+        &self.wanted
+    }
+
+    /// A setting the server reported changed (ParameterStatus) follows the client at once.
+    pub fn follow_report(&mut self, name: &str, value: String) {
+        self.wanted.insert(settings::canonical(name), value);
+    }
+
+    /// A request may have changed the server session; `names`: placeholder settings it named;
+    /// `resets`: it may have reset settings (a SET, RESET or DISCARD, or code that runs them).
+    pub fn note_change(&mut self, names: impl IntoIterator<Item = String>, resets: bool) {
+        self.dirty = true;
+        self.restore |= resets && !self.startup.is_empty();
+        self.custom.extend(names);
+    }
+
+    /// What the server holds may differ from what was last read from it.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Startup values may have to be put back.
+    pub fn restore_due(&self) -> bool {
+        self.restore
+    }
+
+    pub fn pinned(&self) -> Option<&str> {
+        self.pinned.as_deref()
+    }
+
+    /// The query that puts back the startup values a `RESET`, `SET ... TO DEFAULT` or `DISCARD
+    /// ALL` took to the server's default (the server's own RESET goes there: its session began
+    /// with pgshard's parameters, not the client's), and with `capture`, reads what the session
+    /// holds now (settings at session level, role, authorization, placeholders the client set,
+    /// and the state that pins). One simple query, one round trip.
+    pub fn settle_query(&self, capture: bool) -> String {
+        let mut sql = String::new();
+        if self.restore {
+            let values: Vec<String> = self
+                .startup
+                .iter()
+                .map(|(n, v)| format!("({}, {})", quote_literal(n), quote_literal(v)))
+                .collect();
+            // A setting still at session level was not reset. A placeholder is listed nowhere:
+            // it was reset when it is empty.
+            sql.push_str(&format!(
+                "SELECT pg_catalog.set_config(s.n, s.v, false) FROM (VALUES {}) s(n, v) \
+                 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings p \
+                 WHERE pg_catalog.lower(p.name) = s.n AND p.source = 'session') \
+                 AND (pg_catalog.strpos(s.n, '.') = 0 \
+                 OR pg_catalog.coalesce(pg_catalog.current_setting(s.n, true), '') = '');",
+                values.join(", ")
+            ));
+        }
+        if capture {
+            sql.push_str(&self.capture_query());
+        }
+        sql
+    }
+
+    fn capture_query(&self) -> String {
+        let mut sql = String::from(
+            "SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
+             WHERE source = 'session' \
+             UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+             UNION ALL SELECT 'session_authorization', \
+             pg_catalog.current_setting('session_authorization')",
+        );
+        if !self.custom.is_empty() {
+            let names: Vec<String> = self
+                .custom
+                .iter()
+                .map(|n| format!("({})", quote_literal(n)))
+                .collect();
+            sql.push_str(&format!(
+                " UNION ALL SELECT c.n, pg_catalog.current_setting(c.n, true) FROM (VALUES {}) c(n) \
+                 WHERE pg_catalog.coalesce(pg_catalog.current_setting(c.n, true), '') <> ''",
+                names.join(", ")
+            ));
+        }
+        sql.push_str(&format!(
+            " UNION ALL SELECT {PIN}, pg_catalog.concat_ws(', ', \
+             CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class \
+             WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_proc \
+             WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_type \
+             WHERE typnamespace = pg_catalog.pg_my_temp_schema()) THEN 'temporary objects' END, \
+             CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_cursors) THEN 'cursors WITH HOLD' END, \
+             CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql) \
+             THEN 'prepared statements (PREPARE)' END, \
+             CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_listening_channels()) THEN 'LISTEN' END, \
+             CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_catalog.pg_backend_pid()) THEN 'advisory locks' END)",
+            PIN = quote_literal(PIN_ROW)
+        ));
+        sql
+    }
+
+    /// Reads a capture's rows (name, value): `login_user` is who the server connection logged in
+    /// as (an authorization equal to it, or role `none`, is no change).
+    pub fn read_capture(rows: &[Vec<Option<String>>], login_user: &str) -> Found {
+        let mut found = Found::default();
+        for row in rows {
+            let [Some(name), value] = row.as_slice() else {
+                continue;
+            };
+            let value = value.clone().unwrap_or_default();
+            match name.as_str() {
+                PIN_ROW => found.pinned = (!value.is_empty()).then_some(value),
+                "role" if value == "none" => {}
+                "session_authorization" if value == login_user => {}
+                _ => {
+                    found.settings.insert(name.clone(), value);
+                }
+            }
+        }
+        found
+    }
+
+    /// The settle query ran: startup values are back; with a capture, what the server holds is
+    /// what the client wants now.
+    pub fn settled(&mut self, found: Option<Found>) {
+        self.restore = false;
+        if let Some(found) = found {
+            self.wanted = found.settings;
+            self.pinned = found.pinned;
+            self.dirty = false;
+        }
+    }
+
+    /// The state could not be read: the connection stays with the client, as if pinned, since
+    /// nobody can tell what it holds.
+    pub fn unknown(&mut self) {
+        self.dirty = false;
+        self.restore = false;
+        self.pinned = Some("session state that could not be read".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, value: &str) -> Vec<Option<String>> {
+        vec![Some(name.into()), Some(value.into())]
+    }
+
+    #[test]
+    fn only_a_lone_set_local_is_transaction_local() {
+        assert!(transaction_local_set("SET LOCAL work_mem = '1MB';"));
+        assert!(transaction_local_set(
+            "  set transaction isolation level serializable"
+        ));
+        assert!(!transaction_local_set("SET work_mem = '1MB'"));
+        assert!(!transaction_local_set("SET LOCAL a = 1; SET b = 2"));
+        assert!(!transaction_local_set("SET /* local */ b = 2"));
+        assert_eq!(first_word("\n reset all"), "reset");
+    }
+
+    #[test]
+    fn a_capture_becomes_the_wanted_settings_and_the_pin() {
+        let rows = vec![
+            vec![Some("x".into())], // a restore row: one column
+            row("datestyle", "Postgres, MDY"),
+            row("role", "none"),
+            row("session_authorization", "app"),
+            row("myapp.tenant", "42"),
+            row("", "temporary objects, LISTEN"),
+        ];
+        let found = SessionState::read_capture(&rows, "app");
+        assert_eq!(
+            found.settings.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("datestyle".to_string(), "Postgres, MDY".to_string()),
+                ("myapp.tenant".to_string(), "42".to_string())
+            ]
+        );
+        assert_eq!(found.pinned.as_deref(), Some("temporary objects, LISTEN"));
+
+        let rows = vec![
+            row("role", "reader"),
+            row("session_authorization", "other"),
+            row("", ""),
+        ];
+        let found = SessionState::read_capture(&rows, "app");
+        assert_eq!(
+            found.settings.get("role").map(String::as_str),
+            Some("reader")
+        );
+        assert_eq!(
+            found
+                .settings
+                .get("session_authorization")
+                .map(String::as_str),
+            Some("other")
+        );
+        assert_eq!(found.pinned, None);
+    }
+
+    #[test]
+    fn the_settle_query_restores_startup_values_and_asks_for_placeholders() {
+        let mut startup = Settings::new();
+        startup.insert("datestyle".into(), "Postgres, MDY".into());
+        let mut state = SessionState::new(startup);
+        assert!(!state.settle_query(false).contains("set_config"));
+        state.note_change(["myapp.tenant".to_string()], true);
+        let sql = state.settle_query(true);
+        assert!(sql.contains("(E'datestyle', E'Postgres, MDY')"), "{sql}");
+        assert!(sql.contains("(E'myapp.tenant')"), "{sql}");
+        assert!(state.settle_query(false).ends_with("'') = '');"));
+        let mut state = SessionState::new(Settings::new());
+        state.note_change([], true);
+        assert!(!state.restore_due() && state.settle_query(false).is_empty());
+    }
+}
