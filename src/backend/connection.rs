@@ -443,11 +443,10 @@ fn settings_sql(
             quote_literal(value)
         ))
     };
-    if unknown || identity_differs {
-        for name in IDENTITY {
-            if let Some(value) = wanted.get(name) {
-                set(&mut sql, name, value);
-            }
+    // RESETs first: a previous client's tiny statement_timeout goes before anything slow runs.
+    for name in current.keys() {
+        if !wanted.contains_key(name) && !IDENTITY.contains(&name.as_str()) {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
         }
     }
     let changed: Vec<(&String, &String)> = wanted
@@ -469,9 +468,12 @@ fn settings_sql(
             .collect();
         sql.push_str(&format!("SELECT {};", calls.join(", ")));
     }
-    for name in current.keys() {
-        if !wanted.contains_key(name) && !IDENTITY.contains(&name.as_str()) {
-            sql.push_str(&format!("RESET {};", quote_ident(name)));
+    // Who the session runs as comes last: the rest is set as the login user, as it was.
+    if unknown || identity_differs {
+        for name in IDENTITY {
+            if let Some(value) = wanted.get(name) {
+                set(&mut sql, name, value);
+            }
         }
     }
     sql
@@ -538,8 +540,8 @@ mod tests {
         assert_eq!(
             settings_sql(&current, &wanted, false),
             "SET SESSION AUTHORIZATION DEFAULT;\
-             SELECT pg_catalog.set_config(E'role', E'reader', false);\
-             RESET \"work_mem\";"
+             RESET \"work_mem\";\
+             SELECT pg_catalog.set_config(E'role', E'reader', false);"
         );
         // Back from a role: the authorization goes back to the login user, nothing else runs.
         assert_eq!(
@@ -554,9 +556,9 @@ mod tests {
         assert_eq!(
             settings_sql(&BTreeMap::new(), &both, true),
             "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;\
+             SELECT pg_catalog.set_config(E'timezone', E'UTC', false);\
              SELECT pg_catalog.set_config(E'session_authorization', E's', false);\
-             SELECT pg_catalog.set_config(E'role', E'r', false);\
-             SELECT pg_catalog.set_config(E'timezone', E'UTC', false);"
+             SELECT pg_catalog.set_config(E'role', E'r', false);"
         );
     }
 }

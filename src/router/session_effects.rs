@@ -267,6 +267,27 @@ fn string_value(lit: &str) -> Option<String> {
 /// named for a refusal (`session_state = "refuse"`): temporary objects, `DECLARE ... WITH HOLD`,
 /// SQL `PREPARE`, `LISTEN`, session advisory locks. `None` when nothing does.
 pub fn session_state_statement(sql: &str) -> Option<&'static str> {
+    let found = session_state_word(sql);
+    if found == Some(TEMP_OBJECT) && ends_with_its_transaction(sql) {
+        // `CREATE TEMP TABLE ... ON COMMIT DROP` lives and dies in its transaction.
+        return None;
+    }
+    found
+}
+
+const TEMP_OBJECT: &str = "a temporary object (TEMP)";
+
+/// `ON COMMIT DROP` in `sql`: a temporary table that goes with its transaction.
+fn ends_with_its_transaction(sql: &str) -> bool {
+    let words: Vec<Token<'_>> = tokens(sql).collect();
+    words.windows(3).any(|w| {
+        matches!(w, [Token::Word(a), Token::Word(b), Token::Word(c)]
+            if a.eq_ignore_ascii_case("on") && b.eq_ignore_ascii_case("commit")
+                && c.eq_ignore_ascii_case("drop"))
+    })
+}
+
+fn session_state_word(sql: &str) -> Option<&'static str> {
     let mut statement_start = true;
     let mut first: Option<&str> = None;
     let mut previous: Option<Token<'_>> = None;
@@ -283,7 +304,7 @@ pub fn session_state_statement(sql: &str) -> Option<&'static str> {
                 }
             }
             if is_one_of(word, TEMPORARY) {
-                return Some("a temporary object (TEMP)");
+                return Some(TEMP_OBJECT);
             }
             let hold = matches!(previous, Some(Token::Word(w)) if w.eq_ignore_ascii_case("with"))
                 && word.eq_ignore_ascii_case("hold");
@@ -412,6 +433,7 @@ mod tests {
         }
         for sql in [
             "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
             "DECLARE c CURSOR FOR SELECT 1",
             "SELECT pg_advisory_xact_lock(1)",
             "NOTIFY ch",

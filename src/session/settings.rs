@@ -26,14 +26,15 @@ pub type Settings = BTreeMap<String, String>;
 /// Derives the wanted settings from the startup parameters.
 pub fn from_startup(params: &[(String, String)]) -> Result<Settings, SessionError> {
     let mut settings = Settings::new();
+    // As PostgreSQL does: `options` first, then the other parameters, which win over them.
+    for (_, value) in params.iter().filter(|(n, _)| n == "options") {
+        for (k, v) in parse_options(value)? {
+            insert(&mut settings, k, v)?;
+        }
+    }
     for (name, value) in params {
         match name.as_str() {
             "replication" => return Err(Unsupported::Replication.into()),
-            "options" => {
-                for (k, v) in parse_options(value)? {
-                    insert(&mut settings, k, v)?;
-                }
-            }
             n if NOT_SETTINGS.contains(&n) || n.starts_with("_pq_.") => {}
             _ => insert(&mut settings, name.clone(), value.clone())?,
         }
@@ -147,9 +148,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.len(), 1);
+        // A parameter wins over the same setting in `options`, as in PostgreSQL.
         assert_eq!(
             s.get(&canonical("DateStyle")).map(String::as_str),
-            Some("SQL")
+            Some("ISO")
         );
     }
 

@@ -171,7 +171,7 @@ impl SessionState {
                  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings p \
                  WHERE pg_catalog.lower(p.name) = s.n AND p.source = 'session') \
                  AND (pg_catalog.strpos(s.n, '.') = 0 \
-                 OR pg_catalog.coalesce(pg_catalog.current_setting(s.n, true), '') = '');",
+                 OR COALESCE(pg_catalog.current_setting(s.n, true), '') = '');",
                 values.join(", ")
             ));
         }
@@ -181,10 +181,15 @@ impl SessionState {
         sql
     }
 
+    /// The capture runs with no statement timeout (`SET LOCAL` in the query's implicit
+    /// transaction): the client's own `statement_timeout` is read first, on its own.
     fn capture_query(&self) -> String {
         let mut sql = String::from(
-            "SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
-             WHERE source = 'session' \
+            "SELECT 'statement_timeout', setting FROM pg_catalog.pg_settings \
+             WHERE name = 'statement_timeout' AND source = 'session';\
+             SET LOCAL statement_timeout = 0;\
+             SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
+             WHERE source = 'session' AND name <> 'statement_timeout' \
              UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
              UNION ALL SELECT 'session_authorization', \
              pg_catalog.current_setting('session_authorization')",
@@ -197,7 +202,7 @@ impl SessionState {
                 .collect();
             sql.push_str(&format!(
                 " UNION ALL SELECT c.n, pg_catalog.current_setting(c.n, true) FROM (VALUES {}) c(n) \
-                 WHERE pg_catalog.coalesce(pg_catalog.current_setting(c.n, true), '') <> ''",
+                 WHERE COALESCE(pg_catalog.current_setting(c.n, true), '') <> ''",
                 names.join(", ")
             ));
         }
