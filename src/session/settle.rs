@@ -1,8 +1,8 @@
 //! The session at a quiet point (the held server connection owes nothing and nothing is queued):
 //! after a request that may have changed the server session, puts back the startup values a
-//! RESET took away and, in transaction mode once the transaction is over, reads back what the
-//! session holds (settings, role, pinning state) in one round trip; then lets the connection go
-//! if nothing pins it. Never runs while a response is owed or inside a failed transaction.
+//! RESET took away and, in transaction mode, reads back what the session holds (settings, role,
+//! pinning state) in one round trip; then lets the connection go if nothing pins it. Never runs
+//! while a response is owed or inside a transaction of the client's.
 
 use std::sync::atomic::Ordering;
 
@@ -25,19 +25,18 @@ impl<S: Stream> Session<S> {
         Ok(())
     }
 
-    /// `Some(capture)` when a settle query should run now: restoring startup values (any
-    /// status but failed), and capturing the session (transaction mode, idle).
+    /// `Some(capture)` when a settle query should run now: outside any transaction of the
+    /// client's (what pgshard runs must never fail or change one), restoring startup values,
+    /// and in transaction mode capturing the session.
     fn settle_due(&self) -> Option<bool> {
         if !self.proto.expect.is_empty() || self.proto.awaiting_sync || self.proto.copy_in {
             return None;
         }
         let conn = self.server.as_deref()?;
-        if !conn.is_quiet() || conn.status() == TransactionStatus::Failed {
+        if !conn.is_quiet() || conn.status() != TransactionStatus::Idle {
             return None;
         }
-        let capture = self.mode == PoolMode::Transaction
-            && self.state.is_dirty()
-            && conn.status() == TransactionStatus::Idle;
+        let capture = self.mode == PoolMode::Transaction && self.state.is_dirty();
         (capture || self.state.restore_due()).then_some(capture)
     }
 

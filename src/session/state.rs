@@ -157,7 +157,21 @@ impl SessionState {
     /// holds now (settings at session level, role, authorization, placeholders the client set,
     /// and the state that pins). One simple query, one round trip.
     pub fn settle_query(&self, capture: bool) -> String {
+        if !self.restore && !capture {
+            return String::new();
+        }
         let mut sql = String::new();
+        if capture {
+            // Read first, by a statement cheap enough to finish within any timeout (kept
+            // unless it is PostgreSQL's default, 0).
+            sql.push_str(
+                "SELECT 'statement_timeout', pg_catalog.current_setting('statement_timeout') \
+                 WHERE pg_catalog.current_setting('statement_timeout') <> '0';",
+            );
+        }
+        // The rest runs with no statement timeout, whatever the client set (`SET LOCAL` in the
+        // query's implicit transaction: settles run only outside the client's transactions).
+        sql.push_str("SET LOCAL statement_timeout = 0;");
         if self.restore {
             let values: Vec<String> = self
                 .startup
@@ -165,9 +179,9 @@ impl SessionState {
                 .map(|(n, v)| format!("({}, {})", quote_literal(n), quote_literal(v)))
                 .collect();
             // A setting still at session level was not reset. A placeholder is listed nowhere:
-            // it was reset when it is empty.
+            // it was reset when it is empty. Rows (name, value) of what was put back.
             sql.push_str(&format!(
-                "SELECT pg_catalog.set_config(s.n, s.v, false) FROM (VALUES {}) s(n, v) \
+                "SELECT s.n, pg_catalog.set_config(s.n, s.v, false) FROM (VALUES {}) s(n, v) \
                  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings p \
                  WHERE pg_catalog.lower(p.name) = s.n AND p.source = 'session') \
                  AND (pg_catalog.strpos(s.n, '.') = 0 \
@@ -181,14 +195,10 @@ impl SessionState {
         sql
     }
 
-    /// The capture runs with no statement timeout (`SET LOCAL` in the query's implicit
-    /// transaction): the client's own `statement_timeout` is read first, on its own.
+    /// Reads what the session holds, but `statement_timeout` (read before, see above).
     fn capture_query(&self) -> String {
         let mut sql = String::from(
-            "SELECT 'statement_timeout', setting FROM pg_catalog.pg_settings \
-             WHERE name = 'statement_timeout' AND source = 'session';\
-             SET LOCAL statement_timeout = 0;\
-             SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
+            "SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
              WHERE source = 'session' AND name <> 'statement_timeout' \
              UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
              UNION ALL SELECT 'session_authorization', \
@@ -336,7 +346,10 @@ mod tests {
         let sql = state.settle_query(true);
         assert!(sql.contains("(E'datestyle', E'Postgres, MDY')"), "{sql}");
         assert!(sql.contains("(E'myapp.tenant')"), "{sql}");
-        assert!(state.settle_query(false).ends_with("'') = '');"));
+        assert!(state.settle_query(false).ends_with("'') = '');"), "{sql}");
+        assert!(state
+            .settle_query(false)
+            .starts_with("SET LOCAL statement_timeout = 0;"));
         let mut state = SessionState::new(Settings::new());
         state.note_change([], true);
         assert!(!state.restore_due() && state.settle_query(false).is_empty());

@@ -7,7 +7,7 @@
 use super::harness::{on, one_shard};
 use super::harness::{Batch, Msgs, RawClient, ScriptedServer};
 
-const CAPTURE: &str = r#"Q "SELECT 'statement_timeout', setting FROM pg_catalog.pg_settings*"#;
+const CAPTURE: &str = r#"Q "SELECT 'statement_timeout', pg_catalog.current_setting*"#;
 
 /// Scripts a simple query answered with `tag`, and runs it.
 async fn run(server: &ScriptedServer, client: &mut RawClient, sql: &str, tag: &str) {
