@@ -192,7 +192,7 @@ fn lone_statement_without_calls(sql: &str) -> Option<&str> {
 fn is_call(word: &str, previous: Option<Token<'_>>, volatility: &Volatility) -> bool {
     if matches!(
         previous,
-        Some(Token::Word(w)) if is_one_of(w, &["into", "table", "references", "on", "index", "view", "function", "procedure", "type", "only"])
+        Some(Token::Word(w)) if is_one_of(w, &["into", "table", "references", "on", "index", "view", "function", "procedure", "type", "only", "copy"])
     ) {
         // A table or type name followed by its column list.
         return false;
@@ -348,6 +348,7 @@ mod tests {
             "SELECT count(*), max(x), now() FROM t WHERE a IN (1, 2) AND b = ANY($1)",
             "SELECT 'set_config(''role'')' AS not_a_call -- set_config(x)",
             "CREATE TABLE t (id bigint PRIMARY KEY, v numeric(10, 2))",
+            "COPY users (user_id, name) FROM STDIN",
             "SET ROLE other", // its CommandComplete tag (SET) says so already
             "BEGIN; SELECT 1; COMMIT",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 4;",

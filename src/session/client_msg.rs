@@ -102,7 +102,8 @@ impl<S: Stream> Session<S> {
             conn.set_in_flight(true);
             if self.effects.changes {
                 conn.mark_settings_unknown();
-                self.state.note_change([], true);
+                self.state
+                    .note_change(self.effects.settings, self.effects.settings);
             }
         }
     }

@@ -168,7 +168,7 @@ impl<S: Stream> Session<S> {
                 | b"UNLISTEN"
         );
         if resets || stateful {
-            self.state.note_change([], resets);
+            self.state.note_change(resets, resets);
         }
     }
 

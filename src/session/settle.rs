@@ -7,7 +7,6 @@
 use std::sync::atomic::Ordering;
 
 use super::error::SessionError;
-use super::state::SessionState;
 use super::Session;
 use crate::backend::{catalog, BackendError};
 use crate::config::PoolMode;
@@ -52,11 +51,15 @@ impl<S: Stream> Session<S> {
                 for report in reports {
                     self.client.output.extend_from_slice(&report);
                 }
-                let found = capture.then(|| SessionState::read_capture(&rows, conn.login_user()));
+                let found = capture.then(|| self.state.read_capture(&rows, conn.login_user()));
                 if let Some(found) = &found {
-                    conn.note_session_settings(found.settings.clone());
-                    let default = found.settings.get("default_transaction_isolation");
-                    self.tx.learn_isolation_default(default.map(String::as_str));
+                    // Else only part was read: the connection stays marked unknown (reset in full
+                    // before the next client) and the isolation default stays as followed.
+                    if found.complete {
+                        conn.note_session_settings(found.settings.clone());
+                        let default = found.settings.get("default_transaction_isolation");
+                        self.tx.learn_isolation_default(default.map(String::as_str));
+                    }
                 }
                 self.state.settled(found);
             }

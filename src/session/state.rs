@@ -16,6 +16,9 @@ use crate::router::{self, Router};
 pub struct Effects {
     /// It may change settings, role or session state unseen by its CommandComplete tag.
     pub changes: bool,
+    /// It may change settings themselves (`set_config`, `DO`, `CALL`), not only the role or
+    /// state that pins: the read-back then reads every setting.
+    pub settings: bool,
     /// It is a lone `SET LOCAL` / `SET TRANSACTION`: its `SET` tag changes nothing that lasts.
     pub local: bool,
     /// It leaves state no other server connection can have (for `session_state = "refuse"`).
@@ -25,6 +28,7 @@ pub struct Effects {
 impl Effects {
     pub const NONE: Effects = Effects {
         changes: false,
+        settings: false,
         local: false,
         refused: None,
     };
@@ -38,8 +42,13 @@ impl Effects {
         if sets || changes {
             state.custom.extend(router::placeholder_settings(sql));
         }
+        let settings = changes
+            && (first.eq_ignore_ascii_case("do")
+                || first.eq_ignore_ascii_case("call")
+                || sql.to_ascii_lowercase().contains("set_config"));
         Effects {
             changes,
+            settings,
             local: sets && transaction_local_set(sql),
             refused: refuse
                 .then(|| router::session_state_statement(sql))
@@ -84,8 +93,8 @@ pub struct SessionState {
     /// Names of placeholder (dotted, extension or application) settings the client set: the
     /// server lists them nowhere, so they are asked for by name.
     custom: BTreeSet<String>,
-    /// A request since the last capture may have changed the server session.
-    dirty: bool,
+    /// What a request since the last read-back may have changed in the server session.
+    dirty: Dirty,
     /// A `RESET`, `SET ... TO DEFAULT` or `DISCARD ALL` may have taken a startup value away.
     restore: bool,
     /// The client holds state that cannot move to another server connection, and what.
@@ -97,6 +106,19 @@ pub struct SessionState {
 pub struct Found {
     pub settings: Settings,
     pub pinned: Option<PinReason>,
+    /// Every setting was read (else only the role, authorization and placeholders).
+    pub complete: bool,
+}
+
+/// How much of the server session may differ from what was last read from it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    #[default]
+    Clean,
+    /// Its role, placeholders or the state that pins (a function call, DDL).
+    State,
+    /// Its settings too (a SET, RESET or DISCARD, `set_config`, `DO`, `CALL`).
+    Settings,
 }
 
 /// Marks the row of a settle answer that carries the pin reasons (no setting has this name).
@@ -113,7 +135,7 @@ impl SessionState {
             wanted: startup.clone(),
             startup,
             custom,
-            dirty: false,
+            dirty: Dirty::Clean,
             restore: false,
             pinned: None,
         }
@@ -129,17 +151,22 @@ impl SessionState {
         self.wanted.insert(settings::canonical(name), value);
     }
 
-    /// A request may have changed the server session; `names`: placeholder settings it named;
-    /// `resets`: it may have reset settings (a SET, RESET or DISCARD, or code that runs them).
-    pub fn note_change(&mut self, names: impl IntoIterator<Item = String>, resets: bool) {
-        self.dirty = true;
+    /// A request may have changed the server session: its role or state that pins (`settings`
+    /// false), or its settings too; `resets`: it may have reset settings (a SET, RESET or
+    /// DISCARD, or code that runs them).
+    pub fn note_change(&mut self, settings: bool, resets: bool) {
+        let dirty = if settings {
+            Dirty::Settings
+        } else {
+            Dirty::State
+        };
+        self.dirty = self.dirty.max(dirty);
         self.restore |= resets && !self.startup.is_empty();
-        self.custom.extend(names);
     }
 
     /// What the server holds may differ from what was last read from it.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty != Dirty::Clean
     }
 
     /// Startup values may have to be put back.
@@ -161,7 +188,8 @@ impl SessionState {
             return String::new();
         }
         let mut sql = String::new();
-        if capture {
+        let all = capture && self.dirty == Dirty::Settings;
+        if all {
             // Read first, by a statement cheap enough to finish within any timeout (kept
             // unless it is PostgreSQL's default, 0).
             sql.push_str(
@@ -190,17 +218,25 @@ impl SessionState {
             ));
         }
         if capture {
-            sql.push_str(&self.capture_query());
+            sql.push_str(&self.capture_query(all));
         }
         sql
     }
 
-    /// Reads what the session holds, but `statement_timeout` (read before, see above).
-    fn capture_query(&self) -> String {
-        let mut sql = String::from(
-            "SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
-             WHERE source = 'session' AND name <> 'statement_timeout' \
-             UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+    /// Reads what the session holds: with `all`, every setting at session level (but
+    /// `statement_timeout`, read before, see above), else (a function call, a tag such as
+    /// `CREATE TABLE`: settings were not set by the client itself) only who it runs as, the
+    /// placeholders and what pins; `pg_settings` costs about a millisecond of server time.
+    fn capture_query(&self, all: bool) -> String {
+        let mut sql = String::new();
+        if all {
+            sql.push_str(
+                "SELECT pg_catalog.lower(name), setting FROM pg_catalog.pg_settings \
+                 WHERE source = 'session' AND name <> 'statement_timeout' UNION ALL ",
+            );
+        }
+        sql.push_str(
+            "SELECT 'role', pg_catalog.current_setting('role') \
              UNION ALL SELECT 'session_authorization', \
              pg_catalog.current_setting('session_authorization')",
         );
@@ -237,8 +273,19 @@ impl SessionState {
 
     /// Reads a capture's rows (name, value): `login_user` is who the server connection logged in
     /// as (an authorization equal to it, or role `none`, is no change).
-    pub fn read_capture(rows: &[Vec<Option<String>>], login_user: &str) -> Found {
-        let mut found = Found::default();
+    pub fn read_capture(&self, rows: &[Vec<Option<String>>], login_user: &str) -> Found {
+        let mut found = Found {
+            complete: self.dirty == Dirty::Settings,
+            ..Found::default()
+        };
+        if !found.complete {
+            // Only part was read: the rest stays as the client wanted it.
+            found.settings = self.wanted.clone();
+            found.settings.retain(|name, _| {
+                !["role", "session_authorization"].contains(&name.as_str())
+                    && !self.custom.contains(name)
+            });
+        }
         for row in rows {
             let [Some(name), value] = row.as_slice() else {
                 continue;
@@ -263,14 +310,14 @@ impl SessionState {
         if let Some(found) = found {
             self.wanted = found.settings;
             self.pinned = found.pinned;
-            self.dirty = false;
+            self.dirty = Dirty::Clean;
         }
     }
 
     /// The state could not be read: the connection stays with the client, as if pinned, since
     /// nobody can tell what it holds.
     pub fn unknown(&mut self) {
-        self.dirty = false;
+        self.dirty = Dirty::Clean;
         self.restore = false;
         self.pinned = Some("session state that could not be read".into());
     }
@@ -296,6 +343,31 @@ mod tests {
         assert_eq!(first_word("\n reset all"), "reset");
     }
 
+    fn full() -> SessionState {
+        let mut state = SessionState::new(Settings::new());
+        state.note_change(true, false);
+        state
+    }
+
+    #[test]
+    fn a_partial_read_back_keeps_the_other_settings() {
+        let mut startup = Settings::new();
+        startup.insert("datestyle".into(), "ISO".into());
+        let mut state = SessionState::new(startup);
+        state.note_change(false, false);
+        assert!(!state
+            .settle_query(true)
+            .contains("pg_settings WHERE source"));
+        let found = state.read_capture(&[row("role", "r"), row("", "LISTEN")], "app");
+        assert!(!found.complete);
+        assert_eq!(
+            found.settings.get("datestyle").map(String::as_str),
+            Some("ISO")
+        );
+        assert_eq!(found.settings.get("role").map(String::as_str), Some("r"));
+        assert_eq!(found.pinned.as_deref(), Some("LISTEN"));
+    }
+
     #[test]
     fn a_capture_becomes_the_wanted_settings_and_the_pin() {
         let rows = vec![
@@ -306,7 +378,7 @@ mod tests {
             row("myapp.tenant", "42"),
             row("", "temporary objects, LISTEN"),
         ];
-        let found = SessionState::read_capture(&rows, "app");
+        let found = full().read_capture(&rows, "app");
         assert_eq!(
             found.settings.into_iter().collect::<Vec<_>>(),
             vec![
@@ -321,7 +393,7 @@ mod tests {
             row("session_authorization", "other"),
             row("", ""),
         ];
-        let found = SessionState::read_capture(&rows, "app");
+        let found = full().read_capture(&rows, "app");
         assert_eq!(
             found.settings.get("role").map(String::as_str),
             Some("reader")
@@ -342,7 +414,8 @@ mod tests {
         startup.insert("datestyle".into(), "Postgres, MDY".into());
         let mut state = SessionState::new(startup);
         assert!(!state.settle_query(false).contains("set_config"));
-        state.note_change(["myapp.tenant".to_string()], true);
+        state.custom.insert("myapp.tenant".to_string());
+        state.note_change(true, true);
         let sql = state.settle_query(true);
         assert!(sql.contains("(E'datestyle', E'Postgres, MDY')"), "{sql}");
         assert!(sql.contains("(E'myapp.tenant')"), "{sql}");
@@ -351,7 +424,7 @@ mod tests {
             .settle_query(false)
             .starts_with("SET LOCAL statement_timeout = 0;"));
         let mut state = SessionState::new(Settings::new());
-        state.note_change([], true);
+        state.note_change(true, true);
         assert!(!state.restore_due() && state.settle_query(false).is_empty());
     }
 }

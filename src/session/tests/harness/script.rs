@@ -164,8 +164,8 @@ impl State {
     }
 }
 
-/// What a session capture query contains (`session::state`).
-pub const CAPTURE: &str = "FROM pg_catalog.pg_settings WHERE source = 'session'";
+/// What a session read-back query contains (`session::state`).
+pub const CAPTURE: &str = "WHERE relnamespace = pg_catalog.pg_my_temp_schema()";
 
 /// Answers pgshard's own queries: health checks, settings, resets, session captures.
 fn internal_reply(frame: &Frame) -> Option<Msgs> {
