@@ -10,6 +10,7 @@ mod harness;
 mod cancel;
 mod copy;
 mod extended;
+mod flush;
 mod login;
 mod prepared;
 mod protocol_errors;
