@@ -36,6 +36,9 @@ pub struct Conn<S> {
     pub input: BytesMut,
     /// Bytes queued for the peer, written by [`Conn::poll_drain`].
     pub output: BytesMut,
+    /// Written to the stream but not yet flushed through it: the last flush was pending (a TLS
+    /// stream or a `BufWriter` holds bytes until flushed).
+    unflushed: bool,
 }
 
 impl<S: Stream> Conn<S> {
@@ -45,6 +48,7 @@ impl<S: Stream> Conn<S> {
             stream,
             input,
             output: BytesMut::new(),
+            unflushed: false,
         }
     }
 
@@ -100,12 +104,21 @@ impl<S: Stream> Conn<S> {
         }
     }
 
+    /// Something is still on its way to the peer: queued output, or written bytes the stream
+    /// has not flushed yet. While this holds, [`Conn::poll_drain`] must be polled again.
+    pub fn has_pending_output(&self) -> bool {
+        !self.output.is_empty() || self.unflushed
+    }
+
     /// Writes the queued output (and flushes the stream) until done or the stream is full.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.output.is_empty() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.output) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.output.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.output.advance(n);
+                    self.unflushed = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -113,7 +126,11 @@ impl<S: Stream> Conn<S> {
         if self.output.capacity() > KEEP_CAPACITY {
             self.output = BytesMut::new();
         }
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        // A pending flush is remembered, so that the next poll (with a real waker, after a
+        // `try_drain` whose waker wakes no one) finishes it.
+        self.unflushed = flushed.is_pending();
+        flushed
     }
 
     /// Reads once: the number of bytes read, 0 at end of stream.
@@ -126,7 +143,8 @@ impl<S: Stream> Conn<S> {
         poll_fn(|cx| self.poll_drain(cx)).await
     }
 
-    /// Writes as much queued output as the stream takes without waiting.
+    /// Writes as much queued output as the stream takes without waiting. What it could not
+    /// write or flush stays pending ([`Conn::has_pending_output`]) for a later `poll_drain`.
     pub fn try_drain(&mut self) -> io::Result<()> {
         match self.poll_drain(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(result) => result,
@@ -203,6 +221,23 @@ mod tests {
         b.write_all(b"hello").await.unwrap();
         assert_eq!(conn.fill().await.unwrap(), 5);
         assert_eq!(&conn.input[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_flush_left_pending_by_try_drain_stays_pending_until_drained() {
+        // A BufWriter over a duplex of 8 bytes: writes land in the BufWriter, its flush waits.
+        let (a, mut b) = tokio::io::duplex(8);
+        let mut conn = Conn::new(tokio::io::BufWriter::new(a), BytesMut::new());
+        conn.output.extend_from_slice(&[7u8; 20]);
+        conn.try_drain().unwrap();
+        assert!(conn.output.is_empty(), "the BufWriter took everything");
+        assert!(conn.has_pending_output(), "but flushed only 8 bytes of it");
+        let mut all = [0u8; 20];
+        let (drained, read) = tokio::join!(conn.drain(), b.read_exact(&mut all));
+        drained.unwrap();
+        read.unwrap();
+        assert_eq!(all, [7u8; 20]);
+        assert!(!conn.has_pending_output());
     }
 
     #[tokio::test]

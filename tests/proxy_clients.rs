@@ -12,6 +12,9 @@ use support::{base_config, cluster, start_proxy, Proxy};
 use tokio::process::Command;
 use tokio::sync::{Mutex, OnceCell};
 
+/// pgbench clients per run: 50 clients on a pool of 2.
+const CLIENTS: u64 = 50;
+
 /// One heavy client run at a time.
 static TURN: Mutex<()> = Mutex::const_new(());
 /// `pgbench -i` has loaded database `pgbench`.
@@ -67,13 +70,31 @@ async fn pgbench_tables() {
         .await;
 }
 
-/// Runs pgbench with `args` through a proxy with a pool of 2 in front of database `pgbench`
-/// and checks that every transaction succeeded.
-async fn pgbench_through_proxy(args: &[&str]) {
+/// Runs pgbench with `args` through a proxy with a pool of 2 in front of database `pgbench`: 50
+/// clients, `per_client` transactions each, every one of which must succeed.
+///
+/// A fixed count, not a duration (`-T`): pgbench starts its `-T` clock before it opens its
+/// connections, so a run whose 50 logins took longer than the duration (a starved CPU) processed
+/// nothing without anything being wrong. With `-t`, a stall of the proxy is a hang, reported by
+/// [`HANG_GUARD`] with what each server connection was doing.
+async fn pgbench_through_proxy(args: &[&str], per_client: u64) {
     let _turn = TURN.lock().await;
     pgbench_tables().await;
     let proxy = proxy("pgbench", 2).await;
-    let out = run(pgbench(proxy.port()).args(args).arg("app")).await;
+    let count = per_client.to_string();
+    let mut command = pgbench(proxy.port());
+    command
+        .args(args)
+        .args(["-c", &CLIENTS.to_string(), "-t", &count, "app"]);
+    let out = tokio::time::timeout(HANG_GUARD, command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "pgbench {args:?} did not finish within {HANG_GUARD:?}; server activity:\n{}",
+                pgbench_activity()
+            )
+        })
+        .unwrap_or_else(|e| panic!("cannot run pgbench: {e}"));
     let report = text(&out);
     println!("pgbench {args:?}:\n{report}");
     assert!(out.status.success(), "pgbench {args:?} failed:\n{report}");
@@ -85,21 +106,29 @@ async fn pgbench_through_proxy(args: &[&str]) {
         !report.to_lowercase().contains("error"),
         "pgbench {args:?} printed an error:\n{report}"
     );
-    let processed = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no transaction count in:\n{report}"));
-    assert!(
-        processed > 0,
-        "pgbench {args:?} processed nothing:\n{report}"
+    let expected = format!(
+        "number of transactions actually processed: {}/{}",
+        CLIENTS * per_client,
+        CLIENTS * per_client
     );
+    assert!(
+        report.contains(&expected),
+        "pgbench {args:?} did not process every transaction ({expected}):\n{report}"
+    );
+}
+
+/// What the primary's sessions in database `pgbench` are doing and waiting for (for a hang).
+fn pgbench_activity() -> String {
+    let sql = "SELECT pid, state, wait_event_type, wait_event, now() - state_change, query \
+               FROM pg_stat_activity WHERE datname = 'pgbench'";
+    cluster()
+        .psql(cluster().primary_port(), "pgbench", sql)
+        .unwrap_or_else(|e| format!("(pg_stat_activity unavailable: {e})"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_select_only_50_clients_on_2_server_connections() {
-    pgbench_through_proxy(&["-M", "prepared", "-S", "-c", "50", "-j", "2", "-T", "5"]).await;
+    pgbench_through_proxy(&["-M", "prepared", "-S", "-j", "2"], 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,17 +136,17 @@ async fn pgbench_prepared_tpcb_50_clients_on_2_server_connections() {
     // pgbench prepares with a synchronous PQprepare: a thread serving several clients would wait
     // there for a server connection one of its own clients holds inside a transaction. One
     // thread per client avoids that deadlock, which is pgbench's, not the proxy's.
-    pgbench_through_proxy(&["-M", "prepared", "-c", "50", "-j", "50", "-T", "5"]).await;
+    pgbench_through_proxy(&["-M", "prepared", "-j", "50"], 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_extended_tpcb_50_clients_on_2_server_connections() {
-    pgbench_through_proxy(&["-M", "extended", "-c", "50", "-j", "2", "-T", "5"]).await;
+    pgbench_through_proxy(&["-M", "extended", "-j", "2"], 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_simple_tpcb_50_clients_on_2_server_connections() {
-    pgbench_through_proxy(&["-M", "simple", "-c", "50", "-j", "2", "-T", "5"]).await;
+    pgbench_through_proxy(&["-M", "simple", "-j", "2"], 20).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ impl ServerConnection {
 
     /// Nothing read and unhandled, nothing queued: the connection owes and is owed nothing.
     pub fn is_quiet(&self) -> bool {
-        self.io.input.is_empty() && self.io.output.is_empty()
+        self.io.input.is_empty() && !self.io.has_pending_output()
     }
 
     /// The server's `host:port`.

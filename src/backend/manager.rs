@@ -29,7 +29,7 @@ impl Manager for BackendManager {
     }
 
     fn returned(&self, conn: &ServerConnection) -> Returned {
-        if conn.broken || !conn.io.input.is_empty() || !conn.io.output.is_empty() {
+        if conn.broken || !conn.io.input.is_empty() || conn.io.has_pending_output() {
             Returned::Broken
         } else if conn.in_flight || conn.status != TransactionStatus::Idle || conn.needs_discard {
             Returned::NeedsReset

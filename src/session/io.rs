@@ -39,7 +39,7 @@ impl<S: Stream> Session<S> {
         let client = &mut self.client;
         poll_fn(|cx| {
             let mut wrote = false;
-            if !client.output.is_empty() {
+            if client.has_pending_output() {
                 match client.poll_drain(cx) {
                     Poll::Ready(Ok(())) => wrote = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
@@ -47,7 +47,7 @@ impl<S: Stream> Session<S> {
                 }
             }
             if let Some(conn) = server.as_deref_mut() {
-                if conn.queued() > 0 {
+                if conn.io().has_pending_output() {
                     match conn.io().poll_drain(cx) {
                         Poll::Ready(Ok(())) => wrote = true,
                         Poll::Ready(Err(e)) => {

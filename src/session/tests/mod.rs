@@ -2,14 +2,15 @@
 //! end of [`crate::session::run`], scripted PostgreSQL servers behind the pools, for the protocol
 //! corners: pipelined extended batches, errors mid-batch, held-back BEGIN, prepared statements
 //! moving between server connections, COPY, cancel, malformed frames, settings resets, requests
-//! sent with the StartupMessage. Each test asserts what the client saw and exactly what pgshard
-//! sent to the servers. See `harness`.
+//! sent with the StartupMessage, a client stream that holds bytes until flushed. Each test
+//! asserts what the client saw and exactly what pgshard sent to the servers. See `harness`.
 
 mod harness;
 
 mod cancel;
 mod copy;
 mod extended;
+mod flush;
 mod login;
 mod prepared;
 mod protocol_errors;
