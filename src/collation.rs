@@ -33,6 +33,16 @@ impl Spec {
     }
 }
 
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Spec::CodePoint => f.write_str("code point order"),
+            Spec::Libc(name) => write!(f, "libc locale {name}"),
+            Spec::Icu(locale) => write!(f, "ICU locale {locale}"),
+        }
+    }
+}
+
 /// C, POSIX and the C.UTF-8 spellings: code point order.
 fn is_code_point_locale(name: &str) -> bool {
     matches!(name, "C" | "POSIX")
@@ -122,13 +132,32 @@ impl LibcLocale {
 
     fn compare(&self, a: &[u8], b: &[u8]) -> Ordering {
         // Text values never hold NUL; one that did could not be compared as the server does.
-        let (Ok(a), Ok(b)) = (CString::new(a), CString::new(b)) else {
-            return Ordering::Equal;
-        };
-        // SAFETY: both are NUL-terminated and live through the call; the handle is valid.
-        let r = unsafe { strcoll_l(a.as_ptr(), b.as_ptr(), self.handle) };
-        r.cmp(&0)
+        with_c_string(a, |a| {
+            with_c_string(b, |b| {
+                // SAFETY: both are NUL-terminated and live through the call; the handle is valid.
+                let r = unsafe { strcoll_l(a, b, self.handle) };
+                r.cmp(&0)
+            })
+        })
+        .flatten()
+        .unwrap_or(Ordering::Equal)
     }
+}
+
+/// Calls `f` with `value` NUL-terminated: copied to the stack when short, to the heap when long;
+/// `None` when it holds a NUL.
+fn with_c_string<R>(value: &[u8], f: impl FnOnce(*const c_char) -> R) -> Option<R> {
+    const SHORT: usize = 256;
+    if value.contains(&0) {
+        return None;
+    }
+    if value.len() < SHORT {
+        let mut buffer = [0u8; SHORT];
+        buffer[..value.len()].copy_from_slice(value);
+        return Some(f(buffer.as_ptr().cast()));
+    }
+    let owned = CString::new(value).ok()?;
+    Some(f(owned.as_ptr()))
 }
 
 impl Drop for LibcLocale {
@@ -261,9 +290,19 @@ impl Drop for IcuCollator {
 pub struct Columns {
     /// Per shard: (relation OID, column number) → collation name as SQL.
     pub per_shard: Vec<HashMap<(u32, i16), String>>,
+    /// Per shard: the newest relation OID when they were learned; a newer relation's columns
+    /// are not known.
+    pub known_up_to: Vec<u32>,
     /// Why an expression's collation cannot be assumed to be the database's, if it cannot: a
     /// column or domain whose collation orders differently exists.
     pub uncertain: Option<String>,
+}
+
+impl Columns {
+    /// Relation `relation` of shard `shard` is newer than what was learned.
+    fn stale(&self, shard: usize, relation: u32) -> bool {
+        relation != 0 && self.known_up_to.get(shard).is_none_or(|&k| relation > k)
+    }
 }
 
 /// A comparator, or why there is none.
@@ -331,9 +370,24 @@ impl TextRules {
         };
         match columns.per_shard.get(shard).and_then(|m| m.get(&origin)) {
             Some(name) => self.named(name),
+            None if columns.stale(shard, origin.0) => Err(format!(
+                "its table (OID {}) is newer than what pgshard learned of the columns' collations",
+                origin.0
+            )),
             None if oid == NAME => Ok(Arc::new(Collator::CodePoint)),
             None => inner.database.clone(),
         }
+    }
+
+    /// A relation among `origins` (of shard `shard`'s description) newer than the learned
+    /// column collations, if there is one.
+    pub fn stale_relation(&self, origins: &[(u32, i16)], shard: Option<usize>) -> Option<u32> {
+        let columns = self.0.as_deref()?.columns.as_deref()?;
+        let shard = shard?;
+        origins
+            .iter()
+            .map(|&(relation, _)| relation)
+            .find(|&relation| columns.stale(shard, relation))
     }
 
     /// Collation `name` (as the statement or the catalog writes it).

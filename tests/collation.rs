@@ -27,6 +27,8 @@ const DATABASES: &[(&str, &str, &str)] = &[
     ),
     // tag's own collation (C) orders unlike the database's.
     ("coll_mixed", "LOCALE 'en_US.UTF-8'", "COLLATE \"C\""),
+    // Gets a table while a proxy runs.
+    ("coll_late", "LOCALE 'C.UTF-8'", ""),
 ];
 
 /// Words that sort differently under every collation: case, accents, punctuation, spaces,
@@ -58,7 +60,7 @@ type Rows = Vec<Vec<Option<String>>>;
 fn row(id: usize) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let w = match id % 4 {
-        _ if id % 29 == 0 => "NULL".to_string(),
+        _ if id.is_multiple_of(29) => "NULL".to_string(),
         0 => quote(WORDS[id % WORDS.len()]),
         1 => quote(&format!("{} b", WORDS[id % WORDS.len()])),
         2 => quote(&format!(
@@ -122,7 +124,7 @@ async fn setup() {
 
 /// A proxy over both shards serving database `db` of each, with `words` sharded by user_id.
 async fn proxy(db: &str) -> support::Proxy {
-    let config = support::two_shard_config_with(support::shard_clusters(), &["words"])
+    let config = support::two_shard_config_with(support::shard_clusters(), &["words", "late"])
         .replace("slots = ", &format!("database = \"{db}\"\nslots = "));
     support::start_proxy(&config).await
 }
@@ -162,6 +164,8 @@ const CORPUS: &[&str] = &[
     "SELECT region, count(*) AS n FROM words GROUP BY region ORDER BY region DESC LIMIT 4",
     "SELECT region, max(w) FROM words GROUP BY region HAVING max(w) > 'e' ORDER BY 1",
     "SELECT DISTINCT region FROM words ORDER BY region",
+    "SELECT DISTINCT region COLLATE \"und-x-icu\" AS r FROM words ORDER BY r DESC",
+    "SELECT region, count(*) FROM words GROUP BY region ORDER BY region COLLATE \"C\"",
     "SELECT user_id, w FROM words ORDER BY w COLLATE \"C\", user_id",
     "SELECT user_id FROM words ORDER BY w COLLATE \"und-x-icu\", user_id",
     "SELECT w COLLATE \"de-x-icu\" AS x, user_id FROM words ORDER BY x, user_id",
@@ -269,4 +273,45 @@ async fn an_expression_whose_collation_pgshard_cannot_know_is_refused() {
     )
     .await;
     assert!(message.contains("COLLATE"), "{message}");
+}
+
+#[tokio::test]
+async fn a_table_created_after_start_is_ordered_by_its_columns_own_collation() {
+    setup().await;
+    let proxy = proxy("coll_late").await;
+    let client = proxy.connect().await;
+    let sql = "SELECT user_id, w FROM words ORDER BY w, user_id";
+    // pgshard has learned the columns' collations by the time this is answered.
+    ordered_rows(&client, sql).await.unwrap();
+    let shards = support::shard_clusters();
+    let reference_cluster = support::cluster();
+    let create = "SET ROLE app; CREATE TABLE late (user_id bigint PRIMARY KEY, \
+                  w text COLLATE \"und-x-icu\")";
+    for (cluster, shard) in [
+        (shards[0], Some(0)),
+        (shards[1], Some(1)),
+        (reference_cluster, None),
+    ] {
+        let port = cluster.primary_port();
+        cluster.psql(port, "coll_late", create).unwrap();
+        let rows: Vec<String> = (1..=ROWS)
+            .filter(|&id| shard.is_none_or(|s| support::shard_of_id(id as i64) == s))
+            .map(|id| format!("({id}, '{}')", WORDS[id % WORDS.len()]))
+            .collect();
+        let insert = format!("INSERT INTO late VALUES {}", rows.join(", "));
+        cluster.psql(port, "coll_late", &insert).unwrap();
+    }
+    for cluster in shards {
+        cluster.wait_for_replay(Duration::from_secs(60)).unwrap();
+    }
+    let one = reference("coll_late").await;
+    for sql in [
+        "SELECT user_id, w FROM late ORDER BY w, user_id",
+        "SELECT * FROM late ORDER BY w DESC, user_id LIMIT 40",
+    ] {
+        let got = ordered_rows(&client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(got, ordered_rows(&one, sql).await.unwrap(), "{sql}");
+    }
 }

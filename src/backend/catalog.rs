@@ -156,6 +156,18 @@ pub async fn collated_columns(
         .collect())
 }
 
+/// The newest relation's OID (relations created later have higher OIDs until the OID counter
+/// wraps around).
+pub async fn newest_relation(conn: &mut ServerConnection) -> Result<u32, BackendError> {
+    let rows = query(conn, "SELECT max(oid)::text FROM pg_catalog.pg_class").await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX))
+}
+
 /// `strings` as the server sorts them under collation `qualified` (SQL; empty: the
 /// database's own collation).
 pub async fn sorted_by_server(

@@ -15,6 +15,10 @@ use crate::collation::{probe_difference, Collator, Columns, Icu, Spec, TextRules
 /// A verified collation's comparator, or why text cannot be ordered under it.
 pub type Verdict = Result<(Spec, Arc<Collator>), String>;
 
+/// Collations verified per run at most: each new name a statement writes costs a connection to
+/// every shard, so clients cannot make pgshard verify names without end.
+const MAX_COLLATIONS: usize = 256;
+
 /// The key of the database's own collation.
 pub const DATABASE: &str = "";
 
@@ -53,6 +57,17 @@ impl Collations {
         let _one = self.verifying.lock().await;
         if let Some(v) = self.cached(key) {
             return v;
+        }
+        let known = self
+            .verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if known >= MAX_COLLATIONS {
+            return Err(format!(
+                "pgshard verifies at most {MAX_COLLATIONS} collations per run and has verified \
+                 that many"
+            ));
         }
         match self.verify(key, logins).await {
             Ok(verdict) => {
@@ -103,7 +118,7 @@ impl Collations {
                 .map_err(|e| e.to_string())?;
             if let Some(why) = probe_difference(&collator, &order) {
                 return Ok(Err(format!(
-                    "pgshard's order ({spec:?}, as shard 0 defines it) differs from shard \
+                    "pgshard's order ({spec}, as shard 0 defines it) differs from shard \
                      {shard}'s: {why}"
                 )));
             }
@@ -111,7 +126,7 @@ impl Collations {
         // Definitions that differ yet agree on the probe could still differ elsewhere.
         if let Some(((other, _), i)) = specs.iter().zip(0..).find(|((s, _), _)| s != spec) {
             return Ok(Err(format!(
-                "the shards do not define it alike: shard 0 has {spec:?}, shard {i} {other:?}"
+                "the shards do not define it alike: shard 0 has {spec}, shard {i} {other}"
             )));
         }
         Ok(Ok((spec.clone(), collator)))
@@ -122,10 +137,14 @@ impl Collations {
     async fn learn(&self, logins: &[LoginParams]) -> Result<(), String> {
         let database = self.verdict(DATABASE, logins).await;
         let mut per_shard = Vec::with_capacity(logins.len());
+        let mut known_up_to = Vec::with_capacity(logins.len());
         for login in logins {
             let mut conn = ServerConnection::connect(login)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Read first: a relation created meanwhile is newer and makes pgshard look again.
+            let newest = catalog::newest_relation(&mut conn);
+            known_up_to.push(newest.await.map_err(|e| e.to_string())?);
             let found = catalog::collated_columns(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -155,6 +174,7 @@ impl Collations {
         }
         let columns = Columns {
             per_shard: maps,
+            known_up_to,
             uncertain,
         };
         *self.columns.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(columns));
@@ -179,6 +199,23 @@ impl Collations {
         }
         self.learn(logins).await?;
         known().ok_or_else(|| "the shards' collations are not learned".to_string())
+    }
+
+    /// Learns the columns again if relation `relation` of shard `shard` is newer than what was
+    /// learned (a table created since), so its columns' own collations are known.
+    pub async fn relearn_for(&self, logins: &[LoginParams], shard: usize, relation: u32) {
+        let _one = self.learning.lock().await;
+        let known = self
+            .columns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if known.is_some_and(|c| c.known_up_to.get(shard).is_some_and(|&k| k >= relation)) {
+            return;
+        }
+        if let Err(e) = self.learn(logins).await {
+            tracing::warn!("cannot learn the shards' column collations again: {e}");
+        }
     }
 
     /// The text ordering rules for one statement: the database's collation, the named ones

@@ -248,7 +248,13 @@ impl<'a> SelectList<'a> {
     /// an input column equal to a select item.
     fn output_name(&self, e: &Expr, name: String) -> Result<(SortColumn, Option<String>), String> {
         if self.first_wildcard.is_some() {
-            return Ok((SortColumn::Name(name), None));
+            // A select item of that name (after the wildcard) may carry its own COLLATE.
+            let collation = self
+                .items
+                .iter()
+                .filter(|(_, n)| n.as_deref() == Some(&*name))
+                .find_map(|(e, _)| e.and_then(collation_of));
+            return Ok((SortColumn::Name(name), collation));
         }
         let mut matches = self
             .items

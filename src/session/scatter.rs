@@ -375,6 +375,7 @@ impl<S: Stream> Session<S> {
             finished[i] = head.is_none();
             heads.push(head);
         }
+        self.relearn_if_stale(order, gathered).await;
         let resolved = gathered.described.as_ref().map(|d| {
             let columns = rows::column_types(&d[5..]).unwrap_or_default();
             let origins = rows::column_origins(&d[5..]).unwrap_or_default();
@@ -411,6 +412,22 @@ impl<S: Stream> Session<S> {
             }
         }
         Ok(())
+    }
+
+    /// When the result comes from a table created after the columns' collations were learned,
+    /// learns them again and takes the new rules.
+    async fn relearn_if_stale(&self, order: &[SortKey], gathered: &mut Gathered) {
+        let Some(d) = &gathered.described else { return };
+        let origins = rows::column_origins(&d[5..]).unwrap_or_default();
+        let shard = gathered.described_by;
+        let Some(relation) = gathered.rules.text.stale_relation(&origins, shard) else {
+            return;
+        };
+        let (collations, logins) = (&self.shared.collations, &self.shared.catalog_logins);
+        collations
+            .relearn_for(logins, shard.unwrap_or(0), relation)
+            .await;
+        gathered.rules.text = collations.rules(&named_in(order), logins).await;
     }
 
     /// A shard's next DataRow, handling what comes before it; `None` once its ReadyForQuery is read.
@@ -522,11 +539,15 @@ pub(super) struct Described<'a> {
 
 /// The collation names a cross-shard read's sort keys write with COLLATE.
 fn named_collations(how: &Scatter) -> Vec<&str> {
-    let order = match how {
-        Scatter::Concat { order, .. } => order,
-        Scatter::Merge(merge) => &merge.order,
-        Scatter::Unsupported(_) => return Vec::new(),
-    };
+    match how {
+        Scatter::Concat { order, .. } => named_in(order),
+        Scatter::Merge(merge) => named_in(&merge.order),
+        Scatter::Unsupported(_) => Vec::new(),
+    }
+}
+
+/// The collation names sort keys write with COLLATE.
+fn named_in(order: &[SortKey]) -> Vec<&str> {
     let mut names: Vec<&str> = order
         .iter()
         .filter_map(|key| match &key.collation {

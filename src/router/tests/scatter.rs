@@ -261,6 +261,7 @@ fn order_by_what_is_not_an_output_column_gets_a_hidden_column() {
         ("SELECT name COLLATE \"C\" FROM users ORDER BY name", "merge SELECT name COLLATE \"C\", name FROM users ORDER BY name | rows hidden 1 order by hidden#0 asc nulls last"),
         ("SELECT user_id FROM users ORDER BY name COLLATE \"de_DE\"", "merge SELECT user_id, name COLLATE \"de_DE\" FROM users ORDER BY name COLLATE \"de_DE\" | rows hidden 1 order by hidden#0 asc nulls last collate \"de_DE\""),
         ("SELECT name FROM users WHERE name COLLATE \"C\" > 'a' ORDER BY name", "order by #0 asc nulls last collate unknown"),
+        ("SELECT *, name COLLATE \"de_DE\" AS n FROM users ORDER BY n", "order by n asc nulls last collate \"de_DE\""),
         ("SELECT lower(name COLLATE \"C\") AS l FROM users ORDER BY l", "order by #0 asc nulls last collate unknown"),
         ("SELECT name FROM users ORDER BY name COLLATE \"C\", lower(name COLLATE \"C\") DESC", "merge SELECT name, lower(name COLLATE \"C\") FROM users ORDER BY name COLLATE \"C\", lower(name COLLATE \"C\") DESC | rows hidden 1 order by #0 asc nulls last collate \"C\", hidden#0 desc nulls first collate unknown"),
         ("SELECT name FROM users ORDER BY name USING <", "unsupported: a statement pgshard cannot parse"),
