@@ -44,18 +44,18 @@ impl<S: Stream> Session<S> {
         groups: &Groups,
         gathered: &mut Gathered,
     ) -> Result<(), SessionError> {
-        let rules = &if groups.collation_unknown {
-            gathered.rules.without_text(COLLATE_ELSEWHERE)
-        } else {
-            gathered.rules.clone()
-        };
         let mut table = Table::default();
         let mut roles: Option<Vec<Option<Combine>>> = None;
+        let mut rules = None;
         for conn in conns.iter_mut() {
             while let Some(row) = self.next_row(conn, gathered).await? {
                 if gathered.error.is_some() {
                     continue;
                 }
+                if rules.is_none() {
+                    rules = Some(self.group_rules(merge, groups, gathered).await);
+                }
+                let rules = rules.as_ref().expect("set above");
                 let roles = roles.get_or_insert_with(|| fold_roles(groups, gathered.oids.len()));
                 let added = check_types(groups, &gathered.oids, rules)
                     .and_then(|()| table.add(&row[5..], groups, roles, rules, gathered));
@@ -70,6 +70,11 @@ impl<S: Stream> Session<S> {
         let Some(described) = gathered.described.clone() else {
             return Ok(());
         };
+        let rules = match rules {
+            Some(rules) => rules,
+            None => self.group_rules(merge, groups, gathered).await,
+        };
+        let rules = &rules;
         let finished = check_types(groups, &gathered.oids, rules)
             .and_then(|()| finish(table, merge, groups, &described[5..], rules));
         let (fields, rows) = match finished {
@@ -94,6 +99,22 @@ impl<S: Stream> Session<S> {
             self.flush_full().await?;
         }
         Ok(())
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// The ordering rules for the groups' values (text ones fetched if the result has text).
+    async fn group_rules(
+        &self,
+        merge: &Merge,
+        groups: &Groups,
+        gathered: &mut Gathered,
+    ) -> TypeRules {
+        if groups.collation_unknown {
+            return gathered.rules.without_text(COLLATE_ELSEWHERE);
+        }
+        self.fetch_text_rules(&merge.order, gathered).await;
+        gathered.rules.clone()
     }
 }
 

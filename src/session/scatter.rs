@@ -14,7 +14,7 @@ use super::error::{Failure, MultiShardError, SessionError};
 use super::Session;
 use crate::backend::BackendManager;
 use crate::collation::TextRules;
-use crate::merge::{canonical, SortType, TypeRules};
+use crate::merge::{canonical, is_text, SortType, TypeRules};
 use crate::pool::Pooled;
 use crate::router::{KeyCollation, Merge, Scatter, SortColumn, SortKey, Target};
 use crate::transport::Stream;
@@ -54,6 +54,8 @@ pub(super) struct Gathered {
     pub(super) described: Option<Bytes>,
     /// The shard that sent it (its table OIDs are that shard's).
     described_by: Option<usize>,
+    /// `rules.text` has been fetched for this read.
+    text_fetched: bool,
     /// The type OID of each column it describes.
     pub(super) oids: Vec<u32>,
     /// The first error, sent instead of the row count.
@@ -136,16 +138,11 @@ impl<S: Stream> Session<S> {
                 .get("DateStyle")
                 .is_some_and(|style| style.starts_with("ISO"))
         });
-        let text = match how {
-            Scatter::Concat { order, .. } if order.is_empty() => TextRules::default(),
-            Scatter::Unsupported(_) => TextRules::default(),
-            _ => {
-                let named = named_collations(how);
-                let logins = &self.shared.catalog_logins;
-                self.shared.collations.rules(&named, logins).await
-            }
+        // Text rules are fetched once a text column shows up (`fetch_text_rules`).
+        let rules = TypeRules {
+            text: TextRules::default(),
+            iso_dates,
         };
-        let rules = TypeRules { text, iso_dates };
         let mut gathered = Gathered {
             rules,
             max_held: self.shared.config.sharding.max_merge_memory_mb << 20,
@@ -375,6 +372,7 @@ impl<S: Stream> Session<S> {
             finished[i] = head.is_none();
             heads.push(head);
         }
+        self.fetch_text_rules(order, gathered).await;
         self.relearn_if_stale(order, gathered).await;
         let resolved = gathered.described.as_ref().map(|d| {
             let columns = rows::column_types(&d[5..]).unwrap_or_default();
@@ -412,6 +410,17 @@ impl<S: Stream> Session<S> {
             }
         }
         Ok(())
+    }
+
+    /// Fetches the collations' rules (verifying the ones `order` names) once the result shows a
+    /// text column; a read without text never waits for them.
+    pub(super) async fn fetch_text_rules(&self, order: &[SortKey], gathered: &mut Gathered) {
+        if gathered.text_fetched || !gathered.oids.iter().any(|&oid| is_text(oid)) {
+            return;
+        }
+        gathered.text_fetched = true;
+        let (collations, logins) = (&self.shared.collations, &self.shared.catalog_logins);
+        gathered.rules.text = collations.rules(&named_in(order), logins).await;
     }
 
     /// When the result comes from a table created after the columns' collations were learned,
@@ -537,17 +546,8 @@ pub(super) struct Described<'a> {
     pub(super) shard: Option<usize>,
 }
 
-/// The collation names a cross-shard read's sort keys write with COLLATE.
-fn named_collations(how: &Scatter) -> Vec<&str> {
-    match how {
-        Scatter::Concat { order, .. } => named_in(order),
-        Scatter::Merge(merge) => named_in(&merge.order),
-        Scatter::Unsupported(_) => Vec::new(),
-    }
-}
-
 /// The collation names sort keys write with COLLATE.
-fn named_in(order: &[SortKey]) -> Vec<&str> {
+pub(super) fn named_in(order: &[SortKey]) -> Vec<&str> {
     let mut names: Vec<&str> = order
         .iter()
         .filter_map(|key| match &key.collation {
