@@ -649,6 +649,64 @@ mod tests {
     }
 
     #[test]
+    fn a_column_orders_by_its_own_collation_and_expressions_by_the_databases() {
+        let own = Arc::new(Collator::Libc(LibcLocale::new("C.UTF-8").unwrap()));
+        let columns = Columns {
+            per_shard: vec![HashMap::from([((16400, 2), "own".to_string())])],
+            known_up_to: vec![16500],
+            uncertain: None,
+        };
+        let named = HashMap::from([("own".to_string(), Ok(own))]);
+        let rules = TextRules::new(
+            Ok(Arc::new(Collator::CodePoint)),
+            named,
+            Some(Arc::new(columns)),
+        );
+        let kind = |u: Usable| u.map(|c| format!("{c:?}"));
+        assert_eq!(
+            kind(rules.column(25, (16400, 2), Some(0))),
+            Ok("Libc(C.UTF-8)".into())
+        );
+        assert_eq!(
+            kind(rules.column(25, (16400, 3), Some(0))),
+            Ok("CodePoint".into())
+        );
+        assert_eq!(
+            kind(rules.column(25, (0, 0), Some(0))),
+            Ok("CodePoint".into())
+        );
+        // A table newer than what was learned: not guessed.
+        assert!(rules.column(25, (16600, 1), Some(0)).is_err());
+        assert_eq!(
+            rules.stale_relation(&[(16400, 1), (16600, 1)], Some(0)),
+            Some(16600)
+        );
+        assert!(rules.named("\"other\"").is_err(), "never verified");
+        assert!(
+            TextRules::default().expression(25).is_err(),
+            "nothing learned yet"
+        );
+    }
+
+    #[test]
+    fn columns_ordering_unlike_the_database_make_expressions_unknown() {
+        let columns = Columns {
+            per_shard: vec![HashMap::new()],
+            known_up_to: vec![0],
+            uncertain: Some("column c has collation x".into()),
+        };
+        let rules = TextRules::new(
+            Ok(Arc::new(Collator::CodePoint)),
+            HashMap::new(),
+            Some(Arc::new(columns)),
+        );
+        assert_eq!(
+            rules.expression(25).unwrap_err(),
+            "column c has collation x"
+        );
+    }
+
+    #[test]
     fn a_probe_difference_names_the_position_and_values() {
         let mut shard: Vec<String> = probe_order(&Collator::CodePoint)
             .iter()
