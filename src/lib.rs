@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod cli;
+pub mod collation;
 pub mod config;
 pub mod error;
 pub mod localpg;

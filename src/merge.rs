@@ -3,9 +3,12 @@
 //! supported; for every other type [`SortType::of`] says `None` and the merge is refused.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::collation::{Collator, TextRules};
 
 /// How values of one result column compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SortType {
     /// int2, int4, int8, oid.
     Integer,
@@ -17,40 +20,69 @@ pub enum SortType {
     Bool,
     /// uuid: its lowercase hex text orders like its bytes.
     Uuid,
-    /// text, varchar, name: byte order, which is PostgreSQL's order only under the C collation.
-    Bytes,
+    /// text, varchar, name: under a collation pgshard verified against the shards.
+    Text(Arc<Collator>),
     /// date, timestamp (`false`) and timestamptz (`true`) in DateStyle ISO, as instants.
     DateTime(bool),
 }
 
 /// What the session knows about how the shards format values, which decides what it can order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct TypeRules {
-    /// The database collation is C (or POSIX): text orders by bytes.
-    pub text_is_bytewise: bool,
+    /// How text orders: the verified collations.
+    pub text: TextRules,
     /// The shards' connections use DateStyle ISO: dates and timestamps can be read.
     pub iso_dates: bool,
 }
 
 impl TypeRules {
-    /// How values of type `oid` compare under these rules; `None` when pgshard cannot order them.
-    pub fn sort_type(self, oid: u32) -> Option<SortType> {
-        SortType::of(oid, self.text_is_bytewise)
+    /// These rules with text never ordered, for `why`.
+    pub fn without_text(&self, why: &str) -> TypeRules {
+        let text = TextRules::new(Err(why.to_string()), Default::default(), None);
+        TypeRules {
+            text,
+            iso_dates: self.iso_dates,
+        }
+    }
+
+    /// How values of type `oid` compare under these rules (text: an expression's collation);
+    /// `None` when pgshard cannot order them.
+    pub fn sort_type(&self, oid: u32) -> Option<SortType> {
+        self.sort_type_or_why(oid, || self.text.expression(oid))
+            .ok()
+    }
+
+    /// How values of type `oid` compare, text under the collation `text` gives; `Err` says why
+    /// they cannot be ordered (`None` inside: the type is not one pgshard orders).
+    pub fn sort_type_or_why(
+        &self,
+        oid: u32,
+        text: impl FnOnce() -> Result<Arc<Collator>, String>,
+    ) -> Result<SortType, Option<String>> {
+        if is_text(oid) {
+            return text().map(SortType::Text).map_err(Some);
+        }
+        SortType::of(oid)
             .filter(|kind| self.iso_dates || !matches!(kind, SortType::DateTime(_)))
+            .ok_or(None)
     }
 }
 
+/// text, varchar, name: ordered by a collation.
+pub fn is_text(oid: u32) -> bool {
+    matches!(oid, 19 | 25 | 1043)
+}
+
 impl SortType {
-    /// The comparison for a column of type `oid`; `text_is_bytewise` when the database collation
-    /// is C (or POSIX). `None`: pgshard cannot reproduce PostgreSQL's order for this type.
-    pub fn of(oid: u32, text_is_bytewise: bool) -> Option<SortType> {
+    /// The comparison for a column of type `oid` other than text (see [`TypeRules`]). `None`:
+    /// pgshard cannot reproduce PostgreSQL's order for this type.
+    pub fn of(oid: u32) -> Option<SortType> {
         match oid {
             20 | 21 | 23 | 26 => Some(SortType::Integer),
             700 | 701 => Some(SortType::Float),
             1700 => Some(SortType::Numeric),
             16 => Some(SortType::Bool),
             2950 => Some(SortType::Uuid),
-            19 | 25 | 1043 if text_is_bytewise => Some(SortType::Bytes),
             1082 | 1114 => Some(SortType::DateTime(false)),
             1184 => Some(SortType::DateTime(true)),
             _ => None,
@@ -58,13 +90,14 @@ impl SortType {
     }
 
     /// Compares two non-NULL values in text format.
-    pub fn compare(self, a: &[u8], b: &[u8]) -> Ordering {
+    pub fn compare(&self, a: &[u8], b: &[u8]) -> Ordering {
         match self {
             SortType::Integer => parse_int(a).cmp(&parse_int(b)),
             SortType::Float => compare_float(parse_float(a), parse_float(b)),
             SortType::Numeric => compare_numeric(a, b),
-            SortType::Bool | SortType::Uuid | SortType::Bytes => a.cmp(b),
-            SortType::DateTime(zoned) => {
+            SortType::Bool | SortType::Uuid => a.cmp(b),
+            SortType::Text(collator) => collator.compare(a, b),
+            &SortType::DateTime(zoned) => {
                 crate::wire::datetime::parse(a, zoned).cmp(&crate::wire::datetime::parse(b, zoned))
             }
         }
@@ -405,17 +438,20 @@ mod tests {
     }
 
     #[test]
-    fn text_is_merged_only_under_a_bytewise_collation() {
-        assert_eq!(SortType::of(25, true), Some(SortType::Bytes));
-        assert_eq!(SortType::of(25, false), None);
-        assert_eq!(SortType::of(1186, true), None, "intervals are not merged");
+    fn text_is_merged_only_under_a_verified_collation() {
+        let unknown = TypeRules::default();
+        assert!(
+            unknown.sort_type(25).is_none(),
+            "not before collations are learned"
+        );
         let rules = TypeRules {
-            text_is_bytewise: true,
+            text: TextRules::only(Collator::CodePoint),
             iso_dates: false,
         };
-        assert_eq!(
-            rules.sort_type(1114),
-            None,
+        assert!(matches!(rules.sort_type(25), Some(SortType::Text(_))));
+        assert!(SortType::of(1186).is_none(), "intervals are not merged");
+        assert!(
+            rules.sort_type(1114).is_none(),
             "timestamps only under DateStyle ISO"
         );
     }

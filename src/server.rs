@@ -27,7 +27,12 @@ pub async fn run(
     let shared = Arc::new(Shared::new(config));
     if shared.routing {
         let learner = shared.clone();
-        tokio::spawn(async move { learner.learn_volatility().await });
+        tokio::spawn(async move {
+            learner.learn_volatility().await;
+            if learner.shards.len() > 1 {
+                learner.learn_collations().await;
+            }
+        });
     }
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::auth::ScramVerifier;
+use crate::backend::collations::Collations;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::{catalog, BackendManager, ServerConnection, ServerPool};
@@ -42,9 +43,12 @@ pub struct Shared {
     pub router: ArcSwap<Router>,
     /// Plans of simple-query texts, bounded in bytes, shared by all sessions.
     pub plans: Mutex<PlanCache>,
-    /// The database collation is C (or POSIX): text sorts by bytes, so pgshard may merge rows
-    /// that shards sorted by a text column. Learned with the volatility table.
-    pub text_is_bytewise: std::sync::atomic::AtomicBool,
+    /// The collations text may be merged under, verified against every shard (the database's
+    /// at start, others when first used).
+    pub collations: Collations,
+    /// How pgshard logs in to each shard's primary for its own catalog queries (the first
+    /// configured user); empty without users.
+    pub catalog_logins: Vec<LoginParams>,
     /// The servers' `default_transaction_isolation` is REPEATABLE READ or SERIALIZABLE (set in
     /// postgresql.conf or with ALTER ROLE/DATABASE). Learned with the volatility table.
     pub server_isolation_is_snapshot: std::sync::atomic::AtomicBool,
@@ -88,8 +92,17 @@ impl Shared {
                 .iter()
                 .any(|s| !s.replicas.is_empty() && s.read_from == ReadFrom::Replicas);
         let router = ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()));
+        let catalog_logins = match config.users.first() {
+            Some(user) => config
+                .shards
+                .iter()
+                .map(|shard| login(&config, shard, &shard.primary, user))
+                .collect(),
+            None => Vec::new(),
+        };
         Shared {
-            text_is_bytewise: std::sync::atomic::AtomicBool::new(false),
+            collations: Collations::default(),
+            catalog_logins,
             server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(false),
             router,
             plans: Mutex::new(PlanCache::new(PLAN_CACHE_BYTES)),
@@ -129,8 +142,7 @@ impl Shared {
         plan
     }
 
-    /// Learns the database collation (whether text sorts by bytes) and which functions are
-    /// volatile from the default shard's `pg_proc`, then swaps in a
+    /// Learns which functions are volatile from the default shard's `pg_proc`, then swaps in a
     /// router that knows (and drops plans made without it). Best effort: on failure the
     /// built-in list stays, which sends unknown functions to the primary.
     pub async fn learn_volatility(&self) {
@@ -147,12 +159,10 @@ impl Shared {
         let facts = match facts.await {
             Ok(facts) => facts,
             Err(e) => {
-                tracing::warn!("cannot read the catalog (function volatility, collation): {e}");
+                tracing::warn!("cannot read the catalog (function volatility): {e}");
                 return;
             }
         };
-        let bytewise = matches!(facts.collation.as_str(), "C" | "POSIX");
-        self.text_is_bytewise.store(bytewise, Ordering::Relaxed);
         let snapshot = Isolation::parse(&facts.default_isolation) != Some(Isolation::ReadCommitted);
         self.server_isolation_is_snapshot
             .store(snapshot, Ordering::Relaxed);
@@ -170,6 +180,25 @@ impl Shared {
             "learned function volatility from pg_proc ({} functions)",
             facts.functions.len()
         );
+    }
+}
+
+impl Shared {
+    /// Learns the shards' collations (the database's and the columns' own) and verifies them
+    /// with the probe set on every shard. Best effort: a statement that needs them later learns
+    /// them then.
+    pub async fn learn_collations(&self) {
+        match self.collations.learned(&self.catalog_logins).await {
+            Ok(_) => tracing::info!("learned and verified the shards' collations"),
+            Err(e) => tracing::warn!("cannot learn the shards' collations: {e}"),
+        }
+    }
+
+    /// The shard (index) whose primary or replica listens on `addr`.
+    pub fn shard_at(&self, addr: &str) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| s.primary.addr == addr || s.replicas.iter().any(|r| r.addr == addr))
     }
 }
 

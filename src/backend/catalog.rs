@@ -10,8 +10,6 @@ use bytes::BytesMut;
 /// What a server says about itself at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFacts {
-    /// `pg_database.datcollate` of the connection's database.
-    pub collation: String,
     /// `default_transaction_isolation` for the connected role and database.
     pub default_isolation: String,
     /// Every function's name and `provolatile` (`i`, `s` or `v`).
@@ -21,12 +19,11 @@ pub struct ServerFacts {
 /// A server's answer to a catalog query: its rows (text), or the server's error.
 pub type Rows = Vec<Vec<Option<String>>>;
 
-/// Reads the collation, default isolation and function volatility.
+/// Reads the default isolation and function volatility.
 pub async fn server_facts(conn: &mut ServerConnection) -> Result<ServerFacts, BackendError> {
     let settings = query(
         conn,
-        "SELECT datcollate::text, current_setting('default_transaction_isolation') \
-         FROM pg_catalog.pg_database WHERE datname = current_database()",
+        "SELECT current_setting('default_transaction_isolation')",
     )
     .await?;
     let first = settings.into_iter().next().unwrap_or_default();
@@ -44,10 +41,156 @@ pub async fn server_facts(conn: &mut ServerConnection) -> Result<ServerFacts, Ba
     })
     .collect();
     Ok(ServerFacts {
-        collation: text(0),
-        default_isolation: text(1),
+        default_isolation: text(0),
         functions,
     })
+}
+
+/// A collation as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollationRow {
+    /// Its name, schema-qualified and quoted by the server (`"pg_catalog"."de_DE"`); empty for
+    /// the database's own collation.
+    pub qualified: String,
+    /// `c` (libc), `i` (ICU) or `d` (the database default).
+    pub provider: String,
+    /// The libc locale (`collcollate`, `datcollate`).
+    pub collate: String,
+    /// The ICU locale (PostgreSQL 15-16 `colliculocale`/`daticulocale`, 17 `colllocale`).
+    pub icu_locale: String,
+    pub deterministic: bool,
+    /// The database encoding (`UTF8`, ...).
+    pub encoding: String,
+}
+
+/// The database's own collation (`pg_database`), read through `to_jsonb` so that columns
+/// PostgreSQL renamed between versions read the same.
+pub async fn database_collation(conn: &mut ServerConnection) -> Result<CollationRow, BackendError> {
+    let rows = query(
+        conn,
+        "SELECT coalesce(j->>'datlocprovider', 'c'), j->>'datcollate', \
+         coalesce(j->>'daticulocale', j->>'datlocale', ''), \
+         pg_catalog.pg_encoding_to_char((j->>'encoding')::int) \
+         FROM (SELECT pg_catalog.to_jsonb(d) AS j FROM pg_catalog.pg_database d \
+         WHERE d.datname = pg_catalog.current_database()) AS db",
+    )
+    .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    Ok(CollationRow {
+        qualified: String::new(),
+        provider: text(0),
+        collate: text(1),
+        icu_locale: text(2),
+        deterministic: true,
+        encoding: text(3),
+    })
+}
+
+/// The collation `name` (SQL, as a statement writes it after COLLATE: `"de_DE"`,
+/// `pg_catalog."C"`), resolved by the server; `None` when it has none of that name.
+pub async fn named_collation(
+    conn: &mut ServerConnection,
+    name: &str,
+) -> Result<Option<CollationRow>, BackendError> {
+    let sql = format!(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.collname), \
+         coalesce(j->>'collprovider', 'c'), coalesce(j->>'collcollate', ''), \
+         coalesce(j->>'colliculocale', j->>'colllocale', ''), \
+         coalesce(j->>'collisdeterministic', 'true'), \
+         pg_catalog.pg_encoding_to_char(d.encoding) \
+         FROM pg_catalog.pg_collation c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace \
+         JOIN pg_catalog.pg_database d ON d.datname = pg_catalog.current_database(), \
+         LATERAL pg_catalog.to_jsonb(c) AS j \
+         WHERE c.oid = pg_catalog.to_regcollation({})",
+        quote_literal(name)
+    );
+    let rows = query(conn, &sql).await?;
+    Ok(rows.into_iter().next().map(|row| {
+        let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        CollationRow {
+            qualified: text(0),
+            provider: text(1),
+            collate: text(2),
+            icu_locale: text(3),
+            deterministic: text(4) == "true",
+            encoding: text(5),
+        }
+    }))
+}
+
+/// Columns (of tables, views, ...) and domains outside the system schemas whose collation is
+/// not the database default: (relation OID, column number, collation name as SQL); domains
+/// have relation OID 0.
+pub async fn collated_columns(
+    conn: &mut ServerConnection,
+) -> Result<Vec<(u32, i16, String)>, BackendError> {
+    let rows = query(
+        conn,
+        "SELECT a.attrelid::oid::text, a.attnum::text, \
+         pg_catalog.format('%I.%I', cn.nspname, c.collname) \
+         FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class r ON r.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+         JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation \
+         JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation NOT IN (0, 100) \
+         AND rn.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND rn.nspname NOT LIKE 'pg\\_toast%' \
+         UNION ALL \
+         SELECT '0', '0', pg_catalog.format('%I.%I', cn.nspname, c.collname) \
+         FROM pg_catalog.pg_type t \
+         JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+         JOIN pg_catalog.pg_collation c ON c.oid = t.typcollation \
+         JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace \
+         WHERE t.typtype = 'd' AND t.typcollation NOT IN (0, 100) \
+         AND tn.nspname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let text = |i: usize| row.get(i).cloned().flatten();
+            Some((text(0)?.parse().ok()?, text(1)?.parse().ok()?, text(2)?))
+        })
+        .collect())
+}
+
+/// The newest relation's OID (relations created later have higher OIDs until the OID counter
+/// wraps around).
+pub async fn newest_relation(conn: &mut ServerConnection) -> Result<u32, BackendError> {
+    let rows = query(conn, "SELECT max(oid)::text FROM pg_catalog.pg_class").await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX))
+}
+
+/// `strings` as the server sorts them under collation `qualified` (SQL; empty: the
+/// database's own collation).
+pub async fn sorted_by_server(
+    conn: &mut ServerConnection,
+    strings: &[&str],
+    qualified: &str,
+) -> Result<Vec<String>, BackendError> {
+    let values: Vec<String> = strings.iter().map(|s| quote_literal(s)).collect();
+    let collate = if qualified.is_empty() {
+        String::new()
+    } else {
+        format!(" COLLATE {qualified}")
+    };
+    let sql = format!(
+        "SELECT s FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS p(s) ORDER BY s{collate}",
+        values.join(", ")
+    );
+    Ok(query(conn, &sql)
+        .await?
+        .into_iter()
+        .map(|row| row.into_iter().next().flatten().unwrap_or_default())
+        .collect())
 }
 
 /// The column names of `table_sql` (a table name as SQL, e.g. `public."Users"`) in COPY's

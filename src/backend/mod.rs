@@ -3,6 +3,7 @@
 //! generic pool. Knows no client sockets and no routing.
 
 pub mod catalog;
+pub mod collations;
 pub mod connection;
 pub mod health;
 pub mod manager;

@@ -249,6 +249,7 @@ fn groups(
             outputs: b.outputs,
             visible,
             having,
+            collation_unknown: false,
         }),
         order,
         distinct,

@@ -36,6 +36,8 @@ pub(crate) struct Facts<'a> {
     /// The sharded tables it reads (sorted, each once) when their rows are not all co-located,
     /// that is joined or correlated on their shard keys; empty when they are.
     pub not_colocated: Vec<&'a str>,
+    /// How many COLLATE clauses the statement text holds.
+    pub collate_clauses: usize,
 }
 
 /// What the router knows of table names.

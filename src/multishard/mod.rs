@@ -22,7 +22,8 @@ pub use copy::{CopyIn, CopyKeyError, CopyOut, CopyPlan};
 pub use copy_rows::{CopyFormat, CopyRow, CopyRowError, RowSplitter};
 pub use input::ShardedTable;
 pub use read_plan::{
-    Combine, CompareOp, Groups, Merge, Operand, Output, Predicate, Scatter, SortColumn, SortKey,
+    Combine, CompareOp, Groups, KeyCollation, Merge, Operand, Output, Predicate, Scatter,
+    SortColumn, SortKey,
 };
 pub use split::SplitPart;
 

@@ -62,6 +62,10 @@ pub struct Groups {
     pub visible: usize,
     /// HAVING, evaluated on the combined outputs.
     pub having: Option<Predicate>,
+    /// The statement has a COLLATE clause that may change the collation of aggregated or
+    /// compared text (inside an aggregate's argument, in HAVING, in a subquery...): text
+    /// min/max and HAVING comparisons of text are then refused.
+    pub collation_unknown: bool,
 }
 
 /// How one output column of a group comes from the shards' columns.
@@ -135,6 +139,21 @@ pub struct SortKey {
     /// Where NULLs sort: PostgreSQL's default (NULLS LAST for ASC, NULLS FIRST for DESC)
     /// unless written.
     pub nulls_first: bool,
+    /// The collation text values order by.
+    pub collation: KeyCollation,
+}
+
+/// Which collation a sort key's text values order by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KeyCollation {
+    /// No COLLATE: the column's own, or the expression's (the database's).
+    #[default]
+    Implicit,
+    /// `COLLATE name` on the ORDER BY item or on the select item it names (the name as SQL,
+    /// e.g. `"de_DE"`).
+    Named(String),
+    /// A COLLATE clause elsewhere in the statement may give the value another collation.
+    Unknown,
 }
 
 /// The output column a [`SortKey`] sorts by.

@@ -83,7 +83,10 @@ fn check(
         tables,
         ctes: Vec::new(),
     };
-    let merge = walk.query(query, true)?;
+    let mut merge = walk.query(query, true)?;
+    if stray_collate(facts.collate_clauses, query) {
+        super::sort::collation_unknown(&mut merge);
+    }
     if facts.locks {
         return Err("FOR UPDATE".into());
     }
@@ -100,6 +103,41 @@ fn check(
         ));
     }
     Ok(merge)
+}
+
+/// Whether the statement, which holds `all` COLLATE clauses, has one other than at the top of
+/// a top-level select item or ORDER BY item (where the sort keys account for it).
+fn stray_collate(all: usize, query: &Query) -> bool {
+    if all == 0 {
+        return false;
+    }
+    let layers = |mut e: &Expr| {
+        let mut n = 0;
+        loop {
+            match e {
+                Expr::Nested(inner) => e = inner,
+                Expr::Collate { expr, .. } => {
+                    n += 1;
+                    e = expr;
+                }
+                _ => return n,
+            }
+        }
+    };
+    let mut top = 0;
+    if let SetExpr::Select(s) = &*query.body {
+        for item in &s.projection {
+            if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                top += layers(e);
+            }
+        }
+    }
+    if let Some(sqlparser::ast::OrderByKind::Expressions(items)) =
+        query.order_by.as_ref().map(|o| &o.kind)
+    {
+        top += items.iter().map(|i| layers(&i.expr)).sum::<usize>();
+    }
+    all > top
 }
 
 /// The walk over the statement's top level and the subqueries in its FROM.

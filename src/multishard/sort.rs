@@ -20,7 +20,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::read_plan::{SortColumn, SortKey, FOREIGN};
+use super::read_plan::{KeyCollation, SortColumn, SortKey, FOREIGN};
 use crate::sql::syntax::fold;
 
 /// The construct named for an ORDER BY item that is not an output column.
@@ -68,14 +68,20 @@ pub(super) fn sort_keys_or(
                 return Err(FOREIGN.to_string());
             }
             let descending = item.options.asc == Some(false);
-            let column = match list.resolve(&item.expr) {
-                Err(why) if why == NOT_SELECTED => not_selected(&item.expr)?,
+            let (expr, written) = uncollated(&item.expr);
+            let (column, selected) = match list.resolve(expr) {
+                Err(why) if why == NOT_SELECTED => (not_selected(&item.expr)?, None),
                 other => other?,
+            };
+            let collation = match written.or(selected) {
+                Some(name) => KeyCollation::Named(name),
+                None => KeyCollation::Implicit,
             };
             Ok(SortKey {
                 column,
                 descending,
                 nulls_first: item.options.nulls_first.unwrap_or(descending),
+                collation,
             })
         })
         .collect()
@@ -90,7 +96,7 @@ pub(super) fn select_item_of(select: &Select, e: &Expr) -> Option<usize> {
         return None;
     }
     match list.resolve(e) {
-        Ok(SortColumn::Index(i)) => Some(i),
+        Ok((SortColumn::Index(i), _)) => Some(i),
         _ => None,
     }
 }
@@ -212,8 +218,9 @@ impl<'a> SelectList<'a> {
         self.from_names.extend(name);
     }
 
-    /// The output column an ORDER BY expression sorts by.
-    fn resolve(&self, e: &Expr) -> Result<SortColumn, String> {
+    /// The output column an ORDER BY expression sorts by, and the collation the select item
+    /// it names gives itself (`COLLATE` at its top), if any.
+    fn resolve(&self, e: &Expr) -> Result<(SortColumn, Option<String>), String> {
         let e = unnest(e);
         match e {
             Expr::Collate { .. } => Err("ORDER BY with COLLATE".into()),
@@ -222,7 +229,8 @@ impl<'a> SelectList<'a> {
                     let position = n.parse::<usize>().ok().filter(|p| *p > 0);
                     match position {
                         Some(p) if self.first_wildcard.is_some() || p <= self.items.len() => {
-                            Ok(SortColumn::Index(p - 1))
+                            let item = self.items.get(p - 1).and_then(|(e, _)| *e);
+                            Ok((SortColumn::Index(p - 1), item.and_then(collation_of)))
                         }
                         _ => Err(format!(
                             "ORDER BY position {n}, which is not in the select list"
@@ -238,9 +246,15 @@ impl<'a> SelectList<'a> {
 
     /// A bare name: an output column name (PostgreSQL prefers these to input columns), else
     /// an input column equal to a select item.
-    fn output_name(&self, e: &Expr, name: String) -> Result<SortColumn, String> {
+    fn output_name(&self, e: &Expr, name: String) -> Result<(SortColumn, Option<String>), String> {
         if self.first_wildcard.is_some() {
-            return Ok(SortColumn::Name(name));
+            // A select item of that name (after the wildcard) may carry its own COLLATE.
+            let collation = self
+                .items
+                .iter()
+                .filter(|(_, n)| n.as_deref() == Some(&*name))
+                .find_map(|(e, _)| e.and_then(collation_of));
+            return Ok((SortColumn::Name(name), collation));
         }
         let mut matches = self
             .items
@@ -252,15 +266,14 @@ impl<'a> SelectList<'a> {
         };
         let (first, unify) = (first.expect("not a wildcard"), self.unify());
         if matches.all(|(_, (e, _))| e.is_some_and(|e| same_expr(first, e, unify))) {
-            not_collated(first)?;
-            Ok(SortColumn::Index(i))
+            Ok((SortColumn::Index(i), collation_of(first)))
         } else {
             Err(format!("ORDER BY {name}, which names several select items"))
         }
     }
 
     /// Any other expression: equal to a select item, or a column a wildcard outputs.
-    fn expression(&self, e: &Expr) -> Result<SortColumn, String> {
+    fn expression(&self, e: &Expr) -> Result<(SortColumn, Option<String>), String> {
         let unify = self.unify();
         let found = self
             .items
@@ -268,12 +281,12 @@ impl<'a> SelectList<'a> {
             .enumerate()
             .find(|(_, (item, _))| item.is_some_and(|item| same_expr(item, e, unify)));
         if let Some((i, (item, name))) = found {
-            not_collated(item.expect("not a wildcard"))?;
+            let collation = collation_of(item.expect("not a wildcard"));
             if self.first_wildcard.is_none_or(|w| i < w) {
-                return Ok(SortColumn::Index(i));
+                return Ok((SortColumn::Index(i), collation));
             }
             if let Some(name) = name {
-                return Ok(SortColumn::Name(name.clone()));
+                return Ok((SortColumn::Name(name.clone()), collation));
             }
             return Err(
                 "ORDER BY on a select item after a wildcard that has no known column name".into(),
@@ -284,7 +297,7 @@ impl<'a> SelectList<'a> {
                 let qualifier = fold(qualifier);
                 let covered = self.star || self.qualified_stars.contains(&qualifier);
                 if covered && !self.merged_columns && self.from_names.contains(&qualifier) {
-                    return Ok(SortColumn::Name(fold(column)));
+                    return Ok((SortColumn::Name(fold(column)), None));
                 }
             }
         }
@@ -303,13 +316,44 @@ impl<'a> SelectList<'a> {
     }
 }
 
-/// A select item sorted by must not carry its own collation: the merge compares values
-/// without collations.
-fn not_collated(item: &Expr) -> Result<(), String> {
-    match unnest(item) {
-        Expr::Collate { .. } => Err("ORDER BY with COLLATE".into()),
-        _ => Ok(()),
+/// Marks every sort key without a COLLATE of its own, and the groups' text comparisons, as
+/// of unknown collation (a COLLATE clause elsewhere in the statement may change it).
+pub(super) fn collation_unknown(scatter: &mut super::read_plan::Scatter) {
+    use super::read_plan::Scatter;
+    let unknown = |keys: &mut Vec<SortKey>| {
+        for key in keys.iter_mut() {
+            if key.collation == KeyCollation::Implicit {
+                key.collation = KeyCollation::Unknown;
+            }
+        }
+    };
+    match scatter {
+        Scatter::Concat { order, .. } => unknown(order),
+        Scatter::Merge(merge) => {
+            let merge = std::sync::Arc::make_mut(merge);
+            unknown(&mut merge.order);
+            if let Some(groups) = &mut merge.groups {
+                groups.collation_unknown = true;
+            }
+        }
+        Scatter::Unsupported(_) => {}
     }
+}
+
+/// The collation a select item gives itself with `COLLATE` at its top (the outermost one).
+fn collation_of(item: &Expr) -> Option<String> {
+    uncollated(item).1
+}
+
+/// An expression without the COLLATE clauses at its top, and the outermost one's name (SQL).
+pub(super) fn uncollated(e: &Expr) -> (&Expr, Option<String>) {
+    let mut e = unnest(e);
+    let mut name = None;
+    while let Expr::Collate { expr, collation } = e {
+        name.get_or_insert_with(|| collation.to_string());
+        e = unnest(expr);
+    }
+    (e, name)
 }
 
 /// Parentheses do not matter (PostgreSQL's grammar drops them).

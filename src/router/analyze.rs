@@ -82,7 +82,10 @@ pub(super) fn plan(rules: &Rules, sql: &str) -> Plan {
             let mut analyzer = Analyzer::new(rules);
             let kind = analyzer.statements(&statements);
             let (scatter, copy) = {
-                let facts = analyzer.facts();
+                let mut facts = analyzer.facts();
+                facts.collate_clauses = crate::sql::lexer::tokens(sql)
+                    .filter(|t| matches!(t, crate::sql::lexer::Token::Word(w) if w.eq_ignore_ascii_case("collate")))
+                    .count();
                 let read = kind == StatementKind::Read;
                 let scatter = multishard::scatter(&facts, rules, &statements, read);
                 (
@@ -338,6 +341,7 @@ impl<'r> Analyzer<'r> {
             cte_sharded: self.cte_sharded,
             other_table: self.others.first().map(|t| &**t),
             not_colocated,
+            collate_clauses: 0,
         }
     }
 }

@@ -61,8 +61,8 @@ pub use volatility::Volatility;
 // What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.
 pub use crate::multishard::{
     Combine, CompareOp, CopyFormat, CopyIn, CopyKeyError, CopyOut, CopyPlan, CopyRow, CopyRowError,
-    Groups, Merge, Operand, Output, Predicate, RowSplitter, Scatter, ShardedTable, SortColumn,
-    SortKey, SplitPart,
+    Groups, KeyCollation, Merge, Operand, Output, Predicate, RowSplitter, Scatter, ShardedTable,
+    SortColumn, SortKey, SplitPart,
 };
 
 impl Router {

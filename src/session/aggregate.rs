@@ -13,7 +13,7 @@ use crate::router::{Combine, CompareOp, Operand, Predicate};
 pub(super) fn fold(
     how: Combine,
     oid: u32,
-    rules: TypeRules,
+    rules: &TypeRules,
     total: Option<Vec<u8>>,
     value: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, String> {
@@ -58,7 +58,12 @@ pub(super) fn fold(
 }
 
 /// Why a partial aggregate of this type cannot be combined exactly, if it cannot.
-pub(super) fn check_type(how: Combine, oid: u32, rules: TypeRules) -> Result<(), String> {
+pub(super) fn check_type(how: Combine, oid: u32, rules: &TypeRules) -> Result<(), String> {
+    if matches!(how, Combine::Min | Combine::Max) {
+        if let Err(Some(why)) = rules.sort_type_or_why(oid, || rules.text.expression(oid)) {
+            return Err(format!("min/max of text ({why})"));
+        }
+    }
     let ok = match how {
         Combine::Count | Combine::Sum => matches!(oid, 20 | 21 | 23 | 1700),
         Combine::Avg => matches!(oid, 20 | 1700),
@@ -85,7 +90,7 @@ pub(super) fn evaluate(
     p: &Predicate,
     values: &[Option<Vec<u8>>],
     oids: &[u32],
-    rules: TypeRules,
+    rules: &TypeRules,
 ) -> Result<Option<bool>, String> {
     let eval = |p: &Predicate| evaluate(p, values, oids, rules);
     Ok(match p {
@@ -140,7 +145,7 @@ fn compare_operands(
     b: &Operand,
     values: &[Option<Vec<u8>>],
     oids: &[u32],
-    rules: TypeRules,
+    rules: &TypeRules,
 ) -> Result<Option<Ordering>, String> {
     let (va, ta) = operand_value(a, values, oids);
     let (vb, tb) = operand_value(b, values, oids);
@@ -193,8 +198,8 @@ mod tests {
             total = fold(
                 how,
                 oid,
-                TypeRules {
-                    text_is_bytewise: true,
+                &TypeRules {
+                    text: crate::collation::TextRules::only(crate::collation::Collator::CodePoint),
                     iso_dates: true,
                 },
                 total,

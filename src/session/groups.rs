@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::aggregate::{check_type, evaluate, fold};
 use super::error::{MultiShardError, SessionError};
-use super::scatter::{canonical_row, compare_by, resolve_keys, Gathered};
+use super::scatter::{canonical_row, compare_by, resolve_keys, Described, Gathered};
 use super::Session;
 use crate::backend::BackendManager;
 use crate::merge::{average, TypeRules};
@@ -17,6 +17,11 @@ use crate::pool::Pooled;
 use crate::router::{Combine, Groups, Merge, Output};
 use crate::transport::Stream;
 use crate::wire::rows;
+
+/// Why text of a statement with a COLLATE clause pgshard cannot attribute is not compared.
+const COLLATE_ELSEWHERE: &str =
+    "a COLLATE clause inside the statement may change the collation of \
+     its text values (write COLLATE only on the ORDER BY item)";
 
 /// numeric's type OID: what avg() of integers and numerics returns.
 const NUMERIC: u32 = 1700;
@@ -39,14 +44,18 @@ impl<S: Stream> Session<S> {
         groups: &Groups,
         gathered: &mut Gathered,
     ) -> Result<(), SessionError> {
-        let rules = gathered.rules;
         let mut table = Table::default();
         let mut roles: Option<Vec<Option<Combine>>> = None;
+        let mut rules = None;
         for conn in conns.iter_mut() {
             while let Some(row) = self.next_row(conn, gathered).await? {
                 if gathered.error.is_some() {
                     continue;
                 }
+                if rules.is_none() {
+                    rules = Some(self.group_rules(merge, groups, gathered).await);
+                }
+                let rules = rules.as_ref().expect("set above");
                 let roles = roles.get_or_insert_with(|| fold_roles(groups, gathered.oids.len()));
                 let added = check_types(groups, &gathered.oids, rules)
                     .and_then(|()| table.add(&row[5..], groups, roles, rules, gathered));
@@ -61,6 +70,11 @@ impl<S: Stream> Session<S> {
         let Some(described) = gathered.described.clone() else {
             return Ok(());
         };
+        let rules = match rules {
+            Some(rules) => rules,
+            None => self.group_rules(merge, groups, gathered).await,
+        };
+        let rules = &rules;
         let finished = check_types(groups, &gathered.oids, rules)
             .and_then(|()| finish(table, merge, groups, &described[5..], rules));
         let (fields, rows) = match finished {
@@ -85,6 +99,22 @@ impl<S: Stream> Session<S> {
             self.flush_full().await?;
         }
         Ok(())
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// The ordering rules for the groups' values (text ones fetched if the result has text).
+    async fn group_rules(
+        &self,
+        merge: &Merge,
+        groups: &Groups,
+        gathered: &mut Gathered,
+    ) -> TypeRules {
+        if groups.collation_unknown {
+            return gathered.rules.without_text(COLLATE_ELSEWHERE);
+        }
+        self.fetch_text_rules(&merge.order, gathered).await;
+        gathered.rules.clone()
     }
 }
 
@@ -123,7 +153,7 @@ fn fold_roles(groups: &Groups, columns: usize) -> Vec<Option<Combine>> {
 }
 
 /// Refuses aggregates whose shard type cannot be combined exactly, before any is combined.
-fn check_types(groups: &Groups, oids: &[u32], rules: TypeRules) -> Result<(), String> {
+fn check_types(groups: &Groups, oids: &[u32], rules: &TypeRules) -> Result<(), String> {
     let oid = |c: usize| oids.get(c).copied().unwrap_or(0);
     for output in &groups.outputs {
         match *output {
@@ -142,7 +172,7 @@ impl Table {
         body: &[u8],
         groups: &Groups,
         roles: &[Option<Combine>],
-        rules: TypeRules,
+        rules: &TypeRules,
         gathered: &mut Gathered,
     ) -> Result<(), String> {
         let fields = rows::data_row_fields(body).ok_or("a malformed DataRow")?;
@@ -192,7 +222,7 @@ fn finish(
     merge: &Merge,
     groups: &Groups,
     description: &[u8],
-    rules: TypeRules,
+    rules: &TypeRules,
 ) -> Result<(Vec<Vec<u8>>, Vec<Row>), String> {
     let shard_fields = rows::description_fields(description).ok_or("a malformed RowDescription")?;
     let shard_types = rows::column_types(description).ok_or("a malformed RowDescription")?;
@@ -238,7 +268,12 @@ fn finish(
         // Sort keys of groups are output positions; names are not needed.
         let columns: Vec<(String, u32, i16)> =
             types.iter().map(|&oid| (String::new(), oid, 0)).collect();
-        let keys = resolve_keys(&columns, 0, &merge.order, rules)?;
+        let result = Described {
+            columns: &columns,
+            origins: &[],
+            shard: None,
+        };
+        let keys = resolve_keys(&result, 0, &merge.order, rules)?;
         out.sort_by(|a, b| compare_by(&keys, |i| a[i].as_deref(), |i| b[i].as_deref()));
     }
     let skip = usize::try_from(merge.offset).unwrap_or(usize::MAX);

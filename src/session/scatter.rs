@@ -13,9 +13,10 @@ use bytes::{Bytes, BytesMut};
 use super::error::{Failure, MultiShardError, SessionError};
 use super::Session;
 use crate::backend::BackendManager;
-use crate::merge::{canonical, SortType, TypeRules};
+use crate::collation::TextRules;
+use crate::merge::{canonical, is_text, SortType, TypeRules};
 use crate::pool::Pooled;
-use crate::router::{Merge, Scatter, SortColumn, SortKey, Target};
+use crate::router::{KeyCollation, Merge, Scatter, SortColumn, SortKey, Target};
 use crate::transport::Stream;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
@@ -51,6 +52,10 @@ pub(super) struct Gathered {
     binary: bool,
     /// The first RowDescription (as the shards sent it); the others must agree with it.
     pub(super) described: Option<Bytes>,
+    /// The shard that sent it (its table OIDs are that shard's).
+    described_by: Option<usize>,
+    /// `rules.text` has been fetched for this read.
+    text_fetched: bool,
     /// The type OID of each column it describes.
     pub(super) oids: Vec<u32>,
     /// The first error, sent instead of the row count.
@@ -133,11 +138,9 @@ impl<S: Stream> Session<S> {
                 .get("DateStyle")
                 .is_some_and(|style| style.starts_with("ISO"))
         });
+        // Text rules are fetched once a text column shows up (`fetch_text_rules`).
         let rules = TypeRules {
-            text_is_bytewise: self
-                .shared
-                .text_is_bytewise
-                .load(std::sync::atomic::Ordering::Relaxed),
+            text: TextRules::default(),
             iso_dates,
         };
         let mut gathered = Gathered {
@@ -369,10 +372,17 @@ impl<S: Stream> Session<S> {
             finished[i] = head.is_none();
             heads.push(head);
         }
-        let rules = gathered.rules;
+        self.fetch_text_rules(order, gathered).await;
+        self.relearn_if_stale(order, gathered).await;
         let resolved = gathered.described.as_ref().map(|d| {
             let columns = rows::column_types(&d[5..]).unwrap_or_default();
-            resolve_keys(&columns, gathered.hidden, order, rules)
+            let origins = rows::column_origins(&d[5..]).unwrap_or_default();
+            let result = Described {
+                columns: &columns,
+                origins: &origins,
+                shard: gathered.described_by,
+            };
+            resolve_keys(&result, gathered.hidden, order, &gathered.rules)
         });
         let keys = match resolved {
             Some(Ok(keys)) => keys,
@@ -402,6 +412,33 @@ impl<S: Stream> Session<S> {
         Ok(())
     }
 
+    /// Fetches the collations' rules (verifying the ones `order` names) once the result shows a
+    /// text column; a read without text never waits for them.
+    pub(super) async fn fetch_text_rules(&self, order: &[SortKey], gathered: &mut Gathered) {
+        if gathered.text_fetched || !gathered.oids.iter().any(|&oid| is_text(oid)) {
+            return;
+        }
+        gathered.text_fetched = true;
+        let (collations, logins) = (&self.shared.collations, &self.shared.catalog_logins);
+        gathered.rules.text = collations.rules(&named_in(order), logins).await;
+    }
+
+    /// When the result comes from a table created after the columns' collations were learned,
+    /// learns them again and takes the new rules.
+    async fn relearn_if_stale(&self, order: &[SortKey], gathered: &mut Gathered) {
+        let Some(d) = &gathered.described else { return };
+        let origins = rows::column_origins(&d[5..]).unwrap_or_default();
+        let shard = gathered.described_by;
+        let Some(relation) = gathered.rules.text.stale_relation(&origins, shard) else {
+            return;
+        };
+        let (collations, logins) = (&self.shared.collations, &self.shared.catalog_logins);
+        collations
+            .relearn_for(logins, shard.unwrap_or(0), relation)
+            .await;
+        gathered.rules.text = collations.rules(&named_in(order), logins).await;
+    }
+
     /// A shard's next DataRow, handling what comes before it; `None` once its ReadyForQuery is read.
     pub(super) async fn next_row(
         &mut self,
@@ -412,7 +449,12 @@ impl<S: Stream> Session<S> {
             let frame = conn.read_frame().await?;
             match frame.tag() {
                 tag::DATA_ROW => return Ok(Some(frame.bytes)),
-                tag::ROW_DESCRIPTION => self.describe(frame, gathered),
+                tag::ROW_DESCRIPTION => {
+                    if gathered.described.is_none() {
+                        gathered.described_by = self.shared.shard_at(conn.addr());
+                    }
+                    self.describe(frame, gathered)
+                }
                 tag::ERROR_RESPONSE => gathered.fail(Failure::Server(frame.bytes.freeze())),
                 tag::NOTICE_RESPONSE => self.client.output.extend_from_slice(&frame.bytes),
                 tag::PARAMETER_STATUS => conn.note_parameter_status(frame.body()),
@@ -495,14 +537,37 @@ pub(super) fn compare_by<'x, 'y>(
     Ordering::Equal
 }
 
-/// Resolves the router's sort keys against the columns (name, type OID, format) of a result
-/// whose last `hidden` columns are hidden sort columns; `Err` names what cannot be merged.
+/// A result's columns as a shard described them: (name, type OID, format) and (table OID,
+/// column number) of each, and which shard sent the description.
+pub(super) struct Described<'a> {
+    pub(super) columns: &'a [(String, u32, i16)],
+    /// Empty when unknown (every column then counts as an expression).
+    pub(super) origins: &'a [(u32, i16)],
+    pub(super) shard: Option<usize>,
+}
+
+/// The collation names sort keys write with COLLATE.
+pub(super) fn named_in(order: &[SortKey]) -> Vec<&str> {
+    let mut names: Vec<&str> = order
+        .iter()
+        .filter_map(|key| match &key.collation {
+            KeyCollation::Named(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Resolves the router's sort keys against the columns of a result whose last `hidden`
+/// columns are hidden sort columns; `Err` names what cannot be merged.
 pub(super) fn resolve_keys(
-    columns: &[(String, u32, i16)],
+    result: &Described,
     hidden: usize,
     order: &[SortKey],
-    rules: TypeRules,
+    rules: &TypeRules,
 ) -> Result<Vec<Key>, String> {
+    let columns = result.columns;
     let visible = columns.len().saturating_sub(hidden);
     order
         .iter()
@@ -520,12 +585,26 @@ pub(super) fn resolve_keys(
             };
             let (name, oid, format) =
                 columns.get(column).ok_or("ORDER BY a column the result does not have")?;
-            let kind = rules.sort_type(*oid).filter(|_| *format == 0).ok_or_else(|| {
-                format!(
+            let origin = result.origins.get(column).copied().unwrap_or((0, 0));
+            let text = || match &key.collation {
+                KeyCollation::Named(collation) => rules.text.named(collation).map_err(|why| {
+                    format!("collation {collation}: {why}")
+                }),
+                KeyCollation::Implicit => rules.text.column(*oid, origin, result.shard),
+                KeyCollation::Unknown => Err(
+                    "a COLLATE clause elsewhere in the statement may change its collation \
+                     (write COLLATE on the ORDER BY item itself)".to_string(),
+                ),
+            };
+            let kind = match rules.sort_type_or_why(*oid, text) {
+                Ok(kind) if *format == 0 => kind,
+                Err(Some(why)) => return Err(format!("the order of text column {name} ({why})")),
+                _ => return Err(format!(
                     "rows sorted by column {name} (type OID {oid}); pgshard merges integers, floats, \
-                     numeric, bool, uuid, dates and timestamps (DateStyle ISO), and text under the C collation"
-                )
-            })?;
+                     numeric, bool, uuid, dates and timestamps (DateStyle ISO), and text under \
+                     collations it verified on every shard"
+                )),
+            };
             Ok(Key { column, kind, descending: key.descending, nulls_first: key.nulls_first })
         })
         .collect()

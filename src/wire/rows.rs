@@ -33,6 +33,22 @@ pub fn column_types(body: &[u8]) -> Option<Vec<(String, u32, i16)>> {
     })
 }
 
+/// Where each column of a RowDescription body comes from: (table OID, column number), both 0
+/// for a column that is not a plain table column.
+pub fn column_origins(body: &[u8]) -> Option<Vec<(u32, i16)>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
+    let mut out = Vec::with_capacity(count.min(body.len()));
+    for _ in 0..count {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let attrs = rest.get(end + 1..end + 1 + 18)?;
+        let table = u32::from_be_bytes([attrs[0], attrs[1], attrs[2], attrs[3]]);
+        out.push((table, i16::from_be_bytes([attrs[4], attrs[5]])));
+        rest = &rest[end + 1 + 18..];
+    }
+    Some(out)
+}
+
 /// Field `index` of a DataRow body: `Some(None)` for NULL, `None` when the row has no such field.
 pub fn data_row_field(body: &[u8], index: usize) -> Option<Option<&[u8]>> {
     let (count, mut rest) = body.split_first_chunk::<2>()?;
@@ -154,6 +170,7 @@ mod tests {
             column_types(&describe("id", 7, 20)),
             Some(vec![("id".to_string(), 20, 0)])
         );
+        assert_eq!(column_origins(&describe("id", 7, 20)), Some(vec![(7, 1)]));
         // Two fields: NULL, then "42".
         let row = b"\0\x02\xff\xff\xff\xff\0\0\0\x0242";
         assert_eq!(data_row_field(row, 0), Some(None));

@@ -6,7 +6,7 @@
 //! contain>`).
 
 use super::router;
-use crate::router::{Combine, Merge, Output, Scatter, SortColumn, SortKey};
+use crate::router::{Combine, KeyCollation, Merge, Output, Scatter, SortColumn, SortKey};
 
 /// A [`Scatter::Concat`] in the fixtures' notation.
 fn describe(order: &[SortKey], limit: Option<u64>) -> String {
@@ -20,7 +20,12 @@ fn describe(order: &[SortKey], limit: Option<u64>) -> String {
             };
             let direction = if k.descending { "desc" } else { "asc" };
             let nulls = if k.nulls_first { "first" } else { "last" };
-            format!("{column} {direction} nulls {nulls}")
+            let collation = match &k.collation {
+                KeyCollation::Implicit => String::new(),
+                KeyCollation::Named(name) => format!(" collate {name}"),
+                KeyCollation::Unknown => " collate unknown".to_string(),
+            };
+            format!("{column} {direction} nulls {nulls}{collation}")
         })
         .collect();
     let mut out = if keys.is_empty() {
@@ -62,6 +67,9 @@ fn describe_merge(m: &Merge) -> String {
             }
             if g.having.is_some() {
                 out += " having";
+            }
+            if g.collation_unknown {
+                out += " collation unknown";
             }
         }
     }
@@ -246,9 +254,16 @@ fn order_by_what_is_not_an_output_column_gets_a_hidden_column() {
         ("SELECT user_id FROM users ORDER BY 2", "unsupported: ORDER BY position 2"),
         ("SELECT user_id FROM users ORDER BY 0", "unsupported: ORDER BY position 0"),
         ("SELECT user_id FROM users ORDER BY 'x'", "unsupported: ORDER BY on a constant"),
-        ("SELECT name FROM users ORDER BY name COLLATE \"C\"", "unsupported: COLLATE"),
-        ("SELECT name COLLATE \"C\" FROM users ORDER BY 1 COLLATE \"C\"", "unsupported: COLLATE"),
-        ("SELECT name COLLATE \"C\" AS n FROM users ORDER BY n", "unsupported: COLLATE"),
+        ("SELECT name FROM users ORDER BY name COLLATE \"C\"", "order by #0 asc nulls last collate \"C\""),
+        ("SELECT name COLLATE \"C\" FROM users ORDER BY 1 COLLATE \"de_DE\"", "order by #0 asc nulls last collate \"de_DE\""),
+        ("SELECT name COLLATE \"C\" AS n FROM users ORDER BY n DESC", "order by #0 desc nulls first collate \"C\""),
+        ("SELECT name COLLATE pg_catalog.\"C\" AS n FROM users ORDER BY 1", "order by #0 asc nulls last collate pg_catalog.\"C\""),
+        ("SELECT name COLLATE \"C\" FROM users ORDER BY name", "merge SELECT name COLLATE \"C\", name FROM users ORDER BY name | rows hidden 1 order by hidden#0 asc nulls last"),
+        ("SELECT user_id FROM users ORDER BY name COLLATE \"de_DE\"", "merge SELECT user_id, name COLLATE \"de_DE\" FROM users ORDER BY name COLLATE \"de_DE\" | rows hidden 1 order by hidden#0 asc nulls last collate \"de_DE\""),
+        ("SELECT name FROM users WHERE name COLLATE \"C\" > 'a' ORDER BY name", "order by #0 asc nulls last collate unknown"),
+        ("SELECT *, name COLLATE \"de_DE\" AS n FROM users ORDER BY n", "order by n asc nulls last collate \"de_DE\""),
+        ("SELECT lower(name COLLATE \"C\") AS l FROM users ORDER BY l", "order by #0 asc nulls last collate unknown"),
+        ("SELECT name FROM users ORDER BY name COLLATE \"C\", lower(name COLLATE \"C\") DESC", "merge SELECT name, lower(name COLLATE \"C\") FROM users ORDER BY name COLLATE \"C\", lower(name COLLATE \"C\") DESC | rows hidden 1 order by #0 asc nulls last collate \"C\", hidden#0 desc nulls first collate unknown"),
         ("SELECT name FROM users ORDER BY name USING <", "unsupported: a statement pgshard cannot parse"),
         ("SELECT name AS x, email AS x FROM users ORDER BY x", "unsupported: several select items"),
         ("SELECT * FROM users ORDER BY lower(name)", "merge SELECT *, lower(name) FROM users ORDER BY lower(name) | rows hidden 1 order by hidden#0 asc nulls last"),
@@ -314,6 +329,8 @@ fn aggregates_that_do_not_combine_are_named() {
         ("SELECT min(age, name) FROM users", "unsupported: aggregate function min() with 2 arguments"),
         ("SELECT myschema.count(*) FROM users", "unsupported: qualified with a schema other than pg_catalog"),
         ("SELECT \"COUNT\"(*) FROM users", "unsupported: aggregate function count()"),
+        ("SELECT max(name COLLATE \"C\") FROM users", "merge SELECT max(name COLLATE \"C\") FROM users | groups keys [] outputs max#0 collation unknown"),
+        ("SELECT max(name) COLLATE \"C\" AS m FROM users ORDER BY m", "unsupported: an aggregate inside an expression"),
         ("SELECT count(*) FROM users HAVING count(*) > 1", "merge SELECT count(*), count(*) FROM users | groups keys [] outputs count#0, count#1 visible 1 having"),
         ("SELECT DISTINCT count(*) FROM users", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 distinct"),
         ("SELECT count(*) FROM users LIMIT 1", "merge SELECT count(*) FROM users | groups keys [] outputs count#0 limit 1"),
