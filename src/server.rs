@@ -27,7 +27,10 @@ pub async fn run(
     let shared = Arc::new(Shared::new(config));
     if shared.routing {
         let learner = shared.clone();
-        tokio::spawn(async move { learner.learn_volatility().await });
+        tokio::spawn(async move {
+            learner.learn_volatility().await;
+            learner.learn_columns().await;
+        });
     }
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);

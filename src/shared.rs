@@ -3,16 +3,16 @@
 //! registry and the client count. Below the session and the accept loop; never serves a client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::auth::ScramVerifier;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
-use crate::backend::{catalog, BackendManager, ServerConnection, ServerPool};
+use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
@@ -55,6 +55,19 @@ pub struct Shared {
     pub verifiers: HashMap<String, ScramVerifier>,
     pub cancel: Arc<CancelRegistry>,
     pub clients: AtomicUsize,
+    /// Learning of the sharded tables' column order (for INSERTs without a column list).
+    pub columns: ColumnLearning,
+}
+
+/// When the sharded tables' column order was last learned, and how many times: learning runs
+/// one at a time, and a session that asks for it after a schema change waits for a round that
+/// started after the change.
+#[derive(Default)]
+pub struct ColumnLearning {
+    /// Held while learning; the time the last round ended.
+    last: tokio::sync::Mutex<Option<Instant>>,
+    /// Rounds completed.
+    rounds: AtomicU64,
 }
 
 impl Shared {
@@ -96,6 +109,7 @@ impl Shared {
             verifiers,
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
+            columns: ColumnLearning::default(),
         }
     }
 }
@@ -113,14 +127,19 @@ impl Shared {
         }
     }
 
-    /// The plan of a simple query's text, from the cache or made now.
+    /// The plan of a simple query's text, from the cache or made now. A cached plan made with
+    /// a column order the router no longer has (cached by a session racing the swap) is made
+    /// again.
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
         let lock = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let router = self.router.load();
         if let Some(plan) = lock().get(sql) {
-            return plan;
+            if router.plan_is_current(&plan) {
+                return plan;
+            }
         }
         // Parsed outside the lock: sessions never wait for each other's parses.
-        let plan = self.router.load().plan(sql);
+        let plan = router.plan(sql);
         lock().insert(sql, plan.clone());
         plan
     }
@@ -160,12 +179,136 @@ impl Shared {
                 .map(|(name, kind)| (name.as_str(), *kind)),
         );
         self.router
-            .store(Arc::new(Router::new(&self.config, volatility)));
+            .rcu(|router| router.with_volatility(volatility.clone()));
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         tracing::info!(
             "learned function volatility from pg_proc ({} functions)",
             facts.functions.len()
         );
+    }
+}
+
+/// Learning of the column order is asked again, when not after a schema change, at most this
+/// often (a table missing everywhere is not looked for on every INSERT).
+const COLUMNS_RELEARN_AFTER: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Rounds of column learning completed so far: pass it to
+    /// [`Shared::relearn_columns_after`] once the schema may have changed.
+    pub fn column_rounds(&self) -> u64 {
+        self.columns.rounds.load(Ordering::Acquire)
+    }
+
+    /// Learns the column order of every sharded table (at start).
+    pub async fn learn_columns(&self) {
+        let mut last = self.columns.last.lock().await;
+        self.learn_columns_now(&mut last).await;
+    }
+
+    /// Learns the column order again unless a round completed after `seen` (another session's
+    /// learning already saw the change); waits for a round in progress.
+    pub async fn relearn_columns_after(&self, seen: u64) {
+        let mut last = self.columns.last.lock().await;
+        if self.column_rounds() <= seen {
+            self.learn_columns_now(&mut last).await;
+        }
+    }
+
+    /// Learns the column order again for a statement that needs one pgshard lacks, unless a
+    /// round ended less than [`COLUMNS_RELEARN_AFTER`] ago; waits for a round in progress.
+    pub async fn relearn_columns_unless_recent(&self) {
+        let mut last = self.columns.last.lock().await;
+        if last.map_or(true, |at| at.elapsed() >= COLUMNS_RELEARN_AFTER) {
+            self.learn_columns_now(&mut last).await;
+        }
+    }
+
+    /// Asks every shard's primary for each sharded table's columns and swaps in a router that
+    /// knows the orders the shards agree on (dropping cached plans). A shard that cannot be
+    /// asked leaves every order as it was.
+    async fn learn_columns_now(&self, last: &mut Option<Instant>) {
+        let tables: Vec<&str> = self
+            .config
+            .sharding
+            .tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        let mut per_shard: Vec<Vec<Option<Vec<String>>>> = Vec::new();
+        for shard in &self.config.shards {
+            match self.shard_columns(shard, &tables).await {
+                Ok(columns) => per_shard.push(columns),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the column order of the sharded tables on shard {}: {e}",
+                        shard.name
+                    );
+                    self.end_column_round(last);
+                    return;
+                }
+            }
+        }
+        let learned: Vec<(&str, Option<Vec<String>>)> = {
+            let router = self.router.load();
+            tables
+                .iter()
+                .enumerate()
+                .map(|(t, &table)| {
+                    let answers: Vec<Option<Vec<String>>> =
+                        per_shard.iter().map(|s| s[t].clone()).collect();
+                    let agreed = router.agreed_columns(table, &answers);
+                    if agreed.is_none() && answers.iter().any(Option::is_some) {
+                        tracing::warn!(
+                            "the shards do not all have table {table} with its shard key at the                              same place: INSERTs into it without a column list are refused"
+                        );
+                    }
+                    (table, agreed)
+                })
+                .collect()
+        };
+        self.router.rcu(|router| {
+            let mut next = Router::clone(router);
+            for (table, columns) in &learned {
+                next.learn_columns(table, columns.clone());
+            }
+            next
+        });
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let known = learned.iter().filter(|(_, c)| c.is_some()).count();
+        tracing::info!(
+            "learned the column order of {known} of {} sharded tables",
+            tables.len()
+        );
+        self.end_column_round(last);
+    }
+
+    fn end_column_round(&self, last: &mut Option<Instant>) {
+        *last = Some(Instant::now());
+        self.columns.rounds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Each table's columns on one shard's primary (`None`: no such table).
+    async fn shard_columns(
+        &self,
+        shard: &ShardConfig,
+        tables: &[&str],
+    ) -> Result<Vec<Option<Vec<String>>>, BackendError> {
+        let Some(user) = self.config.users.first() else {
+            return Ok(vec![None; tables.len()]);
+        };
+        let login = login(&self.config, shard, &shard.primary, user);
+        let limit = login.connect_timeout * 2;
+        let work = async {
+            let mut conn = ServerConnection::connect(&login).await?;
+            let mut found = Vec::with_capacity(tables.len());
+            for table in tables {
+                found.push(catalog::insert_columns(&mut conn, table).await?);
+            }
+            Ok(found)
+        };
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(BackendError::ConnectTimeout(shard.primary.clone())))
     }
 }
 

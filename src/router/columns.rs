@@ -82,6 +82,29 @@ impl Router {
         }
     }
 
+    /// The column order to keep for the sharded table configured as `table`, from what each
+    /// shard's catalog said (`None`: no such table there): only when every shard has the table
+    /// with its shard key at the same place (each shard fills an INSERT's values by its own
+    /// order, so the key must be where the router reads it on all of them). The default shard's
+    /// list is kept.
+    pub fn agreed_columns(
+        &self,
+        table: &str,
+        per_shard: &[Option<Vec<String>>],
+    ) -> Option<Vec<String>> {
+        let sharded = self.rules.sharded_table(&table_key(table))?;
+        let key_at = |columns: &Vec<String>| {
+            columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(&sharded.key_column))
+        };
+        let first = key_at(per_shard.first()?.as_ref()?)?;
+        let agree = per_shard
+            .iter()
+            .all(|c| c.as_ref().and_then(key_at) == Some(first));
+        agree.then(|| per_shard.get(self.default_shard)?.clone())?
+    }
+
     /// The 0-based place of the shard key among the columns of the sharded table configured as
     /// `table`, if its column order is known.
     pub fn key_position(&self, table: &str) -> Option<usize> {

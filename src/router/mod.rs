@@ -143,6 +143,13 @@ impl Router {
         }
     }
 
+    /// This router with another volatility table (the learned column orders are kept).
+    pub fn with_volatility(&self, volatility: Volatility) -> Router {
+        let mut next = self.clone();
+        next.rules.volatility = volatility;
+        next
+    }
+
     /// Analyses a statement string (one or several statements). Never fails: text sqlparser
     /// cannot parse gets a plan for the default (or overridden) shard's primary. The result
     /// depends only on the text and this router, so it may be cached by text.

@@ -41,6 +41,9 @@ enum Decision {
     Preview { shard: usize },
     /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
     ForwardAs(Frame),
+    /// Learn the column order of a sharded table first (an INSERT without a column list into
+    /// a table whose order pgshard lacks), then decide again.
+    LearnColumns,
 }
 
 impl<S: Stream> Session<S> {
@@ -61,12 +64,14 @@ impl<S: Stream> Session<S> {
             frame
         };
         self.note_session_effects(&frame)?;
-        let decision = match frame.tag() {
-            tag::QUERY => self.route_query(&frame),
-            tag::PARSE => self.note_parse(&frame)?,
-            tag::BIND => self.route_bind(&frame)?,
-            other => self.route_other(other),
-        };
+        self.follow_schema().await;
+        let mut decision = self.decide(&frame);
+        if matches!(decision, Ok(Decision::LearnColumns)) {
+            self.learn_columns_for_statement().await;
+            decision = self.decide(&frame);
+        }
+        self.statement_routed();
+        let decision = decision?;
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         match decision {
             Decision::Run(execution) => return self.execute(frame, execution, simple).await,
@@ -74,6 +79,8 @@ impl<S: Stream> Session<S> {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            // Decided again after learning; a second time is refused by the router.
+            Decision::LearnColumns => {}
             Decision::Preview { shard } => {
                 return self
                     .forward_to(shard, Target::Primary, false, frame, simple)
@@ -81,6 +88,16 @@ impl<S: Stream> Session<S> {
             }
         }
         Ok(None)
+    }
+
+    /// What to do with a client frame.
+    fn decide(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
+        Ok(match frame.tag() {
+            tag::QUERY => self.route_query(frame),
+            tag::PARSE => self.note_parse(frame)?,
+            tag::BIND => self.route_bind(frame)?,
+            other => self.route_other(other),
+        })
     }
 
     /// Carries out the router's decision for `frame`. Gives the frame back when it must wait
@@ -245,6 +262,10 @@ impl<S: Stream> Session<S> {
         if self.tx.is_aborted() {
             return self.while_aborted(&plan, frame);
         }
+        if self.should_learn_columns(&plan) {
+            return Decision::LearnColumns;
+        }
+        self.note_planned(&plan);
         self.tx.note_isolation(plan.isolation_change());
         if let StatementKind::Transaction(control) = plan.kind() {
             if let Some(answered) = self.transaction_control(*control, frame) {
@@ -273,11 +294,14 @@ impl<S: Stream> Session<S> {
         let params = Params::new(&values, &[]);
         let router = self.shared.router.load();
         match router.route(&plan, &params, self.route_context()) {
-            Ok(route @ Route::Shard { .. }) => Some(Decision::Run(router.execution(
-                &plan,
-                Ok(route),
-                &self.view(true),
-            ))),
+            Ok(route @ Route::Shard { .. }) => {
+                self.note_planned(&plan);
+                Some(Decision::Run(router.execution(
+                    &plan,
+                    Ok(route),
+                    &self.view(true),
+                )))
+            }
             _ => None,
         }
     }
@@ -384,6 +408,13 @@ impl<S: Stream> Session<S> {
             None if bind.statement.is_empty() => self.unnamed.plan.clone(),
             None => None,
         };
+        let plan = plan.map(|plan| self.current_plan(&bind, plan));
+        if let Some(plan) = plan.as_deref() {
+            if self.should_learn_columns(plan) {
+                return Ok(Decision::LearnColumns);
+            }
+            self.note_planned(plan);
+        }
         if let Some(plan) = plan.as_deref() {
             self.tx.note_isolation(plan.isolation_change());
         }

@@ -188,3 +188,34 @@ fn a_plan_made_with_another_column_order_is_no_longer_current() {
     // Other statements are always current.
     assert!(router.plan_is_current(&router.plan("SELECT * FROM users WHERE user_id = 1")));
 }
+
+#[test]
+fn shards_must_agree_on_where_the_key_is() {
+    let router = router();
+    let both = |a: &[&str], b: &[&str]| vec![Some(cols(a)), Some(cols(b))];
+    assert_eq!(
+        router.agreed_columns(
+            "users",
+            &both(&["name", "user_id"], &["name", "user_id", "x"])
+        ),
+        Some(cols(&["name", "user_id"])),
+        "a column added on one shard only, after the key, changes nothing"
+    );
+    assert_eq!(
+        router.agreed_columns("users", &both(&["name", "user_id"], &["user_id", "name"])),
+        None
+    );
+    assert_eq!(
+        router.agreed_columns("users", &[Some(cols(&["user_id"])), None]),
+        None,
+        "missing on a shard"
+    );
+    assert_eq!(
+        router.agreed_columns("users", &both(&["id"], &["id"])),
+        None
+    );
+    assert_eq!(
+        router.agreed_columns("settings", &both(&["id"], &["id"])),
+        None
+    );
+}
