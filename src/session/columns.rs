@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::prepared::Statement;
 use super::Session;
 use crate::error::SqlState;
-use crate::router::Plan;
+use crate::router::{Plan, Route, RouteError};
 use crate::transport::Stream;
 use crate::wire::extended::{Bind, Parse};
 use crate::wire::server_tag as tag;
@@ -88,10 +88,16 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// Whether a plan lacking a table's column order should wait for it to be learned (once per
-    /// statement; learning itself runs at most once a second).
-    pub(super) fn should_learn_columns(&self, plan: &Plan) -> bool {
-        plan.lacks_column_order() && !self.schema.waited
+    /// Whether to learn the column order and route again: an INSERT without a column list
+    /// failed to route (the order is unknown, or may be stale: the rows stop before the key, or
+    /// what stands at the key's place is no key). Once per statement; learning itself runs at
+    /// most once a second for this reason.
+    pub(super) fn should_learn_columns(
+        &self,
+        plan: &Plan,
+        route: &Result<Route, RouteError>,
+    ) -> bool {
+        route.is_err() && plan.has_positional_insert() && !self.schema.waited
     }
 
     /// Learns the column order for a statement that lacks it; the frame is then routed again.

@@ -262,9 +262,6 @@ impl<S: Stream> Session<S> {
         if self.tx.is_aborted() {
             return self.while_aborted(&plan, frame);
         }
-        if self.should_learn_columns(&plan) {
-            return Decision::LearnColumns;
-        }
         self.note_planned(&plan);
         self.tx.note_isolation(plan.isolation_change());
         if let StatementKind::Transaction(control) = plan.kind() {
@@ -278,6 +275,9 @@ impl<S: Stream> Session<S> {
         }
         let router = self.shared.router.load();
         let route = router.route(&plan, &Params::NONE, self.route_context());
+        if self.should_learn_columns(&plan, &route) {
+            return Decision::LearnColumns;
+        }
         Decision::Run(router.execution(&plan, route, &self.view(true)))
     }
 
@@ -410,12 +410,7 @@ impl<S: Stream> Session<S> {
         };
         let plan = plan.map(|plan| self.current_plan(&bind, plan));
         if let Some(plan) = plan.as_deref() {
-            if self.should_learn_columns(plan) {
-                return Ok(Decision::LearnColumns);
-            }
             self.note_planned(plan);
-        }
-        if let Some(plan) = plan.as_deref() {
             self.tx.note_isolation(plan.isolation_change());
         }
         if let Some(StatementKind::Transaction(control)) = plan.as_deref().map(Plan::kind) {
@@ -450,6 +445,9 @@ impl<S: Stream> Session<S> {
             &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
+        if self.should_learn_columns(&plan, &route) {
+            return Ok(Decision::LearnColumns);
+        }
         Ok(Decision::Run(router.execution(
             &plan,
             route,
