@@ -218,7 +218,7 @@ impl Shared {
     /// round ended less than [`COLUMNS_RELEARN_AFTER`] ago; waits for a round in progress.
     pub async fn relearn_columns_unless_recent(&self) {
         let mut last = self.columns.last.lock().await;
-        if last.map_or(true, |at| at.elapsed() >= COLUMNS_RELEARN_AFTER) {
+        if last.is_none_or(|at| at.elapsed() >= COLUMNS_RELEARN_AFTER) {
             self.learn_columns_now(&mut last).await;
         }
     }

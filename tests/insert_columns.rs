@@ -376,3 +376,31 @@ async fn the_order_is_learned_again_after_ddl_through_pgshard() {
     assert_placed(&direct, "ic_moved", "name", S1[1], &["after-bound"]).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_statement_prepared_before_its_table_was_complete_routes_once_it_is() {
+    // ic_late exists on s0 only when the proxy starts: its order is unknown.
+    let (proxy, client, direct) = setup(&["ic_late"], "SELECT 1").await;
+    direct[0]
+        .batch_execute("CREATE TABLE ic_late (name text, user_id bigint)")
+        .await
+        .unwrap();
+    // Prepared (Parse, Describe on the default shard s0) while pgshard cannot route it.
+    let insert = client
+        .prepare("INSERT INTO ic_late VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let (code, _) = db_error(client.execute(&insert, &[&"early", &S1[0]]).await);
+    assert_eq!(code, "0A000");
+    // The missing table is created through pgshard; the prepared statement now routes.
+    client
+        .batch_execute("/* pgshard: shard=s1 */ CREATE TABLE ic_late (name text, user_id bigint)")
+        .await
+        .unwrap();
+    for key in [S1[0], S0[0]] {
+        assert_eq!(client.execute(&insert, &[&"late", &key]).await.unwrap(), 1);
+    }
+    assert_placed(&direct, "ic_late", "name", S1[0], &["late"]).await;
+    assert_placed(&direct, "ic_late", "name", S0[0], &["late"]).await;
+    proxy.shutdown().await;
+}
