@@ -3,8 +3,11 @@
 //! registry and the client count. Below the session and the accept loop; never serves a client.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -66,7 +69,7 @@ pub struct Shared {
 pub struct ColumnLearning {
     /// Held while learning; the time the last round ended.
     last: tokio::sync::Mutex<Option<Instant>>,
-    /// Rounds completed.
+    /// Rounds started (each runs to its end before the next starts).
     rounds: AtomicU64,
 }
 
@@ -193,7 +196,7 @@ impl Shared {
 const COLUMNS_RELEARN_AFTER: Duration = Duration::from_secs(1);
 
 impl Shared {
-    /// Rounds of column learning completed so far: pass it to
+    /// Rounds of column learning started so far: pass it to
     /// [`Shared::relearn_columns_after`] once the schema may have changed.
     pub fn column_rounds(&self) -> u64 {
         self.columns.rounds.load(Ordering::Acquire)
@@ -205,8 +208,9 @@ impl Shared {
         self.learn_columns_now(&mut last).await;
     }
 
-    /// Learns the column order again unless a round completed after `seen` (another session's
-    /// learning already saw the change); waits for a round in progress.
+    /// Learns the column order again unless a round started after `seen` rounds (another
+    /// session's round already saw the change); waits for a round in progress, which may have
+    /// read the catalog before the change.
     pub async fn relearn_columns_after(&self, seen: u64) {
         let mut last = self.columns.last.lock().await;
         if self.column_rounds() <= seen {
@@ -227,6 +231,9 @@ impl Shared {
     /// knows the orders the shards agree on (dropping cached plans). A shard that cannot be
     /// asked leaves every order as it was.
     async fn learn_columns_now(&self, last: &mut Option<Instant>) {
+        // Counted as it starts: a session that saw a change while this round ran waits for the next.
+        self.columns.rounds.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
         let tables: Vec<&str> = self
             .config
             .sharding
@@ -234,9 +241,17 @@ impl Shared {
             .iter()
             .map(|t| t.name.as_str())
             .collect();
+        let answers = join_all(
+            self.config
+                .shards
+                .iter()
+                .map(|shard| self.shard_columns(shard, &tables))
+                .collect(),
+        )
+        .await;
         let mut per_shard: Vec<Vec<Option<Vec<String>>>> = Vec::new();
-        for shard in &self.config.shards {
-            match self.shard_columns(shard, &tables).await {
+        for (shard, answer) in self.config.shards.iter().zip(answers) {
+            match answer {
                 Ok(columns) => per_shard.push(columns),
                 Err(e) => {
                     tracing::warn!(
@@ -276,15 +291,15 @@ impl Shared {
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let known = learned.iter().filter(|(_, c)| c.is_some()).count();
         tracing::info!(
-            "learned the column order of {known} of {} sharded tables",
-            tables.len()
+            "learned the column order of {known} of {} sharded tables in {:?}",
+            tables.len(),
+            started.elapsed()
         );
         self.end_column_round(last);
     }
 
     fn end_column_round(&self, last: &mut Option<Instant>) {
         *last = Some(Instant::now());
-        self.columns.rounds.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Each table's columns on one shard's primary (`None`: no such table).
@@ -310,6 +325,30 @@ impl Shared {
             .await
             .unwrap_or_else(|_| Err(BackendError::ConnectTimeout(shard.primary.clone())))
     }
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Pools for every user on one server, and a health watch over them.

@@ -79,7 +79,7 @@ impl<S: Stream> Session<S> {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
-            // Decided again after learning; a second time is refused by the router.
+            // Only before learning: the frame is then decided again, and never waits twice.
             Decision::LearnColumns => {}
             Decision::Preview { shard } => {
                 return self
