@@ -160,3 +160,17 @@ fn error_code(body: &[u8]) -> SqlState {
             SqlState::from_server(&String::from_utf8_lossy(code))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_error_is_told_from_others_by_its_sqlstate() {
+        let body = b"SERROR\0VERROR\0C42703\0Mcolumn \"x\" does not exist\0\0";
+        assert!(COLUMN_ERRORS.contains(&error_code(body)));
+        let unique = b"SERROR\0C23505\0Mduplicate key\0\0";
+        assert!(!COLUMN_ERRORS.contains(&error_code(unique)));
+        assert_eq!(error_code(b"SERROR\0\0"), SqlState::INTERNAL_ERROR);
+    }
+}
