@@ -50,6 +50,12 @@ impl SqlState {
     pub const UNDEFINED_OBJECT: SqlState = SqlState::new("42704");
     /// `42804` datatype_mismatch: a binary key parameter of a type pgshard cannot read.
     pub const DATATYPE_MISMATCH: SqlState = SqlState::new("42804");
+    /// `42601` syntax_error: read from a server (an INSERT with more values than columns).
+    pub const SYNTAX_ERROR: SqlState = SqlState::new("42601");
+    /// `42703` undefined_column: read from a server (a table whose columns changed).
+    pub const UNDEFINED_COLUMN: SqlState = SqlState::new("42703");
+    /// `42P01` undefined_table: read from a server (a table dropped or renamed).
+    pub const UNDEFINED_TABLE: SqlState = SqlState::new("42P01");
     /// `53200` out_of_memory: a cross-shard merge above `sharding.max_merge_memory_mb`.
     pub const OUT_OF_MEMORY: SqlState = SqlState::new("53200");
     /// `53300` too_many_connections: no server connection in time; too many clients.

@@ -29,6 +29,7 @@ pub async fn run(
         let learner = shared.clone();
         tokio::spawn(async move {
             learner.learn_volatility().await;
+            learner.learn_columns().await;
             if learner.shards.len() > 1 {
                 learner.learn_collations().await;
             }

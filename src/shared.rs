@@ -3,9 +3,12 @@
 //! registry and the client count. Below the session and the accept loop; never serves a client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -13,7 +16,7 @@ use crate::auth::ScramVerifier;
 use crate::backend::collations::Collations;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
-use crate::backend::{catalog, BackendManager, ServerConnection, ServerPool};
+use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
@@ -62,6 +65,19 @@ pub struct Shared {
     /// Clients in transaction mode holding their server connection for session state they keep
     /// on it (temporary objects, cursors WITH HOLD, PREPARE, LISTEN, advisory locks).
     pub pinned_clients: AtomicUsize,
+    /// Learning of the sharded tables' column order (for INSERTs without a column list).
+    pub columns: ColumnLearning,
+}
+
+/// When the sharded tables' column order was last learned, and how many times: learning runs
+/// one at a time, and a session that asks for it after a schema change waits for a round that
+/// started after the change.
+#[derive(Default)]
+pub struct ColumnLearning {
+    /// Held while learning; the time the last round ended.
+    last: tokio::sync::Mutex<Option<Instant>>,
+    /// Rounds started (each runs to its end before the next starts).
+    rounds: AtomicU64,
 }
 
 impl Shared {
@@ -113,6 +129,7 @@ impl Shared {
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
             pinned_clients: AtomicUsize::new(0),
+            columns: ColumnLearning::default(),
         }
     }
 }
@@ -130,14 +147,19 @@ impl Shared {
         }
     }
 
-    /// The plan of a simple query's text, from the cache or made now.
+    /// The plan of a simple query's text, from the cache or made now. A cached plan made with
+    /// a column order the router no longer has (cached by a session racing the swap) is made
+    /// again.
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
         let lock = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let router = self.router.load();
         if let Some(plan) = lock().get(sql) {
-            return plan;
+            if router.plan_is_current(&plan) {
+                return plan;
+            }
         }
         // Parsed outside the lock: sessions never wait for each other's parses.
-        let plan = self.router.load().plan(sql);
+        let plan = router.plan(sql);
         lock().insert(sql, plan.clone());
         plan
     }
@@ -174,7 +196,7 @@ impl Shared {
                 .map(|(name, kind)| (name.as_str(), *kind)),
         );
         self.router
-            .store(Arc::new(Router::new(&self.config, volatility)));
+            .rcu(|router| router.with_volatility(volatility.clone()));
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         tracing::info!(
             "learned function volatility from pg_proc ({} functions)",
@@ -200,6 +222,166 @@ impl Shared {
             .iter()
             .position(|s| s.primary.addr == addr || s.replicas.iter().any(|r| r.addr == addr))
     }
+}
+
+/// Learning of the column order is asked again, when not after a schema change, at most this
+/// often (a table missing everywhere is not looked for on every INSERT).
+const COLUMNS_RELEARN_AFTER: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Rounds of column learning started so far: pass it to
+    /// [`Shared::relearn_columns_after`] once the schema may have changed.
+    pub fn column_rounds(&self) -> u64 {
+        self.columns.rounds.load(Ordering::Acquire)
+    }
+
+    /// Learns the column order of every sharded table (at start).
+    pub async fn learn_columns(&self) {
+        let mut last = self.columns.last.lock().await;
+        self.learn_columns_now(&mut last).await;
+    }
+
+    /// Learns the column order again unless a round started after `seen` rounds (another
+    /// session's round already saw the change); waits for a round in progress, which may have
+    /// read the catalog before the change.
+    pub async fn relearn_columns_after(&self, seen: u64) {
+        let mut last = self.columns.last.lock().await;
+        if self.column_rounds() <= seen {
+            self.learn_columns_now(&mut last).await;
+        }
+    }
+
+    /// Learns the column order again for a statement that needs one pgshard lacks, unless a
+    /// round ended less than [`COLUMNS_RELEARN_AFTER`] ago; waits for a round in progress.
+    pub async fn relearn_columns_unless_recent(&self) {
+        let mut last = self.columns.last.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= COLUMNS_RELEARN_AFTER) {
+            self.learn_columns_now(&mut last).await;
+        }
+    }
+
+    /// Asks every shard's primary for each sharded table's columns and swaps in a router that
+    /// knows the orders the shards agree on (dropping cached plans). A shard that cannot be
+    /// asked leaves every order as it was.
+    async fn learn_columns_now(&self, last: &mut Option<Instant>) {
+        // Counted as it starts: a session that saw a change while this round ran waits for the next.
+        self.columns.rounds.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
+        let tables: Vec<&str> = self
+            .config
+            .sharding
+            .tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        let answers = join_all(
+            self.config
+                .shards
+                .iter()
+                .map(|shard| self.shard_columns(shard, &tables))
+                .collect(),
+        )
+        .await;
+        let mut per_shard: Vec<Vec<Option<Vec<String>>>> = Vec::new();
+        for (shard, answer) in self.config.shards.iter().zip(answers) {
+            match answer {
+                Ok(columns) => per_shard.push(columns),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the column order of the sharded tables on shard {}: {e}",
+                        shard.name
+                    );
+                    self.end_column_round(last);
+                    return;
+                }
+            }
+        }
+        let learned: Vec<(&str, Option<Vec<String>>)> = {
+            let router = self.router.load();
+            tables
+                .iter()
+                .enumerate()
+                .map(|(t, &table)| {
+                    let answers: Vec<Option<Vec<String>>> =
+                        per_shard.iter().map(|s| s[t].clone()).collect();
+                    let agreed = router.agreed_columns(table, &answers);
+                    if agreed.is_none() && answers.iter().any(Option::is_some) {
+                        tracing::warn!(
+                            "the shards do not all have table {table} with its shard key at the                              same place: INSERTs into it without a column list are refused"
+                        );
+                    }
+                    (table, agreed)
+                })
+                .collect()
+        };
+        self.router.rcu(|router| {
+            let mut next = Router::clone(router);
+            for (table, columns) in &learned {
+                next.learn_columns(table, columns.clone());
+            }
+            next
+        });
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let known = learned.iter().filter(|(_, c)| c.is_some()).count();
+        tracing::info!(
+            "learned the column order of {known} of {} sharded tables in {:?}",
+            tables.len(),
+            started.elapsed()
+        );
+        self.end_column_round(last);
+    }
+
+    fn end_column_round(&self, last: &mut Option<Instant>) {
+        *last = Some(Instant::now());
+    }
+
+    /// Each table's columns on one shard's primary (`None`: no such table).
+    async fn shard_columns(
+        &self,
+        shard: &ShardConfig,
+        tables: &[&str],
+    ) -> Result<Vec<Option<Vec<String>>>, BackendError> {
+        let Some(user) = self.config.users.first() else {
+            return Ok(vec![None; tables.len()]);
+        };
+        let login = login(&self.config, shard, &shard.primary, user);
+        let limit = login.connect_timeout * 2;
+        let work = async {
+            let mut conn = ServerConnection::connect(&login).await?;
+            let mut found = Vec::with_capacity(tables.len());
+            for table in tables {
+                found.push(catalog::insert_columns(&mut conn, table).await?);
+            }
+            Ok(found)
+        };
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(BackendError::ConnectTimeout(shard.primary.clone())))
+    }
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Pools for every user on one server, and a health watch over them.

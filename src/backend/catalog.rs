@@ -224,6 +224,28 @@ pub async fn session_state(
     Ok((rows, reports))
 }
 
+/// The column names of `table_sql` (a table name as SQL, resolved by the connection's
+/// search_path) in the order an INSERT without a column list fills them: `attnum` order,
+/// without dropped columns (generated ones included: such an INSERT must give them DEFAULT).
+/// `None` when there is no such table.
+pub async fn insert_columns(
+    conn: &mut ServerConnection,
+    table_sql: &str,
+) -> Result<Option<Vec<String>>, BackendError> {
+    let sql = format!(
+        "SELECT attname::text FROM pg_catalog.pg_attribute \
+         WHERE attrelid = pg_catalog.to_regclass({}) AND attnum > 0 AND NOT attisdropped \
+         ORDER BY attnum",
+        quote_literal(table_sql)
+    );
+    let columns: Vec<String> = query(conn, &sql)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect();
+    Ok((!columns.is_empty()).then_some(columns))
+}
+
 /// Runs one of pgshard's own queries and returns its rows as text.
 async fn query(conn: &mut ServerConnection, sql: &str) -> Result<Rows, BackendError> {
     query_noting(conn, sql, &mut Vec::new()).await

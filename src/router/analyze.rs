@@ -12,6 +12,7 @@ use sqlparser::ast::{
     TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value,
 };
 
+use super::columns::PositionalInsert;
 use super::constraints::{literal_text, KeyGraph};
 use super::plan::{
     Hint, Isolation, IsolationChange, KeyExpr, KeyMove, Placement, Plan, SettingPlan,
@@ -53,6 +54,8 @@ pub(super) struct Analyzer<'r> {
     pub depth: usize,
     /// The last change of the isolation level in force.
     pub isolation: Option<IsolationChange>,
+    /// INSERTs without a column list into sharded tables.
+    pub positional: Vec<PositionalInsert>,
 }
 
 /// Analyses `sql` into a plan.
@@ -153,6 +156,7 @@ impl<'r> Analyzer<'r> {
             cte_sharded: false,
             depth: 0,
             isolation: None,
+            positional: Vec::new(),
         }
     }
 
@@ -185,6 +189,7 @@ impl<'r> Analyzer<'r> {
             everywhere_with_sharded,
             copy: None,
             isolation: self.isolation,
+            positional: self.positional,
         }
     }
 
@@ -351,6 +356,19 @@ impl Rules {
     fn table_rule(&self, name: &ObjectName) -> Option<TableRule> {
         let last = last_ident(name)?;
         self.tables.get(&*lower(last)).cloned()
+    }
+
+    /// The sharded table with this table key (lowercase, unqualified).
+    pub(super) fn sharded_table(&self, key: &str) -> Option<Arc<ShardedTable>> {
+        match self.tables.get(key)? {
+            TableRule::Sharded(table) => Some(table.clone()),
+            TableRule::Reference => None,
+        }
+    }
+
+    /// The 0-based place of `table`'s shard key among its learned columns.
+    pub(super) fn key_position(&self, table: &ShardedTable) -> Option<usize> {
+        self.columns.key_position(table)
     }
 }
 

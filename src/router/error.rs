@@ -2,7 +2,8 @@
 //! Messages say what to do next; they never quote internal state beyond table, column and
 //! shard names the user configured.
 
-use super::plan::Placement;
+use super::columns::PositionalGap;
+use super::plan::{KeyClass, Placement};
 use super::{Plan, Route, Router};
 use crate::error::{ClientError, SqlState};
 use crate::sharding::ShardingError;
@@ -26,6 +27,14 @@ pub enum RouteError {
         table: String,
         column: String,
         insert: bool,
+    },
+
+    /// An INSERT without a column list into a sharded table whose key pgshard cannot find.
+    #[error("{}", positional_message(table, column, *gap))]
+    PositionalKey {
+        table: String,
+        column: String,
+        gap: PositionalGap,
     },
 
     /// A key value that does not parse as the declared type (or a bad binary parameter).
@@ -94,6 +103,7 @@ impl RouteError {
     pub fn sqlstate(&self) -> SqlState {
         match self {
             RouteError::KeyNeeded { .. }
+            | RouteError::PositionalKey { .. }
             | RouteError::KeyChange { .. }
             | RouteError::Unsupported(_)
             | RouteError::Refused(_)
@@ -125,17 +135,64 @@ impl From<ShardingError> for RouteError {
     }
 }
 
+/// The refusal of an INSERT without a column list, saying what to do.
+fn positional_message(table: &str, column: &str, gap: PositionalGap) -> String {
+    let name_them = format!(
+        "name the columns, as in INSERT INTO {table} ({column}, ...) VALUES (...), or pick a \
+         shard with SET pgshard.shard_key = ... or a leading /* pgshard: shard_key=... */ comment"
+    );
+    match gap {
+        PositionalGap::UnknownOrder => format!(
+            "INSERT into sharded table {table} without a column list: pgshard does not know the \
+             column order of {table} (the table was not found on every shard, a shard could not \
+             be asked, or the shards do not agree on where {column} is), so it cannot find the \
+             shard key {column}; {name_them}"
+        ),
+        PositionalGap::KeyNotGiven { given, position } => format!(
+            "INSERT into sharded table {table} without a column list gives {given} value(s) per \
+             row, but its shard key {column} is column {} of {table}: give values up to and \
+             including {column}, or {name_them}",
+            position + 1
+        ),
+        PositionalGap::KeyNotPlaceable { position } => format!(
+            "INSERT into sharded table {table} without a column list: its shard key {column} \
+             (column {} of {table}) must be a literal or a $n parameter in every row; give it \
+             one, or {name_them}",
+            position + 1
+        ),
+    }
+}
+
 impl Router {
+    /// The refusal of a write giving no key for `class`'s tables: worded for an INSERT without
+    /// a column list when that is what the class holds.
+    pub(super) fn key_needed(&self, plan: &Plan, class: &KeyClass) -> RouteError {
+        let table = class.table.name.to_string();
+        let column = class.table.key_column.to_string();
+        let positional = plan
+            .positional
+            .iter()
+            .find(|p| p.table.name == class.table.name);
+        match positional {
+            Some(p) if class.insert => RouteError::PositionalKey {
+                table,
+                column,
+                gap: p.gap(),
+            },
+            _ => RouteError::KeyNeeded {
+                table,
+                column,
+                insert: class.insert,
+            },
+        }
+    }
+
     /// The error for a [`Route::Shards`] or [`Route::SplitInsert`] the session cannot serve
     /// yet: "needs the shard key" naming the keyless table, else the shards the keys span.
     pub fn multi_shard_error(&self, plan: &Plan, route: &Route) -> RouteError {
         if let Placement::Sharded(classes) = &plan.placement {
             if let Some(class) = classes.iter().find(|c| c.sets.is_empty()) {
-                return RouteError::KeyNeeded {
-                    table: class.table.name.to_string(),
-                    column: class.table.key_column.to_string(),
-                    insert: class.insert,
-                };
+                return self.key_needed(plan, class);
             }
         }
         let shards: Vec<&str> = match route {

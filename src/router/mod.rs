@@ -26,6 +26,7 @@
 
 mod analyze;
 mod cache;
+mod columns;
 mod constraints;
 mod error;
 mod execution;
@@ -50,6 +51,7 @@ use crate::sharding::{KeyType, ShardMap};
 use analyze::TableRule;
 
 pub use cache::{PlanCache, ENTRY_OVERHEAD_BYTES};
+pub use columns::PositionalGap;
 pub use error::RouteError;
 pub use execution::{Execution, FanOutPlan, HeldServer, Refusal, SessionView, TransactionView};
 pub use normalize::normalize_literals;
@@ -74,17 +76,21 @@ impl Router {
     }
 }
 
-/// What the analysis consults: table rules and function volatility.
-#[derive(Debug)]
+/// What the analysis consults: table rules, function volatility and the sharded tables'
+/// column order.
+#[derive(Debug, Clone)]
 pub(crate) struct Rules {
     /// Lowercase unqualified table name → rule.
     tables: HashMap<Box<str>, TableRule>,
     volatility: Volatility,
+    /// Learned from the shards' catalogs; empty until then.
+    columns: columns::TableColumns,
 }
 
-/// Routes statements for one config. Immutable; rebuild it (and drop cached plans) on reload
-/// or when the volatility table changes.
-#[derive(Debug)]
+/// Routes statements for one config. Immutable once shared; rebuild (or clone and change) it,
+/// and drop cached plans, on reload, when the volatility table changes or a column order is
+/// learned.
+#[derive(Debug, Clone)]
 pub struct Router {
     rules: Rules,
     map: ShardMap,
@@ -126,12 +132,23 @@ impl Router {
             .and_then(|name| map.shard_index(name))
             .unwrap_or(0);
         Router {
-            rules: Rules { tables, volatility },
+            rules: Rules {
+                tables,
+                volatility,
+                columns: columns::TableColumns::default(),
+            },
             map,
             default_shard,
             default_key_type: sharding.key_type,
             key_types,
         }
+    }
+
+    /// This router with another volatility table (the learned column orders are kept).
+    pub fn with_volatility(&self, volatility: Volatility) -> Router {
+        let mut next = self.clone();
+        next.rules.volatility = volatility;
+        next
     }
 
     /// Analyses a statement string (one or several statements). Never fails: text sqlparser

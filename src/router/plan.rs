@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::columns::PositionalInsert;
 use crate::multishard::{CopyPlan, InsertSplit, Scatter, ShardedTable, NO_SHARDED_TABLE};
 use crate::sharding::{KeyType, ShardingError};
 
@@ -154,6 +155,8 @@ pub struct Plan {
     pub(crate) copy: Option<CopyPlan>,
     /// What the statement does to the transaction isolation level in force.
     pub(crate) isolation: Option<IsolationChange>,
+    /// INSERTs without a column list into sharded tables, with the key's place assumed.
+    pub(crate) positional: Vec<PositionalInsert>,
 }
 
 impl Plan {
@@ -278,6 +281,7 @@ impl Plan {
             everywhere_with_sharded: false,
             copy: None,
             isolation: None,
+            positional: Vec::new(),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! hands predicates to the key graph; expressions are walked in `expr.rs`.
 //! Never does I/O and never looks at parameter values.
 
+use std::sync::Arc;
+
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, JoinConstraint, JoinOperator,
     ObjectName, OnConflictAction, OnInsert, Query, Select, SelectItem, SetExpr, Statement,
@@ -10,8 +12,10 @@ use sqlparser::ast::{
 };
 
 use super::analyze::{Analyzer, TableRule};
+use super::columns::PositionalInsert;
 use super::constraints::{key_expr, Mode};
 use super::plan::{KeyMove, KeySet};
+use crate::multishard::ShardedTable;
 use crate::sql::syntax::{last_ident, lower, MAX_WALK_DEPTH};
 
 impl Analyzer<'_> {
@@ -357,10 +361,13 @@ impl Analyzer<'_> {
         let target = match self.table_rule(name) {
             Some(TableRule::Sharded(t)) => {
                 let occ = self.keys.add_occurrence(t.clone(), true);
-                let column = insert
-                    .columns
-                    .iter()
-                    .position(|c| *lower(&c.value) == *t.key_column);
+                let column = match &insert.source {
+                    Some(source) if insert.columns.is_empty() => self.positional_key(&t, source),
+                    _ => insert
+                        .columns
+                        .iter()
+                        .position(|c| *lower(&c.value) == *t.key_column),
+                };
                 if let (Some(column), Some(source)) = (column, &insert.source) {
                     if let Some(set) = insert_keys(source, column, t.key_type) {
                         self.keys.pin(occ, set);
@@ -386,6 +393,26 @@ impl Analyzer<'_> {
             }
         }
         self.returning(insert.returning.as_deref());
+    }
+}
+
+impl Analyzer<'_> {
+    /// `INSERT INTO t VALUES (...)` (no column list): the key is the value at the key column's
+    /// place in the table's learned column order. Recorded in the plan, so a plan made with
+    /// another order (or none) is noticed and made again.
+    fn positional_key(&mut self, table: &Arc<ShardedTable>, source: &Query) -> Option<usize> {
+        let key_position = self.rules.key_position(table);
+        let fewest_values = match &*source.body {
+            SetExpr::Values(values) => values.rows.iter().map(Vec::len).min().unwrap_or(0),
+            SetExpr::Select(select) => select.projection.len(),
+            _ => usize::MAX,
+        };
+        self.positional.push(PositionalInsert {
+            table: table.clone(),
+            key_position,
+            fewest_values,
+        });
+        key_position
     }
 }
 

@@ -367,11 +367,7 @@ impl Router {
                 return Ok(Route::Shard { shard, target });
             }
             if plan.writes {
-                return Err(RouteError::KeyNeeded {
-                    table: class.table.name.to_string(),
-                    column: class.table.key_column.to_string(),
-                    insert: class.insert,
-                });
+                return Err(self.key_needed(plan, class));
             }
             let shards = (0..self.map.len()).collect();
             return Ok(Route::Shards { shards, target });

@@ -201,6 +201,7 @@ impl<S: Stream> Session<S> {
                     self.client.output.extend_from_slice(&frame.bytes)
                 }
                 tag::ERROR_RESPONSE if error.is_none() => {
+                    self.watch_error(frame.body());
                     error = Some(server_error(frame.bytes.freeze()));
                 }
                 tag::NOTICE_RESPONSE if forward => {

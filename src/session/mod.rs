@@ -6,6 +6,7 @@
 mod aggregate;
 mod bound;
 mod client_msg;
+mod columns;
 mod copy_split;
 pub mod error;
 mod fanout;
@@ -145,6 +146,8 @@ pub(crate) struct Session<S> {
     cancel: CancelGuard,
     mode: PoolMode,
     max_message: usize,
+    /// Schema changes seen, for the column order of INSERTs without a column list.
+    schema: columns::SchemaWatch,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -204,6 +207,7 @@ impl<S: Stream> Session<S> {
             state: SessionState::new(settings),
             ctx: RouteContext::default(),
             cancel,
+            schema: columns::SchemaWatch::default(),
         }
     }
 

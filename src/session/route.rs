@@ -41,6 +41,9 @@ enum Decision {
     Preview { shard: usize },
     /// Send this frame instead (COMMIT of an aborted transaction becomes ROLLBACK).
     ForwardAs(Frame),
+    /// Learn the column order of a sharded table first (an INSERT without a column list into
+    /// a table whose order pgshard lacks), then decide again.
+    LearnColumns,
 }
 
 impl<S: Stream> Session<S> {
@@ -61,22 +64,23 @@ impl<S: Stream> Session<S> {
             frame
         };
         self.note_session_effects(&frame)?;
+        self.follow_schema().await;
         let refused = self
             .effects
             .refused
             .filter(|_| matches!(frame.tag(), tag::QUERY | tag::BIND));
-        let decision = match frame.tag() {
-            _ if refused.is_some() => Decision::Failed(
-                Unsupported::SessionState {
-                    statement: refused.unwrap_or_default(),
-                }
-                .into(),
-            ),
-            tag::QUERY => self.route_query(&frame),
-            tag::PARSE => self.note_parse(&frame)?,
-            tag::BIND => self.route_bind(&frame)?,
-            other => self.route_other(other),
+        let mut decision = match refused {
+            Some(statement) => Ok(Decision::Failed(
+                Unsupported::SessionState { statement }.into(),
+            )),
+            None => self.decide(&frame),
         };
+        if matches!(decision, Ok(Decision::LearnColumns)) {
+            self.learn_columns_for_statement().await;
+            decision = self.decide(&frame);
+        }
+        self.statement_routed();
+        let decision = decision?;
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         match decision {
             Decision::Run(execution) => return self.execute(frame, execution, simple).await,
@@ -84,6 +88,8 @@ impl<S: Stream> Session<S> {
             Decision::Answered => {}
             Decision::Failed(e) => self.refuse(&e, simple),
             Decision::ForwardAs(replacement) => self.forward(replacement)?,
+            // Only before learning: the frame is then decided again, and never waits twice.
+            Decision::LearnColumns => {}
             Decision::Preview { shard } => {
                 return self
                     .forward_to(shard, Target::Primary, false, frame, simple)
@@ -91,6 +97,16 @@ impl<S: Stream> Session<S> {
             }
         }
         Ok(None)
+    }
+
+    /// What to do with a client frame.
+    fn decide(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
+        Ok(match frame.tag() {
+            tag::QUERY => self.route_query(frame),
+            tag::PARSE => self.note_parse(frame)?,
+            tag::BIND => self.route_bind(frame)?,
+            other => self.route_other(other),
+        })
     }
 
     /// Carries out the router's decision for `frame`. Gives the frame back when it must wait
@@ -255,6 +271,7 @@ impl<S: Stream> Session<S> {
         if self.tx.is_aborted() {
             return self.while_aborted(&plan, frame);
         }
+        self.note_planned(&plan);
         self.tx.note_isolation(plan.isolation_change());
         if let StatementKind::Transaction(control) = plan.kind() {
             if let Some(answered) = self.transaction_control(*control, frame) {
@@ -267,6 +284,9 @@ impl<S: Stream> Session<S> {
         }
         let router = self.shared.router.load();
         let route = router.route(&plan, &Params::NONE, self.route_context());
+        if self.should_learn_columns(&plan, &route) {
+            return Decision::LearnColumns;
+        }
         Decision::Run(router.execution(&plan, route, &self.view(true)))
     }
 
@@ -283,11 +303,14 @@ impl<S: Stream> Session<S> {
         let params = Params::new(&values, &[]);
         let router = self.shared.router.load();
         match router.route(&plan, &params, self.route_context()) {
-            Ok(route @ Route::Shard { .. }) => Some(Decision::Run(router.execution(
-                &plan,
-                Ok(route),
-                &self.view(true),
-            ))),
+            Ok(route @ Route::Shard { .. }) => {
+                self.note_planned(&plan);
+                Some(Decision::Run(router.execution(
+                    &plan,
+                    Ok(route),
+                    &self.view(true),
+                )))
+            }
             _ => None,
         }
     }
@@ -394,7 +417,9 @@ impl<S: Stream> Session<S> {
             None if bind.statement.is_empty() => self.unnamed.plan.clone(),
             None => None,
         };
+        let plan = plan.map(|plan| self.current_plan(&bind, plan));
         if let Some(plan) = plan.as_deref() {
+            self.note_planned(plan);
             self.tx.note_isolation(plan.isolation_change());
         }
         if let Some(StatementKind::Transaction(control)) = plan.as_deref().map(Plan::kind) {
@@ -429,6 +454,9 @@ impl<S: Stream> Session<S> {
             &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
+        if self.should_learn_columns(&plan, &route) {
+            return Ok(Decision::LearnColumns);
+        }
         Ok(Decision::Run(router.execution(
             &plan,
             route,

@@ -72,6 +72,7 @@ impl<S: Stream> Session<S> {
     }
 
     fn on_server_frame(&mut self, frame: Frame) {
+        self.watch_schema(&frame);
         if self.proto.expect.front() == Some(&Expect::Hidden) {
             if frame.tag() == tag::READY_FOR_QUERY {
                 self.proto.expect.pop_front();

@@ -10,6 +10,7 @@ mod execution;
 mod limits;
 mod normalized;
 mod params;
+mod positional;
 mod reads;
 mod scatter;
 mod session;
