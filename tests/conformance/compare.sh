@@ -35,9 +35,9 @@ compare_and_report() {
 
     local table errors=0 todo=()
     table=$(
-        echo "| run | tests | failed | differ from direct | listed | new | no longer differ | time |"
-        echo "|---|---|---|---|---|---|---|---|"
-        echo "| direct | ${#DIRECT[@]} | $(grep -c ' FAILED$' "$RESULTS/direct/status" || true) | | | | | $(cat "$RESULTS/direct/seconds")s |"
+        echo "| run | pool.size | tests | failed | differ from direct | listed | new | no longer differ | time |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+        echo "| direct | | ${#DIRECT[@]} | $(grep -c ' FAILED$' "$RESULTS/direct/status" || true) | | | | | $(cat "$RESULTS/direct/seconds")s |"
     )
     local report=""
     for mode in "${MODES[@]}"; do
@@ -55,7 +55,7 @@ compare_and_report() {
         for key in "${!listed[@]}"; do
             [[ ${key%% *} == "$mode" && $ran == *" ${key#* } "* && -z ${differs[$key]+x} ]] && gone+=("${key#* }")
         done
-        table+=$'\n'"| $mode | $(wc -l <"$RESULTS/$mode/status") | $(grep -c ' FAILED$' "$RESULTS/$mode/status" || true) | $n | $nlisted | ${#new[@]} | ${#gone[@]} | $(cat "$RESULTS/$mode/seconds")s |"
+        table+=$'\n'"| $mode | $(cat "$RESULTS/$mode/pool_size") | $(wc -l <"$RESULTS/$mode/status") | $(grep -c ' FAILED$' "$RESULTS/$mode/status" || true) | $n | $nlisted | ${#new[@]} | ${#gone[@]} | $(cat "$RESULTS/$mode/seconds")s |"
         report+=$'\n'"$mode mode, tests whose result differs from the direct run:"
         while read -r t; do
             [[ -n $t ]] && report+=$'\n'"  $t: ${listed["$mode $t"]:-NOT LISTED}"
@@ -89,9 +89,9 @@ compare_and_report() {
     {
         echo "PostgreSQL $(cat "$RESULTS/direct/version") regression suite (serial schedule), direct vs through pgshard"
         if [[ $COMPARE_ONLY -eq 1 ]]; then
-            echo "(one shard, pool.size $(cat "$RESULTS/direct/pool_size")); compared again from target/conformance"
+            echo "(one shard); compared again from target/conformance"
         else
-            echo "(one shard, pool.size $(cat "$RESULTS/direct/pool_size")); whole script ${elapsed}s, of which $((PREPARED - START))s fetching and building"
+            echo "(one shard); whole script ${elapsed}s, of which $((PREPARED - START))s fetching and building"
         fi
         echo
         echo "$table"

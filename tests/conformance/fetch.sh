@@ -7,7 +7,8 @@
 SRC_LIST=/etc/apt/sources.list.d/pgshard-regress-src.sources
 
 have_source_version() {
-    apt-cache showsrc postgresql-15 2>/dev/null | grep -qx "Version: $PG_VERSION"
+    # Not grep -q: with pipefail, apt-cache killed by SIGPIPE would read as "not found".
+    apt-cache showsrc postgresql-15 2>/dev/null | grep -x "Version: $PG_VERSION" >/dev/null
 }
 
 add_deb_src() {

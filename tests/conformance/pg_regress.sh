@@ -16,7 +16,10 @@
 # only).
 #
 # Knobs (environment): PGBIN (/usr/lib/postgresql/15/bin), REGRESS_OS_USER (pgshard_pg),
-#   PGSHARD_BIN (a built pgshard; default: cargo build --release), POOL_SIZE (pgshard pool.size, 4),
+#   PGSHARD_BIN (a built pgshard; default: cargo build --release),
+#   SESSION_POOL_SIZE (pool.size in session mode, 4: psql's \c holds two connections at once),
+#   TRANSACTION_POOL_SIZE (pool.size in transaction mode, 1: with more, which pooled connection a
+#   transaction gets depends on timing, and temp-table tests differ from run to run),
 #   TEST_TIMEOUT (s one test may run before its psql is ended and the test fails, 300),
 #   PGSHARD_REGRESS_CACHE (where sources and regress.so are kept: /var/cache/pgshard-regress as
 #   root, else $XDG_CACHE_HOME/pgshard-regress).
@@ -30,7 +33,8 @@ set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 REGRESS_OS_USER=${REGRESS_OS_USER:-pgshard_pg}
-POOL_SIZE=${POOL_SIZE:-4}
+SESSION_POOL_SIZE=${SESSION_POOL_SIZE:-4}
+TRANSACTION_POOL_SIZE=${TRANSACTION_POOL_SIZE:-1}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 TESTS=${TESTS:-}
 PGSHARD_BIN=${PGSHARD_BIN:-}
@@ -169,7 +173,9 @@ EOF
 # start_pgshard MODE: pgshard in front of the current cluster, one shard, pool_mode MODE, clients
 # authenticated with trust as the bootstrap superuser; sets PROXY_PORT.
 start_pgshard() {
-    local mode=$1
+    local mode=$1 size=$SESSION_POOL_SIZE
+    [[ $mode == transaction ]] && size=$TRANSACTION_POOL_SIZE
+    echo "$size" >"$WORK/$mode/pool_size"
     free_port PROXY_PORT
     cat >"$WORK/$mode/pgshard.toml" <<EOF
 [server]
@@ -179,7 +185,7 @@ pool_mode = "$mode"
 auth_method = "trust"
 
 [pool]
-size = $POOL_SIZE
+size = $size
 
 [[users]]
 name = "postgres"
@@ -245,10 +251,10 @@ keep_results() {
     rm -rf "${RESULTS:?}/$name"
     mkdir -p "$RESULTS/$name"
     echo "$PG_VERSION" >"$RESULTS/$name/version"
-    echo "$POOL_SIZE" >"$RESULTS/$name/pool_size"
     cp -r "$WORK/$name/out/." "$WORK/$name/stdout" "$WORK/$name/status" "$WORK/$name/seconds" \
         "$WORK/$name/postgresql.log" "$RESULTS/$name/" 2>/dev/null || true
-    cp "$WORK/$name/pgshard.log" "$WORK/$name/pgshard.toml" "$RESULTS/$name/" 2>/dev/null || true
+    cp "$WORK/$name/pgshard.log" "$WORK/$name/pgshard.toml" "$WORK/$name/pool_size" "$RESULTS/$name/" \
+        2>/dev/null || true
 }
 stop_cluster() {
     as_user "$PGBIN/pg_ctl" -D "$WORK/$1/data" -m fast -w stop >/dev/null
