@@ -49,8 +49,19 @@ fn insert(settings: &mut Settings, name: String, value: String) -> Result<(), Se
     if !plain {
         return Err(SessionError::BadSettingName(name));
     }
-    settings.insert(name, value);
+    settings.insert(followed_name(name), value);
     Ok(())
+}
+
+/// A followed setting under the name the server reports it by. Setting names are
+/// case-insensitive and libpq sends `datestyle` and `timezone` (PGDATESTYLE, PGTZ): kept under
+/// that spelling, the startup value would sit next to the reported `DateStyle` and win over a
+/// client's later `SET DateStyle` on its next server connection.
+fn followed_name(name: String) -> String {
+    FOLLOWED_REPORTS
+        .iter()
+        .find(|f| f.eq_ignore_ascii_case(&name))
+        .map_or(name, |f| f.to_string())
 }
 
 /// Parses libpq's `options`: `-c name=value` / `-cname=value` / `--name=value`, separated by
@@ -130,6 +141,22 @@ mod tests {
         assert_eq!(s.get("search_path").map(String::as_str), Some("a,b"));
         assert_eq!(s.get("TimeZone").map(String::as_str), Some("UTC"));
         assert!(!s.contains_key("user"));
+    }
+
+    #[test]
+    fn followed_settings_take_the_name_the_server_reports() {
+        let s = from_startup(&params(&[
+            ("datestyle", "Postgres, MDY"),
+            ("timezone", "America/Los_Angeles"),
+            ("options", "-c intervalstyle=postgres_verbose"),
+            ("search_path", "a"),
+        ]))
+        .unwrap();
+        let names: Vec<&str> = s.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["DateStyle", "IntervalStyle", "TimeZone", "search_path"]
+        );
     }
 
     #[test]
