@@ -11,9 +11,9 @@
 # --update-expected keeps the reason of every listed difference that still differs and writes
 # `TODO` for new ones; a list containing TODO is refused, so reasons are written by hand.
 # --compare-only compares the runs kept in target/conformance again (e.g. with --update-expected)
-# without running anything. --modes "session transaction" runs only some modes (direct always runs); TESTS="temp prepare"
-# runs those tests instead of the schedule (quick checks; the expected list is checked for them
-# only).
+# without running anything. --modes "session transaction" runs only some modes (direct always
+# runs). TESTS="temp prepare" runs those tests instead of the schedule (quick checks; the
+# expected list is checked for them only).
 #
 # Knobs (environment): PGBIN (/usr/lib/postgresql/15/bin), REGRESS_OS_USER (pgshard_pg),
 #   PGSHARD_BIN (a built pgshard; default: cargo build --release),
