@@ -408,6 +408,22 @@ async fn timezone_set_by_a_client_follows_it_to_its_next_transaction() {
     a.batch_execute("COMMIT").await.unwrap();
 }
 
+/// libpq sends PGTZ as `timezone`, in lower case; the server reports `TimeZone`.
+#[tokio::test]
+async fn timezone_set_after_a_lower_case_startup_parameter_follows_the_client() {
+    let proxy = proxy_with_pool_size(1).await;
+    let a = connect_with(proxy.port(), Some("-c timezone=Asia/Tokyo"), Some("lower")).await;
+    let b = proxy.connect().await;
+    assert_eq!(simple_value(&a, "SHOW TimeZone").await, "Asia/Tokyo");
+    a.batch_execute("SET TimeZone = 'Europe/Paris'")
+        .await
+        .unwrap();
+    // b takes the one server connection in between, so a's next statement gets it back from
+    // the pool and has its settings applied again.
+    simple_value(&b, "SELECT 1").await;
+    assert_eq!(simple_value(&a, "SHOW TimeZone").await, "Europe/Paris");
+}
+
 #[tokio::test]
 async fn settings_a_client_changes_with_set_do_not_leak_to_the_next_client() {
     let proxy = proxy_with_pool_size(1).await;
