@@ -12,6 +12,7 @@ mod fanout;
 mod groups;
 mod io;
 mod isolation;
+mod own_writes;
 pub mod prepared;
 mod route;
 mod scatter;
@@ -133,6 +134,8 @@ pub(crate) struct Session<S> {
     /// The statement being run may change the server session's role or settings unseen:
     /// connections it reaches are reset before the next client.
     changes_session: bool,
+    /// Shards this client wrote on, whose replicas serve its reads only once they replayed it.
+    own_writes: own_writes::OwnWrites,
     /// Who the client is and what it asked for: settings, `SET pgshard.*` overrides.
     shared: Arc<Shared>,
     user: String,
@@ -193,6 +196,7 @@ impl<S: Stream> Session<S> {
             statements: ClientStatements::default(),
             unnamed: Unnamed::default(),
             changes_session: false,
+            own_writes: own_writes::OwnWrites::default(),
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,

@@ -61,6 +61,8 @@ impl<S: Stream> Session<S> {
             frame
         };
         self.note_session_effects(&frame)?;
+        let running = self.held.filter(|h| h.primary).map(|h| h.shard);
+        self.own_writes.refresh(&self.shared.shards, running);
         let decision = match frame.tag() {
             tag::QUERY => self.route_query(&frame),
             tag::PARSE => self.note_parse(&frame)?,
@@ -257,7 +259,9 @@ impl<S: Stream> Session<S> {
         }
         let router = self.shared.router.load();
         let route = router.route(&plan, &Params::NONE, self.route_context());
-        Decision::Run(router.execution(&plan, route, &self.view(true)))
+        let primary = on_primary(&route);
+        let execution = router.execution(&plan, route, &self.view(true));
+        self.run(primary, execution)
     }
 
     /// Routes a statement by the plan of its text with literals as parameters, so statements that
@@ -273,11 +277,11 @@ impl<S: Stream> Session<S> {
         let params = Params::new(&values, &[]);
         let router = self.shared.router.load();
         match router.route(&plan, &params, self.route_context()) {
-            Ok(route @ Route::Shard { .. }) => Some(Decision::Run(router.execution(
-                &plan,
-                Ok(route),
-                &self.view(true),
-            ))),
+            Ok(route @ Route::Shard { .. }) => {
+                let primary = on_primary(&Ok(route.clone()));
+                let execution = router.execution(&plan, Ok(route), &self.view(true));
+                Some(self.run(primary, execution))
+            }
             _ => None,
         }
     }
@@ -419,11 +423,29 @@ impl<S: Stream> Session<S> {
             &Params::new(&params.values, &params.formats).with_types(types),
             &self.ctx,
         );
-        Ok(Decision::Run(router.execution(
-            &plan,
-            route,
-            &self.view(false),
-        )))
+        let primary = on_primary(&route);
+        let execution = router.execution(&plan, route, &self.view(false));
+        Ok(self.run(primary, execution))
+    }
+
+    /// Carries out the router's `execution` of a statement, noting a shard whose primary it may
+    /// write on (`primary`: its route does not allow a replica), for reading one's own writes.
+    fn run(&mut self, primary: bool, execution: Execution) -> Decision {
+        let shard = match (&execution, self.held) {
+            (Execution::Held, Some(held)) if held.primary => Some(held.shard),
+            (
+                Execution::Shard {
+                    shard,
+                    target: Target::Primary,
+                },
+                _,
+            ) => Some(*shard),
+            _ => None,
+        };
+        if let Some(shard) = shard.filter(|_| primary) {
+            self.own_writes.writing(&self.shared.shards, shard);
+        }
+        Decision::Run(execution)
     }
 
     /// Describe, Execute, Close, Sync, Flush, FunctionCall, COPY data.
@@ -559,11 +581,15 @@ impl<S: Stream> Session<S> {
                 .next_replica
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for i in 0..n {
-                let replica = &pools.replicas[(start + i) % n];
+                let index = (start + i) % n;
+                let replica = &pools.replicas[index];
                 let Some(pool) = replica.pools.get(&self.user) else {
                     continue;
                 };
-                if !replica.health.is_up() {
+                // A replica that has not replayed this client's write yet does not serve it.
+                if !replica.health.is_up()
+                    || !self.own_writes.allows(&self.shared.shards, shard, index)
+                {
                     continue;
                 }
                 match self.connection_from(pool).await {
@@ -596,6 +622,21 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
+}
+
+/// Whether a statement routed so runs on a primary for its own sake (not a plain read that
+/// fell back to it), so it may write there.
+fn on_primary(route: &Result<Route, crate::router::RouteError>) -> bool {
+    !matches!(
+        route,
+        Ok(Route::Shard {
+            target: Target::Replica,
+            ..
+        } | Route::Shards {
+            target: Target::Replica,
+            ..
+        } | Route::Local(_))
+    )
 }
 
 impl<S: Stream> Session<S> {
