@@ -350,6 +350,8 @@ impl<S: Stream> Session<S> {
         self.cancel.slot.set(None);
         self.held = None;
         self.replay = None;
+        // A write on it has committed: start looking for the replicas that replay it.
+        self.own_writes.refresh(&self.shared.shards, None);
         self.server.take()
     }
 

@@ -69,7 +69,8 @@ impl OwnWrites {
         self.needs[shard] = Some(Need::Writing);
     }
 
-    /// Brings the needs up to date before a statement is routed. `running`: the shard whose
+    /// Brings the needs up to date (before a statement is routed, and when the session lets go
+    /// of its server connection). `running`: the shard whose
     /// primary connection is held now (a write there may not have committed yet). Keeps the
     /// WAL samples coming while a need is not met.
     pub fn refresh(&mut self, shards: &[ShardPools], running: Option<usize>) {

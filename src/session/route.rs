@@ -428,22 +428,14 @@ impl<S: Stream> Session<S> {
         Ok(self.run(primary, execution))
     }
 
-    /// Carries out the router's `execution` of a statement, noting a shard whose primary it may
-    /// write on (`primary`: its route does not allow a replica), for reading one's own writes.
+    /// Carries out the router's `execution` of a statement, noting (for reading one's own
+    /// writes) a statement that stays on the primary connection held now and may write there
+    /// (`primary`: its route does not allow a replica). `take_server` notes the others.
     fn run(&mut self, primary: bool, execution: Execution) -> Decision {
-        let shard = match (&execution, self.held) {
-            (Execution::Held, Some(held)) if held.primary => Some(held.shard),
-            (
-                Execution::Shard {
-                    shard,
-                    target: Target::Primary,
-                },
-                _,
-            ) => Some(*shard),
-            _ => None,
-        };
-        if let Some(shard) = shard.filter(|_| primary) {
-            self.own_writes.writing(&self.shared.shards, shard);
+        if let (true, Execution::Held, Some(held)) = (primary, &execution, self.held) {
+            if held.primary {
+                self.own_writes.writing(&self.shared.shards, held.shard);
+            }
         }
         Decision::Run(execution)
     }
@@ -502,8 +494,22 @@ impl<S: Stream> Session<S> {
     }
 
     /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`
-    /// when the one held now must first be released.
+    /// when the one held now must first be released. A statement (not a Describe before its
+    /// Bind: `start_transaction`) that goes to the primary may write there.
     async fn take_server(
+        &mut self,
+        shard: usize,
+        target: Target,
+        start_transaction: bool,
+    ) -> Result<bool, SessionError> {
+        let taken = self.take_server_for(shard, target, start_transaction).await;
+        if matches!(taken, Ok(true)) && start_transaction && target == Target::Primary {
+            self.own_writes.writing(&self.shared.shards, shard);
+        }
+        taken
+    }
+
+    async fn take_server_for(
         &mut self,
         shard: usize,
         target: Target,
@@ -586,10 +592,13 @@ impl<S: Stream> Session<S> {
                 let Some(pool) = replica.pools.get(&self.user) else {
                     continue;
                 };
-                // A replica that has not replayed this client's write yet does not serve it.
-                if !replica.health.is_up()
-                    || !self.own_writes.allows(&self.shared.shards, shard, index)
-                {
+                // A replica that has not replayed this client's write yet does not serve it
+                // (unless the primary is down: a read there would fail).
+                let replayed = || {
+                    self.own_writes.allows(&self.shared.shards, shard, index)
+                        || !pools.primary.health.is_up()
+                };
+                if !replica.health.is_up() || !replayed() {
                     continue;
                 }
                 match self.connection_from(pool).await {

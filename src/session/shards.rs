@@ -60,14 +60,16 @@ impl<S: Stream> Session<S> {
         shards: &[usize],
         target: Target,
     ) -> Result<ShardConns, SessionError> {
+        let mut conns = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            conns.push(self.connection_for(shard, target).await?.0);
+        }
+        // Writes on primaries: reading one's own writes waits for them (they end before the
+        // next statement is routed).
         if target == Target::Primary {
             for &shard in shards {
                 self.own_writes.writing(&self.shared.shards, shard);
             }
-        }
-        let mut conns = Vec::with_capacity(shards.len());
-        for &shard in shards {
-            conns.push(self.connection_for(shard, target).await?.0);
         }
         let cancel = self
             .cancel
