@@ -228,6 +228,7 @@ fn wal_watch(
     let wal = Arc::new(ShardWal::new(replicas.len()));
     let timing = WalTiming {
         interval: Duration::from_millis(config.sharding.replay_check_interval_ms),
+        gap: Duration::from_millis(config.sharding.replay_check_gap_ms),
         timeout: Duration::from_millis(config.pool.health_check_timeout_ms),
     };
     wal::spawn_watch(

@@ -30,6 +30,12 @@ pub struct ShardWal {
     replicas: Vec<AtomicU64>,
     /// Rounds run while `started` is below this.
     wanted_until: AtomicU64,
+    /// A client waits for a round numbered at least this (its write committed while the round
+    /// before ran): the next round starts after the short gap, not the interval.
+    waiting_for_round: AtomicU64,
+    /// The highest position a waiting client needs a replica to replay: while a replica is
+    /// below it, the next round starts after the short gap too.
+    waiting_for_replay: AtomicU64,
     wake: Notify,
 }
 
@@ -48,6 +54,8 @@ impl ShardWal {
             primary: AtomicU64::new(0),
             replicas: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
             wanted_until: AtomicU64::new(0),
+            waiting_for_round: AtomicU64::new(0),
+            waiting_for_replay: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -95,6 +103,28 @@ impl ShardWal {
         }
     }
 
+    /// A client's write committed while round `after` was the last one started: it needs the
+    /// next round's primary position, soon.
+    pub fn committed(&self, after: u64) {
+        self.waiting_for_round
+            .fetch_max(after + 1, Ordering::SeqCst);
+        self.want();
+        self.wake.notify_one();
+    }
+
+    /// A client waits for a replica to replay up to `target`.
+    pub fn awaiting_replay(&self, target: u64) {
+        self.waiting_for_replay.fetch_max(target, Ordering::Relaxed);
+    }
+
+    /// Whether a client waits for something the next round may bring (`replayed`: what each
+    /// replica that answered last round had replayed).
+    fn urgent(&self, replayed: &[Option<u64>]) -> bool {
+        let target = self.waiting_for_replay.load(Ordering::Relaxed);
+        self.waiting_for_round.load(Ordering::SeqCst) > self.started.load(Ordering::SeqCst)
+            || replayed.iter().flatten().any(|&r| r < target)
+    }
+
     fn active(&self) -> bool {
         self.started.load(Ordering::SeqCst) < self.wanted_until.load(Ordering::SeqCst)
     }
@@ -130,10 +160,12 @@ pub struct WalServer {
     pub health: Arc<Health>,
 }
 
-/// How often the task asks while wanted, and how long an answer may take.
+/// How often the task asks while wanted (every `interval`; every `gap` while a client waits for
+/// the next round), and how long an answer may take.
 #[derive(Debug, Clone, Copy)]
 pub struct WalTiming {
     pub interval: Duration,
+    pub gap: Duration,
     pub timeout: Duration,
 }
 
@@ -162,13 +194,21 @@ pub fn spawn_watch(
             if let Some(Some(bound)) = primary.ask(timing, true).await {
                 shared.publish_primary(round, bound);
             }
+            let mut replayed = Vec::with_capacity(replicas.len());
             for (i, replica) in replicas.iter_mut().enumerate() {
-                if let Some(replayed) = replica.ask(timing, false).await {
-                    shared.replicas[i].store(replayed.unwrap_or(0), Ordering::Release);
+                let answer = replica.ask(timing, false).await;
+                if let Some(position) = answer {
+                    shared.replicas[i].store(position.unwrap_or(0), Ordering::Release);
                 }
+                replayed.push(answer.flatten());
             }
-            drop(shared);
-            tokio::time::sleep(timing.interval).await;
+            // A client waiting for this shard gets the next round after the short gap; else
+            // the next one comes after the interval, or sooner when a write commits.
+            tokio::time::sleep(timing.gap.min(timing.interval)).await;
+            if !shared.urgent(&replayed) {
+                let rest = timing.interval.saturating_sub(timing.gap);
+                let _ = tokio::time::timeout(rest, shared.wake.notified()).await;
+            }
         }
     });
 }

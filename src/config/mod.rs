@@ -150,6 +150,9 @@ pub struct ShardingConfig {
     /// How often, while some client waits for a replica to replay its write, each shard's
     /// servers are asked for their WAL positions.
     pub replay_check_interval_ms: u64,
+    /// The shortest time between two such samples while a client waits for the next one (its
+    /// write just committed, or a replica is still short of it).
+    pub replay_check_gap_ms: u64,
 }
 
 impl Default for ShardingConfig {
@@ -163,6 +166,7 @@ impl Default for ShardingConfig {
             max_merge_memory_mb: 64,
             read_your_writes: true,
             replay_check_interval_ms: 10,
+            replay_check_gap_ms: 1,
         }
     }
 }

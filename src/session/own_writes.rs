@@ -88,8 +88,12 @@ impl OwnWrites {
                 continue;
             }
             *slot = Some(next);
-            let committed_now = matches!(next, Need::Committed { .. }) && need == Need::Writing;
-            if committed_now || (next != Need::Writing && wal.ending_soon()) {
+            match (need, next) {
+                (Need::Writing, Need::Committed { after }) => wal.committed(after),
+                (Need::Committed { .. }, Need::Replayed(target)) => wal.awaiting_replay(target),
+                _ => {}
+            }
+            if next != Need::Writing && wal.ending_soon() {
                 wal.want();
             }
         }
