@@ -680,13 +680,13 @@ async fn reads_after_a_write_in_the_same_transaction_are_served_by_the_primary()
 async fn reads_calling_volatile_functions_are_served_by_the_primary() {
     let fx = fixture().await;
     let client = fx.connect().await;
-    // A client that wrote nothing (a volatile call may write: the client calling one reads
-    // that shard from the primary until a replica replayed it).
+    // A client that wrote nothing and calls no volatile function (one may write: the client
+    // calling one reads that shard from the primary until a replica replayed it).
     let plain = fx.connect().await;
     let ids = [id_on(0, 2_200_000), id_on(1, 2_200_000)];
     for id in ids {
         run(
-            &plain,
+            &client,
             &format!("INSERT INTO users (user_id, name) VALUES ({id}, 'volatile-{id}')"),
         )
         .await;
@@ -1246,9 +1246,11 @@ async fn a_stopped_primary_fails_its_shards_writes_while_other_shards_work() {
     let fx = exclusive_fixture().await;
     let client = fx.connect().await;
     let (on_s0, on_s1) = (ids_on(0, 4_100_000, 10), ids_on(1, 4_100_000, 10));
-    // Warm both shards' pools, so the stop also breaks connections the pools hold.
+    // Warm both shards' pools, so the stop also breaks connections the pools hold (from
+    // another client: `client` then has no write of its own on s1 to wait for).
+    let warm = fx.connect().await;
     run(
-        &client,
+        &warm,
         &format!(
             "INSERT INTO users (user_id, name) VALUES ({}, 'primary-down')",
             on_s0[0]
@@ -1256,7 +1258,7 @@ async fn a_stopped_primary_fails_its_shards_writes_while_other_shards_work() {
     )
     .await;
     run(
-        &client,
+        &warm,
         &format!(
             "INSERT INTO users (user_id, name) VALUES ({}, 'primary-down')",
             on_s1[0]

@@ -277,6 +277,23 @@ mod tests {
         assert_eq!(wal.primary(), PrimarySample { round: 2, lsn: 500 });
     }
 
+    #[test]
+    fn the_next_round_is_urgent_while_a_client_waits_for_it() {
+        let wal = ShardWal::new(2);
+        assert!(!wal.urgent(&[Some(0), Some(0)]));
+        wal.started.store(5, Ordering::SeqCst);
+        // Committed while round 5 ran: round 6 is awaited.
+        wal.committed(5);
+        assert!(wal.urgent(&[Some(0), Some(0)]));
+        wal.started.store(6, Ordering::SeqCst);
+        assert!(!wal.urgent(&[Some(100), Some(100)]));
+        wal.awaiting_replay(150);
+        assert!(wal.urgent(&[Some(100), Some(200)]));
+        // A replica that did not answer is not waited for.
+        assert!(!wal.urgent(&[None, Some(200)]));
+        assert!(!wal.urgent(&[Some(150), Some(200)]));
+    }
+
     #[tokio::test]
     async fn wanting_wakes_a_sleeping_task_and_rounds_stop_later() {
         let wal = Arc::new(ShardWal::new(0));
