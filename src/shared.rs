@@ -16,9 +16,10 @@ use crate::auth::ScramVerifier;
 use crate::backend::collations::Collations;
 use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
+use crate::backend::wal::{self, ShardWal, WalServer, WalTiming};
 use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, ReadFrom, ShardConfig, UserConfig};
+use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 
@@ -36,6 +37,10 @@ pub struct ShardPools {
     pub replicas: Vec<Backend>,
     /// Round-robin position for spreading reads over the replicas.
     pub next_replica: AtomicUsize,
+    /// The servers' WAL positions, sampled while a client waits to read its own write from a
+    /// replica; `None` when this shard's reads never go to a replica or
+    /// `sharding.read_your_writes` is off.
+    pub wal: Option<Arc<ShardWal>>,
 }
 
 /// Everything the sessions share, passed explicitly to each.
@@ -86,15 +91,21 @@ impl Shared {
         let shards = config
             .shards
             .iter()
-            .map(|shard| ShardPools {
-                name: shard.name.clone(),
-                primary: backend(&config, shard, &shard.primary),
-                replicas: shard
+            .map(|shard| {
+                let primary = backend(&config, shard, &shard.primary);
+                let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
                     .map(|r| backend(&config, shard, r))
-                    .collect(),
-                next_replica: AtomicUsize::new(0),
+                    .collect();
+                let wal = wal_watch(&config, shard, &primary, &replicas);
+                ShardPools {
+                    name: shard.name.clone(),
+                    primary,
+                    replicas,
+                    next_replica: AtomicUsize::new(0),
+                    wal,
+                }
             })
             .collect();
         let verifiers = config
@@ -410,6 +421,38 @@ fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
         pools,
         health,
     }
+}
+
+/// The WAL watch of a shard whose plain reads may go to its replicas, when reading one's own
+/// writes is on (transaction mode only: session mode reads from the primary it holds).
+fn wal_watch(
+    config: &Config,
+    shard: &ShardConfig,
+    primary: &Backend,
+    replicas: &[Backend],
+) -> Option<Arc<ShardWal>> {
+    let enabled = config.sharding.read_your_writes
+        && config.server.pool_mode == PoolMode::Transaction
+        && shard.read_from == ReadFrom::Replicas
+        && !replicas.is_empty();
+    let user = config.users.first().filter(|_| enabled)?;
+    let server = |b: &Backend| WalServer {
+        login: login(config, shard, &b.addr, user),
+        health: b.health.clone(),
+    };
+    let wal = Arc::new(ShardWal::new(replicas.len()));
+    let timing = WalTiming {
+        interval: Duration::from_millis(config.sharding.replay_check_interval_ms),
+        gap: Duration::from_millis(config.sharding.replay_check_gap_ms),
+        timeout: Duration::from_millis(config.pool.health_check_timeout_ms),
+    };
+    wal::spawn_watch(
+        &wal,
+        server(primary),
+        replicas.iter().map(server).collect(),
+        timing,
+    );
+    Some(wal)
 }
 
 fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> LoginParams {

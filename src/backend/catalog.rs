@@ -246,6 +246,42 @@ pub async fn insert_columns(
     Ok((!columns.is_empty()).then_some(columns))
 }
 
+/// Where the primary inserts WAL now (`pg_current_wal_insert_lsn()`: every commit that has
+/// returned ends at or before it, asynchronous commits included) and its WAL page size in bytes.
+pub async fn wal_insert_position(
+    conn: &mut ServerConnection,
+) -> Result<Option<(u64, u64)>, BackendError> {
+    let rows = query(
+        conn,
+        "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
+         pg_catalog.current_setting('wal_block_size')",
+    )
+    .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let lsn = row.first().cloned().flatten().and_then(|t| parse_lsn(&t));
+    let page = row.get(1).cloned().flatten().and_then(|t| t.parse().ok());
+    Ok(lsn.zip(page))
+}
+
+/// How far a replica has replayed the WAL (`pg_last_wal_replay_lsn()`: the end of the last
+/// record replayed); `None` on a server that is not in recovery.
+pub async fn wal_replay_position(conn: &mut ServerConnection) -> Result<Option<u64>, BackendError> {
+    let rows = query(conn, "SELECT pg_catalog.pg_last_wal_replay_lsn()::text").await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten())
+        .and_then(|t| parse_lsn(&t)))
+}
+
+/// A `pg_lsn` in its text form (`16/B374D848`: two hexadecimal halves) as a byte position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    let high = u32::from_str_radix(high, 16).ok()?;
+    let low = u32::from_str_radix(low, 16).ok()?;
+    Some((u64::from(high) << 32) | u64::from(low))
+}
+
 /// Runs one of pgshard's own queries and returns its rows as text.
 async fn query(conn: &mut ServerConnection, sql: &str) -> Result<Rows, BackendError> {
     query_noting(conn, sql, &mut Vec::new()).await
@@ -301,6 +337,16 @@ pub fn quote_literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsns_read_as_postgresql_prints_them() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        assert_eq!(parse_lsn("16"), None);
+        assert_eq!(parse_lsn("x/1"), None);
+        assert_eq!(parse_lsn("1/100000000"), None);
+    }
 
     #[test]
     fn literals_survive_quotes_and_backslashes() {

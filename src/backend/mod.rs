@@ -7,6 +7,7 @@ pub mod collations;
 pub mod connection;
 pub mod health;
 pub mod manager;
+pub mod wal;
 
 pub use connection::ServerConnection;
 pub use manager::{BackendManager, ServerPool};

@@ -60,6 +60,11 @@ const EXAMPLES: &[&[&str]] = &[
     ],
     &["SELECT count(*) FROM users;"],
     &["SELECT user_id, sum(amount) AS total FROM orders GROUP BY user_id ORDER BY total DESC, user_id LIMIT 3;"],
+    // Last: the client's own write makes its next reads of that shard wait for the replica.
+    &[
+        "UPDATE users SET email = 'user42@example.org' WHERE user_id = 42;",
+        "SELECT email, inet_server_port() FROM users WHERE user_id = 42;",
+    ],
 ];
 
 /// One started shard.
@@ -416,8 +421,17 @@ async fn prepare(demo: &Demo, map: &ShardMap) -> anyhow::Result<String> {
         text,
         "\nTry these (just run through pgshard; -> where it sent them):"
     );
+    // The examples run on a client that loaded nothing: its reads go to the replicas (a
+    // client's reads of a shard it wrote go to the primary until the replica replayed them).
+    let client = connect(demo.port).await?;
     for statements in EXAMPLES {
+        let wrote = statements.iter().any(|s| s.starts_with("UPDATE"));
         let outcome = match run_example(&client, statements).await {
+            Ok((Some(port), Some(first))) if wrote && statements.len() == 2 => format!(
+                "{}; row: {first} (your own write: a read after it goes to the primary until \
+                 the shard's replica has replayed it)",
+                demo.describe_server(port)
+            ),
             Ok((Some(port), _)) => demo.describe_server(port),
             Ok((None, Some(first))) => format!("merged from every shard; first row: {first}"),
             Ok((None, None)) => "answered (no rows)".to_string(),

@@ -159,6 +159,15 @@ pub struct ShardingConfig {
     /// Most memory one cross-shard read may hold while merging (GROUP BY groups, DISTINCT rows,
     /// rows sorted by an aggregate), in MiB; above it the client gets an error (53200).
     pub max_merge_memory_mb: usize,
+    /// After a client's write commits on a shard, its reads of that shard go to a replica only
+    /// once that replica has replayed the commit (else to the primary).
+    pub read_your_writes: bool,
+    /// How often, while some client waits for a replica to replay its write, each shard's
+    /// servers are asked for their WAL positions.
+    pub replay_check_interval_ms: u64,
+    /// The shortest time between two such samples while a client waits for the next one (its
+    /// write just committed, or a replica is still short of it).
+    pub replay_check_gap_ms: u64,
 }
 
 impl Default for ShardingConfig {
@@ -170,6 +179,9 @@ impl Default for ShardingConfig {
             reference_tables: Vec::new(),
             default_shard: None,
             max_merge_memory_mb: 64,
+            read_your_writes: true,
+            replay_check_interval_ms: 10,
+            replay_check_gap_ms: 1,
         }
     }
 }

@@ -200,6 +200,11 @@ impl Config {
 
     fn validate_sharding(&self) -> Result<(), ConfigError> {
         let sharding = &self.sharding;
+        at_least_one(
+            "sharding.replay_check_interval_ms",
+            sharding.replay_check_interval_ms,
+        )?;
+        at_least_one("sharding.replay_check_gap_ms", sharding.replay_check_gap_ms)?;
         if sharding.key_column.trim().is_empty() {
             return Err(invalid(
                 "sharding.key_column",

@@ -13,6 +13,7 @@ mod fanout;
 mod groups;
 mod io;
 mod isolation;
+mod own_writes;
 pub mod prepared;
 mod route;
 mod scatter;
@@ -137,6 +138,8 @@ pub(crate) struct Session<S> {
     /// What the statement being run may do to the server session: connections it reaches are
     /// read back or reset before anyone else uses them.
     effects: state::Effects,
+    /// Shards this client wrote on, whose replicas serve its reads only once they replayed it.
+    own_writes: own_writes::OwnWrites,
     /// Who the client is and what it asked for: its server-session state (settings, role,
     /// what pins it to a server connection), `SET pgshard.*` overrides.
     shared: Arc<Shared>,
@@ -200,6 +203,7 @@ impl<S: Stream> Session<S> {
             statements: ClientStatements::default(),
             unnamed: Unnamed::default(),
             effects: state::Effects::NONE,
+            own_writes: own_writes::OwnWrites::default(),
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,
@@ -356,6 +360,8 @@ impl<S: Stream> Session<S> {
         self.cancel.slot.set(None);
         self.held = None;
         self.replay = None;
+        // A write on it has committed: start looking for the replicas that replay it.
+        self.own_writes.refresh(&self.shared.shards, None);
         self.server.take()
     }
 

@@ -64,6 +64,8 @@ impl<S: Stream> Session<S> {
             frame
         };
         self.note_session_effects(&frame)?;
+        let running = self.held.filter(|h| h.primary).map(|h| h.shard);
+        self.own_writes.refresh(&self.shared.shards, running);
         self.follow_schema().await;
         let refused = self
             .effects
@@ -287,7 +289,9 @@ impl<S: Stream> Session<S> {
         if self.should_learn_columns(&plan, &route) {
             return Decision::LearnColumns;
         }
-        Decision::Run(router.execution(&plan, route, &self.view(true)))
+        let primary = on_primary(&route);
+        let execution = router.execution(&plan, route, &self.view(true));
+        self.run(primary, execution)
     }
 
     /// Routes a statement by the plan of its text with literals as parameters, so statements that
@@ -305,11 +309,9 @@ impl<S: Stream> Session<S> {
         match router.route(&plan, &params, self.route_context()) {
             Ok(route @ Route::Shard { .. }) => {
                 self.note_planned(&plan);
-                Some(Decision::Run(router.execution(
-                    &plan,
-                    Ok(route),
-                    &self.view(true),
-                )))
+                let primary = on_primary(&Ok(route.clone()));
+                let execution = router.execution(&plan, Ok(route), &self.view(true));
+                Some(self.run(primary, execution))
             }
             _ => None,
         }
@@ -457,11 +459,21 @@ impl<S: Stream> Session<S> {
         if self.should_learn_columns(&plan, &route) {
             return Ok(Decision::LearnColumns);
         }
-        Ok(Decision::Run(router.execution(
-            &plan,
-            route,
-            &self.view(false),
-        )))
+        let primary = on_primary(&route);
+        let execution = router.execution(&plan, route, &self.view(false));
+        Ok(self.run(primary, execution))
+    }
+
+    /// Carries out the router's `execution` of a statement, noting (for reading one's own
+    /// writes) a statement that stays on the primary connection held now and may write there
+    /// (`primary`: its route does not allow a replica). `take_server` notes the others.
+    fn run(&mut self, primary: bool, execution: Execution) -> Decision {
+        if let (true, Execution::Held, Some(held)) = (primary, &execution, self.held) {
+            if held.primary {
+                self.own_writes.writing(&self.shared.shards, held.shard);
+            }
+        }
+        Decision::Run(execution)
     }
 
     /// Describe, Execute, Close, Sync, Flush, FunctionCall, COPY data.
@@ -519,8 +531,22 @@ impl<S: Stream> Session<S> {
     }
 
     /// Makes sure a server connection of `shard` (suitable for `target`) is held: `Ok(false)`
-    /// when the one held now must first be released.
+    /// when the one held now must first be released. A statement (not a Describe before its
+    /// Bind: `start_transaction`) that goes to the primary may write there.
     async fn take_server(
+        &mut self,
+        shard: usize,
+        target: Target,
+        start_transaction: bool,
+    ) -> Result<bool, SessionError> {
+        let taken = self.take_server_for(shard, target, start_transaction).await;
+        if matches!(taken, Ok(true)) && start_transaction && target == Target::Primary {
+            self.own_writes.writing(&self.shared.shards, shard);
+        }
+        taken
+    }
+
+    async fn take_server_for(
         &mut self,
         shard: usize,
         target: Target,
@@ -611,11 +637,18 @@ impl<S: Stream> Session<S> {
                 .next_replica
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for i in 0..n {
-                let replica = &pools.replicas[(start + i) % n];
+                let index = (start + i) % n;
+                let replica = &pools.replicas[index];
                 let Some(pool) = replica.pools.get(&self.user) else {
                     continue;
                 };
-                if !replica.health.is_up() {
+                // A replica that has not replayed this client's write yet does not serve it
+                // (unless the primary is down: a read there would fail).
+                let replayed = || {
+                    self.own_writes.allows(&self.shared.shards, shard, index)
+                        || !pools.primary.health.is_up()
+                };
+                if !replica.health.is_up() || !replayed() {
                     continue;
                 }
                 match self.connection_from(pool).await {
@@ -648,6 +681,21 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
+}
+
+/// Whether a statement routed so runs on a primary for its own sake (not a plain read that
+/// fell back to it), so it may write there.
+fn on_primary(route: &Result<Route, crate::router::RouteError>) -> bool {
+    !matches!(
+        route,
+        Ok(Route::Shard {
+            target: Target::Replica,
+            ..
+        } | Route::Shards {
+            target: Target::Replica,
+            ..
+        } | Route::Local(_))
+    )
 }
 
 impl<S: Stream> Session<S> {

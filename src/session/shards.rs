@@ -56,13 +56,20 @@ impl<S: Stream> Session<S> {
     /// reachable by the client's CancelRequest until dropped. Fails without sending anything
     /// when any shard cannot give one.
     pub(super) async fn shard_connections(
-        &self,
+        &mut self,
         shards: &[usize],
         target: Target,
     ) -> Result<ShardConns, SessionError> {
         let mut conns = Vec::with_capacity(shards.len());
         for &shard in shards {
             conns.push(self.connection_for(shard, target).await?.0);
+        }
+        // Writes on primaries: reading one's own writes waits for them (they end before the
+        // next statement is routed).
+        if target == Target::Primary {
+            for &shard in shards {
+                self.own_writes.writing(&self.shared.shards, shard);
+            }
         }
         let cancel = self
             .cancel
