@@ -102,10 +102,7 @@ async fn port_of(client: &Client, sql: &str) -> u16 {
 
 /// Inserts user `id` (named `name`) and reads it back on the same connection, in one of several
 /// ways (`how`, 0..5): simple or extended protocol, a write in an explicit transaction, a read by
-/// key or a keyless read across both shards. True when the read saw the row. (An explicit
-/// transaction never follows the extended protocol here: tokio-postgres closes its statements
-/// with a Close pipelined behind them, and a BEGIN arriving while pgshard still holds a
-/// connection for that Close is sent there rather than held back.)
+/// key or a keyless read across both shards. True when the read saw the row.
 async fn write_then_read(client: &Client, id: i64, name: &str, how: usize) -> bool {
     let insert = format!("INSERT INTO users (user_id, name) VALUES ({id}, '{name}')");
     let by_key = format!("SELECT name FROM users WHERE user_id = {id}");

@@ -77,6 +77,9 @@ pub enum Expect {
     Close,
     /// Sync, Query or FunctionCall: ReadyForQuery ends it.
     Ready,
+    /// The same, for a request sent before a BEGIN pgshard then held back: its ReadyForQuery
+    /// reaches the client with the server's status (the transaction began after it).
+    ReadyBeforeBegin,
     /// ParseComplete pgshard sends itself: the server already had the statement.
     MadeUpParseComplete,
     /// CloseComplete pgshard sends itself: the client closed a statement the servers keep.

@@ -23,7 +23,7 @@ use crate::router::{
 use crate::transport::Stream;
 use crate::wire::client_tag as tag;
 use crate::wire::extended::Bind;
-use crate::wire::{build, Frame};
+use crate::wire::{build, Frame, TransactionStatus};
 
 /// What to do with a client frame: the router's [`Execution`] for statements, or the session's
 /// own protocol steps around it.
@@ -325,7 +325,7 @@ impl<S: Stream> Session<S> {
         control: TransactionControl,
         frame: &Frame,
     ) -> Option<Decision> {
-        let free = self.server.is_none();
+        let free = self.server.is_none() || self.held_only_for_earlier_answers();
         match control {
             TransactionControl::Begin { read_only } => {
                 if !free || !self.tx.is_outside() || self.mode == PoolMode::Session {
@@ -334,6 +334,12 @@ impl<S: Stream> Session<S> {
                 }
                 self.tx
                     .hold_begin(Bytes::copy_from_slice(&frame.bytes), read_only);
+                // What the held connection still answers was asked before this BEGIN.
+                for expect in self.proto.expect.iter_mut() {
+                    if *expect == Expect::Ready {
+                        *expect = Expect::ReadyBeforeBegin;
+                    }
+                }
                 self.answer(|out| build::command_complete(out, "BEGIN"));
             }
             TransactionControl::Commit | TransactionControl::Rollback if self.tx.is_held_back() => {
@@ -345,6 +351,20 @@ impl<S: Stream> Session<S> {
         let status = self.tx.status();
         self.answer(|out| build::ready_for_query(out, status));
         Some(Decision::Answered)
+    }
+
+    /// The server connection held now serves no transaction and no session state of the
+    /// client's: it only owes answers to earlier requests (a Close and its Sync, as tokio-postgres
+    /// pipelines them). A BEGIN may then be held back for the shard its first statement picks.
+    fn held_only_for_earlier_answers(&self) -> bool {
+        let idle = self
+            .server
+            .as_deref()
+            .is_some_and(|conn| conn.status() == TransactionStatus::Idle);
+        idle && self.mode == PoolMode::Transaction
+            && self.tx.is_outside()
+            && !self.proto.awaiting_sync
+            && self.state.pinned().is_none()
     }
 
     /// Answers the batch's pending Parses and a Bind that pgshard handles itself.
@@ -557,6 +577,12 @@ impl<S: Stream> Session<S> {
             let in_transaction = self.tx.is_on_server();
             if held.shard == shard && (held.primary || target == Target::Replica || in_transaction)
             {
+                // A BEGIN held back while this connection still answered earlier requests.
+                if start_transaction {
+                    if let Some(begin) = self.tx.take_begin() {
+                        self.send(&begin, Some(Expect::Hidden));
+                    }
+                }
                 return Ok(true);
             }
             if held.shard != shard && in_transaction {

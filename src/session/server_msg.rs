@@ -183,7 +183,10 @@ impl<S: Stream> Session<S> {
     /// so does the queue, and Parses that never ran are forgotten.
     fn skip_to_sync(&mut self) {
         while let Some(front) = self.proto.expect.front() {
-            if matches!(front, Expect::Ready | Expect::InternalReady) {
+            if matches!(
+                front,
+                Expect::Ready | Expect::ReadyBeforeBegin | Expect::InternalReady
+            ) {
                 return;
             }
             if let Some(Expect::Parse {
@@ -217,7 +220,13 @@ impl<S: Stream> Session<S> {
     /// Ends a request; returns whether the ReadyForQuery is the client's to see as is.
     fn on_ready_for_query(&mut self, body: &[u8]) -> bool {
         let internal = self.proto.expect.front() == Some(&Expect::InternalReady);
-        self.pop_if(|e| matches!(e, Expect::Ready | Expect::InternalReady));
+        let before_begin = self.proto.expect.front() == Some(&Expect::ReadyBeforeBegin);
+        self.pop_if(|e| {
+            matches!(
+                e,
+                Expect::Ready | Expect::ReadyBeforeBegin | Expect::InternalReady
+            )
+        });
         let status = body.first().and_then(|&b| TransactionStatus::from_byte(b));
         let done = self.proto.expect.is_empty() && !self.proto.awaiting_sync;
         if let Some(conn) = self.server.as_deref_mut() {
@@ -230,6 +239,9 @@ impl<S: Stream> Session<S> {
         }
         if internal {
             return false;
+        }
+        if before_begin {
+            return true;
         }
         if let Some(status) = status {
             if !self.tx.on_server_ready(status) {

@@ -103,3 +103,36 @@ async fn one_unnamed_parse_bound_for_two_shards_reaches_both() {
     s0.assert_done();
     s1.assert_done();
 }
+
+#[tokio::test]
+async fn a_begin_behind_a_close_still_owed_is_held_back_for_the_shard_its_statement_picks() {
+    // tokio-postgres closes a statement with Close + Sync pipelined behind its use; a BEGIN that
+    // arrives while that Sync's answer is still owed must not start the transaction on the
+    // connection answering it (the default shard) when its first statement picks another.
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let k1 = key_on(&shared, 1).to_string();
+    let insert = format!("INSERT INTO users (user_id, name) VALUES ({k1}, 'x')");
+    s0.script([on(&["S"]).reply(Msgs::new().ready(b'I'))]);
+    let mut close = bytes::BytesMut::new();
+    close.extend_from_slice(&[b'C', 0, 0, 0, 8, b'S', b's', b'1', 0]);
+    let got = client
+        .request(Batch::new().raw(&close).sync().query("BEGIN"))
+        .await;
+    // The Sync's ReadyForQuery says idle: the transaction began after it.
+    assert_eq!(got, ["3", "Z I"]);
+    assert_eq!(client.recv().await.as_deref(), Some(r#"C "BEGIN""#));
+    assert_eq!(client.recv().await.as_deref(), Some("Z T"));
+    s1.script([
+        on(&[r#"Q "BEGIN""#]).reply(Msgs::new().command("BEGIN").ready(b'T')),
+        on(&[&format!("Q {insert:?}")]).reply(Msgs::new().command("INSERT 0 1").ready(b'T')),
+        on(&[r#"Q "COMMIT""#]).reply(Msgs::new().command("COMMIT").ready(b'I')),
+    ]);
+    let got = client.request(Batch::new().query(&insert)).await;
+    assert_eq!(got, [r#"C "INSERT 0 1""#, "Z T"]);
+    let got = client.request(Batch::new().query("COMMIT")).await;
+    assert_eq!(got, [r#"C "COMMIT""#, "Z I"]);
+    s0.assert_done();
+    s1.assert_done();
+}
