@@ -656,7 +656,8 @@ impl<S: Stream> Session<S> {
     ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
         let pools = &self.shared.shards[shard];
         let spread = target == Target::Replica
-            && self.shared.config.shards[shard].read_from == ReadFrom::Replicas;
+            && self.shared.config.shards[shard].read_from == ReadFrom::Replicas
+            && !self.state.serializable_by_default();
         if spread && !pools.replicas.is_empty() {
             let n = pools.replicas.len();
             let start = pools

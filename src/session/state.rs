@@ -174,6 +174,18 @@ impl SessionState {
         self.restore
     }
 
+    /// The client's transactions are SERIALIZABLE unless it says otherwise: a standby refuses
+    /// those, so its reads go to the primary, as they would on PostgreSQL.
+    pub fn serializable_by_default(&self) -> bool {
+        self.wanted
+            .get("default_transaction_isolation")
+            .is_some_and(|level| {
+                level
+                    .trim_matches('\'')
+                    .eq_ignore_ascii_case("serializable")
+            })
+    }
+
     pub fn pinned(&self) -> Option<&str> {
         self.pinned.as_deref()
     }
