@@ -45,6 +45,9 @@ impl<S: Stream> Session<S> {
             return Ok(());
         };
         let was_pinned = self.state.pinned().is_some();
+        // A simple query drops the server's unnamed statement: the client's goes again with its
+        // next Bind or Describe.
+        self.unnamed.held = false;
         match catalog::session_state(conn, &sql).await {
             Ok((rows, reports)) => {
                 // A restored DateStyle or TimeZone: the client follows it, as after its own SET.

@@ -190,3 +190,52 @@ async fn in_transaction(server: &ScriptedServer, client: &mut RawClient, sql: &s
     let got = client.request(Batch::new().query(sql)).await;
     assert_eq!(got, ["C \"SET\"", "Z T"]);
 }
+
+#[tokio::test]
+async fn the_unnamed_statement_goes_again_after_a_read_back_dropped_it() {
+    // A read-back is a simple query, which drops the server's unnamed statement: a pinned
+    // client's later Describe of it must bring its Parse again.
+    let server = ScriptedServer::start().await;
+    let shared = one_shard(&server, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let pinned = Msgs::new()
+        .row(&["", "LISTEN"])
+        .command("SELECT 1")
+        .ready(b'I');
+    server.script([
+        on(&[&q("LISTEN ch")]).reply(Msgs::new().command("LISTEN").ready(b'I')),
+        on(&[r#"Q "SET LOCAL statement_timeout = 0;*"#]).reply(pinned.clone()),
+    ]);
+    let got = client.request(Batch::new().query("LISTEN ch")).await;
+    assert_eq!(got, [r#"C "LISTEN""#, "Z I"]);
+    server
+        .script([on(&[r#"P "" "SELECT 1""#, "S"]).reply(Msgs::new().parse_complete().ready(b'I'))]);
+    let got = client
+        .request(Batch::new().parse("", "SELECT 1", &[]).sync())
+        .await;
+    assert_eq!(got, ["1", "Z I"]);
+    server.script([
+        on(&[&q("SET work_mem = '1MB'")]).reply(Msgs::new().command("SET").ready(b'I')),
+        on(&[CAPTURE]).reply(pinned),
+        on(&[r#"P "" "SELECT 1""#, "D*", "S"]).reply(
+            Msgs::new()
+                .parse_complete()
+                .params(&[])
+                .no_data()
+                .ready(b'I'),
+        ),
+    ]);
+    let got = client
+        .request(Batch::new().query("SET work_mem = '1MB'"))
+        .await;
+    assert_eq!(got, [r#"C "SET""#, "Z I"]);
+    let got = client
+        .request(Batch::new().describe_statement("").sync())
+        .await;
+    assert_eq!(
+        got,
+        ["t []", "n", "Z I"],
+        "the Parse pgshard sent again is not the client's"
+    );
+    server.assert_done();
+}
