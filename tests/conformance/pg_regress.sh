@@ -18,8 +18,9 @@
 # Knobs (environment): PGBIN (/usr/lib/postgresql/15/bin), REGRESS_OS_USER (pgshard_pg),
 #   PGSHARD_BIN (a built pgshard; default: cargo build --release),
 #   SESSION_POOL_SIZE (pool.size in session mode, 4: psql's \c holds two connections at once),
-#   TRANSACTION_POOL_SIZE (pool.size in transaction mode, 1: with more, which pooled connection a
-#   transaction gets depends on timing, and temp-table tests differ from run to run),
+#   TRANSACTION_POOL_SIZE (pool.size in transaction mode, 4; before clients were pinned to their
+#   server connection by temp tables and the like, a pool above 1 made temp-table tests differ
+#   from run to run),
 #   TEST_TIMEOUT (s one test may run before its psql is ended and the test fails, 300),
 #   PGSHARD_REGRESS_CACHE (where sources and regress.so are kept: /var/cache/pgshard-regress as
 #   root, else $XDG_CACHE_HOME/pgshard-regress).
@@ -34,7 +35,7 @@ set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 REGRESS_OS_USER=${REGRESS_OS_USER:-pgshard_pg}
 SESSION_POOL_SIZE=${SESSION_POOL_SIZE:-4}
-TRANSACTION_POOL_SIZE=${TRANSACTION_POOL_SIZE:-1}
+TRANSACTION_POOL_SIZE=${TRANSACTION_POOL_SIZE:-4}
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 TESTS=${TESTS:-}
 PGSHARD_BIN=${PGSHARD_BIN:-}
