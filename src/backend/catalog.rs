@@ -2,6 +2,7 @@
 //! queries on a [`ServerConnection`], values quoted here, rows read as text. Never runs a
 //! client's statement and never writes anything.
 
+pub use super::connection::quote_literal;
 use super::connection::{parse_error_fields, ServerConnection};
 use super::BackendError;
 use crate::wire::{build, rows, server_tag};
@@ -326,12 +327,6 @@ async fn query_noting(
             _ => {}
         }
     }
-}
-
-/// Quotes a value as an SQL string literal that reads the same whatever
-/// `standard_conforming_strings` is (an `E''` string with quotes and backslashes doubled).
-pub fn quote_literal(value: &str) -> String {
-    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::net::TcpStream;
 
-use super::catalog::quote_literal;
 use super::{BackendError, MAX_SERVER_MESSAGE};
 use crate::transport::Conn;
 use crate::wire::{build, server_tag, Frame, TransactionStatus};
@@ -477,6 +476,12 @@ fn settings_sql(
         }
     }
     sql
+}
+
+/// Quotes a value as an SQL string literal that reads the same whatever
+/// `standard_conforming_strings` is (an `E''` string with quotes and backslashes doubled).
+pub fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Splits a ParameterStatus body into (name, value).
