@@ -57,7 +57,7 @@ pub use execution::{Execution, FanOutPlan, HeldServer, Refusal, SessionView, Tra
 pub use normalize::normalize_literals;
 pub use plan::{Isolation, IsolationChange, Plan, SettingPlan, StatementKind, TransactionControl};
 pub use route::{OverrideChange, Params, Route, RouteContext, Target, TransactionMode};
-pub use session_effects::{placeholder_settings, session_state_statement};
+pub use session_effects::{placeholder_settings, session_state_statement, TextEffects};
 pub use volatility::Volatility;
 
 // What the cross-shard planning (`multishard`) puts in a plan, under the names sessions use.
@@ -73,6 +73,11 @@ impl Router {
     /// the next client uses it.
     pub fn may_change_session(&self, sql: &str) -> bool {
         session_effects::may_change_session(sql, &self.rules.volatility)
+    }
+
+    /// What `sql` may do to its server session (see `session_effects`).
+    pub fn text_effects(&self, sql: &str) -> TextEffects {
+        session_effects::text_effects(sql, &self.rules.volatility)
     }
 }
 

@@ -171,6 +171,53 @@ pub fn may_change_session(sql: &str, volatility: &Volatility) -> bool {
     false
 }
 
+/// What a statement text may do to its server session, as the session needs to know it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextEffects {
+    /// It may change the role, settings or session state unseen ([`may_change_session`]).
+    pub changes: bool,
+    /// Among those changes, settings themselves (`set_config`, `DO`, `CALL`), not only the
+    /// role or state that pins.
+    pub settings: bool,
+    /// It starts with `SET` or `RESET`.
+    pub sets: bool,
+    /// It is a lone `SET LOCAL` / `SET TRANSACTION`: nothing it does outlives the transaction.
+    pub local: bool,
+}
+
+/// See [`TextEffects`].
+pub fn text_effects(sql: &str, volatility: &Volatility) -> TextEffects {
+    let changes = may_change_session(sql, volatility);
+    let mut lexer = tokens(sql);
+    let first = match lexer.next() {
+        Some(Token::Word(word)) => word,
+        _ => "",
+    };
+    let sets = is_one_of(first, &["set", "reset"]);
+    let local = sets
+        && matches!(lexer.next(), Some(Token::Word(w)) if is_one_of(w, &["local", "transaction"]))
+        && lone_statement(lexer);
+    TextEffects {
+        changes,
+        settings: changes
+            && (is_one_of(first, &["do", "call"])
+                || contains_ignore_case(sql.as_bytes(), b"set_config")),
+        sets,
+        local,
+    }
+}
+
+/// Whether the rest of a statement's tokens hold no `;` but a last one.
+fn lone_statement<'a>(rest: impl Iterator<Item = Token<'a>>) -> bool {
+    let mut rest = rest.peekable();
+    while let Some(token) = rest.next() {
+        if token == Token::Punct(b';') && rest.peek().is_some() {
+            return false;
+        }
+    }
+    true
+}
+
 /// The first word of `sql` when it is one statement (at most a trailing `;`) with no `(`, no
 /// comment and no quoted text anywhere: nothing in it can call a function. `None` otherwise.
 fn lone_statement_without_calls(sql: &str) -> Option<&str> {
@@ -392,6 +439,22 @@ mod tests {
         ] {
             assert!(!changes(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn only_a_lone_set_local_is_transaction_local() {
+        let effects = |sql| text_effects(sql, &Volatility::builtin());
+        assert!(effects("SET LOCAL work_mem = '1MB';").local);
+        assert!(effects("  set transaction isolation level serializable").local);
+        assert!(effects("/* local */ SET LOCAL a = 1").local);
+        assert!(!effects("SET work_mem = '1MB'").local);
+        assert!(!effects("SET LOCAL a = 1; SET b = 2").local);
+        assert!(!effects("SET /* local */ b = 2").local);
+        assert!(effects("\n reset all").sets);
+        assert!(effects("select set_config('a', 'b', false)").settings);
+        assert!(effects("DO $$ begin end $$").settings);
+        assert!(!effects("SELECT my_function()").settings);
+        assert!(effects("SELECT my_function()").changes);
     }
 
     #[test]

@@ -36,48 +36,19 @@ impl Effects {
     /// Reads `sql`'s effects; with `refuse`, also what would pin the client. Placeholder
     /// settings it names are added to `state`'s.
     pub fn of(sql: &str, router: &Router, refuse: bool, state: &mut SessionState) -> Effects {
-        let changes = router.may_change_session(sql);
-        let first = first_word(sql);
-        let sets = first.eq_ignore_ascii_case("set") || first.eq_ignore_ascii_case("reset");
-        if sets || changes {
+        let text = router.text_effects(sql);
+        if text.sets || text.changes {
             state.custom.extend(router::placeholder_settings(sql));
         }
-        let settings = changes
-            && (first.eq_ignore_ascii_case("do")
-                || first.eq_ignore_ascii_case("call")
-                || sql.to_ascii_lowercase().contains("set_config"));
         Effects {
-            changes,
-            settings,
-            local: sets && transaction_local_set(sql),
+            changes: text.changes,
+            settings: text.settings,
+            local: text.local,
             refused: refuse
                 .then(|| router::session_state_statement(sql))
                 .flatten(),
         }
     }
-}
-
-fn first_word(sql: &str) -> &str {
-    let sql = sql.trim_start();
-    let end = sql
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(sql.len());
-    &sql[..end]
-}
-
-/// `SET LOCAL ...` or `SET TRANSACTION ...` alone (at most a trailing `;`): nothing it does
-/// outlives the transaction.
-fn transaction_local_set(sql: &str) -> bool {
-    let body = sql.trim().trim_end_matches(';');
-    if body.contains(';') || body.contains("--") || body.contains("/*") {
-        return false;
-    }
-    let mut words = body.split_ascii_whitespace();
-    let (Some(set), Some(scope)) = (words.next(), words.next()) else {
-        return false;
-    };
-    set.eq_ignore_ascii_case("set")
-        && (scope.eq_ignore_ascii_case("local") || scope.eq_ignore_ascii_case("transaction"))
 }
 
 /// Why a client holds on to its server connection: the kinds of state found on it.
@@ -341,18 +312,6 @@ mod tests {
 
     fn row(name: &str, value: &str) -> Vec<Option<String>> {
         vec![Some(name.into()), Some(value.into())]
-    }
-
-    #[test]
-    fn only_a_lone_set_local_is_transaction_local() {
-        assert!(transaction_local_set("SET LOCAL work_mem = '1MB';"));
-        assert!(transaction_local_set(
-            "  set transaction isolation level serializable"
-        ));
-        assert!(!transaction_local_set("SET work_mem = '1MB'"));
-        assert!(!transaction_local_set("SET LOCAL a = 1; SET b = 2"));
-        assert!(!transaction_local_set("SET /* local */ b = 2"));
-        assert_eq!(first_word("\n reset all"), "reset");
     }
 
     fn full() -> SessionState {
