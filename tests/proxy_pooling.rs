@@ -6,24 +6,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::{base_config, cluster, connect_direct, start_proxy, Proxy};
+use support::{base_config_with, cluster, connect_direct, start_proxy, Proxy};
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
 /// Bounds waits on the proxy, so that a hang fails the test instead of stalling the suite.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
-/// The base config with `edits` applied, each `(old, new)` replacing text that must be there.
-fn config(edits: &[(&str, &str)]) -> String {
-    let mut text = base_config(cluster());
-    for (old, new) in edits {
-        assert!(text.contains(old), "base config lacks {old:?}");
-        text = text.replacen(old, new, 1);
-    }
-    text
-}
-
 async fn proxy_with_pool_size(size: usize) -> Proxy {
-    start_proxy(&config(&[("size = 4", &format!("size = {size}"))])).await
+    start_proxy(&base_config_with(&[(
+        "size = 4",
+        &format!("size = {size}"),
+    )]))
+    .await
 }
 
 /// Connects as app/app to `port` with `options` and `application_name`, if given.
@@ -498,7 +492,7 @@ async fn client_leaving_mid_transaction_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn session_mode_resets_the_server_connection_between_clients() {
-    let proxy = start_proxy(&config(&[
+    let proxy = start_proxy(&base_config_with(&[
         ("pool_mode = \"transaction\"", "pool_mode = \"session\""),
         ("size = 4", "size = 1"),
     ]))
@@ -535,7 +529,7 @@ async fn session_mode_resets_the_server_connection_between_clients() {
 
 #[tokio::test]
 async fn checkout_timeout_gives_53300_and_the_client_stays_usable() {
-    let proxy = start_proxy(&config(&[
+    let proxy = start_proxy(&base_config_with(&[
         ("size = 4", "size = 1"),
         ("checkout_timeout_ms = 5000", "checkout_timeout_ms = 300"),
     ]))
@@ -553,7 +547,7 @@ async fn checkout_timeout_gives_53300_and_the_client_stays_usable() {
 
 #[tokio::test]
 async fn client_connections_over_the_limit_get_53300() {
-    let proxy = start_proxy(&config(&[(
+    let proxy = start_proxy(&base_config_with(&[(
         "pool_mode = \"transaction\"",
         "pool_mode = \"transaction\"\nmax_client_connections = 2",
     )]))
@@ -736,7 +730,7 @@ async fn a_role_set_over_the_extended_protocol_never_reaches_the_next_client() {
 #[tokio::test]
 async fn session_mode_hands_on_no_role_either() {
     create_tenant_role();
-    let proxy = start_proxy(&config(&[
+    let proxy = start_proxy(&base_config_with(&[
         ("pool_mode = \"transaction\"", "pool_mode = \"session\""),
         ("size = 4", "size = 1"),
     ]))

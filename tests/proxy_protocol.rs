@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, TryStreamExt};
-use support::{base_config, cluster, connect_direct, start_proxy, Proxy};
+use support::{base_config, base_config_with, cluster, connect_direct, start_proxy, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -17,19 +17,9 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 /// Bounds every wait on the proxy, so that a hang fails the test instead of stalling the suite.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
-/// The base config with `edits` applied, each `(old, new)` replacing text that must be there.
-fn config(edits: &[(&str, &str)]) -> String {
-    let mut text = base_config(cluster());
-    for (old, new) in edits {
-        assert!(text.contains(old), "base config lacks {old:?}");
-        text = text.replacen(old, new, 1);
-    }
-    text
-}
-
 /// A proxy that lets configured users in without a password (for the hand-made protocol clients).
 async fn trust_proxy(pool_size: usize) -> Proxy {
-    start_proxy(&config(&[
+    start_proxy(&base_config_with(&[
         (
             "pool_mode = \"transaction\"",
             "pool_mode = \"transaction\"\nauth_method = \"trust\"",
@@ -244,7 +234,7 @@ async fn unknown_user_is_refused_with_28p01() {
 
 #[tokio::test]
 async fn md5_login_succeeds_and_wrong_md5_password_is_refused() {
-    let proxy = start_proxy(&config(&[(
+    let proxy = start_proxy(&base_config_with(&[(
         "pool_mode = \"transaction\"",
         "pool_mode = \"transaction\"\nauth_method = \"md5\"",
     )]))
@@ -280,7 +270,7 @@ async fn unknown_database_is_refused_with_3d000() {
 
 #[tokio::test]
 async fn copy_from_stdin_loads_every_row() {
-    let proxy = start_proxy(&config(&[("size = 4", "size = 1")])).await;
+    let proxy = start_proxy(&base_config_with(&[("size = 4", "size = 1")])).await;
     let client = proxy.connect().await;
     client
         .batch_execute("CREATE TABLE proto_copy_in (id int, name text)")
@@ -318,7 +308,7 @@ async fn copy_from_stdin_loads_every_row() {
 
 #[tokio::test]
 async fn copy_from_stdin_with_bad_data_fails_and_the_client_goes_on() {
-    let proxy = start_proxy(&config(&[("size = 4", "size = 1")])).await;
+    let proxy = start_proxy(&base_config_with(&[("size = 4", "size = 1")])).await;
     let client = proxy.connect().await;
     client
         .batch_execute("CREATE TABLE proto_copy_bad (id int)")
@@ -346,7 +336,7 @@ async fn copy_from_stdin_with_bad_data_fails_and_the_client_goes_on() {
 
 #[tokio::test]
 async fn copy_from_stdin_over_simple_protocol_with_psql() {
-    let proxy = start_proxy(&config(&[("size = 4", "size = 1")])).await;
+    let proxy = start_proxy(&base_config_with(&[("size = 4", "size = 1")])).await;
     let client = proxy.connect().await;
     client
         .batch_execute("CREATE TABLE proto_copy_psql (id int, name text)")
@@ -473,7 +463,7 @@ async fn cancel_request_stops_the_running_query() {
 
 #[tokio::test]
 async fn cancel_request_of_an_idle_client_leaves_other_clients_alone() {
-    let proxy = start_proxy(&config(&[("size = 4", "size = 1")])).await;
+    let proxy = start_proxy(&base_config_with(&[("size = 4", "size = 1")])).await;
     let idle = proxy.connect().await;
     idle.simple_query("SELECT 1").await.unwrap();
     let busy = proxy.connect().await;
@@ -922,7 +912,7 @@ async fn client_vanishing_mid_extended_batch_leaves_the_pool_working() {
 
 #[tokio::test]
 async fn startup_that_never_comes_times_out_with_08p01() {
-    let proxy = start_proxy(&config(&[(
+    let proxy = start_proxy(&base_config_with(&[(
         "pool_mode = \"transaction\"",
         "pool_mode = \"transaction\"\nstartup_timeout_ms = 300",
     )]))

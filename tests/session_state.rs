@@ -10,20 +10,10 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::{base_config, cluster, start_proxy, Proxy};
+use support::{base_config_with, cluster, start_proxy, Proxy};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, SimpleQueryMessage};
 
 const HANG_GUARD: Duration = Duration::from_secs(20);
-
-/// The base config (transaction mode) with `edits` applied, each `(old, new)`.
-fn config(edits: &[(&str, &str)]) -> String {
-    let mut text = base_config(cluster());
-    for (old, new) in edits {
-        assert!(text.contains(old), "base config lacks {old:?}");
-        text = text.replacen(old, new, 1);
-    }
-    text
-}
 
 /// A proxy with `size` server connections; waiting for one fails after half a second.
 async fn proxy(size: usize, more: &[(&str, &str)]) -> Proxy {
@@ -33,11 +23,11 @@ async fn proxy(size: usize, more: &[(&str, &str)]) -> Proxy {
         ("checkout_timeout_ms = 5000", "checkout_timeout_ms = 500"),
     ];
     edits.extend_from_slice(more);
-    start_proxy(&config(&edits)).await
+    start_proxy(&base_config_with(&edits)).await
 }
 
-/// Connects as app/app with `options` (`-c name=value ...`), if any.
-async fn connect(proxy: &Proxy, options: Option<&str>) -> Client {
+/// Login settings for app/app through `proxy`.
+fn client_config(proxy: &Proxy) -> Config {
     let mut config = Config::new();
     config
         .host("127.0.0.1")
@@ -45,6 +35,12 @@ async fn connect(proxy: &Proxy, options: Option<&str>) -> Client {
         .user("app")
         .password("app")
         .dbname("app");
+    config
+}
+
+/// Connects as app/app with `options` (`-c name=value ...`), if any.
+async fn connect(proxy: &Proxy, options: Option<&str>) -> Client {
+    let mut config = client_config(proxy);
     if let Some(options) = options {
         config.options(options);
     }
@@ -363,14 +359,7 @@ async fn advisory_locks_stay_with_their_client_and_go_when_it_leaves() {
 #[tokio::test]
 async fn listen_keeps_its_client_and_notifications_arrive() {
     let proxy = proxy(2, &[]).await;
-    let mut config = Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .user("app")
-        .password("app")
-        .dbname("app");
-    let (listener, mut connection) = config.connect(NoTls).await.unwrap();
+    let (listener, mut connection) = client_config(&proxy).connect(NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {

@@ -248,6 +248,17 @@ read_from = "primary"
     )
 }
 
+/// The base config of this binary's cluster with `edits` applied, each `(old, new)` replacing
+/// text that must be there.
+pub fn base_config_with(edits: &[(&str, &str)]) -> String {
+    let mut text = base_config(cluster());
+    for (old, new) in edits {
+        assert!(text.contains(old), "base config lacks {old:?}");
+        text = text.replacen(old, new, 1);
+    }
+    text
+}
+
 /// A proxy serving in the current tokio runtime; dropping it asks it to shut down.
 pub struct Proxy {
     pub addr: SocketAddr,
