@@ -60,6 +60,10 @@ impl SqlState {
     pub const OUT_OF_MEMORY: SqlState = SqlState::new("53200");
     /// `53300` too_many_connections: no server connection in time; too many clients.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState::new("53300");
+    /// `53400` configuration_limit_exceeded: a statement over its user's rate limit.
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState::new("53400");
+    /// `57P01` admin_shutdown: pgshard is shutting down (a client closed between transactions).
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState::new("57P01");
     /// `57014` query_canceled: the client's CopyFail.
     pub const QUERY_CANCELED: SqlState = SqlState::new("57014");
     /// `F0000` config_file_error: a sharding configuration that cannot work.

@@ -1,14 +1,20 @@
 //! The accept loop: takes client sockets and hands each to a [`crate::session`] task with the
-//! [`Shared`] handles. Holds no protocol logic itself.
+//! current generation of [`Shared`] handles; carries out [`Command`]s (reload: a new generation
+//! built from the re-read file; shutdown: graceful or at once). Holds no protocol logic itself.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{AbortHandle, Id, JoinSet};
 
 use crate::config::Config;
+use crate::control::{Command, Control, Presence};
 use crate::shared::Shared;
 
 /// Why the proxy could not keep serving.
@@ -19,32 +25,49 @@ pub enum ServerError {
 }
 
 /// Serves clients on `listener` until `shutdown` resolves; then closes every client session.
+/// (No config file to reload from: a reload request is refused.)
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let shared = Arc::new(Shared::new(config));
-    if shared.routing {
-        let learner = shared.clone();
-        tokio::spawn(async move {
-            learner.learn_volatility().await;
-            learner.learn_columns().await;
-            if learner.shards.len() > 1 {
-                learner.learn_collations().await;
-            }
-        });
-    }
-    let mut sessions = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
+    let (control, commands) = Control::channel();
+    serve(config, None, listener, (control, commands), shutdown).await
+}
+
+/// Serves clients on `listener`, reloading `config_path` and shutting down as `commands` ask
+/// (signals, the admin console: any holder of the [`Control`]), or closing everything at once
+/// when `stop_now` resolves.
+pub async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listener: TcpListener,
+    (control, mut commands): (Control, UnboundedReceiver<Command>),
+    stop_now: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let mut current = Arc::new(Shared::serving(config, control));
+    learn(&current);
+    let mut sessions = Sessions::default();
+    tokio::pin!(stop_now);
+    let graceful = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = &mut stop_now => break false,
+            Some(done) = sessions.set.join_next_with_id(), if !sessions.set.is_empty() => {
+                sessions.finished(done);
+            }
+            Some(command) = commands.recv() => match command {
+                Command::Reload { done } => {
+                    let outcome = reload(&mut current, config_path.as_ref());
+                    if let Some(done) = done {
+                        let _ = done.send(outcome);
+                    }
+                }
+                Command::Shutdown { graceful } => break graceful,
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(crate::session::run(stream, shared.clone()));
+                    sessions.spawn(stream, current.clone());
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -53,7 +76,138 @@ pub async fn run(
                 }
             },
         }
+    };
+    drop(listener);
+    if graceful {
+        let limit = Duration::from_millis(current.config.server.shutdown_timeout_ms);
+        current.lifecycle.draining.store(true, Ordering::SeqCst);
+        tracing::info!(
+            "shutting down: no new clients; {} open sessions get up to {limit:?} to finish their \
+             transactions",
+            sessions.set.len()
+        );
+        drain(&mut sessions, limit, &mut commands, stop_now).await;
     }
-    sessions.abort_all();
+    sessions.set.abort_all();
+    while sessions.set.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The open sessions, their presence flags and how to abort each.
+#[derive(Default)]
+struct Sessions {
+    set: JoinSet<()>,
+    open: HashMap<Id, (Arc<Presence>, AbortHandle)>,
+}
+
+impl Sessions {
+    fn spawn(&mut self, stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+        let presence = Arc::new(Presence::default());
+        let task = self.set.spawn(crate::session::run_with_presence(
+            stream,
+            shared,
+            presence.clone(),
+        ));
+        self.open.insert(task.id(), (presence, task));
+    }
+
+    fn finished(&mut self, done: Result<(Id, ()), tokio::task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        self.open.remove(&id);
+    }
+
+    /// Closes every session that waits between transactions.
+    fn close_waiting(&mut self) {
+        for (presence, task) in self.open.values() {
+            if presence.claim_if_waiting() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Lets sessions finish their transactions until none is left or `limit` passes; sessions
+/// waiting between transactions are closed as they get there.
+async fn drain(
+    sessions: &mut Sessions,
+    limit: Duration,
+    commands: &mut UnboundedReceiver<Command>,
+    stop_now: std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
+    let deadline = Instant::now() + limit;
+    let mut stop_now = stop_now;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !sessions.set.is_empty() {
+        sessions.close_waiting();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                tracing::warn!(
+                    "shutdown timeout: closing {} sessions still in a transaction",
+                    sessions.set.len()
+                );
+                return;
+            }
+            _ = &mut stop_now => return,
+            Some(done) = sessions.set.join_next_with_id() => sessions.finished(done),
+            Some(command) = commands.recv() => match command {
+                Command::Shutdown { graceful: false } => return,
+                Command::Shutdown { graceful: true } => {}
+                Command::Reload { done } => {
+                    if let Some(done) = done {
+                        let _ = done.send(Err("pgshard is shutting down".to_string()));
+                    }
+                }
+            },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Re-reads the config and, if it is valid and reloadable, makes the next generation current.
+fn reload(current: &mut Arc<Shared>, path: Option<&PathBuf>) -> Result<u64, String> {
+    let Some(path) = path else {
+        let e = "pgshard was started without a config file to reload".to_string();
+        tracing::warn!("reload refused: {e}");
+        return Err(e);
+    };
+    let outcome = Config::load(path).and_then(|config| {
+        config.check_reload_from(&current.config)?;
+        Ok(config)
+    });
+    let config = match outcome {
+        Ok(config) => config,
+        Err(e) => {
+            let e = format!("{} was not reloaded: {e}", path.display());
+            tracing::error!("{e}; the running config stays");
+            return Err(e);
+        }
+    };
+    let next = Arc::new(current.reloaded(config));
+    learn(&next);
+    current.replace_with(next.clone());
+    *current = next;
+    tracing::info!(
+        "reloaded {} (generation {})",
+        path.display(),
+        current.generation
+    );
+    Ok(current.generation)
+}
+
+/// Learns, in the background, what the router needs from the servers' catalogs.
+fn learn(shared: &Arc<Shared>) {
+    if !shared.routing {
+        return;
+    }
+    let learner = shared.clone();
+    tokio::spawn(async move {
+        learner.learn_volatility().await;
+        learner.learn_columns().await;
+        if learner.shards.len() > 1 {
+            learner.learn_collations().await;
+        }
+    });
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::ScramVerifier;
 use crate::backend::collations::Collations;
@@ -20,6 +20,8 @@ use crate::backend::wal::{self, ShardWal, WalServer, WalTiming};
 use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
+use crate::control::Control;
+use crate::limits::UserLimits;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 
@@ -66,12 +68,31 @@ pub struct Shared {
     /// SCRAM verifiers of the configured users, derived once at start.
     pub verifiers: HashMap<String, ScramVerifier>,
     pub cancel: Arc<CancelRegistry>,
-    pub clients: AtomicUsize,
+    pub clients: Arc<AtomicUsize>,
     /// Clients in transaction mode holding their server connection for session state they keep
     /// on it (temporary objects, cursors WITH HOLD, PREPARE, LISTEN, advisory locks).
-    pub pinned_clients: AtomicUsize,
+    pub pinned_clients: Arc<AtomicUsize>,
+    /// Each configured user's client count and statement rate limit.
+    pub user_limits: HashMap<String, UserLimits>,
+    /// Whether the proxy is shutting down (kept across reloads).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Asks the accept loop to reload or shut down (the admin console's RELOAD, SHUTDOWN).
+    pub control: Control,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
+    /// The generation a reload made to replace this one; sessions move to it at their next
+    /// quiet point.
+    next: ArcSwapOption<Shared>,
+    replaced: std::sync::atomic::AtomicBool,
+    /// Counts reloads: 0 for the config pgshard started with.
+    pub generation: u64,
+}
+
+/// The proxy's lifecycle, shared by every generation.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// A graceful shutdown began: no new clients; clients leave at their next transaction end.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// When the sharded tables' column order was last learned, and how many times: learning runs
@@ -88,17 +109,48 @@ pub struct ColumnLearning {
 impl Shared {
     /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
     pub fn new(config: Config) -> Shared {
+        Shared::build(config, None, Control::detached())
+    }
+
+    /// [`Shared::new`] for a proxy whose accept loop listens to `control`.
+    pub fn serving(config: Config, control: Control) -> Shared {
+        Shared::build(config, None, control)
+    }
+
+    /// The next generation after a reload to `config` (checked with
+    /// [`Config::check_reload_from`]): pools whose login did not change are kept (resized to
+    /// the new options), with their idle connections; so are health and WAL watches over an
+    /// unchanged set of pools, the cancel registry and the client counts.
+    pub fn reloaded(&self, config: Config) -> Shared {
+        Shared::build(config, Some(self), self.control.clone())
+    }
+
+    fn build(config: Config, previous: Option<&Shared>, control: Control) -> Shared {
         let shards = config
             .shards
             .iter()
-            .map(|shard| {
-                let primary = backend(&config, shard, &shard.primary);
+            .enumerate()
+            .map(|(i, shard)| {
+                let before = previous.and_then(|p| p.shards.get(i));
+                let old = |addr: &str| {
+                    before.and_then(|b| {
+                        std::iter::once(&b.primary)
+                            .chain(&b.replicas)
+                            .find(|x| x.addr == addr)
+                    })
+                };
+                let primary = backend(&config, shard, &shard.primary, old(&shard.primary));
                 let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
-                    .map(|r| backend(&config, shard, r))
+                    .map(|r| backend(&config, shard, r, old(r)))
                     .collect();
-                let wal = wal_watch(&config, shard, &primary, &replicas);
+                let wal = match before.filter(|b| same_servers(b, &primary, &replicas)) {
+                    Some(b) if previous.is_some_and(|p| same_wal_timing(&p.config, &config)) => {
+                        b.wal.clone()
+                    }
+                    _ => wal_watch(&config, shard, &primary, &replicas),
+                };
                 ShardPools {
                     name: shard.name.clone(),
                     primary,
@@ -112,6 +164,14 @@ impl Shared {
             .users
             .iter()
             .map(|u| (u.name.clone(), ScramVerifier::from_password(&u.password)))
+            .collect();
+        let user_limits = config
+            .users
+            .iter()
+            .map(|u| {
+                let before = previous.and_then(|p| p.user_limits.get(&u.name));
+                (u.name.clone(), UserLimits::new(u, before))
+            })
             .collect();
         let routing = config.shards.len() > 1
             || config
@@ -127,22 +187,65 @@ impl Shared {
                 .collect(),
             None => Vec::new(),
         };
+        let snapshot =
+            previous.is_some_and(|p| p.server_isolation_is_snapshot.load(Ordering::Relaxed));
         Shared {
             collations: Collations::default(),
             catalog_logins,
-            server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(false),
+            server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(snapshot),
             router,
             plans: Mutex::new(PlanCache::new(PLAN_CACHE_BYTES)),
             routing,
             config,
             shards,
             verifiers,
-            cancel: Arc::new(CancelRegistry::default()),
-            clients: AtomicUsize::new(0),
-            pinned_clients: AtomicUsize::new(0),
+            user_limits,
+            cancel: previous.map_or_else(Default::default, |p| p.cancel.clone()),
+            clients: previous.map_or_else(Default::default, |p| p.clients.clone()),
+            pinned_clients: previous.map_or_else(Default::default, |p| p.pinned_clients.clone()),
+            lifecycle: previous.map_or_else(Default::default, |p| p.lifecycle.clone()),
+            control,
             columns: ColumnLearning::default(),
+            next: ArcSwapOption::empty(),
+            replaced: std::sync::atomic::AtomicBool::new(false),
+            generation: previous.map_or(0, |p| p.generation + 1),
         }
     }
+
+    /// Makes `next` the generation sessions move to.
+    pub fn replace_with(&self, next: Arc<Shared>) {
+        self.next.store(Some(next));
+        self.replaced.store(true, Ordering::Release);
+    }
+
+    /// Whether a reload replaced this generation (one atomic load).
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
+    }
+
+    /// The newest generation, when a reload replaced this one (cheap when none did).
+    pub fn newest(&self) -> Option<Arc<Shared>> {
+        let mut newest = self.next.load_full()?;
+        while let Some(next) = newest.next.load_full() {
+            newest = next;
+        }
+        Some(newest)
+    }
+}
+
+/// Whether a shard's servers are the same backends (same pools, same health watch) as before.
+fn same_servers(before: &ShardPools, primary: &Backend, replicas: &[Backend]) -> bool {
+    Arc::ptr_eq(&before.primary.health, &primary.health)
+        && before.replicas.len() == replicas.len()
+        && before
+            .replicas
+            .iter()
+            .zip(replicas)
+            .all(|(a, b)| Arc::ptr_eq(&a.health, &b.health))
+}
+
+fn same_wal_timing(a: &Config, b: &Config) -> bool {
+    a.pool.health_check_timeout_ms == b.pool.health_check_timeout_ms
 }
 
 /// Bytes of query text (plus overhead) the simple-query plan cache holds.
@@ -395,26 +498,57 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().flatten().collect()
 }
 
-/// Pools for every user on one server, and a health watch over them.
-fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
+/// Pools for every user on one server, and a health watch over them. Pools of `previous` whose
+/// login is unchanged are kept (with the new options); its health watch too when every pool was.
+fn backend(
+    config: &Config,
+    shard: &ShardConfig,
+    addr: &str,
+    previous: Option<&Backend>,
+) -> Backend {
+    let mut kept = 0;
     let pools: HashMap<String, ServerPool> = config
         .users
         .iter()
         .map(|user| {
-            (
-                user.name.clone(),
-                server_pool(config, user, login(config, shard, addr, user)),
-            )
+            let login = login(config, shard, addr, user);
+            let options = pool_options(config, user);
+            let old = previous
+                .and_then(|b| b.pools.get(&user.name))
+                .filter(|pool| pool.manager().login == login);
+            let pool = match old {
+                Some(pool) => {
+                    kept += 1;
+                    pool.reconfigure(options);
+                    pool.clone()
+                }
+                None => Pool::new(BackendManager { login }, options),
+            };
+            (user.name.clone(), pool)
         })
         .collect();
+    if let Some(old) = previous.filter(|b| b.pools.len() == kept && pools.len() == kept) {
+        return Backend {
+            addr: addr.to_string(),
+            pools,
+            health: old.health.clone(),
+        };
+    }
     let health = Arc::new(Health::default());
     let timing = CheckTiming {
         interval: Duration::from_millis(config.pool.health_check_interval_ms),
         timeout: Duration::from_millis(config.pool.health_check_timeout_ms),
     };
     if let Some(user) = config.users.first() {
-        let pools = pools.values().cloned().collect();
-        health::spawn_watch(login(config, shard, addr, user), &health, pools, timing);
+        // The first user's pool runs the checks (within its size).
+        let mut watched: Vec<ServerPool> = vec![pools[&user.name].clone()];
+        watched.extend(
+            pools
+                .iter()
+                .filter(|(name, _)| **name != user.name)
+                .map(|(_, p)| p.clone()),
+        );
+        health::spawn_watch(addr.to_string(), &health, watched, timing);
     }
     Backend {
         addr: addr.to_string(),
@@ -437,7 +571,7 @@ fn wal_watch(
         && !replicas.is_empty();
     let user = config.users.first().filter(|_| enabled)?;
     let server = |b: &Backend| WalServer {
-        login: login(config, shard, &b.addr, user),
+        pool: b.pools[&user.name].clone(),
         health: b.health.clone(),
     };
     let wal = Arc::new(ShardWal::new(replicas.len()));
@@ -465,18 +599,14 @@ fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) ->
     }
 }
 
-fn server_pool(config: &Config, user: &UserConfig, login: LoginParams) -> ServerPool {
+fn pool_options(config: &Config, user: &UserConfig) -> PoolOptions {
     let p = &config.pool;
-    let manager = BackendManager { login };
-    Pool::new(
-        manager,
-        PoolOptions {
-            size: user.pool_size.unwrap_or(p.size),
-            checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
-            min_idle: p.min_idle,
-            idle_timeout: Duration::from_millis(p.idle_timeout_ms),
-            max_lifetime: Duration::from_millis(p.max_lifetime_ms),
-            reset_timeout: Duration::from_secs(5),
-        },
-    )
+    PoolOptions {
+        size: user.pool_size.unwrap_or(p.size),
+        checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
+        min_idle: p.min_idle,
+        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        max_lifetime: Duration::from_millis(p.max_lifetime_ms),
+        reset_timeout: Duration::from_secs(5),
+    }
 }

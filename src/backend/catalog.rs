@@ -254,7 +254,8 @@ pub async fn wal_insert_position(
 ) -> Result<Option<(u64, u64)>, BackendError> {
     let rows = query(
         conn,
-        "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
+        "SET LOCAL statement_timeout = 0; \
+         SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
          pg_catalog.current_setting('wal_block_size')",
     )
     .await?;
@@ -264,10 +265,17 @@ pub async fn wal_insert_position(
     Ok(lsn.zip(page))
 }
 
+/// (Both run on pooled connections, which may carry a client's `statement_timeout`: `SET
+/// LOCAL` lifts it for the sample's implicit transaction only.)
+///
 /// How far a replica has replayed the WAL (`pg_last_wal_replay_lsn()`: the end of the last
 /// record replayed); `None` on a server that is not in recovery.
 pub async fn wal_replay_position(conn: &mut ServerConnection) -> Result<Option<u64>, BackendError> {
-    let rows = query(conn, "SELECT pg_catalog.pg_last_wal_replay_lsn()::text").await?;
+    let rows = query(
+        conn,
+        "SET LOCAL statement_timeout = 0; SELECT pg_catalog.pg_last_wal_replay_lsn()::text",
+    )
+    .await?;
     Ok(rows
         .into_iter()
         .next()

@@ -15,7 +15,7 @@ use crate::transport::Conn;
 use crate::wire::{build, server_tag, Frame, TransactionStatus};
 
 /// Who to log in as, and where.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginParams {
     pub addr: String,
     pub database: String,

@@ -1,13 +1,14 @@
-//! Periodic health checks: one check connection per server runs `SELECT 1` every interval. A
-//! server that fails is marked down (reads skip it, writes to it fail fast) and its pools' idle
-//! connections are closed; it is marked up again when a check succeeds. Knows nothing of clients.
+//! Periodic health checks: every interval a connection of the server's first pool runs
+//! `SELECT 1` (inside the pool's size: a check never adds a connection the pool would not
+//! allow, and is skipped while every connection is busy serving clients). A server that fails
+//! is marked down (reads skip it, writes to it fail fast) and its pools' idle connections are
+//! closed; it is marked up again when a check succeeds. Knows nothing of clients.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::connection::{LoginParams, ServerConnection};
-use super::ServerPool;
+use super::{BackendError, ServerPool};
 
 /// Whether a server answered its last health check.
 #[derive(Debug)]
@@ -41,49 +42,62 @@ pub struct CheckTiming {
     pub timeout: Duration,
 }
 
-/// Checks `login`'s server until `health` is dropped; clears `pools`' idle lists when it goes down.
+/// Checks the server of `pools` (with a connection of the first) until `health` is dropped;
+/// clears the pools' idle lists when it goes down.
 pub fn spawn_watch(
-    login: LoginParams,
+    addr: String,
     health: &Arc<Health>,
     pools: Vec<ServerPool>,
     timing: CheckTiming,
 ) {
     let health: Weak<Health> = Arc::downgrade(health);
+    let Some(checker) = pools.first().cloned() else {
+        return;
+    };
     tokio::spawn(async move {
-        let mut conn: Option<ServerConnection> = None;
         loop {
             tokio::time::sleep(timing.interval).await;
             let Some(health) = health.upgrade() else {
                 return;
             };
-            let ok = tokio::time::timeout(timing.timeout, check(&login, &mut conn))
-                .await
-                .unwrap_or(false);
-            if !ok {
-                conn = None;
-            }
+            let ok = match tokio::time::timeout(timing.timeout, check(&checker)).await {
+                Ok(Some(ok)) => ok,
+                // Every connection is serving a client: the server answers them.
+                Ok(None) => continue,
+                Err(_) => false,
+            };
             let was_up = health.set(ok);
             if was_up && !ok {
-                tracing::warn!("server {} failed its health check; marked down", login.addr);
+                tracing::warn!("server {addr} failed its health check; marked down");
                 for pool in &pools {
                     pool.clear_idle();
                 }
             } else if !was_up && ok {
-                tracing::info!("server {} is back up", login.addr);
+                tracing::info!("server {addr} is back up");
             }
         }
     });
 }
 
-async fn check(login: &LoginParams, conn: &mut Option<ServerConnection>) -> bool {
-    if conn.is_none() {
-        match ServerConnection::connect(login).await {
-            Ok(c) => *conn = Some(c),
-            Err(_) => return false,
-        }
+/// `Some(answered)`, or `None` when the pool has no connection to spare.
+async fn check(pool: &ServerPool) -> Option<bool> {
+    let mut conn = match pool.try_get().await? {
+        Ok(conn) => conn,
+        Err(_) => return Some(false),
+    };
+    // Marked in flight until answered: a check that times out leaves a connection the pool
+    // cancels and closes instead of reusing.
+    conn.set_in_flight(true);
+    // The server answering with an ERROR (a client's tiny `statement_timeout` left on this
+    // pooled connection, say) is alive all the same.
+    let ok = match conn.run_internal("SELECT 1").await {
+        Ok(()) | Err(BackendError::Server { .. }) => true,
+        Err(_) => false,
+    };
+    if ok {
+        conn.set_in_flight(false);
+    } else {
+        conn.discard();
     }
-    match conn.as_mut() {
-        Some(c) => c.run_internal("SELECT 1").await.is_ok(),
-        None => false,
-    }
+    Some(ok)
 }

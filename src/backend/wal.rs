@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::catalog;
-use super::connection::{LoginParams, ServerConnection};
 use super::health::Health;
+use super::ServerPool;
 
 /// Rounds the task keeps running after the last client asked for them.
 const LINGER_ROUNDS: u64 = 100;
@@ -154,9 +154,10 @@ pub fn commit_bound(insert: u64, page_size: u64) -> u64 {
     }
 }
 
-/// A server the task asks, and whether its health check passes.
+/// A server the task asks (with a connection of its first user's pool, within the pool's
+/// size), and whether its health check passes.
 pub struct WalServer {
-    pub login: LoginParams,
+    pub pool: ServerPool,
     pub health: Arc<Health>,
 }
 
@@ -213,44 +214,39 @@ pub fn spawn_watch(
     });
 }
 
-/// One server and the task's connection to it.
+/// One server the task asks.
 struct Watched {
     server: WalServer,
-    conn: Option<ServerConnection>,
 }
 
 impl Watched {
     fn new(server: WalServer) -> Watched {
-        Watched { server, conn: None }
+        Watched { server }
     }
 
     /// The server's position (the primary's commit bound, a replica's replay position; `Some(None)`
-    /// when the server reports none), connecting first if needed; `None` when the server is down
-    /// or does not answer in time (the connection is then dropped).
+    /// when the server reports none); `None` when the server is down, every connection of its
+    /// pool is busy, or it does not answer in time.
     async fn ask(&mut self, timing: WalTiming, primary: bool) -> Option<Option<u64>> {
         if !self.server.health.is_up() {
-            self.conn = None;
             return None;
         }
-        let answer = tokio::time::timeout(timing.timeout, async {
-            if self.conn.is_none() {
-                self.conn = ServerConnection::connect(&self.server.login).await.ok();
-            }
-            let conn = self.conn.as_mut()?;
-            if primary {
-                let insert = catalog::wal_insert_position(conn).await.ok()?;
+        tokio::time::timeout(timing.timeout, async {
+            let mut conn = self.server.pool.try_get().await?.ok()?;
+            // In flight until answered: a timed-out ask leaves a connection the pool closes.
+            conn.set_in_flight(true);
+            let answer = if primary {
+                let insert = catalog::wal_insert_position(&mut conn).await.ok()?;
                 Some(insert.map(|(lsn, page)| commit_bound(lsn, page)))
             } else {
-                catalog::wal_replay_position(conn).await.ok()
-            }
+                catalog::wal_replay_position(&mut conn).await.ok()
+            };
+            conn.set_in_flight(false);
+            answer
         })
         .await
         .ok()
-        .flatten();
-        if answer.is_none() {
-            self.conn = None;
-        }
-        answer
+        .flatten()
     }
 }
 

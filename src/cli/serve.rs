@@ -1,11 +1,12 @@
-//! `pgshard serve --config FILE`: loads the config, binds the listener and runs the proxy until
-//! Ctrl-C or SIGTERM. Glue only.
+//! `pgshard serve --config FILE`: loads the config, binds the listener and runs the proxy;
+//! SIGHUP reloads the config, SIGTERM shuts down gracefully, SIGINT (Ctrl-C) at once. Glue only.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::control::{Command, Control};
 
 /// Arguments of `pgshard serve`.
 #[derive(Debug, clap::Args)]
@@ -37,25 +38,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 format!("cannot listen on {listen} (server.listen); is another process using it?")
             })?;
         tracing::info!("pgshard listening on {}", listener.local_addr()?);
-        crate::server::run(config, listener, shutdown_signal()).await?;
+        let (control, commands) = Control::channel();
+        forward_signals(control.clone())?;
+        let path = args.config.clone();
+        crate::server::serve(
+            config,
+            Some(path),
+            listener,
+            (control, commands),
+            std::future::pending(),
+        )
+        .await?;
         tracing::info!("pgshard stopped");
         Ok(())
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGHUP asks for a reload, SIGTERM for a graceful shutdown, SIGINT for an immediate one.
+fn forward_signals(control: Control) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::spawn(async move {
+        loop {
+            let command = tokio::select! {
+                _ = hup.recv() => Command::Reload { done: None },
+                _ = term.recv() => Command::Shutdown { graceful: true },
+                _ = int.recv() => Command::Shutdown { graceful: false },
+            };
+            control.send(command);
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    });
+    Ok(())
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).

@@ -1,6 +1,7 @@
 //! The TOML configuration: serde types with defaults, loading, and validation at load.
 //! Pure data: no I/O beyond reading the file in [`Config::load`], no sockets, no globals.
 
+mod reload;
 mod validate;
 
 use std::path::Path;
@@ -49,6 +50,10 @@ pub struct ServerConfig {
     /// (temporary objects, cursors WITH HOLD, SQL PREPARE, LISTEN, session advisory locks).
     #[serde(default)]
     pub session_state: SessionStatePolicy,
+    /// On SIGTERM (or the console's SHUTDOWN), how long transactions in flight may run before
+    /// their clients are closed; new connections are refused at once.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 /// `server.session_state`: how transaction mode treats state no other server connection has.
@@ -134,6 +139,18 @@ pub struct UserConfig {
     pub server_password: Option<String>,
     /// Overrides `[pool] size` for this user.
     pub pool_size: Option<usize>,
+    /// Most client connections this user may have at once (SQLSTATE 53300 beyond).
+    pub max_client_connections: Option<usize>,
+    /// Statements per second this user's clients may send together (a token bucket; unset:
+    /// no limit). A statement over the limit waits up to `rate_limit_wait_ms`, then fails
+    /// with SQLSTATE 53400.
+    pub statements_per_second: Option<f64>,
+    /// Statements the bucket holds when full: a burst allowed at once (default: one second's
+    /// worth, at least 1).
+    pub statement_burst: Option<u32>,
+    /// Longest a statement waits for the rate limit before it is refused.
+    #[serde(default = "default_rate_limit_wait_ms")]
+    pub rate_limit_wait_ms: u64,
 }
 
 impl UserConfig {
@@ -146,7 +163,7 @@ impl UserConfig {
 }
 
 /// `[sharding]`: how statements map to shards.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardingConfig {
     pub key_column: String,
@@ -187,7 +204,7 @@ impl Default for ShardingConfig {
 }
 
 /// `[[sharding.tables]]`: a sharded table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     pub name: String,
@@ -231,6 +248,12 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_startup_timeout_ms() -> u64 {
     15_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+fn default_rate_limit_wait_ms() -> u64 {
+    1_000
 }
 
 impl Config {

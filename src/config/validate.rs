@@ -136,6 +136,20 @@ impl Config {
             if let Some(size) = user.pool_size {
                 at_least_one(&format!("users[{i}].pool_size"), size)?;
             }
+            if let Some(max) = user.max_client_connections {
+                at_least_one(&format!("users[{i}].max_client_connections"), max)?;
+            }
+            if let Some(rate) = user.statements_per_second {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(invalid(
+                        format!("users[{i}].statements_per_second"),
+                        format!("is {rate}; set a positive number, or remove it for no limit"),
+                    ));
+                }
+            }
+            if let Some(burst) = user.statement_burst {
+                at_least_one(&format!("users[{i}].statement_burst"), burst as usize)?;
+            }
         }
         Ok(())
     }

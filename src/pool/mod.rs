@@ -8,9 +8,11 @@ mod tests;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the manager says about a connection coming back from a client.
@@ -76,8 +78,12 @@ struct Idle<C> {
 
 struct Inner<M: Manager> {
     manager: M,
-    options: PoolOptions,
+    /// Replaced whole by [`Pool::reconfigure`].
+    options: ArcSwap<PoolOptions>,
     permits: Arc<Semaphore>,
+    /// Permits still to take out of circulation after the pool shrank: each connection handed
+    /// back while this is above zero is closed and its permit forgotten.
+    shrink_debt: AtomicUsize,
     idle: Mutex<Vec<Idle<M::Connection>>>,
 }
 
@@ -108,7 +114,8 @@ impl<M: Manager> Pool<M> {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(options.size)),
             manager,
-            options,
+            options: ArcSwap::from_pointee(options),
+            shrink_debt: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
@@ -119,17 +126,54 @@ impl<M: Manager> Pool<M> {
         &self.inner.manager
     }
 
-    pub fn options(&self) -> &PoolOptions {
-        &self.inner.options
+    pub fn options(&self) -> Arc<PoolOptions> {
+        self.inner.options.load_full()
     }
 
     pub fn status(&self) -> PoolStatus {
-        let size = self.inner.options.size;
+        let size = self.inner.options.load().size;
+        let debt = self.inner.shrink_debt.load(Ordering::Relaxed);
         PoolStatus {
             size,
             idle: lock(&self.inner.idle).len(),
-            in_use: size - self.inner.permits.available_permits(),
+            in_use: (size + debt).saturating_sub(self.inner.permits.available_permits()),
         }
+    }
+
+    /// Applies new options (a config reload): a larger size frees more permits at once; a
+    /// smaller one takes free permits out now and the rest as connections come back, so the
+    /// pool never holds more connections than its size for longer than they are in use.
+    pub fn reconfigure(&self, options: PoolOptions) {
+        let old = self.inner.options.swap(Arc::new(options.clone()));
+        if options.size > old.size {
+            let mut grow = options.size - old.size;
+            // Growing first pays back what a recent shrink still owes.
+            let _ =
+                self.inner
+                    .shrink_debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                        let paid = debt.min(grow);
+                        grow = options.size - old.size - paid;
+                        Some(debt - paid)
+                    });
+            self.inner.permits.add_permits(grow);
+        } else if options.size < old.size {
+            let shrink = old.size - options.size;
+            let taken = self.inner.permits.forget_permits(shrink);
+            self.inner
+                .shrink_debt
+                .fetch_add(shrink - taken, Ordering::AcqRel);
+            let mut idle = lock(&self.inner.idle);
+            let keep = idle.len().min(options.size);
+            idle.truncate(keep);
+        }
+    }
+
+    /// A connection now if a permit is free (an idle one, or a new one), else `None`: for
+    /// work that must count against the size but must not queue behind clients (health checks).
+    pub async fn try_get(&self) -> Option<Result<Pooled<M>, PoolError<M::Error>>> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        Some(self.with_permit(permit).await)
     }
 
     /// Waits in line (FIFO) for a connection, up to the checkout timeout.
@@ -140,6 +184,14 @@ impl<M: Manager> Pool<M> {
             // permits straight to queued waiters, so try_acquire never jumps a queue.
             Err(_) => self.wait_for_permit().await?,
         };
+        self.with_permit(permit).await
+    }
+
+    /// An idle connection, or a new one, under `permit`.
+    async fn with_permit(
+        &self,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Pooled<M>, PoolError<M::Error>> {
         let (conn, created) = match self.take_idle() {
             Some(idle) => (idle.conn, idle.created),
             None => {
@@ -161,7 +213,7 @@ impl<M: Manager> Pool<M> {
     }
 
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
-        let timeout = self.inner.options.checkout_timeout;
+        let timeout = self.inner.options.load().checkout_timeout;
         match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
             Err(_) => Err(PoolError::Timeout(timeout)),
             Ok(Err(_)) => Err(PoolError::Closed),
@@ -171,9 +223,10 @@ impl<M: Manager> Pool<M> {
 
     /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
     fn take_idle(&self) -> Option<Idle<M::Connection>> {
+        let max_lifetime = self.inner.options.load().max_lifetime;
         loop {
             let mut entry = lock(&self.inner.idle).pop()?;
-            if entry.created.elapsed() < self.inner.options.max_lifetime
+            if entry.created.elapsed() < max_lifetime
                 && self.inner.manager.is_alive(&mut entry.conn)
             {
                 return Some(entry);
@@ -226,15 +279,16 @@ impl<M: Manager> Drop for Pooled<M> {
         let created = self.created;
         match pool.manager.returned(&conn) {
             Returned::Clean => give_back(&pool, conn, created, permit),
-            Returned::Broken => drop(permit),
+            Returned::Broken => close(&pool, permit),
             Returned::NeedsReset => {
                 // The permit travels with the reset, so the pool never exceeds its size.
                 tokio::spawn(async move {
                     let reset = pool.manager.reset(&mut conn);
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(pool.options.reset_timeout, reset).await
-                    {
+                    let limit = pool.options.load().reset_timeout;
+                    if let Ok(Ok(())) = tokio::time::timeout(limit, reset).await {
                         give_back(&pool, conn, created, permit);
+                    } else {
+                        close(&pool, permit);
                     }
                 });
             }
@@ -249,7 +303,11 @@ fn give_back<M: Manager>(
     created: Instant,
     permit: OwnedSemaphorePermit,
 ) {
-    if created.elapsed() < pool.options.max_lifetime {
+    if pay_shrink_debt(pool) {
+        permit.forget();
+        return;
+    }
+    if created.elapsed() < pool.options.load().max_lifetime {
         let now = Instant::now();
         lock(&pool.idle).push(Idle {
             conn,
@@ -258,6 +316,23 @@ fn give_back<M: Manager>(
         });
     }
     drop(permit);
+}
+
+/// A connection was closed: its permit goes to the next waiter, or out of circulation if the
+/// pool shrank.
+fn close<M: Manager>(pool: &Inner<M>, permit: OwnedSemaphorePermit) {
+    if pay_shrink_debt(pool) {
+        permit.forget();
+    }
+}
+
+/// Takes one permit out of circulation if the pool shrank below what is in use.
+fn pay_shrink_debt<M: Manager>(pool: &Inner<M>) -> bool {
+    pool.shrink_debt.load(Ordering::Relaxed) > 0
+        && pool
+            .shrink_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -269,15 +344,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// connections up to `min_idle`. Ends when the pool is dropped.
 async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
     let period = match pool.upgrade() {
-        Some(p) => {
-            (p.options.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-        }
+        Some(p) => (p.options.load().idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         None => return,
     };
     loop {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
-        let opts = &pool.options;
+        let opts = pool.options.load_full();
         {
             let mut idle = lock(&pool.idle);
             let mut keep = idle.len();

@@ -138,3 +138,67 @@ async fn dead_idle_connection_is_replaced() {
     assert_eq!(pool.status().idle, 1);
     assert_eq!(pool.get().await.unwrap().id, DEAD_ON_IDLE + 1);
 }
+
+#[tokio::test]
+async fn shrinking_takes_permits_back_as_connections_return() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(4, 20));
+    let held: Vec<_> = futures_get(&pool, 3).await;
+    pool.reconfigure(options(2, 20));
+    // 1 free permit taken at once, 2 owed: no checkout succeeds while 3 are out.
+    assert!(pool.try_get().await.is_none());
+    assert_eq!(pool.status().in_use, 3);
+    let mut held = held.into_iter();
+    drop(held.next());
+    // Paid one debt: still 2 out, size 2: nothing free.
+    assert!(pool.try_get().await.is_none());
+    drop(held.next());
+    // Now 1 out of 2.
+    let again = pool
+        .try_get()
+        .await
+        .expect("a permit is free")
+        .expect("connects");
+    assert!(pool.try_get().await.is_none());
+    drop(again);
+    drop(held.next());
+    assert_eq!(
+        pool.status(),
+        PoolStatus {
+            size: 2,
+            idle: 2,
+            in_use: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn growing_pays_back_a_shrink_first() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(3, 20));
+    let held = futures_get(&pool, 3).await;
+    pool.reconfigure(options(1, 20));
+    pool.reconfigure(options(4, 20));
+    // Size 4 with 3 out: exactly one more.
+    let one = pool.try_get().await.expect("one free").expect("connects");
+    assert!(pool.try_get().await.is_none());
+    drop(one);
+    drop(held);
+    assert_eq!(pool.status().in_use, 0);
+    assert_eq!(futures_get(&pool, 4).await.len(), 4);
+}
+
+#[tokio::test]
+async fn try_get_never_waits_for_a_busy_pool() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 60_000));
+    let held = pool.get().await.unwrap();
+    assert!(pool.try_get().await.is_none());
+    drop(held);
+    assert!(pool.try_get().await.is_some());
+}
+
+async fn futures_get(pool: &Pool<Arc<Counter>>, n: usize) -> Vec<Pooled<Arc<Counter>>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(pool.get().await.expect("checkout"));
+    }
+    out
+}

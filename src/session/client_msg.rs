@@ -20,10 +20,21 @@ use crate::wire::Frame;
 impl<S: Stream> Session<S> {
     /// Handles every complete frame the client has sent (and the one that waited for a route).
     pub(super) async fn on_client_data(&mut self) -> Result<Flow, SessionError> {
-        while let Some(frame) = self.next_client_frame()? {
+        loop {
+            // A frame that waited for a route already passed the rate limit.
+            let fresh = self.proto.stalled.is_none();
+            let Some(frame) = self.next_client_frame()? else {
+                break;
+            };
             let t = frame.tag();
             if t == tag::TERMINATE {
                 return Ok(Flow::Exit);
+            }
+            if fresh && (t == tag::QUERY || t == tag::EXECUTE) && !self.proto.skipping_until_sync {
+                if let Err(e) = self.take_statement_token().await {
+                    self.refuse(&e, t == tag::QUERY);
+                    continue;
+                }
             }
             if self.proto.skipping_until_sync {
                 if t == tag::SYNC {

@@ -24,6 +24,19 @@ pub enum SessionError {
     CheckoutTimeout { pool: String, waited_ms: u64 },
     #[error("too many client connections (limit {0})")]
     TooManyClients(usize),
+    #[error("too many client connections for user \"{user}\" (limit {limit})")]
+    TooManyClientsForUser { user: String, limit: usize },
+    #[error(
+        "user \"{user}\" is over its statement rate limit ({per_second} per second) and this \
+         statement could not run within {waited_ms} ms"
+    )]
+    RateLimited {
+        user: String,
+        per_second: f64,
+        waited_ms: u64,
+    },
+    #[error("pgshard is shutting down")]
+    ShuttingDown,
     #[error("database \"{asked}\" does not exist here; connect to \"{served}\"")]
     UnknownDatabase { asked: String, served: String },
     #[error(transparent)]
@@ -85,6 +98,32 @@ impl From<&SessionError> for ClientError {
                     format!(
                         "pgshard: {e}; retry later, or raise [pool] size or checkout_timeout_ms"
                     ),
+                )
+            }
+            SessionError::TooManyClientsForUser { .. } => {
+                return ClientError::new(
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "pgshard: {e}; close idle connections or raise max_client_connections \
+                         of this user's [[users]] entry"
+                    ),
+                )
+            }
+            SessionError::RateLimited { .. } => {
+                return ClientError::new(
+                    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+                    format!(
+                        "pgshard: {e}; send statements more slowly, or raise \
+                         statements_per_second (or statement_burst, rate_limit_wait_ms) of this \
+                         user's [[users]] entry"
+                    ),
+                )
+            }
+            SessionError::ShuttingDown => {
+                return ClientError::new(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "pgshard: pgshard is shutting down and closed this connection between \
+                     transactions; reconnect (to another pgshard, or to this one once it is back)",
                 )
             }
             SessionError::TooManyClients(_) => {

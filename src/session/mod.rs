@@ -3,6 +3,7 @@
 //! transaction (or the whole session) and no longer. Must never hand a server connection back
 //! while a response is outstanding or a transaction is open.
 
+mod admission;
 mod aggregate;
 mod bound;
 mod client_msg;
@@ -29,7 +30,7 @@ mod tests;
 mod transaction;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::cancel::CancelGuard;
 use crate::config::PoolMode;
+use crate::control::Presence;
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
@@ -55,14 +57,24 @@ use crate::wire::TransactionStatus;
 
 /// Serves one client connection (TCP, TLS, or an in-memory stream in tests) until it ends.
 /// Errors go to the client as FATAL ErrorResponses.
-pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
-    let _count = ClientCount::new(&shared);
+pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
+    run_with_presence(stream, shared, Arc::default()).await
+}
+
+/// [`run`], with the flag through which a graceful shutdown closes the session while it waits
+/// between transactions.
+pub async fn run_with_presence<S: Stream>(
+    mut stream: S,
+    shared: Arc<Shared>,
+    presence: Arc<Presence>,
+) {
+    let _count = ClientCount::new(&shared.clients);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
     let login = tokio::time::timeout(limit, handshake(&mut stream, &mut buf, &shared))
         .await
         .unwrap_or(Err(SessionError::StartupTimeout));
-    let (user, settings) = match login {
+    let (user, settings, admission) = match login {
         Ok(Some(login)) => login,
         Ok(None) => return,
         Err(e) => {
@@ -72,6 +84,8 @@ pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
         }
     };
     let mut session = Session::new(Conn::new(stream, buf), shared, user, settings);
+    session.admission = admission;
+    session.presence = presence;
     if let Err(e) = session.serve().await {
         tracing::debug!("session ended: {e}");
         session.send_fatal(&e).await;
@@ -83,7 +97,7 @@ async fn handshake<S: Stream>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<Option<(String, Settings)>, SessionError> {
+) -> Result<Option<(String, Settings, admission::UserAdmission)>, SessionError> {
     let Some(startup) = startup::read_startup(stream, buf, shared).await? else {
         return Ok(None);
     };
@@ -93,22 +107,23 @@ async fn handshake<S: Stream>(
     }
     let settings = settings::from_startup(&startup.params)?;
     let user = startup::authenticate(stream, buf, shared, &startup).await?;
-    Ok(Some((user, settings)))
+    let admission = admission::admit(shared, &user)?;
+    Ok(Some((user, settings, admission)))
 }
 
-/// Counts this client among the open ones while it lives.
-struct ClientCount(Arc<Shared>);
+/// Counts this client among the open ones while it lives (in every generation's count).
+struct ClientCount(Arc<AtomicUsize>);
 
 impl ClientCount {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.clients.fetch_add(1, Ordering::Relaxed);
-        ClientCount(shared.clone())
+    fn new(clients: &Arc<AtomicUsize>) -> Self {
+        clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(clients.clone())
     }
 }
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -151,6 +166,11 @@ pub(crate) struct Session<S> {
     max_message: usize,
     /// Schema changes seen, for the column order of INSERTs without a column list.
     schema: columns::SchemaWatch,
+    /// The client's place among its user's clients, and the user's statement rate limit.
+    admission: admission::UserAdmission,
+    /// Whether it waits between transactions (a graceful shutdown may close it then).
+    presence: Arc<Presence>,
+    marked_waiting: bool,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -212,6 +232,12 @@ impl<S: Stream> Session<S> {
             ctx: RouteContext::default(),
             cancel,
             schema: columns::SchemaWatch::default(),
+            admission: admission::UserAdmission {
+                _slot: None,
+                rate: None,
+            },
+            presence: Arc::default(),
+            marked_waiting: false,
         }
     }
 
@@ -251,7 +277,9 @@ impl<S: Stream> Session<S> {
             } else if std::mem::take(&mut read_with_startup) {
                 io::Event::ClientData
             } else {
-                self.next_event().await?
+                let event = self.next_event().await?;
+                self.woken()?;
+                event
             };
             let flow = match event {
                 io::Event::ClientClosed => Flow::Exit,

@@ -60,8 +60,9 @@ impl OwnWrites {
         if shards.get(shard).and_then(|s| s.wal.as_ref()).is_none() {
             return;
         }
-        if self.needs.is_empty() {
-            self.needs = vec![None; shards.len()];
+        if self.needs.len() < shards.len() {
+            // Sized at the first write, grown when a reload added shards.
+            self.needs.resize(shards.len(), None);
         }
         if self.needs[shard].is_none() {
             self.count += 1;

@@ -241,7 +241,7 @@ impl<S: Stream> Session<S> {
     }
 
     /// Reports an error for a statement that will not run, keeping the protocol in step.
-    fn refuse(&mut self, e: &SessionError, simple: bool) {
+    pub(super) fn refuse(&mut self, e: &SessionError, simple: bool) {
         self.fail_statement(simple);
         self.report_error(e);
         if simple {

@@ -21,7 +21,7 @@ impl<S: Stream> Session<S> {
             self.settle(capture).await?;
         }
         self.release_if_done();
-        Ok(())
+        self.between_transactions()
     }
 
     /// `Some(capture)` when a settle query should run now: outside any transaction of the

@@ -120,9 +120,17 @@ fn mixing_shards_with_and_without_slots_is_an_error() {
 }
 
 #[test]
+fn an_empty_spec_owns_no_slots() {
+    let map = build(&[("s0", Some("0-4095")), ("s1", Some(""))]).unwrap();
+    assert_eq!(map.len(), 2);
+    assert!((0..SLOT_COUNT).all(|slot| map.shard_of_slot(slot) == 0));
+    let msg = error(&[("s0", Some(""))]);
+    assert!(msg.contains("owned by no shard"), "{msg}");
+}
+
+#[test]
 fn malformed_specs_are_rejected_with_the_part_at_fault() {
     for (spec, expected) in [
-        ("", "it is empty"),
         ("0-99,", "\"\" is not a slot number"),
         ("0..99", "\"0..99\" is not a slot number"),
         ("-5", "\"-5\" is not a slot number"),
