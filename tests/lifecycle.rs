@@ -140,6 +140,10 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 fn config(database: &str, size: usize, extra: &[(&str, &str)], more: &str) -> String {
     let mut text = base_config_with(&[
         (
+            "read_from = \"primary\"",
+            "read_from = \"primary\"\nslots = \"0-4095\"",
+        ),
+        (
             "size = 4",
             &format!("size = {size}\nhealth_check_interval_ms = 50"),
         ),
@@ -200,8 +204,14 @@ async fn sighup_reloads_users_and_pools_under_load_without_a_client_error() {
         .output();
     let bench = tokio::spawn(bench);
 
-    // Under the load: `leaving` goes, `arriving` comes, the pool shrinks to 3.
-    let after = config("pgbench", 3, &[("arriving", "hello")], "");
+    // Under the load: `leaving` goes, `arriving` comes, the pool shrinks to 3, and shard s1
+    // (the cluster's database `app`) joins, owning no slots yet.
+    let mut after = config("pgbench", 3, &[("arriving", "hello")], "");
+    after.push_str(&format!(
+        "\n[[shards]]\nname = \"s1\"\nprimary = \"{}\"\ndatabase = \"app\"\nslots = \"\"\n\
+         read_from = \"primary\"\n",
+        cluster().primary_addr()
+    ));
     served.reload(&after);
     served.wait_for_log("(generation 1)");
     let arriving = connect(&served.url("arriving", "hello", "app"))
@@ -209,6 +219,12 @@ async fn sighup_reloads_users_and_pools_under_load_without_a_client_error() {
         .expect("a user added by the reload logs in");
     let one: i32 = arriving.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+    // The new shard is reachable (by a hint: it owns no slots), the old one still serves.
+    let on = |shard: &str| format!("/* pgshard: shard={shard} */ SELECT current_database()");
+    let db: String = arriving.query_one(&on("s1"), &[]).await.unwrap().get(0);
+    assert_eq!(db, "app");
+    let db: String = arriving.query_one(&on("s0"), &[]).await.unwrap().get(0);
+    assert_eq!(db, "pgbench");
     let refused = connect(&served.url("leaving", "bye", "app"))
         .await
         .unwrap_err();
