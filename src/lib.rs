@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod localpg;
 pub mod merge;
+pub mod metrics;
 pub mod multishard;
 pub mod pool;
 pub mod router;

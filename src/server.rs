@@ -16,6 +16,8 @@ use crate::shared::Shared;
 pub enum ServerError {
     #[error("accept failed: {0}")]
     Accept(#[from] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Serves clients on `listener` until `shutdown` resolves; then closes every client session.
@@ -35,6 +37,9 @@ pub async fn run(
             }
         });
     }
+    let metrics = crate::metrics::bind(&shared)
+        .await?
+        .map(|listener| tokio::spawn(crate::metrics::serve(listener, shared.clone())));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -55,5 +60,8 @@ pub async fn run(
         }
     }
     sessions.abort_all();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::backend::wal::{self, ShardWal, WalServer, WalTiming};
 use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 
@@ -72,6 +73,8 @@ pub struct Shared {
     pub pinned_clients: AtomicUsize,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
+    /// Prometheus metrics (recording is a no-op without `[metrics]`).
+    pub metrics: Metrics,
 }
 
 /// When the sharded tables' column order was last learned, and how many times: learning runs
@@ -128,6 +131,7 @@ impl Shared {
             None => Vec::new(),
         };
         Shared {
+            metrics: Metrics::new(&config),
             collations: Collations::default(),
             catalog_logins,
             server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(false),
