@@ -14,7 +14,9 @@
 #        SYSCALLS (1: system calls per transaction of each proxy under strace, 4 clients, simple;
 #        0 skips it),
 #        BASELINE_BIN (a pgshard binary of another build, e.g. the commit before a change: it runs
-#        as a fourth target in the same rotation, and a before/after table is added).
+#        as a fourth target in the same rotation, and a before/after table is added),
+#        METRICS (1: the pgshard target serves [metrics] on a free port, so its numbers include
+#        recording the metrics; 0 by default).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -30,6 +32,7 @@ ROUTING=${ROUTING:-1}
 IDLE=${IDLE:-1}
 SYSCALLS=${SYSCALLS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
+METRICS=${METRICS:-0}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
@@ -254,6 +257,11 @@ fi
 # with the given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
 start_pgshard() {
     local name=$1 port=$2 size=$3 shards=${4:-$ONE_SHARD} binary=${5:-$PGSHARD}
+    local metrics=
+    if [[ $METRICS -eq 1 && $name == pgshard ]]; then
+        free_port METRICS_PORT
+        metrics=$(printf '[metrics]\nlisten = "127.0.0.1:%s"' "$METRICS_PORT")
+    fi
     cat >"$WORK/$name.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -270,6 +278,8 @@ name = "app"
 password = "app"
 
 $shards
+
+$metrics
 EOF
     NO_COLOR=1 "$binary" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
         >>"$WORK/$name.log" 2>&1 &
@@ -429,6 +439,13 @@ for clients in "${CLIENT_COUNTS[@]}"; do
         for t in "${TARGETS[@]}"; do pick_median "$t/$clients/$proto"; done
     done
 done
+if [[ $METRICS -eq 1 ]]; then
+    # What the pgshard target recorded over the runs above, as Prometheus would scrape it.
+    mkdir -p "$RESULTS/logs"
+    { exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 &&
+        cat <&3; } >"$RESULTS/logs/metrics.txt" 2>/dev/null || log "could not scrape pgshard's /metrics"
+    log "pgshard statements: $(grep -h '^pgshard_statements_total{route="single_shard"}' "$RESULTS/logs/metrics.txt" || echo none)"
+fi
 
 # The prepared-statement bar: 50 clients, -M prepared, through a pool of 2 server connections.
 free_port SMALL_PORT

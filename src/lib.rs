@@ -17,6 +17,7 @@ pub mod error;
 pub mod limits;
 pub mod localpg;
 pub mod merge;
+pub mod metrics;
 pub mod multishard;
 pub mod pool;
 pub mod router;

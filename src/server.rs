@@ -22,6 +22,8 @@ use crate::shared::Shared;
 pub enum ServerError {
     #[error("accept failed: {0}")]
     Accept(#[from] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Serves clients on `listener` until `shutdown` resolves; then closes every client session.
@@ -47,6 +49,9 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let mut current = Arc::new(Shared::serving(config, control));
     learn(&current);
+    let metrics = crate::metrics::bind(&current)
+        .await?
+        .map(|listener| tokio::spawn(crate::metrics::serve(listener, current.clone())));
     let mut sessions = Sessions::default();
     tokio::pin!(stop_now);
     let graceful = loop {
@@ -90,6 +95,9 @@ pub async fn serve(
     }
     sessions.set.abort_all();
     while sessions.set.join_next().await.is_some() {}
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(())
 }
 
@@ -180,12 +188,14 @@ fn reload(current: &mut Arc<Shared>, path: Option<&PathBuf>) -> Result<u64, Stri
     let config = match outcome {
         Ok(config) => config,
         Err(e) => {
+            current.metrics.record_reload(false);
             let e = format!("{} was not reloaded: {e}", path.display());
             tracing::error!("{e}; the running config stays");
             return Err(e);
         }
     };
     let next = Arc::new(current.reloaded(config));
+    next.metrics.record_reload(true);
     learn(&next);
     current.replace_with(next.clone());
     *current = next;

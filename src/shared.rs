@@ -22,6 +22,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
 use crate::control::Control;
 use crate::limits::UserLimits;
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 
@@ -86,6 +87,9 @@ pub struct Shared {
     replaced: std::sync::atomic::AtomicBool,
     /// Counts reloads: 0 for the config pgshard started with.
     pub generation: u64,
+    /// Prometheus metrics (recording is a no-op without `[metrics]`). Kept across reloads
+    /// (shards added by one are not in the per-shard histograms until a restart).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The proxy's lifecycle, shared by every generation.
@@ -190,6 +194,8 @@ impl Shared {
         let snapshot =
             previous.is_some_and(|p| p.server_isolation_is_snapshot.load(Ordering::Relaxed));
         Shared {
+            metrics: previous
+                .map_or_else(|| Arc::new(Metrics::new(&config)), |p| p.metrics.clone()),
             collations: Collations::default(),
             catalog_logins,
             server_isolation_is_snapshot: std::sync::atomic::AtomicBool::new(snapshot),

@@ -22,6 +22,17 @@ pub struct Config {
     #[serde(default)]
     pub sharding: ShardingConfig,
     pub shards: Vec<ShardConfig>,
+    /// `[metrics]`: the Prometheus endpoint; none without the section.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where Prometheus scrapes `/metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint, e.g. `127.0.0.1:9930`.
+    pub listen: String,
 }
 
 /// `[server]`: the client-facing side.

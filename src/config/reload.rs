@@ -25,6 +25,9 @@ impl Config {
         if self.sharding != running.sharding {
             return Err(restart("sharding"));
         }
+        if self.metrics != running.metrics {
+            return Err(restart("metrics.listen"));
+        }
         self.check_shards_kept(running)
     }
 

@@ -79,6 +79,9 @@ impl Config {
     fn validate_server(&self) -> Result<(), ConfigError> {
         let server = &self.server;
         check_host_port("server.listen", &server.listen, true)?;
+        if let Some(metrics) = &self.metrics {
+            check_host_port("metrics.listen", &metrics.listen, true)?;
+        }
         if server.database.trim().is_empty() {
             return Err(invalid(
                 "server.database",

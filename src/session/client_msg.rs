@@ -68,6 +68,9 @@ impl<S: Stream> Session<S> {
 
     /// Queues one client frame for the server connection this session holds.
     pub(super) fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if self.request_started.is_none() {
+            self.request_started = self.shared.metrics.now();
+        }
         if let Some(replay) = self.replay.as_mut() {
             replay.push(frame.bytes.clone());
         }

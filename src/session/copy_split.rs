@@ -79,6 +79,7 @@ impl<S: Stream> Session<S> {
             } => self.copy_out(&sql, &shards, target, header).await?,
         };
         if let Some(error) = failed {
+            self.shared.metrics.error(error.sqlstate());
             error.write_to(&mut self.client.output);
             if !simple {
                 self.proto.skipping_until_sync = true;

@@ -315,6 +315,16 @@ pub(super) enum Failure {
 }
 
 impl Failure {
+    /// Its SQLSTATE.
+    pub(super) fn sqlstate(&self) -> &str {
+        match self {
+            Failure::Server(bytes) => {
+                crate::metrics::sqlstate_of(bytes.get(5..).unwrap_or_default())
+            }
+            Failure::Own(error) => error.code.as_str(),
+        }
+    }
+
     /// Appends the ErrorResponse for the client.
     pub(super) fn write_to(&self, out: &mut BytesMut) {
         match self {

@@ -245,14 +245,17 @@ impl<S: Stream> Session<S> {
             .filter(|&i| matches!(outcomes[i], Outcome::Applied(_)))
             .collect();
         if answer.copy_in && applied.is_empty() {
-            ClientError::from(&MultiShardError::CopyIntoReference).encode(&mut self.client.output);
+            let error = ClientError::from(&MultiShardError::CopyIntoReference);
+            self.shared.metrics.error(error.code.as_str());
+            error.encode(&mut self.client.output);
             return true;
         }
         if applied.len() == outcomes.len() {
             if answer.mismatch {
                 tracing::warn!("a write on several shards returned different columns per shard");
-                ClientError::from(&MultiShardError::DifferentReturning)
-                    .encode(&mut self.client.output);
+                let error = ClientError::from(&MultiShardError::DifferentReturning);
+                self.shared.metrics.error(error.code.as_str());
+                error.encode(&mut self.client.output);
                 return true;
             } else if split {
                 let total: u64 = outcomes.iter().map(inserted).sum();
@@ -265,12 +268,14 @@ impl<S: Stream> Session<S> {
         if let [Outcome::Failed(first), ..] = outcomes {
             if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
                 // It failed everywhere, so nothing applied: the server's own error says it all.
+                self.shared.metrics.error(first.code.as_str());
                 self.client.output.extend_from_slice(&first.bytes);
                 return true;
             }
         }
         let error = ClientError::from(&partial_failure(&names, outcomes, split));
         tracing::warn!("{}", error.message);
+        self.shared.metrics.error(error.code.as_str());
         error.encode(&mut self.client.output);
         true
     }

@@ -78,6 +78,9 @@ pub async fn run_with_presence<S: Stream>(
         Ok(Some(login)) => login,
         Ok(None) => return,
         Err(e) => {
+            if e.reaches_client() {
+                shared.metrics.error(ClientError::from(&e).code.as_str());
+            }
             let mut client = Conn::new(stream, buf);
             io::send_fatal(&mut client, &e).await;
             return;
@@ -171,6 +174,10 @@ pub(crate) struct Session<S> {
     /// Whether it waits between transactions (a graceful shutdown may close it then).
     presence: Arc<Presence>,
     marked_waiting: bool,
+    /// When the request the held server connection answers now was sent (metrics on).
+    request_started: Option<std::time::Instant>,
+    /// A statement ran on the held server connection since its last transaction ended.
+    statement_on_server: bool,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -238,6 +245,8 @@ impl<S: Stream> Session<S> {
             },
             presence: Arc::default(),
             marked_waiting: false,
+            request_started: None,
+            statement_on_server: false,
         }
     }
 
@@ -251,7 +260,7 @@ impl<S: Stream> Session<S> {
             .cloned();
         let pool =
             pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
-        self.checkout(pool).await?;
+        self.checkout(pool, default_shard).await?;
         self.held = Some(HeldServer {
             shard: default_shard,
             primary: true,
@@ -308,21 +317,26 @@ impl<S: Stream> Session<S> {
     }
 
     /// Takes a server connection from the pool and brings it to this client's settings.
-    async fn checkout(&mut self, pool: ServerPool) -> Result<(), SessionError> {
-        let conn = self.connection_from(&pool).await?;
+    async fn checkout(&mut self, pool: ServerPool, shard: usize) -> Result<(), SessionError> {
+        let conn = self.connection_from(&pool, shard).await?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
         Ok(())
     }
 
-    /// A connection from `pool`, brought to this client's settings (not held by the session).
+    /// A connection from `pool` (of `shard`), brought to this client's settings (not held by
+    /// the session).
     async fn connection_from(
         &self,
         pool: &ServerPool,
+        shard: usize,
     ) -> Result<Pooled<BackendManager>, SessionError> {
         tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
-        let mut conn = pool.get().await.map_err(|e| match e {
+        let started = self.shared.metrics.now();
+        let got = pool.get().await;
+        self.shared.metrics.checkout_waited(shard, started);
+        let mut conn = got.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
                 pool: format!(
                     "{}/{}",
@@ -388,6 +402,7 @@ impl<S: Stream> Session<S> {
         self.cancel.slot.set(None);
         self.held = None;
         self.replay = None;
+        self.request_started = None;
         // A write on it has committed: start looking for the replicas that replay it.
         self.own_writes.refresh(&self.shared.shards, None);
         self.server.take()
@@ -407,13 +422,16 @@ impl<S: Stream> Session<S> {
     /// Queues an ERROR for the client (the session goes on).
     fn report_error(&mut self, e: &SessionError) {
         let error = ClientError::from(e);
+        self.shared.metrics.error(error.code.as_str());
         self.answer(|out| error.encode(out));
     }
 
     /// Sends a FATAL error and whatever is still queued for the client; best effort.
     async fn send_fatal(&mut self, e: &SessionError) {
         if e.reaches_client() {
-            ClientError::from(e).fatal().encode(&mut self.client.output);
+            let error = ClientError::from(e).fatal();
+            self.shared.metrics.error(error.code.as_str());
+            error.encode(&mut self.client.output);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
     }

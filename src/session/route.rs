@@ -15,6 +15,7 @@ use super::prepared::Expect;
 use super::Session;
 use crate::backend::BackendManager;
 use crate::config::{PoolMode, ReadFrom};
+use crate::metrics::RouteKind;
 use crate::pool::Pooled;
 use crate::router::{
     normalize_literals, Execution, HeldServer, OverrideChange, Params, Plan, Route, RouteContext,
@@ -84,6 +85,14 @@ impl<S: Stream> Session<S> {
         self.statement_routed();
         let decision = decision?;
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
+        if is_statement(&frame) {
+            match &decision {
+                Decision::Answered => self.count_statement(RouteKind::Local, false),
+                Decision::Failed(_) => self.count_statement(RouteKind::Refused, false),
+                Decision::ForwardAs(_) => self.count_statement(RouteKind::SingleShard, true),
+                _ => {}
+            }
+        }
         match decision {
             Decision::Run(execution) => return self.execute(frame, execution, simple).await,
             Decision::Pending => self.proto.pending.push(frame),
@@ -119,10 +128,17 @@ impl<S: Stream> Session<S> {
         execution: Execution,
         simple: bool,
     ) -> Result<Option<Frame>, SessionError> {
+        // Whether it runs on the held connection, whose ReadyForQuery counts its transaction.
+        let on_held = matches!(execution, Execution::Held | Execution::Shard { .. });
+        let kind = is_statement(&frame).then(|| route_kind(&execution));
         let outcome = match execution {
             Execution::Held => self.forward(frame).map(|()| None),
             Execution::Shard { shard, target } => {
-                return self.forward_to(shard, target, true, frame, simple).await
+                let given_back = self.forward_to(shard, target, true, frame, simple).await;
+                if let (Some(kind), Ok(None)) = (kind, &given_back) {
+                    self.count_statement(kind, true);
+                }
+                return given_back;
             }
             Execution::Refuse(e) => {
                 self.refuse(&SessionError::Route(e), simple);
@@ -182,6 +198,10 @@ impl<S: Stream> Session<S> {
                 .await
                 .map(|()| None),
         };
+        // Counted once carried out (or failed): a frame given back is decided again.
+        if let (Some(kind), false) = (kind, matches!(outcome, Ok(Some(_)))) {
+            self.count_statement(kind, on_held);
+        }
         match outcome {
             Err(SessionError::ClientIo(e)) => Err(SessionError::ClientIo(e)),
             Err(e) => {
@@ -189,6 +209,17 @@ impl<S: Stream> Session<S> {
                 Ok(None)
             }
             Ok(frame) => Ok(frame),
+        }
+    }
+
+    /// A statement was carried out as `kind`; outside a transaction it was one too (counted
+    /// at its ReadyForQuery instead when it ran `on_held`, the held server connection).
+    fn count_statement(&mut self, kind: RouteKind, on_held: bool) {
+        let metrics = &self.shared.metrics;
+        metrics.statement(kind);
+        self.statement_on_server |= on_held;
+        if !on_held && self.tx.is_outside() {
+            metrics.transaction(kind);
         }
     }
 
@@ -678,7 +709,7 @@ impl<S: Stream> Session<S> {
                 if !replica.health.is_up() || !replayed() {
                     continue;
                 }
-                match self.connection_from(pool).await {
+                match self.connection_from(pool, shard).await {
                     Ok(conn) => return Ok((conn, false)),
                     // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
                     // try the next one, then the primary. Reads never fail for a replica's sake.
@@ -698,7 +729,7 @@ impl<S: Stream> Session<S> {
             return Err(down());
         }
         let pool = pools.primary.pools.get(&self.user).ok_or_else(down)?;
-        Ok((self.connection_from(pool).await?, true))
+        Ok((self.connection_from(pool, shard).await?, true))
     }
 
     /// Sends the frames that waited for a route.
@@ -707,6 +738,29 @@ impl<S: Stream> Session<S> {
             self.forward(frame)?;
         }
         Ok(())
+    }
+}
+
+/// Whether a frame is a statement to count: a Query, or a Bind (one run of a prepared one).
+fn is_statement(frame: &Frame) -> bool {
+    matches!(frame.tag(), tag::QUERY | tag::BIND)
+}
+
+/// How an execution runs, for the metrics.
+fn route_kind(execution: &Execution) -> RouteKind {
+    match execution {
+        Execution::Held | Execution::Shard { .. } | Execution::ReleaseFirst => {
+            RouteKind::SingleShard
+        }
+        Execution::Scatter { shards, .. } | Execution::CopyOut { shards, .. }
+            if shards.len() > 1 =>
+        {
+            RouteKind::ScatterGather
+        }
+        Execution::Scatter { .. } | Execution::CopyOut { .. } => RouteKind::SingleShard,
+        Execution::FanOut(_) | Execution::CopyIn(_) => RouteKind::FanOut,
+        Execution::Local(_) => RouteKind::Local,
+        Execution::Refuse(_) => RouteKind::Refused,
     }
 }
 

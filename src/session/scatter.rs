@@ -178,6 +178,7 @@ impl<S: Stream> Session<S> {
         }
         match gathered.error {
             Some(error) => {
+                self.shared.metrics.error(error.sqlstate());
                 error.write_to(&mut self.client.output);
                 self.fail_statement(output.simple);
             }

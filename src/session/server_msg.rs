@@ -109,6 +109,7 @@ impl<S: Stream> Session<S> {
                 true
             }
             tag::ERROR_RESPONSE => {
+                self.shared.metrics.error_frame(&frame.bytes);
                 self.proto.copy_in = false;
                 self.skip_to_sync();
                 true
@@ -239,6 +240,17 @@ impl<S: Stream> Session<S> {
         }
         if internal {
             return false;
+        }
+        if let Some(held) = self.held {
+            let started = if done {
+                self.request_started.take()
+            } else {
+                None
+            };
+            // A transaction ended, and it ran a statement (not only a Describe).
+            let ended = status == Some(TransactionStatus::Idle)
+                && std::mem::take(&mut self.statement_on_server);
+            self.shared.metrics.request_done(held.shard, started, ended);
         }
         if before_begin {
             return true;
