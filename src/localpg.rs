@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     pub base_dir: Option<PathBuf>,
     /// OS user the servers run as when this process is root (default `pgshard_pg`, created if missing).
     pub os_user: String,
+    /// `(certificate, key)` PEM texts: written into the primary's data directory (and copied
+    /// to the replicas by their base backups) with `ssl = on`. Default: no TLS.
+    pub ssl: Option<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +62,7 @@ impl Default for ClusterOptions {
             databases: Vec::new(),
             base_dir: None,
             os_user: DEFAULT_OS_USER.to_string(),
+            ssl: None,
         }
     }
 }
@@ -108,6 +112,9 @@ impl LocalCluster {
         };
         cluster.chown_dir()?;
         cluster.init_primary()?;
+        if let Some((cert, key)) = &opts.ssl {
+            cluster.enable_ssl(cert, key)?;
+        }
         cluster.primary_port =
             cluster.start_fresh_node(&cluster.primary_data(), "postgresql.conf")?;
         cluster.create_roles_and_databases(opts)?;
@@ -319,6 +326,23 @@ impl LocalCluster {
             self.dir.display()
         );
         append(&self.primary_data().join("postgresql.conf"), &settings)
+    }
+
+    /// Writes `server.crt` and `server.key` (mode 0600, owned by the server's user) into the
+    /// primary's data directory and turns `ssl` on.
+    fn enable_ssl(&self, cert: &str, key: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.primary_data();
+        fs::write(data.join("server.crt"), cert).context("writing server.crt")?;
+        let key_path = data.join("server.key");
+        fs::write(&key_path, key).context("writing server.key")?;
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+            .context("restricting server.key")?;
+        self.chown_dir()?;
+        append(
+            &data.join("postgresql.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
     }
 
     /// Picks a free port, writes it into `conf_file` of `data` and starts the server; retries on a

@@ -22,6 +22,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
+use crate::tls::BackendTls;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {
@@ -72,6 +73,11 @@ pub struct Shared {
     pub pinned_clients: AtomicUsize,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
+    /// TLS for clients (`server.tls_*`), from [`crate::tls::server_config`]: `None` when
+    /// `server.tls_mode` is `disable`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS to the servers (`[backend_tls]`), `None` when plain.
+    pub backend_tls: Option<Arc<BackendTls>>,
 }
 
 /// When the sharded tables' column order was last learned, and how many times: learning runs
@@ -88,17 +94,19 @@ pub struct ColumnLearning {
 impl Shared {
     /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
     pub fn new(config: Config) -> Shared {
+        let tls = crate::tls::server_config(&config).expect("TLS files were checked at load");
+        let backend_tls = crate::tls::backend_tls(&config).expect("TLS files were checked at load");
         let shards = config
             .shards
             .iter()
             .map(|shard| {
-                let primary = backend(&config, shard, &shard.primary);
+                let primary = backend(&config, &backend_tls, shard, &shard.primary);
                 let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
-                    .map(|r| backend(&config, shard, r))
+                    .map(|r| backend(&config, &backend_tls, shard, r))
                     .collect();
-                let wal = wal_watch(&config, shard, &primary, &replicas);
+                let wal = wal_watch(&config, &backend_tls, shard, &primary, &replicas);
                 ShardPools {
                     name: shard.name.clone(),
                     primary,
@@ -123,7 +131,7 @@ impl Shared {
             Some(user) => config
                 .shards
                 .iter()
-                .map(|shard| login(&config, shard, &shard.primary, user))
+                .map(|shard| login(&config, &backend_tls, shard, &shard.primary, user))
                 .collect(),
             None => Vec::new(),
         };
@@ -141,6 +149,8 @@ impl Shared {
             clients: AtomicUsize::new(0),
             pinned_clients: AtomicUsize::new(0),
             columns: ColumnLearning::default(),
+            tls,
+            backend_tls,
         }
     }
 }
@@ -184,7 +194,7 @@ impl Shared {
         let Some(user) = self.config.users.first() else {
             return;
         };
-        let login = login(&self.config, shard, &shard.primary, user);
+        let login = login(&self.config, &self.backend_tls, shard, &shard.primary, user);
         let facts = async {
             let mut conn = ServerConnection::connect(&login).await?;
             catalog::server_facts(&mut conn).await
@@ -355,7 +365,7 @@ impl Shared {
         let Some(user) = self.config.users.first() else {
             return Ok(vec![None; tables.len()]);
         };
-        let login = login(&self.config, shard, &shard.primary, user);
+        let login = login(&self.config, &self.backend_tls, shard, &shard.primary, user);
         let limit = login.connect_timeout * 2;
         let work = async {
             let mut conn = ServerConnection::connect(&login).await?;
@@ -396,14 +406,14 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 }
 
 /// Pools for every user on one server, and a health watch over them.
-fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
+fn backend(config: &Config, tls: &BackendTlsRef, shard: &ShardConfig, addr: &str) -> Backend {
     let pools: HashMap<String, ServerPool> = config
         .users
         .iter()
         .map(|user| {
             (
                 user.name.clone(),
-                server_pool(config, user, login(config, shard, addr, user)),
+                server_pool(config, user, login(config, tls, shard, addr, user)),
             )
         })
         .collect();
@@ -414,7 +424,8 @@ fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
     };
     if let Some(user) = config.users.first() {
         let pools = pools.values().cloned().collect();
-        health::spawn_watch(login(config, shard, addr, user), &health, pools, timing);
+        let login = login(config, tls, shard, addr, user);
+        health::spawn_watch(login, &health, pools, timing);
     }
     Backend {
         addr: addr.to_string(),
@@ -427,6 +438,7 @@ fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
 /// writes is on (transaction mode only: session mode reads from the primary it holds).
 fn wal_watch(
     config: &Config,
+    tls: &BackendTlsRef,
     shard: &ShardConfig,
     primary: &Backend,
     replicas: &[Backend],
@@ -437,7 +449,7 @@ fn wal_watch(
         && !replicas.is_empty();
     let user = config.users.first().filter(|_| enabled)?;
     let server = |b: &Backend| WalServer {
-        login: login(config, shard, &b.addr, user),
+        login: login(config, tls, shard, &b.addr, user),
         health: b.health.clone(),
     };
     let wal = Arc::new(ShardWal::new(replicas.len()));
@@ -455,13 +467,23 @@ fn wal_watch(
     Some(wal)
 }
 
-fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> LoginParams {
+/// `[backend_tls]` made usable, `None` for plain.
+type BackendTlsRef = Option<Arc<BackendTls>>;
+
+fn login(
+    config: &Config,
+    tls: &BackendTlsRef,
+    shard: &ShardConfig,
+    addr: &str,
+    user: &UserConfig,
+) -> LoginParams {
     LoginParams {
         addr: addr.to_string(),
         database: config.shard_database(shard).to_string(),
         user: user.server_user().to_string(),
         password: user.server_password().to_string(),
         connect_timeout: Duration::from_millis(config.pool.connect_timeout_ms),
+        tls: tls.clone(),
     }
 }
 

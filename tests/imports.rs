@@ -18,6 +18,7 @@ const IO: &[&str] = &[
     "pool",
     "cli",
     "localpg",
+    "tls",
 ];
 
 /// Each module, and the top-level modules it must never import.

@@ -48,6 +48,7 @@ use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
 use crate::shared::Shared;
+use crate::tls::MaybeTls;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
 use crate::wire::Frame;
@@ -55,7 +56,8 @@ use crate::wire::TransactionStatus;
 
 /// Serves one client connection (TCP, TLS, or an in-memory stream in tests) until it ends.
 /// Errors go to the client as FATAL ErrorResponses.
-pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
+pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
+    let mut stream = MaybeTls::Plain(stream);
     let _count = ClientCount::new(&shared);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
@@ -80,7 +82,7 @@ pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
 
 /// Startup, client limit, authentication, settings: `None` for a CancelRequest.
 async fn handshake<S: Stream>(
-    stream: &mut S,
+    stream: &mut MaybeTls<S>,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<(String, Settings)>, SessionError> {
