@@ -56,15 +56,19 @@ pub fn spawn_watch(
             let Some(health) = health.upgrade() else {
                 return;
             };
-            let ok = tokio::time::timeout(timing.timeout, check(&login, &mut conn))
+            let checked = tokio::time::timeout(timing.timeout, check(&login, &mut conn))
                 .await
-                .unwrap_or(false);
+                .unwrap_or_else(|_| Err(super::BackendError::ConnectTimeout(login.addr.clone())));
+            let ok = checked.is_ok();
             if !ok {
                 conn = None;
             }
             let was_up = health.set(ok);
-            if was_up && !ok {
-                tracing::warn!("server {} failed its health check; marked down", login.addr);
+            if let (true, Err(e)) = (was_up, &checked) {
+                tracing::warn!(
+                    "server {} failed its health check ({e}); marked down",
+                    login.addr
+                );
                 for pool in &pools {
                     pool.clear_idle();
                 }
@@ -75,15 +79,13 @@ pub fn spawn_watch(
     });
 }
 
-async fn check(login: &LoginParams, conn: &mut Option<ServerConnection>) -> bool {
-    if conn.is_none() {
-        match ServerConnection::connect(login).await {
-            Ok(c) => *conn = Some(c),
-            Err(_) => return false,
-        }
-    }
-    match conn.as_mut() {
-        Some(c) => c.run_internal("SELECT 1").await.is_ok(),
-        None => false,
-    }
+async fn check(
+    login: &LoginParams,
+    conn: &mut Option<ServerConnection>,
+) -> Result<(), super::BackendError> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(ServerConnection::connect(login).await?),
+    };
+    c.run_internal("SELECT 1").await
 }
