@@ -214,6 +214,14 @@ async fn tokio_postgres_over_tls_reaches_the_server_over_tls() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
+    // Messages larger than a TLS record (16 KiB) and than pgshard's read buffers, both ways.
+    let big = "x".repeat(300_000);
+    let row = client
+        .query_one("SELECT length($1::text), repeat('y', 500000)", &[&big])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 300_000);
+    assert_eq!(row.get::<_, String>(1), "y".repeat(500_000));
     assert!(
         server_side_ssl(&client).await,
         "pgshard's server connection uses TLS"
