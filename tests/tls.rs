@@ -24,8 +24,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// Longest a client program may run before the test calls it hung.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-/// The test PKI: a CA, a certificate it signed for `127.0.0.1` and `localhost` (used by the
-/// PostgreSQL cluster and by pgshard), and a second CA that signed nothing here.
+/// The test PKI: a CA, a certificate it signed for `127.0.0.1` only (used by the PostgreSQL
+/// cluster and by pgshard; `localhost` is not in it), and a second CA that signed nothing here.
 struct Pki {
     dir: tempfile::TempDir,
     cert_pem: String,
@@ -55,7 +55,7 @@ fn pki() -> &'static Pki {
         let (ca, ca_key) = make_ca("pgshard test CA");
         let (wrong_ca, _) = make_ca("some other CA");
         let key = KeyPair::generate().expect("a server key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        let mut params = CertificateParams::new(vec!["127.0.0.1".into()])
             .expect("server certificate parameters");
         params
             .distinguished_name
@@ -324,6 +324,33 @@ async fn backend_prefer_without_a_ca_encrypts() {
     let proxy = start_proxy(&config("allow", "mode = \"prefer\"")).await;
     let client = proxy.connect().await;
     assert!(server_side_ssl(&client).await);
+}
+
+#[tokio::test]
+async fn backend_verify_ca_ignores_the_host_name_and_verify_full_checks_it() {
+    // The server's certificate names 127.0.0.1; `localhost:PORT` reaches the same server.
+    let by_name = format!("localhost:{}", tls_cluster().primary_port());
+    let ca = pki().ca();
+    let verify_ca = config(
+        "allow",
+        &format!("mode = \"verify-ca\"\nca = \"{}\"", ca.display()),
+    )
+    .replace(&tls_cluster().primary_addr(), &by_name);
+    let proxy = start_proxy(&verify_ca).await;
+    assert!(server_side_ssl(&proxy.connect().await).await);
+    let verify_full =
+        config("allow", &verify_full(&ca)).replace(&tls_cluster().primary_addr(), &by_name);
+    let proxy = start_proxy(&verify_full).await;
+    let err = tokio_postgres::connect(&proxy.url("app", "app"), NoTls)
+        .await
+        .err()
+        .expect("verify-full refuses a certificate for another name");
+    let message = err
+        .as_db_error()
+        .expect("an ErrorResponse")
+        .message()
+        .to_string();
+    assert!(message.contains("not valid for name"), "{message}");
 }
 
 #[test]
