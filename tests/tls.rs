@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pgshard::config::Config;
-use pgshard::localpg::{ClusterOptions, LocalCluster};
+use pgshard::localpg::{ClusterOptions, ClusterSsl, LocalCluster};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -25,9 +25,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
 /// The test PKI: a CA, a certificate it signed for `127.0.0.1` only (used by the PostgreSQL
-/// cluster and by pgshard; `localhost` is not in it), and a second CA that signed nothing here.
+/// cluster and by pgshard; `localhost` is not in it), a client certificate for user `app` it
+/// signed too, and a second CA that signed nothing here.
 struct Pki {
     dir: tempfile::TempDir,
+    ca_pem: String,
     cert_pem: String,
     key_pem: String,
 }
@@ -44,6 +46,12 @@ impl Pki {
     }
     fn key(&self) -> PathBuf {
         self.dir.path().join("server.key")
+    }
+    fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
     }
 }
 
@@ -63,12 +71,21 @@ fn pki() -> &'static Pki {
         let cert = params
             .signed_by(&key, &ca, &ca_key)
             .expect("signing the server certificate");
+        let client_key = KeyPair::generate().expect("a client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "app");
+        let client = params
+            .signed_by(&client_key, &ca, &ca_key)
+            .expect("signing the client certificate");
         let pki = Pki {
             dir,
+            ca_pem: ca.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         };
-        std::fs::write(pki.ca(), ca.pem()).unwrap();
+        std::fs::write(pki.client_cert(), client.pem()).unwrap();
+        std::fs::write(pki.client_key(), client_key.serialize_pem()).unwrap();
+        std::fs::write(pki.ca(), &pki.ca_pem).unwrap();
         std::fs::write(pki.wrong_ca(), wrong_ca.pem()).unwrap();
         std::fs::write(pki.cert(), &pki.cert_pem).unwrap();
         std::fs::write(pki.key(), &pki.key_pem).unwrap();
@@ -92,15 +109,24 @@ fn make_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
 
 static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
 
-/// A primary with `ssl = on` (the PKI's server certificate), role and database `app`.
+/// A primary with `ssl = on` (the PKI's server certificate), role and database `app`, and a
+/// database `certs` that `app` logs in to with its client certificate only.
 fn tls_cluster() -> &'static LocalCluster {
     CLUSTER.get_or_init(|| {
         let pki = pki();
         let opts = ClusterOptions {
             replicas: 0,
             users: vec![("app".into(), "app".into())],
-            databases: vec![("app".into(), "app".into())],
-            ssl: Some((pki.cert_pem.clone(), pki.key_pem.clone())),
+            databases: vec![("app".into(), "app".into()), ("certs".into(), "app".into())],
+            ssl: Some(ClusterSsl {
+                cert: pki.cert_pem.clone(),
+                key: pki.key_pem.clone(),
+                client_ca: Some(pki.ca_pem.clone()),
+                hba_first: vec![
+                    "hostssl certs app 127.0.0.1/32 cert".into(),
+                    "host certs all all reject".into(),
+                ],
+            }),
             ..ClusterOptions::default()
         };
         let cluster = LocalCluster::start(&opts).expect("starting the ssl = on cluster");
@@ -351,6 +377,41 @@ async fn backend_verify_ca_ignores_the_host_name_and_verify_full_checks_it() {
         .message()
         .to_string();
     assert!(message.contains("not valid for name"), "{message}");
+}
+
+#[tokio::test]
+async fn backend_client_certificate_logs_in_where_the_server_asks_for_one() {
+    let pki = pki();
+    let on_certs = |backend: &str| format!("{}database = \"certs\"\n", config("allow", backend));
+    let with_cert = format!(
+        "{}\ncert = \"{}\"\nkey = \"{}\"",
+        verify_full(&pki.ca()),
+        pki.client_cert().display(),
+        pki.client_key().display()
+    );
+    let proxy = start_proxy(&on_certs(&with_cert)).await;
+    let client = proxy.connect().await;
+    let row = client
+        .query_one(
+            "SELECT current_database(), client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "certs");
+    assert_eq!(row.get::<_, String>(1), "/CN=app");
+    // The same without the certificate: the server refuses pgshard's login.
+    let proxy = start_proxy(&on_certs(&verify_full(&pki.ca()))).await;
+    let err = tokio_postgres::connect(&proxy.url("app", "app"), NoTls)
+        .await
+        .err()
+        .expect("no login without the client certificate");
+    let message = err
+        .as_db_error()
+        .expect("an ErrorResponse")
+        .message()
+        .to_string();
+    assert!(message.contains("certificate"), "{message}");
 }
 
 #[test]
