@@ -538,3 +538,31 @@ async fn node_postgres_connects_with_verify_full() {
         .arg(pki().ca()))
     .await;
 }
+
+#[test]
+fn pgshard_check_names_the_tls_key_of_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config("require", &verify_full(&pki().ca()));
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, &good).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("tls        clients require"), "{stdout}");
+    let bad = good.replace(&pki().key().display().to_string(), "/nonexistent/key.pem");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgshard"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("server.tls_key"), "{stderr}");
+}
