@@ -26,5 +26,6 @@ pub mod session;
 pub mod sharding;
 pub mod shared;
 pub mod sql;
+pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -48,6 +48,20 @@ pub struct ClusterOptions {
     pub base_dir: Option<PathBuf>,
     /// OS user the servers run as when this process is root (default `pgshard_pg`, created if missing).
     pub os_user: String,
+    /// TLS for the servers: `ssl = on` with these files. Default: no TLS.
+    pub ssl: Option<ClusterSsl>,
+}
+
+/// PEM texts written into the primary's data directory (and copied to the replicas by their
+/// base backups).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSsl {
+    pub cert: String,
+    pub key: String,
+    /// CA whose client certificates the servers accept (`ssl_ca_file`), for `cert` logins.
+    pub client_ca: Option<String>,
+    /// pg_hba.conf lines put before the generated ones, e.g. `hostssl certs all 127.0.0.1/32 cert`.
+    pub hba_first: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +73,7 @@ impl Default for ClusterOptions {
             databases: Vec::new(),
             base_dir: None,
             os_user: DEFAULT_OS_USER.to_string(),
+            ssl: None,
         }
     }
 }
@@ -108,6 +123,9 @@ impl LocalCluster {
         };
         cluster.chown_dir()?;
         cluster.init_primary()?;
+        if let Some(ssl) = &opts.ssl {
+            cluster.enable_ssl(ssl)?;
+        }
         cluster.primary_port =
             cluster.start_fresh_node(&cluster.primary_data(), "postgresql.conf")?;
         cluster.create_roles_and_databases(opts)?;
@@ -319,6 +337,32 @@ impl LocalCluster {
             self.dir.display()
         );
         append(&self.primary_data().join("postgresql.conf"), &settings)
+    }
+
+    /// Writes `server.crt` and `server.key` (mode 0600, owned by the server's user) into the
+    /// primary's data directory and turns `ssl` on.
+    fn enable_ssl(&self, ssl: &ClusterSsl) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.primary_data();
+        fs::write(data.join("server.crt"), &ssl.cert).context("writing server.crt")?;
+        let key_path = data.join("server.key");
+        fs::write(&key_path, &ssl.key).context("writing server.key")?;
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+            .context("restricting server.key")?;
+        let mut conf =
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_string();
+        if let Some(ca) = &ssl.client_ca {
+            fs::write(data.join("client-ca.crt"), ca).context("writing client-ca.crt")?;
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
+        if !ssl.hba_first.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let old = fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+            fs::write(&hba, format!("{}\n{old}", ssl.hba_first.join("\n")))
+                .context("writing pg_hba.conf")?;
+        }
+        self.chown_dir()?;
+        append(&data.join("postgresql.conf"), &conf)
     }
 
     /// Picks a free port, writes it into `conf_file` of `data` and starts the server; retries on a

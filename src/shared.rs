@@ -25,6 +25,7 @@ use crate::limits::UserLimits;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
+use crate::tls::BackendTls;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {
@@ -81,6 +82,11 @@ pub struct Shared {
     pub control: Control,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
+    /// TLS for clients (`server.tls_*`), from [`crate::tls::server_config`]: `None` when
+    /// `server.tls_mode` is `disable`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS to the servers (`[backend_tls]`), `None` when plain.
+    pub backend_tls: Option<Arc<BackendTls>>,
     /// The generation a reload made to replace this one; sessions move to it at their next
     /// quiet point.
     next: ArcSwapOption<Shared>,
@@ -130,6 +136,13 @@ impl Shared {
     }
 
     fn build(config: Config, previous: Option<&Shared>, control: Control) -> Shared {
+        // Files are read again at every reload (new client certificates apply to new clients);
+        // the servers' TLS is kept while `[backend_tls]` is unchanged, so its pools are too.
+        let tls = crate::tls::server_config(&config).expect("TLS files were checked at load");
+        let backend_tls = match previous {
+            Some(p) if p.config.backend_tls == config.backend_tls => p.backend_tls.clone(),
+            _ => crate::tls::backend_tls(&config).expect("TLS files were checked at load"),
+        };
         let shards = config
             .shards
             .iter()
@@ -143,11 +156,17 @@ impl Shared {
                             .find(|x| x.addr == addr)
                     })
                 };
-                let primary = backend(&config, shard, &shard.primary, old(&shard.primary));
+                let primary = backend(
+                    &config,
+                    &backend_tls,
+                    shard,
+                    &shard.primary,
+                    old(&shard.primary),
+                );
                 let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
-                    .map(|r| backend(&config, shard, r, old(r)))
+                    .map(|r| backend(&config, &backend_tls, shard, r, old(r)))
                     .collect();
                 let wal = match before.filter(|b| same_servers(b, &primary, &replicas)) {
                     Some(b) if previous.is_some_and(|p| same_wal_timing(&p.config, &config)) => {
@@ -187,7 +206,7 @@ impl Shared {
             Some(user) => config
                 .shards
                 .iter()
-                .map(|shard| login(&config, shard, &shard.primary, user))
+                .map(|shard| login(&config, &backend_tls, shard, &shard.primary, user))
                 .collect(),
             None => Vec::new(),
         };
@@ -215,6 +234,8 @@ impl Shared {
             next: ArcSwapOption::empty(),
             replaced: std::sync::atomic::AtomicBool::new(false),
             generation: previous.map_or(0, |p| p.generation + 1),
+            tls,
+            backend_tls,
         }
     }
 
@@ -293,7 +314,7 @@ impl Shared {
         let Some(user) = self.config.users.first() else {
             return;
         };
-        let login = login(&self.config, shard, &shard.primary, user);
+        let login = login(&self.config, &self.backend_tls, shard, &shard.primary, user);
         let facts = async {
             let mut conn = ServerConnection::connect(&login).await?;
             catalog::server_facts(&mut conn).await
@@ -464,7 +485,7 @@ impl Shared {
         let Some(user) = self.config.users.first() else {
             return Ok(vec![None; tables.len()]);
         };
-        let login = login(&self.config, shard, &shard.primary, user);
+        let login = login(&self.config, &self.backend_tls, shard, &shard.primary, user);
         let limit = login.connect_timeout * 2;
         let work = async {
             let mut conn = ServerConnection::connect(&login).await?;
@@ -508,6 +529,7 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// login is unchanged are kept (with the new options); its health watch too when every pool was.
 fn backend(
     config: &Config,
+    tls: &BackendTlsRef,
     shard: &ShardConfig,
     addr: &str,
     previous: Option<&Backend>,
@@ -517,7 +539,7 @@ fn backend(
         .users
         .iter()
         .map(|user| {
-            let login = login(config, shard, addr, user);
+            let login = login(config, tls, shard, addr, user);
             let options = pool_options(config, user);
             let old = previous
                 .and_then(|b| b.pools.get(&user.name))
@@ -595,13 +617,23 @@ fn wal_watch(
     Some(wal)
 }
 
-fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) -> LoginParams {
+/// `[backend_tls]` made usable, `None` for plain.
+type BackendTlsRef = Option<Arc<BackendTls>>;
+
+fn login(
+    config: &Config,
+    tls: &BackendTlsRef,
+    shard: &ShardConfig,
+    addr: &str,
+    user: &UserConfig,
+) -> LoginParams {
     LoginParams {
         addr: addr.to_string(),
         database: config.shard_database(shard).to_string(),
         user: user.server_user().to_string(),
         password: user.server_password().to_string(),
         connect_timeout: Duration::from_millis(config.pool.connect_timeout_ms),
+        tls: tls.clone(),
     }
 }
 

@@ -19,6 +19,7 @@ const IO: &[&str] = &[
     "cli",
     "localpg",
     "metrics",
+    "tls",
 ];
 
 /// Each module, and the top-level modules it must never import.

@@ -11,17 +11,38 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::net::TcpStream;
 
 use super::{BackendError, MAX_SERVER_MESSAGE};
+use crate::tls::{BackendTls, MaybeTls, NetStream};
 use crate::transport::Conn;
 use crate::wire::{build, server_tag, Frame, TransactionStatus};
 
 /// Who to log in as, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LoginParams {
     pub addr: String,
     pub database: String,
     pub user: String,
     pub password: String,
     pub connect_timeout: Duration,
+    /// TLS to the server (`[backend_tls]`); `None` for plain.
+    pub tls: Option<Arc<BackendTls>>,
+}
+
+/// The same login: equal fields, and the very same TLS setup (a reload keeps it while
+/// `[backend_tls]` is unchanged).
+impl PartialEq for LoginParams {
+    fn eq(&self, other: &LoginParams) -> bool {
+        let same_tls = match (&self.tls, &other.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_tls
+            && self.addr == other.addr
+            && self.database == other.database
+            && self.user == other.user
+            && self.password == other.password
+            && self.connect_timeout == other.connect_timeout
+    }
 }
 
 /// Where a server process's running statement can be cancelled: its address and BackendKeyData.
@@ -37,7 +58,7 @@ pub struct CancelKey {
 pub struct ServerConnection {
     /// The socket with its buffers: `io.input` holds what the server sent and was not handled
     /// yet, `io.output` what is queued for the server.
-    pub(super) io: Conn<TcpStream>,
+    pub(super) io: Conn<NetStream>,
     pub(super) addr: String,
     pub(super) process_id: i32,
     pub(super) secret_key: i32,
@@ -74,6 +95,18 @@ impl ServerConnection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let stream = match &login.tls {
+            None => MaybeTls::Plain(stream),
+            Some(tls) => {
+                tokio::time::timeout(login.connect_timeout, tls.negotiate(stream, &login.addr))
+                    .await
+                    .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))?
+                    .map_err(|source| BackendError::Tls {
+                        addr: login.addr.clone(),
+                        source,
+                    })?
+            }
+        };
         let mut conn = ServerConnection {
             io: Conn::new(stream, BytesMut::with_capacity(8192)),
             addr: login.addr.clone(),
@@ -202,7 +235,7 @@ impl ServerConnection {
     }
 
     /// The socket and its buffers.
-    pub fn io(&mut self) -> &mut Conn<TcpStream> {
+    pub fn io(&mut self) -> &mut Conn<NetStream> {
         &mut self.io
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{BackendError, ServerPool};
+use crate::pool::PoolError;
 
 /// Whether a server answered its last health check.
 #[derive(Debug)]
@@ -60,15 +61,16 @@ pub fn spawn_watch(
             let Some(health) = health.upgrade() else {
                 return;
             };
-            let ok = match tokio::time::timeout(timing.timeout, check(&checker)).await {
-                Ok(Some(ok)) => ok,
+            let checked = match tokio::time::timeout(timing.timeout, check(&checker)).await {
+                Ok(Some(checked)) => checked,
                 // Every connection is serving a client: the server answers them.
                 Ok(None) => continue,
-                Err(_) => false,
+                Err(_) => Err(BackendError::ConnectTimeout(addr.clone())),
             };
+            let ok = checked.is_ok();
             let was_up = health.set(ok);
-            if was_up && !ok {
-                tracing::warn!("server {addr} failed its health check; marked down");
+            if let (true, Err(e)) = (was_up, &checked) {
+                tracing::warn!("server {addr} failed its health check ({e}); marked down");
                 for pool in &pools {
                     pool.clear_idle();
                 }
@@ -79,25 +81,28 @@ pub fn spawn_watch(
     });
 }
 
-/// `Some(answered)`, or `None` when the pool has no connection to spare.
-async fn check(pool: &ServerPool) -> Option<bool> {
+/// `Some(Ok(()))` when the server answered, `Some(Err(why))` when it did not, `None` when the
+/// pool has no connection to spare.
+async fn check(pool: &ServerPool) -> Option<Result<(), BackendError>> {
     let mut conn = match pool.try_get().await? {
         Ok(conn) => conn,
-        Err(_) => return Some(false),
+        Err(PoolError::Connect(e)) => return Some(Err(e)),
+        // Not from a checkout that does not wait: no check this round.
+        Err(PoolError::Timeout(_) | PoolError::Closed) => return None,
     };
     // Marked in flight until answered: a check that times out leaves a connection the pool
     // cancels and closes instead of reusing.
     conn.set_in_flight(true);
     // The server answering with an ERROR (a client's tiny `statement_timeout` left on this
     // pooled connection, say) is alive all the same.
-    let ok = match conn.run_internal("SELECT 1").await {
-        Ok(()) | Err(BackendError::Server { .. }) => true,
-        Err(_) => false,
+    let answered = match conn.run_internal("SELECT 1").await {
+        Ok(()) | Err(BackendError::Server { .. }) => Ok(()),
+        Err(e) => Err(e),
     };
-    if ok {
+    if answered.is_ok() {
         conn.set_in_flight(false);
     } else {
         conn.discard();
     }
-    Some(ok)
+    Some(answered)
 }

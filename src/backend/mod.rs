@@ -47,6 +47,11 @@ pub enum BackendError {
     },
     #[error("server {0} broke the protocol")]
     Protocol(String),
+    #[error("cannot use TLS with server {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: crate::tls::BackendTlsError,
+    },
 }
 
 impl BackendError {

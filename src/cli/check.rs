@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::config::{AuthMethod, Config, PoolMode};
+use crate::config::{AuthMethod, ClientTlsMode, Config, PoolMode};
 
 /// Arguments of `pgshard check`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +46,7 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
         "  pool       {} server connections per backend and user, checkout timeout {} ms",
         pool.size, pool.checkout_timeout_ms
     );
+    let _ = writeln!(out, "  tls        {}", tls_text(config));
     let users: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
     let _ = writeln!(out, "  users      {}", users.join(", "));
     let tables: Vec<String> = sharding
@@ -104,6 +105,34 @@ fn none_if_empty(text: &str) -> &str {
     } else {
         text
     }
+}
+
+/// `clients <mode> (certificate <file>), servers <mode>`.
+fn tls_text(config: &Config) -> String {
+    let clients = match config.server.effective_tls_mode() {
+        ClientTlsMode::Disable => "disable",
+        ClientTlsMode::Allow => "allow",
+        ClientTlsMode::Require => "require",
+    };
+    let mut text = format!("clients {clients}");
+    if let Some(cert) = config
+        .server
+        .tls_cert
+        .as_ref()
+        .filter(|_| clients != "disable")
+    {
+        let _ = write!(text, " (certificate {})", cert.display());
+    }
+    let backend = &config.backend_tls;
+    let _ = write!(text, ", servers {}", backend.mode.as_str());
+    if let Some(ca) = backend
+        .ca
+        .as_ref()
+        .filter(|_| backend.mode.as_str() != "disable")
+    {
+        let _ = write!(text, " (CA {})", ca.display());
+    }
+    text
 }
 
 fn pool_mode_name(mode: PoolMode) -> &'static str {

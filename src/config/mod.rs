@@ -1,10 +1,11 @@
 //! The TOML configuration: serde types with defaults, loading, and validation at load.
-//! Pure data: no I/O beyond reading the file in [`Config::load`], no sockets, no globals.
+//! Pure data: no I/O beyond reading the file in [`Config::load`] and checking that the TLS
+//! files it names parse ([`crate::tls::check`]), no sockets, no globals.
 
 mod reload;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -25,6 +26,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint; none without the section.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// `[backend_tls]`: TLS to the servers.
+    #[serde(default)]
+    pub backend_tls: BackendTlsConfig,
 }
 
 /// `[metrics]`: where Prometheus scrapes `/metrics`.
@@ -65,6 +69,83 @@ pub struct ServerConfig {
     /// their clients are closed; new connections are refused at once.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// PEM file of the certificate chain shown to TLS clients.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of its private key.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Whether clients may or must use TLS; see [`ServerConfig::effective_tls_mode`].
+    #[serde(default)]
+    pub tls_mode: Option<ClientTlsMode>,
+}
+
+impl ServerConfig {
+    /// `server.tls_mode`, or when unset: `allow` with a certificate, `disable` without.
+    pub fn effective_tls_mode(&self) -> ClientTlsMode {
+        self.tls_mode.unwrap_or(if self.tls_cert.is_some() {
+            ClientTlsMode::Allow
+        } else {
+            ClientTlsMode::Disable
+        })
+    }
+}
+
+/// `server.tls_mode`: TLS between clients and pgshard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered `N`: plain only.
+    Disable,
+    /// TLS for clients that ask, plain for the others.
+    Allow,
+    /// Plain clients are refused (28000); CancelRequests are served plain, as PostgreSQL does.
+    Require,
+}
+
+/// `[backend_tls]`: TLS between pgshard and the servers, as libpq's `sslmode` and friends.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    #[serde(default)]
+    pub mode: BackendTlsMode,
+    /// PEM file of the CA (or CAs) that signed the servers' certificates.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for servers that ask for one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `backend_tls.mode`, named as libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    #[default]
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is checked against `ca` only if `ca` is set.
+    Require,
+    /// TLS, and the certificate must be signed by `ca`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host of the server's address.
+    VerifyFull,
+}
+
+impl BackendTlsMode {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendTlsMode::Disable => "disable",
+            BackendTlsMode::Prefer => "prefer",
+            BackendTlsMode::Require => "require",
+            BackendTlsMode::VerifyCa => "verify-ca",
+            BackendTlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// `server.session_state`: how transaction mode treats state no other server connection has.
@@ -281,6 +362,10 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
+        crate::tls::check(&config).map_err(|e| ConfigError::Invalid {
+            key: e.key.to_string(),
+            problem: e.problem,
+        })?;
         Ok(config)
     }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::{AuthMethod, Config};
+use super::{AuthMethod, BackendTlsMode, ClientTlsMode, Config};
 use crate::sharding::{ShardMap, ShardingError};
 
 /// Smallest `server.max_message_bytes` that leaves room for a startup packet and a query.
@@ -102,7 +102,47 @@ impl Config {
             "server.max_client_connections",
             server.max_client_connections,
         )?;
-        at_least_one("server.startup_timeout_ms", server.startup_timeout_ms)
+        at_least_one("server.startup_timeout_ms", server.startup_timeout_ms)?;
+        self.validate_tls()
+    }
+
+    /// TLS settings that go together (the files themselves are read by `crate::tls::check`).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        pair(
+            "server.tls_cert",
+            &server.tls_cert,
+            "server.tls_key",
+            &server.tls_key,
+        )?;
+        if server.tls_cert.is_none() && server.effective_tls_mode() != ClientTlsMode::Disable {
+            return Err(invalid(
+                "server.tls_mode",
+                "allow and require need a certificate: set server.tls_cert and server.tls_key",
+            ));
+        }
+        let backend = &self.backend_tls;
+        pair(
+            "backend_tls.cert",
+            &backend.cert,
+            "backend_tls.key",
+            &backend.key,
+        )?;
+        let verifying = matches!(
+            backend.mode,
+            BackendTlsMode::VerifyCa | BackendTlsMode::VerifyFull
+        );
+        if verifying && backend.ca.is_none() {
+            return Err(invalid(
+                "backend_tls.ca",
+                format!(
+                    "is needed for backend_tls.mode = \"{}\": set it to the PEM file of the CA \
+                     that signed the servers' certificates",
+                    backend.mode.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_users(&self) -> Result<(), ConfigError> {
@@ -327,6 +367,15 @@ fn check_host_port(key: &str, value: &str, allow_zero: bool) -> Result<(), Confi
         return Err(fail("port 0 cannot be connected to"));
     }
     Ok(())
+}
+
+/// Two keys set together or not at all.
+fn pair<T>(a: &str, a_value: &Option<T>, b: &str, b_value: &Option<T>) -> Result<(), ConfigError> {
+    match (a_value.is_some(), b_value.is_some()) {
+        (true, false) => Err(invalid(b, format!("is missing: {a} is set, and needs it"))),
+        (false, true) => Err(invalid(a, format!("is missing: {b} is set, and needs it"))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

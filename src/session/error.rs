@@ -76,6 +76,13 @@ pub enum SessionError {
     ClientIo(#[from] std::io::Error),
     #[error("expected {expected} during authentication, got message type {got:?}")]
     UnexpectedMessage { expected: &'static str, got: char },
+    #[error(
+        "this server accepts TLS connections only (server.tls_mode = \"require\"): connect \
+         with sslmode=require (or verify-ca, verify-full)"
+    )]
+    TlsRequired,
+    #[error("the client sent data after its SSLRequest, before the TLS handshake")]
+    DataAfterSslRequest,
 }
 
 impl SessionError {
@@ -145,6 +152,8 @@ impl From<&SessionError> for ClientError {
             SessionError::TransactionAborted => SqlState::IN_FAILED_SQL_TRANSACTION,
             SessionError::ShardDown { .. } => SqlState::CONNECTION_FAILURE,
             SessionError::BadSettingName(_) => SqlState::UNDEFINED_OBJECT,
+            SessionError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SessionError::DataAfterSslRequest => SqlState::PROTOCOL_VIOLATION,
             SessionError::StartupTimeout | SessionError::UnexpectedMessage { .. } => {
                 SqlState::PROTOCOL_VIOLATION
             }

@@ -50,6 +50,7 @@ use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
 use crate::shared::Shared;
+use crate::tls::MaybeTls;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
 use crate::wire::Frame;
@@ -63,11 +64,8 @@ pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
 
 /// [`run`], with the flag through which a graceful shutdown closes the session while it waits
 /// between transactions.
-pub async fn run_with_presence<S: Stream>(
-    mut stream: S,
-    shared: Arc<Shared>,
-    presence: Arc<Presence>,
-) {
+pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presence: Arc<Presence>) {
+    let mut stream = MaybeTls::Plain(stream);
     let _count = ClientCount::new(&shared.clients);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
@@ -97,7 +95,7 @@ pub async fn run_with_presence<S: Stream>(
 
 /// Startup, client limit, authentication, settings: `None` for a CancelRequest.
 async fn handshake<S: Stream>(
-    stream: &mut S,
+    stream: &mut MaybeTls<S>,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<(String, Settings, admission::UserAdmission)>, SessionError> {

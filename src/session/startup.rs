@@ -1,4 +1,5 @@
-//! The client's startup phase: SSLRequest/GSSENCRequest (refused with 'N' until TLS lands),
+//! The client's startup phase: SSLRequest (TLS when `server.tls_mode` allows it), GSSENCRequest
+//! (refused with 'N'),
 //! CancelRequest (forwarded to the server the target client is using), StartupMessage, and
 //! authentication (SCRAM-SHA-256, md5 or trust). Ends before any server connection is touched.
 
@@ -7,8 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::SessionError;
 use crate::auth::{md5_matches, AuthError, ScramServer, ScramVerifier};
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, ClientTlsMode};
 use crate::shared::Shared;
+use crate::tls::MaybeTls;
 use crate::transport::Stream;
 use crate::wire::startup::{split_startup, take_cstr, StartupMessage, StartupPacket};
 use crate::wire::{build, client_tag, split_frame, Frame};
@@ -17,17 +19,27 @@ use crate::wire::{build, client_tag, split_frame, Frame};
 const MAX_AUTH_MESSAGE: usize = 8192;
 
 /// Reads startup packets until a StartupMessage; `None` when the connection was a CancelRequest.
+/// An SSLRequest turns the stream into TLS when `shared.tls` is set; in `require` mode a
+/// StartupMessage on a plain stream is refused (a CancelRequest is served either way).
 pub(super) async fn read_startup<S: Stream>(
-    stream: &mut S,
+    stream: &mut MaybeTls<S>,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<Option<StartupMessage>, SessionError> {
     loop {
         match split_startup(buf)? {
             None => read_more(stream, buf).await?,
-            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
-                send(stream, b"N").await?;
-            }
+            Some(StartupPacket::SslRequest) => match &shared.tls {
+                Some(tls) if !stream.is_tls() => {
+                    if !buf.is_empty() {
+                        return Err(SessionError::DataAfterSslRequest);
+                    }
+                    send(stream, b"S").await?;
+                    stream.accept(tls.clone()).await?;
+                }
+                _ => send(stream, b"N").await?,
+            },
+            Some(StartupPacket::GssEncRequest) => send(stream, b"N").await?,
             Some(StartupPacket::CancelRequest {
                 process_id,
                 secret_key,
@@ -42,6 +54,12 @@ pub(super) async fn read_startup<S: Stream>(
                 }
                 while cancels.join_next().await.is_some() {}
                 return Ok(None);
+            }
+            Some(StartupPacket::Startup(_))
+                if !stream.is_tls()
+                    && shared.config.server.effective_tls_mode() == ClientTlsMode::Require =>
+            {
+                return Err(SessionError::TlsRequired);
             }
             Some(StartupPacket::Startup(message)) => return Ok(Some(message)),
         }
