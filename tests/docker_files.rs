@@ -73,7 +73,10 @@ fn compose_runs_pgshard_two_shards_with_replicas_prometheus_and_grafana() {
         for role in ["primary", "replica"] {
             let service = &services[format!("{shard}-{role}").as_str()];
             let image = service_key(service, "image").as_str().unwrap_or_default();
-            assert!(image.starts_with("postgres:"), "{shard}-{role} runs {image}");
+            assert!(
+                image.starts_with("postgres:"),
+                "{shard}-{role} runs {image}"
+            );
         }
         let replica = &services[format!("{shard}-replica").as_str()];
         assert_eq!(
@@ -89,7 +92,10 @@ fn compose_runs_pgshard_two_shards_with_replicas_prometheus_and_grafana() {
     );
     // Every file a service mounts from this directory exists.
     for (name, service) in services.as_hash().expect("services") {
-        let volumes = service_key(service, "volumes").as_vec().cloned().unwrap_or_default();
+        let volumes = service_key(service, "volumes")
+            .as_vec()
+            .cloned()
+            .unwrap_or_default();
         for volume in volumes {
             let volume = volume.as_str().expect("a short volume syntax");
             if let Some(local) = volume.strip_prefix("./") {
@@ -119,11 +125,20 @@ fn the_compose_pgshard_config_points_at_the_compose_services() {
                 shard.name
             );
         }
-        assert_eq!(shard.replicas.len(), 1, "shard {} has its replica", shard.name);
+        assert_eq!(
+            shard.replicas.len(),
+            1,
+            "shard {} has its replica",
+            shard.name
+        );
     }
     let (_, port) = host_port(&config.server.listen);
-    let published = services["pgshard"]["ports"].as_vec().expect("pgshard ports");
-    assert!(published.iter().any(|p| p.as_str() == Some(&format!("{port}:{port}"))));
+    let published = services["pgshard"]["ports"]
+        .as_vec()
+        .expect("pgshard ports");
+    assert!(published
+        .iter()
+        .any(|p| p.as_str() == Some(&format!("{port}:{port}"))));
 }
 
 #[test]
@@ -132,7 +147,9 @@ fn prometheus_scrapes_the_port_pgshard_serves_metrics_on() {
     let metrics = config.metrics.expect("docker/pgshard.toml has [metrics]");
     let (_, port) = host_port(&metrics.listen);
     let prometheus = yaml("prometheus.yml");
-    let jobs = prometheus["scrape_configs"].as_vec().expect("scrape_configs");
+    let jobs = prometheus["scrape_configs"]
+        .as_vec()
+        .expect("scrape_configs");
     let job = jobs
         .iter()
         .find(|j| j["job_name"].as_str() == Some("pgshard"))
@@ -150,7 +167,9 @@ fn prometheus_scrapes_the_port_pgshard_serves_metrics_on() {
     let published = compose["services"]["pgshard"]["ports"]
         .as_vec()
         .expect("pgshard ports");
-    assert!(published.iter().any(|p| p.as_str() == Some(&format!("{port}:{port}"))));
+    assert!(published
+        .iter()
+        .any(|p| p.as_str() == Some(&format!("{port}:{port}"))));
     // The compose file mounts this file where its command reads it.
     let prometheus = &compose["services"]["prometheus"];
     let volumes = prometheus["volumes"].as_vec().expect("prometheus volumes");
@@ -175,7 +194,10 @@ fn grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard() {
         .as_vec()
         .expect("grafana volumes");
     let mounted = format!("./grafana/dashboards:{path}:ro");
-    assert!(volumes.iter().any(|v| v.as_str() == Some(&mounted)), "{mounted}");
+    assert!(
+        volumes.iter().any(|v| v.as_str() == Some(&mounted)),
+        "{mounted}"
+    );
 }
 
 /// Every `pgshard_*` name in an expression, histogram series suffixes taken off.
@@ -213,7 +235,11 @@ fn the_dashboard_queries_only_metrics_pgshard_exports() {
     let mut used = BTreeSet::new();
     for panel in panels {
         let targets = panel["targets"].as_array().expect("each panel has targets");
-        assert!(!targets.is_empty(), "panel {} queries nothing", panel["title"]);
+        assert!(
+            !targets.is_empty(),
+            "panel {} queries nothing",
+            panel["title"]
+        );
         for target in targets {
             assert_eq!(target["datasource"]["uid"], "prometheus");
             let expr = target["expr"].as_str().expect("a PromQL expression");
