@@ -395,7 +395,10 @@ replicas = ["127.0.0.1:5433"]
         assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9930");
         error_naming(&with("9930"), "metrics.listen");
         let unknown = Config::from_toml_str(&format!("{EXAMPLE}\n[metrics]\nport = 1\n"));
-        assert!(unknown.unwrap_err().to_string().contains("unknown field `port`"));
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `port`"));
     }
 
     #[test]
