@@ -451,6 +451,20 @@ replicas = ["127.0.0.1:5433"]
     }
 
     #[test]
+    fn metrics_is_optional_and_its_listen_is_checked() {
+        assert!(Config::from_toml_str(EXAMPLE).unwrap().metrics.is_none());
+        let with = |listen: &str| format!("{EXAMPLE}\n[metrics]\nlisten = \"{listen}\"\n");
+        let config = Config::from_toml_str(&with("127.0.0.1:9930")).unwrap();
+        assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9930");
+        error_naming(&with("9930"), "metrics.listen");
+        let unknown = Config::from_toml_str(&format!("{EXAMPLE}\n[metrics]\nport = 1\n"));
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `port`"));
+    }
+
+    #[test]
     fn listen_accepts_names_ipv6_and_port_zero() {
         for listen in ["localhost:6432", "[::1]:6432", "0.0.0.0:0"] {
             let text = example_with("127.0.0.1:6432", listen);

@@ -7,12 +7,13 @@ mod http;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use metrics_util::MetricKindMask;
 
 use crate::config::Config;
 use crate::shared::{Backend, Shared};
@@ -205,10 +206,7 @@ impl Metrics {
             .expect("non-empty buckets")
             // Gauges are set at every scrape: one not set by the last one (a pool removed by a
             // reload) is dropped from the output.
-            .idle_timeout(
-                metrics_util_mask_gauge(),
-                Some(std::time::Duration::from_secs(1)),
-            )
+            .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(1)))
             .build_recorder();
         for m in METRICS {
             let name = ::metrics::KeyName::from(m.name);
@@ -220,10 +218,8 @@ impl Metrics {
             }
         }
         let counter = |name: &'static str, label: &'static str, value: &'static str| {
-            recorder.register_counter(
-                &Key::from_static_parts(name, leak_label(label, value)),
-                &METADATA,
-            )
+            let key = Key::from_parts(name, vec![Label::new(label, value)]);
+            recorder.register_counter(&key, &METADATA)
         };
         let by_route =
             |name: &'static str| RouteKind::ALL.map(|k| counter(name, "route", k.label()));
@@ -316,10 +312,7 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let code: [u8; 5] = match sqlstate.as_bytes().try_into() {
-            Ok(code) => code,
-            Err(_) => *b"other",
-        };
+        let code: [u8; 5] = sqlstate.as_bytes().try_into().unwrap_or(*b"other");
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         let code = if errors.len() >= MAX_SQLSTATES && !errors.contains_key(&code) {
             *b"other"
@@ -367,15 +360,6 @@ pub fn sqlstate_of(body: &[u8]) -> &str {
         .find_map(|field| field.strip_prefix(b"C"))
         .and_then(|code| std::str::from_utf8(code).ok())
         .unwrap_or("XX000")
-}
-
-fn metrics_util_mask_gauge() -> metrics_util::MetricKindMask {
-    metrics_util::MetricKindMask::GAUGE
-}
-
-/// A static one-label slice for a static key (called a fixed number of times at start).
-fn leak_label(key: &'static str, value: &'static str) -> &'static [Label] {
-    Box::leak(Box::new([Label::from_static_parts(key, value)]))
 }
 
 /// Sets the gauges that describe the proxy's state now, from `shared`: run at each scrape, so
