@@ -20,8 +20,10 @@ use crate::backend::wal::{self, ShardWal, WalServer, WalTiming};
 use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
+use crate::control::Control;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
+use crate::stats::Stats;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {
@@ -72,6 +74,10 @@ pub struct Shared {
     pub pinned_clients: AtomicUsize,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
+    /// Counters and the client registry (admin console, metrics).
+    pub stats: Stats,
+    /// RELOAD, SHUTDOWN, PAUSE/RESUME, DISABLE/ENABLE requests.
+    pub control: Control,
 }
 
 /// When the sharded tables' column order was last learned, and how many times: learning runs
@@ -88,15 +94,16 @@ pub struct ColumnLearning {
 impl Shared {
     /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
     pub fn new(config: Config) -> Shared {
+        let stats = Stats::new();
         let shards = config
             .shards
             .iter()
             .map(|shard| {
-                let primary = backend(&config, shard, &shard.primary);
+                let primary = backend(&config, &stats, shard, &shard.primary);
                 let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
-                    .map(|r| backend(&config, shard, r))
+                    .map(|r| backend(&config, &stats, shard, r))
                     .collect();
                 let wal = wal_watch(&config, shard, &primary, &replicas);
                 ShardPools {
@@ -141,6 +148,8 @@ impl Shared {
             clients: AtomicUsize::new(0),
             pinned_clients: AtomicUsize::new(0),
             columns: ColumnLearning::default(),
+            stats,
+            control: Control::default(),
         }
     }
 }
@@ -396,14 +405,14 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 }
 
 /// Pools for every user on one server, and a health watch over them.
-fn backend(config: &Config, shard: &ShardConfig, addr: &str) -> Backend {
+fn backend(config: &Config, stats: &Stats, shard: &ShardConfig, addr: &str) -> Backend {
     let pools: HashMap<String, ServerPool> = config
         .users
         .iter()
         .map(|user| {
             (
                 user.name.clone(),
-                server_pool(config, user, login(config, shard, addr, user)),
+                server_pool(config, stats, user, login(config, shard, addr, user)),
             )
         })
         .collect();
@@ -465,9 +474,17 @@ fn login(config: &Config, shard: &ShardConfig, addr: &str, user: &UserConfig) ->
     }
 }
 
-fn server_pool(config: &Config, user: &UserConfig, login: LoginParams) -> ServerPool {
+fn server_pool(
+    config: &Config,
+    stats: &Stats,
+    user: &UserConfig,
+    login: LoginParams,
+) -> ServerPool {
     let p = &config.pool;
-    let manager = BackendManager { login };
+    let manager = BackendManager {
+        login,
+        stats: stats.new_pool(),
+    };
     Pool::new(
         manager,
         PoolOptions {

@@ -6,8 +6,10 @@
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -79,6 +81,10 @@ struct Inner<M: Manager> {
     options: PoolOptions,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle<M::Connection>>>,
+    /// Checkouts waiting for a permit, by ticket: when each began (only contended checkouts
+    /// come here).
+    waiters: Mutex<BTreeMap<u64, Instant>>,
+    next_ticket: AtomicU64,
 }
 
 /// A fair pool of connections made by `M`. Cheap to clone.
@@ -100,6 +106,10 @@ pub struct PoolStatus {
     pub size: usize,
     pub idle: usize,
     pub in_use: usize,
+    /// Checkouts waiting for a connection.
+    pub waiting: usize,
+    /// How long the longest-waiting checkout has waited (zero when none waits).
+    pub max_wait: Duration,
 }
 
 impl<M: Manager> Pool<M> {
@@ -110,6 +120,8 @@ impl<M: Manager> Pool<M> {
             manager,
             options,
             idle: Mutex::new(Vec::new()),
+            waiters: Mutex::new(BTreeMap::new()),
+            next_ticket: AtomicU64::new(0),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
@@ -125,10 +137,25 @@ impl<M: Manager> Pool<M> {
 
     pub fn status(&self) -> PoolStatus {
         let size = self.inner.options.size;
+        let (waiting, max_wait) = {
+            let waiters = lock(&self.inner.waiters);
+            let oldest = waiters.values().min().map(Instant::elapsed);
+            (waiters.len(), oldest.unwrap_or_default())
+        };
         PoolStatus {
             size,
             idle: lock(&self.inner.idle).len(),
             in_use: size - self.inner.permits.available_permits(),
+            waiting,
+            max_wait,
+        }
+    }
+
+    /// Calls `f` with each idle connection, when it was opened and when it was last used.
+    /// Holds the idle list's lock meanwhile: keep `f` short.
+    pub fn for_each_idle(&self, mut f: impl FnMut(&M::Connection, Instant, Instant)) {
+        for entry in lock(&self.inner.idle).iter() {
+            f(&entry.conn, entry.created, entry.last_used);
         }
     }
 
@@ -162,6 +189,7 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
         let timeout = self.inner.options.checkout_timeout;
+        let _waiting = Waiting::new(&self.inner.waiters, &self.inner.next_ticket);
         match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
             Err(_) => Err(PoolError::Timeout(timeout)),
             Ok(Err(_)) => Err(PoolError::Closed),
@@ -199,6 +227,11 @@ impl<M: Manager> Pooled<M> {
     /// Closes the connection instead of returning it.
     pub fn discard(mut self) {
         self.conn = None;
+    }
+
+    /// The manager of the pool this connection comes from.
+    pub fn manager(&self) -> &M {
+        &self.pool.manager
     }
 }
 
@@ -258,6 +291,26 @@ fn give_back<M: Manager>(
         });
     }
     drop(permit);
+}
+
+/// A checkout's place among the waiters while it waits.
+struct Waiting<'a> {
+    waiters: &'a Mutex<BTreeMap<u64, Instant>>,
+    ticket: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a Mutex<BTreeMap<u64, Instant>>, next: &AtomicU64) -> Waiting<'a> {
+        let ticket = next.fetch_add(1, Ordering::Relaxed);
+        lock(waiters).insert(ticket, Instant::now());
+        Waiting { waiters, ticket }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.waiters).remove(&self.ticket);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -138,3 +138,24 @@ async fn dead_idle_connection_is_replaced() {
     assert_eq!(pool.status().idle, 1);
     assert_eq!(pool.get().await.unwrap().id, DEAD_ON_IDLE + 1);
 }
+
+#[tokio::test]
+async fn waiting_checkouts_are_counted_while_they_wait() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 60_000));
+    let held = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    while pool.status().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(pool.status().in_use, 1);
+    drop(held);
+    assert_eq!(waiter.await.unwrap().unwrap(), 0);
+    let status = pool.status();
+    assert_eq!((status.waiting, status.max_wait), (0, Duration::ZERO));
+    let mut idle = 0;
+    pool.for_each_idle(|_, _, _| idle += 1);
+    assert_eq!(idle, 1);
+}

@@ -63,6 +63,8 @@ pub enum SessionError {
     ClientIo(#[from] std::io::Error),
     #[error("expected {expected} during authentication, got message type {got:?}")]
     UnexpectedMessage { expected: &'static str, got: char },
+    #[error("connection terminated by an administrator (KILL_CLIENT)")]
+    Killed,
 }
 
 impl SessionError {
@@ -109,6 +111,7 @@ impl From<&SessionError> for ClientError {
             SessionError::StartupTimeout | SessionError::UnexpectedMessage { .. } => {
                 SqlState::PROTOCOL_VIOLATION
             }
+            SessionError::Killed => SqlState::ADMIN_SHUTDOWN,
         };
         ClientError::new(code, format!("pgshard: {e}"))
     }

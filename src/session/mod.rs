@@ -13,6 +13,7 @@ mod fanout;
 mod groups;
 mod io;
 mod isolation;
+mod meter;
 mod own_writes;
 pub mod prepared;
 mod route;
@@ -48,6 +49,7 @@ use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
 use crate::shared::Shared;
+use crate::stats::NewClient;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
 use crate::wire::Frame;
@@ -57,6 +59,7 @@ use crate::wire::TransactionStatus;
 /// Errors go to the client as FATAL ErrorResponses.
 pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
     let _count = ClientCount::new(&shared);
+    let addr = crate::transport::peer_addr(&stream);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
     let login = tokio::time::timeout(limit, handshake(&mut stream, &mut buf, &shared))
@@ -71,8 +74,10 @@ pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
             return;
         }
     };
-    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings);
-    if let Err(e) = session.serve().await {
+    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings, addr);
+    let entry = session.meter.client.entry.clone();
+    let served = entry.until_killed(session.serve()).await;
+    if let Err(e) = served.unwrap_or(Err(SessionError::Killed)) {
         tracing::debug!("session ended: {e}");
         session.send_fatal(&e).await;
     }
@@ -151,6 +156,8 @@ pub(crate) struct Session<S> {
     max_message: usize,
     /// Schema changes seen, for the column order of INSERTs without a column list.
     schema: columns::SchemaWatch,
+    /// Counts for SHOW STATS and SHOW CLIENTS, and this client's registry entry.
+    meter: meter::Meter,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -187,8 +194,21 @@ struct Unnamed {
 }
 
 impl<S: Stream> Session<S> {
-    fn new(client: Conn<S>, shared: Arc<Shared>, user: String, settings: Settings) -> Self {
+    fn new(
+        client: Conn<S>,
+        shared: Arc<Shared>,
+        user: String,
+        settings: Settings,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Self {
         let cancel = shared.cancel.register();
+        let registered = shared.stats.clients.register(NewClient {
+            id: cancel.key.0,
+            user: user.clone(),
+            database: shared.config.server.database.clone(),
+            addr,
+            console: false,
+        });
         let startup_isolation = settings
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
@@ -212,6 +232,7 @@ impl<S: Stream> Session<S> {
             ctx: RouteContext::default(),
             cancel,
             schema: columns::SchemaWatch::default(),
+            meter: meter::Meter::new(registered),
         }
     }
 
@@ -281,10 +302,13 @@ impl<S: Stream> Session<S> {
 
     /// Takes a server connection from the pool and brings it to this client's settings.
     async fn checkout(&mut self, pool: ServerPool) -> Result<(), SessionError> {
-        let conn = self.connection_from(&pool).await?;
+        let since = self.meter_checkout_starts();
+        let conn = self.connection_from(&pool).await;
+        let conn = conn.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
+        self.meter_checkout_ends(since);
         Ok(())
     }
 
@@ -294,6 +318,13 @@ impl<S: Stream> Session<S> {
         pool: &ServerPool,
     ) -> Result<Pooled<BackendManager>, SessionError> {
         tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
+        if self.shared.control.any_paused() {
+            // PAUSE from the admin console: hold until RESUME.
+            if let Some(shard) = self.shared.shard_at(&pool.manager().login.addr) {
+                let name = &self.shared.shards[shard].name;
+                self.shared.control.wait_unpaused(name).await;
+            }
+        }
         let mut conn = pool.get().await.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
                 pool: format!(
@@ -362,7 +393,11 @@ impl<S: Stream> Session<S> {
         self.replay = None;
         // A write on it has committed: start looking for the replicas that replay it.
         self.own_writes.refresh(&self.shared.shards, None);
-        self.server.take()
+        let conn = self.server.take();
+        if let Some(conn) = &conn {
+            self.meter_release(conn);
+        }
+        conn
     }
 
     /// Queues bytes pgshard answers itself, behind whatever the server still owes the client.
@@ -410,5 +445,7 @@ impl<S> Drop for Session<S> {
             self.shared.pinned_clients.fetch_sub(1, Ordering::Relaxed);
         }
         self.cancel.slot.set(None);
+        self.meter
+            .flush_at_end(self.server.as_ref(), &self.shared.stats);
     }
 }
