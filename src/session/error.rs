@@ -65,6 +65,12 @@ pub enum SessionError {
     UnexpectedMessage { expected: &'static str, got: char },
     #[error("connection terminated by an administrator (KILL_CLIENT)")]
     Killed,
+    #[error("user \"{0}\" may not use the admin console: list it in [admin] users or stats_users")]
+    NotConsoleUser(String),
+    #[error(
+        "pgshard does not accept new logins now (DISABLE on its admin console); retry after ENABLE"
+    )]
+    LoginsDisabled,
 }
 
 impl SessionError {
@@ -112,6 +118,8 @@ impl From<&SessionError> for ClientError {
                 SqlState::PROTOCOL_VIOLATION
             }
             SessionError::Killed => SqlState::ADMIN_SHUTDOWN,
+            SessionError::NotConsoleUser(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SessionError::LoginsDisabled => SqlState::CANNOT_CONNECT_NOW,
         };
         ClientError::new(code, format!("pgshard: {e}"))
     }

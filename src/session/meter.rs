@@ -24,9 +24,13 @@ pub(super) struct Meter {
     request_since: Option<Instant>,
     /// The slot of the request's latest keyed statement.
     slot: Option<u16>,
-    /// Bytes to and from the client so far, and at the start of the request in progress.
+    /// Bytes to and from the client so far, and before the request in progress.
     bytes: u64,
     bytes_at_request: u64,
+    /// The slot of the last request that ended and the bytes before it: its answer is still
+    /// being written, so its bytes are given to the slot when the next request starts (or the
+    /// session ends).
+    finished: Option<(u16, u64)>,
 }
 
 impl Meter {
@@ -39,6 +43,7 @@ impl Meter {
             slot: None,
             bytes: 0,
             bytes_at_request: 0,
+            finished: None,
         }
     }
 
@@ -54,6 +59,9 @@ impl Meter {
         conn: Option<&Pooled<BackendManager>>,
         stats: &crate::stats::Stats,
     ) {
+        if let Some((slot, before)) = self.finished.take() {
+            stats.slots.bytes(slot, Instant::now(), self.bytes - before);
+        }
         let pending = std::mem::take(&mut self.pending);
         if pending.is_zero() {
             return;
@@ -72,14 +80,18 @@ impl Meter {
 }
 
 impl<S: Stream> Session<S> {
-    /// A client frame is handled: it starts a request unless one is in progress, and counts as
-    /// a query when it runs a statement.
-    pub(super) fn meter_frame(&mut self, t: u8) {
+    /// A client frame (`len` bytes, counted when read) is handled: it starts a request unless
+    /// one is in progress, and counts as a query when it runs a statement.
+    pub(super) fn meter_frame(&mut self, t: u8, len: usize) {
         let meter = &mut self.meter;
         if meter.request_since.is_none() {
             let now = Instant::now();
             meter.request_since = Some(now);
-            meter.bytes_at_request = meter.bytes;
+            meter.bytes_at_request = meter.bytes.saturating_sub(len as u64);
+            if let Some((slot, before)) = meter.finished.take() {
+                let bytes = meter.bytes_at_request.saturating_sub(before);
+                self.shared.stats.slots.bytes(slot, now, bytes);
+            }
             meter
                 .client
                 .entry
@@ -105,8 +117,7 @@ impl<S: Stream> Session<S> {
         let now = Instant::now();
         self.meter.pending.query_time += micros(now - since);
         if let Some(slot) = self.meter.slot.take() {
-            let bytes = self.meter.bytes - self.meter.bytes_at_request;
-            self.shared.stats.slots.bytes(slot, now, bytes);
+            self.meter.finished = Some((slot, self.meter.bytes_at_request));
         }
         match self.server.as_deref() {
             None => self.meter_flush(None),

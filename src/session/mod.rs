@@ -66,7 +66,11 @@ pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
         .await
         .unwrap_or(Err(SessionError::StartupTimeout));
     let (user, settings) = match login {
-        Ok(Some(login)) => login,
+        Ok(Some(Login::Client(user, settings))) => (user, settings),
+        Ok(Some(Login::Console(login))) => {
+            let login = crate::admin::Login { addr, ..login };
+            return crate::admin::serve(Conn::new(stream, buf), shared, login).await;
+        }
         Ok(None) => return,
         Err(e) => {
             let mut client = Conn::new(stream, buf);
@@ -83,12 +87,18 @@ pub async fn run<S: Stream>(mut stream: S, shared: Arc<Shared>) {
     }
 }
 
+/// Who logged in: a client of the served database, or of the admin console.
+enum Login {
+    Client(String, Settings),
+    Console(crate::admin::Login),
+}
+
 /// Startup, client limit, authentication, settings: `None` for a CancelRequest.
 async fn handshake<S: Stream>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<Option<(String, Settings)>, SessionError> {
+) -> Result<Option<Login>, SessionError> {
     let Some(startup) = startup::read_startup(stream, buf, shared).await? else {
         return Ok(None);
     };
@@ -97,8 +107,20 @@ async fn handshake<S: Stream>(
         return Err(SessionError::TooManyClients(limit));
     }
     let settings = settings::from_startup(&startup.params)?;
-    let user = startup::authenticate(stream, buf, shared, &startup).await?;
-    Ok(Some((user, settings)))
+    let login = startup::authenticate(stream, buf, shared, &startup).await?;
+    if let Some(full) = login.console {
+        let database = startup.param("database").unwrap_or_default().to_string();
+        return Ok(Some(Login::Console(crate::admin::Login {
+            user: login.user,
+            full,
+            database,
+            addr: None,
+        })));
+    }
+    if shared.control.is_disabled() {
+        return Err(SessionError::LoginsDisabled);
+    }
+    Ok(Some(Login::Client(login.user, settings)))
 }
 
 /// Counts this client among the open ones while it lives.
@@ -202,11 +224,16 @@ impl<S: Stream> Session<S> {
         addr: Option<std::net::SocketAddr>,
     ) -> Self {
         let cancel = shared.cancel.register();
+        let application_name = settings
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default();
         let registered = shared.stats.clients.register(NewClient {
             id: cancel.key.0,
             user: user.clone(),
             database: shared.config.server.database.clone(),
             addr,
+            application_name,
             console: false,
         });
         let startup_isolation = settings

@@ -63,7 +63,7 @@ impl<S: Stream> Session<S> {
         } else {
             frame
         };
-        self.meter_frame(frame.tag());
+        self.meter_frame(frame.tag(), frame.bytes.len());
         self.note_session_effects(&frame)?;
         let running = self.held.filter(|h| h.primary).map(|h| h.shard);
         self.own_writes.refresh(&self.shared.shards, running);

@@ -41,6 +41,8 @@ pub struct ClientEntry {
     pub database: String,
     /// The client's address (`None` for a connection that is not TCP).
     pub addr: Option<SocketAddr>,
+    /// The `application_name` the client gave at startup.
+    pub application_name: String,
     pub connect_time: SystemTime,
     /// A console client (database `pgshard` or `pgbouncer`).
     pub console: bool,
@@ -153,6 +155,7 @@ pub struct NewClient {
     pub user: String,
     pub database: String,
     pub addr: Option<SocketAddr>,
+    pub application_name: String,
     pub console: bool,
 }
 
@@ -165,6 +168,7 @@ impl ClientRegistry {
             user: client.user,
             database: client.database,
             addr: client.addr,
+            application_name: client.application_name,
             connect_time: SystemTime::now(),
             console: client.console,
             state: AtomicU8::new(ClientState::Idle as u8),
@@ -243,6 +247,7 @@ mod tests {
             user: "app".into(),
             database: "app".into(),
             addr: None,
+            application_name: String::new(),
             console: false,
         }
     }
