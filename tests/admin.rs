@@ -531,6 +531,7 @@ async fn pause_holds_queries_until_resume() {
     // The query waits for a server connection: SHOW CLIENTS says so.
     let waiting = async {
         loop {
+            assert!(!held.is_finished(), "the query ran during PAUSE");
             let clients = show(&admin, "SHOW CLIENTS").await;
             let row = clients
                 .row_where("application_name", "paused_client")
@@ -538,7 +539,6 @@ async fn pause_holds_queries_until_resume() {
             if clients.value(row, "state") == Some("waiting") {
                 return;
             }
-            assert!(!held.is_finished(), "the query ran during PAUSE");
             tokio::task::yield_now().await;
         }
     };
