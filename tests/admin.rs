@@ -644,3 +644,17 @@ async fn prometheus_pgbouncer_exporter_scrapes_the_console() {
     assert!(sample("pgbouncer_used_clients") >= 1.0);
     assert!(body.contains("pgbouncer_received_bytes_total{database=\"app\"}"));
 }
+
+#[tokio::test]
+async fn the_console_refuses_the_extended_protocol_and_goes_on() {
+    let proxy = proxy().await;
+    let admin = console(&proxy).await;
+    // tokio-postgres's query() sends Parse/Bind/Execute/Sync.
+    let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err:?}");
+    assert!(!show(&admin, "SHOW POOLS").await.rows.is_empty());
+    let empty = admin.simple_query("").await.expect("an empty query");
+    assert!(empty
+        .iter()
+        .all(|m| !matches!(m, SimpleQueryMessage::Row(_))));
+}

@@ -105,10 +105,9 @@ pub fn clients(shared: &Shared) -> ResultSet {
     let now = shared.stats.micros(Instant::now());
     for client in shared.stats.clients.list() {
         let state = client.state();
-        let wait_us = match (state, client.request_micros()) {
-            (ClientState::Waiting, Some(since)) => now.saturating_sub(since),
-            _ => 0,
-        };
+        let wait_us = client
+            .waiting_since()
+            .map_or(0, |since| now.saturating_sub(since));
         let socket = Socket {
             kind: "C",
             user: client.user.clone(),

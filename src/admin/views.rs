@@ -62,9 +62,20 @@ pub fn database_totals(shared: &Shared) -> Totals {
 }
 
 /// Server connections summed over pools (optionally one user's): (in use, idle, waiting
-/// checkouts, longest wait).
+/// checkouts, longest wait of a client waiting now).
 pub fn servers(shared: &Shared, user: Option<&str>) -> (usize, usize, usize, Duration) {
-    let mut sums = (0, 0, 0, Duration::ZERO);
+    let now = shared.stats.micros(std::time::Instant::now());
+    let longest = shared
+        .stats
+        .clients
+        .list()
+        .iter()
+        .filter(|c| user.is_none_or(|u| u == c.user))
+        .filter_map(|c| c.waiting_since())
+        .map(|since| now.saturating_sub(since))
+        .max()
+        .unwrap_or(0);
+    let mut sums = (0, 0, 0, Duration::from_micros(longest));
     for view in pools(shared) {
         if user.is_some_and(|u| u != view.user) {
             continue;
@@ -73,7 +84,6 @@ pub fn servers(shared: &Shared, user: Option<&str>) -> (usize, usize, usize, Dur
         sums.0 += status.in_use;
         sums.1 += status.idle;
         sums.2 += status.waiting;
-        sums.3 = sums.3.max(status.max_wait);
     }
     sums
 }

@@ -6,10 +6,9 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -81,10 +80,8 @@ struct Inner<M: Manager> {
     options: PoolOptions,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle<M::Connection>>>,
-    /// Checkouts waiting for a permit, by ticket: when each began (only contended checkouts
-    /// come here).
-    waiters: Mutex<BTreeMap<u64, Instant>>,
-    next_ticket: AtomicU64,
+    /// Checkouts waiting for a permit (only contended checkouts count themselves).
+    waiting: AtomicUsize,
 }
 
 /// A fair pool of connections made by `M`. Cheap to clone.
@@ -108,8 +105,6 @@ pub struct PoolStatus {
     pub in_use: usize,
     /// Checkouts waiting for a connection.
     pub waiting: usize,
-    /// How long the longest-waiting checkout has waited (zero when none waits).
-    pub max_wait: Duration,
 }
 
 impl<M: Manager> Pool<M> {
@@ -120,8 +115,7 @@ impl<M: Manager> Pool<M> {
             manager,
             options,
             idle: Mutex::new(Vec::new()),
-            waiters: Mutex::new(BTreeMap::new()),
-            next_ticket: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
@@ -137,17 +131,11 @@ impl<M: Manager> Pool<M> {
 
     pub fn status(&self) -> PoolStatus {
         let size = self.inner.options.size;
-        let (waiting, max_wait) = {
-            let waiters = lock(&self.inner.waiters);
-            let oldest = waiters.values().min().map(Instant::elapsed);
-            (waiters.len(), oldest.unwrap_or_default())
-        };
         PoolStatus {
             size,
             idle: lock(&self.inner.idle).len(),
             in_use: size - self.inner.permits.available_permits(),
-            waiting,
-            max_wait,
+            waiting: self.inner.waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -189,7 +177,7 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
         let timeout = self.inner.options.checkout_timeout;
-        let _waiting = Waiting::new(&self.inner.waiters, &self.inner.next_ticket);
+        let _waiting = Waiting::new(&self.inner.waiting);
         match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
             Err(_) => Err(PoolError::Timeout(timeout)),
             Ok(Err(_)) => Err(PoolError::Closed),
@@ -293,23 +281,19 @@ fn give_back<M: Manager>(
     drop(permit);
 }
 
-/// A checkout's place among the waiters while it waits.
-struct Waiting<'a> {
-    waiters: &'a Mutex<BTreeMap<u64, Instant>>,
-    ticket: u64,
-}
+/// Counts a checkout among the waiters while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
-    fn new(waiters: &'a Mutex<BTreeMap<u64, Instant>>, next: &AtomicU64) -> Waiting<'a> {
-        let ticket = next.fetch_add(1, Ordering::Relaxed);
-        lock(waiters).insert(ticket, Instant::now());
-        Waiting { waiters, ticket }
+    fn new(waiting: &'a AtomicUsize) -> Waiting<'a> {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(self.waiters).remove(&self.ticket);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -153,8 +153,7 @@ async fn waiting_checkouts_are_counted_while_they_wait() {
     assert_eq!(pool.status().in_use, 1);
     drop(held);
     assert_eq!(waiter.await.unwrap().unwrap(), 0);
-    let status = pool.status();
-    assert_eq!((status.waiting, status.max_wait), (0, Duration::ZERO));
+    assert_eq!(pool.status().waiting, 0);
     let mut idle = 0;
     pool.for_each_idle(|_, _, _| idle += 1);
     assert_eq!(idle, 1);

@@ -119,23 +119,23 @@ impl<S: Stream> Session<S> {
         if let Some(slot) = self.meter.slot.take() {
             self.meter.finished = Some((slot, self.meter.bytes_at_request));
         }
-        match self.server.as_deref() {
-            None => self.meter_flush(None),
+        if self.server.is_none() {
+            self.meter_flush(None);
+        } else if self.mode == PoolMode::Session {
             // A session-mode client holds its connection for good: count as it goes.
-            Some(_) if self.mode == PoolMode::Session => {
-                let counters = self.server.as_ref().map(|c| c.manager().stats.clone());
-                if let Some(counters) = counters {
-                    counters.add(&std::mem::take(&mut self.meter.pending));
-                }
+            let pending = std::mem::take(&mut self.meter.pending);
+            if let Some(conn) = self.server.as_ref() {
+                conn.manager().stats.add(&pending);
             }
-            Some(_) => {}
         }
     }
 
     /// A checkout begins: the client waits for a server connection.
     pub(super) fn meter_checkout_starts(&self) -> Instant {
-        self.meter.client.entry.set_state(ClientState::Waiting);
-        Instant::now()
+        let now = Instant::now();
+        let since = self.shared.stats.micros(now);
+        self.meter.client.entry.start_waiting(since);
+        now
     }
 
     /// The checkout that began at `since` ended: with the connection now held, or without one.

@@ -49,6 +49,8 @@ pub struct ClientEntry {
     state: AtomicU8,
     /// Start of the latest request, microseconds after counting started (0: none yet).
     request_micros: AtomicU64,
+    /// Start of the checkout the client waits for (valid while its state is waiting).
+    wait_micros: AtomicU64,
     /// The held server connection: its pool's id (`PoolCounters::id`) and its backend pid.
     server_pool: AtomicU32,
     server_pid: AtomicI32,
@@ -63,6 +65,17 @@ impl ClientEntry {
 
     pub fn set_state(&self, state: ClientState) {
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Waits for a server connection since `micros` (after counting started).
+    pub fn start_waiting(&self, micros: u64) {
+        self.wait_micros.store(micros, Ordering::Relaxed);
+        self.set_state(ClientState::Waiting);
+    }
+
+    /// Since when the client waits for a server connection, if it does.
+    pub fn waiting_since(&self) -> Option<u64> {
+        (self.state() == ClientState::Waiting).then(|| self.wait_micros.load(Ordering::Relaxed))
     }
 
     /// Now holds a connection of pool `pool` to the server process `pid`.
@@ -173,6 +186,7 @@ impl ClientRegistry {
             console: client.console,
             state: AtomicU8::new(ClientState::Idle as u8),
             request_micros: AtomicU64::new(0),
+            wait_micros: AtomicU64::new(0),
             server_pool: AtomicU32::new(0),
             server_pid: AtomicI32::new(0),
             killed: AtomicBool::new(false),
