@@ -62,8 +62,13 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState::new("53300");
     /// `53400` configuration_limit_exceeded: a statement over its user's rate limit.
     pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState::new("53400");
-    /// `57P01` admin_shutdown: pgshard is shutting down (a client closed between transactions).
+    /// `57P01` admin_shutdown: pgshard is shutting down (a client closed between transactions),
+    /// or a client closed with KILL_CLIENT from the admin console.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState::new("57P01");
+    /// `57P03` cannot_connect_now: a login while the admin console's DISABLE is in effect.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState::new("57P03");
+    /// `42501` insufficient_privilege: a stats user's control command in the admin console.
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState::new("42501");
     /// `57014` query_canceled: the client's CopyFail.
     pub const QUERY_CANCELED: SqlState = SqlState::new("57014");
     /// `F0000` config_file_error: a sharding configuration that cannot work.

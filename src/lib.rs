@@ -6,6 +6,7 @@
 //! [`config`] and [`sharding`] are pure data; [`cli`] is the glue for the `pgshard` binary.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -26,6 +27,7 @@ pub mod session;
 pub mod sharding;
 pub mod shared;
 pub mod sql;
+pub mod stats;
 pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -44,7 +44,7 @@ pub async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     listener: TcpListener,
-    (control, mut commands): (Control, UnboundedReceiver<Command>),
+    (control, mut commands): (Arc<Control>, UnboundedReceiver<Command>),
     stop_now: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let mut current = Arc::new(Shared::serving(config, control));

@@ -25,6 +25,7 @@ use crate::limits::UserLimits;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
+use crate::stats::Stats;
 use crate::tls::BackendTls;
 
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
@@ -79,7 +80,7 @@ pub struct Shared {
     /// Whether the proxy is shutting down (kept across reloads).
     pub lifecycle: Arc<Lifecycle>,
     /// Asks the accept loop to reload or shut down (the admin console's RELOAD, SHUTDOWN).
-    pub control: Control,
+    pub control: Arc<Control>,
     /// Learning of the sharded tables' column order (for INSERTs without a column list).
     pub columns: ColumnLearning,
     /// TLS for clients (`server.tls_*`), from [`crate::tls::server_config`]: `None` when
@@ -96,6 +97,8 @@ pub struct Shared {
     /// Prometheus metrics (recording is a no-op without `[metrics]`). Kept across reloads
     /// (shards added by one are not in the per-shard histograms until a restart).
     pub metrics: Arc<Metrics>,
+    /// Counters and the client registry (admin console, metrics); kept across reloads.
+    pub stats: Arc<Stats>,
 }
 
 /// The proxy's lifecycle, shared by every generation.
@@ -123,7 +126,7 @@ impl Shared {
     }
 
     /// [`Shared::new`] for a proxy whose accept loop listens to `control`.
-    pub fn serving(config: Config, control: Control) -> Shared {
+    pub fn serving(config: Config, control: Arc<Control>) -> Shared {
         Shared::build(config, None, control)
     }
 
@@ -135,7 +138,7 @@ impl Shared {
         Shared::build(config, Some(self), self.control.clone())
     }
 
-    fn build(config: Config, previous: Option<&Shared>, control: Control) -> Shared {
+    fn build(config: Config, previous: Option<&Shared>, control: Arc<Control>) -> Shared {
         // Files are read again at every reload (new client certificates apply to new clients);
         // the servers' TLS is kept while `[backend_tls]` is unchanged, so its pools are too.
         let tls = crate::tls::server_config(&config).expect("TLS files were checked at load");
@@ -143,6 +146,7 @@ impl Shared {
             Some(p) if p.config.backend_tls == config.backend_tls => p.backend_tls.clone(),
             _ => crate::tls::backend_tls(&config).expect("TLS files were checked at load"),
         };
+        let stats = previous.map_or_else(|| Arc::new(Stats::new()), |p| p.stats.clone());
         let shards = config
             .shards
             .iter()
@@ -158,6 +162,7 @@ impl Shared {
                 };
                 let primary = backend(
                     &config,
+                    &stats,
                     &backend_tls,
                     shard,
                     &shard.primary,
@@ -166,7 +171,7 @@ impl Shared {
                 let replicas: Vec<Backend> = shard
                     .replicas
                     .iter()
-                    .map(|r| backend(&config, &backend_tls, shard, r, old(r)))
+                    .map(|r| backend(&config, &stats, &backend_tls, shard, r, old(r)))
                     .collect();
                 let wal = match before.filter(|b| same_servers(b, &primary, &replicas)) {
                     Some(b) if previous.is_some_and(|p| same_wal_timing(&p.config, &config)) => {
@@ -236,6 +241,7 @@ impl Shared {
             generation: previous.map_or(0, |p| p.generation + 1),
             tls,
             backend_tls,
+            stats,
         }
     }
 
@@ -529,6 +535,7 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// login is unchanged are kept (with the new options); its health watch too when every pool was.
 fn backend(
     config: &Config,
+    stats: &Stats,
     tls: &BackendTlsRef,
     shard: &ShardConfig,
     addr: &str,
@@ -550,7 +557,10 @@ fn backend(
                     pool.reconfigure(options);
                     pool.clone()
                 }
-                None => Pool::new(BackendManager { login }, options),
+                None => {
+                    let stats = stats.new_pool();
+                    Pool::new(BackendManager { login, stats }, options)
+                }
             };
             (user.name.clone(), pool)
         })

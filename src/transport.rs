@@ -179,6 +179,14 @@ impl<S: Stream> Conn<S> {
     }
 }
 
+/// The peer's address when `stream` is a TCP socket (`None` for other streams).
+pub fn peer_addr<S: Stream>(stream: &S) -> Option<std::net::SocketAddr> {
+    let any: &dyn std::any::Any = stream;
+    any.downcast_ref::<tokio::net::TcpStream>()?
+        .peer_addr()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

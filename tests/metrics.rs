@@ -275,6 +275,20 @@ async fn every_listed_metric_is_exported() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(missing.is_empty(), "not exported: {missing:?}");
+    // The stats core's counts: bytes from this client, it is logged in (idle now), and its
+    // keyed read's slot is among the busiest.
+    let text = scrape(port).await;
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    };
+    assert!(value("pgshard_client_bytes_total{direction=\"received\"}") > 0.0);
+    assert!(value("pgshard_client_bytes_total{direction=\"sent\"}") > 0.0);
+    assert!(value("pgshard_clients{state=\"idle\"}") >= 1.0);
+    assert!(value("pgshard_hot_slot_statements{") >= 1.0);
     drop(client);
     proxy.shutdown().await;
 }

@@ -283,6 +283,37 @@ pub async fn wal_replay_position(conn: &mut ServerConnection) -> Result<Option<u
         .and_then(|t| parse_lsn(&t)))
 }
 
+/// Where a server is in the WAL, for SHOW SHARDS: a primary's current write position, or a
+/// replica's replay position and how far behind its replay is in seconds (0 when it has
+/// replayed everything it received; `None` when it never replayed a transaction).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WalState {
+    pub in_recovery: bool,
+    pub lsn: Option<u64>,
+    pub replay_delay_secs: Option<f64>,
+}
+
+/// The server's [`WalState`].
+pub async fn wal_state(conn: &mut ServerConnection) -> Result<WalState, BackendError> {
+    let rows = query(
+        conn,
+        "SELECT pg_catalog.pg_is_in_recovery()::text, \
+         CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+         ELSE pg_catalog.pg_current_wal_lsn() END::text, \
+         CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL \
+         WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0 \
+         ELSE extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) END::text",
+    )
+    .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let field = |i: usize| row.get(i).cloned().flatten();
+    Ok(WalState {
+        in_recovery: field(0).as_deref() == Some("true"),
+        lsn: field(1).and_then(|t| parse_lsn(&t)),
+        replay_delay_secs: field(2).and_then(|t| t.parse().ok()),
+    })
+}
+
 /// A `pg_lsn` in its text form (`16/B374D848`: two hexadecimal halves) as a byte position.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.trim().split_once('/')?;

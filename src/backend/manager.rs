@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use super::connection::{LoginParams, ServerConnection};
 use super::BackendError;
 use crate::pool::{Manager, Pool, Returned};
+use crate::stats::PoolCounters;
 use crate::wire::{build, TransactionStatus};
 
 /// A pool of connections to one server as one user.
@@ -18,6 +19,8 @@ pub type ServerPool = Pool<BackendManager>;
 #[derive(Debug)]
 pub struct BackendManager {
     pub login: LoginParams,
+    /// What the sessions using this pool did (SHOW STATS, metrics).
+    pub stats: std::sync::Arc<PoolCounters>,
 }
 
 impl Manager for BackendManager {

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 
 use crate::config::Config;
@@ -55,7 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// SIGHUP asks for a reload, SIGTERM for a graceful shutdown, SIGINT for an immediate one.
-fn forward_signals(control: Control) -> anyhow::Result<()> {
+fn forward_signals(control: Arc<Control>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;

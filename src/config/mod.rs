@@ -29,6 +29,36 @@ pub struct Config {
     /// `[backend_tls]`: TLS to the servers.
     #[serde(default)]
     pub backend_tls: BackendTlsConfig,
+    /// `[admin]`: who may use the admin console.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: who may use the admin console (the databases `pgshard` and `pgbouncer`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users with full access: SHOW commands and RELOAD, PAUSE, RESUME, DISABLE, ENABLE,
+    /// KILL_CLIENT, SHUTDOWN.
+    pub users: Vec<String>,
+    /// Users who may run SHOW commands only.
+    pub stats_users: Vec<String>,
+    /// Password of the console users not listed in `[[users]]` (those listed there use their
+    /// own password).
+    pub password: Option<String>,
+}
+
+impl AdminConfig {
+    /// The console access of `user`: `Some(true)` full, `Some(false)` SHOW only.
+    pub fn access(&self, user: &str) -> Option<bool> {
+        if self.users.iter().any(|u| u == user) {
+            Some(true)
+        } else if self.stats_users.iter().any(|u| u == user) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// `[metrics]`: where Prometheus scrapes `/metrics`.
@@ -372,6 +402,16 @@ impl Config {
     /// The user entry for a client-supplied name.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The password a console user authenticates with: their `[[users]]` one, else
+    /// `[admin] password`.
+    pub fn admin_password(&self, name: &str) -> Option<&str> {
+        self.admin.access(name)?;
+        match self.user(name) {
+            Some(user) => Some(&user.password),
+            None => self.admin.password.as_deref(),
+        }
     }
 
     /// Backend database name of a shard.

@@ -37,6 +37,7 @@ impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server()?;
         self.validate_users()?;
+        self.validate_admin()?;
         self.validate_pool()?;
         self.validate_shards()?;
         self.try_shard_map()?;
@@ -193,6 +194,46 @@ impl Config {
             if let Some(burst) = user.statement_burst {
                 at_least_one(&format!("users[{i}].statement_burst"), burst as usize)?;
             }
+        }
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let admin = &self.admin;
+        let lists = [
+            ("admin.users", &admin.users),
+            ("admin.stats_users", &admin.stats_users),
+        ];
+        for (key, names) in lists {
+            for (i, name) in names.iter().enumerate() {
+                if name.is_empty() {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        "a user name must not be empty",
+                    ));
+                }
+                if self.user(name).is_none() && admin.password.is_none() {
+                    return Err(invalid(
+                        format!("{key}[{i}]"),
+                        format!(
+                            "console user {name:?} is not in [[users]], so it has no password: \
+                             add it to [[users]] or set [admin] password"
+                        ),
+                    ));
+                }
+            }
+        }
+        if admin.password.as_deref() == Some("") {
+            return Err(invalid("admin.password", "must not be empty"));
+        }
+        if ["pgshard", "pgbouncer"].contains(&self.server.database.as_str()) {
+            return Err(invalid(
+                "server.database",
+                format!(
+                    "{:?} is the admin console's database name; serve another name",
+                    self.server.database
+                ),
+            ));
         }
         Ok(())
     }
@@ -487,6 +528,28 @@ replicas = ["127.0.0.1:5433"]
             "users = []",
         );
         error_naming(&text, "users");
+    }
+
+    #[test]
+    fn console_users_need_a_password_and_the_console_names_are_reserved() {
+        let admin = format!("{EXAMPLE}\n[admin]\nusers = [\"ops\"]\n");
+        let msg = error_naming(&admin, "admin.users[0]");
+        assert!(msg.contains("[admin] password"), "{msg}");
+        let with_password = format!("{admin}password = \"secret\"\n");
+        let config = Config::from_toml_str(&with_password).expect("valid");
+        assert_eq!(config.admin.access("ops"), Some(true));
+        assert_eq!(config.admin_password("ops"), Some("secret"));
+        let app_admin = format!("{EXAMPLE}\n[admin]\nstats_users = [\"app\"]\n");
+        let config = Config::from_toml_str(&app_admin).expect("valid");
+        assert_eq!(config.admin.access("app"), Some(false));
+        assert_eq!(
+            config.admin_password("app"),
+            Some("app"),
+            "[[users]] password"
+        );
+        assert_eq!(config.admin_password("nobody"), None);
+        let reserved = example_with("database = \"app\"", "database = \"pgbouncer\"");
+        error_naming(&reserved, "server.database");
     }
 
     #[test]

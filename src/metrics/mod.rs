@@ -48,6 +48,13 @@ pub const STATEMENTS: &str = "pgshard_statements_total";
 pub const TRANSACTIONS: &str = "pgshard_transactions_total";
 pub const ERRORS: &str = "pgshard_errors_total";
 pub const RELOADS: &str = "pgshard_reloads_total";
+pub const CLIENTS_BY_STATE: &str = "pgshard_clients";
+pub const CLIENT_BYTES: &str = "pgshard_client_bytes_total";
+pub const HOT_SLOT_STATEMENTS: &str = "pgshard_hot_slot_statements";
+pub const HOT_SLOT_BYTES: &str = "pgshard_hot_slot_bytes";
+
+/// How many of the busiest slots the hot-slot gauges show.
+const HOT_SLOTS: usize = 10;
 
 /// Every metric pgshard exports. The exporter describes exactly these; the docker dashboard
 /// test checks its queries against them.
@@ -123,6 +130,30 @@ pub const METRICS: &[MetricInfo] = &[
         kind: Kind::Counter,
         labels: &["result"],
         help: "Configuration reloads, by result (ok or failed).",
+    },
+    MetricInfo {
+        name: CLIENTS_BY_STATE,
+        kind: Kind::Gauge,
+        labels: &["state"],
+        help: "Logged-in clients: idle (no server connection), waiting for one, or active.",
+    },
+    MetricInfo {
+        name: CLIENT_BYTES,
+        kind: Kind::Counter,
+        labels: &["direction"],
+        help: "Bytes received from and sent to clients (the pools' SHOW STATS totals).",
+    },
+    MetricInfo {
+        name: HOT_SLOT_STATEMENTS,
+        kind: Kind::Gauge,
+        labels: &["slot", "shard"],
+        help: "Statements of the 10 busiest slots over the last minute.",
+    },
+    MetricInfo {
+        name: HOT_SLOT_BYTES,
+        kind: Kind::Gauge,
+        labels: &["slot", "shard"],
+        help: "Bytes of the 10 busiest slots (by statements) over the last minute.",
     },
 ];
 
@@ -363,12 +394,11 @@ pub fn sqlstate_of(body: &[u8]) -> &str {
 }
 
 /// Sets the gauges that describe the proxy's state now, from `shared`: run at each scrape, so
-/// they cost the sessions nothing.
-///
-/// The stats core (bytes in and out, clients by state from the client registry, per-slot
-/// statement counters summarised as the top slots) adds its gauges and counters here.
+/// they cost the sessions nothing (the stats core's counts included: bytes in and out, clients
+/// by state, the busiest slots).
 fn scrape(shared: &Shared, metrics: &Metrics) {
     use std::sync::atomic::Ordering::Relaxed;
+    scrape_stats(shared, metrics);
     metrics.gauge(CLIENTS, Vec::new(), shared.clients.load(Relaxed) as f64);
     metrics.gauge(
         CLIENTS_PINNED,
@@ -399,6 +429,57 @@ fn scrape(shared: &Shared, metrics: &Metrics) {
             ];
             metrics.gauge(REPLICA_LAG, labels, primary.saturating_sub(replayed) as f64);
         }
+    }
+}
+
+/// What the stats core counts: clients by state, bytes, the busiest slots.
+fn scrape_stats(shared: &Shared, metrics: &Metrics) {
+    use crate::stats::ClientState;
+    let mut states = [0u64; 3];
+    for client in shared.stats.clients.list() {
+        let i = match client.state() {
+            ClientState::Idle => 0,
+            ClientState::Waiting => 1,
+            ClientState::Active => 2,
+        };
+        states[i] += 1;
+    }
+    for (state, n) in ["idle", "waiting", "active"].iter().zip(states) {
+        metrics.gauge(
+            CLIENTS_BY_STATE,
+            vec![Label::new("state", *state)],
+            n as f64,
+        );
+    }
+    let mut totals = shared.stats.unpooled.totals();
+    for shard in &shared.shards {
+        for backend in std::iter::once(&shard.primary).chain(&shard.replicas) {
+            for pool in backend.pools.values() {
+                totals.add(&pool.manager().stats.totals());
+            }
+        }
+    }
+    for (direction, bytes) in [("received", totals.received), ("sent", totals.sent)] {
+        let labels = vec![Label::new("direction", direction)];
+        metrics
+            .recorder
+            .register_counter(&Key::from_parts(CLIENT_BYTES, labels), &METADATA)
+            .absolute(bytes);
+    }
+    let router = shared.router.load();
+    let map = router.shard_map();
+    for load in shared.stats.slots.busiest(Instant::now(), HOT_SLOTS) {
+        let labels = || {
+            vec![
+                Label::new("slot", load.slot.to_string()),
+                Label::new(
+                    "shard",
+                    map.shard_name(map.shard_of_slot(load.slot)).to_string(),
+                ),
+            ]
+        };
+        metrics.gauge(HOT_SLOT_STATEMENTS, labels(), load.statements as f64);
+        metrics.gauge(HOT_SLOT_BYTES, labels(), load.bytes as f64);
     }
 }
 

@@ -85,6 +85,8 @@ struct Inner<M: Manager> {
     /// back while this is above zero is closed and its permit forgotten.
     shrink_debt: AtomicUsize,
     idle: Mutex<Vec<Idle<M::Connection>>>,
+    /// Checkouts waiting for a permit (only contended checkouts count themselves).
+    waiting: AtomicUsize,
 }
 
 /// A fair pool of connections made by `M`. Cheap to clone.
@@ -106,6 +108,8 @@ pub struct PoolStatus {
     pub size: usize,
     pub idle: usize,
     pub in_use: usize,
+    /// Checkouts waiting for a connection.
+    pub waiting: usize,
 }
 
 impl<M: Manager> Pool<M> {
@@ -117,6 +121,7 @@ impl<M: Manager> Pool<M> {
             options: ArcSwap::from_pointee(options),
             shrink_debt: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
@@ -137,6 +142,15 @@ impl<M: Manager> Pool<M> {
             size,
             idle: lock(&self.inner.idle).len(),
             in_use: (size + debt).saturating_sub(self.inner.permits.available_permits()),
+            waiting: self.inner.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Calls `f` with each idle connection, when it was opened and when it was last used.
+    /// Holds the idle list's lock meanwhile: keep `f` short.
+    pub fn for_each_idle(&self, mut f: impl FnMut(&M::Connection, Instant, Instant)) {
+        for entry in lock(&self.inner.idle).iter() {
+            f(&entry.conn, entry.created, entry.last_used);
         }
     }
 
@@ -214,6 +228,7 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
         let timeout = self.inner.options.load().checkout_timeout;
+        let _waiting = Waiting::new(&self.inner.waiting);
         match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
             Err(_) => Err(PoolError::Timeout(timeout)),
             Ok(Err(_)) => Err(PoolError::Closed),
@@ -252,6 +267,11 @@ impl<M: Manager> Pooled<M> {
     /// Closes the connection instead of returning it.
     pub fn discard(mut self) {
         self.conn = None;
+    }
+
+    /// The manager of the pool this connection comes from.
+    pub fn manager(&self) -> &M {
+        &self.pool.manager
     }
 }
 
@@ -333,6 +353,22 @@ fn pay_shrink_debt<M: Manager>(pool: &Inner<M>) -> bool {
             .shrink_debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
             .is_ok()
+}
+
+/// Counts a checkout among the waiters while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Waiting<'a> {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

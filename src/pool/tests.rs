@@ -166,7 +166,8 @@ async fn shrinking_takes_permits_back_as_connections_return() {
         PoolStatus {
             size: 2,
             idle: 2,
-            in_use: 0
+            in_use: 0,
+            waiting: 0
         }
     );
 }
@@ -201,4 +202,24 @@ async fn futures_get(pool: &Pool<Arc<Counter>>, n: usize) -> Vec<Pooled<Arc<Coun
         out.push(pool.get().await.expect("checkout"));
     }
     out
+}
+
+#[tokio::test]
+async fn waiting_checkouts_are_counted_while_they_wait() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 60_000));
+    let held = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    while pool.status().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(pool.status().in_use, 1);
+    drop(held);
+    assert_eq!(waiter.await.unwrap().unwrap(), 0);
+    assert_eq!(pool.status().waiting, 0);
+    let mut idle = 0;
+    pool.for_each_idle(|_, _, _| idle += 1);
+    assert_eq!(idle, 1);
 }

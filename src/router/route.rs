@@ -437,6 +437,24 @@ impl Router {
         }
     }
 
+    /// The slot of the statement's first shard key, for per-slot statistics; `None` when it
+    /// gives no key (or a NULL or malformed one). Allocation-free.
+    pub fn key_slot(&self, plan: &Plan, params: &Params<'_>) -> Option<u16> {
+        let Placement::Sharded(classes) = &plan.placement else {
+            return None;
+        };
+        let set = classes.iter().find_map(|c| c.sets.first())?;
+        match set.alts.first()? {
+            KeyExpr::Slot(slot) => Some(*slot),
+            KeyExpr::Param { index, key_type } => params
+                .key(*index, *key_type)
+                .ok()
+                .flatten()
+                .map(|k| k.slot()),
+            KeyExpr::Null | KeyExpr::Bad(_) => None,
+        }
+    }
+
     /// `UPDATE ... SET key = v` is fine only when `v` lives on the shard the row is on.
     fn check_key_moves(
         &self,

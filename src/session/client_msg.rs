@@ -56,6 +56,10 @@ impl<S: Stream> Session<S> {
             }
         }
         self.drain_made_up();
+        if self.server.is_none() && self.proto.expect.is_empty() {
+            // Answered by pgshard itself, or run across shards and merged: the request is over.
+            self.meter_request_done();
+        }
         Ok(Flow::Continue)
     }
 

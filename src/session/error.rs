@@ -83,6 +83,14 @@ pub enum SessionError {
     TlsRequired,
     #[error("the client sent data after its SSLRequest, before the TLS handshake")]
     DataAfterSslRequest,
+    #[error("connection terminated by an administrator (KILL_CLIENT)")]
+    Killed,
+    #[error("user \"{0}\" may not use the admin console: list it in [admin] users or stats_users")]
+    NotConsoleUser(String),
+    #[error(
+        "pgshard does not accept new logins now (DISABLE on its admin console); retry after ENABLE"
+    )]
+    LoginsDisabled,
 }
 
 impl SessionError {
@@ -157,6 +165,9 @@ impl From<&SessionError> for ClientError {
             SessionError::StartupTimeout | SessionError::UnexpectedMessage { .. } => {
                 SqlState::PROTOCOL_VIOLATION
             }
+            SessionError::Killed => SqlState::ADMIN_SHUTDOWN,
+            SessionError::NotConsoleUser(_) => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SessionError::LoginsDisabled => SqlState::CANNOT_CONNECT_NOW,
         };
         ClientError::new(code, format!("pgshard: {e}"))
     }

@@ -37,11 +37,16 @@ impl<S: Stream> Session<S> {
         let read_client = server_queued < HIGH_WATER && self.proto.stalled.is_none();
         let read_server = self.client.output.len() < HIGH_WATER;
         let client = &mut self.client;
+        let meter = &mut self.meter;
         poll_fn(|cx| {
             let mut wrote = false;
             if client.has_pending_output() {
+                let queued = client.output.len();
                 match client.poll_drain(cx) {
-                    Poll::Ready(Ok(())) => wrote = true,
+                    Poll::Ready(Ok(())) => {
+                        meter.sent(queued);
+                        wrote = true
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                     Poll::Pending => {}
                 }
@@ -74,7 +79,10 @@ impl<S: Stream> Session<S> {
             if read_client {
                 match client.poll_fill(cx) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
-                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ClientData)),
+                    Poll::Ready(Ok(n)) => {
+                        meter.received(n);
+                        return Poll::Ready(Ok(Event::ClientData));
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                     Poll::Pending => {}
                 }
@@ -90,7 +98,10 @@ impl<S: Stream> Session<S> {
 
     /// Writes as much queued client output as the client takes now.
     pub(super) fn write_client(&mut self) -> Result<(), SessionError> {
-        self.client.try_drain().map_err(SessionError::ClientIo)
+        let queued = self.client.output.len();
+        let drained = self.client.try_drain().map_err(SessionError::ClientIo);
+        self.meter.sent(queued - self.client.output.len());
+        drained
     }
 
     /// Writes as much queued server output as the server takes now.

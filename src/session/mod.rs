@@ -14,6 +14,7 @@ mod fanout;
 mod groups;
 mod io;
 mod isolation;
+mod meter;
 mod own_writes;
 pub mod prepared;
 mod route;
@@ -50,6 +51,7 @@ use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext};
 use crate::shared::Shared;
+use crate::stats::NewClient;
 use crate::tls::MaybeTls;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
@@ -65,6 +67,7 @@ pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
 /// [`run`], with the flag through which a graceful shutdown closes the session while it waits
 /// between transactions.
 pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presence: Arc<Presence>) {
+    let addr = crate::transport::peer_addr(&stream);
     let mut stream = MaybeTls::Plain(stream);
     let _count = ClientCount::new(&shared.clients);
     let mut buf = BytesMut::new();
@@ -73,7 +76,11 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
         .await
         .unwrap_or(Err(SessionError::StartupTimeout));
     let (user, settings, admission) = match login {
-        Ok(Some(login)) => login,
+        Ok(Some(Login::Client(user, settings, admission))) => (user, settings, admission),
+        Ok(Some(Login::Console(login))) => {
+            let login = crate::admin::Login { addr, ..login };
+            return crate::admin::serve(Conn::new(stream, buf), shared, login).await;
+        }
         Ok(None) => return,
         Err(e) => {
             if e.reaches_client() {
@@ -84,13 +91,21 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
             return;
         }
     };
-    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings);
+    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings, addr);
     session.admission = admission;
     session.presence = presence;
-    if let Err(e) = session.serve().await {
+    let entry = session.meter.client.entry.clone();
+    let served = entry.until_killed(session.serve()).await;
+    if let Err(e) = served.unwrap_or(Err(SessionError::Killed)) {
         tracing::debug!("session ended: {e}");
         session.send_fatal(&e).await;
     }
+}
+
+/// Who logged in: a client of the served database, or of the admin console.
+enum Login {
+    Client(String, Settings, admission::UserAdmission),
+    Console(crate::admin::Login),
 }
 
 /// Startup, client limit, authentication, settings: `None` for a CancelRequest.
@@ -98,7 +113,7 @@ async fn handshake<S: Stream>(
     stream: &mut MaybeTls<S>,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<Option<(String, Settings, admission::UserAdmission)>, SessionError> {
+) -> Result<Option<Login>, SessionError> {
     let Some(startup) = startup::read_startup(stream, buf, shared).await? else {
         return Ok(None);
     };
@@ -107,9 +122,21 @@ async fn handshake<S: Stream>(
         return Err(SessionError::TooManyClients(limit));
     }
     let settings = settings::from_startup(&startup.params)?;
-    let user = startup::authenticate(stream, buf, shared, &startup).await?;
-    let admission = admission::admit(shared, &user)?;
-    Ok(Some((user, settings, admission)))
+    let login = startup::authenticate(stream, buf, shared, &startup).await?;
+    if let Some(full) = login.console {
+        let database = startup.param("database").unwrap_or_default().to_string();
+        return Ok(Some(Login::Console(crate::admin::Login {
+            user: login.user,
+            full,
+            database,
+            addr: None,
+        })));
+    }
+    if shared.control.is_disabled() {
+        return Err(SessionError::LoginsDisabled);
+    }
+    let admission = admission::admit(shared, &login.user)?;
+    Ok(Some(Login::Client(login.user, settings, admission)))
 }
 
 /// Counts this client among the open ones while it lives (in every generation's count).
@@ -176,6 +203,8 @@ pub(crate) struct Session<S> {
     request_started: Option<std::time::Instant>,
     /// A statement ran on the held server connection since its last transaction ended.
     statement_on_server: bool,
+    /// Counts for SHOW STATS and SHOW CLIENTS, and this client's registry entry.
+    meter: meter::Meter,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -212,8 +241,26 @@ struct Unnamed {
 }
 
 impl<S: Stream> Session<S> {
-    fn new(client: Conn<S>, shared: Arc<Shared>, user: String, settings: Settings) -> Self {
+    fn new(
+        client: Conn<S>,
+        shared: Arc<Shared>,
+        user: String,
+        settings: Settings,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Self {
         let cancel = shared.cancel.register();
+        let application_name = settings
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default();
+        let registered = shared.stats.clients.register(NewClient {
+            id: cancel.key.0,
+            user: user.clone(),
+            database: shared.config.server.database.clone(),
+            addr,
+            application_name,
+            console: false,
+        });
         let startup_isolation = settings
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
@@ -245,6 +292,7 @@ impl<S: Stream> Session<S> {
             marked_waiting: false,
             request_started: None,
             statement_on_server: false,
+            meter: meter::Meter::new(registered),
         }
     }
 
@@ -316,10 +364,13 @@ impl<S: Stream> Session<S> {
 
     /// Takes a server connection from the pool and brings it to this client's settings.
     async fn checkout(&mut self, pool: ServerPool, shard: usize) -> Result<(), SessionError> {
-        let conn = self.connection_from(&pool, shard).await?;
+        let since = self.meter_checkout_starts();
+        let conn = self.connection_from(&pool, shard).await;
+        let conn = conn.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
+        self.meter_checkout_ends(since);
         Ok(())
     }
 
@@ -331,6 +382,11 @@ impl<S: Stream> Session<S> {
         shard: usize,
     ) -> Result<Pooled<BackendManager>, SessionError> {
         tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
+        if self.shared.control.any_paused() {
+            // PAUSE from the admin console: hold until RESUME.
+            let name = &self.shared.shards[shard].name;
+            self.shared.control.wait_unpaused(name).await;
+        }
         let started = self.shared.metrics.now();
         let got = pool.get().await;
         self.shared.metrics.checkout_waited(shard, started);
@@ -403,7 +459,11 @@ impl<S: Stream> Session<S> {
         self.request_started = None;
         // A write on it has committed: start looking for the replicas that replay it.
         self.own_writes.refresh(&self.shared.shards, None);
-        self.server.take()
+        let conn = self.server.take();
+        if let Some(conn) = &conn {
+            self.meter_release(conn);
+        }
+        conn
     }
 
     /// Queues bytes pgshard answers itself, behind whatever the server still owes the client.
@@ -454,5 +514,7 @@ impl<S> Drop for Session<S> {
             self.shared.pinned_clients.fetch_sub(1, Ordering::Relaxed);
         }
         self.cancel.slot.set(None);
+        self.meter
+            .flush_at_end(self.server.as_ref(), &self.shared.stats);
     }
 }

@@ -64,6 +64,7 @@ impl<S: Stream> Session<S> {
         } else {
             frame
         };
+        self.meter_frame(frame.tag(), frame.bytes.len());
         self.note_session_effects(&frame)?;
         let running = self.held.filter(|h| h.primary).map(|h| h.shard);
         self.own_writes.refresh(&self.shared.shards, running);
@@ -320,6 +321,9 @@ impl<S: Stream> Session<S> {
         if self.should_learn_columns(&plan, &route) {
             return Decision::LearnColumns;
         }
+        if let Some(slot) = router.key_slot(&plan, &Params::NONE) {
+            self.meter_slot(slot);
+        }
         let primary = on_primary(&route);
         let execution = router.execution(&plan, route, &self.view(true));
         self.run(primary, execution)
@@ -340,6 +344,9 @@ impl<S: Stream> Session<S> {
         match router.route(&plan, &params, self.route_context()) {
             Ok(route @ Route::Shard { .. }) => {
                 self.note_planned(&plan);
+                if let Some(slot) = router.key_slot(&plan, &params) {
+                    self.meter_slot(slot);
+                }
                 let primary = on_primary(&Ok(route.clone()));
                 let execution = router.execution(&plan, Ok(route), &self.view(true));
                 Some(self.run(primary, execution))
@@ -501,14 +508,15 @@ impl<S: Stream> Session<S> {
             None => &self.unnamed.types[..],
         };
         let params = bind.params()?;
+        let params = Params::new(&params.values, &params.formats).with_types(types);
         let router = self.shared.router.load();
-        let route = router.route(
-            &plan,
-            &Params::new(&params.values, &params.formats).with_types(types),
-            &self.ctx,
-        );
+        let route = router.route(&plan, &params, &self.ctx);
+        let slot = router.key_slot(&plan, &params);
         if self.should_learn_columns(&plan, &route) {
             return Ok(Decision::LearnColumns);
+        }
+        if let Some(slot) = slot {
+            self.meter_slot(slot);
         }
         let primary = on_primary(&route);
         let execution = router.execution(&plan, route, &self.view(false));
@@ -670,11 +678,14 @@ impl<S: Stream> Session<S> {
     /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
     /// next one if a replica cannot be reached), else to its primary.
     async fn checkout_route(&mut self, shard: usize, target: Target) -> Result<(), SessionError> {
-        let (conn, primary) = self.connection_for(shard, target).await?;
+        let since = self.meter_checkout_starts();
+        let taken = self.connection_for(shard, target).await;
+        let (conn, primary) = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
         self.held = Some(HeldServer { shard, primary });
+        self.meter_checkout_ends(since);
         Ok(())
     }
 

@@ -238,6 +238,9 @@ impl<S: Stream> Session<S> {
                 conn.set_in_flight(false);
             }
         }
+        if done && !internal {
+            self.meter_request_done();
+        }
         if internal {
             return false;
         }

@@ -66,22 +66,39 @@ pub(super) async fn read_startup<S: Stream>(
     }
 }
 
+/// Who logged in: the user, and for the admin console, whether with full access.
+pub(super) struct Authenticated {
+    pub user: String,
+    /// `Some(full)` for the admin console (databases `pgshard` and `pgbouncer`).
+    pub console: Option<bool>,
+}
+
 /// Checks database and user, negotiates the protocol version, and authenticates the client.
+/// Console users authenticate with their `[[users]]` password, else `[admin] password`.
 pub(super) async fn authenticate<S: Stream>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
     startup: &StartupMessage,
-) -> Result<String, SessionError> {
+) -> Result<Authenticated, SessionError> {
     let user = startup.param("user").unwrap_or_default().to_string();
     let served = &shared.config.server.database;
     let asked = startup.param("database").unwrap_or(&user);
-    if asked != served {
+    let console = if crate::admin::is_console_database(asked) {
+        let access = shared.config.admin.access(&user);
+        Some(access.ok_or_else(|| SessionError::NotConsoleUser(user.clone()))?)
+    } else if asked != served {
         return Err(SessionError::UnknownDatabase {
             asked: asked.to_string(),
             served: served.clone(),
         });
-    }
+    } else {
+        None
+    };
+    let password = match console {
+        Some(_) => shared.config.admin_password(&user),
+        None => shared.config.user(&user).map(|u| u.password.as_str()),
+    };
     let mut out = BytesMut::new();
     let extensions: Vec<String> = startup
         .params
@@ -92,9 +109,8 @@ pub(super) async fn authenticate<S: Stream>(
     if startup.minor_version > 0 || !extensions.is_empty() {
         build::negotiate_protocol_version(&mut out, 0, &extensions);
     }
-    let configured = shared.config.user(&user);
     match shared.config.server.auth_method {
-        AuthMethod::Trust if configured.is_some() => {}
+        AuthMethod::Trust if password.is_some() => {}
         AuthMethod::Trust => return Err(AuthError::PasswordFailed(user).into()),
         AuthMethod::Md5 => {
             let salt: [u8; 4] = rand::random();
@@ -104,25 +120,25 @@ pub(super) async fn authenticate<S: Stream>(
             let frame = read_password_message(stream, buf).await?;
             let mut body = frame.body();
             let response = take_cstr(&mut body).unwrap_or_default();
-            let ok = configured
-                .is_some_and(|u| md5_matches(&user, &u.password, salt, response.as_bytes()));
+            let ok = password.is_some_and(|p| md5_matches(&user, p, salt, response.as_bytes()));
             if !ok {
                 return Err(AuthError::PasswordFailed(user).into());
             }
         }
         AuthMethod::ScramSha256 => {
             // Unknown users get a throw-away verifier, so they fail exactly like a wrong password.
-            let verifier = shared
-                .verifiers
-                .get(&user)
-                .cloned()
-                .unwrap_or_else(|| ScramVerifier::from_password(&random_nonce()));
+            let known = match console {
+                None => shared.verifiers.get(&user).cloned(),
+                // Console logins are rare: the verifier is derived now.
+                Some(_) => password.map(ScramVerifier::from_password),
+            };
+            let verifier = known.unwrap_or_else(|| ScramVerifier::from_password(&random_nonce()));
             scram_exchange(stream, buf, &mut out, &user, verifier).await?;
         }
     }
     build::authentication_ok(&mut out);
     send(stream, &out).await?;
-    Ok(user)
+    Ok(Authenticated { user, console })
 }
 
 async fn scram_exchange<S: Stream>(

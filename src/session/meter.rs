@@ -1,0 +1,178 @@
+//! What a session counts for SHOW STATS, SHOW CLIENTS and SHOW HOT_SLOTS: plain numbers kept in
+//! the session and added to its pool's atomic counters when it lets go of the server connection
+//! (or, holding none, to the unpooled ones when a request ends). Per statement: a clock read and
+//! a few integer adds; per transaction: a handful of Relaxed atomic adds. Never blocks.
+
+use std::time::Instant;
+
+use super::Session;
+use crate::backend::BackendManager;
+use crate::config::PoolMode;
+use crate::pool::Pooled;
+use crate::stats::{micros, ClientHandle, ClientState, Totals};
+use crate::transport::Stream;
+use crate::wire::client_tag as tag;
+
+/// A session's counts not yet added to the shared counters.
+pub(super) struct Meter {
+    /// The client's entry in the registry (SHOW CLIENTS, KILL_CLIENT).
+    pub(super) client: ClientHandle,
+    pending: Totals,
+    /// When the server connection held now was taken.
+    held_since: Option<Instant>,
+    /// When the request in progress began (its first message).
+    request_since: Option<Instant>,
+    /// The slot of the request's latest keyed statement.
+    slot: Option<u16>,
+    /// Bytes to and from the client so far, and before the request in progress.
+    bytes: u64,
+    bytes_at_request: u64,
+    /// The slot of the last request that ended and the bytes before it: its answer is still
+    /// being written, so its bytes are given to the slot when the next request starts (or the
+    /// session ends).
+    finished: Option<(u16, u64)>,
+}
+
+impl Meter {
+    pub(super) fn new(client: ClientHandle) -> Meter {
+        Meter {
+            client,
+            pending: Totals::default(),
+            held_since: None,
+            request_since: None,
+            slot: None,
+            bytes: 0,
+            bytes_at_request: 0,
+            finished: None,
+        }
+    }
+
+    /// Bytes read from the client.
+    pub(super) fn received(&mut self, n: usize) {
+        self.pending.received += n as u64;
+        self.bytes += n as u64;
+    }
+
+    /// Adds what is still pending when the session ends.
+    pub(super) fn flush_at_end(
+        &mut self,
+        conn: Option<&Pooled<BackendManager>>,
+        stats: &crate::stats::Stats,
+    ) {
+        if let Some((slot, before)) = self.finished.take() {
+            stats.slots.bytes(slot, Instant::now(), self.bytes - before);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_zero() {
+            return;
+        }
+        match conn {
+            Some(conn) => conn.manager().stats.add(&pending),
+            None => stats.unpooled.add(&pending),
+        }
+    }
+
+    /// Bytes written to the client.
+    pub(super) fn sent(&mut self, n: usize) {
+        self.pending.sent += n as u64;
+        self.bytes += n as u64;
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// A client frame (`len` bytes, counted when read) is handled: it starts a request unless
+    /// one is in progress, and counts as a query when it runs a statement.
+    pub(super) fn meter_frame(&mut self, t: u8, len: usize) {
+        let meter = &mut self.meter;
+        if meter.request_since.is_none() {
+            let now = Instant::now();
+            meter.request_since = Some(now);
+            meter.bytes_at_request = meter.bytes.saturating_sub(len as u64);
+            if let Some((slot, before)) = meter.finished.take() {
+                let bytes = meter.bytes_at_request.saturating_sub(before);
+                self.shared.stats.slots.bytes(slot, now, bytes);
+            }
+            meter
+                .client
+                .entry
+                .set_request_micros(self.shared.stats.micros(now));
+        }
+        if matches!(t, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL) {
+            meter.pending.query_count += 1;
+        }
+    }
+
+    /// The statement being routed names a key in `slot`.
+    pub(super) fn meter_slot(&mut self, slot: u16) {
+        let at = self.meter.request_since.unwrap_or_else(Instant::now);
+        self.shared.stats.slots.statement(slot, at);
+        self.meter.slot = Some(slot);
+    }
+
+    /// The request in progress got its last answer (ReadyForQuery, or pgshard's own).
+    pub(super) fn meter_request_done(&mut self) {
+        let Some(since) = self.meter.request_since.take() else {
+            return;
+        };
+        let now = Instant::now();
+        self.meter.pending.query_time += micros(now - since);
+        if let Some(slot) = self.meter.slot.take() {
+            self.meter.finished = Some((slot, self.meter.bytes_at_request));
+        }
+        if self.server.is_none() {
+            self.meter_flush(None);
+        } else if self.mode == PoolMode::Session {
+            // A session-mode client holds its connection for good: count as it goes.
+            let pending = std::mem::take(&mut self.meter.pending);
+            if let Some(conn) = self.server.as_ref() {
+                conn.manager().stats.add(&pending);
+            }
+        }
+    }
+
+    /// A checkout begins: the client waits for a server connection.
+    pub(super) fn meter_checkout_starts(&self) -> Instant {
+        let now = Instant::now();
+        let since = self.shared.stats.micros(now);
+        self.meter.client.entry.start_waiting(since);
+        now
+    }
+
+    /// The checkout that began at `since` ended: with the connection now held, or without one.
+    pub(super) fn meter_checkout_ends(&mut self, since: Instant) {
+        let Some(conn) = self.server.as_deref() else {
+            self.meter.client.entry.set_state(ClientState::Idle);
+            return;
+        };
+        let pid = conn.cancel_key().process_id;
+        let now = Instant::now();
+        let meter = &mut self.meter;
+        meter.pending.wait_time += micros(now - since);
+        meter.pending.server_assignment_count += 1;
+        meter.held_since = Some(now);
+        let pool = self.server.as_ref().map_or(0, |c| c.manager().stats.id);
+        meter.client.entry.hold_server(pool, pid);
+    }
+
+    /// The session lets go of `conn`: one transaction ends; the counts go to its pool.
+    pub(super) fn meter_release(&mut self, conn: &Pooled<BackendManager>) {
+        if let Some(since) = self.meter.held_since.take() {
+            self.meter.pending.xact_count += 1;
+            self.meter.pending.xact_time += micros(since.elapsed());
+        }
+        self.meter_flush(Some(conn));
+        self.meter.client.entry.release_server();
+    }
+
+    /// Adds the pending counts to `conn`'s pool, or to the unpooled counters.
+    fn meter_flush(&mut self, conn: Option<&Pooled<BackendManager>>) {
+        if self.meter.pending.is_zero() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.meter.pending);
+        match conn {
+            Some(conn) => conn.manager().stats.add(&pending),
+            None => self.shared.stats.unpooled.add(&pending),
+        }
+    }
+}

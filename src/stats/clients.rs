@@ -1,0 +1,302 @@
+//! The registry of connected clients for SHOW CLIENTS and KILL_CLIENT: one entry per client,
+//! its fixed facts and its state in atomics the session stores into (Relaxed, no locks) and the
+//! console reads. Registering and leaving take a lock (once per connection, never per statement).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::SystemTime;
+
+/// What a client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Holds no server connection.
+    Idle,
+    /// Waits for a server connection.
+    Waiting,
+    /// Holds a server connection.
+    Active,
+}
+
+impl ClientState {
+    fn from_u8(v: u8) -> ClientState {
+        match v {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// The client's id (its cancel key's process id), as KILL_CLIENT takes it.
+    pub id: i32,
+    pub user: String,
+    pub database: String,
+    /// The client's address (`None` for a connection that is not TCP).
+    pub addr: Option<SocketAddr>,
+    /// The `application_name` the client gave at startup.
+    pub application_name: String,
+    pub connect_time: SystemTime,
+    /// A console client (database `pgshard` or `pgbouncer`).
+    pub console: bool,
+    state: AtomicU8,
+    /// Start of the latest request, microseconds after counting started (0: none yet).
+    request_micros: AtomicU64,
+    /// Start of the checkout the client waits for (valid while its state is waiting).
+    wait_micros: AtomicU64,
+    /// The held server connection: its pool's id (`PoolCounters::id`) and its backend pid.
+    server_pool: AtomicU32,
+    server_pid: AtomicI32,
+    killed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl ClientEntry {
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Waits for a server connection since `micros` (after counting started).
+    pub fn start_waiting(&self, micros: u64) {
+        self.wait_micros.store(micros, Ordering::Relaxed);
+        self.set_state(ClientState::Waiting);
+    }
+
+    /// Since when the client waits for a server connection, if it does.
+    pub fn waiting_since(&self) -> Option<u64> {
+        (self.state() == ClientState::Waiting).then(|| self.wait_micros.load(Ordering::Relaxed))
+    }
+
+    /// Now holds a connection of pool `pool` to the server process `pid`.
+    pub fn hold_server(&self, pool: u32, pid: i32) {
+        self.server_pool.store(pool, Ordering::Relaxed);
+        self.server_pid.store(pid, Ordering::Relaxed);
+        self.set_state(ClientState::Active);
+    }
+
+    /// Holds no server connection any more.
+    pub fn release_server(&self) {
+        self.server_pid.store(0, Ordering::Relaxed);
+        self.set_state(ClientState::Idle);
+    }
+
+    /// The pool id and backend pid of the held server connection, if any.
+    pub fn server(&self) -> Option<(u32, i32)> {
+        let pid = self.server_pid.load(Ordering::Relaxed);
+        (pid != 0).then(|| (self.server_pool.load(Ordering::Relaxed), pid))
+    }
+
+    pub fn set_request_micros(&self, micros: u64) {
+        self.request_micros.store(micros.max(1), Ordering::Relaxed);
+    }
+
+    /// Start of the latest request (microseconds after counting started), if any.
+    pub fn request_micros(&self) -> Option<u64> {
+        Some(self.request_micros.load(Ordering::Relaxed)).filter(|&m| m != 0)
+    }
+
+    /// Asks the client's session to end (KILL_CLIENT); it ends at its next wake-up, which this
+    /// causes.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Runs `work` until it ends or the client is killed. The task's waker is kept from the
+    /// first poll (a task's waker wakes that task whichever poll it came from).
+    pub fn until_killed<F: Future>(self: &Arc<Self>, work: F) -> UntilKilled<F> {
+        UntilKilled {
+            work: Box::pin(work),
+            entry: self.clone(),
+            registered: false,
+        }
+    }
+}
+
+/// The client was killed from the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Killed;
+
+/// See [`ClientEntry::until_killed`].
+pub struct UntilKilled<F> {
+    work: Pin<Box<F>>,
+    entry: Arc<ClientEntry>,
+    registered: bool,
+}
+
+impl<F: Future> Future for UntilKilled<F> {
+    type Output = Result<F::Output, Killed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.registered {
+            self.registered = true;
+            *self.entry.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        }
+        if self.entry.killed.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(Killed));
+        }
+        self.work.as_mut().poll(cx).map(Ok)
+    }
+}
+
+/// Every connected client.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: Mutex<HashMap<i32, Arc<ClientEntry>>>,
+    /// Logins so far (console clients aside).
+    logins: AtomicU64,
+}
+
+/// Who a new client is.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub id: i32,
+    pub user: String,
+    pub database: String,
+    pub addr: Option<SocketAddr>,
+    pub application_name: String,
+    pub console: bool,
+}
+
+impl ClientRegistry {
+    /// Adds a client (its id must be unique among connected clients: a cancel key's process
+    /// id is); removed when the handle drops.
+    pub fn register(self: &Arc<Self>, client: NewClient) -> ClientHandle {
+        let entry = Arc::new(ClientEntry {
+            id: client.id,
+            user: client.user,
+            database: client.database,
+            addr: client.addr,
+            application_name: client.application_name,
+            connect_time: SystemTime::now(),
+            console: client.console,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            request_micros: AtomicU64::new(0),
+            wait_micros: AtomicU64::new(0),
+            server_pool: AtomicU32::new(0),
+            server_pid: AtomicI32::new(0),
+            killed: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        if !client.console {
+            self.logins.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lock().insert(client.id, entry.clone());
+        ClientHandle {
+            entry,
+            registry: self.clone(),
+        }
+    }
+
+    /// The connected clients, ordered by id.
+    pub fn list(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<Arc<ClientEntry>> = self.lock().values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Client logins so far (console clients aside).
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, id: i32) -> Option<Arc<ClientEntry>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientEntry>>> {
+        // A panic while holding the lock leaves a valid map behind.
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A client's place in the registry; leaves it on drop.
+#[derive(Debug)]
+pub struct ClientHandle {
+    pub entry: Arc<ClientEntry>,
+    registry: Arc<ClientRegistry>,
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        let mut clients = self.registry.lock();
+        if clients
+            .get(&self.entry.id)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+        {
+            clients.remove(&self.entry.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: i32) -> NewClient {
+        NewClient {
+            id,
+            user: "app".into(),
+            database: "app".into(),
+            addr: None,
+            application_name: String::new(),
+            console: false,
+        }
+    }
+
+    #[test]
+    fn clients_leave_the_registry_when_their_handle_drops() {
+        let registry = Arc::new(ClientRegistry::default());
+        let a = registry.register(client(7));
+        let b = registry.register(client(3));
+        assert_eq!(
+            registry.list().iter().map(|c| c.id).collect::<Vec<_>>(),
+            [3, 7]
+        );
+        a.entry.hold_server(2, 1234);
+        assert_eq!(registry.get(7).unwrap().server(), Some((2, 1234)));
+        assert_eq!(registry.get(7).unwrap().state(), ClientState::Active);
+        drop(a);
+        assert!(registry.get(7).is_none());
+        drop(b);
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_killed_client_stops_waiting() {
+        let registry = Arc::new(ClientRegistry::default());
+        let handle = registry.register(client(1));
+        let entry = handle.entry.clone();
+        let task = tokio::spawn(async move {
+            handle
+                .entry
+                .until_killed(std::future::pending::<()>())
+                .await
+        });
+        tokio::task::yield_now().await;
+        entry.kill();
+        assert_eq!(task.await.unwrap(), Err(Killed));
+    }
+}
