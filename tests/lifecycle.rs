@@ -360,3 +360,49 @@ async fn the_shutdown_timeout_and_sigint_leave_nothing_half_done() {
         assert_eq!(count_rows(table), 0, "{table}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consoles_reload_and_shutdown_act_as_the_signals_do() {
+    create_table("console_drained");
+    let console_section = "\n[admin]\nusers = [\"app\"]\n";
+    let mut before = config("app", 4, &[], "shutdown_timeout_ms = 20000");
+    before = before.replacen("\n[[shards]]", &format!("{console_section}\n[[shards]]"), 1);
+    let mut served = Served::start(&before);
+    let console = connect(&served.url("app", "app", "pgshard")).await.unwrap();
+
+    // RELOAD answers once the new file is in use: a user it adds logs in right after.
+    let after = config("app", 4, &[("joiner", "pw")], "shutdown_timeout_ms = 20000").replacen(
+        "\n[[shards]]",
+        &format!("{console_section}\n[[shards]]"),
+        1,
+    );
+    std::fs::write(served.config_path(), &after).unwrap();
+    console
+        .simple_query("RELOAD")
+        .await
+        .expect("RELOAD of a valid file");
+    let joiner = connect(&served.url("joiner", "pw", "app")).await.unwrap();
+    joiner.simple_query("SELECT 1").await.unwrap();
+
+    // An invalid file: RELOAD fails naming the key, and the running config stays.
+    std::fs::write(served.config_path(), after.replace("size = 4", "size = 0")).unwrap();
+    let refused = console.simple_query("RELOAD").await.unwrap_err();
+    let db = refused.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "F0000", "{db:?}");
+    assert!(db.message().contains("pool.size"), "{}", db.message());
+    joiner.simple_query("SELECT 2").await.unwrap();
+
+    // SHUTDOWN drains as SIGTERM does: an open transaction still commits.
+    let open = connect(&served.url("app", "app", "app")).await.unwrap();
+    open.batch_execute("BEGIN; INSERT INTO console_drained VALUES (1)")
+        .await
+        .unwrap();
+    let _ = console.simple_query("SHUTDOWN").await;
+    served.wait_for_log("shutting down");
+    open.batch_execute("INSERT INTO console_drained VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(count_rows("console_drained"), 2);
+    let status = served.wait_exit();
+    assert!(status.success(), "{status:?}:\n{}", served.log());
+}
