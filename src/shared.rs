@@ -141,10 +141,10 @@ impl Shared {
     fn build(config: Config, previous: Option<&Shared>, control: Arc<Control>) -> Shared {
         // Files are read again at every reload (new client certificates apply to new clients);
         // the servers' TLS is kept while `[backend_tls]` is unchanged, so its pools are too.
-        let tls = crate::tls::server_config(&config).expect("TLS files were checked at load");
+        let tls = config.client_tls().expect("TLS files were checked at load");
         let backend_tls = match previous {
             Some(p) if p.config.backend_tls == config.backend_tls => p.backend_tls.clone(),
-            _ => crate::tls::backend_tls(&config).expect("TLS files were checked at load"),
+            _ => config.server_tls().expect("TLS files were checked at load"),
         };
         let stats = previous.map_or_else(|| Arc::new(Stats::new()), |p| p.stats.clone());
         let shards = config

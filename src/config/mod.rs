@@ -1,15 +1,20 @@
 //! The TOML configuration: serde types with defaults, loading, and validation at load.
 //! Pure data: no I/O beyond reading the file in [`Config::load`] and checking that the TLS
-//! files it names parse ([`crate::tls::check`]), no sockets, no globals.
+//! files it names parse ([`Config::client_tls`], [`Config::server_tls`]), no sockets, no
+//! globals.
 
 mod reload;
 mod validate;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::tls::{BackendTls, TlsError};
+
 pub use crate::sharding::KeyType;
+pub use crate::tls::settings::{BackendTlsConfig, BackendTlsMode, ClientTlsMode};
 pub use validate::ConfigError;
 
 /// The whole config file.
@@ -118,63 +123,6 @@ impl ServerConfig {
         } else {
             ClientTlsMode::Disable
         })
-    }
-}
-
-/// `server.tls_mode`: TLS between clients and pgshard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientTlsMode {
-    /// SSLRequest is answered `N`: plain only.
-    Disable,
-    /// TLS for clients that ask, plain for the others.
-    Allow,
-    /// Plain clients are refused (28000); CancelRequests are served plain, as PostgreSQL does.
-    Require,
-}
-
-/// `[backend_tls]`: TLS between pgshard and the servers, as libpq's `sslmode` and friends.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendTlsConfig {
-    #[serde(default)]
-    pub mode: BackendTlsMode,
-    /// PEM file of the CA (or CAs) that signed the servers' certificates.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// PEM files of a client certificate and its key, for servers that ask for one.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-}
-
-/// `backend_tls.mode`, named as libpq's `sslmode` values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendTlsMode {
-    #[default]
-    Disable,
-    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
-    Prefer,
-    /// TLS or no connection; the certificate is checked against `ca` only if `ca` is set.
-    Require,
-    /// TLS, and the certificate must be signed by `ca`.
-    VerifyCa,
-    /// As `verify-ca`, and the certificate must name the host of the server's address.
-    VerifyFull,
-}
-
-impl BackendTlsMode {
-    /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendTlsMode::Disable => "disable",
-            BackendTlsMode::Prefer => "prefer",
-            BackendTlsMode::Require => "require",
-            BackendTlsMode::VerifyCa => "verify-ca",
-            BackendTlsMode::VerifyFull => "verify-full",
-        }
     }
 }
 
@@ -392,11 +340,30 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
-        crate::tls::check(&config).map_err(|e| ConfigError::Invalid {
+        // The files must parse (and keys go with their certificates) before anything runs.
+        let tls_files = config.client_tls().and_then(|_| config.server_tls());
+        tls_files.map_err(|e| ConfigError::Invalid {
             key: e.key.to_string(),
             problem: e.problem,
         })?;
         Ok(config)
+    }
+
+    /// The rustls config for TLS clients, read from `server.tls_cert` / `tls_key` now (`None`
+    /// when `server.tls_mode` is `disable`).
+    pub fn client_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+        let server = &self.server;
+        crate::tls::server_config(
+            server.effective_tls_mode(),
+            server.tls_cert.as_deref(),
+            server.tls_key.as_deref(),
+        )
+    }
+
+    /// How pgshard opens TLS to servers, read from `[backend_tls]`'s files now (`None` when
+    /// its mode is `disable`).
+    pub fn server_tls(&self) -> Result<Option<Arc<BackendTls>>, TlsError> {
+        crate::tls::backend_tls(&self.backend_tls)
     }
 
     /// The user entry for a client-supplied name.

@@ -107,7 +107,7 @@ impl Config {
         self.validate_tls()
     }
 
-    /// TLS settings that go together (the files themselves are read by `crate::tls::check`).
+    /// TLS settings that go together (the files themselves are read by `Config::client_tls` and `Config::server_tls`).
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let server = &self.server;
         pair(

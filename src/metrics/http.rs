@@ -85,7 +85,7 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     let (method, target) = (words.next(), words.next());
     let path = target.map(|t| t.split(|&b| b == b'?').next().unwrap_or_default());
     if method == Some(b"GET") && path == Some(b"/metrics") {
-        let body = shared.metrics.render(shared);
+        let body = super::scrape::render(&shared.metrics, shared);
         let kind = "text/plain; version=0.0.4; charset=utf-8";
         write(&mut stream, "200 OK", kind, &body).await
     } else {

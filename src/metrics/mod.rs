@@ -4,6 +4,7 @@
 //! scrape time. Must never block a session, allocate on the hot path or keep global state.
 
 mod http;
+mod scrape;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,7 +17,6 @@ use metrics_exporter_prometheus::{
 use metrics_util::MetricKindMask;
 
 use crate::config::Config;
-use crate::shared::{Backend, Shared};
 
 pub use http::{bind, serve, MetricsError};
 
@@ -216,7 +216,7 @@ struct ShardMetrics {
 /// method a no-op) without a `[metrics]` section.
 pub struct Metrics {
     enabled: bool,
-    recorder: PrometheusRecorder,
+    pub(super) recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     shards: Vec<ShardMetrics>,
     statements: [Counter; RouteKind::ALL.len()],
@@ -367,9 +367,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text of every metric, gauges set from `shared` first.
-    pub fn render(&self, shared: &Shared) -> String {
-        scrape(shared, self);
+    /// The Prometheus text of every metric (set the state gauges first: `scrape::render`).
+    pub(super) fn render_text(&self) -> String {
         self.handle.render()
     }
 
@@ -378,7 +377,7 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
+    pub(super) fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
         self.recorder
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
             .set(value);
@@ -391,125 +390,6 @@ pub fn sqlstate_of(body: &[u8]) -> &str {
         .find_map(|field| field.strip_prefix(b"C"))
         .and_then(|code| std::str::from_utf8(code).ok())
         .unwrap_or("XX000")
-}
-
-/// Sets the gauges that describe the proxy's state now, from `shared`: run at each scrape, so
-/// they cost the sessions nothing (the stats core's counts included: bytes in and out, clients
-/// by state, the busiest slots).
-fn scrape(shared: &Shared, metrics: &Metrics) {
-    use std::sync::atomic::Ordering::Relaxed;
-    scrape_stats(shared, metrics);
-    metrics.gauge(CLIENTS, Vec::new(), shared.clients.load(Relaxed) as f64);
-    metrics.gauge(
-        CLIENTS_PINNED,
-        Vec::new(),
-        shared.pinned_clients.load(Relaxed) as f64,
-    );
-    for shard in &shared.shards {
-        let servers = std::iter::once(("primary", &shard.primary))
-            .chain(shard.replicas.iter().map(|r| ("replica", r)));
-        for (role, backend) in servers {
-            scrape_backend(metrics, &shard.name, role, backend);
-        }
-        let Some(wal) = shard.wal.as_ref() else {
-            continue;
-        };
-        // The WAL watch samples only on demand: ask for a few rounds, so the next scrape reads
-        // positions at most one scrape interval old even when no client waits for a replica.
-        wal.want();
-        let primary = wal.primary().lsn;
-        for (i, replica) in shard.replicas.iter().enumerate() {
-            let replayed = wal.replayed(i);
-            if primary == 0 || replayed == 0 {
-                continue;
-            }
-            let labels = vec![
-                Label::new("shard", shard.name.clone()),
-                Label::new("server", replica.addr.clone()),
-            ];
-            metrics.gauge(REPLICA_LAG, labels, primary.saturating_sub(replayed) as f64);
-        }
-    }
-}
-
-/// What the stats core counts: clients by state, bytes, the busiest slots.
-fn scrape_stats(shared: &Shared, metrics: &Metrics) {
-    use crate::stats::ClientState;
-    let mut states = [0u64; 3];
-    for client in shared.stats.clients.list() {
-        let i = match client.state() {
-            ClientState::Idle => 0,
-            ClientState::Waiting => 1,
-            ClientState::Active => 2,
-        };
-        states[i] += 1;
-    }
-    for (state, n) in ["idle", "waiting", "active"].iter().zip(states) {
-        metrics.gauge(
-            CLIENTS_BY_STATE,
-            vec![Label::new("state", *state)],
-            n as f64,
-        );
-    }
-    let mut totals = shared.stats.unpooled.totals();
-    for shard in &shared.shards {
-        for backend in std::iter::once(&shard.primary).chain(&shard.replicas) {
-            for pool in backend.pools.values() {
-                totals.add(&pool.manager().stats.totals());
-            }
-        }
-    }
-    for (direction, bytes) in [("received", totals.received), ("sent", totals.sent)] {
-        let labels = vec![Label::new("direction", direction)];
-        metrics
-            .recorder
-            .register_counter(&Key::from_parts(CLIENT_BYTES, labels), &METADATA)
-            .absolute(bytes);
-    }
-    let router = shared.router.load();
-    let map = router.shard_map();
-    for load in shared.stats.slots.busiest(Instant::now(), HOT_SLOTS) {
-        let labels = || {
-            vec![
-                Label::new("slot", load.slot.to_string()),
-                Label::new(
-                    "shard",
-                    map.shard_name(map.shard_of_slot(load.slot)).to_string(),
-                ),
-            ]
-        };
-        metrics.gauge(HOT_SLOT_STATEMENTS, labels(), load.statements as f64);
-        metrics.gauge(HOT_SLOT_BYTES, labels(), load.bytes as f64);
-    }
-}
-
-fn scrape_backend(metrics: &Metrics, shard: &str, role: &'static str, backend: &Backend) {
-    let base = || {
-        vec![
-            Label::new("shard", shard.to_string()),
-            Label::new("server", backend.addr.clone()),
-            Label::new("role", role),
-        ]
-    };
-    let up = if backend.health.is_up() { 1.0 } else { 0.0 };
-    metrics.gauge(SERVER_UP, base(), up);
-    for (user, pool) in &backend.pools {
-        let status = pool.status();
-        let with = |extra: &[(&'static str, &str)]| {
-            let mut labels = base();
-            labels.push(Label::new("user", user.clone()));
-            labels.extend(extra.iter().map(|(k, v)| Label::new(*k, v.to_string())));
-            labels
-        };
-        metrics.gauge(POOL_SIZE, with(&[]), status.size as f64);
-        let active = status.in_use as f64;
-        metrics.gauge(SERVER_CONNECTIONS, with(&[("state", "active")]), active);
-        metrics.gauge(
-            SERVER_CONNECTIONS,
-            with(&[("state", "idle")]),
-            status.idle as f64,
-        );
-    }
 }
 
 #[cfg(test)]

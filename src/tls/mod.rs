@@ -3,6 +3,7 @@
 //! sides run on ([`MaybeTls`]). Builds configs and streams; never reads or writes a protocol
 //! message beyond the SSLRequest and its one-byte answer.
 
+pub mod settings;
 mod stream;
 mod verify;
 
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 
 pub use stream::MaybeTls;
 
-use crate::config::{BackendTlsMode, ClientTlsMode, Config};
+use self::settings::{BackendTlsConfig, BackendTlsMode, ClientTlsMode};
 
 /// A socket to a server or from a client: plain or TLS.
 pub type NetStream = MaybeTls<TcpStream>;
@@ -43,21 +44,17 @@ fn tls_error(key: &'static str, problem: impl Into<String>) -> TlsError {
     }
 }
 
-/// Checks that every TLS file the config names can be read and parsed (at config load).
-pub fn check(config: &Config) -> Result<(), TlsError> {
-    server_config(config)?;
-    backend_tls(config)?;
-    Ok(())
-}
-
 /// The rustls config for client connections: `None` when `server.tls_mode` is `disable`.
 /// Reads the PEM files again each call (a reload calls it to pick up new files).
-pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
-    let server = &config.server;
-    if server.effective_tls_mode() == ClientTlsMode::Disable {
+pub fn server_config(
+    mode: ClientTlsMode,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    if mode == ClientTlsMode::Disable {
         return Ok(None);
     }
-    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+    let (Some(cert), Some(key)) = (cert, key) else {
         return Err(tls_error(
             "server.tls_cert",
             "is needed for server.tls_mode allow or require: set server.tls_cert and \
@@ -89,8 +86,7 @@ pub struct BackendTls {
 }
 
 /// The `[backend_tls]` settings made usable: `None` when `mode` is `disable`.
-pub fn backend_tls(config: &Config) -> Result<Option<Arc<BackendTls>>, TlsError> {
-    let section = &config.backend_tls;
+pub fn backend_tls(section: &BackendTlsConfig) -> Result<Option<Arc<BackendTls>>, TlsError> {
     if section.mode == BackendTlsMode::Disable {
         return Ok(None);
     }

@@ -11,7 +11,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
-use crate::config::BackendTlsMode;
+use super::settings::BackendTlsMode;
 
 /// The verifier for `mode`; `roots` are the certificates of `backend_tls.ca`.
 pub(super) fn for_mode(
