@@ -147,47 +147,7 @@ impl Shared {
             _ => config.server_tls().expect("TLS files were checked at load"),
         };
         let stats = previous.map_or_else(|| Arc::new(Stats::new()), |p| p.stats.clone());
-        let shards = config
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, shard)| {
-                let before = previous.and_then(|p| p.shards.get(i));
-                let old = |addr: &str| {
-                    before.and_then(|b| {
-                        std::iter::once(&b.primary)
-                            .chain(&b.replicas)
-                            .find(|x| x.addr == addr)
-                    })
-                };
-                let primary = backend(
-                    &config,
-                    &stats,
-                    &backend_tls,
-                    shard,
-                    &shard.primary,
-                    old(&shard.primary),
-                );
-                let replicas: Vec<Backend> = shard
-                    .replicas
-                    .iter()
-                    .map(|r| backend(&config, &stats, &backend_tls, shard, r, old(r)))
-                    .collect();
-                let wal = match before.filter(|b| same_servers(b, &primary, &replicas)) {
-                    Some(b) if previous.is_some_and(|p| same_wal_timing(&p.config, &config)) => {
-                        b.wal.clone()
-                    }
-                    _ => wal_watch(&config, shard, &primary, &replicas),
-                };
-                ShardPools {
-                    name: shard.name.clone(),
-                    primary,
-                    replicas,
-                    next_replica: AtomicUsize::new(0),
-                    wal,
-                }
-            })
-            .collect();
+        let shards = shard_pools(&config, previous, &stats, &backend_tls);
         let verifiers = config
             .users
             .iter()
@@ -264,6 +224,57 @@ impl Shared {
         }
         Some(newest)
     }
+}
+
+/// Each shard's pools and watches for `config`, keeping what `previous` has that did not change
+/// (see [`Shared::reloaded`]).
+fn shard_pools(
+    config: &Config,
+    previous: Option<&Shared>,
+    stats: &Stats,
+    backend_tls: &BackendTlsRef,
+) -> Vec<ShardPools> {
+    config
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let before = previous.and_then(|p| p.shards.get(i));
+            let old = |addr: &str| {
+                before.and_then(|b| {
+                    std::iter::once(&b.primary)
+                        .chain(&b.replicas)
+                        .find(|x| x.addr == addr)
+                })
+            };
+            let primary = backend(
+                config,
+                stats,
+                backend_tls,
+                shard,
+                &shard.primary,
+                old(&shard.primary),
+            );
+            let replicas: Vec<Backend> = shard
+                .replicas
+                .iter()
+                .map(|r| backend(config, stats, backend_tls, shard, r, old(r)))
+                .collect();
+            let wal = match before.filter(|b| same_servers(b, &primary, &replicas)) {
+                Some(b) if previous.is_some_and(|p| same_wal_timing(&p.config, config)) => {
+                    b.wal.clone()
+                }
+                _ => wal_watch(config, shard, &primary, &replicas),
+            };
+            ShardPools {
+                name: shard.name.clone(),
+                primary,
+                replicas,
+                next_replica: AtomicUsize::new(0),
+                wal,
+            }
+        })
+        .collect()
 }
 
 /// Whether a shard's servers are the same backends (same pools, same health watch) as before.

@@ -376,11 +376,31 @@ pub fn config(shared: &Shared) -> ResultSet {
 }
 
 /// Every setting as (key, value, default, changed by RELOAD); never a password.
-fn config_rows(c: &Config) -> Vec<(&'static str, String, String, bool)> {
+fn config_rows(c: &Config) -> Vec<ConfigRow> {
+    let mut rows = server_rows(c);
+    rows.extend(pool_rows(c));
+    rows.extend(sharding_rows(c));
+    let names = |v: &[String]| v.join(",");
+    let users: Vec<String> = c.users.iter().map(|u| u.name.clone()).collect();
+    let shards: Vec<String> = c.shards.iter().map(|s| s.name.clone()).collect();
+    rows.extend([
+        row("users", names(&users), "", true),
+        row("shards", names(&shards), "", true),
+        row("admin.users", names(&c.admin.users), "", true),
+        row("admin.stats_users", names(&c.admin.stats_users), "", true),
+    ]);
+    rows
+}
+
+/// A SHOW CONFIG row: key, value, default, whether a reload can change it.
+type ConfigRow = (&'static str, String, String, bool);
+
+fn row(key: &'static str, value: String, default: &str, changeable: bool) -> ConfigRow {
+    (key, value, default.to_string(), changeable)
+}
+
+fn server_rows(c: &Config) -> Vec<ConfigRow> {
     let s = &c.server;
-    let p = &c.pool;
-    let sh = &c.sharding;
-    let d = crate::config::PoolConfig::default();
     let auth = match s.auth_method {
         AuthMethod::ScramSha256 => "scram-sha-256",
         AuthMethod::Md5 => "md5",
@@ -390,80 +410,81 @@ fn config_rows(c: &Config) -> Vec<(&'static str, String, String, bool)> {
         SessionStatePolicy::Pin => "pin",
         SessionStatePolicy::Refuse => "refuse",
     };
-    let names = |v: &[String]| v.join(",");
-    let row = |k, v: String, d: &str, ch| (k, v, d.to_string(), ch);
+    let n = |v: u64| v.to_string();
     vec![
         row("server.listen", s.listen.clone(), "", false),
-        row("server.database", s.database.clone(), "", false),
+        row("server.database", s.database.clone(), "", true),
         row(
             "server.pool_mode",
             pool_mode(s.pool_mode).into(),
             "transaction",
             false,
         ),
-        row("server.auth_method", auth.into(), "scram-sha-256", false),
+        row("server.auth_method", auth.into(), "scram-sha-256", true),
         row(
             "server.max_client_connections",
-            s.max_client_connections.to_string(),
+            n(s.max_client_connections as u64),
             "10000",
             true,
         ),
         row(
             "server.max_message_bytes",
-            s.max_message_bytes.to_string(),
+            n(s.max_message_bytes as u64),
             "67108864",
-            false,
+            true,
         ),
         row(
             "server.startup_timeout_ms",
-            s.startup_timeout_ms.to_string(),
+            n(s.startup_timeout_ms),
             "15000",
             true,
         ),
-        row("server.session_state", state.into(), "pin", false),
-        row("pool.size", p.size.to_string(), &d.size.to_string(), true),
         row(
+            "server.shutdown_timeout_ms",
+            n(s.shutdown_timeout_ms),
+            "30000",
+            true,
+        ),
+        row("server.session_state", state.into(), "pin", true),
+    ]
+}
+
+fn pool_rows(c: &Config) -> Vec<ConfigRow> {
+    let p = &c.pool;
+    let d = crate::config::PoolConfig::default();
+    let pair = |k, v: u64, d: u64| row(k, v.to_string(), &d.to_string(), true);
+    vec![
+        pair("pool.size", p.size as u64, d.size as u64),
+        pair(
             "pool.checkout_timeout_ms",
-            p.checkout_timeout_ms.to_string(),
-            &d.checkout_timeout_ms.to_string(),
-            true,
+            p.checkout_timeout_ms,
+            d.checkout_timeout_ms,
         ),
-        row(
-            "pool.min_idle",
-            p.min_idle.to_string(),
-            &d.min_idle.to_string(),
-            true,
-        ),
-        row(
-            "pool.idle_timeout_ms",
-            p.idle_timeout_ms.to_string(),
-            &d.idle_timeout_ms.to_string(),
-            true,
-        ),
-        row(
-            "pool.max_lifetime_ms",
-            p.max_lifetime_ms.to_string(),
-            &d.max_lifetime_ms.to_string(),
-            true,
-        ),
-        row(
+        pair("pool.min_idle", p.min_idle as u64, d.min_idle as u64),
+        pair("pool.idle_timeout_ms", p.idle_timeout_ms, d.idle_timeout_ms),
+        pair("pool.max_lifetime_ms", p.max_lifetime_ms, d.max_lifetime_ms),
+        pair(
             "pool.connect_timeout_ms",
-            p.connect_timeout_ms.to_string(),
-            &d.connect_timeout_ms.to_string(),
-            true,
+            p.connect_timeout_ms,
+            d.connect_timeout_ms,
         ),
-        row(
+        pair(
             "pool.health_check_interval_ms",
-            p.health_check_interval_ms.to_string(),
-            &d.health_check_interval_ms.to_string(),
-            true,
+            p.health_check_interval_ms,
+            d.health_check_interval_ms,
         ),
-        row(
+        pair(
             "pool.health_check_timeout_ms",
-            p.health_check_timeout_ms.to_string(),
-            &d.health_check_timeout_ms.to_string(),
-            true,
+            p.health_check_timeout_ms,
+            d.health_check_timeout_ms,
         ),
+    ]
+}
+
+/// `[sharding]` needs a restart to change (a reload refuses it).
+fn sharding_rows(c: &Config) -> Vec<ConfigRow> {
+    let sh = &c.sharding;
+    vec![
         row(
             "sharding.key_column",
             sh.key_column.clone(),
@@ -506,19 +527,5 @@ fn config_rows(c: &Config) -> Vec<(&'static str, String, String, bool)> {
             "1",
             false,
         ),
-        row(
-            "users",
-            names(&c.users.iter().map(|u| u.name.clone()).collect::<Vec<_>>()),
-            "",
-            true,
-        ),
-        row(
-            "shards",
-            names(&c.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
-            "",
-            true,
-        ),
-        row("admin.users", names(&c.admin.users), "", true),
-        row("admin.stats_users", names(&c.admin.stats_users), "", true),
     ]
 }
