@@ -18,6 +18,8 @@ struct Announced {
     dir: PathBuf,
     /// Port of each shard's primary, in the order printed.
     primary_ports: Vec<u16>,
+    /// The admin console command the demo prints, as printed.
+    console_command: Option<String>,
 }
 
 /// The running demo; interrupted (and, failing that, killed) if the test ends early.
@@ -51,6 +53,7 @@ impl Demo {
         let deadline = Instant::now() + timeout;
         let mut dir = None;
         let mut primary_ports = Vec::new();
+        let mut console_command = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
@@ -65,9 +68,16 @@ impl Demo {
             if let Some(port) = primary_port(&line) {
                 primary_ports.push(port);
             }
+            if line.trim_start().starts_with("psql ") && line.contains("/pgshard\"") {
+                console_command = Some(line.trim().to_string());
+            }
             if line.trim() == READY {
                 let dir = dir.expect("the demo directory is printed before the ready line");
-                return Announced { dir, primary_ports };
+                return Announced {
+                    dir,
+                    primary_ports,
+                    console_command,
+                };
             }
         }
     }
@@ -181,6 +191,15 @@ fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
     );
     let by_key = block_on(counts_by_key(port, &[1, 42, 500, SAMPLE_USERS]));
     let per_primary = block_on(counts_per_primary(&announced.primary_ports));
+    // The admin console command runs as printed.
+    let console = announced
+        .console_command
+        .clone()
+        .expect("the demo prints the admin console command");
+    let shown = Command::new("sh")
+        .args(["-c", &console])
+        .output()
+        .expect("running the printed console command");
 
     demo.interrupt();
     let status = demo.wait_exit(Duration::from_secs(60));
@@ -202,6 +221,11 @@ fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
         announced.primary_ports.len(),
         2,
         "a primary port is printed for each of the two shards"
+    );
+    let shown_text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && shown_text.contains("s0") && shown_text.contains("s1"),
+        "{console}: {shown:?}"
     );
     let per_primary = per_primary.expect("counting users on each shard primary");
     assert_eq!(

@@ -188,6 +188,9 @@ size = 10
 name = "app"
 password = "app"
 
+[admin]
+users = ["app"]
+
 [sharding]
 key_column = "user_id"
 key_type = "bigint"
@@ -444,6 +447,11 @@ async fn prepare(demo: &Demo, map: &ShardMap) -> anyhow::Result<String> {
         "\nWhere does a key live?\n  pgshard locate --config {} 42\n  pgshard check --config {}",
         demo.config_path.display(),
         demo.config_path.display()
+    );
+    let _ = writeln!(
+        text,
+        "\nThe admin console (PgBouncer's SHOW commands, and SHOW SHARDS, SLOTS, HOT_SLOTS):\n  \
+         psql \"postgres://app:app@127.0.0.1:{port}/pgshard\" -c \"SHOW SHARDS\""
     );
     let _ = writeln!(text, "\nPress Ctrl-C to stop.");
     Ok(text)
