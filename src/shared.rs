@@ -28,6 +28,10 @@ use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
 use crate::stats::Stats;
 use crate::tls::BackendTls;
 
+#[cfg(test)]
+#[path = "shared_tests.rs"]
+mod tests;
+
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {
     pub addr: String,
