@@ -16,7 +16,9 @@
 #        BASELINE_BIN (a pgshard binary of another build, e.g. the commit before a change: it runs
 #        as a fourth target in the same rotation, and a before/after table is added),
 #        METRICS (1: the pgshard target serves [metrics] on a free port, so its numbers include
-#        recording the metrics; 0 by default).
+#        recording the metrics; 0 by default),
+#        CONNECT (1: also `pgbench -S -C -c 16`, a new connection and SCRAM login per
+#        transaction, against every target; 0 skips it).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -33,6 +35,7 @@ IDLE=${IDLE:-1}
 SYSCALLS=${SYSCALLS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 METRICS=${METRICS:-0}
+CONNECT=${CONNECT:-1}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
@@ -55,38 +58,12 @@ if [[ ${SYSCALLS:-1} -eq 1 ]] && ! command -v strace >/dev/null; then
     apt-get install -y -qq strace >&2 || { apt-get update -qq >&2 && apt-get install -y -qq strace >&2; }
 fi
 
-PGBOUNCER=$(command -v pgbouncer || true)
-[[ -z $PGBOUNCER && -x /usr/sbin/pgbouncer ]] && PGBOUNCER=/usr/sbin/pgbouncer
-if [[ -z $PGBOUNCER ]]; then
-    [[ $(id -u) -eq 0 ]] || die "pgbouncer is not installed and installing it needs root"
-    log "installing pgbouncer"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >&2
-    PGBOUNCER=/usr/sbin/pgbouncer
-fi
-# The Debian package may start a system PgBouncer on 6432; it has no part in this benchmark.
-if [[ $(id -u) -eq 0 ]]; then
-    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-        systemctl disable --now pgbouncer >/dev/null 2>&1 || true
-    fi
-    if [[ -x /etc/init.d/pgbouncer ]]; then
-        /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
-    fi
-fi
-
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+find_pgbouncer
+setup_bench_user
 # 2,000 idle clients plus 3,000 allowed PgBouncer clients need file descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-# Everything PostgreSQL and PgBouncer run as: an unprivileged user when we are root.
-if [[ $(id -u) -eq 0 ]]; then
-    id -u "$BENCH_OS_USER" >/dev/null 2>&1 ||
-        useradd --system --no-create-home --shell /usr/sbin/nologin "$BENCH_OS_USER" ||
-        id -u "$BENCH_OS_USER" >/dev/null 2>&1 || die "cannot create OS user $BENCH_OS_USER"
-    # runuser's PAM session resets the soft open-files limit to 1024: raise it again inside.
-    as_user() { runuser -u "$BENCH_OS_USER" -- sh -c "ulimit -n $(ulimit -n) && exec \"\$@\"" sh "$@"; }
-else
-    as_user() { "$@"; }
-fi
 
 # ---------------------------------------------------------------------------------------------
 # Cleanup: whatever was started is stopped, the work directory removed, logs kept.
@@ -95,48 +72,11 @@ fi
 WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
 chmod 755 "$WORK"
 if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK"; fi
-PGDATA=$WORK/data
 PIDS=()          # processes we started directly (pgshard, idle clients)
 CLUSTER_UP=0
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -f $WORK/pgbouncer.pid ]]; then
-        kill -TERM "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
-    fi
-    if [[ $CLUSTER_UP -eq 1 ]]; then
-        as_user "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
-    rm -rf "$RESULTS/logs"
-    mkdir -p "$RESULTS/logs"
-    cp "$WORK"/*.log "$WORK"/*.out "$RESULTS/logs/" 2>/dev/null || true
-    cp -r "$WORK/runs" "$RESULTS/logs/" 2>/dev/null || true
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
-
-# "utime stime context-switches" of a process: CPU in clock ticks, switches summed over threads.
-proc_sample() {
-    local ticks switches
-    ticks=$(awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null) || ticks="0 0"
-    switches=$(cat "/proc/$1"/task/*/status 2>/dev/null |
-        awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }')
-    echo "$ticks $switches"
-}
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------------------------------------
 # Build
@@ -154,83 +94,11 @@ IDLE_BIN=$(cargo bench --quiet --no-run --bench idle_clients --message-format=js
 # PostgreSQL 15: a throw-away cluster
 # ---------------------------------------------------------------------------------------------
 
-free_port PG_PORT
-log "initdb in $PGDATA, port $PG_PORT"
-echo postgres >"$WORK/pwfile"
-if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/pwfile"; fi
-as_user "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-    --pwfile="$WORK/pwfile" -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
-    { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
-cat >>"$PGDATA/postgresql.conf" <<EOF
-
-# pgshard benchmark
-port = $PG_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-max_connections = 400
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 128MB
-password_encryption = 'scram-sha-256'
-EOF
-as_user "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgresql.log" -w start >/dev/null ||
-    { tail -n 30 "$WORK/postgresql.log" >&2; die "PostgreSQL did not start"; }
-CLUSTER_UP=1
-
-psql_super() { psql -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PG_PORT" -U postgres -d postgres "$@"; }
-psql_super -c "CREATE ROLE app LOGIN PASSWORD 'app'" -c "CREATE DATABASE pgbench OWNER app"
-
-export PGUSER=app PGPASSWORD=app PGHOST=127.0.0.1
-log "pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" -p "$PG_PORT" pgbench >"$WORK/pgbench-init.log" 2>&1 ||
-    { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
-if [[ $ROUTING -eq 1 ]]; then
-    # The two shards of the routing run: databases on this cluster, copies of pgbench from which
-    # each keeps only the accounts its slots own (below, once the shard map is written).
-    log "CREATE DATABASE pgbench_s0, pgbench_s1 TEMPLATE pgbench"
-    psql_super -c "CREATE DATABASE pgbench_s0 OWNER app TEMPLATE pgbench" \
-        -c "CREATE DATABASE pgbench_s1 OWNER app TEMPLATE pgbench"
-fi
+TWO_SHARD_DBS=$ROUTING start_bench_cluster
 
 # ---------------------------------------------------------------------------------------------
 # The proxies
 # ---------------------------------------------------------------------------------------------
-
-# One shard whose reads go to its primary: pgshard has nothing to decide and forwards statements
-# unparsed (routing off).
-ONE_SHARD=$(cat <<EOF
-[[shards]]
-name = "s0"
-primary = "127.0.0.1:$PG_PORT"
-read_from = "primary"
-EOF
-)
-# Two shards on this cluster as two databases, pgbench_accounts sharded by aid: every statement is
-# parsed and routed (routing on). No replicas, so the only difference is the routing.
-TWO_SHARDS=$(cat <<EOF
-[sharding]
-key_column = "aid"
-key_type = "bigint"
-
-[[sharding.tables]]
-name = "pgbench_accounts"
-
-[[shards]]
-name = "s0"
-primary = "127.0.0.1:$PG_PORT"
-database = "pgbench_s0"
-slots = "0-2047"
-read_from = "primary"
-
-[[shards]]
-name = "s1"
-primary = "127.0.0.1:$PG_PORT"
-database = "pgbench_s1"
-slots = "2048-4095"
-read_from = "primary"
-EOF
-)
 
 if [[ $ROUTING -eq 1 ]]; then
     # Each shard keeps only its own accounts, compacted, so the two shards together hold the
@@ -253,89 +121,7 @@ if [[ $ROUTING -eq 1 ]]; then
     done
 fi
 
-# start_pgshard NAME PORT POOL_SIZE [SHARDS_TOML [BINARY]]: starts a pgshard in transaction mode
-# with the given [sharding]/[[shards]] sections (default: ONE_SHARD); sets PGSHARD_PID.
-start_pgshard() {
-    local name=$1 port=$2 size=$3 shards=${4:-$ONE_SHARD} binary=${5:-$PGSHARD}
-    local metrics=
-    if [[ $METRICS -eq 1 && $name == pgshard ]]; then
-        free_port METRICS_PORT
-        metrics=$(printf '[metrics]\nlisten = "127.0.0.1:%s"' "$METRICS_PORT")
-    fi
-    cat >"$WORK/$name.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-database = "pgbench"
-pool_mode = "transaction"
-max_client_connections = 5000
-
-[pool]
-size = $size
-checkout_timeout_ms = 30000
-
-[[users]]
-name = "app"
-password = "app"
-
-$shards
-
-$metrics
-EOF
-    NO_COLOR=1 "$binary" serve --config "$WORK/$name.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
-        >>"$WORK/$name.log" 2>&1 &
-    PGSHARD_PID=$!
-    PIDS+=("$PGSHARD_PID")
-    wait_port "$port" "pgshard ($name)"
-}
-
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-
 free_port BOUNCER_PORT
-# start_pgbouncer: starts PgBouncer as the unprivileged user; sets BOUNCER_PID.
-start_pgbouncer() {
-    cat >"$WORK/userlist.txt" <<EOF
-"app" "app"
-EOF
-    cat >"$WORK/pgbouncer.ini" <<EOF
-[databases]
-pgbench = host=127.0.0.1 port=$PG_PORT dbname=pgbench
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 3000
-max_db_connections = 0
-ignore_startup_parameters = extra_float_digits
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
-EOF
-    if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/userlist.txt" "$WORK/pgbouncer.ini"; fi
-    rm -f "$WORK/pgbouncer.pid"
-    as_user "$PGBOUNCER" -d "$WORK/pgbouncer.ini" || die "pgbouncer did not start"
-    wait_port "$BOUNCER_PORT" pgbouncer
-    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
-}
-
-stop_pgbouncer() {
-    kill -TERM "$BOUNCER_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 1 100); do
-        kill -0 "$BOUNCER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    rm -f "$WORK/pgbouncer.pid"
-}
-
 free_port SHARD_PORT
 start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE"
 MAIN_SHARD_PID=$PGSHARD_PID
@@ -359,6 +145,19 @@ mkdir -p "$WORK/runs"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A TPS LAT FAILED ABORTED TXNS CPU_US USER_US SYS_US CSW STATUS TXNS_ALL
 
+# The pgbench options of a protocol: simple, prepared, or connect (simple, a new connection and
+# SCRAM login per transaction).
+protocol_args() { if [[ $1 == connect ]]; then echo "-M simple -C"; else echo "-M $1"; fi; }
+scenario_cell() { # clients/protocol
+    local clients=${1%/*} proto=${1#*/}
+    if [[ $proto == connect ]]; then echo "-S -c $clients -C"; else echo "-S -c $clients -M $proto"; fi
+}
+SCENARIOS=()
+for clients in "${CLIENT_COUNTS[@]}"; do
+    for proto in "${PROTOCOLS[@]}"; do SCENARIOS+=("$clients/$proto"); done
+done
+[[ $CONNECT -eq 1 ]] && SCENARIOS+=("16/connect")
+
 # run_pgbench TARGET PORT PROXY_PID CLIENTS PROTOCOL [KEY]: one run, results stored under KEY.
 run_pgbench() {
     local target=$1 port=$2 pid=$3 clients=$4 proto=$5 key=${6:-$1/$4/$5}
@@ -367,7 +166,7 @@ run_pgbench() {
     local before="0 0 0" after="0 0 0" rc=0
     [[ $pid != - ]] && before=$(proc_sample "$pid")
     timeout --signal=INT --kill-after=10 $((DURATION + 60)) \
-        pgbench -n -S -M "$proto" -c "$clients" -j 2 -T "$DURATION" -p "$port" pgbench \
+        pgbench -n -S $(protocol_args "$proto") -c "$clients" -j 2 -T "$DURATION" -p "$port" pgbench \
         >"$out" 2>"$err" || rc=$?
     [[ $pid != - ]] && after=$(proc_sample "$pid")
     TPS[$key]=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out" | head -n1)
@@ -422,22 +221,21 @@ pick_median() {
     return 0
 }
 
-for clients in "${CLIENT_COUNTS[@]}"; do
-    for proto in "${PROTOCOLS[@]}"; do
-        for r in $(seq 1 "$REPEAT"); do
-            # Rotate the order, so no target always runs first after a pause or last in a row.
-            n=${#TARGETS[@]}
-            for i in $(seq 0 $((n - 1))); do
-                case ${TARGETS[$(((i + r - 1) % n))]} in
-                    direct) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$clients/$proto#$r" ;;
-                    pgbouncer) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$clients/$proto#$r" ;;
-                    pgshard) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$clients/$proto#$r" ;;
-                    baseline) run_pgbench baseline "$BASELINE_PORT" "$BASELINE_PID" "$clients" "$proto" "baseline/$clients/$proto#$r" ;;
-                esac
-            done
+for s in "${SCENARIOS[@]}"; do
+    clients=${s%/*} proto=${s#*/}
+    for r in $(seq 1 "$REPEAT"); do
+        # Rotate the order, so no target always runs first after a pause or last in a row.
+        n=${#TARGETS[@]}
+        for i in $(seq 0 $((n - 1))); do
+            case ${TARGETS[$(((i + r - 1) % n))]} in
+                direct) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$s#$r" ;;
+                pgbouncer) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$s#$r" ;;
+                pgshard) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$s#$r" ;;
+                baseline) run_pgbench baseline "$BASELINE_PORT" "$BASELINE_PID" "$clients" "$proto" "baseline/$s#$r" ;;
+            esac
         done
-        for t in "${TARGETS[@]}"; do pick_median "$t/$clients/$proto"; done
     done
+    for t in "${TARGETS[@]}"; do pick_median "$t/$s"; done
 done
 if [[ $METRICS -eq 1 ]]; then
     # What the pgshard target recorded over the runs above, as Prometheus would scrape it.
@@ -533,30 +331,6 @@ fi
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# syscall_count NAME PORT PID: system calls per transaction of the proxy PID under strace during
-# 5 s of `pgbench -S -c 4` (simple protocol); sets SYSCALL_ROWS[NAME] (the slowdown strace causes
-# makes its tps meaningless; the counts per transaction are what it measures).
-declare -A SYSCALL_ROWS
-syscall_count() {
-    local name=$1 port=$2 pid=$3 out txns
-    strace -c -f -p "$pid" -o "$WORK/strace-$name" 2>/dev/null &
-    local tracer=$!
-    sleep 0.5
-    out=$(pgbench -n -S -M simple -c 4 -j 1 -T 5 -p "$port" pgbench 2>/dev/null)
-    kill -INT "$tracer" 2>/dev/null
-    wait "$tracer" 2>/dev/null || true
-    txns=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-    SYSCALL_ROWS[$name]=$(awk -v tx="${txns:-0}" -v name="$name" '
-        NR > 2 && $NF != "total" && $4 ~ /^[0-9]+$/ { n[$NF] = $4 }
-        END {
-            if (tx == 0) { print "| " name " | n/a | n/a | n/a | n/a |"; exit }
-            reads = n["read"] + n["recvfrom"] + n["recvmsg"] + n["readv"]
-            writes = n["write"] + n["sendto"] + n["sendmsg"] + n["writev"]
-            waits = n["epoll_wait"] + n["epoll_pwait"] + n["poll"] + n["ppoll"]
-            printf "| %s | %.2f | %.2f | %.2f | %.2f |\n", name, reads / tx, writes / tx, waits / tx, n["futex"] / tx
-        }' "$WORK/strace-$name")
-    log "system calls per transaction, $name: ${SYSCALL_ROWS[$name]}"
-}
 if [[ $SYSCALLS -eq 1 ]]; then
     syscall_count pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID"
     syscall_count pgshard "$SHARD_PORT" "$MAIN_SHARD_PID"
@@ -659,35 +433,27 @@ errors_cell() { # scenario suffix
     echo
     echo "| scenario | direct tps | pgbouncer tps | pgshard tps | pgshard/pgbouncer | pgshard/direct | pgshard µs CPU/txn | pgbouncer µs CPU/txn | errors |"
     echo "|---|---|---|---|---|---|---|---|---|"
-    for clients in "${CLIENT_COUNTS[@]}"; do
-        for proto in "${PROTOCOLS[@]}"; do
-            s=$clients/$proto
-            echo "| -S -c $clients -M $proto | $(tps_cell "direct/$s") | $(tps_cell "pgbouncer/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "direct/$s") | $(cpu_cell "pgshard/$s") | $(cpu_cell "pgbouncer/$s") | $(errors_cell "$s") |"
-        done
+    for s in "${SCENARIOS[@]}"; do
+        echo "| $(scenario_cell "$s") | $(tps_cell "direct/$s") | $(tps_cell "pgbouncer/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "direct/$s") | $(cpu_cell "pgshard/$s") | $(cpu_cell "pgbouncer/$s") | $(errors_cell "$s") |"
     done
     echo
     echo "Average latency (ms):"
     echo
     echo "| scenario | direct | pgbouncer | pgshard |"
     echo "|---|---|---|---|"
-    for clients in "${CLIENT_COUNTS[@]}"; do
-        for proto in "${PROTOCOLS[@]}"; do
-            s=$clients/$proto
-            echo "| -S -c $clients -M $proto | ${LAT[direct/$s]:-n/a} | ${LAT[pgbouncer/$s]:-n/a} | ${LAT[pgshard/$s]:-n/a} |"
-        done
+    for s in "${SCENARIOS[@]}"; do
+        echo "| $(scenario_cell "$s") | ${LAT[direct/$s]:-n/a} | ${LAT[pgbouncer/$s]:-n/a} | ${LAT[pgshard/$s]:-n/a} |"
     done
     echo
     echo "Proxy CPU per transaction, split (from /proc: user, system, context switches of all threads):"
     echo
     echo "| scenario | proxy | user µs/txn | system µs/txn | context switches/txn |"
     echo "|---|---|---|---|---|"
-    for clients in "${CLIENT_COUNTS[@]}"; do
-        for proto in "${PROTOCOLS[@]}"; do
-            for t in pgbouncer pgshard; do
-                k=$t/$clients/$proto
-                [[ ${STATUS[$k]} == ok ]] || continue
-                echo "| -S -c $clients -M $proto | $t | ${USER_US[$k]} | ${SYS_US[$k]} | ${CSW[$k]} |"
-            done
+    for s in "${SCENARIOS[@]}"; do
+        for t in pgbouncer pgshard; do
+            k=$t/$s
+            [[ ${STATUS[$k]} == ok ]] || continue
+            echo "| $(scenario_cell "$s") | $t | ${USER_US[$k]} | ${SYS_US[$k]} | ${CSW[$k]} |"
         done
     done
     echo
@@ -696,19 +462,16 @@ errors_cell() { # scenario suffix
         echo
         echo "| scenario | baseline tps | pgshard tps | pgshard/baseline | baseline/pgbouncer | pgshard/pgbouncer | baseline µs CPU/txn | pgshard µs CPU/txn | baseline csw/txn | pgshard csw/txn |"
         echo "|---|---|---|---|---|---|---|---|---|---|"
-        for clients in "${CLIENT_COUNTS[@]}"; do
-            for proto in "${PROTOCOLS[@]}"; do
-                s=$clients/$proto
-                echo "| -S -c $clients -M $proto | $(tps_cell "baseline/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "baseline/$s") | $(ratio "baseline/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(cpu_cell "baseline/$s") | $(cpu_cell "pgshard/$s") | ${CSW[baseline/$s]:-n/a} | ${CSW[pgshard/$s]:-n/a} |"
-            done
+        for s in "${SCENARIOS[@]}"; do
+            echo "| $(scenario_cell "$s") | $(tps_cell "baseline/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "baseline/$s") | $(ratio "baseline/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(cpu_cell "baseline/$s") | $(cpu_cell "pgshard/$s") | ${CSW[baseline/$s]:-n/a} | ${CSW[pgshard/$s]:-n/a} |"
         done
         echo
     fi
     if [[ $SYSCALLS -eq 1 ]]; then
         echo "System calls per transaction (strace -c, \`pgbench -S -M simple -c 4\`, 5 s; reads = read/recvfrom/recvmsg/readv, writes = write/sendto/sendmsg/writev, waits = epoll_wait/poll):"
         echo
-        echo "| proxy | reads/txn | writes/txn | waits/txn | futex/txn |"
-        echo "|---|---|---|---|---|"
+        echo "| proxy | reads/txn | writes/txn | waits/txn | futex/txn | all system calls/txn |"
+        echo "|---|---|---|---|---|---|"
         for p in pgbouncer pgshard baseline; do
             [[ -n ${SYSCALL_ROWS[$p]:-} ]] && echo "${SYSCALL_ROWS[$p]}"
         done
@@ -768,6 +531,16 @@ errors_cell() { # scenario suffix
     e=$((FAILED[pool2] + ABORTED[pool2]))
     echo "- prepared -c 50 through a pool of 2, 0 errors: $([[ ${STATUS[pool2]} == ok && $e -eq 0 ]] && echo met || echo "NOT met") ($e errors)"
     echo "- ≤ 16 KiB per idle client connection: $(verdict "${IDLE_KIB[pgshard]}" 16 le) (${IDLE_KIB[pgshard]} KiB)"
+    echo
+    echo "Bars (issue 11), this run:"
+    echo
+    for s in "${SCENARIOS[@]}"; do
+        [[ $s == */simple || $s == */connect ]] || continue
+        echo "- $(scenario_cell "$s"), pgshard ≥ 1.0× PgBouncer: $(verdict "$(ratio "pgshard/$s" "pgbouncer/$s")" 1.0) ($(ratio "pgshard/$s" "pgbouncer/$s")); CPU per transaction ≤ PgBouncer's: $(verdict "$(cpu_cell "pgshard/$s")" "$(cpu_cell "pgbouncer/$s")" le) ($(cpu_cell "pgshard/$s") against $(cpu_cell "pgbouncer/$s") µs)"
+    done
+    if [[ -n ${TPS[pgshard/16/prepared]:-} ]]; then
+        echo "- -S -c 16 -M prepared, pgshard ≥ 0.6× direct: $(verdict "$(ratio pgshard/16/prepared direct/16/prepared)" 0.6) ($(ratio pgshard/16/prepared direct/16/prepared))"
+    fi
     if [[ $ROUTING -eq 1 ]]; then
         echo
         echo "Bars (issue 3), this run:"

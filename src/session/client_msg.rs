@@ -128,7 +128,7 @@ impl<S: Stream> Session<S> {
 
     /// What a statement text may do to the server session (see `state::Effects`).
     pub(super) fn effects_of(&mut self, query: &[u8]) -> Effects {
-        let sql = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query));
+        let sql = crate::wire::text_of(query.strip_suffix(&[0]).unwrap_or(query));
         let refuse = self.mode == PoolMode::Transaction
             && self.shared.config.server.session_state == SessionStatePolicy::Refuse;
         Effects::of(&sql, &self.shared.router.load(), refuse, &mut self.state)

@@ -295,7 +295,7 @@ impl<S: Stream> Session<S> {
             return self.held_or(self.default_route());
         }
         let body = frame.body();
-        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+        let sql = crate::wire::text_of(body.strip_suffix(&[0]).unwrap_or(body));
         if !self.tx.is_aborted() {
             if let Some(decision) = self.route_normalized(&sql) {
                 return decision;
@@ -461,7 +461,7 @@ impl<S: Stream> Session<S> {
     pub(super) fn plan_text(&self, query: &[u8]) -> Option<Arc<Plan>> {
         self.shared
             .routing
-            .then(|| self.shared.plan(&String::from_utf8_lossy(query)))
+            .then(|| self.shared.plan(&crate::wire::text_of(query)))
     }
 
     fn route_bind(&mut self, frame: &Frame) -> Result<Decision, SessionError> {

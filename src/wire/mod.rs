@@ -14,6 +14,15 @@ pub mod startup;
 
 pub use frame::{split_frame, Frame};
 
+/// Text a client sent (a statement) as UTF-8: borrowed when valid (checked a word at a time),
+/// else with replacement characters.
+pub fn text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// The 5-byte header of every message after startup: a tag byte and a big-endian length.
 pub const HEADER_LEN: usize = 5;
 
@@ -103,4 +112,18 @@ pub mod server_tag {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    #[test]
+    fn text_is_borrowed_when_valid_and_replaced_when_not() {
+        assert!(matches!(
+            super::text_of(b"SELECT 1"),
+            Cow::Borrowed("SELECT 1")
+        ));
+        assert_eq!(super::text_of(b"SELECT '\xff'"), "SELECT '\u{fffd}'");
+    }
 }
