@@ -99,6 +99,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Counters and the client registry (admin console, metrics); kept across reloads.
     pub stats: Arc<Stats>,
+    /// Clients' startup settings, one copy per distinct set.
+    pub startup_sets: crate::session::settings::StartupSets,
 }
 
 /// The proxy's lifecycle, shared by every generation.
@@ -242,6 +244,7 @@ impl Shared {
             tls,
             backend_tls,
             stats,
+            startup_sets: Default::default(),
         }
     }
 
