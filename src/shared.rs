@@ -103,6 +103,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Counters and the client registry (admin console, metrics); kept across reloads.
     pub stats: Arc<Stats>,
+    /// Clients' startup settings, one copy per distinct set.
+    pub startup_sets: crate::session::settings::StartupSets,
 }
 
 /// The proxy's lifecycle, shared by every generation.
@@ -206,6 +208,7 @@ impl Shared {
             tls,
             backend_tls,
             stats,
+            startup_sets: Default::default(),
         }
     }
 

@@ -166,10 +166,14 @@ impl<S: Stream> Conn<S> {
         self.drain().await
     }
 
-    /// Releases the input buffer's memory when it holds nothing (an idle peer keeps none).
+    /// Releases the buffers' memory when they hold nothing (an idle peer keeps none): the
+    /// input, and the output once all of it was written and flushed.
     pub fn shrink_idle(&mut self) {
         if self.input.is_empty() && self.input.capacity() > 0 {
             self.input = BytesMut::new();
+        }
+        if !self.has_pending_output() && self.output.capacity() > 0 {
+            self.output = BytesMut::new();
         }
     }
 
@@ -229,6 +233,30 @@ mod tests {
         b.write_all(b"hello").await.unwrap();
         assert_eq!(conn.fill().await.unwrap(), 5);
         assert_eq!(&conn.input[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn shrink_idle_gives_back_the_output_buffer_once_written() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(a, BytesMut::new());
+        conn.output.reserve(256);
+        conn.output.extend_from_slice(b"queued");
+        conn.shrink_idle();
+        assert_eq!(&conn.output[..], b"queued", "what is not written yet stays");
+        conn.drain().await.unwrap();
+        assert!(
+            conn.output.capacity() > 0,
+            "written, the buffer is still there"
+        );
+        conn.shrink_idle();
+        assert_eq!(
+            conn.output.capacity(),
+            0,
+            "an idle connection holds no output buffer"
+        );
+        let mut got = [0u8; 6];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"queued");
     }
 
     #[tokio::test]

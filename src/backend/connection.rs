@@ -415,7 +415,7 @@ impl ServerConnection {
         &mut self,
         wanted: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
-        if !self.settings_unknown && &self.applied == wanted {
+        if self.has_settings(wanted) {
             return Ok(());
         }
         let nothing = BTreeMap::new();
@@ -432,6 +432,12 @@ impl ServerConnection {
         self.applied = wanted.clone();
         self.settings_unknown = false;
         Ok(())
+    }
+
+    /// Whether the connection is known to have exactly `wanted` ([`Self::apply_settings`] then
+    /// has nothing to do).
+    pub fn has_settings(&self, wanted: &BTreeMap<String, String>) -> bool {
+        !self.settings_unknown && &self.applied == wanted
     }
 
     /// What a client's session was read to hold after it changed it: the settings (with role

@@ -209,10 +209,9 @@ impl<M: Manager> Pool<M> {
         let (conn, created) = match self.take_idle() {
             Some(idle) => (idle.conn, idle.created),
             None => {
-                let conn = self
-                    .inner
-                    .manager
-                    .connect()
+                // Boxed: a connect is rare and its future large; inline, every checkout's
+                // future (held by each waiting client) would be as large.
+                let conn = Box::pin(self.inner.manager.connect())
                     .await
                     .map_err(PoolError::Connect)?;
                 (conn, Instant::now())

@@ -84,7 +84,7 @@ impl<S: Stream> Session<S> {
         if self.schema.changed && self.tx.is_outside() {
             self.schema.changed = false;
             let seen = self.shared.column_rounds();
-            self.shared.relearn_columns_after(seen).await;
+            Box::pin(self.shared.relearn_columns_after(seen)).await;
         }
     }
 
@@ -102,7 +102,7 @@ impl<S: Stream> Session<S> {
 
     /// Learns the column order for a statement that lacks it; the frame is then routed again.
     pub(super) async fn learn_columns_for_statement(&mut self) {
-        self.shared.relearn_columns_unless_recent().await;
+        Box::pin(self.shared.relearn_columns_unless_recent()).await;
         self.schema.waited = true;
     }
 

@@ -72,14 +72,19 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
     let _count = ClientCount::new(&shared.clients);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
-    let login = tokio::time::timeout(limit, handshake(&mut stream, &mut buf, &shared))
-        .await
-        .unwrap_or(Err(SessionError::StartupTimeout));
+    // Boxed, as everything below that is large and short-lived or cold: the task's own future
+    // stays small, and it is what an idle client costs (see `tests/footprint.rs`).
+    let login = Box::pin(tokio::time::timeout(
+        limit,
+        handshake(&mut stream, &mut buf, &shared),
+    ))
+    .await
+    .unwrap_or(Err(SessionError::StartupTimeout));
     let (user, settings, admission) = match login {
         Ok(Some(Login::Client(user, settings, admission))) => (user, settings, admission),
         Ok(Some(Login::Console(login))) => {
             let login = crate::admin::Login { addr, ..login };
-            return crate::admin::serve(Conn::new(stream, buf), shared, login).await;
+            return Box::pin(crate::admin::serve(Conn::new(stream, buf), shared, login)).await;
         }
         Ok(None) => return,
         Err(e) => {
@@ -87,24 +92,30 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
                 shared.metrics.error(ClientError::from(&e).code.as_str());
             }
             let mut client = Conn::new(stream, buf);
-            io::send_fatal(&mut client, &e).await;
+            Box::pin(io::send_fatal(&mut client, &e)).await;
             return;
         }
     };
-    let mut session = Session::new(Conn::new(stream, buf), shared, user, settings, addr);
+    let mut session = Box::new(Session::new(
+        Conn::new(stream, buf),
+        shared,
+        user,
+        settings,
+        addr,
+    ));
     session.admission = admission;
     session.presence = presence;
     let entry = session.meter.client.entry.clone();
     let served = entry.until_killed(session.serve()).await;
     if let Err(e) = served.unwrap_or(Err(SessionError::Killed)) {
         tracing::debug!("session ended: {e}");
-        session.send_fatal(&e).await;
+        Box::pin(session.send_fatal(&e)).await;
     }
 }
 
 /// Who logged in: a client of the served database, or of the admin console.
 enum Login {
-    Client(String, Settings, admission::UserAdmission),
+    Client(String, Arc<Settings>, admission::UserAdmission),
     Console(crate::admin::Login),
 }
 
@@ -136,6 +147,7 @@ async fn handshake<S: Stream>(
         return Err(SessionError::LoginsDisabled);
     }
     let admission = admission::admit(shared, &login.user)?;
+    let settings = shared.startup_sets.share(settings);
     Ok(Some(Login::Client(login.user, settings, admission)))
 }
 
@@ -245,7 +257,7 @@ impl<S: Stream> Session<S> {
         client: Conn<S>,
         shared: Arc<Shared>,
         user: String,
-        settings: Settings,
+        settings: Arc<Settings>,
         addr: Option<std::net::SocketAddr>,
     ) -> Self {
         let cancel = shared.cancel.register();
@@ -306,7 +318,7 @@ impl<S: Stream> Session<S> {
             .cloned();
         let pool =
             pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
-        self.checkout(pool, default_shard).await?;
+        Box::pin(self.checkout(pool, default_shard)).await?;
         self.held = Some(HeldServer {
             shard: default_shard,
             primary: true,
@@ -319,6 +331,8 @@ impl<S: Stream> Session<S> {
         let (process_id, secret_key) = self.cancel.key;
         build::backend_key_data(&mut self.client.output, process_id, secret_key);
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
+        // Written now, so that a client idle from its login on keeps no output buffer.
+        self.write_client()?;
         // Requests the client wrote with its StartupMessage were read with it: handle them
         // first, as no read will announce them.
         let mut read_with_startup = !self.client.input.is_empty();
@@ -342,12 +356,12 @@ impl<S: Stream> Session<S> {
                 io::Event::ClientData | io::Event::Resume => self.on_client_data().await?,
                 io::Event::ServerData => {
                     if let Err(e) = self.on_server_data() {
-                        self.recover_server(e).await?;
+                        Box::pin(self.recover_server(e)).await?;
                     }
                     Flow::Continue
                 }
                 io::Event::ServerFailed(e) => {
-                    self.recover_server(e).await?;
+                    Box::pin(self.recover_server(e)).await?;
                     Flow::Continue
                 }
                 io::Event::Wrote => Flow::Continue,
@@ -356,7 +370,7 @@ impl<S: Stream> Session<S> {
                 return Ok(());
             }
             if let Err(e) = self.write_server() {
-                self.recover_server(e).await?;
+                Box::pin(self.recover_server(e)).await?;
             }
             self.write_client()?;
         }
@@ -404,7 +418,10 @@ impl<S: Stream> Session<S> {
                 SessionError::Backend(BackendError::Protocol("pool closed".into()))
             }
         })?;
-        conn.apply_settings(self.state.wanted()).await?;
+        if !conn.has_settings(self.state.wanted()) {
+            // Boxed: only a connection left with other settings pays for the round trip's future.
+            Box::pin(conn.apply_settings(self.state.wanted())).await?;
+        }
         if self.effects.changes {
             conn.mark_settings_unknown();
         }

@@ -52,7 +52,7 @@ impl<S: Stream> Session<S> {
     /// server connection held now is released (it goes elsewhere and no transaction pins it).
     pub(super) async fn dispatch(&mut self, frame: Frame) -> Result<Option<Frame>, SessionError> {
         let frame = if self.proto.bound.is_some() {
-            match self.continue_bound(frame).await {
+            match Box::pin(self.continue_bound(frame)).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(None),
                 Err(SessionError::ClientIo(e)) => return Err(SessionError::ClientIo(e)),
@@ -163,11 +163,12 @@ impl<S: Stream> Session<S> {
             Execution::FanOut(plan) if !simple => self
                 .begin_bound_fan_out(&frame, FanOut::from(plan))
                 .map(|()| None),
-            Execution::FanOut(plan) => self
-                .fan_out(&frame, FanOut::from(plan))
+            // Cross-shard work and COPY: large futures, boxed so that the single-shard path
+            // (and an idle client's session) does not carry their size.
+            Execution::FanOut(plan) => Box::pin(self.fan_out(&frame, FanOut::from(plan)))
                 .await
                 .map(|()| None),
-            Execution::CopyIn(copy) => self.copy(frame, CopyJob::In(copy), simple).await,
+            Execution::CopyIn(copy) => Box::pin(self.copy(frame, CopyJob::In(copy), simple)).await,
             Execution::CopyOut {
                 shards,
                 target,
@@ -178,7 +179,7 @@ impl<S: Stream> Session<S> {
                     target,
                     header,
                 };
-                self.copy(frame, job, simple).await
+                Box::pin(self.copy(frame, job, simple)).await
             }
             Execution::Scatter {
                 shards,
@@ -194,8 +195,7 @@ impl<S: Stream> Session<S> {
                 shards,
                 target,
                 how,
-            } => self
-                .scatter(&frame, &shards, target, &how)
+            } => Box::pin(self.scatter(&frame, &shards, target, &how))
                 .await
                 .map(|()| None),
         };

@@ -3,6 +3,7 @@
 //! these before the client's statements run.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use super::error::{SessionError, Unsupported};
 
@@ -22,6 +23,34 @@ pub const FOLLOWED_REPORTS: &[&str] = &[
 
 /// The settings a client asked for, by [`canonical`] name.
 pub type Settings = BTreeMap<String, String>;
+
+/// Startup settings shared by the clients that asked for the same ones (the clients of one
+/// application mostly do): each of them holds a pointer, not a map of its own. At most
+/// [`SHARED_STARTUP_SETS`] distinct sets are kept; a client with another set keeps its own.
+#[derive(Debug, Default)]
+pub struct StartupSets(Mutex<Vec<Arc<Settings>>>);
+
+/// Distinct startup settings [`StartupSets`] shares at most.
+pub const SHARED_STARTUP_SETS: usize = 64;
+
+impl StartupSets {
+    /// The shared copy of `settings` (made shared now if there is room).
+    pub fn share(&self, settings: Settings) -> Arc<Settings> {
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = sets.iter().find(|s| ***s == settings) {
+            return shared.clone();
+        }
+        if sets.len() >= SHARED_STARTUP_SETS {
+            // Sets no client holds any more make room.
+            sets.retain(|s| Arc::strong_count(s) > 1);
+        }
+        let settings = Arc::new(settings);
+        if sets.len() < SHARED_STARTUP_SETS {
+            sets.push(settings.clone());
+        }
+        settings
+    }
+}
 
 /// Derives the wanted settings from the startup parameters.
 pub fn from_startup(params: &[(String, String)]) -> Result<Settings, SessionError> {

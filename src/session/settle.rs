@@ -18,7 +18,7 @@ impl<S: Stream> Session<S> {
     /// client's transaction mode allows it.
     pub(super) async fn at_quiet_point(&mut self) -> Result<(), SessionError> {
         if let Some(capture) = self.settle_due() {
-            self.settle(capture).await?;
+            Box::pin(self.settle(capture)).await?;
         }
         self.release_if_done();
         self.between_transactions()

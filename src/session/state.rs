@@ -6,6 +6,7 @@
 //! that may have changed it (one round trip, only then); never guesses a setting's value.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::settings::{self, Settings};
 use crate::backend::catalog::quote_literal;
@@ -57,10 +58,12 @@ pub type PinReason = String;
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct SessionState {
-    /// What the client's StartupMessage asked for: where `RESET` and `DISCARD ALL` go back to.
-    startup: Settings,
-    /// What every server connection serving the client must have (lower-case names).
-    wanted: Settings,
+    /// What the client's StartupMessage asked for: where `RESET` and `DISCARD ALL` go back to
+    /// (shared with the clients that asked for the same, [`settings::StartupSets`]).
+    startup: Arc<Settings>,
+    /// What every server connection serving the client must have (lower-case names): the
+    /// startup map itself until something changes it (copied on write).
+    wanted: Arc<Settings>,
     /// Names of placeholder (dotted, extension or application) settings the client set: the
     /// server lists them nowhere, so they are asked for by name.
     custom: BTreeSet<String>,
@@ -96,7 +99,8 @@ enum Dirty {
 const PIN_ROW: &str = "";
 
 impl SessionState {
-    pub fn new(startup: Settings) -> SessionState {
+    pub fn new(startup: impl Into<Arc<Settings>>) -> SessionState {
+        let startup = startup.into();
         let custom = startup
             .keys()
             .filter(|n| n.contains('.'))
@@ -119,7 +123,7 @@ impl SessionState {
 
     /// A setting the server reported changed (ParameterStatus) follows the client at once.
     pub fn follow_report(&mut self, name: &str, value: String) {
-        self.wanted.insert(settings::canonical(name), value);
+        Arc::make_mut(&mut self.wanted).insert(settings::canonical(name), value);
     }
 
     /// A request may have changed the server session: its role or state that pins (`settings`
@@ -263,7 +267,7 @@ impl SessionState {
         };
         if !found.complete {
             // Only part was read: the rest stays as the client wanted it.
-            found.settings = self.wanted.clone();
+            found.settings = Settings::clone(&self.wanted);
             found.settings.retain(|name, _| {
                 !["role", "session_authorization"].contains(&name.as_str())
                     && !self.custom.contains(name)
@@ -291,7 +295,7 @@ impl SessionState {
     pub fn settled(&mut self, found: Option<Found>) {
         self.restore = false;
         if let Some(found) = found {
-            self.wanted = found.settings;
+            self.wanted = Arc::new(found.settings);
             self.pinned = found.pinned;
             self.dirty = Dirty::Clean;
         }

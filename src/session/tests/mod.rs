@@ -11,6 +11,7 @@ mod cancel;
 mod copy;
 mod extended;
 mod flush;
+mod footprint;
 mod login;
 mod prepared;
 mod protocol_errors;

@@ -1,0 +1,68 @@
+//! What an idle client costs: the sizes of the session task's future, of the `serve` future a
+//! logged-in session is parked in, and of the [`Session`] itself, bounded so that a change that
+//! inlines a large state into them fails here (sizes, not timings).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::config::Config;
+use crate::session::settings::Settings;
+use crate::session::Session;
+use crate::shared::Shared;
+use crate::transport::Conn;
+
+fn shared() -> Arc<Shared> {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\ndatabase = \"app\"\n\n\
+                [[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+                [[shards]]\nname = \"s0\"\nprimary = \"127.0.0.1:1\"\n";
+    Arc::new(Shared::new(
+        Config::from_toml_str(text).expect("a valid config"),
+    ))
+}
+
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (a.unwrap(), b.unwrap().0)
+}
+
+/// Bounds with some room above today's sizes (a debug build's; a release build's are smaller):
+/// the task's future holds the session task's locals and pointers to the boxed session and to
+/// its `serve` future; `serve` holds the single-shard path only (cross-shard work, COPY, server
+/// connects, settle queries and recovery are boxed where they start).
+const TASK_MAX: usize = 640;
+const SERVE_MAX: usize = 1600;
+const SESSION_MAX: usize = 1280;
+
+#[tokio::test]
+async fn an_idle_session_holds_small_futures() {
+    let shared = shared();
+    let (_peer, stream) = tcp_pair().await;
+    let task = crate::session::run_with_presence(stream, shared.clone(), Arc::default());
+    let task_size = std::mem::size_of_val(&task);
+    drop(task);
+    let (_peer, stream) = tcp_pair().await;
+    let mut session = Session::new(
+        Conn::new(crate::tls::MaybeTls::Plain(stream), BytesMut::new()),
+        shared,
+        "app".into(),
+        Arc::new(Settings::new()),
+        None,
+    );
+    let session_size = std::mem::size_of_val(&session);
+    let serve_size = std::mem::size_of_val(&session.serve());
+    eprintln!(
+        "session task future {task_size} B, Session {session_size} B, serve future {serve_size} B"
+    );
+    assert!(
+        task_size <= TASK_MAX,
+        "the session task's future is {task_size} B"
+    );
+    assert!(
+        serve_size <= SERVE_MAX,
+        "the serve future is {serve_size} B"
+    );
+    assert!(session_size <= SESSION_MAX, "a Session is {session_size} B");
+}
