@@ -18,7 +18,9 @@
 #        METRICS (1: the pgshard target serves [metrics] on a free port, so its numbers include
 #        recording the metrics; 0 by default),
 #        CONNECT (1: also `pgbench -S -C -c 16`, a new connection and SCRAM login per
-#        transaction, against every target; 0 skips it).
+#        transaction, against every target; 0 skips it),
+#        PGSHARD_SERVER_TOML (lines added to the [server] section of the pgshard target only,
+#        not the baseline's, e.g. 'runtime = "multi-thread"').
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -36,6 +38,7 @@ SYSCALLS=${SYSCALLS:-1}
 BASELINE_BIN=${BASELINE_BIN:-}
 METRICS=${METRICS:-0}
 CONNECT=${CONNECT:-1}
+PGSHARD_SERVER_TOML=${PGSHARD_SERVER_TOML:-}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
@@ -123,7 +126,7 @@ fi
 
 free_port BOUNCER_PORT
 free_port SHARD_PORT
-start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE"
+start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE" "$ONE_SHARD" "$PGSHARD" "$PGSHARD_SERVER_TOML"
 MAIN_SHARD_PID=$PGSHARD_PID
 start_pgbouncer
 log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard :$SHARD_PORT (pid $MAIN_SHARD_PID)"
@@ -247,7 +250,7 @@ fi
 
 # The prepared-statement bar: 50 clients, -M prepared, through a pool of 2 server connections.
 free_port SMALL_PORT
-start_pgshard pgshard-pool2 "$SMALL_PORT" 2
+start_pgshard pgshard-pool2 "$SMALL_PORT" 2 "$ONE_SHARD" "$PGSHARD" "$PGSHARD_SERVER_TOML"
 SMALL_PID=$PGSHARD_PID
 run_pgbench pgshard "$SMALL_PORT" "$SMALL_PID" 50 prepared "pool2#1"
 REPEAT=1 pick_median pool2
@@ -268,7 +271,7 @@ VERIFY_ROWS=()
 VERIFY_BAD=0
 if [[ $ROUTING -eq 1 ]]; then
     free_port ROUTE_PORT
-    start_pgshard pgshard-routing "$ROUTE_PORT" "$POOL_SIZE" "$TWO_SHARDS"
+    start_pgshard pgshard-routing "$ROUTE_PORT" "$POOL_SIZE" "$TWO_SHARDS" "$PGSHARD" "$PGSHARD_SERVER_TOML"
     ROUTE_PID=$PGSHARD_PID
     log "routing: pgshard with two shards :$ROUTE_PORT (pid $ROUTE_PID) vs one shard :$SHARD_PORT"
     for proto in "${PROTOCOLS[@]}"; do
@@ -372,7 +375,7 @@ idle_test() {
 
 if [[ $IDLE -eq 1 ]]; then
     free_port IDLE_PORT
-    start_pgshard pgshard-idle "$IDLE_PORT" "$POOL_SIZE"
+    start_pgshard pgshard-idle "$IDLE_PORT" "$POOL_SIZE" "$ONE_SHARD" "$PGSHARD" "$PGSHARD_SERVER_TOML"
     IDLE_SHARD_PID=$PGSHARD_PID
     idle_test pgshard "$IDLE_PORT" "$IDLE_SHARD_PID"
     stop_pid "$IDLE_SHARD_PID"

@@ -1,6 +1,7 @@
 //! The accept loop: takes client sockets and hands each to a [`crate::session`] task with the
-//! current generation of [`Shared`] handles; carries out [`Command`]s (reload: a new generation
-//! built from the re-read file; shutdown: graceful or at once). Holds no protocol logic itself.
+//! current generation of [`Shared`] handles (on this runtime, or in turn on each per-core
+//! worker's); carries out [`Command`]s (reload: a new generation built from the re-read file;
+//! shutdown: graceful or at once). Holds no protocol logic itself.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
@@ -26,6 +28,28 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
+/// Binds the client listener at `listen` (`host:port`; the first address it resolves to) with
+/// room for `backlog` connections waiting to be accepted (tokio's own `bind` leaves 1024).
+pub async fn bind(listen: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the address resolves to nothing",
+            )
+        })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves clients on `listener` until `shutdown` resolves; then closes every client session.
 /// (No config file to reload from: a reload request is refused.)
 pub async fn run(
@@ -34,25 +58,38 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (control, commands) = Control::channel();
-    serve(config, None, listener, (control, commands), shutdown).await
+    serve(
+        config,
+        None,
+        listener,
+        (control, commands),
+        shutdown,
+        Vec::new(),
+    )
+    .await
 }
 
 /// Serves clients on `listener`, reloading `config_path` and shutting down as `commands` ask
 /// (signals, the admin console: any holder of the [`Control`]), or closing everything at once
-/// when `stop_now` resolves.
+/// when `stop_now` resolves. With `workers` (per-core runtimes), each session runs on one of
+/// them in turn, else on this runtime.
 pub async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     listener: TcpListener,
     (control, mut commands): (Arc<Control>, UnboundedReceiver<Command>),
     stop_now: impl Future<Output = ()> + Send,
+    workers: Vec<Handle>,
 ) -> Result<(), ServerError> {
     let mut current = Arc::new(Shared::serving(config, control));
     learn(&current);
     let metrics = crate::metrics::bind(&current)
         .await?
         .map(|listener| tokio::spawn(crate::metrics::serve(listener, current.clone())));
-    let mut sessions = Sessions::default();
+    let mut sessions = Sessions {
+        workers,
+        ..Sessions::default()
+    };
     tokio::pin!(stop_now);
     let graceful = loop {
         tokio::select! {
@@ -101,21 +138,41 @@ pub async fn serve(
     Ok(())
 }
 
-/// The open sessions, their presence flags and how to abort each.
+/// The open sessions, their presence flags and how to abort each; the per-core runtimes they
+/// are spread over (none: this runtime).
 #[derive(Default)]
 struct Sessions {
     set: JoinSet<()>,
     open: HashMap<Id, (Arc<Presence>, AbortHandle)>,
+    workers: Vec<Handle>,
+    next: usize,
 }
 
 impl Sessions {
-    fn spawn(&mut self, stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    fn spawn(&mut self, stream: TcpStream, shared: Arc<Shared>) {
         let presence = Arc::new(Presence::default());
-        let task = self.set.spawn(crate::session::run_with_presence(
-            stream,
-            shared,
-            presence.clone(),
-        ));
+        let task = if self.workers.is_empty() {
+            let session = crate::session::run_with_presence(stream, shared, presence.clone());
+            self.set.spawn(session)
+        } else {
+            // The socket moves to the worker's own reactor, so that its readiness wakes that
+            // thread and no other.
+            let worker = &self.workers[self.next % self.workers.len()];
+            self.next = self.next.wrapping_add(1);
+            let Ok(socket) = stream.into_std() else {
+                return;
+            };
+            let flag = presence.clone();
+            self.set.spawn_on(
+                async move {
+                    match TcpStream::from_std(socket) {
+                        Ok(stream) => crate::session::run_with_presence(stream, shared, flag).await,
+                        Err(e) => tracing::warn!("cannot serve an accepted client: {e}"),
+                    }
+                },
+                worker,
+            )
+        };
         self.open.insert(task.id(), (presence, task));
     }
 

@@ -96,6 +96,10 @@ pub struct ServerConfig {
     /// Time a client has to finish startup and authentication.
     #[serde(default = "default_startup_timeout_ms")]
     pub startup_timeout_ms: u64,
+    /// Connections the kernel queues for the listener before pgshard accepts them (capped by
+    /// the kernel's `net.core.somaxconn`): room for a storm of clients connecting at once.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
     /// Transaction mode: what to do with statements that leave state in the server session
     /// (temporary objects, cursors WITH HOLD, SQL PREPARE, LISTEN, session advisory locks).
     #[serde(default)]
@@ -113,6 +117,21 @@ pub struct ServerConfig {
     /// Whether clients may or must use TLS; see [`ServerConfig::effective_tls_mode`].
     #[serde(default)]
     pub tls_mode: Option<ClientTlsMode>,
+    /// How sessions are spread over threads: see [`RuntimeKind`].
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+}
+
+/// `server.runtime`: the threads sessions run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// One tokio runtime whose worker threads share every session (work stealing).
+    #[default]
+    MultiThread,
+    /// One single-threaded runtime per worker thread: each session runs on one thread from
+    /// accept to close, with the server connections it opens (the pool prefers those).
+    PerCore,
 }
 
 impl ServerConfig {
@@ -315,6 +334,9 @@ fn default_max_client_connections() -> usize {
 }
 fn default_max_message_bytes() -> usize {
     64 * 1024 * 1024
+}
+fn default_listen_backlog() -> u32 {
+    4096
 }
 fn default_startup_timeout_ms() -> u64 {
     15_000

@@ -19,8 +19,14 @@ impl Config {
         if self.server.listen != running.server.listen {
             return Err(restart("server.listen"));
         }
+        if self.server.listen_backlog != running.server.listen_backlog {
+            return Err(restart("server.listen_backlog"));
+        }
         if self.server.pool_mode != running.server.pool_mode {
             return Err(restart("server.pool_mode"));
+        }
+        if self.server.runtime != running.server.runtime {
+            return Err(restart("server.runtime"));
         }
         if self.sharding != running.sharding {
             return Err(restart("sharding"));

@@ -104,6 +104,7 @@ impl Config {
             server.max_client_connections,
         )?;
         at_least_one("server.startup_timeout_ms", server.startup_timeout_ms)?;
+        at_least_one("server.listen_backlog", u64::from(server.listen_backlog))?;
         self.validate_tls()
     }
 

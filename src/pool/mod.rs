@@ -10,6 +10,7 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -57,6 +58,10 @@ pub struct PoolOptions {
     pub max_lifetime: Duration,
     /// Longest a [`Manager::reset`] may take before the connection is discarded.
     pub reset_timeout: Duration,
+    /// Checkouts prefer an idle connection opened on their own thread (threads that each run
+    /// their own event loop: its socket then wakes no other thread). Which waiter gets a
+    /// connection stays first come, first served; only which idle one it gets changes.
+    pub prefer_own_thread: bool,
 }
 
 /// Why a checkout failed.
@@ -70,10 +75,14 @@ pub enum PoolError<E: std::error::Error + 'static> {
     Closed,
 }
 
+/// Connections are boxed once, when opened: a checkout moves a pointer, and the session holding
+/// one (or waiting for one) stays small.
 struct Idle<C> {
-    conn: C,
+    conn: Box<C>,
     created: Instant,
     last_used: Instant,
+    /// The thread that opened it.
+    home: ThreadId,
 }
 
 struct Inner<M: Manager> {
@@ -206,20 +215,21 @@ impl<M: Manager> Pool<M> {
         &self,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let (conn, created) = match self.take_idle() {
-            Some(idle) => (idle.conn, idle.created),
+        let (conn, created, home) = match self.take_idle() {
+            Some(idle) => (idle.conn, idle.created, idle.home),
             None => {
                 // Boxed: a connect is rare and its future large; inline, every checkout's
                 // future (held by each waiting client) would be as large.
                 let conn = Box::pin(self.inner.manager.connect())
                     .await
                     .map_err(PoolError::Connect)?;
-                (conn, Instant::now())
+                (Box::new(conn), Instant::now(), std::thread::current().id())
             }
         };
         Ok(Pooled {
             conn: Some(conn),
             created,
+            home,
             permit: Some(permit),
             pool: self.inner.clone(),
         })
@@ -235,11 +245,23 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
+    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`
+    /// (with `prefer_own_thread`, one opened on this thread if any, the last such in the list).
     fn take_idle(&self) -> Option<Idle<M::Connection>> {
-        let max_lifetime = self.inner.options.load().max_lifetime;
+        let options = self.inner.options.load();
+        let max_lifetime = options.max_lifetime;
+        let here = options
+            .prefer_own_thread
+            .then(|| std::thread::current().id());
         loop {
-            let mut entry = lock(&self.inner.idle).pop()?;
+            let mut entry = {
+                let mut idle = lock(&self.inner.idle);
+                match here.and_then(|here| idle.iter().rposition(|e| e.home == here)) {
+                    // The last one moves into its place: no shifting of the rest.
+                    Some(at) => idle.swap_remove(at),
+                    None => idle.pop()?,
+                }
+            };
             if entry.created.elapsed() < max_lifetime
                 && self.inner.manager.is_alive(&mut entry.conn)
             {
@@ -256,8 +278,9 @@ impl<M: Manager> Pool<M> {
 
 /// A checked-out connection; goes back to the pool (reset if needed) when dropped.
 pub struct Pooled<M: Manager> {
-    conn: Option<M::Connection>,
+    conn: Option<Box<M::Connection>>,
     created: Instant,
+    home: ThreadId,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner<M>>,
 }
@@ -278,14 +301,16 @@ impl<M: Manager> Deref for Pooled<M> {
     type Target = M::Connection;
     fn deref(&self) -> &M::Connection {
         // Infallible: `conn` is only taken in `drop` and `discard`, which consume the guard.
-        self.conn.as_ref().expect("connection present until drop")
+        self.conn.as_deref().expect("connection present until drop")
     }
 }
 
 impl<M: Manager> DerefMut for Pooled<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
         // Infallible: see `deref`.
-        self.conn.as_mut().expect("connection present until drop")
+        self.conn
+            .as_deref_mut()
+            .expect("connection present until drop")
     }
 }
 
@@ -295,9 +320,9 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         };
         let pool = self.pool.clone();
-        let created = self.created;
+        let (created, home) = (self.created, self.home);
         match pool.manager.returned(&conn) {
-            Returned::Clean => give_back(&pool, conn, created, permit),
+            Returned::Clean => give_back(&pool, conn, created, home, permit),
             Returned::Broken => close(&pool, permit),
             Returned::NeedsReset => {
                 // The permit travels with the reset, so the pool never exceeds its size.
@@ -305,7 +330,7 @@ impl<M: Manager> Drop for Pooled<M> {
                     let reset = pool.manager.reset(&mut conn);
                     let limit = pool.options.load().reset_timeout;
                     if let Ok(Ok(())) = tokio::time::timeout(limit, reset).await {
-                        give_back(&pool, conn, created, permit);
+                        give_back(&pool, conn, created, home, permit);
                     } else {
                         close(&pool, permit);
                     }
@@ -318,20 +343,23 @@ impl<M: Manager> Drop for Pooled<M> {
 /// Puts a clean connection on the idle list, then frees its permit for the next waiter.
 fn give_back<M: Manager>(
     pool: &Inner<M>,
-    conn: M::Connection,
+    conn: Box<M::Connection>,
     created: Instant,
+    home: ThreadId,
     permit: OwnedSemaphorePermit,
 ) {
     if pay_shrink_debt(pool) {
         permit.forget();
         return;
     }
-    if created.elapsed() < pool.options.load().max_lifetime {
-        let now = Instant::now();
+    // One clock reading for both.
+    let now = Instant::now();
+    if now.saturating_duration_since(created) < pool.options.load().max_lifetime {
         lock(&pool.idle).push(Idle {
             conn,
             created,
             last_used: now,
+            home,
         });
     }
     drop(permit);
@@ -404,7 +432,10 @@ async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
                 break;
             };
             match pool.manager.connect().await {
-                Ok(conn) => give_back(&pool, conn, Instant::now(), permit),
+                Ok(conn) => {
+                    let home = std::thread::current().id();
+                    give_back(&pool, Box::new(conn), Instant::now(), home, permit)
+                }
                 Err(_) => break,
             }
         }
