@@ -145,10 +145,9 @@ const RUNS_CODE: &[&str] = &["do", "call", "execute"];
 /// See the module doc. `volatility` names the built-in functions known to be harmless.
 pub fn may_change_session(sql: &str, volatility: &Volatility) -> bool {
     if let Some(first) = lone_statement_without_calls(sql) {
-        // The common case, checked without lexing: one statement, no parenthesis anywhere.
-        if !contains_ignore_case(sql.as_bytes(), b"temp") {
-            return is_one_of(first, RUNS_CODE);
-        }
+        // The common case, checked without lexing: one statement, no parenthesis and no `temp`
+        // anywhere.
+        return is_one_of(first, RUNS_CODE);
     }
     let mut previous: Option<Token<'_>> = None;
     let mut statement_start = true;
@@ -187,6 +186,12 @@ pub struct TextEffects {
 
 /// See [`TextEffects`].
 pub fn text_effects(sql: &str, volatility: &Volatility) -> TextEffects {
+    if let Some(first) = lone_statement_without_calls(sql) {
+        // The common case (a plain SELECT, INSERT, ...): its first word says all.
+        if !is_one_of(first, &["set", "reset"]) && !is_one_of(first, RUNS_CODE) {
+            return TextEffects::default();
+        }
+    }
     let changes = may_change_session(sql, volatility);
     let mut lexer = tokens(sql);
     let first = match lexer.next() {
@@ -219,14 +224,21 @@ fn lone_statement<'a>(rest: impl Iterator<Item = Token<'a>>) -> bool {
 }
 
 /// The first word of `sql` when it is one statement (at most a trailing `;`) with no `(`, no
-/// comment and no quoted text anywhere: nothing in it can call a function. `None` otherwise.
+/// comment, no quoted text and no `temp` anywhere: nothing in it can call a function or make a
+/// temporary object. `None` otherwise. One pass over the bytes, one table lookup each.
 fn lone_statement_without_calls(sql: &str) -> Option<&str> {
     let body = sql.trim_end().trim_end_matches(';');
-    let plain = !body
-        .bytes()
-        .any(|b| matches!(b, b'(' | b';' | b'-' | b'/' | b'"' | b'$' | b'\''));
-    if !plain {
-        return None;
+    let bytes = body.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match FAST_PATH[usize::from(b)] {
+            Byte::Plain => {}
+            Byte::Ends => return None,
+            Byte::T => {
+                if bytes.len() - i >= 4 && bytes[i + 1..i + 4].eq_ignore_ascii_case(b"emp") {
+                    return None;
+                }
+            }
+        }
     }
     let body = body.trim_start();
     let end = body
@@ -234,6 +246,29 @@ fn lone_statement_without_calls(sql: &str) -> Option<&str> {
         .unwrap_or(body.len());
     Some(&body[..end])
 }
+
+/// What a byte means to [`lone_statement_without_calls`].
+#[derive(Clone, Copy)]
+enum Byte {
+    Plain,
+    /// It may open a call, a comment, quoted text or a next statement.
+    Ends,
+    /// `t` or `T`: perhaps `temp`.
+    T,
+}
+
+static FAST_PATH: [Byte; 256] = {
+    let mut table = [Byte::Plain; 256];
+    let ends = b"(;-/\"$'";
+    let mut i = 0;
+    while i < ends.len() {
+        table[ends[i] as usize] = Byte::Ends;
+        i += 1;
+    }
+    table[b't' as usize] = Byte::T;
+    table[b'T' as usize] = Byte::T;
+    table
+};
 
 /// Whether `word(` is a call of a function that may change session state.
 fn is_call(word: &str, previous: Option<Token<'_>>, volatility: &Volatility) -> bool {
