@@ -353,7 +353,11 @@ impl<S: Stream> Session<S> {
             let flow = match event {
                 io::Event::ClientClosed => Flow::Exit,
                 io::Event::ClientData if self.proto.stalled.is_some() => Flow::Continue,
-                io::Event::ClientData | io::Event::Resume => self.on_client_data().await?,
+                // Boxed: an idle client's parked `serve` then holds no room for the work a
+                // request does (one allocation per burst of client data, freed when done).
+                io::Event::ClientData | io::Event::Resume => {
+                    Box::pin(self.on_client_data()).await?
+                }
                 io::Event::ServerData => {
                     if let Err(e) = self.on_server_data() {
                         Box::pin(self.recover_server(e)).await?;
