@@ -41,7 +41,24 @@ impl Config {
         self.validate_pool()?;
         self.validate_shards()?;
         self.try_shard_map()?;
+        self.validate_catalog()?;
         self.validate_sharding()
+    }
+
+    fn validate_catalog(&self) -> Result<(), ConfigError> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(());
+        };
+        at_least_one("catalog.poll_interval_ms", catalog.poll_interval_ms)?;
+        if let Some(url) = &catalog.url {
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                invalid(
+                    "catalog.url",
+                    format!("is not a connection string libpq would accept: {e}"),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The shard map the `[[shards]]` entries describe.
