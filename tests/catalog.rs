@@ -270,6 +270,28 @@ async fn a_reload_keeps_the_live_map() {
         .unwrap();
     tokio::spawn(connection);
     assert_eq!(routed_to(&fresh, key).await, "s1");
+
+    // With a catalog the file's slots are only the initial assignment: editing them reloads,
+    // and the live map still routes.
+    let edited = text
+        .replacen("size = 4", "size = 5", 1)
+        .replacen("\"0-2047\"", "\"0-1023\"", 1)
+        .replacen("\"2048-4095\"", "\"1024-4095\"", 1);
+    std::fs::write(&path, edited).unwrap();
+    control
+        .request_reload()
+        .await
+        .expect("a reload with other slots");
+    assert_eq!(routed_to(&fresh, key).await, "s1");
+    let other = (7_300_000..)
+        .find(|&k| (1024..=2047).contains(&KeyValue::Int(k).slot()) && k != key)
+        .unwrap();
+    mark_both_shards(other).await;
+    assert_eq!(
+        routed_to(&fresh, other).await,
+        "s0",
+        "the file's new slots do not route"
+    );
     control.request_shutdown();
     let _ = server.await;
 }

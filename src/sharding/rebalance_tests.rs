@@ -1,3 +1,5 @@
+//! Tests of the rebalance planner: evenness, the least slots moved, contiguity, draining, rows.
+
 use super::*;
 
 const N: usize = SLOT_COUNT as usize;
