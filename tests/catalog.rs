@@ -194,6 +194,11 @@ async fn two_routers_sharing_a_catalog_follow_a_slot_move() {
     assert_eq!(routed_to(&ca, key).await, "s0");
     assert_eq!(routed_to(&cb, key).await, "s0");
 
+    // A transaction open across the change finishes on the map it started with.
+    let in_flight = a.connect().await;
+    in_flight.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(routed_to(&in_flight, key).await, "s0");
+
     let mut client = catalog_client(&url).await;
     let epoch = catalog::set_owner(&mut client, &[slot], "s1", 1)
         .await
@@ -201,6 +206,9 @@ async fn two_routers_sharing_a_catalog_follow_a_slot_move() {
     assert_eq!(epoch, 2);
     wait_routed(&ca, key, "s1").await;
     wait_routed(&cb, key, "s1").await;
+    assert_eq!(routed_to(&in_flight, key).await, "s0", "mid-transaction");
+    in_flight.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(routed_to(&in_flight, key).await, "s1", "after its commit");
 
     // A change prepared against an old epoch is refused and changes nothing.
     let stale = catalog::set_owner(&mut client, &[slot], "s0", 1).await;
