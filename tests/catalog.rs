@@ -235,6 +235,17 @@ async fn two_routers_sharing_a_catalog_follow_a_slot_move() {
         .unwrap();
     let late = support::start_proxy(&config).await;
     assert_eq!(routed_to(&late.connect().await, key).await, "s1");
+
+    // A change without a notification (one lost, say) is found by polling.
+    client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE pgshard.slots SET shard = 's0' WHERE slot = {slot}; \
+             UPDATE pgshard.map_epoch SET epoch = epoch + 1; COMMIT"
+        ))
+        .await
+        .unwrap();
+    wait_routed(&ca, key, "s0").await;
+    wait_routed(&cb, key, "s0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,8 +384,11 @@ async fn map_show_and_rebalance_plan_read_the_live_map() {
         ],
         "{printed}"
     );
-    let plan: toml::Value = toml::from_str(&std::fs::read_to_string(&plan_path).unwrap())
-        .expect("the plan file is TOML");
+    let plan_text = std::fs::read_to_string(&plan_path).unwrap();
+    let parsed = pgshard::cli::rebalance::PlanFile::parse(&plan_text).expect("a plan file");
+    assert_eq!((parsed.epoch, parsed.moves.len()), (2, 2));
+    assert_eq!(parsed.moves[1].slot_range().unwrap(), 3314..=4095);
+    let plan: toml::Value = toml::from_str(&plan_text).expect("the plan file is TOML");
     assert_eq!(plan["epoch"].as_integer(), Some(2));
     assert_eq!(plan["by"].as_str(), Some("slots"));
     let planned = plan["moves"].as_array().unwrap();

@@ -69,6 +69,7 @@ async fn follow_once(
     });
     let _driver = AbortOnDrop(driver.abort_handle());
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    let mut warned_back = false;
     loop {
         let now = epoch(&client).await?;
         if now > *known_epoch {
@@ -79,7 +80,8 @@ async fn follow_once(
             );
             *known_epoch = live.epoch;
             on_change(live);
-        } else if now < *known_epoch {
+        } else if now < *known_epoch && !warned_back {
+            warned_back = true;
             tracing::warn!(
                 "the catalog's epoch went back from {known_epoch} to {now} (was it recreated?); \
                  keeping the map of epoch {known_epoch}"

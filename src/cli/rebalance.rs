@@ -3,6 +3,7 @@
 //! optionally written to a plan file. Glue only: the planning is `sharding::rebalance`, the
 //! live map comes from `catalog`; this never changes the catalog or a shard.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -157,24 +158,110 @@ fn plan_file(
     names: &[String],
     moves: &[Move],
 ) -> String {
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let shards: Vec<String> = targets.iter().map(|&t| quote(&names[t])).collect();
-    let mut out = format!(
-        "# pgshard rebalance plan; `pgshard rebalance apply` runs the moves in order.\n\
-         version = 1\nepoch = {}\nby = \"{}\"\nshards = [{}]\n",
-        live.epoch,
-        if by == Weigh::Rows { "rows" } else { "slots" },
-        shards.join(", ")
-    );
-    for m in moves {
-        out.push_str(&format!(
-            "\n[[moves]]\nslots = \"{}\"\nfrom = {}\nto = {}\n",
-            catalog::range(&m.slots),
-            quote(&names[m.from]),
-            quote(&names[m.to])
-        ));
+    PlanFile {
+        version: PlanFile::VERSION,
+        epoch: live.epoch,
+        by: if by == Weigh::Rows { "rows" } else { "slots" }.to_string(),
+        shards: targets.iter().map(|&t| names[t].clone()).collect(),
+        moves: moves
+            .iter()
+            .map(|m| PlannedMove {
+                slots: catalog::range(&m.slots),
+                from: names[m.from].clone(),
+                to: names[m.to].clone(),
+            })
+            .collect(),
     }
-    out
+    .to_toml()
+}
+
+/// A plan file, as `rebalance plan --out` writes it and `rebalance apply` is to read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    /// Format of the file: [`PlanFile::VERSION`].
+    pub version: u32,
+    /// Epoch of the live map the plan was made against.
+    pub epoch: u64,
+    /// `slots` or `rows`.
+    pub by: String,
+    /// The shards evened out across.
+    pub shards: Vec<String>,
+    /// The moves, in the order to run them.
+    #[serde(default)]
+    pub moves: Vec<PlannedMove>,
+}
+
+/// One move of a plan file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedMove {
+    /// `A-B` or `A`.
+    pub slots: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl PlanFile {
+    /// The format this version of pgshard writes and reads.
+    pub const VERSION: u32 = 1;
+
+    /// Parses a plan file, checking its version and every move's slots.
+    pub fn parse(text: &str) -> anyhow::Result<PlanFile> {
+        let plan: PlanFile = toml::from_str(text).context("the plan file is not valid")?;
+        anyhow::ensure!(
+            plan.version == Self::VERSION,
+            "plan file version {} is not {}; make the plan again with this pgshard",
+            plan.version,
+            Self::VERSION
+        );
+        for (i, m) in plan.moves.iter().enumerate() {
+            m.slot_range()
+                .with_context(|| format!("moves[{i}].slots"))?;
+        }
+        Ok(plan)
+    }
+
+    /// The file's text (TOML).
+    pub fn to_toml(&self) -> String {
+        let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let shards: Vec<String> = self.shards.iter().map(|s| quote(s)).collect();
+        let mut out = format!(
+            "# pgshard rebalance plan; `pgshard rebalance apply` runs the moves in order.\n\
+             version = {}\nepoch = {}\nby = {}\nshards = [{}]\n",
+            self.version,
+            self.epoch,
+            quote(&self.by),
+            shards.join(", ")
+        );
+        for m in &self.moves {
+            out.push_str(&format!(
+                "\n[[moves]]\nslots = {}\nfrom = {}\nto = {}\n",
+                quote(&m.slots),
+                quote(&m.from),
+                quote(&m.to)
+            ));
+        }
+        out
+    }
+}
+
+impl PlannedMove {
+    /// The slots as a range.
+    pub fn slot_range(&self) -> anyhow::Result<RangeInclusive<u16>> {
+        let slot = |t: &str| -> anyhow::Result<u16> {
+            match t.trim().parse::<u16>() {
+                Ok(s) if s < SLOT_COUNT => Ok(s),
+                _ => anyhow::bail!("{t:?} is not a slot (0 to {})", SLOT_COUNT - 1),
+            }
+        };
+        let (a, b) = match self.slots.split_once('-') {
+            Some((a, b)) => (slot(a)?, slot(b)?),
+            None => (slot(&self.slots)?, slot(&self.slots)?),
+        };
+        anyhow::ensure!(a <= b, "{:?} runs backwards", self.slots);
+        Ok(a..=b)
+    }
 }
 
 /// Rows per slot across every sharded table, counted on each shard's primary: each key is
@@ -218,4 +305,56 @@ async fn rows_per_slot(config: &Config) -> anyhow::Result<Vec<u64>> {
         }
     }
     Ok(weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_file_reads_back_what_was_written() {
+        let plan = PlanFile {
+            version: PlanFile::VERSION,
+            epoch: 7,
+            by: "rows".into(),
+            shards: vec!["s0".into(), "odd \"name\\".into()],
+            moves: vec![
+                PlannedMove {
+                    slots: "0-99".into(),
+                    from: "s0".into(),
+                    to: "odd \"name\\".into(),
+                },
+                PlannedMove {
+                    slots: "4095".into(),
+                    from: "odd \"name\\".into(),
+                    to: "s0".into(),
+                },
+            ],
+        };
+        let read = PlanFile::parse(&plan.to_toml()).unwrap();
+        assert_eq!(read, plan);
+        assert_eq!(read.moves[0].slot_range().unwrap(), 0..=99);
+        assert_eq!(read.moves[1].slot_range().unwrap(), 4095..=4095);
+        let empty = PlanFile {
+            moves: Vec::new(),
+            ..plan.clone()
+        };
+        assert_eq!(PlanFile::parse(&empty.to_toml()).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_plan_file_with_bad_slots_or_version_is_refused() {
+        let base = "version = 1\nepoch = 1\nby = \"slots\"\nshards = [\"s0\"]\n";
+        for slots in ["5-4", "4096", "a-b", "-1"] {
+            let text =
+                format!("{base}\n[[moves]]\nslots = \"{slots}\"\nfrom = \"s1\"\nto = \"s0\"\n");
+            let err = format!("{:#}", PlanFile::parse(&text).unwrap_err());
+            assert!(err.contains("moves[0].slots"), "{slots}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            PlanFile::parse(&base.replace("version = 1", "version = 2")).unwrap_err()
+        );
+        assert!(err.contains("version 2"), "{err}");
+    }
 }
