@@ -41,13 +41,10 @@ const CREATE_SQL: &str = "\
 pub enum CatalogError {
     #[error("catalog.url is not a connection string libpq would accept: {0}")]
     BadUrl(String),
-    #[error("cannot reach the catalog at {at}: {source}")]
-    Connect {
-        at: String,
-        source: tokio_postgres::Error,
-    },
+    #[error("cannot reach the catalog at {at}: {problem}")]
+    Connect { at: String, problem: String },
     #[error("catalog query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(String),
     #[error(
         "the catalog has no shard map (schema pgshard); start `pgshard serve` with a [catalog] \
          section once to create it from the config"
@@ -69,6 +66,22 @@ pub enum CatalogError {
     NoSlots,
     #[error("slot {0} does not exist; slots run from 0 to 4095")]
     BadSlot(u32),
+}
+
+impl From<tokio_postgres::Error> for CatalogError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CatalogError::Query(detail(&e))
+    }
+}
+
+/// What the server said (`ERROR: permission denied for ...`), or the error and its cause:
+/// tokio-postgres's own text is only "db error".
+pub fn detail(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 /// The live map as the catalog holds it: the owner's name of each slot, and the epoch.
@@ -234,14 +247,13 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 /// connection task is spawned.
 pub async fn connect(url: &str) -> Result<Client, CatalogError> {
     let config = parse_url(url)?;
-    let (client, connection) =
-        config
-            .connect(NoTls)
-            .await
-            .map_err(|source| CatalogError::Connect {
-                at: describe(&config),
-                source,
-            })?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| CatalogError::Connect {
+            at: describe(&config),
+            problem: detail(&e),
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("catalog connection ended: {e}");

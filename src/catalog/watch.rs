@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{describe, epoch, load, parse_url, CatalogError, LiveMap, CHANNEL};
+use super::{describe, detail, epoch, load, parse_url, CatalogError, LiveMap, CHANNEL};
 
 /// Follows the catalog at `url` forever, calling `on_change` with each map whose epoch is
 /// above `known_epoch` (then above the last one handed on). Run it as a task; abort it to stop.
@@ -47,9 +47,9 @@ async fn follow_once(
         config
             .connect(NoTls)
             .await
-            .map_err(|source| CatalogError::Connect {
+            .map_err(|e| CatalogError::Connect {
                 at: describe(&config),
-                source,
+                problem: detail(&e),
             })?;
     let notified = Arc::new(tokio::sync::Notify::new());
     let wake = notified.clone();
