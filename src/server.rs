@@ -162,7 +162,6 @@ fn install_map(current: &mut Arc<Shared>, live: crate::catalog::LiveMap) {
             return;
         }
     };
-    crate::catalog::warn_disagreements(&current.config.shard_map(), &map);
     let next = Arc::new(current.with_map(map));
     learn(&next);
     current.replace_with(next.clone());

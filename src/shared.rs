@@ -128,20 +128,23 @@ impl Shared {
     /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
     pub fn new(config: Config) -> Shared {
         let map = config.shard_map();
-        Shared::build(config, None, Control::detached(), map)
+        Shared::build(config, None, Control::detached(), map, None)
     }
 
     /// [`Shared::new`] for a proxy whose accept loop listens to `control`, routing by `map`
     /// (the live map from the catalog, or the config's own).
     pub fn serving(config: Config, control: Arc<Control>, map: ShardMap) -> Shared {
-        Shared::build(config, None, control, map)
+        Shared::build(config, None, control, map, None)
     }
 
     /// The next generation routing by `map` (a newer live map from the catalog), with the same
     /// config: every pool and watch is kept, and the router keeps what it learned.
     pub fn with_map(&self, map: ShardMap) -> Shared {
         let control = self.control.clone();
-        let next = Shared::build(self.config.clone(), Some(self), control, map.clone());
+        // The client TLS config is kept too: its files are read at reloads only (they were
+        // checked then), never behind the operator's back.
+        let tls = Some(self.tls.clone());
+        let next = Shared::build(self.config.clone(), Some(self), control, map.clone(), tls);
         next.router
             .store(Arc::new(self.router.load().with_map(map)));
         next
@@ -161,7 +164,7 @@ impl Shared {
             .reindexed(&names)
             // `check_reload_from` keeps every shard, so this never falls back.
             .unwrap_or_else(|| config.shard_map());
-        Shared::build(config, Some(self), self.control.clone(), map)
+        Shared::build(config, Some(self), self.control.clone(), map, None)
     }
 
     fn build(
@@ -169,10 +172,12 @@ impl Shared {
         previous: Option<&Shared>,
         control: Arc<Control>,
         map: ShardMap,
+        client_tls: Option<Option<Arc<rustls::ServerConfig>>>,
     ) -> Shared {
         // Files are read again at every reload (new client certificates apply to new clients);
         // the servers' TLS is kept while `[backend_tls]` is unchanged, so its pools are too.
-        let tls = config.client_tls().expect("TLS files were checked at load");
+        let tls = client_tls
+            .unwrap_or_else(|| config.client_tls().expect("TLS files were checked at load"));
         let backend_tls = match previous {
             Some(p) if p.config.backend_tls == config.backend_tls => p.backend_tls.clone(),
             _ => config.server_tls().expect("TLS files were checked at load"),
