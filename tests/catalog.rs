@@ -246,6 +246,30 @@ async fn two_routers_sharing_a_catalog_follow_a_slot_move() {
         .unwrap();
     wait_routed(&ca, key, "s0").await;
     wait_routed(&cb, key, "s0").await;
+
+    // The routers' catalog connections are killed: they reconnect and follow the next change.
+    let s0 = support::shard_clusters()[0];
+    let admin = support::connect_direct(s0.primary_port()).await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = 'cat_follow' AND application_name = 'pgshard-catalog'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        killed >= 2,
+        "the two routers' listeners (and this test's client): {killed}"
+    );
+    let mut client = catalog_client(&url).await;
+    let epoch = catalog::load(&mut client).await.unwrap().epoch;
+    catalog::set_owner(&mut client, &[slot], "s1", epoch)
+        .await
+        .unwrap();
+    wait_routed(&ca, key, "s1").await;
+    wait_routed(&cb, key, "s1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
