@@ -122,6 +122,8 @@ async fn wait_routed(client: &tokio_postgres::Client, key: i64, shard: &str) {
     let start = Instant::now();
     loop {
         if routed_to(client, key).await == shard {
+            // Reported, never asserted on.
+            eprintln!("key {key} routed to {shard} after {:?}", start.elapsed());
             return;
         }
         assert!(
