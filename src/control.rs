@@ -18,6 +18,9 @@ pub enum Command {
     Reload {
         done: Option<oneshot::Sender<Result<u64, String>>>,
     },
+    /// Route by this live shard map from now on (the catalog watcher saw a new epoch): the
+    /// accept loop builds a new generation with it.
+    InstallMap { map: crate::catalog::LiveMap },
     /// Stop: gracefully (stop accepting, let transactions finish up to
     /// `server.shutdown_timeout_ms`) or at once.
     Shutdown { graceful: bool },

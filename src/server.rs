@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{AbortHandle, Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinHandle, JoinSet};
 
 use crate::config::Config;
 use crate::control::{Command, Control, Presence};
+use crate::sharding::ShardMap;
 use crate::shared::Shared;
 
 /// Why the proxy could not keep serving.
@@ -26,6 +27,8 @@ pub enum ServerError {
     Accept(#[from] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot start without the live shard map: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
 /// Binds the client listener at `listen` (`host:port`; the first address it resolves to) with
@@ -81,7 +84,8 @@ pub async fn serve(
     stop_now: impl Future<Output = ()> + Send,
     workers: Vec<Handle>,
 ) -> Result<(), ServerError> {
-    let mut current = Arc::new(Shared::serving(config, control));
+    let (map, watcher) = live_map(&config, &control).await?;
+    let mut current = Arc::new(Shared::serving(config, control, map));
     learn(&current);
     let metrics = crate::metrics::bind(&current)
         .await?
@@ -104,6 +108,7 @@ pub async fn serve(
                         let _ = done.send(outcome);
                     }
                 }
+                Command::InstallMap { map } => install_map(&mut current, map),
                 Command::Shutdown { graceful } => break graceful,
             },
             accepted = listener.accept() => match accepted {
@@ -135,7 +140,74 @@ pub async fn serve(
     if let Some(metrics) = metrics {
         metrics.abort();
     }
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     Ok(())
+}
+
+/// The map to route by: with a `[catalog]` section, the live map (the catalog is created from
+/// the config's slots on first start), followed by a watcher task that sends each newer map
+/// to the accept loop; without one, the config's own slots.
+async fn live_map(
+    config: &Config,
+    control: &Arc<Control>,
+) -> Result<(ShardMap, Option<JoinHandle<()>>), ServerError> {
+    let toml = config.shard_map();
+    let Some(catalog) = &config.catalog else {
+        return Ok((toml, None));
+    };
+    let url = config.catalog_url();
+    let mut client = crate::catalog::connect(&url).await?;
+    let live = crate::catalog::open(&mut client, &toml).await?;
+    drop(client);
+    let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
+    let map = live.to_shard_map(&names)?;
+    crate::catalog::warn_disagreements(&toml, &map);
+    tracing::info!("routing by the live shard map, epoch {}", live.epoch);
+    let poll = std::time::Duration::from_millis(catalog.poll_interval_ms);
+    let control = control.clone();
+    let watcher = tokio::spawn(crate::catalog::watch::follow(
+        url,
+        poll,
+        live.epoch,
+        move |map| control.send(Command::InstallMap { map }),
+    ));
+    Ok((map, Some(watcher)))
+}
+
+/// Makes a generation routing by `live` current, unless it is not newer than the current map
+/// or names a shard the config lacks (then the current map stays, with an error logged).
+fn install_map(current: &mut Arc<Shared>, live: crate::catalog::LiveMap) {
+    let running = current.router.load().shard_map().version();
+    if live.epoch <= running {
+        return;
+    }
+    let names: Vec<String> = current
+        .config
+        .shards
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let map = match live.to_shard_map(&names) {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::error!(
+                "the live shard map of epoch {} is not routed by: {e}",
+                live.epoch
+            );
+            return;
+        }
+    };
+    let next = Arc::new(current.with_map(map));
+    learn(&next);
+    current.replace_with(next.clone());
+    *current = next;
+    tracing::info!(
+        "routing by the live shard map of epoch {} (generation {})",
+        live.epoch,
+        current.generation
+    );
 }
 
 /// The open sessions, their presence flags and how to abort each; the per-core runtimes they
@@ -225,6 +297,7 @@ async fn drain(
                         let _ = done.send(Err("pgshard is shutting down".to_string()));
                     }
                 }
+                Command::InstallMap { .. } => {}
             },
             _ = tick.tick() => {}
         }

@@ -25,6 +25,7 @@ use crate::limits::UserLimits;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::router::{Isolation, Plan, PlanCache, Router, Volatility};
+use crate::sharding::ShardMap;
 use crate::stats::Stats;
 use crate::tls::BackendTls;
 
@@ -128,26 +129,57 @@ pub struct ColumnLearning {
 impl Shared {
     /// Builds pools and verifiers for a validated config. Needs a tokio runtime (pool reapers).
     pub fn new(config: Config) -> Shared {
-        Shared::build(config, None, Control::detached())
+        let map = config.shard_map();
+        Shared::build(config, None, Control::detached(), map, None)
     }
 
-    /// [`Shared::new`] for a proxy whose accept loop listens to `control`.
-    pub fn serving(config: Config, control: Arc<Control>) -> Shared {
-        Shared::build(config, None, control)
+    /// [`Shared::new`] for a proxy whose accept loop listens to `control`, routing by `map`
+    /// (the live map from the catalog, or the config's own).
+    pub fn serving(config: Config, control: Arc<Control>, map: ShardMap) -> Shared {
+        Shared::build(config, None, control, map, None)
+    }
+
+    /// The next generation routing by `map` (a newer live map from the catalog), with the same
+    /// config: every pool and watch is kept, and the router keeps what it learned.
+    pub fn with_map(&self, map: ShardMap) -> Shared {
+        let control = self.control.clone();
+        // The client TLS config is kept too: its files are read at reloads only (they were
+        // checked then), never behind the operator's back.
+        let tls = Some(self.tls.clone());
+        let next = Shared::build(self.config.clone(), Some(self), control, map.clone(), tls);
+        next.router
+            .store(Arc::new(self.router.load().with_map(map)));
+        next
     }
 
     /// The next generation after a reload to `config` (checked with
     /// [`Config::check_reload_from`]): pools whose login did not change are kept (resized to
     /// the new options), with their idle connections; so are health and WAL watches over an
     /// unchanged set of pools, the cancel registry and the client counts.
+    /// The live shard map stays: a reload never re-imposes the config's slots.
     pub fn reloaded(&self, config: Config) -> Shared {
-        Shared::build(config, Some(self), self.control.clone())
+        let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
+        let map = self
+            .router
+            .load()
+            .shard_map()
+            .reindexed(&names)
+            // `check_reload_from` keeps every shard, so this never falls back.
+            .unwrap_or_else(|| config.shard_map());
+        Shared::build(config, Some(self), self.control.clone(), map, None)
     }
 
-    fn build(config: Config, previous: Option<&Shared>, control: Arc<Control>) -> Shared {
+    fn build(
+        config: Config,
+        previous: Option<&Shared>,
+        control: Arc<Control>,
+        map: ShardMap,
+        client_tls: Option<Option<Arc<rustls::ServerConfig>>>,
+    ) -> Shared {
         // Files are read again at every reload (new client certificates apply to new clients);
         // the servers' TLS is kept while `[backend_tls]` is unchanged, so its pools are too.
-        let tls = config.client_tls().expect("TLS files were checked at load");
+        let tls = client_tls
+            .unwrap_or_else(|| config.client_tls().expect("TLS files were checked at load"));
         let backend_tls = match previous {
             Some(p) if p.config.backend_tls == config.backend_tls => p.backend_tls.clone(),
             _ => config.server_tls().expect("TLS files were checked at load"),
@@ -172,7 +204,8 @@ impl Shared {
                 .shards
                 .iter()
                 .any(|s| !s.replicas.is_empty() && s.read_from == ReadFrom::Replicas);
-        let router = ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()));
+        let router =
+            ArcSwap::from_pointee(Router::new(&config, Volatility::builtin()).with_map(map));
         let catalog_logins = match config.users.first() {
             Some(user) => config
                 .shards

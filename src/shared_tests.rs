@@ -1,5 +1,6 @@
 //! What a reload keeps: pools whose login did not change (resized in place), the cancel
-//! registry and client counts; and what it makes anew.
+//! registry, client counts and the live shard map; what a live map change keeps; and what
+//! each makes anew.
 
 use super::*;
 
@@ -87,4 +88,39 @@ async fn sessions_find_the_newest_generation_through_the_old_ones() {
     let newest = first.newest().expect("replaced");
     assert!(Arc::ptr_eq(&newest, &third));
     assert_eq!(newest.generation, 2);
+}
+
+#[tokio::test]
+async fn a_live_map_is_a_new_generation_keeping_pools_and_a_reload_keeps_it() {
+    let two = format!(
+        "{}\n[[shards]]\nname = \"s1\"\nprimary = \"127.0.0.1:4\"\nslots = \"\"\n",
+        BASE
+    );
+    let old = Shared::new(Config::from_toml_str(&two).unwrap());
+    assert_eq!(old.router.load().shard_map().shard_of_slot(7), 0);
+    let names: Vec<String> = vec!["s0".into(), "s1".into()];
+    let mut owner = vec![0u16; 4096];
+    owner[7] = 1;
+    let live = ShardMap::from_owners(names, owner, 5).unwrap();
+    let next = old.with_map(live.clone());
+    assert_eq!(next.generation, old.generation + 1);
+    assert_eq!(next.router.load().shard_map(), &live);
+    assert!(
+        same(
+            pool(&old, "127.0.0.1:1", "app"),
+            pool(&next, "127.0.0.1:1", "app")
+        ),
+        "pools kept"
+    );
+    assert_eq!(
+        old.router.load().shard_map().shard_of_slot(7),
+        0,
+        "the old generation keeps its map for the transactions still on it"
+    );
+    // A reload of the same file (its slots give slot 7 to s0) and of one adding a shard.
+    let three =
+        format!("{two}\n[[shards]]\nname = \"s2\"\nprimary = \"127.0.0.1:5\"\nslots = \"\"\n");
+    let reloaded = next.reloaded(Config::from_toml_str(&three).unwrap());
+    let map = reloaded.router.load().shard_map().clone();
+    assert_eq!((map.version(), map.shard_of_slot(7), map.len()), (5, 1, 3));
 }

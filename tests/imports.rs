@@ -20,6 +20,7 @@ const IO: &[&str] = &[
     "localpg",
     "metrics",
     "tls",
+    "catalog",
 ];
 
 /// Each module, and the top-level modules it must never import.

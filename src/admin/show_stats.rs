@@ -389,7 +389,24 @@ fn config_rows(c: &Config) -> Vec<ConfigRow> {
         row("admin.users", names(&c.admin.users), "", true),
         row("admin.stats_users", names(&c.admin.stats_users), "", true),
     ]);
+    rows.extend(catalog_rows(c));
     rows
+}
+
+/// `[catalog]` needs a restart to change. The url is shown as `host:port/db` (never its
+/// password), empty without the section (the live map is off).
+fn catalog_rows(c: &Config) -> Vec<ConfigRow> {
+    let url = match &c.catalog {
+        None => String::new(),
+        Some(_) => crate::catalog::parse_url(&c.catalog_url())
+            .map(|u| crate::catalog::describe(&u))
+            .unwrap_or_default(),
+    };
+    let poll = c.catalog_poll_interval().as_millis().to_string();
+    vec![
+        row("catalog.url", url, "", false),
+        row("catalog.poll_interval_ms", poll, "1000", false),
+    ]
 }
 
 /// A SHOW CONFIG row: key, value, default, whether a reload can change it.

@@ -3,6 +3,8 @@
 pub mod check;
 pub mod demo;
 pub mod locate;
+pub mod map;
+pub mod rebalance;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the slot and owning shard of a shard key.
     Locate(locate::LocateArgs),
+    /// The live shard map kept in the catalog: `map show`.
+    Map(map::MapArgs),
+    /// Even out slots across shards: `rebalance plan`.
+    Rebalance(rebalance::RebalanceArgs),
     /// Start two local shards (each a PostgreSQL primary + replica) with pgshard in front of them.
     Demo(demo::DemoArgs),
 }
@@ -33,6 +39,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Locate(args) => locate::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Rebalance(args) => rebalance::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -37,6 +37,33 @@ pub struct Config {
     /// `[admin]`: who may use the admin console.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[catalog]`: where the live shard map is kept. Without the section `pgshard serve`
+    /// routes by the `[[shards]]` slots alone (and `map show` / `rebalance plan` use the
+    /// default catalog, [`Config::catalog_url`]).
+    #[serde(default)]
+    pub catalog: Option<CatalogConfig>,
+}
+
+/// `[catalog]`: the PostgreSQL database holding the live shard map (schema `pgshard`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// A libpq-style connection string (`host=... port=... dbname=... user=... password=...`
+    /// or `postgres://user:password@host:port/db`). Default: see [`Config::catalog_url`].
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often each router reads the catalog's epoch in case a notification was missed.
+    #[serde(default = "default_catalog_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            url: None,
+            poll_interval_ms: default_catalog_poll_interval_ms(),
+        }
+    }
 }
 
 /// `[admin]`: who may use the admin console (the databases `pgshard` and `pgbouncer`).
@@ -347,6 +374,9 @@ fn default_shutdown_timeout_ms() -> u64 {
 fn default_rate_limit_wait_ms() -> u64 {
     1_000
 }
+fn default_catalog_poll_interval_ms() -> u64 {
+    1_000
+}
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -401,6 +431,52 @@ impl Config {
             Some(user) => Some(&user.password),
             None => self.admin.password.as_deref(),
         }
+    }
+
+    /// The catalog's connection string: `catalog.url`, or by default the first shard's
+    /// primary and database, logged in as the first `[[users]]` entry's server user and
+    /// password ([`Config::primary_url`] of shard 0 with `application_name=pgshard-catalog`).
+    pub fn catalog_url(&self) -> String {
+        match self.catalog.as_ref().and_then(|c| c.url.clone()) {
+            Some(url) => url,
+            None => format!("{} application_name=pgshard-catalog", self.primary_url(0)),
+        }
+    }
+
+    /// A libpq connection string to shard `idx`'s primary and database as the first
+    /// `[[users]]` entry's server user: `host='H' port='P' dbname='D' user='U' password='W'`.
+    /// Panics if `idx` is not a shard's index.
+    pub fn primary_url(&self, idx: usize) -> String {
+        let shard = &self.shards[idx];
+        let (host, port) = shard
+            .primary
+            .rsplit_once(':')
+            .unwrap_or((shard.primary.as_str(), "5432"));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut url = format!(
+            "host={} port={} dbname={}",
+            quote(host),
+            quote(port),
+            quote(self.shard_database(shard))
+        );
+        if let Some(user) = self.users.first() {
+            url.push_str(&format!(
+                " user={} password={}",
+                quote(user.server_user()),
+                quote(user.server_password())
+            ));
+        }
+        url
+    }
+
+    /// How often routers poll the catalog (`catalog.poll_interval_ms`).
+    pub fn catalog_poll_interval(&self) -> std::time::Duration {
+        let ms = self
+            .catalog
+            .as_ref()
+            .map_or_else(default_catalog_poll_interval_ms, |c| c.poll_interval_ms);
+        std::time::Duration::from_millis(ms)
     }
 
     /// Backend database name of a shard.

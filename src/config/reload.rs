@@ -7,8 +7,9 @@ use crate::sharding::SLOT_COUNT;
 
 impl Config {
     /// Whether `self` (just loaded and validated) can replace `running` without a restart:
-    /// the listen address, the pool mode and `[sharding]` stay; shards keep their names and
-    /// order (new ones are added at the end) and every slot keeps its owner.
+    /// the listen address, the pool mode, `[sharding]` and `[catalog]` stay; shards keep their
+    /// names and order (new ones are added at the end) and, without a catalog, every slot keeps
+    /// its owner (with one, the file's slots may change: the live map routes, and stays).
     pub fn check_reload_from(&self, running: &Config) -> Result<(), ConfigError> {
         let restart = |key: &str| ConfigError::Invalid {
             key: key.to_string(),
@@ -33,6 +34,9 @@ impl Config {
         }
         if self.metrics != running.metrics {
             return Err(restart("metrics.listen"));
+        }
+        if self.catalog != running.catalog {
+            return Err(restart("catalog"));
         }
         self.check_shards_kept(running)
     }
@@ -59,6 +63,11 @@ impl Config {
                     ),
                 });
             }
+        }
+        if self.catalog.is_some() {
+            // The live map in the catalog is what routes, and a reload keeps it: the file's
+            // slots are only the initial assignment, and may be edited to match the live map.
+            return Ok(());
         }
         let (new_map, old_map) = (self.shard_map(), running.shard_map());
         for slot in 0..SLOT_COUNT {
@@ -132,6 +141,26 @@ slots = "2048-4095"
             msg.contains("shards[1].slots") && msg.contains("slot 2047"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn with_a_catalog_the_files_slots_may_change_but_not_the_catalog() {
+        let with = BASE.replacen("[[shards]]", "[catalog]\n\n[[shards]]", 1);
+        let moved = with
+            .replace("0-2047", "0-2046")
+            .replace("2048-4095", "2047-4095");
+        reload(&with, &moved).unwrap();
+        let msg = reload(
+            &with,
+            &moved.replace("[catalog]", "[catalog]\npoll_interval_ms = 5"),
+        )
+        .unwrap_err();
+        assert!(
+            msg.contains("`catalog`") && msg.contains("restart"),
+            "{msg}"
+        );
+        let msg = reload(BASE, &with).unwrap_err();
+        assert!(msg.contains("`catalog`"), "{msg}");
     }
 
     #[test]

@@ -41,7 +41,24 @@ impl Config {
         self.validate_pool()?;
         self.validate_shards()?;
         self.try_shard_map()?;
+        self.validate_catalog()?;
         self.validate_sharding()
+    }
+
+    fn validate_catalog(&self) -> Result<(), ConfigError> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(());
+        };
+        at_least_one("catalog.poll_interval_ms", catalog.poll_interval_ms)?;
+        if let Some(url) = &catalog.url {
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                invalid(
+                    "catalog.url",
+                    format!("is not a connection string libpq would accept: {e}"),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The shard map the `[[shards]]` entries describe.
@@ -470,6 +487,42 @@ replicas = ["127.0.0.1:5433"]
     fn example_config_loads() {
         let config = Config::from_toml_str(EXAMPLE).unwrap();
         assert_eq!(config.shard_map().ranges_of(0), vec![0..=4095]);
+    }
+
+    #[test]
+    fn the_catalog_defaults_to_the_first_shard_as_the_first_user() {
+        let config = Config::from_toml_str(EXAMPLE).unwrap();
+        assert!(config.catalog.is_none());
+        assert_eq!(
+            config.catalog_url(),
+            "host='127.0.0.1' port='5432' dbname='app' user='app' password='app' \
+             application_name=pgshard-catalog"
+        );
+        assert_eq!(config.catalog_poll_interval().as_millis(), 1000);
+        let text = example_with(
+            "[[users]]\nname = \"app\"\npassword = \"app\"",
+            "[[users]]\n\
+             name = \"app\"\npassword = \"app\"\nserver_user = \"o'k\"\n\
+             server_password = \"p\\\\w\"\n[catalog]\npoll_interval_ms = 250",
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        let url = config.catalog_url();
+        assert!(url.contains(r"user='o\'k' password='p\\w'"), "{url}");
+        assert_eq!(config.catalog_poll_interval().as_millis(), 250);
+        let parsed: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(parsed.get_user(), Some("o'k"));
+        assert_eq!(parsed.get_password(), Some(&br"p\w"[..]));
+        let given = format!("{EXAMPLE}\n[catalog]\nurl = \"postgres://u:p@db:6000/meta\"\n");
+        let config = Config::from_toml_str(&given).unwrap();
+        assert_eq!(config.catalog_url(), "postgres://u:p@db:6000/meta");
+        error_naming(
+            &format!("{EXAMPLE}\n[catalog]\nurl = \"host=x port=nope\"\n"),
+            "catalog.url",
+        );
+        error_naming(
+            &format!("{EXAMPLE}\n[catalog]\npoll_interval_ms = 0\n"),
+            "catalog.poll_interval_ms",
+        );
     }
 
     #[test]

@@ -149,6 +149,14 @@ impl Router {
         }
     }
 
+    /// This router routing by `map` (a live map from the catalog, over the same shards, in
+    /// the same order, possibly with new ones at the end); everything learned is kept.
+    pub fn with_map(&self, map: ShardMap) -> Router {
+        let mut next = self.clone();
+        next.map = map;
+        next
+    }
+
     /// This router with another volatility table (the learned column orders are kept).
     pub fn with_volatility(&self, volatility: Volatility) -> Router {
         let mut next = self.clone();

@@ -54,6 +54,46 @@ impl ShardMap {
         })
     }
 
+    /// A map where slot `s` belongs to shard `owner[s]` of `names`, under `version` (a live
+    /// map read from the catalog). `None` unless `owner` has [`SLOT_COUNT`] entries, each a
+    /// valid index into `names`.
+    pub fn from_owners(names: Vec<String>, owner: Vec<u16>, version: u64) -> Option<ShardMap> {
+        let valid = owner.len() == usize::from(SLOT_COUNT)
+            && !names.is_empty()
+            && owner.iter().all(|&o| usize::from(o) < names.len());
+        valid.then_some(ShardMap {
+            version,
+            owner,
+            names,
+        })
+    }
+
+    /// This map's slot owners over another list of shard names (a reload keeps the shards'
+    /// names and adds new ones at the end): `None` when a shard owning slots is not in `names`.
+    pub fn reindexed(&self, names: &[String]) -> Option<ShardMap> {
+        let index: Vec<Option<u16>> = self
+            .names
+            .iter()
+            .map(|n| names.iter().position(|m| m == n).map(|i| i as u16))
+            .collect();
+        let owner = self
+            .owner
+            .iter()
+            .map(|&o| index[usize::from(o)])
+            .collect::<Option<Vec<u16>>>()?;
+        ShardMap::from_owners(names.to_vec(), owner, self.version)
+    }
+
+    /// Name of the shard owning `slot`.
+    pub fn owner_name(&self, slot: u16) -> &str {
+        self.shard_name(self.shard_of_slot(slot))
+    }
+
+    /// The names of the shards, in index order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The same map under another version number (a changed map gets a higher one).
     pub fn with_version(mut self, version: u64) -> ShardMap {
         self.version = version;

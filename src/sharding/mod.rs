@@ -22,6 +22,7 @@
 mod error;
 mod key;
 mod map;
+pub mod rebalance;
 mod slot;
 
 #[cfg(test)]
