@@ -199,6 +199,21 @@ impl<M: Manager> Pool<M> {
         Some(self.with_permit(permit).await)
     }
 
+    /// An idle connection now, without waiting or connecting, if a permit is free and one is
+    /// idle: the common checkout, taken without the (larger) future of [`Pool::get`]. Never
+    /// jumps a queue (a free permit means nobody waits).
+    pub fn get_idle_now(&self) -> Option<Pooled<M>> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let idle = self.take_idle()?;
+        Some(Pooled {
+            conn: Some(idle.conn),
+            created: idle.created,
+            home: idle.home,
+            permit: Some(permit),
+            pool: self.inner.clone(),
+        })
+    }
+
     /// Waits in line (FIFO) for a connection, up to the checkout timeout.
     pub async fn get(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
         let permit = match self.inner.permits.clone().try_acquire_owned() {

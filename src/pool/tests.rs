@@ -224,3 +224,17 @@ async fn waiting_checkouts_are_counted_while_they_wait() {
     pool.for_each_idle(|_, _, _| idle += 1);
     assert_eq!(idle, 1);
 }
+
+#[tokio::test]
+async fn get_idle_now_takes_only_an_idle_connection_under_a_free_permit() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 50));
+    assert!(
+        pool.get_idle_now().is_none(),
+        "nothing idle yet: no connect here"
+    );
+    drop(pool.get().await.unwrap());
+    let held = pool.get_idle_now().expect("the idle connection");
+    assert!(pool.get_idle_now().is_none(), "the only permit is taken");
+    drop(held);
+    assert!(pool.get_idle_now().is_some(), "back and idle again");
+}

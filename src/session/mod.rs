@@ -406,7 +406,11 @@ impl<S: Stream> Session<S> {
             self.shared.control.wait_unpaused(name).await;
         }
         let started = self.shared.metrics.now();
-        let got = pool.get().await;
+        let got = match pool.get_idle_now() {
+            Some(conn) => Ok(conn),
+            // Boxed: only a checkout that waits or connects pays for that future.
+            None => Box::pin(pool.get()).await,
+        };
         self.shared.metrics.checkout_waited(shard, started);
         let mut conn = got.map_err(|e| match e {
             PoolError::Timeout(waited) => SessionError::CheckoutTimeout {
