@@ -90,7 +90,8 @@ fn schema(prefix: &str) -> String {
         "CREATE TABLE {prefix}_users (user_id bigint PRIMARY KEY, name text NOT NULL, bio text); \
          ALTER TABLE {prefix}_users ALTER bio SET STORAGE EXTERNAL; \
          CREATE TABLE {prefix}_orders (order_id bigint PRIMARY KEY, user_id bigint NOT NULL, \
-           note text NOT NULL); \
+           note text NOT NULL, memo text); \
+         ALTER TABLE {prefix}_orders ALTER memo SET STORAGE EXTERNAL; \
          CREATE TABLE {prefix}_accounts (email text PRIMARY KEY, balance numeric NOT NULL);"
     )
 }
@@ -111,7 +112,7 @@ fn specs(prefix: &str) -> Vec<TableSpec> {
 #[derive(Default, Clone)]
 struct Record {
     users: BTreeMap<i64, (String, Option<String>)>,
-    orders: BTreeMap<i64, (i64, String)>,
+    orders: BTreeMap<i64, (i64, String, Option<String>)>,
     accounts: BTreeMap<String, String>,
 }
 
@@ -122,7 +123,8 @@ async fn load(c: &tokio_postgres::Client, prefix: &str) -> Record {
         "INSERT INTO {prefix}_users SELECT i, 'user ' || i, \
            CASE WHEN i % 10 = 0 THEN repeat(md5(i::text), 200) END \
          FROM generate_series(1, {USERS}) i; \
-         INSERT INTO {prefix}_orders SELECT i, i % {USERS} + 1, 'order ' || i \
+         INSERT INTO {prefix}_orders SELECT i, i % {USERS} + 1, 'order ' || i, \
+           CASE WHEN i % 3 = 0 THEN repeat(md5(i::text), 100) END \
          FROM generate_series(1, {o}) i; \
          INSERT INTO {prefix}_accounts SELECT 'user' || i || '@example.com', i * 1.5 \
          FROM generate_series(1, {USERS}) i;",
@@ -151,7 +153,7 @@ async fn read_all(c: &tokio_postgres::Client, prefix: &str) -> Record {
     }
     for r in c
         .query(
-            &format!("SELECT order_id, user_id, note FROM {prefix}_orders"),
+            &format!("SELECT order_id, user_id, note, memo FROM {prefix}_orders"),
             &[],
         )
         .await
@@ -159,7 +161,7 @@ async fn read_all(c: &tokio_postgres::Client, prefix: &str) -> Record {
     {
         assert!(record
             .orders
-            .insert(r.get(0), (r.get(1), r.get(2)))
+            .insert(r.get(0), (r.get(1), r.get(2), r.get(3)))
             .is_none());
     }
     for r in c
@@ -284,7 +286,7 @@ async fn write(
                 )
                 .await
                 .unwrap();
-                record.orders.insert(id, (user, note));
+                record.orders.insert(id, (user, note, None));
             }
             _ => {
                 let email = format!("user{user}@example.com");
@@ -343,14 +345,15 @@ fn assert_same(got: &Record, want: &Record, what: &str) {
     assert!(got.accounts == want.accounts, "{what}: accounts differ");
 }
 
-/// Catch-up rounds until everything committed before the last round's start is applied.
+/// Catch-up rounds until everything committed before the last round's start is applied;
+/// returns the rows read back from the source on the way.
 async fn drain(mover: &mut Mover) -> u64 {
-    let mut applied = 0;
+    let mut fetched = 0;
     loop {
         let round = mover.catch_up(5_000).await.expect("catching up");
-        applied += round.applied;
+        fetched += round.fetched;
         if round.reached {
-            return applied;
+            return fetched;
         }
     }
 }
@@ -382,11 +385,13 @@ async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
         .catch_up(1_000)
         .await
         .expect("a catch-up round while writes go on");
-    drain(&mut mover).await;
+    let mut fetched = drain(&mut mover).await;
     stop_tx.send(true).unwrap();
     let (record, ops) = writer.await.unwrap();
     assert!(ops >= 300);
-    drain(&mut mover).await;
+    fetched += drain(&mut mover).await;
+    // Orders moved into the slots by a change of user_id, their memo unchanged out of line.
+    assert!(fetched > 0, "no change lacked an unchanged TOASTed value");
     assert!(
         during.changes > 0,
         "the round during writes decoded changes: {during:?}"

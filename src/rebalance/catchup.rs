@@ -25,6 +25,9 @@ pub struct CatchUp {
     /// Row changes decoded, and how many of them touched the staging tables.
     pub changes: u64,
     pub applied: u64,
+    /// Rows read back from the source: updates that left TOASTed values unchanged (so the
+    /// change lacks them) of rows staging did not hold yet.
+    pub fetched: u64,
     /// Every change committed on the source before this round began is now applied.
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
@@ -66,6 +69,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         tx: &tx,
         relations: HashMap::new(),
         statements: HashMap::new(),
+        fetched: 0,
     };
     let mut round = CatchUp::default();
     let mut last_commit = None;
@@ -85,6 +89,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
             }
         }
     }
+    round.fetched = apply.fetched;
     tx.commit().await.map_err(MoveError::pg(what))?;
     if let Some((commit_lsn, end_lsn)) = last_commit {
         advance(&mover.source.client, &slot, end_lsn).await?;
@@ -174,6 +179,7 @@ struct Apply<'a> {
     tx: &'a Transaction<'a>,
     relations: HashMap<u32, RelationMap>,
     statements: HashMap<String, Statement>,
+    fetched: u64,
 }
 
 impl Apply<'_> {
@@ -399,6 +405,7 @@ impl Apply<'_> {
             .prepare_typed(&sql, &types)
             .await
             .map_err(MoveError::pg(what()))?;
+        self.fetched += 1;
         let found = self
             .source
             .query_opt(&statement, &refs)
