@@ -41,9 +41,10 @@ fn main() -> anyhow::Result<()> {
         "app",
         &format!(
             "INSERT INTO bench_rows SELECT i, i % 100000, now(), \
-             rpad(md5(i::text), 64, 'x') FROM generate_series(1, {rows}) i; VACUUM ANALYZE bench_rows"
+             rpad(md5(i::text), 64, 'x') FROM generate_series(1, {rows}) i"
         ),
     )?;
+    a_ref.psql(a_ref.primary_port(), "app", "VACUUM ANALYZE bench_rows")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(run(a_ref, b_ref, rows));
     if let Ok(a) = a.as_mut() {

@@ -184,6 +184,7 @@ async fn write(
     prefix: String,
     mut record: Record,
     mut stop: watch::Receiver<bool>,
+    done: watch::Sender<u64>,
 ) -> (Record, u64) {
     let mut rng = StdRng::seed_from_u64(7);
     let mut ops = 0u64;
@@ -304,6 +305,7 @@ async fn write(
             }
         }
         ops += 1;
+        done.send_replace(ops);
         tokio::task::yield_now().await;
     }
     (record, ops)
@@ -378,7 +380,10 @@ async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
         .expect("prepare again: everything exists already");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writer = tokio::spawn(write(client(a).await, "mv".into(), loaded, stop_rx));
+    let (ops_tx, mut ops_rx) = watch::channel(0);
+    let writer = tokio::spawn(write(client(a).await, "mv".into(), loaded, stop_rx, ops_tx));
+    // Changes after the slot began, before and during the copy's snapshot.
+    ops_rx.wait_for(|ops| *ops >= 100).await.unwrap();
     let copied = mover.copy(|_| {}).await.expect("copy");
     assert!(copied.rows_copied > 0 && copied.rows_copied < copied.rows_scanned);
     let during = mover
@@ -387,8 +392,25 @@ async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
         .expect("a catch-up round while writes go on");
     let mut fetched = drain(&mut mover).await;
     stop_tx.send(true).unwrap();
-    let (record, ops) = writer.await.unwrap();
+    let (mut record, ops) = writer.await.unwrap();
     assert!(ops >= 300);
+    // An order with its memo out of line moves into the slots by a change of user_id alone:
+    // the change lacks the memo, and staging lacks the row.
+    let (order, old_user) = record
+        .orders
+        .iter()
+        .find(|(_, (user, _, memo))| !moves(*user) && memo.is_some())
+        .map(|(id, (user, _, _))| (*id, *user))
+        .unwrap();
+    let new_user = (1..).find(|u| moves(*u)).unwrap();
+    assert_ne!(old_user, new_user);
+    src.execute(
+        "UPDATE mv_orders SET user_id = $2 WHERE order_id = $1",
+        &[&order, &new_user],
+    )
+    .await
+    .unwrap();
+    record.orders.get_mut(&order).unwrap().0 = new_user;
     fetched += drain(&mut mover).await;
     // Orders moved into the slots by a change of user_id, their memo unchanged out of line.
     assert!(fetched > 0, "no change lacked an unchanged TOASTed value");

@@ -197,30 +197,37 @@ pub(crate) async fn copy(
     let mut stats = CopyStats::default();
     for t in &mover.tables {
         stats.table = t.name.clone();
-        let query = format!("SELECT {} FROM {}", t.column_list(), t.source_sql);
-        let copy_sql = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            t.staging_sql,
-            t.column_list()
-        );
-        let mut tuples = TupleStream::open(&tx, &query, &t.name).await?;
-        let mut batch = BatchSink::new(target, copy_sql);
-        while let Some(tuple) = tuples.next().await? {
-            stats.rows_scanned += 1;
-            if !in_slots(t, &mover.plan.slots, &tuple, t.key)? {
-                continue;
+        let base = (stats.rows_scanned, stats.rows_copied, stats.bytes_copied);
+        // Reading the source and writing the target overlap: the scan hands finished chunks
+        // to the writer through a short queue.
+        let (chunks, mut received) = tokio::sync::mpsc::channel(8);
+        let read = read_table(&tx, t, &mover.plan.slots, chunks);
+        let write = async {
+            let copy_sql = format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                t.staging_sql,
+                t.column_list()
+            );
+            let mut sink = None;
+            while let Some(piece) = received.recv().await {
+                match piece {
+                    Piece::Chunk(bytes) => send_chunk(target, &copy_sql, &mut sink, bytes).await?,
+                    Piece::Batch(scanned, copied, bytes) => {
+                        if let Some(mut open) = sink.take() {
+                            let what = format!("writing {}", t.staging_sql);
+                            open.as_mut().finish().await.map_err(MoveError::pg(what))?;
+                        }
+                        stats.rows_scanned = base.0 + scanned;
+                        stats.rows_copied = base.1 + copied;
+                        stats.bytes_copied = base.2 + bytes;
+                        stats.elapsed = started.elapsed();
+                        progress(&stats);
+                    }
+                }
             }
-            stats.rows_copied += 1;
-            stats.bytes_copied += tuple.bytes.len() as u64;
-            if batch.push(&tuple).await? >= BATCH_ROWS {
-                batch.commit().await?;
-                stats.elapsed = started.elapsed();
-                progress(&stats);
-            }
-        }
-        batch.commit().await?;
-        stats.elapsed = started.elapsed();
-        progress(&stats);
+            Ok(())
+        };
+        tokio::try_join!(read, write)?;
     }
     tx.commit()
         .await
@@ -229,65 +236,80 @@ pub(crate) async fn copy(
     Ok(stats)
 }
 
-/// COPYs into a staging table, one committed COPY per batch, streamed in chunks.
-struct BatchSink<'a> {
-    client: &'a Client,
-    sql: String,
-    sink: Option<std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>>,
-    writer: TupleWriter,
-    rows: u64,
+/// What the scan of a table hands the writer: a chunk of a COPY stream, or the end of a batch
+/// (one COPY, committed) with the table's counts so far: rows scanned, copied, bytes.
+enum Piece {
+    Chunk(Bytes),
+    Batch(u64, u64, u64),
 }
 
-impl<'a> BatchSink<'a> {
-    fn new(client: &'a Client, sql: String) -> BatchSink<'a> {
-        BatchSink {
-            client,
-            sql,
-            sink: None,
-            writer: TupleWriter::new(),
-            rows: 0,
-        }
-    }
+type Sink = std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>;
 
-    /// Adds a tuple; returns the batch's row count.
-    async fn push(&mut self, tuple: &RawTuple) -> Result<u64, MoveError> {
-        self.writer.raw(tuple);
-        self.rows += 1;
-        if self.writer.len() >= CHUNK_BYTES {
-            self.send().await?;
+/// Scans `t` on the source and queues its moving rows as COPY chunks, a batch at a time. Stops
+/// quietly when the writer is gone (its error is the one reported).
+async fn read_table(
+    tx: &Transaction<'_>,
+    t: &Table,
+    slots: &SlotSet,
+    out: tokio::sync::mpsc::Sender<Piece>,
+) -> Result<(), MoveError> {
+    let query = format!("SELECT {} FROM {}", t.column_list(), t.source_sql);
+    let mut tuples = TupleStream::open(tx, &query, &t.name).await?;
+    let mut writer = TupleWriter::new();
+    let (mut batch_rows, mut scanned, mut copied, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(tuple) = tuples.next().await? {
+        scanned += 1;
+        if !in_slots(t, slots, &tuple, t.key)? {
+            continue;
         }
-        Ok(self.rows)
-    }
-
-    async fn send(&mut self) -> Result<(), MoveError> {
-        let what = || format!("writing the target: {}", self.sql);
-        if self.sink.is_none() {
-            let sink = self
-                .client
-                .copy_in(&self.sql)
-                .await
-                .map_err(MoveError::pg(what()))?;
-            self.sink = Some(Box::pin(sink));
+        writer.raw(&tuple);
+        (batch_rows, copied, bytes) =
+            (batch_rows + 1, copied + 1, bytes + tuple.bytes.len() as u64);
+        let full = batch_rows >= BATCH_ROWS;
+        if full {
+            writer.finish();
         }
-        let chunk = self.writer.take();
-        let sink = self.sink.as_mut().expect("opened above");
-        sink.send(chunk).await.map_err(MoveError::pg(what()))
-    }
-
-    /// Ends the batch's COPY (which commits it); the next push starts another.
-    async fn commit(&mut self) -> Result<(), MoveError> {
-        if self.rows == 0 {
+        if (full || writer.len() >= CHUNK_BYTES)
+            && out.send(Piece::Chunk(writer.take())).await.is_err()
+        {
             return Ok(());
         }
-        self.writer.finish();
-        self.send().await?;
-        let what = format!("writing the target: {}", self.sql);
-        let mut sink = self.sink.take().expect("sent above");
-        sink.as_mut().finish().await.map_err(MoveError::pg(what))?;
-        self.writer = TupleWriter::new();
-        self.rows = 0;
-        Ok(())
+        if full {
+            if out
+                .send(Piece::Batch(scanned, copied, bytes))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            (writer, batch_rows) = (TupleWriter::new(), 0);
+        }
     }
+    if batch_rows > 0 {
+        writer.finish();
+        let _ = out.send(Piece::Chunk(writer.take())).await;
+    }
+    let _ = out.send(Piece::Batch(scanned, copied, bytes)).await;
+    Ok(())
+}
+
+/// Sends a chunk to the batch's COPY, starting the COPY with its first chunk.
+async fn send_chunk(
+    target: &Client,
+    copy_sql: &str,
+    sink: &mut Option<Sink>,
+    bytes: Bytes,
+) -> Result<(), MoveError> {
+    let what = || format!("writing the target: {copy_sql}");
+    if sink.is_none() {
+        let opened = target
+            .copy_in(copy_sql)
+            .await
+            .map_err(MoveError::pg(what()))?;
+        *sink = Some(Box::pin(opened));
+    }
+    let open = sink.as_mut().expect("opened above");
+    open.send(bytes).await.map_err(MoveError::pg(what()))
 }
 
 /// The digest of `table`'s rows in the moving slots as `client` sees `relation`.
