@@ -314,18 +314,20 @@ async fn create_staging(
             .map_err(MoveError::pg(what))?;
         if !exists.get::<_, bool>(0) {
             let sql = format!(
-                "CREATE TABLE {stg} (LIKE {real} INCLUDING DEFAULTS); \
-                 ALTER TABLE {stg} ADD PRIMARY KEY ({pk})",
-                stg = t.staging_sql,
-                real = t.target_sql,
-                pk = t.primary_key_list()
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)",
+                t.staging_sql, t.target_sql,
             );
             tx.batch_execute(&sql)
                 .await
                 .map_err(MoveError::pg(format!("creating {}", t.staging_sql)))?;
         }
     }
-    tx.commit().await.map_err(MoveError::pg(what))
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    // Also after a copy that was interrupted while the key was dropped.
+    for t in tables {
+        super::copy::set_staging_key(&target.client, t, true).await?;
+    }
+    Ok(())
 }
 
 /// Drops the slot and publication (source) and the staging schema (target), if they exist.

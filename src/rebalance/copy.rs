@@ -176,11 +176,14 @@ pub(crate) async fn copy(
         });
     }
     let target = &mover.target.client;
+    // Empty, and without its primary key until the rows are in: one index build afterwards
+    // is much cheaper than an index insertion per row.
     for t in &mover.tables {
         target
             .batch_execute(&format!("TRUNCATE {}", t.staging_sql))
             .await
             .map_err(MoveError::pg(format!("emptying {}", t.staging_sql)))?;
+        set_staging_key(target, t, false).await?;
     }
     // The snapshot is taken by the first statement below, after the slot was seen to exist:
     // every change after it is in the slot.
@@ -232,8 +235,45 @@ pub(crate) async fn copy(
     tx.commit()
         .await
         .map_err(MoveError::pg("ending the copy's snapshot"))?;
+    for t in &mover.tables {
+        set_staging_key(target, t, true).await?;
+    }
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table.
+pub(crate) async fn set_staging_key(
+    client: &Client,
+    t: &Table,
+    present: bool,
+) -> Result<(), MoveError> {
+    let what = || format!("changing the primary key of {}", t.staging_sql);
+    let found = client
+        .query_opt(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) \
+             AND contype = 'p'",
+            &[&t.staging_sql],
+        )
+        .await
+        .map_err(MoveError::pg(what()))?;
+    let sql = match (found, present) {
+        (None, true) => format!(
+            "ALTER TABLE {} ADD PRIMARY KEY ({})",
+            t.staging_sql,
+            t.primary_key_list()
+        ),
+        (Some(row), false) => format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            t.staging_sql,
+            quote_ident(row.get(0))
+        ),
+        _ => return Ok(()),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(MoveError::pg(what()))
 }
 
 /// What the scan of a table hands the writer: a chunk of a COPY stream, or the end of a batch
