@@ -69,6 +69,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         tx: &tx,
         relations: HashMap::new(),
         statements: HashMap::new(),
+        queued: Vec::new(),
         fetched: 0,
     };
     let mut round = CatchUp::default();
@@ -89,6 +90,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
             }
         }
     }
+    apply.flush().await?;
     round.fetched = apply.fetched;
     tx.commit().await.map_err(MoveError::pg(what))?;
     if let Some((commit_lsn, end_lsn)) = last_commit {
@@ -179,8 +181,14 @@ struct Apply<'a> {
     tx: &'a Transaction<'a>,
     relations: HashMap<u32, RelationMap>,
     statements: HashMap<String, Statement>,
+    /// Writes whose row counts nobody reads, sent together (pipelined, in order) at the next
+    /// write that needs its count, at `PIPELINE` writes, or before the commit.
+    queued: Vec<(Statement, Vec<Option<String>>)>,
     fetched: u64,
 }
+
+/// Most writes queued before they are sent.
+const PIPELINE: usize = 1_000;
 
 impl Apply<'_> {
     /// Applies one message; returns (row changes decoded, changes that touched staging).
@@ -344,7 +352,7 @@ impl Apply<'_> {
             table.primary_key_list()
         );
         let params = (0..n).map(|i| text_of(&row[i])).collect();
-        self.run(sql, params).await.map(drop)
+        self.queue(sql, params).await
     }
 
     /// Sets the columns the change gave on the staging row with its key; returns rows updated.
@@ -381,7 +389,7 @@ impl Apply<'_> {
         let mut params = Vec::new();
         let filter = self.key_filter(t, row, &mut params);
         let sql = format!("DELETE FROM {} WHERE {filter}", self.tables[t].staging_sql);
-        self.run(sql, params).await.map(drop)
+        self.queue(sql, params).await
     }
 
     /// The source's current row with the key of `row`, every column as text.
@@ -441,21 +449,47 @@ impl Apply<'_> {
         parts.join(" AND ")
     }
 
-    /// Runs `sql` (prepared once per text) in the round's transaction, every parameter text.
+    /// Queues `sql` behind the writes already queued; sends them all once there are enough.
+    async fn queue(&mut self, sql: String, params: Vec<Option<String>>) -> Result<(), MoveError> {
+        let statement = self.statement(&sql, params.len()).await?;
+        self.queued.push((statement, params));
+        if self.queued.len() >= PIPELINE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued writes at once (tokio-postgres pipelines futures polled together, in
+    /// the order polled) and waits for all of them.
+    async fn flush(&mut self) -> Result<(), MoveError> {
+        let queued = std::mem::take(&mut self.queued);
+        let sends = queued
+            .iter()
+            .map(|(statement, params)| self.tx.execute_raw(statement, params.iter()));
+        futures_util::future::try_join_all(sends)
+            .await
+            .map_err(MoveError::pg("applying changes to the staging tables"))?;
+        Ok(())
+    }
+
+    async fn statement(&mut self, sql: &str, count: usize) -> Result<Statement, MoveError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let types = vec![Type::TEXT; count];
+        let s = self
+            .tx
+            .prepare_typed(sql, &types)
+            .await
+            .map_err(MoveError::pg(format!("preparing {sql}")))?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Runs `sql` after the queued writes and returns its row count.
     async fn run(&mut self, sql: String, params: Vec<Option<String>>) -> Result<u64, MoveError> {
-        let statement = match self.statements.get(&sql) {
-            Some(s) => s.clone(),
-            None => {
-                let types = vec![Type::TEXT; params.len()];
-                let s = self
-                    .tx
-                    .prepare_typed(&sql, &types)
-                    .await
-                    .map_err(MoveError::pg(format!("preparing {sql}")))?;
-                self.statements.insert(sql.clone(), s.clone());
-                s
-            }
-        };
+        self.flush().await?;
+        let statement = self.statement(&sql, params.len()).await?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         self.tx
