@@ -22,6 +22,7 @@ pub mod merge;
 pub mod metrics;
 pub mod multishard;
 pub mod pool;
+pub mod rebalance;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -50,6 +50,9 @@ pub struct ClusterOptions {
     pub os_user: String,
     /// TLS for the servers: `ssl = on` with these files. Default: no TLS.
     pub ssl: Option<ClusterSsl>,
+    /// `wal_level = logical` instead of `replica` (default false): logical decoding, as the
+    /// slot mover (`rebalance`) needs.
+    pub logical: bool,
 }
 
 /// PEM texts written into the primary's data directory (and copied to the replicas by their
@@ -74,6 +77,7 @@ impl Default for ClusterOptions {
             base_dir: None,
             os_user: DEFAULT_OS_USER.to_string(),
             ssl: None,
+            logical: false,
         }
     }
 }
@@ -122,7 +126,7 @@ impl LocalCluster {
             stopped: AtomicBool::new(false),
         };
         cluster.chown_dir()?;
-        cluster.init_primary()?;
+        cluster.init_primary(opts.logical)?;
         if let Some(ssl) = &opts.ssl {
             cluster.enable_ssl(ssl)?;
         }
@@ -299,7 +303,7 @@ impl LocalCluster {
         }
     }
 
-    fn init_primary(&self) -> anyhow::Result<()> {
+    fn init_primary(&self, logical: bool) -> anyhow::Result<()> {
         let pwfile = self.dir.join("pwfile");
         fs::write(&pwfile, format!("{}\n", self.superuser_password))
             .context("writing the password file")?;
@@ -329,12 +333,13 @@ impl LocalCluster {
              synchronous_commit = off\n\
              full_page_writes = off\n\
              shared_buffers = 64MB\n\
-             wal_level = replica\n\
+             wal_level = {}\n\
              max_wal_senders = 10\n\
              wal_keep_size = 256MB\n\
              hot_standby = on\n\
              logging_collector = off\n",
-            self.dir.display()
+            self.dir.display(),
+            if logical { "logical" } else { "replica" },
         );
         append(&self.primary_data().join("postgresql.conf"), &settings)
     }

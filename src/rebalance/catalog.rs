@@ -1,0 +1,365 @@
+//! What the mover asks the shards' catalogs (wal_level, columns, primary keys, replica
+//! identity) and the objects it creates and drops (publication, replication slot, staging
+//! tables). Every creation is "unless it exists", every drop "if it exists".
+
+use tokio_postgres::Client;
+
+use super::{MoveError, MovePlan, Shard, TableSpec};
+use crate::sharding::KeyType;
+
+/// A column copied by the move: its name and its type as SQL (`format_type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_sql: String,
+}
+
+/// A moved table as both shards define it.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The name as configured.
+    pub name: String,
+    /// `"schema"."table"` on the source and on the target.
+    pub source_sql: String,
+    pub target_sql: String,
+    /// `"pgshard_staging_<id>"."table"` on the target.
+    pub staging_sql: String,
+    /// Stored columns (not generated, not dropped) in the target's order.
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key.
+    pub primary_key: Vec<usize>,
+    /// Index into `columns` of the shard key, and its declared type.
+    pub key: usize,
+    pub key_type: KeyType,
+    /// The source's schema and table name, as logical decoding names them.
+    pub source_schema: String,
+    pub source_table: String,
+}
+
+impl Table {
+    /// `"a", "b"`: every column, quoted.
+    pub fn column_list(&self) -> String {
+        list(self.columns.iter().map(|c| quote_ident(&c.name)))
+    }
+
+    pub fn primary_key_list(&self) -> String {
+        list(
+            self.primary_key
+                .iter()
+                .map(|&i| quote_ident(&self.columns[i].name)),
+        )
+    }
+}
+
+pub(crate) fn list(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Refuses a source that cannot do logical decoding, naming the setting.
+pub(crate) async fn check_wal_level(source: &Shard) -> Result<(), MoveError> {
+    let row = source
+        .client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(MoveError::pg(format!(
+            "reading wal_level on {}",
+            source.name
+        )))?;
+    let found: String = row.get(0);
+    if found != "logical" {
+        return Err(MoveError::WalLevel {
+            server: source.name.clone(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// One side's view of a table.
+struct Side {
+    schema: String,
+    table: String,
+    replica_identity: String,
+    columns: Vec<Column>,
+    primary_key: Vec<String>,
+}
+
+const TABLE_SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relreplident::text \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)";
+const COLUMNS_SQL: &str = "SELECT attname::text, format_type(atttypid, atttypmod) \
+     FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
+     AND attgenerated = '' ORDER BY attnum";
+const PRIMARY_KEY_SQL: &str = "SELECT a.attname::text FROM pg_index i \
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+     WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum";
+
+async fn side(shard: &Shard, side: &'static str, name: &str) -> Result<Side, MoveError> {
+    let what = || format!("describing table {name} on {}", shard.name);
+    let c = &shard.client;
+    let row = c
+        .query_opt(TABLE_SQL, &[&name])
+        .await
+        .map_err(MoveError::pg(what()))?
+        .ok_or_else(|| MoveError::NoTable {
+            table: name.to_string(),
+            side,
+            server: shard.name.clone(),
+        })?;
+    let columns = c
+        .query(COLUMNS_SQL, &[&name])
+        .await
+        .map_err(MoveError::pg(what()))?;
+    let keys = c
+        .query(PRIMARY_KEY_SQL, &[&name])
+        .await
+        .map_err(MoveError::pg(what()))?;
+    Ok(Side {
+        schema: row.get(0),
+        table: row.get(1),
+        replica_identity: row.get(2),
+        columns: columns
+            .iter()
+            .map(|r| Column {
+                name: r.get(0),
+                type_sql: r.get(1),
+            })
+            .collect(),
+        primary_key: keys.iter().map(|r| r.get(0)).collect(),
+    })
+}
+
+/// Describes every table of the plan on both shards, refusing what a move cannot carry.
+pub(crate) async fn describe(
+    plan: &MovePlan,
+    source: &Shard,
+    target: &Shard,
+) -> Result<Vec<Table>, MoveError> {
+    let mut tables: Vec<Table> = Vec::new();
+    for spec in plan.tables() {
+        let table = describe_one(plan, spec, source, target).await?;
+        if let Some(other) = tables.iter().find(|t| t.source_table == table.source_table) {
+            return Err(MoveError::StagingNameClash {
+                first: other.name.clone(),
+                second: table.name,
+                name: other.source_table.clone(),
+            });
+        }
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
+async fn describe_one(
+    plan: &MovePlan,
+    spec: &TableSpec,
+    source: &Shard,
+    target: &Shard,
+) -> Result<Table, MoveError> {
+    let src = side(source, "source", &spec.name).await?;
+    if src.primary_key.is_empty() {
+        return Err(MoveError::NoPrimaryKey {
+            table: spec.name.clone(),
+        });
+    }
+    let identity = match src.replica_identity.as_str() {
+        "d" | "f" => None,
+        "n" => Some("NOTHING"),
+        _ => Some("USING INDEX"),
+    };
+    if let Some(identity) = identity {
+        return Err(MoveError::ReplicaIdentity {
+            table: spec.name.clone(),
+            identity: identity.to_string(),
+        });
+    }
+    let dst = side(target, "target", &spec.name).await?;
+    let mismatch = |detail: String| MoveError::TableMismatch {
+        table: spec.name.clone(),
+        detail,
+    };
+    let mut sorted_src = src.columns.clone();
+    let mut sorted_dst = dst.columns.clone();
+    sorted_src.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted_dst.sort_by(|a, b| a.name.cmp(&b.name));
+    if sorted_src != sorted_dst {
+        return Err(mismatch(format!(
+            "columns ({}) on the source, ({}) on the target",
+            shown(&sorted_src),
+            shown(&sorted_dst)
+        )));
+    }
+    let mut src_pk = src.primary_key.clone();
+    let mut dst_pk = dst.primary_key.clone();
+    src_pk.sort();
+    dst_pk.sort();
+    if src_pk != dst_pk {
+        return Err(mismatch(format!(
+            "primary key ({}) on the source, ({}) on the target",
+            src_pk.join(", "),
+            dst_pk.join(", ")
+        )));
+    }
+    let columns = dst.columns;
+    let index_of = |name: &str| columns.iter().position(|c| c.name == name);
+    let key = index_of(&spec.key_column).ok_or_else(|| MoveError::NoKeyColumn {
+        table: spec.name.clone(),
+        column: spec.key_column.clone(),
+    })?;
+    let primary_key = src
+        .primary_key
+        .iter()
+        .filter_map(|name| index_of(name))
+        .collect();
+    Ok(Table {
+        name: spec.name.clone(),
+        source_sql: format!("{}.{}", quote_ident(&src.schema), quote_ident(&src.table)),
+        target_sql: format!("{}.{}", quote_ident(&dst.schema), quote_ident(&dst.table)),
+        staging_sql: format!(
+            "{}.{}",
+            quote_ident(&plan.staging_schema()),
+            quote_ident(&src.table)
+        ),
+        primary_key,
+        key,
+        key_type: spec.key_type,
+        source_schema: src.schema,
+        source_table: src.table,
+        columns,
+    })
+}
+
+fn shown(columns: &[Column]) -> String {
+    list(columns.iter().map(|c| format!("{} {}", c.name, c.type_sql)))
+}
+
+/// The publication and slot on the source, the staging tables on the target.
+pub(crate) async fn prepare(
+    plan: &MovePlan,
+    tables: &[Table],
+    source: &mut Shard,
+    target: &mut Shard,
+) -> Result<(), MoveError> {
+    let s = &source.client;
+    let publication = plan.publication();
+    let exists = s
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(MoveError::pg("looking for the move's publication"))?;
+    if exists.is_none() {
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(&publication),
+            list(tables.iter().map(|t| t.source_sql.clone()))
+        );
+        s.batch_execute(&sql)
+            .await
+            .map_err(MoveError::pg(format!("creating publication {publication}")))?;
+    }
+    let slot = plan.replication_slot();
+    if !slot_exists(s, &slot).await? {
+        s.query_one(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
+            &[&slot],
+        )
+        .await
+        .map_err(MoveError::pg(format!(
+            "creating logical replication slot {slot} (needs a role with REPLICATION, and \
+             max_replication_slots free)"
+        )))?;
+    }
+    create_staging(plan, tables, target).await
+}
+
+pub(crate) async fn slot_exists(client: &Client, slot: &str) -> Result<bool, MoveError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(MoveError::pg("looking for the move's replication slot"))?;
+    Ok(row.is_some())
+}
+
+/// Staging tables: the target's columns (`LIKE`, with defaults and NOT NULL) and the primary
+/// key only, so that replaying changes never trips a unique index in passing.
+async fn create_staging(
+    plan: &MovePlan,
+    tables: &[Table],
+    target: &mut Shard,
+) -> Result<(), MoveError> {
+    let what = "creating the staging tables";
+    let tx = target
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        quote_ident(&plan.staging_schema())
+    ))
+    .await
+    .map_err(MoveError::pg(what))?;
+    for t in tables {
+        let exists = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t.staging_sql])
+            .await
+            .map_err(MoveError::pg(what))?;
+        if !exists.get::<_, bool>(0) {
+            let sql = format!(
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)",
+                t.staging_sql, t.target_sql,
+            );
+            tx.batch_execute(&sql)
+                .await
+                .map_err(MoveError::pg(format!("creating {}", t.staging_sql)))?;
+        }
+    }
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    // Also after a copy that was interrupted while the key was dropped.
+    for t in tables {
+        super::copy::set_staging_key(&target.client, t, true).await?;
+    }
+    Ok(())
+}
+
+/// Drops the slot and publication (source) and the staging schema (target), if they exist.
+pub(crate) async fn cleanup(
+    plan: &MovePlan,
+    source: &Shard,
+    target: &Shard,
+) -> Result<(), MoveError> {
+    let slot = plan.replication_slot();
+    source
+        .client
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(MoveError::pg(format!("dropping replication slot {slot}")))?;
+    source
+        .client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&plan.publication())
+        ))
+        .await
+        .map_err(MoveError::pg("dropping the move's publication"))?;
+    target
+        .client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(&plan.staging_schema())
+        ))
+        .await
+        .map_err(MoveError::pg("dropping the staging schema"))
+}

@@ -1,0 +1,533 @@
+//! The bulk steps: copy (source snapshot → staging), verify (count and checksum per table),
+//! swap in (staging → real tables) and deleting a side's rows of the moving slots. Rows are
+//! read with binary COPY and their slot found by hashing the shard key in Rust.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::catalog::{quote_ident, slot_exists, Table};
+use super::copybin::{RawTuple, TupleReader, TupleWriter};
+use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
+use crate::sharding::key_from_binary;
+
+/// Rows per COPY into the target: each batch commits on its own.
+const BATCH_ROWS: u64 = 50_000;
+/// Bytes handed to the target's COPY at a time.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// How far a copy got.
+#[derive(Debug, Clone, Default)]
+pub struct CopyStats {
+    /// The table being copied (the last one, once done).
+    pub table: String,
+    /// Rows read from the source (every slot) and rows copied (the moving slots).
+    pub rows_scanned: u64,
+    pub rows_copied: u64,
+    /// Bytes of the copied rows (binary COPY tuples).
+    pub bytes_copied: u64,
+    pub elapsed: Duration,
+}
+
+impl CopyStats {
+    /// Copied megabytes (10^6 bytes) per second.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes_copied as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// An order-independent digest of rows: their count and the wrapping sum of each row's
+/// XXH3-128 (a sum, not a XOR, so that a duplicated row changes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digest {
+    pub rows: u64,
+    pub sum: u128,
+}
+
+impl Digest {
+    fn add(&mut self, tuple: &RawTuple) {
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(xxh3_128(&tuple.bytes));
+    }
+}
+
+/// One table's digests on both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCheck {
+    pub table: String,
+    pub source: Digest,
+    pub target: Digest,
+}
+
+impl TableCheck {
+    pub fn equal(&self) -> bool {
+        self.source == self.target
+    }
+}
+
+/// Whether a tuple's shard key (field `key`) lies in the moving slots.
+fn in_slots(
+    table: &Table,
+    slots: &SlotSet,
+    tuple: &RawTuple,
+    key: usize,
+) -> Result<bool, MoveError> {
+    let Some(bytes) = tuple.field(key) else {
+        return Ok(false);
+    };
+    let value = key_from_binary(table.key_type, bytes).map_err(|source| MoveError::Key {
+        table: table.name.clone(),
+        source,
+    })?;
+    Ok(slots.contains(value.slot()))
+}
+
+/// The tuples of a `COPY (query) TO STDOUT (FORMAT binary)`, as they arrive.
+struct TupleStream {
+    stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+    reader: TupleReader,
+    table: String,
+}
+
+impl TupleStream {
+    async fn open(
+        client: &Transaction<'_>,
+        query: &str,
+        table: &str,
+    ) -> Result<TupleStream, MoveError> {
+        let sql = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
+        let stream = client
+            .copy_out(&sql)
+            .await
+            .map_err(MoveError::pg(format!("reading {table}")))?;
+        Ok(TupleStream {
+            stream: Box::pin(stream),
+            reader: TupleReader::default(),
+            table: table.to_string(),
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<RawTuple>, MoveError> {
+        loop {
+            let bad = |detail: String| MoveError::Copy {
+                table: self.table.clone(),
+                detail,
+            };
+            if let Some(tuple) = self.reader.next_tuple().map_err(bad)? {
+                return Ok(Some(tuple));
+            }
+            match self.stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(MoveError::pg(format!("reading {}", self.table)))?;
+                    self.reader.push(&chunk);
+                }
+                None if self.reader.finished() => return Ok(None),
+                None => return Err(bad("the stream ended before its trailer".to_string())),
+            }
+        }
+    }
+}
+
+/// Calls `each` on every tuple of `query`.
+async fn scan(
+    client: &Transaction<'_>,
+    query: &str,
+    table: &str,
+    mut each: impl FnMut(RawTuple) -> Result<(), MoveError>,
+) -> Result<(), MoveError> {
+    let mut tuples = TupleStream::open(client, query, table).await?;
+    while let Some(tuple) = tuples.next().await? {
+        each(tuple)?;
+    }
+    Ok(())
+}
+
+/// Writes whole COPY streams of tuples to `COPY target FROM STDIN (FORMAT binary)`.
+async fn copy_in(
+    client: &Transaction<'_>,
+    target: &str,
+    data: Vec<Bytes>,
+) -> Result<u64, MoveError> {
+    let what = || format!("writing {target}");
+    let sink = client
+        .copy_in(&format!("COPY {target} FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(MoveError::pg(what()))?;
+    let mut sink = std::pin::pin!(sink);
+    for chunk in data {
+        sink.send(chunk).await.map_err(MoveError::pg(what()))?;
+    }
+    sink.as_mut().finish().await.map_err(MoveError::pg(what()))
+}
+
+pub(crate) async fn copy(
+    mover: &mut Mover,
+    mut progress: impl FnMut(&CopyStats),
+) -> Result<CopyStats, MoveError> {
+    let slot = mover.plan.replication_slot();
+    if !slot_exists(&mover.source.client, &slot).await? {
+        return Err(MoveError::NotPrepared {
+            step: "copy",
+            missing: format!("replication slot {slot} on the source"),
+            run: "prepare",
+        });
+    }
+    let target = &mover.target.client;
+    // Empty, and without its primary key until the rows are in: one index build afterwards
+    // is much cheaper than an index insertion per row.
+    for t in &mover.tables {
+        target
+            .batch_execute(&format!("TRUNCATE {}", t.staging_sql))
+            .await
+            .map_err(MoveError::pg(format!("emptying {}", t.staging_sql)))?;
+        set_staging_key(target, t, false).await?;
+    }
+    // The snapshot is taken by the first statement below, after the slot was seen to exist:
+    // every change after it is in the slot.
+    let tx = mover
+        .source
+        .client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(MoveError::pg("starting the copy's snapshot"))?;
+    let started = Instant::now();
+    let mut stats = CopyStats::default();
+    for t in &mover.tables {
+        stats.table = t.name.clone();
+        let base = (stats.rows_scanned, stats.rows_copied, stats.bytes_copied);
+        // Reading the source and writing the target overlap: the scan hands finished chunks
+        // to the writer through a short queue.
+        let (chunks, mut received) = tokio::sync::mpsc::channel(8);
+        let read = read_table(&tx, t, &mover.plan.slots, chunks);
+        let write = async {
+            let copy_sql = format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                t.staging_sql,
+                t.column_list()
+            );
+            let mut sink = None;
+            while let Some(piece) = received.recv().await {
+                match piece {
+                    Piece::Chunk(bytes) => send_chunk(target, &copy_sql, &mut sink, bytes).await?,
+                    Piece::Batch(scanned, copied, bytes) => {
+                        if let Some(mut open) = sink.take() {
+                            let what = format!("writing {}", t.staging_sql);
+                            open.as_mut().finish().await.map_err(MoveError::pg(what))?;
+                        }
+                        stats.rows_scanned = base.0 + scanned;
+                        stats.rows_copied = base.1 + copied;
+                        stats.bytes_copied = base.2 + bytes;
+                        stats.elapsed = started.elapsed();
+                        progress(&stats);
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::try_join!(read, write)?;
+    }
+    tx.commit()
+        .await
+        .map_err(MoveError::pg("ending the copy's snapshot"))?;
+    for t in &mover.tables {
+        set_staging_key(target, t, true).await?;
+    }
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table.
+pub(crate) async fn set_staging_key(
+    client: &Client,
+    t: &Table,
+    present: bool,
+) -> Result<(), MoveError> {
+    let what = || format!("changing the primary key of {}", t.staging_sql);
+    let found = client
+        .query_opt(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) \
+             AND contype = 'p'",
+            &[&t.staging_sql],
+        )
+        .await
+        .map_err(MoveError::pg(what()))?;
+    let sql = match (found, present) {
+        (None, true) => format!(
+            "ALTER TABLE {} ADD PRIMARY KEY ({})",
+            t.staging_sql,
+            t.primary_key_list()
+        ),
+        (Some(row), false) => format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            t.staging_sql,
+            quote_ident(row.get(0))
+        ),
+        _ => return Ok(()),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(MoveError::pg(what()))
+}
+
+/// What the scan of a table hands the writer: a chunk of a COPY stream, or the end of a batch
+/// (one COPY, committed) with the table's counts so far: rows scanned, copied, bytes.
+enum Piece {
+    Chunk(Bytes),
+    Batch(u64, u64, u64),
+}
+
+type Sink = std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>;
+
+/// Scans `t` on the source and queues its moving rows as COPY chunks, a batch at a time. Stops
+/// quietly when the writer is gone (its error is the one reported).
+async fn read_table(
+    tx: &Transaction<'_>,
+    t: &Table,
+    slots: &SlotSet,
+    out: tokio::sync::mpsc::Sender<Piece>,
+) -> Result<(), MoveError> {
+    let query = format!("SELECT {} FROM {}", t.column_list(), t.source_sql);
+    let mut tuples = TupleStream::open(tx, &query, &t.name).await?;
+    let mut writer = TupleWriter::new();
+    let (mut batch_rows, mut scanned, mut copied, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(tuple) = tuples.next().await? {
+        scanned += 1;
+        if !in_slots(t, slots, &tuple, t.key)? {
+            continue;
+        }
+        writer.raw(&tuple);
+        (batch_rows, copied, bytes) =
+            (batch_rows + 1, copied + 1, bytes + tuple.bytes.len() as u64);
+        let full = batch_rows >= BATCH_ROWS;
+        if full {
+            writer.finish();
+        }
+        if (full || writer.len() >= CHUNK_BYTES)
+            && out.send(Piece::Chunk(writer.take())).await.is_err()
+        {
+            return Ok(());
+        }
+        if full {
+            if out
+                .send(Piece::Batch(scanned, copied, bytes))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            (writer, batch_rows) = (TupleWriter::new(), 0);
+        }
+    }
+    if batch_rows > 0 {
+        writer.finish();
+        let _ = out.send(Piece::Chunk(writer.take())).await;
+    }
+    let _ = out.send(Piece::Batch(scanned, copied, bytes)).await;
+    Ok(())
+}
+
+/// Sends a chunk to the batch's COPY, starting the COPY with its first chunk.
+async fn send_chunk(
+    target: &Client,
+    copy_sql: &str,
+    sink: &mut Option<Sink>,
+    bytes: Bytes,
+) -> Result<(), MoveError> {
+    let what = || format!("writing the target: {copy_sql}");
+    if sink.is_none() {
+        let opened = target
+            .copy_in(copy_sql)
+            .await
+            .map_err(MoveError::pg(what()))?;
+        *sink = Some(Box::pin(opened));
+    }
+    let open = sink.as_mut().expect("opened above");
+    open.send(bytes).await.map_err(MoveError::pg(what()))
+}
+
+/// The digest of `table`'s rows in the moving slots as `client` sees `relation`.
+async fn digest(
+    client: &Transaction<'_>,
+    table: &Table,
+    relation: &str,
+    slots: &SlotSet,
+) -> Result<Digest, MoveError> {
+    let mut digest = Digest::default();
+    let query = format!("SELECT {} FROM {relation}", table.column_list());
+    scan(client, &query, &table.name, |tuple| {
+        if in_slots(table, slots, &tuple, table.key)? {
+            digest.add(&tuple);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(digest)
+}
+
+pub(crate) async fn verify(
+    mover: &mut Mover,
+    side: TargetSide,
+) -> Result<Vec<TableCheck>, MoveError> {
+    let source = snapshot(&mut mover.source.client, "the source").await?;
+    let target = snapshot(&mut mover.target.client, "the target").await?;
+    let slots = &mover.plan.slots;
+    let mut checks = Vec::new();
+    for t in &mover.tables {
+        let relation = match side {
+            TargetSide::Staging => &t.staging_sql,
+            TargetSide::Real => &t.target_sql,
+        };
+        checks.push(TableCheck {
+            table: t.name.clone(),
+            source: digest(&source, t, &t.source_sql, slots).await?,
+            target: digest(&target, t, relation, slots).await?,
+        });
+    }
+    source
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the source's snapshot"))?;
+    target
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the target's snapshot"))?;
+    Ok(checks)
+}
+
+async fn snapshot<'a>(
+    client: &'a mut Client,
+    side: &str,
+) -> Result<tokio_postgres::Transaction<'a>, MoveError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(MoveError::pg(format!("taking a snapshot of {side}")))
+}
+
+pub(crate) async fn swap_in(
+    plan: &MovePlan,
+    tables: &[Table],
+    target: &mut Shard,
+) -> Result<u64, MoveError> {
+    let what = "moving the staging rows into the real tables";
+    let tx = target
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    let mut rows = 0;
+    for t in tables {
+        let cols = t.column_list();
+        rows += tx
+            .execute(
+                &format!(
+                    "INSERT INTO {real} ({cols}) OVERRIDING SYSTEM VALUE \
+                     SELECT {cols} FROM {stg}",
+                    real = t.target_sql,
+                    stg = t.staging_sql
+                ),
+                &[],
+            )
+            .await
+            .map_err(MoveError::pg(format!(
+                "{what} (into {}, staging schema {})",
+                t.target_sql,
+                plan.staging_schema()
+            )))?;
+        tx.batch_execute(&format!("TRUNCATE {}", t.staging_sql))
+            .await
+            .map_err(MoveError::pg(what))?;
+    }
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    Ok(rows)
+}
+
+/// Whose real tables a deletion reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RealOf {
+    Source,
+    Target,
+}
+
+/// Deletes the rows of the moving slots from `shard`'s real tables (the source's when
+/// cleaning it, the target's when aborting) in one transaction: their primary keys are found
+/// by a scan and collected in a temporary table.
+pub(crate) async fn delete_slot_rows(
+    plan: &MovePlan,
+    tables: &[Table],
+    shard: &mut Shard,
+    side: RealOf,
+) -> Result<u64, MoveError> {
+    let what = format!("deleting the moving slots' rows on {}", shard.name);
+    let tx = shard
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what.clone()))?;
+    let mut deleted = 0;
+    for t in tables {
+        let relation = match side {
+            RealOf::Source => &t.source_sql,
+            RealOf::Target => &t.target_sql,
+        };
+        let pk = t.primary_key_list();
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE pgshard_doomed ON COMMIT DROP AS SELECT {pk} FROM {relation} \
+             WITH NO DATA"
+        ))
+        .await
+        .map_err(MoveError::pg(what.clone()))?;
+        // Selected: the key columns, then the shard key last.
+        let query = format!(
+            "SELECT {pk}, {} FROM {relation}",
+            quote_ident(&t.columns[t.key].name)
+        );
+        let key_at = t.primary_key.len();
+        let mut writer = TupleWriter::new();
+        let mut chunks = Vec::new();
+        scan(&tx, &query, &t.name, |tuple| {
+            if in_slots(t, &plan.slots, &tuple, key_at)? {
+                writer.fields((0..key_at).map(|i| tuple.field(i)));
+                if writer.len() >= CHUNK_BYTES {
+                    chunks.push(writer.take());
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish();
+        chunks.push(writer.take());
+        copy_in(&tx, "pgshard_doomed", chunks).await?;
+        let matches: Vec<String> = t
+            .primary_key
+            .iter()
+            .map(|&i| {
+                let c = quote_ident(&t.columns[i].name);
+                format!("t.{c} = d.{c}")
+            })
+            .collect();
+        let matches = matches.join(" AND ");
+        deleted += tx
+            .execute(
+                &format!("DELETE FROM {relation} t USING pgshard_doomed d WHERE {matches}"),
+                &[],
+            )
+            .await
+            .map_err(MoveError::pg(what.clone()))?;
+        tx.batch_execute("DROP TABLE pgshard_doomed")
+            .await
+            .map_err(MoveError::pg(what.clone()))?;
+    }
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    Ok(deleted)
+}

@@ -1,0 +1,306 @@
+//! The slot mover's engine: copies the rows of some slots of every sharded table from a source
+//! shard's primary to a target's (into staging tables), catches up with later changes by logical
+//! decoding (`pgoutput`), verifies both sides, swaps the staging rows in and cleans the source.
+//!
+//! Each step is idempotent and can be re-run after a crash; the caller (the journal and the
+//! cutover, elsewhere) decides their order: `prepare`, `copy`, `catch_up` until the lag is
+//! small, then under the router's hold the last `catch_up`, `verify`, `swap_in`, the map flip,
+//! `clean_source`, and `cleanup`; or `abort` before the flip. See ARCHITECTURE.md, "Moving a
+//! slot". It never changes the shard map, never touches rows outside the moving slots (on the
+//! target: outside its staging schema, until `swap_in`), and never deletes from the source
+//! before `clean_source`. I/O over tokio-postgres connections the caller opens.
+
+mod catalog;
+mod catchup;
+mod copy;
+mod copybin;
+mod error;
+mod pgoutput;
+
+use std::ops::RangeInclusive;
+
+use crate::config::ShardingConfig;
+use crate::sharding::{KeyType, SLOT_COUNT};
+
+pub use catalog::{Column, Table};
+pub use catchup::CatchUp;
+pub use copy::{CopyStats, Digest, TableCheck};
+pub use error::MoveError;
+
+/// One sharded table to move: its name as configured and its shard key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub name: String,
+    pub key_column: String,
+    pub key_type: KeyType,
+}
+
+impl TableSpec {
+    /// Every sharded table of `[sharding]`, with its key (the table's own or the default).
+    pub fn from_config(sharding: &ShardingConfig) -> Vec<TableSpec> {
+        sharding
+            .tables
+            .iter()
+            .map(|t| TableSpec {
+                name: t.name.clone(),
+                key_column: t
+                    .key_column
+                    .clone()
+                    .unwrap_or_else(|| sharding.key_column.clone()),
+                key_type: t.key_type.unwrap_or(sharding.key_type),
+            })
+            .collect()
+    }
+}
+
+/// A set of slots, one bit each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSet([u64; SLOT_COUNT as usize / 64]);
+
+impl SlotSet {
+    pub fn from_ranges(ranges: impl IntoIterator<Item = RangeInclusive<u16>>) -> SlotSet {
+        let mut set = SlotSet([0; SLOT_COUNT as usize / 64]);
+        for slot in ranges.into_iter().flatten() {
+            if slot < SLOT_COUNT {
+                set.0[usize::from(slot / 64)] |= 1 << (slot % 64);
+            }
+        }
+        set
+    }
+
+    pub fn contains(&self, slot: u16) -> bool {
+        slot < SLOT_COUNT && self.0[usize::from(slot / 64)] & (1 << (slot % 64)) != 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one move is: its id (naming its replication slot, publication and staging schema), the
+/// slots and the tables.
+#[derive(Debug, Clone)]
+pub struct MovePlan {
+    id: String,
+    slots: SlotSet,
+    tables: Vec<TableSpec>,
+}
+
+impl MovePlan {
+    /// `id`: 1 to 40 characters of `a-z`, `0-9`, `_`, unique among moves running at once.
+    pub fn new(id: &str, slots: SlotSet, tables: Vec<TableSpec>) -> Result<MovePlan, MoveError> {
+        let fits = !id.is_empty()
+            && id.len() <= 40
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !fits {
+            return Err(MoveError::BadMoveId(id.to_string()));
+        }
+        Ok(MovePlan {
+            id: id.to_string(),
+            slots,
+            tables,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn slots(&self) -> &SlotSet {
+        &self.slots
+    }
+
+    pub fn tables(&self) -> &[TableSpec] {
+        &self.tables
+    }
+
+    /// The logical replication slot on the source: `pgshard_move_<id>`.
+    pub fn replication_slot(&self) -> String {
+        format!("pgshard_move_{}", self.id)
+    }
+
+    /// The publication on the source: `pgshard_move_<id>`.
+    pub fn publication(&self) -> String {
+        format!("pgshard_move_{}", self.id)
+    }
+
+    /// The schema of the staging tables on the target: `pgshard_staging_<id>`.
+    pub fn staging_schema(&self) -> String {
+        format!("pgshard_staging_{}", self.id)
+    }
+}
+
+/// One side of a move: a shard's name (for messages) and a connection to its primary.
+pub struct Shard {
+    pub name: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl Shard {
+    /// Connects without TLS with a libpq-style connection string; the connection's task is
+    /// spawned on the current runtime.
+    pub async fn connect(name: &str, conninfo: &str) -> Result<Shard, MoveError> {
+        let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+            .await
+            .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("mover connection ended: {e}");
+            }
+        });
+        Ok(Shard {
+            name: name.to_string(),
+            client,
+        })
+    }
+}
+
+/// Which table of the target a step reads: the staging copy or the real one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSide {
+    Staging,
+    Real,
+}
+
+/// A move between two shards, with its tables described on both. Every method is one
+/// idempotent step.
+pub struct Mover {
+    plan: MovePlan,
+    source: Shard,
+    target: Shard,
+    tables: Vec<Table>,
+}
+
+impl Mover {
+    /// Checks what a move needs before anything is created (the source's `wal_level`, every
+    /// table present on both sides with the same columns, a primary key, a replica identity
+    /// carrying it) and describes the tables. Changes nothing.
+    pub async fn open(plan: MovePlan, source: Shard, target: Shard) -> Result<Mover, MoveError> {
+        catalog::check_wal_level(&source).await?;
+        let tables = catalog::describe(&plan, &source, &target).await?;
+        Ok(Mover {
+            plan,
+            source,
+            target,
+            tables,
+        })
+    }
+
+    pub fn plan(&self) -> &MovePlan {
+        &self.plan
+    }
+
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    /// The source's connection (for callers' own checks and tests).
+    pub fn source(&self) -> &Shard {
+        &self.source
+    }
+
+    pub fn target(&self) -> &Shard {
+        &self.target
+    }
+
+    /// Creates, unless they exist, the publication and the logical replication slot on the
+    /// source (the slot before any copy's snapshot) and the staging tables on the target.
+    pub async fn prepare(&mut self) -> Result<(), MoveError> {
+        catalog::prepare(&self.plan, &self.tables, &mut self.source, &mut self.target).await
+    }
+
+    /// Copies the moving slots' rows from one snapshot of the source into the (first emptied)
+    /// staging tables, in batches; `progress` is called after each batch.
+    pub async fn copy(&mut self, progress: impl FnMut(&CopyStats)) -> Result<CopyStats, MoveError> {
+        copy::copy(self, progress).await
+    }
+
+    /// Applies up to about `max_changes` decoded changes (whole transactions) to the staging
+    /// tables, then reports how far behind the source it is.
+    pub async fn catch_up(&mut self, max_changes: u32) -> Result<CatchUp, MoveError> {
+        catchup::catch_up(self, max_changes).await
+    }
+
+    /// Bytes of WAL the source wrote since the last change applied.
+    pub async fn lag_bytes(&self) -> Result<u64, MoveError> {
+        catchup::lag_bytes(&self.plan, &self.source).await
+    }
+
+    /// Row count and checksum of the moving slots' rows, per table, on the source and on the
+    /// target's staging or real table. Meaningful while no one writes to those slots.
+    pub async fn verify(&mut self, side: TargetSide) -> Result<Vec<TableCheck>, MoveError> {
+        copy::verify(self, side).await
+    }
+
+    /// Moves the staging rows into the real tables in one target transaction.
+    pub async fn swap_in(&mut self) -> Result<u64, MoveError> {
+        copy::swap_in(&self.plan, &self.tables, &mut self.target).await
+    }
+
+    /// Deletes the moving slots' rows from the source's tables (one transaction); returns how
+    /// many. Only after the map names the target as their owner.
+    pub async fn clean_source(&mut self) -> Result<u64, MoveError> {
+        copy::delete_slot_rows(
+            &self.plan,
+            &self.tables,
+            &mut self.source,
+            copy::RealOf::Source,
+        )
+        .await
+    }
+
+    /// Drops the replication slot and the publication on the source and the staging schema on
+    /// the target.
+    pub async fn cleanup(&mut self) -> Result<(), MoveError> {
+        catalog::cleanup(&self.plan, &self.source, &self.target).await
+    }
+
+    /// Undoes a move whose map has not flipped: deletes the moving slots' rows from the
+    /// target's real tables (put there by `swap_in`), then [`Mover::cleanup`]. The source,
+    /// never changed before `clean_source`, stays the owner with every row.
+    pub async fn abort(&mut self) -> Result<(), MoveError> {
+        copy::delete_slot_rows(
+            &self.plan,
+            &self.tables,
+            &mut self.target,
+            copy::RealOf::Target,
+        )
+        .await?;
+        self.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_sets_hold_exactly_their_ranges() {
+        let set = SlotSet::from_ranges([0..=2, 4095..=4095, 64..=64]);
+        assert_eq!(set.len(), 5);
+        for slot in [0, 1, 2, 64, 4095] {
+            assert!(set.contains(slot), "{slot}");
+        }
+        for slot in [3, 63, 65, 4094, 4096] {
+            assert!(!set.contains(slot), "{slot}");
+        }
+    }
+
+    #[test]
+    fn move_ids_name_postgres_objects_safely() {
+        let set = SlotSet::from_ranges([0..=0]);
+        assert!(MovePlan::new("m_1", set.clone(), vec![]).is_ok());
+        for bad in ["", "M1", "a-b", "x\"y", &"a".repeat(41)] {
+            assert!(MovePlan::new(bad, set.clone(), vec![]).is_err(), "{bad}");
+        }
+        let plan = MovePlan::new("m1", set, vec![]).unwrap();
+        assert_eq!(plan.replication_slot(), "pgshard_move_m1");
+        assert_eq!(plan.staging_schema(), "pgshard_staging_m1");
+    }
+}

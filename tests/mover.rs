@@ -1,0 +1,626 @@
+//! The slot mover's engine (`pgshard::rebalance`) against two real PostgreSQL primaries at
+//! `wal_level = logical`: a move under concurrent inserts, updates and deletes lands every row
+//! of the moved slots exactly once on the target, equal to what the writer last wrote; what a
+//! move cannot carry is refused up front; an interrupted copy re-runs without duplicates.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use pgshard::localpg::{ClusterOptions, LocalCluster};
+use pgshard::rebalance::{MoveError, MovePlan, Mover, Shard, SlotSet, TableSpec, TargetSide};
+use pgshard::sharding::{KeyType, KeyValue};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+static CLUSTERS: OnceLock<Vec<LocalCluster>> = OnceLock::new();
+
+/// Two primaries at `wal_level = logical` (source, target) and one at `replica`, database
+/// `app`; stopped at exit.
+fn clusters() -> &'static [LocalCluster] {
+    CLUSTERS.get_or_init(|| {
+        let start = |logical: bool| {
+            let opts = ClusterOptions {
+                replicas: 0,
+                databases: vec![("app".into(), "postgres".into())],
+                logical,
+                ..ClusterOptions::default()
+            };
+            LocalCluster::start(&opts).expect("starting a test PostgreSQL primary")
+        };
+        let clusters = std::thread::scope(|s| {
+            let handles = [true, true, false].map(|logical| s.spawn(move || start(logical)));
+            handles.map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        });
+        // SAFETY: registering a plain `extern "C" fn()` with no captured state.
+        assert_eq!(unsafe { libc::atexit(stop_clusters) }, 0);
+        clusters.into()
+    })
+}
+
+extern "C" fn stop_clusters() {
+    for cluster in CLUSTERS.get().into_iter().flatten() {
+        cluster.stop_shared();
+    }
+}
+
+fn conninfo(cluster: &LocalCluster) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=app",
+        cluster.primary_port()
+    )
+}
+
+async fn shard(name: &str, cluster: &LocalCluster) -> Shard {
+    Shard::connect(name, &conninfo(cluster))
+        .await
+        .expect("connecting to a test primary")
+}
+
+async fn client(cluster: &LocalCluster) -> tokio_postgres::Client {
+    shard("direct", cluster).await.client
+}
+
+fn bigint(table: &str, key: &str) -> TableSpec {
+    TableSpec {
+        name: table.into(),
+        key_column: key.into(),
+        key_type: KeyType::Bigint,
+    }
+}
+
+/// Slots 0-1023: a quarter of the key space.
+fn moving() -> SlotSet {
+    SlotSet::from_ranges([0..=1023])
+}
+
+fn moves(id: i64) -> bool {
+    moving().contains(KeyValue::Int(id).slot())
+}
+
+fn moves_text(email: &str) -> bool {
+    moving().contains(KeyValue::Text(email.to_string()).slot())
+}
+
+/// `users` (bio stored out of line, so updates of the name leave it unchanged in the WAL),
+/// `orders` (sharded by user_id, which is not its primary key) and `accounts` (a text key),
+/// with `prefix` on every name; the same DDL on both primaries.
+fn schema(prefix: &str) -> String {
+    format!(
+        "CREATE TABLE {prefix}_users (user_id bigint PRIMARY KEY, name text NOT NULL, bio text); \
+         ALTER TABLE {prefix}_users ALTER bio SET STORAGE EXTERNAL; \
+         CREATE TABLE {prefix}_orders (order_id bigint PRIMARY KEY, user_id bigint NOT NULL, \
+           note text NOT NULL, memo text); \
+         ALTER TABLE {prefix}_orders ALTER memo SET STORAGE EXTERNAL; \
+         CREATE TABLE {prefix}_accounts (email text PRIMARY KEY, balance numeric NOT NULL);"
+    )
+}
+
+fn specs(prefix: &str) -> Vec<TableSpec> {
+    vec![
+        bigint(&format!("{prefix}_users"), "user_id"),
+        bigint(&format!("{prefix}_orders"), "user_id"),
+        TableSpec {
+            name: format!("{prefix}_accounts"),
+            key_column: "email".into(),
+            key_type: KeyType::Text,
+        },
+    ]
+}
+
+/// What the writer last wrote, per table and key (as text rows).
+#[derive(Default, Clone)]
+struct Record {
+    users: BTreeMap<i64, (String, Option<String>)>,
+    orders: BTreeMap<i64, (i64, String, Option<String>)>,
+    accounts: BTreeMap<String, String>,
+}
+
+const USERS: i64 = 2000;
+
+async fn load(c: &tokio_postgres::Client, prefix: &str) -> Record {
+    c.batch_execute(&format!(
+        "INSERT INTO {prefix}_users SELECT i, 'user ' || i, \
+           CASE WHEN i % 10 = 0 THEN repeat(md5(i::text), 200) END \
+         FROM generate_series(1, {USERS}) i; \
+         INSERT INTO {prefix}_orders SELECT i, i % {USERS} + 1, 'order ' || i, \
+           CASE WHEN i % 3 = 0 THEN repeat(md5(i::text), 100) END \
+         FROM generate_series(1, {o}) i; \
+         INSERT INTO {prefix}_accounts SELECT 'user' || i || '@example.com', i * 1.5 \
+         FROM generate_series(1, {USERS}) i;",
+        o = 2 * USERS
+    ))
+    .await
+    .expect("loading rows");
+    read_all(c, prefix).await
+}
+
+/// Every row of the three tables as `c` sees them.
+async fn read_all(c: &tokio_postgres::Client, prefix: &str) -> Record {
+    let mut record = Record::default();
+    for r in c
+        .query(
+            &format!("SELECT user_id, name, bio FROM {prefix}_users"),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        assert!(record
+            .users
+            .insert(r.get(0), (r.get(1), r.get(2)))
+            .is_none());
+    }
+    for r in c
+        .query(
+            &format!("SELECT order_id, user_id, note, memo FROM {prefix}_orders"),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        assert!(record
+            .orders
+            .insert(r.get(0), (r.get(1), r.get(2), r.get(3)))
+            .is_none());
+    }
+    for r in c
+        .query(
+            &format!("SELECT email, balance::text FROM {prefix}_accounts"),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        assert!(record.accounts.insert(r.get(0), r.get(1)).is_none());
+    }
+    record
+}
+
+/// Random inserts, updates (of the name only, of the bio, of an order's shard key and of its
+/// primary key) and deletes on the source until `stop` says so; returns its record.
+async fn write(
+    c: tokio_postgres::Client,
+    prefix: String,
+    mut record: Record,
+    mut stop: watch::Receiver<bool>,
+    done: watch::Sender<u64>,
+) -> (Record, u64) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut ops = 0u64;
+    let mut next_user = USERS + 1;
+    let mut next_order = 10 * USERS;
+    while !*stop.borrow_and_update() || ops < 300 {
+        let user = rng.gen_range(1..next_user);
+        let order = rng.gen_range(1..next_order);
+        let p = &prefix;
+        match rng.gen_range(0..9) {
+            0 => {
+                let name = format!("renamed {ops}");
+                let n = c
+                    .execute(
+                        &format!("UPDATE {p}_users SET name = $2 WHERE user_id = $1"),
+                        &[&user, &name],
+                    )
+                    .await
+                    .unwrap();
+                if n == 1 {
+                    record.users.get_mut(&user).unwrap().0 = name;
+                }
+            }
+            1 => {
+                let bio = format!("{ops}").repeat(3000);
+                let n = c
+                    .execute(
+                        &format!("UPDATE {p}_users SET bio = $2 WHERE user_id = $1"),
+                        &[&user, &bio],
+                    )
+                    .await
+                    .unwrap();
+                if n == 1 {
+                    record.users.get_mut(&user).unwrap().1 = Some(bio);
+                }
+            }
+            2 => {
+                c.execute(
+                    &format!("DELETE FROM {p}_users WHERE user_id = $1"),
+                    &[&user],
+                )
+                .await
+                .unwrap();
+                record.users.remove(&user);
+            }
+            3 => {
+                let (id, name) = (next_user, format!("new {ops}"));
+                next_user += 1;
+                c.execute(
+                    &format!("INSERT INTO {p}_users VALUES ($1, $2, NULL)"),
+                    &[&id, &name],
+                )
+                .await
+                .unwrap();
+                record.users.insert(id, (name, None));
+            }
+            4 => {
+                let n = c
+                    .execute(
+                        &format!("UPDATE {p}_orders SET user_id = $2 WHERE order_id = $1"),
+                        &[&order, &user],
+                    )
+                    .await
+                    .unwrap();
+                if n == 1 {
+                    record.orders.get_mut(&order).unwrap().0 = user;
+                }
+            }
+            5 => {
+                let new_id = next_order;
+                next_order += 1;
+                let n = c
+                    .execute(
+                        &format!("UPDATE {p}_orders SET order_id = $2 WHERE order_id = $1"),
+                        &[&order, &new_id],
+                    )
+                    .await
+                    .unwrap();
+                if n == 1 {
+                    let row = record.orders.remove(&order).unwrap();
+                    record.orders.insert(new_id, row);
+                }
+            }
+            6 => {
+                c.execute(
+                    &format!("DELETE FROM {p}_orders WHERE order_id = $1"),
+                    &[&order],
+                )
+                .await
+                .unwrap();
+                record.orders.remove(&order);
+            }
+            7 => {
+                let id = next_order;
+                next_order += 1;
+                let note = format!("inserted {ops}");
+                c.execute(
+                    &format!("INSERT INTO {p}_orders VALUES ($1, $2, $3)"),
+                    &[&id, &user, &note],
+                )
+                .await
+                .unwrap();
+                record.orders.insert(id, (user, note, None));
+            }
+            _ => {
+                let email = format!("user{user}@example.com");
+                let balance = format!("{ops}.25");
+                c.execute(
+                    &format!(
+                        "INSERT INTO {p}_accounts VALUES ($1, $2::text::numeric) \
+                              ON CONFLICT (email) DO UPDATE SET balance = EXCLUDED.balance"
+                    ),
+                    &[&email, &balance],
+                )
+                .await
+                .unwrap();
+                record.accounts.insert(email, balance);
+            }
+        }
+        ops += 1;
+        done.send_replace(ops);
+        tokio::task::yield_now().await;
+    }
+    (record, ops)
+}
+
+/// The part of `record` whose shard keys are (or are not) in the moving slots.
+fn part(record: &Record, moved: bool) -> Record {
+    Record {
+        users: record
+            .users
+            .iter()
+            .filter(|(k, _)| moves(**k) == moved)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect(),
+        orders: record
+            .orders
+            .iter()
+            .filter(|(_, v)| moves(v.0) == moved)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect(),
+        accounts: record
+            .accounts
+            .iter()
+            .filter(|(k, _)| moves_text(k) == moved)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn assert_same(got: &Record, want: &Record, what: &str) {
+    assert_eq!(got.users.len(), want.users.len(), "{what}: users");
+    assert!(got.users == want.users, "{what}: users differ");
+    assert!(
+        got.orders == want.orders,
+        "{what}: orders differ ({} vs {})",
+        got.orders.len(),
+        want.orders.len()
+    );
+    assert!(got.accounts == want.accounts, "{what}: accounts differ");
+}
+
+/// Catch-up rounds until everything committed before the last round's start is applied;
+/// returns the rows read back from the source on the way.
+async fn drain(mover: &mut Mover) -> u64 {
+    let mut fetched = 0;
+    loop {
+        let round = mover.catch_up(5_000).await.expect("catching up");
+        fetched += round.fetched;
+        if round.reached {
+            return fetched;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("mv")).await.unwrap();
+    dst.batch_execute(&schema("mv")).await.unwrap();
+    let loaded = load(&src, "mv").await;
+    let plan = MovePlan::new("mv", moving(), specs("mv")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover
+        .prepare()
+        .await
+        .expect("prepare again: everything exists already");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ops_tx, mut ops_rx) = watch::channel(0);
+    let writer = tokio::spawn(write(client(a).await, "mv".into(), loaded, stop_rx, ops_tx));
+    // Changes after the slot began, before and during the copy's snapshot.
+    ops_rx.wait_for(|ops| *ops >= 100).await.unwrap();
+    let copied = mover.copy(|_| {}).await.expect("copy");
+    assert!(copied.rows_copied > 0 && copied.rows_copied < copied.rows_scanned);
+    let during = mover
+        .catch_up(1_000)
+        .await
+        .expect("a catch-up round while writes go on");
+    let mut fetched = drain(&mut mover).await;
+    stop_tx.send(true).unwrap();
+    let (mut record, ops) = writer.await.unwrap();
+    assert!(ops >= 300);
+    // An order with its memo out of line moves into the slots by a change of user_id alone:
+    // the change lacks the memo, and staging lacks the row.
+    let (order, old_user) = record
+        .orders
+        .iter()
+        .find(|(_, (user, _, memo))| !moves(*user) && memo.is_some())
+        .map(|(id, (user, _, _))| (*id, *user))
+        .unwrap();
+    let new_user = (1..).find(|u| moves(*u)).unwrap();
+    assert_ne!(old_user, new_user);
+    src.execute(
+        "UPDATE mv_orders SET user_id = $2 WHERE order_id = $1",
+        &[&order, &new_user],
+    )
+    .await
+    .unwrap();
+    record.orders.get_mut(&order).unwrap().0 = new_user;
+    fetched += drain(&mut mover).await;
+    // Orders moved into the slots by a change of user_id, their memo unchanged out of line.
+    assert!(fetched > 0, "no change lacked an unchanged TOASTed value");
+    assert!(
+        during.changes > 0,
+        "the round during writes decoded changes: {during:?}"
+    );
+
+    let checks = mover.verify(TargetSide::Staging).await.unwrap();
+    for check in &checks {
+        assert!(check.equal(), "staging differs from the source: {check:?}");
+        assert!(check.source.rows > 0, "{check:?}");
+    }
+    assert_same(
+        &read_all(&dst, "mv").await,
+        &Record::default(),
+        "target before the swap",
+    );
+    let swapped = mover.swap_in().await.unwrap();
+    assert_eq!(swapped, checks.iter().map(|c| c.source.rows).sum::<u64>());
+    assert_eq!(
+        mover.swap_in().await.unwrap(),
+        0,
+        "a second swap finds staging empty"
+    );
+    for check in mover.verify(TargetSide::Real).await.unwrap() {
+        assert!(check.equal(), "target differs from the source: {check:?}");
+    }
+    let cleaned = mover.clean_source().await.unwrap();
+    assert_eq!(cleaned, swapped);
+    assert_eq!(mover.clean_source().await.unwrap(), 0);
+    mover.cleanup().await.unwrap();
+    mover.cleanup().await.expect("cleanup again");
+
+    assert_same(
+        &read_all(&dst, "mv").await,
+        &part(&record, true),
+        "target after the move",
+    );
+    assert_same(
+        &read_all(&src, "mv").await,
+        &part(&record, false),
+        "source after the move",
+    );
+    let left = src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgshard_move_mv'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left.get::<_, i64>(0),
+        0,
+        "cleanup dropped the replication slot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_interrupted_and_run_again_copies_each_row_once() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("rr")).await.unwrap();
+    dst.batch_execute(&schema("rr")).await.unwrap();
+    load(&src, "rr").await;
+    let plan = MovePlan::new("rr", moving(), specs("rr")).unwrap();
+    let mut first = Mover::open(plan.clone(), shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    first.prepare().await.unwrap();
+    // Interrupted once its first table is in: the copy's future is dropped mid-way.
+    let (done_tx, mut done_rx) = watch::channel(0u64);
+    tokio::select! {
+        _ = first.copy(|stats| { let _ = done_tx.send(stats.rows_copied); }) => panic!("the copy ran to its end"),
+        _ = done_rx.changed() => {}
+    }
+    drop(first);
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover
+        .copy(|_| {})
+        .await
+        .expect("copy after the interruption");
+    mover.copy(|_| {}).await.expect("and once more");
+    for check in mover.verify(TargetSide::Staging).await.unwrap() {
+        assert!(check.equal(), "{check:?}");
+    }
+    mover.abort().await.unwrap();
+    assert_same(
+        &read_all(&dst, "rr").await,
+        &Record::default(),
+        "target after the abort",
+    );
+    let schema_left = dst
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgshard_staging_rr'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(schema_left.get::<_, i64>(0), 0);
+}
+
+#[tokio::test]
+async fn an_abort_after_the_swap_leaves_the_source_the_only_owner() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("ab")).await.unwrap();
+    dst.batch_execute(&schema("ab")).await.unwrap();
+    let loaded = load(&src, "ab").await;
+    // A row of the target's own (outside the moving slots) stays.
+    let own = (1..).find(|id| !moves(*id)).unwrap();
+    dst.execute("INSERT INTO ab_users VALUES ($1, 'own', NULL)", &[&own])
+        .await
+        .unwrap();
+    let plan = MovePlan::new("ab", moving(), specs("ab")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    mover.swap_in().await.unwrap();
+    mover.abort().await.unwrap();
+    assert_same(
+        &read_all(&src, "ab").await,
+        &loaded,
+        "source after the abort",
+    );
+    let target = read_all(&dst, "ab").await;
+    assert_eq!(target.users.len(), 1);
+    assert!(target.orders.is_empty() && target.accounts.is_empty());
+}
+
+#[tokio::test]
+async fn a_table_without_a_primary_key_is_refused_by_name() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    for c in [client(a).await, client(b).await] {
+        c.batch_execute("CREATE TABLE nopk_events (user_id bigint NOT NULL, what text)")
+            .await
+            .unwrap();
+    }
+    let plan = MovePlan::new("nopk", moving(), vec![bigint("nopk_events", "user_id")]).unwrap();
+    let error = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(error, MoveError::NoPrimaryKey { .. }), "{error}");
+    assert!(error.to_string().contains("nopk_events"), "{error}");
+}
+
+#[tokio::test]
+async fn a_source_without_logical_wal_is_refused_naming_the_setting() {
+    let [_, b, replica_level] = clusters() else {
+        unreachable!()
+    };
+    let plan = MovePlan::new("wal", moving(), vec![bigint("t", "user_id")]).unwrap();
+    let error = Mover::open(plan, shard("s9", replica_level).await, shard("b", b).await)
+        .await
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(matches!(error, MoveError::WalLevel { .. }), "{text}");
+    for needed in [
+        "wal_level is 'replica'",
+        "s9",
+        "wal_level = logical",
+        "restart",
+    ] {
+        assert!(text.contains(needed), "{needed:?} missing from: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_truncate_on_the_source_during_a_move_stops_the_catch_up() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("tr")).await.unwrap();
+    dst.batch_execute(&schema("tr")).await.unwrap();
+    load(&src, "tr").await;
+    let plan = MovePlan::new("tr", moving(), specs("tr")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    src.batch_execute("TRUNCATE tr_orders").await.unwrap();
+    let error = drain_error(&mut mover).await;
+    assert!(
+        matches!(error, MoveError::Truncated { .. }) && error.to_string().contains("tr_orders"),
+        "{error}"
+    );
+    mover.abort().await.unwrap();
+}
+
+async fn drain_error(mover: &mut Mover) -> MoveError {
+    loop {
+        match mover.catch_up(5_000).await {
+            Ok(round) if round.reached => panic!("the catch-up carried a TRUNCATE"),
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+}
