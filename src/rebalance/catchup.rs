@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::catalog::{list, quote_ident, slot_exists, Table};
+use super::objects::{list, quote_ident, slot_exists, Table};
 use super::pgoutput::{decode, Message, Relation, Value};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet};
 use crate::sharding::key_from_text;

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::catalog::{quote_ident, slot_exists, Table};
+use super::objects::{quote_ident, slot_exists, Table};
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
 use crate::sharding::key_from_binary;

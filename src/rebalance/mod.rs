@@ -10,7 +10,7 @@
 //! target: outside its staging schema, until `swap_in`), and never deletes from the source
 //! before `clean_source`. I/O over tokio-postgres connections the caller opens.
 
-mod catalog;
+mod objects;
 mod catchup;
 mod copy;
 mod copybin;
@@ -22,7 +22,7 @@ use std::ops::RangeInclusive;
 use crate::config::ShardingConfig;
 use crate::sharding::{KeyType, SLOT_COUNT};
 
-pub use catalog::{Column, Table};
+pub use objects::{Column, Table};
 pub use catchup::CatchUp;
 pub use copy::{CopyStats, Digest, TableCheck};
 pub use error::MoveError;
@@ -182,8 +182,8 @@ impl Mover {
     /// table present on both sides with the same columns, a primary key, a replica identity
     /// carrying it) and describes the tables. Changes nothing.
     pub async fn open(plan: MovePlan, source: Shard, target: Shard) -> Result<Mover, MoveError> {
-        catalog::check_wal_level(&source).await?;
-        let tables = catalog::describe(&plan, &source, &target).await?;
+        objects::check_wal_level(&source).await?;
+        let tables = objects::describe(&plan, &source, &target).await?;
         Ok(Mover {
             plan,
             source,
@@ -212,7 +212,7 @@ impl Mover {
     /// Creates, unless they exist, the publication and the logical replication slot on the
     /// source (the slot before any copy's snapshot) and the staging tables on the target.
     pub async fn prepare(&mut self) -> Result<(), MoveError> {
-        catalog::prepare(&self.plan, &self.tables, &mut self.source, &mut self.target).await
+        objects::prepare(&self.plan, &self.tables, &mut self.source, &mut self.target).await
     }
 
     /// Copies the moving slots' rows from one snapshot of the source into the (first emptied)
@@ -258,7 +258,7 @@ impl Mover {
     /// Drops the replication slot and the publication on the source and the staging schema on
     /// the target.
     pub async fn cleanup(&mut self) -> Result<(), MoveError> {
-        catalog::cleanup(&self.plan, &self.source, &self.target).await
+        objects::cleanup(&self.plan, &self.source, &self.target).await
     }
 
     /// Undoes a move whose map has not flipped: deletes the moving slots' rows from the
