@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::objects::{quote_ident, slot_exists, Table};
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
+use super::objects::{quote_ident, set_staging_key, slot_exists, Table};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
 use crate::sharding::key_from_binary;
 
@@ -240,40 +240,6 @@ pub(crate) async fn copy(
     }
     stats.elapsed = started.elapsed();
     Ok(stats)
-}
-
-/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table.
-pub(crate) async fn set_staging_key(
-    client: &Client,
-    t: &Table,
-    present: bool,
-) -> Result<(), MoveError> {
-    let what = || format!("changing the primary key of {}", t.staging_sql);
-    let found = client
-        .query_opt(
-            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) \
-             AND contype = 'p'",
-            &[&t.staging_sql],
-        )
-        .await
-        .map_err(MoveError::pg(what()))?;
-    let sql = match (found, present) {
-        (None, true) => format!(
-            "ALTER TABLE {} ADD PRIMARY KEY ({})",
-            t.staging_sql,
-            t.primary_key_list()
-        ),
-        (Some(row), false) => format!(
-            "ALTER TABLE {} DROP CONSTRAINT {}",
-            t.staging_sql,
-            quote_ident(row.get(0))
-        ),
-        _ => return Ok(()),
-    };
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(MoveError::pg(what()))
 }
 
 /// What the scan of a table hands the writer: a chunk of a COPY stream, or the end of a batch

@@ -10,11 +10,11 @@
 //! target: outside its staging schema, until `swap_in`), and never deletes from the source
 //! before `clean_source`. I/O over tokio-postgres connections the caller opens.
 
-mod objects;
 mod catchup;
 mod copy;
 mod copybin;
 mod error;
+mod objects;
 mod pgoutput;
 
 use std::ops::RangeInclusive;
@@ -22,10 +22,10 @@ use std::ops::RangeInclusive;
 use crate::config::ShardingConfig;
 use crate::sharding::{KeyType, SLOT_COUNT};
 
-pub use objects::{Column, Table};
 pub use catchup::CatchUp;
 pub use copy::{CopyStats, Digest, TableCheck};
 pub use error::MoveError;
+pub use objects::{Column, Table};
 
 /// One sharded table to move: its name as configured and its shard key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -325,7 +325,7 @@ async fn create_staging(
     tx.commit().await.map_err(MoveError::pg(what))?;
     // Also after a copy that was interrupted while the key was dropped.
     for t in tables {
-        super::copy::set_staging_key(&target.client, t, true).await?;
+        set_staging_key(&target.client, t, true).await?;
     }
     Ok(())
 }
@@ -362,4 +362,38 @@ pub(crate) async fn cleanup(
         ))
         .await
         .map_err(MoveError::pg("dropping the staging schema"))
+}
+
+/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table.
+pub(crate) async fn set_staging_key(
+    client: &Client,
+    t: &Table,
+    present: bool,
+) -> Result<(), MoveError> {
+    let what = || format!("changing the primary key of {}", t.staging_sql);
+    let found = client
+        .query_opt(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) \
+             AND contype = 'p'",
+            &[&t.staging_sql],
+        )
+        .await
+        .map_err(MoveError::pg(what()))?;
+    let sql = match (found, present) {
+        (None, true) => format!(
+            "ALTER TABLE {} ADD PRIMARY KEY ({})",
+            t.staging_sql,
+            t.primary_key_list()
+        ),
+        (Some(row), false) => format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            t.staging_sql,
+            quote_ident(row.get(0))
+        ),
+        _ => return Ok(()),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(MoveError::pg(what()))
 }
