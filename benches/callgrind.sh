@@ -18,7 +18,7 @@
 #        PROTOCOLS ("simple prepared"; PgBouncer 1.18 runs simple only), CONNECT (1: also
 #        `pgbench -C`, a new SCRAM login per transaction, simple), NATIVE (1: also system calls
 #        and context switches per transaction without valgrind), EXTRA_SERVER_TOML (added to
-#        pgshard's [server] section, e.g. 'runtime = "multi-thread"').
+#        pgshard's [server] section, e.g. 'listen_backlog = 8192').
 # Prints markdown and writes it to bench-results/callgrind.md; per-transaction profiles in
 # bench-results/callgrind/.
 set -euo pipefail

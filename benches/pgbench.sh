@@ -20,7 +20,7 @@
 #        CONNECT (1: also `pgbench -S -C -c 16`, a new connection and SCRAM login per
 #        transaction, against every target; 0 skips it),
 #        PGSHARD_SERVER_TOML (lines added to the [server] section of the pgshard target only,
-#        not the baseline's, e.g. 'runtime = "multi-thread"').
+#        not the baseline's, e.g. 'listen_backlog = 8192').
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 

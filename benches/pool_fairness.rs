@@ -130,7 +130,6 @@ async fn pgshard_pool(load: Load) -> Pool<Counter> {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             reset_timeout: Duration::from_secs(5),
-            prefer_own_thread: false,
         },
     )
 }

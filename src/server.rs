@@ -1,7 +1,6 @@
 //! The accept loop: takes client sockets and hands each to a [`crate::session`] task with the
-//! current generation of [`Shared`] handles (on this runtime, or in turn on each per-core
-//! worker's); carries out [`Command`]s (reload: a new generation built from the re-read file;
-//! shutdown: graceful or at once). Holds no protocol logic itself.
+//! current generation of [`Shared`] handles; carries out [`Command`]s (reload: a new generation
+//! built from the re-read file; shutdown: graceful or at once). Holds no protocol logic itself.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::{AbortHandle, Id, JoinHandle, JoinSet};
 
@@ -61,28 +59,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (control, commands) = Control::channel();
-    serve(
-        config,
-        None,
-        listener,
-        (control, commands),
-        shutdown,
-        Vec::new(),
-    )
-    .await
+    serve(config, None, listener, (control, commands), shutdown).await
 }
 
 /// Serves clients on `listener`, reloading `config_path` and shutting down as `commands` ask
 /// (signals, the admin console: any holder of the [`Control`]), or closing everything at once
-/// when `stop_now` resolves. With `workers` (per-core runtimes), each session runs on one of
-/// them in turn, else on this runtime.
+/// when `stop_now` resolves.
 pub async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     listener: TcpListener,
     (control, mut commands): (Arc<Control>, UnboundedReceiver<Command>),
     stop_now: impl Future<Output = ()> + Send,
-    workers: Vec<Handle>,
 ) -> Result<(), ServerError> {
     let (map, watcher) = live_map(&config, &control).await?;
     let mut current = Arc::new(Shared::serving(config, control, map));
@@ -90,10 +78,7 @@ pub async fn serve(
     let metrics = crate::metrics::bind(&current)
         .await?
         .map(|listener| tokio::spawn(crate::metrics::serve(listener, current.clone())));
-    let mut sessions = Sessions {
-        workers,
-        ..Sessions::default()
-    };
+    let mut sessions = Sessions::default();
     tokio::pin!(stop_now);
     let graceful = loop {
         tokio::select! {
@@ -210,41 +195,18 @@ fn install_map(current: &mut Arc<Shared>, live: crate::catalog::LiveMap) {
     );
 }
 
-/// The open sessions, their presence flags and how to abort each; the per-core runtimes they
-/// are spread over (none: this runtime).
+/// The open sessions, their presence flags and how to abort each.
 #[derive(Default)]
 struct Sessions {
     set: JoinSet<()>,
     open: HashMap<Id, (Arc<Presence>, AbortHandle)>,
-    workers: Vec<Handle>,
-    next: usize,
 }
 
 impl Sessions {
     fn spawn(&mut self, stream: TcpStream, shared: Arc<Shared>) {
         let presence = Arc::new(Presence::default());
-        let task = if self.workers.is_empty() {
-            let session = crate::session::run_with_presence(stream, shared, presence.clone());
-            self.set.spawn(session)
-        } else {
-            // The socket moves to the worker's own reactor, so that its readiness wakes that
-            // thread and no other.
-            let worker = &self.workers[self.next % self.workers.len()];
-            self.next = self.next.wrapping_add(1);
-            let Ok(socket) = stream.into_std() else {
-                return;
-            };
-            let flag = presence.clone();
-            self.set.spawn_on(
-                async move {
-                    match TcpStream::from_std(socket) {
-                        Ok(stream) => crate::session::run_with_presence(stream, shared, flag).await,
-                        Err(e) => tracing::warn!("cannot serve an accepted client: {e}"),
-                    }
-                },
-                worker,
-            )
-        };
+        let session = crate::session::run_with_presence(stream, shared, presence.clone());
+        let task = self.set.spawn(session);
         self.open.insert(task.id(), (presence, task));
     }
 

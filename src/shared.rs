@@ -707,6 +707,5 @@ fn pool_options(config: &Config, user: &UserConfig) -> PoolOptions {
         idle_timeout: Duration::from_millis(p.idle_timeout_ms),
         max_lifetime: Duration::from_millis(p.max_lifetime_ms),
         reset_timeout: Duration::from_secs(5),
-        prefer_own_thread: config.server.runtime == crate::config::RuntimeKind::PerCore,
     }
 }

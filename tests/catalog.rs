@@ -291,7 +291,6 @@ async fn a_reload_keeps_the_live_map() {
         listener,
         (control.clone(), commands),
         std::future::pending(),
-        Vec::new(),
     ));
     let url_app = format!("postgres://app:app@127.0.0.1:{port}/app");
     let (client, connection) = tokio_postgres::connect(&url_app, tokio_postgres::NoTls)

@@ -179,20 +179,8 @@ async fn pgbench_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_users_and_pools_under_load_without_a_client_error() {
-    reload_under_load("").await;
-}
-
-/// The same with one single-threaded runtime per core: sessions, their server connections and
-/// the pool's hand-offs spread over two threads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_per_core_runtime_reloads_under_load_without_a_client_error() {
-    reload_under_load("runtime = \"per-core\"").await;
-}
-
-/// SIGHUP under a pgbench load, with `server_toml` added to the `[server]` section.
-async fn reload_under_load(server_toml: &str) {
     pgbench_tables().await;
-    let before = config("pgbench", 4, &[("leaving", "bye")], server_toml);
+    let before = config("pgbench", 4, &[("leaving", "bye")], "");
     let served = Served::start(&before);
     let old_session = connect(&served.url("leaving", "bye", "app")).await.unwrap();
     let bench = tokio::process::Command::new("pgbench")
@@ -218,7 +206,7 @@ async fn reload_under_load(server_toml: &str) {
 
     // Under the load: `leaving` goes, `arriving` comes, the pool shrinks to 3, and shard s1
     // (the cluster's database `app`) joins, owning no slots yet.
-    let mut after = config("pgbench", 3, &[("arriving", "hello")], server_toml);
+    let mut after = config("pgbench", 3, &[("arriving", "hello")], "");
     after.push_str(&format!(
         "\n[[shards]]\nname = \"s1\"\nprimary = \"{}\"\ndatabase = \"app\"\nslots = \"\"\n\
          read_from = \"primary\"\n",
@@ -298,23 +286,8 @@ fn create_table(table: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_commit_and_closes_idle_clients() {
-    drain_on_sigterm("drained", "").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_per_core_runtime_drains_on_sigterm() {
-    drain_on_sigterm("drained_per_core", "runtime = \"per-core\"\n").await;
-}
-
-/// SIGTERM with three transactions open in table `drained`, `server_toml` added to `[server]`.
-async fn drain_on_sigterm(drained: &str, server_toml: &str) {
-    create_table(drained);
-    let served_config = config(
-        "app",
-        4,
-        &[],
-        &format!("{server_toml}shutdown_timeout_ms = 20000"),
-    );
+    create_table("drained");
+    let served_config = config("app", 4, &[], "shutdown_timeout_ms = 20000");
     let mut served = Served::start(&served_config);
     let url = served.url("app", "app", "app");
     let mut open = Vec::new();
@@ -322,7 +295,7 @@ async fn drain_on_sigterm(drained: &str, server_toml: &str) {
         let client = connect(&url).await.unwrap();
         client.batch_execute("BEGIN").await.unwrap();
         client
-            .execute(&format!("INSERT INTO {drained} VALUES ({i})"), &[])
+            .execute(&format!("INSERT INTO drained VALUES ({i})"), &[])
             .await
             .unwrap();
         open.push(client);
@@ -350,12 +323,12 @@ async fn drain_on_sigterm(drained: &str, server_toml: &str) {
     // Open transactions go on and commit.
     for (i, client) in open.iter().enumerate() {
         client
-            .execute(&format!("INSERT INTO {drained} VALUES ({})", 10 + i), &[])
+            .execute(&format!("INSERT INTO drained VALUES ({})", 10 + i), &[])
             .await
             .unwrap();
         client.batch_execute("COMMIT").await.unwrap();
     }
-    assert_eq!(count_rows(drained), 6);
+    assert_eq!(count_rows("drained"), 6);
     // Each is closed at its transaction's end, and the process exits cleanly.
     let status = served.wait_exit();
     assert!(status.success(), "{status:?}:\n{}", served.log());

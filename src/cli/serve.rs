@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, RuntimeKind};
+use crate::config::Config;
 use crate::control::{Command, Control};
 
 /// Arguments of `pgshard serve`.
@@ -27,29 +27,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)
         .with_context(|| format!("invalid config {}", args.config.display()))?;
     raise_fd_limit();
-    let per_core = config.server.runtime == RuntimeKind::PerCore;
-    // Per core: this thread only accepts and carries out commands; the workers serve.
-    let runtime = if per_core {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        let mut runtime = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = args.threads {
-            runtime.worker_threads(n);
-        }
-        runtime.enable_all().build()?
-    };
-    let workers = if per_core {
-        let n = args.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        Workers::start(n)?
-    } else {
-        Workers::default()
-    };
-    let handles = workers.handles();
-    let served = runtime.block_on(async move {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build()?;
+    runtime.block_on(async move {
         let listen = config.server.listen.clone();
         let listener = crate::server::bind(&listen, config.server.listen_backlog)
             .await
@@ -66,60 +49,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             listener,
             (control, commands),
             std::future::pending(),
-            handles,
         )
         .await?;
         tracing::info!("pgshard stopped");
         Ok(())
-    });
-    workers.stop();
-    served
-}
-
-/// `server.runtime = "per-core"`: one thread per core, each running a single-threaded runtime
-/// until stopped.
-#[derive(Default)]
-struct Workers {
-    running: Vec<(
-        tokio::runtime::Handle,
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<()>,
-    )>,
-}
-
-impl Workers {
-    fn start(n: usize) -> anyhow::Result<Workers> {
-        let mut workers = Workers::default();
-        for i in 0..n.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = runtime.handle().clone();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(format!("pgshard-worker-{i}"))
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        let _ = stopped.await;
-                    })
-                })
-                .context("cannot start a worker thread")?;
-            workers.running.push((handle, stop, thread));
-        }
-        Ok(workers)
-    }
-
-    fn handles(&self) -> Vec<tokio::runtime::Handle> {
-        self.running.iter().map(|(h, _, _)| h.clone()).collect()
-    }
-
-    /// Ends every worker's runtime (its remaining tasks are dropped) and waits for its thread.
-    fn stop(self) {
-        for (_, stop, thread) in self.running {
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
-    }
+    })
 }
 
 /// SIGHUP asks for a reload, SIGTERM for a graceful shutdown, SIGINT for an immediate one.

@@ -144,21 +144,6 @@ pub struct ServerConfig {
     /// Whether clients may or must use TLS; see [`ServerConfig::effective_tls_mode`].
     #[serde(default)]
     pub tls_mode: Option<ClientTlsMode>,
-    /// How sessions are spread over threads: see [`RuntimeKind`].
-    #[serde(default)]
-    pub runtime: RuntimeKind,
-}
-
-/// `server.runtime`: the threads sessions run on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RuntimeKind {
-    /// One tokio runtime whose worker threads share every session (work stealing).
-    #[default]
-    MultiThread,
-    /// One single-threaded runtime per worker thread: each session runs on one thread from
-    /// accept to close, with the server connections it opens (the pool prefers those).
-    PerCore,
 }
 
 impl ServerConfig {

@@ -26,9 +26,6 @@ impl Config {
         if self.server.pool_mode != running.server.pool_mode {
             return Err(restart("server.pool_mode"));
         }
-        if self.server.runtime != running.server.runtime {
-            return Err(restart("server.runtime"));
-        }
         if self.sharding != running.sharding {
             return Err(restart("sharding"));
         }

@@ -10,7 +10,6 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -58,10 +57,6 @@ pub struct PoolOptions {
     pub max_lifetime: Duration,
     /// Longest a [`Manager::reset`] may take before the connection is discarded.
     pub reset_timeout: Duration,
-    /// Checkouts prefer an idle connection opened on their own thread (threads that each run
-    /// their own event loop: its socket then wakes no other thread). Which waiter gets a
-    /// connection stays first come, first served; only which idle one it gets changes.
-    pub prefer_own_thread: bool,
 }
 
 /// Why a checkout failed.
@@ -81,8 +76,6 @@ struct Idle<C> {
     conn: Box<C>,
     created: Instant,
     last_used: Instant,
-    /// The thread that opened it.
-    home: ThreadId,
 }
 
 struct Inner<M: Manager> {
@@ -208,7 +201,6 @@ impl<M: Manager> Pool<M> {
         Some(Pooled {
             conn: Some(idle.conn),
             created: idle.created,
-            home: idle.home,
             permit: Some(permit),
             pool: self.inner.clone(),
         })
@@ -230,21 +222,20 @@ impl<M: Manager> Pool<M> {
         &self,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let (conn, created, home) = match self.take_idle() {
-            Some(idle) => (idle.conn, idle.created, idle.home),
+        let (conn, created) = match self.take_idle() {
+            Some(idle) => (idle.conn, idle.created),
             None => {
                 // Boxed: a connect is rare and its future large; inline, every checkout's
                 // future (held by each waiting client) would be as large.
                 let conn = Box::pin(self.inner.manager.connect())
                     .await
                     .map_err(PoolError::Connect)?;
-                (Box::new(conn), Instant::now(), std::thread::current().id())
+                (Box::new(conn), Instant::now())
             }
         };
         Ok(Pooled {
             conn: Some(conn),
             created,
-            home,
             permit: Some(permit),
             pool: self.inner.clone(),
         })
@@ -260,23 +251,11 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`
-    /// (with `prefer_own_thread`, one opened on this thread if any, the last such in the list).
+    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
     fn take_idle(&self) -> Option<Idle<M::Connection>> {
-        let options = self.inner.options.load();
-        let max_lifetime = options.max_lifetime;
-        let here = options
-            .prefer_own_thread
-            .then(|| std::thread::current().id());
+        let max_lifetime = self.inner.options.load().max_lifetime;
         loop {
-            let mut entry = {
-                let mut idle = lock(&self.inner.idle);
-                match here.and_then(|here| idle.iter().rposition(|e| e.home == here)) {
-                    // The last one moves into its place: no shifting of the rest.
-                    Some(at) => idle.swap_remove(at),
-                    None => idle.pop()?,
-                }
-            };
+            let mut entry = lock(&self.inner.idle).pop()?;
             if entry.created.elapsed() < max_lifetime
                 && self.inner.manager.is_alive(&mut entry.conn)
             {
@@ -295,7 +274,6 @@ impl<M: Manager> Pool<M> {
 pub struct Pooled<M: Manager> {
     conn: Option<Box<M::Connection>>,
     created: Instant,
-    home: ThreadId,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner<M>>,
 }
@@ -335,9 +313,9 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         };
         let pool = self.pool.clone();
-        let (created, home) = (self.created, self.home);
+        let created = self.created;
         match pool.manager.returned(&conn) {
-            Returned::Clean => give_back(&pool, conn, created, home, permit),
+            Returned::Clean => give_back(&pool, conn, created, permit),
             Returned::Broken => close(&pool, permit),
             Returned::NeedsReset => {
                 // The permit travels with the reset, so the pool never exceeds its size.
@@ -345,7 +323,7 @@ impl<M: Manager> Drop for Pooled<M> {
                     let reset = pool.manager.reset(&mut conn);
                     let limit = pool.options.load().reset_timeout;
                     if let Ok(Ok(())) = tokio::time::timeout(limit, reset).await {
-                        give_back(&pool, conn, created, home, permit);
+                        give_back(&pool, conn, created, permit);
                     } else {
                         close(&pool, permit);
                     }
@@ -360,7 +338,6 @@ fn give_back<M: Manager>(
     pool: &Inner<M>,
     conn: Box<M::Connection>,
     created: Instant,
-    home: ThreadId,
     permit: OwnedSemaphorePermit,
 ) {
     if pay_shrink_debt(pool) {
@@ -374,7 +351,6 @@ fn give_back<M: Manager>(
             conn,
             created,
             last_used: now,
-            home,
         });
     }
     drop(permit);
@@ -447,10 +423,7 @@ async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
                 break;
             };
             match pool.manager.connect().await {
-                Ok(conn) => {
-                    let home = std::thread::current().id();
-                    give_back(&pool, Box::new(conn), Instant::now(), home, permit)
-                }
+                Ok(conn) => give_back(&pool, Box::new(conn), Instant::now(), permit),
                 Err(_) => break,
             }
         }

@@ -54,7 +54,6 @@ fn options(size: usize, checkout_ms: u64) -> PoolOptions {
         idle_timeout: Duration::from_secs(60),
         max_lifetime: Duration::from_secs(3600),
         reset_timeout: Duration::from_secs(1),
-        prefer_own_thread: false,
     }
 }
 
