@@ -27,6 +27,8 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot start without the live shard map: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Binds the client listener at `listen` (`host:port`; the first address it resolves to) with
@@ -143,7 +145,8 @@ async fn live_map(
         return Ok((toml, None));
     };
     let url = config.catalog_url();
-    let mut client = crate::catalog::connect(&url).await?;
+    let tls = config.server_tls()?;
+    let mut client = crate::catalog::connect(&url, tls.as_deref()).await?;
     let live = crate::catalog::open(&mut client, &toml).await?;
     drop(client);
     let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
@@ -154,6 +157,7 @@ async fn live_map(
     let control = control.clone();
     let watcher = tokio::spawn(crate::catalog::watch::follow(
         url,
+        tls,
         poll,
         live.epoch,
         move |map| control.send(Command::InstallMap { map }),

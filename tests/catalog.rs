@@ -135,7 +135,7 @@ async fn wait_routed(client: &tokio_postgres::Client, key: i64, shard: &str) {
 }
 
 async fn catalog_client(url: &str) -> tokio_postgres::Client {
-    catalog::connect(url)
+    catalog::connect(url, None)
         .await
         .expect("connecting to the catalog")
 }

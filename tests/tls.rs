@@ -254,6 +254,39 @@ async fn tokio_postgres_over_tls_reaches_the_server_over_tls() {
     );
 }
 
+/// pgshard's own connections to the live shard map's catalog follow `[backend_tls]` too: the
+/// watcher's LISTEN connection, which stays open, is encrypted as the server sees it.
+#[tokio::test]
+async fn the_catalog_connections_follow_backend_tls() {
+    let text = format!(
+        "{}\n[catalog]\npoll_interval_ms = 200\n",
+        config("require", &verify_full(&pki().ca()))
+    );
+    let proxy = start_proxy(&text).await;
+    let client = connect_tls(&proxy).await;
+    let started = std::time::Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'pgshard-catalog'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+        if all > 0 {
+            assert_eq!(encrypted, all, "a catalog connection without TLS");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the catalog watcher never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn require_mode_refuses_a_plain_client_with_28000() {
     let proxy = strict_proxy().await;

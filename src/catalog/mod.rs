@@ -10,9 +10,10 @@ pub mod watch;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls};
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::sharding::{ShardMap, SLOT_COUNT};
+use crate::tls::BackendTls;
 
 /// Channel a slot owner change is announced on (`NOTIFY pgshard_map, '<new epoch>'`).
 pub const CHANNEL: &str = "pgshard_map";
@@ -245,10 +246,12 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 
 /// Opens a connection to the catalog (plain TCP: the catalog does not use TLS yet); its
 /// connection task is spawned.
-pub async fn connect(url: &str) -> Result<Client, CatalogError> {
-    let config = parse_url(url)?;
+pub async fn connect(url: &str, tls: Option<&BackendTls>) -> Result<Client, CatalogError> {
+    let mut config = parse_url(url)?;
+    let (mode, connector) = crate::tls::for_tokio_postgres(tls);
     let (client, connection) = config
-        .connect(NoTls)
+        .ssl_mode(mode)
+        .connect(connector)
         .await
         .map_err(|e| CatalogError::Connect {
             at: describe(&config),

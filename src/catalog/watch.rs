@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+use crate::tls::BackendTls;
 
 use super::{describe, detail, epoch, load, parse_url, CatalogError, LiveMap, CHANNEL};
 
@@ -14,12 +16,15 @@ use super::{describe, detail, epoch, load, parse_url, CatalogError, LiveMap, CHA
 /// above `known_epoch` (then above the last one handed on). Run it as a task; abort it to stop.
 pub async fn follow(
     url: String,
+    tls: Option<Arc<BackendTls>>,
     poll: Duration,
     mut known_epoch: u64,
     mut on_change: impl FnMut(LiveMap) + Send,
 ) {
     loop {
-        if let Err(e) = follow_once(&url, poll, &mut known_epoch, &mut on_change).await {
+        if let Err(e) =
+            follow_once(&url, tls.as_deref(), poll, &mut known_epoch, &mut on_change).await
+        {
             tracing::warn!("following the live shard map: {e}; trying again in {poll:?}");
         }
         tokio::time::sleep(poll).await;
@@ -38,14 +43,17 @@ impl Drop for AbortOnDrop {
 /// One connection's worth of following; returns on the first failure.
 async fn follow_once(
     url: &str,
+    tls: Option<&BackendTls>,
     poll: Duration,
     known_epoch: &mut u64,
     on_change: &mut (impl FnMut(LiveMap) + Send),
 ) -> Result<(), CatalogError> {
-    let config = parse_url(url)?;
+    let mut config = parse_url(url)?;
+    let (mode, connector) = crate::tls::for_tokio_postgres(tls);
     let (mut client, mut connection) =
         config
-            .connect(NoTls)
+            .ssl_mode(mode)
+            .connect(connector)
             .await
             .map_err(|e| CatalogError::Connect {
                 at: describe(&config),

@@ -42,7 +42,8 @@ pub fn read_live_map(config: &Config) -> anyhow::Result<LiveMap> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut client = catalog::connect(&config.catalog_url()).await?;
+        let mut client =
+            catalog::connect(&config.catalog_url(), config.server_tls()?.as_deref()).await?;
         Ok(catalog::load(&mut client).await?)
     })
 }

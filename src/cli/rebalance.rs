@@ -67,7 +67,8 @@ pub fn run(args: RebalanceArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (live, weights) = runtime.block_on(async {
-        let mut client = catalog::connect(&config.catalog_url()).await?;
+        let mut client =
+            catalog::connect(&config.catalog_url(), config.server_tls()?.as_deref()).await?;
         let live = catalog::load(&mut client).await?;
         let weights = match args.by {
             Weigh::Slots => vec![1u64; usize::from(SLOT_COUNT)],
@@ -269,8 +270,9 @@ impl PlannedMove {
 /// is exactly where the router would send each row.
 async fn rows_per_slot(config: &Config) -> anyhow::Result<Vec<u64>> {
     let mut weights = vec![0u64; usize::from(SLOT_COUNT)];
+    let tls = config.server_tls()?;
     for (i, shard) in config.shards.iter().enumerate() {
-        let mut client = catalog::connect(&config.primary_url(i))
+        let mut client = catalog::connect(&config.primary_url(i), tls.as_deref())
             .await
             .with_context(|| format!("counting rows on shard {}", shard.name))?;
         for table in &config.sharding.tables {

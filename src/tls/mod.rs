@@ -129,6 +129,44 @@ pub fn backend_tls(section: &BackendTlsConfig) -> Result<Option<Arc<BackendTls>>
     })))
 }
 
+/// How pgshard's own tokio-postgres connections (the catalog's) follow `[backend_tls]`: the
+/// `sslmode` to set and the connector (plain when `tls` is `None`).
+pub fn for_tokio_postgres(
+    tls: Option<&BackendTls>,
+) -> (
+    tokio_postgres::config::SslMode,
+    tokio_postgres_rustls::MakeRustlsConnect,
+) {
+    use tokio_postgres::config::SslMode;
+    match tls {
+        Some(tls) => {
+            let mode = match tls.mode {
+                BackendTlsMode::Disable => SslMode::Disable,
+                BackendTlsMode::Prefer => SslMode::Prefer,
+                // The certificate checks of verify-ca and verify-full are in the config's verifier.
+                _ => SslMode::Require,
+            };
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls.config).clone());
+            (mode, connector)
+        }
+        None => {
+            // Never used (sslmode disable), but the connection's type is the same either way.
+            let unused = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+            // Infallible: ring supports the default protocol versions.
+            let config = unused.expect("ring supports the default protocol versions");
+            (
+                SslMode::Disable,
+                tokio_postgres_rustls::MakeRustlsConnect::new(config),
+            )
+        }
+    }
+}
+
 /// Why TLS to a server could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendTlsError {
