@@ -45,11 +45,11 @@ use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::cancel::CancelGuard;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ReadFrom};
 use crate::control::Presence;
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
-use crate::router::{HeldServer, Plan, RouteContext};
+use crate::router::{HeldServer, Plan, RouteContext, Target};
 use crate::shared::Shared;
 use crate::stats::NewClient;
 use crate::tls::MaybeTls;
@@ -318,11 +318,9 @@ impl<S: Stream> Session<S> {
             .cloned();
         let pool =
             pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
-        Box::pin(self.checkout(pool, default_shard)).await?;
-        self.held = Some(HeldServer {
-            shard: default_shard,
-            primary: true,
-        });
+        let since = self.meter_checkout_starts();
+        let conn = Box::pin(self.connection_from(&pool, default_shard)).await;
+        self.hold_server(conn, default_shard, true, since)?;
         if let Some(conn) = self.server.as_deref() {
             for (name, value) in conn.params() {
                 build::parameter_status(&mut self.client.output, name, value);
@@ -380,16 +378,90 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// Takes a server connection from the pool and brings it to this client's settings.
-    async fn checkout(&mut self, pool: ServerPool, shard: usize) -> Result<(), SessionError> {
+    /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
+    /// next one if a replica cannot be reached), else to its primary.
+    pub(super) async fn checkout_route(
+        &mut self,
+        shard: usize,
+        target: Target,
+    ) -> Result<(), SessionError> {
         let since = self.meter_checkout_starts();
-        let conn = self.connection_from(&pool, shard).await;
-        let conn = conn.inspect_err(|_| self.meter_checkout_ends(since))?;
+        match self.connection_for(shard, target).await {
+            Ok((conn, primary)) => self.hold_server(Ok(conn), shard, primary, since),
+            Err(e) => self.hold_server(Err(e), shard, false, since),
+        }
+    }
+
+    /// Holds the connection a checkout that began at `since` got (of `shard`, its primary or
+    /// not), or counts the failed checkout and passes its error on.
+    fn hold_server(
+        &mut self,
+        taken: Result<Pooled<BackendManager>, SessionError>,
+        shard: usize,
+        primary: bool,
+        since: std::time::Instant,
+    ) -> Result<(), SessionError> {
+        let conn = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
         self.unnamed.held = false;
+        self.held = Some(HeldServer { shard, primary });
         self.meter_checkout_ends(since);
         Ok(())
+    }
+
+    /// A connection to a healthy replica of `shard` for a plain read (round-robin, the next one
+    /// if a replica cannot be reached), else to its primary; `true` when it is the primary.
+    pub(super) async fn connection_for(
+        &self,
+        shard: usize,
+        target: Target,
+    ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
+        let pools = &self.shared.shards[shard];
+        let spread = target == Target::Replica
+            && self.shared.config.shards[shard].read_from == ReadFrom::Replicas
+            && !self.state.serializable_by_default();
+        if spread && !pools.replicas.is_empty() {
+            let n = pools.replicas.len();
+            let start = pools
+                .next_replica
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for i in 0..n {
+                let index = (start + i) % n;
+                let replica = &pools.replicas[index];
+                let Some(pool) = replica.pools.get(&self.user) else {
+                    continue;
+                };
+                // A replica that has not replayed this client's write yet does not serve it
+                // (unless the primary is down: a read there would fail).
+                let replayed = || {
+                    self.own_writes.allows(&self.shared.shards, shard, index)
+                        || !pools.primary.health.is_up()
+                };
+                if !replica.health.is_up() || !replayed() {
+                    continue;
+                }
+                match self.connection_from(pool, shard).await {
+                    Ok(conn) => return Ok((conn, false)),
+                    // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
+                    // try the next one, then the primary. Reads never fail for a replica's sake.
+                    Err(SessionError::Backend(e)) => {
+                        tracing::debug!("replica {} unavailable for a read: {e}", replica.addr);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let down = || SessionError::ShardDown {
+            shard: pools.name.clone(),
+            addr: pools.primary.addr.clone(),
+        };
+        if !pools.primary.health.is_up() {
+            return Err(down());
+        }
+        let pool = pools.primary.pools.get(&self.user).ok_or_else(down)?;
+        Ok((self.connection_from(pool, shard).await?, true))
     }
 
     /// A connection from `pool` (of `shard`), brought to this client's settings (not held by

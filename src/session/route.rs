@@ -13,13 +13,11 @@ use super::error::{SessionError, Unsupported};
 use super::fanout::FanOut;
 use super::prepared::Expect;
 use super::Session;
-use crate::backend::BackendManager;
-use crate::config::{PoolMode, ReadFrom};
+use crate::config::PoolMode;
 use crate::metrics::RouteKind;
-use crate::pool::Pooled;
 use crate::router::{
-    normalize_literals, Execution, HeldServer, OverrideChange, Params, Plan, Route, RouteContext,
-    SessionView, StatementKind, Target, TransactionControl,
+    normalize_literals, Execution, OverrideChange, Params, Plan, Route, RouteContext, SessionView,
+    StatementKind, Target, TransactionControl,
 };
 use crate::transport::Stream;
 use crate::wire::client_tag as tag;
@@ -673,74 +671,6 @@ impl<S: Stream> Session<S> {
             self.send(&sync, Some(Expect::InternalReady));
             self.proto.awaiting_sync = false;
         }
-    }
-
-    /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
-    /// next one if a replica cannot be reached), else to its primary.
-    async fn checkout_route(&mut self, shard: usize, target: Target) -> Result<(), SessionError> {
-        let since = self.meter_checkout_starts();
-        let taken = self.connection_for(shard, target).await;
-        let (conn, primary) = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
-        self.cancel.slot.set(Some(conn.cancel_key().clone()));
-        self.server = Some(conn);
-        self.unnamed.held = false;
-        self.held = Some(HeldServer { shard, primary });
-        self.meter_checkout_ends(since);
-        Ok(())
-    }
-
-    /// A connection to a healthy replica of `shard` for a plain read (round-robin, the next one
-    /// if a replica cannot be reached), else to its primary; `true` when it is the primary.
-    pub(super) async fn connection_for(
-        &self,
-        shard: usize,
-        target: Target,
-    ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
-        let pools = &self.shared.shards[shard];
-        let spread = target == Target::Replica
-            && self.shared.config.shards[shard].read_from == ReadFrom::Replicas
-            && !self.state.serializable_by_default();
-        if spread && !pools.replicas.is_empty() {
-            let n = pools.replicas.len();
-            let start = pools
-                .next_replica
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for i in 0..n {
-                let index = (start + i) % n;
-                let replica = &pools.replicas[index];
-                let Some(pool) = replica.pools.get(&self.user) else {
-                    continue;
-                };
-                // A replica that has not replayed this client's write yet does not serve it
-                // (unless the primary is down: a read there would fail).
-                let replayed = || {
-                    self.own_writes.allows(&self.shared.shards, shard, index)
-                        || !pools.primary.health.is_up()
-                };
-                if !replica.health.is_up() || !replayed() {
-                    continue;
-                }
-                match self.connection_from(pool, shard).await {
-                    Ok(conn) => return Ok((conn, false)),
-                    // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
-                    // try the next one, then the primary. Reads never fail for a replica's sake.
-                    Err(SessionError::Backend(e)) => {
-                        tracing::debug!("replica {} unavailable for a read: {e}", replica.addr);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let down = || SessionError::ShardDown {
-            shard: pools.name.clone(),
-            addr: pools.primary.addr.clone(),
-        };
-        if !pools.primary.health.is_up() {
-            return Err(down());
-        }
-        let pool = pools.primary.pools.get(&self.user).ok_or_else(down)?;
-        Ok((self.connection_from(pool, shard).await?, true))
     }
 
     /// Sends the frames that waited for a route.
