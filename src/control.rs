@@ -20,7 +20,11 @@ pub enum Command {
     },
     /// Route by this live shard map from now on (the catalog watcher saw a new epoch): the
     /// accept loop builds a new generation with it.
-    InstallMap { map: crate::catalog::LiveMap },
+    /// `installed` is answered once sessions can see it.
+    InstallMap {
+        map: crate::catalog::LiveMap,
+        installed: Option<oneshot::Sender<()>>,
+    },
     /// Stop: gracefully (stop accepting, let transactions finish up to
     /// `server.shutdown_timeout_ms`) or at once.
     Shutdown { graceful: bool },
@@ -35,6 +39,8 @@ pub struct Control {
     paused: Mutex<Paused>,
     /// Bumped on every RESUME: held checkouts look again.
     resumed: watch::Sender<u64>,
+    /// Slots held by a mover's cutover, and the eras of transactions it waits for.
+    pub holds: Arc<crate::holds::Holds>,
 }
 
 #[derive(Default)]
@@ -62,6 +68,7 @@ impl Control {
             any_paused: AtomicBool::new(false),
             paused: Mutex::new(Paused::default()),
             resumed: watch::Sender::new(0),
+            holds: Arc::default(),
         };
         (Arc::new(control), rx)
     }

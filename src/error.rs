@@ -65,6 +65,12 @@ impl SqlState {
     /// `57P01` admin_shutdown: pgshard is shutting down (a client closed between transactions),
     /// or a client closed with KILL_CLIENT from the admin console.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState::new("57P01");
+    /// `40001` serialization_failure: the slot a transaction's statement routes to moved to
+    /// another shard while the transaction was open (roll back and retry).
+    pub const SERIALIZATION_FAILURE: SqlState = SqlState::new("40001");
+    /// `55P03` lock_not_available: a statement waited longer than `catalog.hold_wait_ms` for a
+    /// slot move's cutover.
+    pub const LOCK_NOT_AVAILABLE: SqlState = SqlState::new("55P03");
     /// `57P03` cannot_connect_now: a login while the admin console's DISABLE is in effect.
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState::new("57P03");
     /// `42501` insufficient_privilege: a stats user's control command in the admin console.

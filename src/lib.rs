@@ -16,6 +16,7 @@ pub mod collation;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod holds;
 pub mod limits;
 pub mod localpg;
 pub mod merge;

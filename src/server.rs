@@ -74,7 +74,10 @@ pub async fn serve(
     (control, mut commands): (Arc<Control>, UnboundedReceiver<Command>),
     stop_now: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let (map, watcher) = live_map(&config, &control).await?;
+    let listening = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
+    let (map, watcher) = live_map(&config, &control, &listening).await?;
     let mut current = Arc::new(Shared::serving(config, control, map));
     learn(&current);
     let metrics = crate::metrics::bind(&current)
@@ -95,7 +98,12 @@ pub async fn serve(
                         let _ = done.send(outcome);
                     }
                 }
-                Command::InstallMap { map } => install_map(&mut current, map),
+                Command::InstallMap { map, installed } => {
+                    install_map(&mut current, map);
+                    if let Some(installed) = installed {
+                        let _ = installed.send(());
+                    }
+                }
                 Command::Shutdown { graceful } => break graceful,
             },
             accepted = listener.accept() => match accepted {
@@ -139,6 +147,7 @@ pub async fn serve(
 async fn live_map(
     config: &Config,
     control: &Arc<Control>,
+    listening: &str,
 ) -> Result<(ShardMap, Option<JoinHandle<()>>), ServerError> {
     let toml = config.shard_map();
     let Some(catalog) = &config.catalog else {
@@ -148,20 +157,41 @@ async fn live_map(
     let tls = config.server_tls()?;
     let mut client = crate::catalog::connect(&url, tls.as_deref()).await?;
     let live = crate::catalog::open(&mut client, &toml).await?;
+    let poll = std::time::Duration::from_millis(catalog.poll_interval_ms);
+    // Registered before the holds are read: a mover that does not count this router yet
+    // requested its hold before, and this router sees it below.
+    // Unique per start: the process, its address, and when it started.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let router_id = format!("{}:{listening}:{started}", std::process::id());
+    crate::catalog::cutover::heartbeat(&client, &router_id, poll).await?;
+    let view = crate::catalog::cutover::router_view(&client).await?;
     drop(client);
+    control.holds.enable();
+    crate::catalog::watch::take_up_holds(&control.holds, &view).await;
     let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
     let map = live.to_shard_map(&names)?;
     crate::catalog::warn_disagreements(&toml, &map);
     tracing::info!("routing by the live shard map, epoch {}", live.epoch);
-    let poll = std::time::Duration::from_millis(catalog.poll_interval_ms);
-    let control = control.clone();
-    let watcher = tokio::spawn(crate::catalog::watch::follow(
+    let commands = control.clone();
+    let follower = crate::catalog::watch::Follower {
         url,
         tls,
         poll,
-        live.epoch,
-        move |map| control.send(Command::InstallMap { map }),
-    ));
+        known_epoch: live.epoch,
+        router_id,
+        holds: control.holds.clone(),
+        install: Box::new(move |map| {
+            let (installed, done) = tokio::sync::oneshot::channel();
+            commands.send(Command::InstallMap {
+                map,
+                installed: Some(installed),
+            });
+            done
+        }),
+    };
+    let watcher = tokio::spawn(follower.follow());
     Ok((map, Some(watcher)))
 }
 

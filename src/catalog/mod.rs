@@ -5,6 +5,7 @@
 //! transactions and row locks are the only coordination. It never routes a statement and is
 //! never called on a statement's path: the router is handed a [`ShardMap`], it never queries.
 
+pub mod cutover;
 pub mod watch;
 
 use std::ops::RangeInclusive;
@@ -22,9 +23,10 @@ pub const CHANNEL: &str = "pgshard_map";
 /// of "pgshard" and a zero): two routers starting at once create it once.
 const CREATE_LOCK: i64 = 0x7067_7368_6172_6400;
 
-/// Version of the catalog's tables, recorded in `pgshard.map_epoch` (a future journal table
-/// for `rebalance move` raises it).
-pub const SCHEMA_VERSION: i32 = 1;
+/// Version of the catalog's tables, recorded in `pgshard.map_epoch` when it is created: 2 adds
+/// the routers, holds and the move journal ([`cutover`]), which [`open`] also adds to a catalog
+/// of version 1.
+pub const SCHEMA_VERSION: i32 = 2;
 
 const CREATE_SQL: &str = "\
     CREATE SCHEMA IF NOT EXISTS pgshard; \
@@ -67,6 +69,11 @@ pub enum CatalogError {
     NoSlots,
     #[error("slot {0} does not exist; slots run from 0 to 4095")]
     BadSlot(u32),
+    #[error(
+        "the cutover hold of move {0} expired before the map flipped (routers may have let \
+         statements through); the move retries its cutover"
+    )]
+    HoldExpired(String),
 }
 
 impl From<tokio_postgres::Error> for CatalogError {
@@ -291,6 +298,7 @@ pub async fn open(client: &mut Client, initial: &ShardMap) -> Result<LiveMap, Ca
             live.epoch
         );
     }
+    tx.batch_execute(cutover::MOVE_SQL).await?;
     tx.commit().await?;
     load(client).await
 }

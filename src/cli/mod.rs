@@ -4,6 +4,7 @@ pub mod check;
 pub mod demo;
 pub mod locate;
 pub mod map;
+mod moves;
 pub mod rebalance;
 pub mod serve;
 
@@ -27,7 +28,7 @@ pub enum Command {
     Locate(locate::LocateArgs),
     /// The live shard map kept in the catalog: `map show`.
     Map(map::MapArgs),
-    /// Even out slots across shards: `rebalance plan`.
+    /// Move slots between shards: `rebalance plan | move | apply | status | resume | abort`.
     Rebalance(rebalance::RebalanceArgs),
     /// Start two local shards (each a PostgreSQL primary + replica) with pgshard in front of them.
     Demo(demo::DemoArgs),

@@ -27,6 +27,16 @@ pub struct RebalanceArgs {
 pub enum RebalanceCommand {
     /// Propose moves that even out the slots (or rows) across shards.
     Plan(PlanArgs),
+    /// Move slots to a shard while applications keep reading and writing.
+    Move(super::moves::MoveArgs),
+    /// Run the moves of a plan file written by `rebalance plan --out`.
+    Apply(super::moves::ApplyArgs),
+    /// Show the moves recorded in the catalog's journal and how far each got.
+    Status(super::moves::JournalArgs),
+    /// Continue unfinished moves (after the mover or a router was stopped).
+    Resume(super::moves::JournalArgs),
+    /// Return unfinished moves that have not flipped the map to the state before them.
+    Abort(super::moves::JournalArgs),
 }
 
 /// What `pgshard rebalance plan` weighs slots by.
@@ -58,7 +68,14 @@ pub struct PlanArgs {
 
 /// Runs `pgshard rebalance`.
 pub fn run(args: RebalanceArgs) -> anyhow::Result<()> {
-    let RebalanceCommand::Plan(args) = args.command;
+    let args = match args.command {
+        RebalanceCommand::Plan(args) => args,
+        RebalanceCommand::Move(args) => return super::moves::run_move(args),
+        RebalanceCommand::Apply(args) => return super::moves::run_apply(args),
+        RebalanceCommand::Status(args) => return super::moves::run_status(args),
+        RebalanceCommand::Resume(args) => return super::moves::run_resume(args),
+        RebalanceCommand::Abort(args) => return super::moves::run_abort(args),
+    };
     let config = Config::load(&args.config)
         .with_context(|| format!("config file {} is not usable", args.config.display()))?;
     let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();

@@ -55,6 +55,9 @@ pub struct CatalogConfig {
     /// How often each router reads the catalog's epoch in case a notification was missed.
     #[serde(default = "default_catalog_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// How long a statement waits for a slot move's cutover before it fails with 55P03.
+    #[serde(default = "default_catalog_hold_wait_ms")]
+    pub hold_wait_ms: u64,
 }
 
 impl Default for CatalogConfig {
@@ -62,6 +65,7 @@ impl Default for CatalogConfig {
         CatalogConfig {
             url: None,
             poll_interval_ms: default_catalog_poll_interval_ms(),
+            hold_wait_ms: default_catalog_hold_wait_ms(),
         }
     }
 }
@@ -359,6 +363,10 @@ fn default_shutdown_timeout_ms() -> u64 {
 fn default_rate_limit_wait_ms() -> u64 {
     1_000
 }
+fn default_catalog_hold_wait_ms() -> u64 {
+    30_000
+}
+
 fn default_catalog_poll_interval_ms() -> u64 {
     1_000
 }
@@ -432,11 +440,13 @@ impl Config {
     /// `[[users]]` entry's server user: `host='H' port='P' dbname='D' user='U' password='W'`.
     /// Panics if `idx` is not a shard's index.
     pub fn primary_url(&self, idx: usize) -> String {
+        self.server_url(idx, &self.shards[idx].primary)
+    }
+
+    /// [`Config::primary_url`] for another server of shard `idx` (one of its replicas).
+    pub fn server_url(&self, idx: usize, addr: &str) -> String {
         let shard = &self.shards[idx];
-        let (host, port) = shard
-            .primary
-            .rsplit_once(':')
-            .unwrap_or((shard.primary.as_str(), "5432"));
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut url = format!(

@@ -89,6 +89,60 @@ pub enum MoveError {
         source: ShardingError,
     },
 
+    /// The catalog (map, holds, journal) could not be read or changed.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+
+    /// Routers that did not answer a cutover hold in time, on every attempt.
+    #[error(
+        "router(s) {routers} did not acknowledge the cutover hold of move {move_id} within \
+         {timeout_ms} ms on {attempts} attempts (a transaction older than the hold stayed \
+         open, or the router cannot reach the catalog); the source still owns the slots: run \
+         `pgshard rebalance resume` to try again, or `abort`"
+    )]
+    NoAcknowledgement {
+        move_id: String,
+        routers: String,
+        timeout_ms: u64,
+        attempts: u32,
+    },
+
+    /// The copy differs from the source under the hold: nothing was flipped.
+    #[error(
+        "verification failed for move {move_id}: table {table} has {source_rows} rows in the \
+         moving slots on the source and {target_rows} on the target, or their checksums differ \
+         (was a moving slot written around pgshard?); nothing was flipped: run `pgshard \
+         rebalance abort`, then move again"
+    )]
+    Mismatch {
+        move_id: String,
+        table: String,
+        source_rows: u64,
+        target_rows: u64,
+    },
+
+    /// Slots of a move that its source no longer owns (another move took them).
+    #[error(
+        "slots {slots} of move {move_id} are no longer owned by its source shard {source_shard}; \
+         run `pgshard map show` and plan again"
+    )]
+    NotOwned {
+        move_id: String,
+        slots: String,
+        source_shard: String,
+    },
+
+    /// A move that cannot go back any more.
+    #[error(
+        "move {move_id} has already flipped the map to {target}; it cannot be aborted: run \
+         `pgshard rebalance resume` to finish it, then move the slots back if needed"
+    )]
+    PastNoReturn { move_id: String, target: String },
+
+    /// Another process runs this move now.
+    #[error("move {0} is being run by another pgshard process (it holds the move's lock)")]
+    Busy(String),
+
     /// A statement of the mover failed on a server.
     #[error("{what}: {source}")]
     Postgres {

@@ -16,6 +16,7 @@ mod copybin;
 mod error;
 mod objects;
 mod pgoutput;
+pub mod run;
 
 use std::ops::RangeInclusive;
 
@@ -147,6 +148,35 @@ impl Shard {
     /// spawned on the current runtime.
     pub async fn connect(name: &str, conninfo: &str) -> Result<Shard, MoveError> {
         let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+            .await
+            .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("mover connection ended: {e}");
+            }
+        });
+        Ok(Shard {
+            name: name.to_string(),
+            client,
+        })
+    }
+}
+
+impl Shard {
+    /// Connects with a libpq-style connection string, over TLS as `[backend_tls]` says.
+    pub async fn connect_tls(
+        name: &str,
+        conninfo: &str,
+        tls: Option<&crate::tls::BackendTls>,
+    ) -> Result<Shard, MoveError> {
+        let mut config: tokio_postgres::Config = conninfo.parse().map_err(MoveError::pg(
+            format!("reading the connection string of shard {name}"),
+        ))?;
+        let (mode, connector) = crate::tls::for_tokio_postgres(tls);
+        let (client, connection) = config
+            .ssl_mode(mode)
+            .application_name("pgshard-mover")
+            .connect(connector)
             .await
             .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
         tokio::spawn(async move {

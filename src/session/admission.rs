@@ -1,14 +1,18 @@
 //! What lets a client in and its statements through, beyond authentication: the user's client
-//! limit, the user's statement rate limit, a shutdown in progress, and moving to the generation
-//! of shared handles a reload made. Decides at login and at quiet points; never routes.
+//! limit, the user's statement rate limit, a shutdown in progress, a slot move's cutover hold,
+//! and moving to the generation of shared handles a reload or a new map made. Decides at login,
+//! at quiet points and after routing; never routes itself.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::SessionError;
+use super::route::Decision;
 use super::Session;
+use crate::holds::{Ticket, Touches};
 use crate::limits::{Admission, ClientSlot, RateLimit};
+use crate::router::Execution;
 use crate::shared::Shared;
 use crate::transport::Stream;
 
@@ -17,6 +21,14 @@ pub(super) struct UserAdmission {
     /// Held for its drop: uncounts the client.
     pub _slot: Option<ClientSlot>,
     pub rate: Option<Arc<RateLimit>>,
+}
+
+/// What a cutover hold needs to know of the client (used only with a catalog): the era ticket
+/// of its transaction, and the slot of the statement being routed.
+#[derive(Default)]
+pub(super) struct Cutover {
+    ticket: Option<Ticket>,
+    pub slot: Option<u16>,
 }
 
 /// Counts the client among `user`'s clients, or refuses it at the user's limit (or while the
@@ -83,25 +95,102 @@ impl<S: Stream> Session<S> {
             return Ok(());
         }
         if self.server_idle() {
+            // The transaction ended: a cutover no longer waits for it.
+            self.cutover.ticket = None;
             if self.shared.lifecycle.draining.load(Ordering::Relaxed) {
                 return Err(SessionError::ShuttingDown);
             }
             self.presence.waiting();
             self.marked_waiting = true;
         }
-        if self.server.is_some() || !self.shared.is_replaced() {
-            return Ok(());
+        if self.server.is_none() {
+            self.move_to_newest();
+        }
+        Ok(())
+    }
+
+    /// Moves to the newest generation if a reload or a new map made one (unless it dropped this
+    /// client's user: the client then stays on the pools it logged in with).
+    fn move_to_newest(&mut self) {
+        if !self.shared.is_replaced() {
+            return;
         }
         let Some(newest) = self.shared.newest() else {
-            return Ok(());
+            return;
         };
         let Some(limits) = newest.user_limits.get(&self.user) else {
-            return Ok(());
+            return;
         };
         self.admission.rate = limits.rate.clone();
         self.max_message = newest.config.server.max_message_bytes;
         self.shared = newest;
-        Ok(())
+    }
+
+    /// Lets a routed statement through a slot move's cutover hold: one that touches a held slot
+    /// (or several shards) and belongs to a transaction newer than the hold waits until the hold
+    /// ends, then is decided again by the newest map. A transaction older than the hold runs on
+    /// (the cutover waits for it). Bounded by `catalog.hold_wait_ms`.
+    pub(super) async fn through_holds(
+        &mut self,
+        frame: &crate::wire::Frame,
+        mut decision: Decision,
+    ) -> Result<Decision, SessionError> {
+        let holds = self.shared.control.holds.clone();
+        let started = Instant::now();
+        loop {
+            let touches = match (&decision, self.cutover.slot) {
+                (Decision::Run(Execution::Shard { .. } | Execution::Held), Some(slot)) => {
+                    Touches::Slot(slot)
+                }
+                (
+                    Decision::Run(
+                        Execution::Scatter { .. }
+                        | Execution::FanOut(_)
+                        | Execution::CopyIn(_)
+                        | Execution::CopyOut { .. },
+                    ),
+                    _,
+                ) => Touches::Shards,
+                _ => Touches::Nothing,
+            };
+            if touches == Touches::Nothing {
+                return Ok(decision);
+            }
+            let fresh = self.cutover.ticket.is_none();
+            let ticket = self.cutover.ticket.get_or_insert_with(|| holds.ticket());
+            if !holds.must_wait(touches, ticket) {
+                return Ok(decision);
+            }
+            if fresh {
+                // No transaction of its own yet: waiting, it holds back no cutover.
+                self.cutover.ticket = None;
+            }
+            let limit = self
+                .shared
+                .config
+                .catalog
+                .as_ref()
+                .map_or(30_000, |c| c.hold_wait_ms);
+            let left = std::time::Duration::from_millis(limit).saturating_sub(started.elapsed());
+            if tokio::time::timeout(left, holds.wait_release())
+                .await
+                .is_err()
+            {
+                let moves: Vec<String> = holds.held().into_iter().map(|h| h.move_id).collect();
+                return Ok(Decision::Failed(SessionError::HeldTooLong {
+                    moves: moves.join(", "),
+                    waited_ms: limit,
+                }));
+            }
+            if self.server.is_none() {
+                self.move_to_newest();
+            } else if self.shared.is_replaced() {
+                // Its transaction runs on a server the slot may have left.
+                return Ok(Decision::Failed(SessionError::SlotMoved));
+            }
+            self.cutover.slot = None;
+            decision = self.decide(frame)?;
+        }
     }
 
     /// Something woke the session up after it waited between transactions: it serves on,

@@ -91,6 +91,16 @@ pub enum SessionError {
         "pgshard does not accept new logins now (DISABLE on its admin console); retry after ENABLE"
     )]
     LoginsDisabled,
+    #[error(
+        "this statement waited {waited_ms} ms (catalog.hold_wait_ms) for the cutover of slot \
+         move {moves}, which has not finished"
+    )]
+    HeldTooLong { moves: String, waited_ms: u64 },
+    #[error(
+        "the slot this statement routes to moved to another shard while this transaction was \
+         open"
+    )]
+    SlotMoved,
 }
 
 impl SessionError {
@@ -152,6 +162,21 @@ impl From<&SessionError> for ClientError {
             // Only logged in practice: the client's own socket failed.
             SessionError::ClientIo(_) => {
                 return ClientError::new(SqlState::CONNECTION_FAILURE, e.to_string())
+            }
+            SessionError::HeldTooLong { .. } => {
+                return ClientError::new(
+                    SqlState::LOCK_NOT_AVAILABLE,
+                    format!(
+                        "pgshard: {e}; retry the statement; if this persists, the mover stopped: \
+                         run `pgshard rebalance status`, then `resume` or `abort` the move"
+                    ),
+                )
+            }
+            SessionError::SlotMoved => {
+                return ClientError::new(
+                    SqlState::SERIALIZATION_FAILURE,
+                    format!("pgshard: {e}; roll back and run the transaction again"),
+                )
             }
             SessionError::UnknownDatabase { .. } => SqlState::INVALID_CATALOG_NAME,
             SessionError::Unsupported(_)

@@ -107,6 +107,7 @@ impl<S: Stream> Session<S> {
         let at = self.meter.request_since.unwrap_or_else(Instant::now);
         self.shared.stats.slots.statement(slot, at);
         self.meter.slot = Some(slot);
+        self.cutover.slot = Some(slot);
     }
 
     /// The request in progress got its last answer (ReadyForQuery, or pgshard's own).

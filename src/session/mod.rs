@@ -217,6 +217,8 @@ pub(crate) struct Session<S> {
     statement_on_server: bool,
     /// Counts for SHOW STATS and SHOW CLIENTS, and this client's registry entry.
     meter: meter::Meter,
+    /// The transaction's era and the routed slot, for a slot move's cutover hold.
+    cutover: admission::Cutover,
 }
 
 /// Where the client's protocol stands with the held server connection.
@@ -305,6 +307,7 @@ impl<S: Stream> Session<S> {
             request_started: None,
             statement_on_server: false,
             meter: meter::Meter::new(registered),
+            cutover: admission::Cutover::default(),
         }
     }
 

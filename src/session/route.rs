@@ -26,7 +26,7 @@ use crate::wire::{build, Frame, TransactionStatus};
 
 /// What to do with a client frame: the router's [`Execution`] for statements, or the session's
 /// own protocol steps around it.
-enum Decision {
+pub(super) enum Decision {
     /// Carry out what the router decided.
     Run(Execution),
     /// Keep it until a later frame decides the route (a Parse before its Bind).
@@ -75,14 +75,21 @@ impl<S: Stream> Session<S> {
             Some(statement) => Ok(Decision::Failed(
                 Unsupported::SessionState { statement }.into(),
             )),
-            None => self.decide(&frame),
+            None => {
+                self.cutover.slot = None;
+                self.decide(&frame)
+            }
         };
         if matches!(decision, Ok(Decision::LearnColumns)) {
             self.learn_columns_for_statement().await;
             decision = self.decide(&frame);
         }
         self.statement_routed();
-        let decision = decision?;
+        let mut decision = decision?;
+        if self.shared.control.holds.enabled() {
+            // Boxed: only a router following a catalog pays for this future.
+            decision = Box::pin(self.through_holds(&frame, decision)).await?;
+        }
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         if is_statement(&frame) {
             match &decision {
@@ -110,7 +117,7 @@ impl<S: Stream> Session<S> {
     }
 
     /// What to do with a client frame.
-    fn decide(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
+    pub(super) fn decide(&mut self, frame: &Frame) -> Result<Decision, SessionError> {
         Ok(match frame.tag() {
             tag::QUERY => self.route_query(frame),
             tag::PARSE => self.note_parse(frame)?,

@@ -231,7 +231,7 @@ fn group_clashes(
 
 /// Parses `"0-99, 300-511,7"` into ranges; the error says what is wrong with which part. An
 /// empty spec owns no slots (a new shard, before slots are moved to it).
-fn parse_slot_spec(spec: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
+pub fn parse_slot_spec(spec: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
     if spec.trim().is_empty() {
         return Ok(Vec::new());
     }

@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 pub use error::{ShardingError, SlotOverlap};
 pub use key::{key_from_binary, key_from_text, KeyBytes, KeyValue};
-pub use map::ShardMap;
+pub use map::{parse_slot_spec, ShardMap};
 pub use slot::{slot_of_bytes, SLOT_COUNT};
 
 /// Declared type of a shard key column.

@@ -1,0 +1,406 @@
+//! The catalog's side of moving slots: routers registering themselves, cutover holds and the
+//! routers' acknowledgements, and the move journal (one row per move, its last step done).
+//! Tables `pgshard.routers`, `pgshard.holds`, `pgshard.hold_acks` and `pgshard.moves`, created
+//! with the map (and added to an older catalog by [`super::open`]). Plain SQL only: it never
+//! routes, moves rows or decides when a hold may end.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+
+use super::{CatalogError, CHANNEL};
+
+/// Tables added in schema version 2 (idempotent: also run on catalogs made before them).
+pub(super) const MOVE_SQL: &str = "\
+    CREATE TABLE IF NOT EXISTS pgshard.routers ( \
+        router_id text PRIMARY KEY, \
+        host text NOT NULL, \
+        pid integer NOT NULL, \
+        poll_ms integer NOT NULL, \
+        started_at timestamptz NOT NULL DEFAULT now(), \
+        seen_at timestamptz NOT NULL DEFAULT now()); \
+    CREATE TABLE IF NOT EXISTS pgshard.holds ( \
+        move_id text PRIMARY KEY, \
+        slots text NOT NULL, \
+        requested_at timestamptz NOT NULL DEFAULT now(), \
+        expires_at timestamptz NOT NULL); \
+    CREATE TABLE IF NOT EXISTS pgshard.hold_acks ( \
+        move_id text NOT NULL, \
+        router_id text NOT NULL, \
+        acked_at timestamptz NOT NULL DEFAULT now(), \
+        PRIMARY KEY (move_id, router_id)); \
+    CREATE TABLE IF NOT EXISTS pgshard.moves ( \
+        move_id text PRIMARY KEY, \
+        slots text NOT NULL, \
+        source text NOT NULL, \
+        target text NOT NULL, \
+        step text NOT NULL, \
+        started_at timestamptz NOT NULL DEFAULT now(), \
+        updated_at timestamptz NOT NULL DEFAULT now(), \
+        rows_copied bigint NOT NULL DEFAULT 0, \
+        bytes_copied bigint NOT NULL DEFAULT 0, \
+        copy_seconds double precision NOT NULL DEFAULT 0, \
+        changes_applied bigint NOT NULL DEFAULT 0, \
+        lag_bytes bigint, \
+        attempts integer NOT NULL DEFAULT 0, \
+        hold_ms double precision, \
+        epoch_after bigint, \
+        error text);";
+
+/// What a router reads at each notification and poll, from one snapshot: the map's epoch and
+/// the holds in force (an expired hold that never flipped is not in force).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterView {
+    pub epoch: u64,
+    /// `(move_id, slots)` of each hold in force.
+    pub holds: Vec<(String, String)>,
+}
+
+/// Registers the router (or notes that it is alive): routers seen within a few poll intervals
+/// are the ones a cutover waits for.
+pub async fn heartbeat(
+    client: &impl GenericClient,
+    router_id: &str,
+    poll: Duration,
+) -> Result<(), CatalogError> {
+    let host = hostname();
+    let poll_ms = i32::try_from(poll.as_millis()).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "INSERT INTO pgshard.routers (router_id, host, pid, poll_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (router_id) DO UPDATE SET seen_at = now(), poll_ms = $4",
+            &[&router_id, &host, &(std::process::id() as i32), &poll_ms],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes the router's registration (a clean shutdown).
+pub async fn deregister(client: &impl GenericClient, router_id: &str) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "DELETE FROM pgshard.routers WHERE router_id = $1",
+            &[&router_id],
+        )
+        .await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The epoch and the holds in force, in one statement (one snapshot): a router that sees a
+/// hold gone also sees the epoch its mover flipped to.
+pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT e.epoch, \
+               array(SELECT move_id FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
+               array(SELECT slots FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id) \
+             FROM pgshard.map_epoch e",
+            &[],
+        )
+        .await?;
+    let ids: Vec<String> = row.get(1);
+    let slots: Vec<String> = row.get(2);
+    Ok(RouterView {
+        epoch: row.get::<_, i64>(0) as u64,
+        holds: ids.into_iter().zip(slots).collect(),
+    })
+}
+
+/// A router acknowledges a hold: it holds the slots and no older transaction is open.
+pub async fn acknowledge(
+    client: &impl GenericClient,
+    move_id: &str,
+    router_id: &str,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "INSERT INTO pgshard.hold_acks (move_id, router_id) \
+             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM pgshard.holds WHERE move_id = $1) \
+             ON CONFLICT DO NOTHING",
+            &[&move_id, &router_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The mover asks every router to hold `slots` until `expires` from now (acknowledgements of
+/// an earlier attempt are dropped). Returns the routers it must hear from: those seen within
+/// three of their poll intervals and two seconds.
+pub async fn request_hold(
+    client: &mut tokio_postgres::Client,
+    move_id: &str,
+    slots: &str,
+    expires: Duration,
+) -> Result<Vec<String>, CatalogError> {
+    let tx = client.transaction().await?;
+    let secs = expires.as_secs_f64();
+    tx.execute(
+        "INSERT INTO pgshard.holds (move_id, slots, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3)) \
+         ON CONFLICT (move_id) DO UPDATE SET slots = $2, requested_at = now(), \
+           expires_at = now() + make_interval(secs => $3)",
+        &[&move_id, &slots, &secs],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM pgshard.hold_acks WHERE move_id = $1",
+        &[&move_id],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, 'hold')", &[&CHANNEL])
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT router_id FROM pgshard.routers \
+             WHERE seen_at > now() - make_interval(secs => 3 * poll_ms / 1000.0 + 2) \
+             ORDER BY router_id",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Routers that have acknowledged `move_id`'s hold.
+pub async fn acknowledged(
+    client: &impl GenericClient,
+    move_id: &str,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT router_id FROM pgshard.hold_acks WHERE move_id = $1 ORDER BY router_id",
+            &[&move_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Ends `move_id`'s hold (routers release its statements once they see it gone).
+pub async fn drop_hold(client: &impl GenericClient, move_id: &str) -> Result<(), CatalogError> {
+    client
+        .execute("DELETE FROM pgshard.holds WHERE move_id = $1", &[&move_id])
+        .await?;
+    client
+        .execute(
+            "DELETE FROM pgshard.hold_acks WHERE move_id = $1",
+            &[&move_id],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_notify($1, 'release')", &[&CHANNEL])
+        .await?;
+    Ok(())
+}
+
+/// Checks that the hold is still in force for at least `margin` (else a router may already
+/// have released it on its own: [`CatalogError::HoldExpired`]); `forever` (inside the flip's
+/// transaction) makes it last until [`drop_hold`].
+pub async fn keep_hold_in(
+    tx: &impl GenericClient,
+    move_id: &str,
+    margin: Duration,
+    forever: bool,
+) -> Result<(), CatalogError> {
+    let secs = margin.as_secs_f64();
+    let kept = tx
+        .execute(
+            "UPDATE pgshard.holds \
+             SET expires_at = CASE WHEN $3 THEN 'infinity'::timestamptz ELSE expires_at END \
+             WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
+            &[&move_id, &secs, &forever],
+        )
+        .await?;
+    if kept == 0 {
+        return Err(CatalogError::HoldExpired(move_id.to_string()));
+    }
+    Ok(())
+}
+
+/// One move's journal row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journal {
+    pub move_id: String,
+    pub slots: String,
+    pub source: String,
+    pub target: String,
+    pub step: String,
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    pub copy_seconds: f64,
+    pub changes_applied: i64,
+    pub lag_bytes: Option<i64>,
+    pub attempts: i32,
+    pub hold_ms: Option<f64>,
+    pub epoch_after: Option<i64>,
+    pub error: Option<String>,
+    pub started: String,
+    pub updated: String,
+}
+
+const JOURNAL_COLUMNS: &str = "move_id, slots, source, target, step, rows_copied, bytes_copied, \
+     copy_seconds, changes_applied, lag_bytes, attempts, hold_ms, epoch_after, error, \
+     to_char(started_at, 'YYYY-MM-DD HH24:MI:SS'), to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS')";
+
+fn journal_of(row: &tokio_postgres::Row) -> Journal {
+    Journal {
+        move_id: row.get(0),
+        slots: row.get(1),
+        source: row.get(2),
+        target: row.get(3),
+        step: row.get(4),
+        rows_copied: row.get(5),
+        bytes_copied: row.get(6),
+        copy_seconds: row.get(7),
+        changes_applied: row.get(8),
+        lag_bytes: row.get(9),
+        attempts: row.get(10),
+        hold_ms: row.get(11),
+        epoch_after: row.get(12),
+        error: row.get(13),
+        started: row.get(14),
+        updated: row.get(15),
+    }
+}
+
+/// Records a new move at step `planned` (or returns the existing row of that id).
+pub async fn journal_start(
+    client: &impl GenericClient,
+    move_id: &str,
+    slots: &str,
+    source: &str,
+    target: &str,
+) -> Result<Journal, CatalogError> {
+    client
+        .execute(
+            "INSERT INTO pgshard.moves (move_id, slots, source, target, step) \
+             VALUES ($1, $2, $3, $4, 'planned') ON CONFLICT (move_id) DO NOTHING",
+            &[&move_id, &slots, &source, &target],
+        )
+        .await?;
+    journal_get(client, move_id)
+        .await?
+        .ok_or_else(|| CatalogError::Damaged(format!("move {move_id} vanished from the journal")))
+}
+
+pub async fn journal_get(
+    client: &impl GenericClient,
+    move_id: &str,
+) -> Result<Option<Journal>, CatalogError> {
+    let sql = format!("SELECT {JOURNAL_COLUMNS} FROM pgshard.moves WHERE move_id = $1");
+    Ok(client
+        .query_opt(&sql, &[&move_id])
+        .await?
+        .as_ref()
+        .map(journal_of))
+}
+
+/// Every move, oldest first.
+pub async fn journal_list(client: &impl GenericClient) -> Result<Vec<Journal>, CatalogError> {
+    let sql = format!("SELECT {JOURNAL_COLUMNS} FROM pgshard.moves ORDER BY started_at, move_id");
+    Ok(client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(journal_of)
+        .collect())
+}
+
+/// Records that `move_id` reached `step` (and clears the last error).
+pub async fn journal_step(
+    client: &impl GenericClient,
+    move_id: &str,
+    step: &str,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE pgshard.moves SET step = $2, updated_at = now(), error = NULL \
+             WHERE move_id = $1",
+            &[&move_id, &step],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Progress of the copy and the catch-up.
+pub async fn journal_progress(
+    client: &impl GenericClient,
+    move_id: &str,
+    rows: i64,
+    bytes: i64,
+    copy_seconds: f64,
+    changes: i64,
+    lag_bytes: Option<i64>,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE pgshard.moves SET rows_copied = $2, bytes_copied = $3, copy_seconds = $4, \
+               changes_applied = $5, lag_bytes = $6, updated_at = now() WHERE move_id = $1",
+            &[&move_id, &rows, &bytes, &copy_seconds, &changes, &lag_bytes],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A cutover attempt ended (with `error` if it gave up).
+pub async fn journal_attempt(
+    client: &impl GenericClient,
+    move_id: &str,
+    error: Option<&str>,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE pgshard.moves SET attempts = attempts + 1, error = $2, updated_at = now() \
+             WHERE move_id = $1",
+            &[&move_id, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long routers held the move's slots, from the hold's request to its end.
+pub async fn journal_hold(
+    client: &impl GenericClient,
+    move_id: &str,
+    hold_ms: f64,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE pgshard.moves SET hold_ms = $2, updated_at = now() WHERE move_id = $1",
+            &[&move_id, &hold_ms],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The flip's journal entry, inside its transaction.
+pub async fn journal_flipped_in(
+    tx: &impl GenericClient,
+    move_id: &str,
+    epoch: u64,
+) -> Result<(), CatalogError> {
+    tx.execute(
+        "UPDATE pgshard.moves SET step = 'flipped', epoch_after = $2, updated_at = now(), \
+           error = NULL WHERE move_id = $1",
+        &[&move_id, &(epoch as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes the session-level advisory lock naming `move_id` on the catalog connection: one
+/// mover per move. `false` when another process holds it.
+pub async fn lock_move(client: &impl GenericClient, move_id: &str) -> Result<bool, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('pgshard move ' || $1, 0))",
+            &[&move_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,258 @@
+//! Cutover holds: while a mover flips some slots to another shard, statements that touch them
+//! (and cross-shard statements, which could see a moving row on both shards) wait here, and the
+//! router tells the mover when every transaction that began before the hold has ended.
+//! Transactions are counted by era: a session holds a [`Ticket`] of the era it began its
+//! transaction in, and a hold starts a new era and waits for the older ones to drain. Kept by
+//! `Control` across generations; it never routes, never touches a connection, and never
+//! decides on its own to release a hold (the catalog watcher does, after installing the map).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use crate::rebalance::SlotSet;
+
+/// One era of transactions: how many are open, and a wake-up for the hold that waits for them.
+#[derive(Default)]
+pub struct Era {
+    active: AtomicUsize,
+    retired: AtomicBool,
+    drained: Notify,
+}
+
+/// A session's claim on the era its transaction began in; dropping it ends the claim.
+pub struct Ticket(Arc<Era>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.retired.load(Ordering::SeqCst)
+        {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// One move's hold: its id and slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub move_id: String,
+    pub slots: SlotSet,
+}
+
+/// The holds in force and the eras of transactions.
+pub struct Holds {
+    /// A catalog is configured: sessions take tickets (otherwise nothing here is used).
+    enabled: AtomicBool,
+    /// Some hold is in force: the one flag a statement reads.
+    any: AtomicBool,
+    held: Mutex<Vec<Hold>>,
+    /// Bumped whenever a hold ends: waiting statements look again.
+    released: watch::Sender<u64>,
+    era: ArcSwap<Era>,
+    /// Eras a hold retired whose transactions may still be open.
+    retired: Mutex<Vec<Arc<Era>>>,
+}
+
+impl Default for Holds {
+    fn default() -> Holds {
+        Holds {
+            enabled: AtomicBool::new(false),
+            any: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+            released: watch::Sender::new(0),
+            era: ArcSwap::from_pointee(Era::default()),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// What a statement about to run touches, for [`Holds::must_wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touches {
+    /// One slot, by its shard key.
+    Slot(u16),
+    /// Several shards (a scatter read, a fan-out write, COPY): any hold may concern it.
+    Shards,
+    /// Nothing a hold concerns (no shard key, one shard).
+    Nothing,
+}
+
+impl Holds {
+    /// Sessions take tickets from now on (a router following a catalog).
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A ticket of the current era, for a transaction beginning now. Never of an era a hold
+    /// already found drained: the count and the `retired` flag are read in opposite orders
+    /// by the two sides (SeqCst), so one of them sees the other.
+    pub fn ticket(&self) -> Ticket {
+        loop {
+            let era = self.era.load_full();
+            era.active.fetch_add(1, Ordering::SeqCst);
+            if !era.retired.load(Ordering::SeqCst) {
+                return Ticket(era);
+            }
+            // A hold retired it meanwhile: take the next era's.
+            drop(Ticket(era));
+        }
+    }
+
+    /// Whether a statement touching `touches`, run by a transaction holding `ticket`, waits.
+    /// A transaction older than the holds runs on: the hold waits for it instead.
+    pub fn must_wait(&self, touches: Touches, ticket: &Ticket) -> bool {
+        if !self.any.load(Ordering::Acquire) || touches == Touches::Nothing {
+            return false;
+        }
+        if !Arc::ptr_eq(&ticket.0, &self.era.load()) {
+            return false;
+        }
+        match touches {
+            Touches::Nothing => false,
+            Touches::Shards => true,
+            Touches::Slot(slot) => lock(&self.held).iter().any(|h| h.slots.contains(slot)),
+        }
+    }
+
+    /// Starts holding `hold` (again, if it is held already) and returns once every transaction
+    /// that began before it has ended. Bound it with a timeout.
+    pub async fn hold_and_drain(&self, hold: Hold) {
+        {
+            let mut held = lock(&self.held);
+            if !held.iter().any(|h| h.move_id == hold.move_id) {
+                held.push(hold);
+            }
+            self.any.store(true, Ordering::Release);
+        }
+        let old = self.era.swap(Arc::new(Era::default()));
+        old.retired.store(true, Ordering::SeqCst);
+        let waiting: Vec<Arc<Era>> = {
+            let mut retired = lock(&self.retired);
+            retired.push(old);
+            retired.retain(|e| e.active.load(Ordering::SeqCst) > 0);
+            retired.clone()
+        };
+        for era in waiting {
+            loop {
+                let drained = era.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if era.active.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                drained.await;
+            }
+        }
+    }
+
+    /// Ends the hold of `move_id`; statements waiting for it look again.
+    pub fn release(&self, move_id: &str) {
+        {
+            let mut held = lock(&self.held);
+            held.retain(|h| h.move_id != move_id);
+            self.any.store(!held.is_empty(), Ordering::Release);
+        }
+        self.released.send_modify(|n| *n += 1);
+    }
+
+    /// The holds in force.
+    pub fn held(&self) -> Vec<Hold> {
+        lock(&self.held).clone()
+    }
+
+    /// Waits until a hold ends (then the caller decides again).
+    pub async fn wait_release(&self) {
+        let mut released = self.released.subscribe();
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = released.changed().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every value behind these locks stays valid whatever panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn hold(id: &str, slots: std::ops::RangeInclusive<u16>) -> Hold {
+        Hold {
+            move_id: id.into(),
+            slots: SlotSet::from_ranges([slots]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hold_waits_for_older_transactions_and_holds_only_newer_ones() {
+        let holds = Arc::new(Holds::default());
+        let older = holds.ticket();
+        let drain = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.hold_and_drain(hold("m1", 10..=19)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drain.is_finished(), "an older transaction is still open");
+        // The older transaction runs on, even on a held slot.
+        assert!(!holds.must_wait(Touches::Slot(12), &older));
+        let newer = holds.ticket();
+        assert!(holds.must_wait(Touches::Slot(12), &newer));
+        assert!(holds.must_wait(Touches::Shards, &newer));
+        assert!(!holds.must_wait(Touches::Slot(20), &newer));
+        assert!(!holds.must_wait(Touches::Nothing, &newer));
+        drop(older);
+        tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .expect("drained once the older transaction ended")
+            .unwrap();
+        let waiter = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.wait_release().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        holds.release("m1");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released")
+            .unwrap();
+        assert!(!holds.must_wait(Touches::Slot(12), &newer));
+    }
+
+    #[tokio::test]
+    async fn a_second_hold_also_waits_for_transactions_older_than_the_first() {
+        let holds = Arc::new(Holds::default());
+        let oldest = holds.ticket();
+        let first = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.hold_and_drain(hold("a", 0..=0)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.hold_and_drain(hold("b", 1..=1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        drop(oldest);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            first.await.unwrap();
+            second.await.unwrap();
+        })
+        .await
+        .expect("both drained");
+        assert_eq!(holds.held().len(), 2);
+    }
+}

@@ -1,0 +1,464 @@
+//! Running one move to its end, recording each step in the catalog's journal so that a killed
+//! run resumes where it stopped: prepare, copy, catch up, then the cutover (hold on every
+//! router, last changes, verify, swap in, flip the map, clean the source, release), cleanup.
+//! Before the flip a move can be aborted (the source stays the owner); after it, only finished.
+//! It never flips a map unless every live router holds the slots and the copy verified equal.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::{CopyStats, MoveError, Mover, TargetSide};
+use crate::catalog::cutover::{self, Journal};
+use crate::catalog::{self, CatalogError};
+
+/// Steps a journal records, in order (`aborted` ends a move that did not flip).
+pub const STEPS: [&str; 8] = [
+    "planned",
+    "prepared",
+    "copied",
+    "caught_up",
+    "swapped",
+    "flipped",
+    "cleaned",
+    "done",
+];
+
+/// How a move runs its catch-up and cutover.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Changes applied per catch-up round.
+    pub batch_changes: u32,
+    /// Catch-up goes on until the source wrote less WAL than this since the last change.
+    pub lag_bytes: u64,
+    /// How long the mover waits for every router's acknowledgement of a hold.
+    pub ack_timeout: Duration,
+    /// A hold routers let go of by themselves if the mover has not flipped by then.
+    pub hold_expiry: Duration,
+    /// Cutover attempts before giving up (the move stays resumable).
+    pub attempts: u32,
+    /// How long the hold waits for replicas to replay the swap and the clean.
+    pub replay_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            batch_changes: 10_000,
+            lag_bytes: 64 * 1024,
+            ack_timeout: Duration::from_secs(5),
+            hold_expiry: Duration::from_secs(15),
+            attempts: 5,
+            replay_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which primary a replica follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+/// A connection to a replica of the source or the target: the hold ends only once it replayed
+/// the swap and the clean (a read there then sees each row once).
+pub struct Replica {
+    pub side: Side,
+    pub shard: super::Shard,
+}
+
+/// What a running move reports as it goes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A step began.
+    Step(&'static str),
+    /// A batch of the copy landed.
+    Copy(CopyStats),
+    /// A catch-up round: changes applied so far and the remaining lag.
+    CatchUp { applied: u64, lag_bytes: u64 },
+    /// A cutover attempt ended: how long routers held the slots, and why it failed if it did.
+    Cutover {
+        attempt: u32,
+        hold: Duration,
+        failed: Option<String>,
+    },
+}
+
+fn index(step: &str) -> usize {
+    STEPS.iter().position(|s| *s == step).unwrap_or(0)
+}
+
+/// Runs the move `journal` describes from its last recorded step to `done`.
+pub async fn run(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+    options: &RunOptions,
+    replicas: &[Replica],
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), MoveError> {
+    let id = journal.move_id.clone();
+    if !cutover::lock_move(catalog, &id).await? {
+        return Err(MoveError::Busy(id));
+    }
+    let mut step = journal.step.clone();
+    if step == "aborted" || step == "done" {
+        return Ok(());
+    }
+    if step == "swapped" {
+        // Killed between the swap and the flip: the swap is undone (while routers may still
+        // hold the slots), then the hold dropped; writes went on at the source. Start over.
+        mover.abort().await?;
+        cutover::drop_hold(catalog, &id).await?;
+        step = "planned".into();
+        cutover::journal_step(catalog, &id, "planned").await?;
+    }
+    let mut copied = (
+        journal.rows_copied,
+        journal.bytes_copied,
+        journal.copy_seconds,
+    );
+    let mut applied = journal.changes_applied as u64;
+    if index(&step) < index("prepared") {
+        report(Event::Step("prepare"));
+        mover.prepare().await?;
+        cutover::journal_step(catalog, &id, "prepared").await?;
+        step = "prepared".into();
+    }
+    if index(&step) < index("copied") {
+        report(Event::Step("copy"));
+        let stats = mover.copy(|s| report(Event::Copy(s.clone()))).await?;
+        copied = (
+            stats.rows_copied as i64,
+            stats.bytes_copied as i64,
+            stats.elapsed.as_secs_f64(),
+        );
+        cutover::journal_progress(catalog, &id, copied.0, copied.1, copied.2, 0, None).await?;
+        cutover::journal_step(catalog, &id, "copied").await?;
+        step = "copied".into();
+    }
+    let mut hold_started = None;
+    if index(&step) < index("flipped") {
+        let mut attempt = 0;
+        loop {
+            report(Event::Step("catch up"));
+            let lag = catch_up_until(mover, options, &mut applied, report).await?;
+            cutover::journal_progress(
+                catalog,
+                &id,
+                copied.0,
+                copied.1,
+                copied.2,
+                applied as i64,
+                Some(lag as i64),
+            )
+            .await?;
+            cutover::journal_step(catalog, &id, "caught_up").await?;
+            attempt += 1;
+            report(Event::Step("cutover"));
+            let started = Instant::now();
+            let outcome = cutover_once(catalog, mover, journal, options, &mut applied).await;
+            let hold = started.elapsed();
+            let failed = outcome.as_ref().err().map(|e| e.to_string());
+            report(Event::Cutover {
+                attempt,
+                hold,
+                failed: failed.clone(),
+            });
+            cutover::journal_attempt(catalog, &id, failed.as_deref()).await?;
+            match outcome {
+                Ok(()) => {
+                    hold_started = Some(started);
+                    break;
+                }
+                Err(e @ MoveError::NoAcknowledgement { .. }) if attempt >= options.attempts => {
+                    return Err(e)
+                }
+                Err(MoveError::NoAcknowledgement { .. }) => continue,
+                Err(MoveError::Catalog(CatalogError::HoldExpired(_))) => {
+                    // The swap was undone with the whole copy: begin again.
+                    return Box::pin(restart(catalog, mover, journal, options, replicas, report))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        step = "flipped".into();
+    }
+    let released = finish(catalog, mover, &id, &step, (options, replicas), report).await?;
+    if let Some(started) = hold_started {
+        let held = released.duration_since(started);
+        cutover::journal_hold(catalog, &id, held.as_secs_f64() * 1e3).await?;
+    }
+    Ok(())
+}
+
+/// After a hold expired under the cutover: everything from `prepare` again.
+async fn restart(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+    options: &RunOptions,
+    replicas: &[Replica],
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), MoveError> {
+    cutover::journal_step(catalog, &journal.move_id, "planned").await?;
+    let again = Journal {
+        step: "planned".into(),
+        ..journal.clone()
+    };
+    run(catalog, mover, &again, options, replicas, report).await
+}
+
+/// After the flip: clean the source, release the hold, drop the move's objects. Returns when
+/// the hold ended.
+async fn finish(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    id: &str,
+    step: &str,
+    (options, replicas): (&RunOptions, &[Replica]),
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<Instant, MoveError> {
+    if index(step) < index("cleaned") {
+        report(Event::Step("clean source"));
+        mover.clean_source().await?;
+        cutover::journal_step(catalog, id, "cleaned").await?;
+    }
+    wait_replayed(mover, replicas, options).await;
+    cutover::drop_hold(catalog, id).await?;
+    let released = Instant::now();
+    report(Event::Step("cleanup"));
+    mover.cleanup().await?;
+    cutover::journal_step(catalog, id, "done").await?;
+    Ok(released)
+}
+
+/// Waits until every replica replayed its primary's WAL as it is now (bounded by
+/// `options.replay_timeout`; a replica that cannot be asked is skipped, logged).
+async fn wait_replayed(mover: &Mover, replicas: &[Replica], options: &RunOptions) {
+    let deadline = Instant::now() + options.replay_timeout;
+    for replica in replicas {
+        let primary = match replica.side {
+            Side::Source => &mover.source().client,
+            Side::Target => &mover.target().client,
+        };
+        let wanted: String = match primary
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                tracing::warn!(
+                    "reading the WAL position of {}'s primary: {e}",
+                    replica.shard.name
+                );
+                continue;
+            }
+        };
+        loop {
+            let replayed = replica
+                .shard
+                .client
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
+                    &[&wanted],
+                )
+                .await;
+            match replayed {
+                Ok(row) if row.get::<_, bool>(0) => break,
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        "replica {} has not replayed the move after {:?}; releasing anyway",
+                        replica.shard.name,
+                        options.replay_timeout
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("asking replica {} about replay: {e}", replica.shard.name);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Catch-up rounds until the lag is under `options.lag_bytes` (or a round found nothing to
+/// apply); returns the lag.
+async fn catch_up_until(
+    mover: &mut Mover,
+    options: &RunOptions,
+    applied: &mut u64,
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<u64, MoveError> {
+    loop {
+        let round = mover.catch_up(options.batch_changes).await?;
+        *applied += round.applied;
+        report(Event::CatchUp {
+            applied: *applied,
+            lag_bytes: round.lag_bytes,
+        });
+        if round.reached && (round.lag_bytes < options.lag_bytes || round.changes == 0) {
+            return Ok(round.lag_bytes);
+        }
+    }
+}
+
+/// One cutover attempt: hold, last changes, verify, swap, flip. On failure before the flip the
+/// hold is dropped (statements go on at the source) and the target keeps only staging rows.
+async fn cutover_once(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+    options: &RunOptions,
+    applied: &mut u64,
+) -> Result<(), MoveError> {
+    let id = &journal.move_id;
+    let routers = cutover::request_hold(catalog, id, &journal.slots, options.hold_expiry).await?;
+    let mut swapped = false;
+    if let Err(e) = held(
+        catalog,
+        mover,
+        journal,
+        options,
+        applied,
+        &routers,
+        &mut swapped,
+    )
+    .await
+    {
+        if swapped {
+            // Undone while routers still hold the slots: a keyless read never sees the rows
+            // on both shards. The copy goes with it; the move begins again.
+            mover.abort().await?;
+            cutover::drop_hold(catalog, id).await?;
+            return Err(MoveError::Catalog(CatalogError::HoldExpired(id.clone())));
+        }
+        cutover::drop_hold(catalog, id).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The part of a cutover under the hold, up to and with the flip.
+async fn held(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+    options: &RunOptions,
+    applied: &mut u64,
+    routers: &[String],
+    swapped: &mut bool,
+) -> Result<(), MoveError> {
+    let id = &journal.move_id;
+    wait_for_acks(catalog, id, routers, options).await?;
+    // Every transaction that could write the slots has ended: apply up to now.
+    loop {
+        let round = mover.catch_up(u32::MAX).await?;
+        *applied += round.applied;
+        if round.reached {
+            break;
+        }
+    }
+    for check in mover.verify(TargetSide::Staging).await? {
+        if !check.equal() {
+            return Err(MoveError::Mismatch {
+                move_id: id.clone(),
+                table: check.table.clone(),
+                source_rows: check.source.rows,
+                target_rows: check.target.rows,
+            });
+        }
+    }
+    // The swap and the flip must land well before routers would let go on their own.
+    let margin = Duration::from_secs(2);
+    cutover::keep_hold_in(catalog, id, margin, false).await?;
+    *swapped = true;
+    mover.swap_in().await?;
+    cutover::journal_step(catalog, id, "swapped").await?;
+    let slots: Vec<u16> = (0..crate::sharding::SLOT_COUNT)
+        .filter(|&s| mover.plan().slots().contains(s))
+        .collect();
+    let tx = catalog.transaction().await.map_err(CatalogError::from)?;
+    cutover::keep_hold_in(&tx, id, Duration::from_secs(1), true).await?;
+    let owners: Vec<i32> = slots.iter().map(|&s| i32::from(s)).collect();
+    let foreign: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pgshard.slots WHERE slot = ANY($1) AND shard <> $2",
+            &[&owners, &journal.source],
+        )
+        .await
+        .map_err(CatalogError::from)?
+        .get(0);
+    if foreign > 0 {
+        return Err(MoveError::NotOwned {
+            move_id: id.clone(),
+            slots: journal.slots.clone(),
+            source_shard: journal.source.clone(),
+        });
+    }
+    let epoch = catalog::epoch(&tx).await?;
+    let next = catalog::set_owner_in(&tx, &slots, &journal.target, epoch).await?;
+    cutover::journal_flipped_in(&tx, id, next).await?;
+    tx.commit().await.map_err(CatalogError::from)?;
+    Ok(())
+}
+
+/// Waits until every router in `routers` acknowledged the hold.
+async fn wait_for_acks(
+    catalog: &Client,
+    id: &str,
+    routers: &[String],
+    options: &RunOptions,
+) -> Result<(), MoveError> {
+    let deadline = Instant::now() + options.ack_timeout;
+    loop {
+        let acked = cutover::acknowledged(catalog, id).await?;
+        let missing: Vec<&String> = routers.iter().filter(|r| !acked.contains(r)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(MoveError::NoAcknowledgement {
+                move_id: id.to_string(),
+                routers: missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                timeout_ms: options.ack_timeout.as_millis() as u64,
+                attempts: options.attempts,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Returns a move that has not flipped to the state before it: the hold dropped, the target's
+/// copies deleted, the replication slot, publication and staging dropped; journal `aborted`.
+pub async fn abort(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+) -> Result<(), MoveError> {
+    let id = &journal.move_id;
+    if !cutover::lock_move(catalog, id).await? {
+        return Err(MoveError::Busy(id.clone()));
+    }
+    if index(&journal.step) >= index("flipped") {
+        return Err(MoveError::PastNoReturn {
+            move_id: id.clone(),
+            target: journal.target.clone(),
+        });
+    }
+    // The target's copies go first, while routers may still hold the slots.
+    mover.abort().await?;
+    cutover::drop_hold(catalog, id).await?;
+    cutover::journal_step(catalog, id, "aborted").await?;
+    Ok(())
+}
