@@ -1,6 +1,7 @@
-//! `pgshard demo` end to end: it comes up with two shards, announces itself, serves the sample
-//! `users` table by key with every row on one of the two shard primaries, and on Ctrl-C stops
-//! PostgreSQL and removes its directory.
+//! `pgshard demo` end to end: it comes up with three shards (the third empty), announces itself,
+//! serves the sample `users` table by key with every row on one shard primary, moves slots to the
+//! empty shard with the command it printed (run as printed), and on Ctrl-C
+//! stops PostgreSQL and removes its directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ struct Announced {
     primary_ports: Vec<u16>,
     /// The admin console command the demo prints, as printed.
     console_command: Option<String>,
+    /// The `pgshard rebalance move` command the demo prints, as printed.
+    move_command: Option<String>,
 }
 
 /// The running demo; interrupted (and, failing that, killed) if the test ends early.
@@ -54,6 +57,7 @@ impl Demo {
         let mut dir = None;
         let mut primary_ports = Vec::new();
         let mut console_command = None;
+        let mut move_command = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
@@ -71,12 +75,16 @@ impl Demo {
             if line.trim_start().starts_with("psql ") && line.contains("/pgshard\"") {
                 console_command = Some(line.trim().to_string());
             }
+            if line.contains(" rebalance move --config ") {
+                move_command = Some(line.trim().to_string());
+            }
             if line.trim() == READY {
                 let dir = dir.expect("the demo directory is printed before the ready line");
                 return Announced {
                     dir,
                     primary_ports,
                     console_command,
+                    move_command,
                 };
             }
         }
@@ -200,6 +208,17 @@ fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
         .args(["-c", &console])
         .output()
         .expect("running the printed console command");
+    // The move command runs as printed (it names the demo's own binary).
+    let move_command = announced
+        .move_command
+        .clone()
+        .expect("the demo prints a rebalance move command");
+    let moved = Command::new("sh")
+        .args(["-c", &move_command])
+        .output()
+        .expect("running the printed move command");
+    let after_move = block_on(counts_per_primary(&announced.primary_ports));
+    let by_key_after = block_on(counts_by_key(port, &[1, 42, 500, SAMPLE_USERS]));
 
     demo.interrupt();
     let status = demo.wait_exit(Duration::from_secs(60));
@@ -219,8 +238,28 @@ fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
     );
     assert_eq!(
         announced.primary_ports.len(),
-        2,
-        "a primary port is printed for each of the two shards"
+        3,
+        "a primary port is printed for each of the three shards"
+    );
+    assert!(
+        moved.status.success(),
+        "{move_command}: {}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let after_move = after_move.expect("counting users on each shard primary after the move");
+    assert_eq!(
+        after_move.iter().sum::<i64>(),
+        SAMPLE_USERS,
+        "every user once after the move: {after_move:?}"
+    );
+    assert!(
+        after_move[2] > 0,
+        "s2 holds users after the move: {after_move:?}"
+    );
+    assert_eq!(
+        by_key_after,
+        Ok(vec![1, 1, 1, 1]),
+        "keys still found after the move"
     );
     let shown_text = String::from_utf8_lossy(&shown.stdout);
     assert!(
@@ -234,7 +273,7 @@ fn demo_serves_sharded_sample_table_and_cleans_up_on_ctrl_c() {
         "the shards together hold every sample user exactly once: {per_primary:?}"
     );
     assert!(
-        per_primary.iter().all(|&n| n > 0),
-        "both shards hold sample users: {per_primary:?}"
+        per_primary[..2].iter().all(|&n| n > 0) && per_primary[2] == 0,
+        "s0 and s1 hold sample users, s2 none before the move: {per_primary:?}"
     );
 }

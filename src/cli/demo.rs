@@ -28,8 +28,11 @@ pub struct DemoArgs {
     pub port: u16,
 }
 
-/// The demo's shards: name and the slots it owns.
-const SHARDS: [(&str, &str); 2] = [("s0", "0-2047"), ("s1", "2048-4095")];
+/// The demo's shards: name and the slots it owns at start (`s2` none: slots move to it with
+/// the command the demo prints).
+const SHARDS: [(&str, &str); 3] = [("s0", "0-2047"), ("s1", "2048-4095"), ("s2", "")];
+/// The slots the printed `rebalance move` gives to the empty shard.
+const SLOTS_TO_MOVE: &str = "0-511";
 /// Users inserted (user ids 1..=SAMPLE_USERS); user `i` gets `1 + i % 3` orders.
 const SAMPLE_USERS: i64 = 1000;
 /// Rows per multi-row INSERT.
@@ -107,7 +110,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
 
     println!(
-        "pgshard demo: starting two shards, each a PostgreSQL primary and replica (takes a few seconds)..."
+        "pgshard demo: starting three shards, each a PostgreSQL primary and replica (takes a few seconds; s2 starts empty)..."
     );
     let demo = Demo::start(args.port)?;
     demo.print_layout();
@@ -191,6 +194,10 @@ password = "app"
 [admin]
 users = ["app"]
 
+# The live shard map (schema pgshard in the first shard's database): `rebalance move` changes it.
+[catalog]
+poll_interval_ms = 500
+
 [sharding]
 key_column = "user_id"
 key_type = "bigint"
@@ -235,7 +242,11 @@ name = "orders"
             println!(
                 "  shard {} (slots {}): primary {}, {}",
                 shard.name,
-                shard.slots,
+                if shard.slots.is_empty() {
+                    "none yet"
+                } else {
+                    shard.slots
+                },
                 shard.cluster.primary_addr(),
                 replicas.join(", ")
             );
@@ -321,10 +332,19 @@ fn start_shard(
         users: vec![("app".into(), "app".into())],
         databases: vec![("app".into(), "app".into())],
         base_dir: Some(parent.join(name)),
+        // Slots move by logical decoding, as the config's first user (app).
+        logical: true,
         ..ClusterOptions::default()
     };
     let cluster = LocalCluster::start(&opts)
         .with_context(|| format!("cannot start PostgreSQL for shard {name}"))?;
+    cluster
+        .psql(
+            cluster.primary_port(),
+            "postgres",
+            "ALTER ROLE app REPLICATION",
+        )
+        .with_context(|| format!("cannot let app move slots on shard {name}"))?;
     cluster
         .psql(cluster.primary_port(), "app", SCHEMA)
         .with_context(|| format!("cannot create the sample tables on shard {name}"))?;
@@ -442,9 +462,13 @@ async fn prepare(demo: &Demo, map: &ShardMap) -> anyhow::Result<String> {
         };
         let _ = writeln!(text, "  {}\n      -> {outcome}", statements.join(" "));
     }
+    // Commands name this very binary, so they run as printed without pgshard on PATH.
+    let bin = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "pgshard".into());
     let _ = writeln!(
         text,
-        "\nWhere does a key live?\n  pgshard locate --config {} 42\n  pgshard check --config {}",
+        "\nWhere does a key live?\n  {bin} locate --config {} 42\n  {bin} check --config {}",
         demo.config_path.display(),
         demo.config_path.display()
     );
@@ -452,6 +476,14 @@ async fn prepare(demo: &Demo, map: &ShardMap) -> anyhow::Result<String> {
         text,
         "\nThe admin console (PgBouncer's SHOW commands, and SHOW SHARDS, SLOTS, HOT_SLOTS):\n  \
          psql \"postgres://app:app@127.0.0.1:{port}/pgshard\" -c \"SHOW SHARDS\""
+    );
+    let config = demo.config_path.display();
+    let _ = writeln!(
+        text,
+        "\nGrow the cluster: shard s2 owns no slots yet. Move slots {SLOTS_TO_MOVE} to it while \
+         you keep querying\n(statements on those slots wait a moment at the cutover; nothing \
+         fails):\n  {bin} rebalance move --config {config} --slots {SLOTS_TO_MOVE} --to s2\n  \
+         {bin} rebalance status --config {config}\n  {bin} map show --config {config}"
     );
     let _ = writeln!(text, "\nPress Ctrl-C to stop.");
     Ok(text)

@@ -173,9 +173,12 @@ impl Shard {
             format!("reading the connection string of shard {name}"),
         ))?;
         let (mode, connector) = crate::tls::for_tokio_postgres(tls);
+        // Commits of a move must be durable before the map flips (a lost swap or clean would
+        // lose or duplicate rows), and flushed WAL reaches replicas at once.
         let (client, connection) = config
             .ssl_mode(mode)
             .application_name("pgshard-mover")
+            .options("-c synchronous_commit=on")
             .connect(connector)
             .await
             .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
