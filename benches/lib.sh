@@ -112,6 +112,7 @@ psql_super() { psql -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PG_PORT" -U postgre
 # password app, database pgbench at scale SCALE); sets PG_PORT, PGDATA, CLUSTER_UP, ONE_SHARD and
 # TWO_SHARDS (the [[shards]] sections of the routing-off and routing-on pgshard) and exports
 # PGUSER, PGPASSWORD, PGHOST for pgbench. With TWO_SHARD_DBS=1 also pgbench_s0 and pgbench_s1.
+# EXTRA_PG_CONF (lines) is appended to postgresql.conf.
 start_bench_cluster() {
     free_port PG_PORT
     PGDATA=$WORK/data
@@ -133,6 +134,7 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 128MB
 password_encryption = 'scram-sha-256'
+${EXTRA_PG_CONF:-}
 EOC
     as_user "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgresql.log" -w start >/dev/null ||
         { tail -n 30 "$WORK/postgresql.log" >&2; die "PostgreSQL did not start"; }

@@ -324,23 +324,21 @@ pub fn run_move(args: MoveArgs) -> anyhow::Result<()> {
     cx.run_moves(&moves, &args.run)
 }
 
-/// `pgshard rebalance apply`.
-pub fn run_apply(args: ApplyArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.plan)
-        .with_context(|| format!("reading plan file {}", args.plan.display()))?;
-    let plan = super::rebalance::PlanFile::parse(&text)?;
+/// `pgshard rebalance apply`: `moves` are the plan file's `(slots, to)` in order, made against
+/// the map of `epoch`.
+pub fn run_apply(args: ApplyArgs, epoch: u64, moves: &[(String, String)]) -> anyhow::Result<()> {
     let mut cx = Context::open(&args.config)?;
     let live = cx.live()?;
-    if live.epoch != plan.epoch {
+    if live.epoch != epoch {
         eprintln!(
-            "note: the plan was made at epoch {}, the map is at {}; slots already on their \
+            "note: the plan was made at epoch {epoch}, the map is at {}; slots already on their \
              target are skipped",
-            plan.epoch, live.epoch
+            live.epoch
         );
     }
-    for planned in &plan.moves {
-        let slots = parse_slot_spec(&planned.slots).map_err(anyhow::Error::msg)?;
-        let moves = cx.plan_moves(&slots, &planned.to, args.run.batch, args.run.dry_run)?;
+    for (slots, to) in moves {
+        let slots = parse_slot_spec(slots).map_err(anyhow::Error::msg)?;
+        let moves = cx.plan_moves(&slots, to, args.run.batch, args.run.dry_run)?;
         cx.run_moves(&moves, &args.run)?;
     }
     Ok(())

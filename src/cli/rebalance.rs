@@ -71,7 +71,17 @@ pub fn run(args: RebalanceArgs) -> anyhow::Result<()> {
     let args = match args.command {
         RebalanceCommand::Plan(args) => args,
         RebalanceCommand::Move(args) => return super::moves::run_move(args),
-        RebalanceCommand::Apply(args) => return super::moves::run_apply(args),
+        RebalanceCommand::Apply(args) => {
+            let text = std::fs::read_to_string(&args.plan)
+                .with_context(|| format!("reading plan file {}", args.plan.display()))?;
+            let plan = PlanFile::parse(&text)?;
+            let moves: Vec<(String, String)> = plan
+                .moves
+                .iter()
+                .map(|m| (m.slots.clone(), m.to.clone()))
+                .collect();
+            return super::moves::run_apply(args, plan.epoch, &moves);
+        }
         RebalanceCommand::Status(args) => return super::moves::run_status(args),
         RebalanceCommand::Resume(args) => return super::moves::run_resume(args),
         RebalanceCommand::Abort(args) => return super::moves::run_abort(args),

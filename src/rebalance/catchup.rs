@@ -71,6 +71,8 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         statements: HashMap::new(),
         queued: Vec::new(),
         fetched: 0,
+        touched: Vec::new(),
+        keys_unknown: false,
     };
     let mut round = CatchUp::default();
     let mut last_commit = None;
@@ -92,7 +94,17 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     }
     apply.flush().await?;
     round.fetched = apply.fetched;
+    let (touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
     tx.commit().await.map_err(MoveError::pg(what))?;
+    match (&mut mover.touched, keys_unknown) {
+        (Some(_), true) => mover.touched = None,
+        (Some(sets), false) => {
+            for (t, key) in touched {
+                sets[t].insert(key);
+            }
+        }
+        (None, _) => {}
+    }
     if let Some((commit_lsn, end_lsn)) = last_commit {
         advance(&mover.source.client, &slot, end_lsn).await?;
         round.reached = commit_lsn >= marker;
@@ -185,6 +197,10 @@ struct Apply<'a> {
     /// write that needs its count, at `PIPELINE` writes, or before the commit.
     queued: Vec<(Statement, Vec<Option<String>>)>,
     fetched: u64,
+    /// Primary keys of the rows changed in this round, by table; `keys_unknown` when a change
+    /// lacked one.
+    touched: Vec<(usize, Vec<Option<String>>)>,
+    keys_unknown: bool,
 }
 
 /// Most writes queued before they are sent.
@@ -199,6 +215,7 @@ impl Apply<'_> {
                 let Some((t, row)) = self.row(relation, new)? else {
                     return Ok((1, 0));
                 };
+                self.touch(t, &row);
                 if self.in_slots(t, &row)? == Some(true) {
                     self.upsert(t, &row).await?;
                     return Ok((1, 1));
@@ -213,12 +230,17 @@ impl Apply<'_> {
                     Some(old) => self.row(relation, old)?.map(|(_, row)| row),
                     None => None,
                 };
+                self.touch(t, &row);
+                if let Some(old) = &old {
+                    self.touch(t, old);
+                }
                 self.update(t, old, row).await.map(|()| (1, 1))
             }
             Message::Delete { relation, old } => {
                 let Some((t, row)) = self.row(relation, old)? else {
                     return Ok((1, 0));
                 };
+                self.touch(t, &row);
                 // A delete carries the replica identity: the primary key, the other columns
                 // NULL. Its slot is known only when the shard key is part of the primary key;
                 // otherwise deleting by key from staging is safe whatever the slot.
@@ -242,6 +264,22 @@ impl Apply<'_> {
             | Message::Logical { .. }
             | Message::Ignored(_) => Ok((0, 0)),
         }
+    }
+
+    /// Notes the primary key of a changed row.
+    fn touch(&mut self, t: usize, row: &Row) {
+        let mut key = Vec::with_capacity(self.tables[t].primary_key.len());
+        for &i in &self.tables[t].primary_key {
+            match &row[i] {
+                Value::Text(text) => key.push(Some(text.clone())),
+                Value::Null => key.push(None),
+                Value::Unchanged => {
+                    self.keys_unknown = true;
+                    return;
+                }
+            }
+        }
+        self.touched.push((t, key));
     }
 
     fn relation(&mut self, relation: Relation) -> Result<(), MoveError> {

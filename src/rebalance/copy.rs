@@ -10,7 +10,7 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
-use super::objects::{quote_ident, set_staging_key, slot_exists, Table};
+use super::objects::{list, quote_ident, set_staging_key, slot_exists, Table};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
 use crate::sharding::key_from_binary;
 
@@ -211,14 +211,14 @@ pub(crate) async fn copy(
                 t.staging_sql,
                 t.column_list()
             );
-            let mut sink = None;
+            let (mut sink, mut landed) = (None, 0u64);
             while let Some(piece) = received.recv().await {
                 match piece {
                     Piece::Chunk(bytes) => send_chunk(target, &copy_sql, &mut sink, bytes).await?,
                     Piece::Batch(scanned, copied, bytes) => {
                         if let Some(mut open) = sink.take() {
                             let what = format!("writing {}", t.staging_sql);
-                            open.as_mut().finish().await.map_err(MoveError::pg(what))?;
+                            landed += open.as_mut().finish().await.map_err(MoveError::pg(what))?;
                         }
                         stats.rows_scanned = base.0 + scanned;
                         stats.rows_copied = base.1 + copied;
@@ -228,9 +228,20 @@ pub(crate) async fn copy(
                     }
                 }
             }
-            Ok(())
+            Ok(landed)
         };
-        tokio::try_join!(read, write)?;
+        let ((), landed) = tokio::try_join!(read, write)?;
+        // The cutover's verification by keys relies on staging holding every row the
+        // snapshot had in the slots.
+        if landed != stats.rows_copied - base.1 {
+            return Err(MoveError::Copy {
+                table: t.name.clone(),
+                detail: format!(
+                    "{} rows were sent to the staging table but it took {landed}",
+                    stats.rows_copied - base.1
+                ),
+            });
+        }
     }
     tx.commit()
         .await
@@ -365,6 +376,190 @@ pub(crate) async fn verify(
         .await
         .map_err(MoveError::pg("ending the target's snapshot"))?;
     Ok(checks)
+}
+
+/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the staging
+/// rows' digest, and on the source the digest of the rows in the moving slots among those whose
+/// primary key is staged or in `touched`. The staged keys stay on the source's connection in a
+/// temporary table `pgshard_staged_<n>` for [`delete_staged_keys`].
+pub(crate) async fn verify_keyed(
+    mover: &mut Mover,
+    touched: &[super::Touched],
+) -> Result<Vec<TableCheck>, MoveError> {
+    let slots = mover.plan.slots.clone();
+    let target = snapshot(&mut mover.target.client, "the target").await?;
+    let mut staged = Vec::new();
+    let mut targets = Vec::new();
+    for t in &mover.tables {
+        targets.push(digest(&target, t, &t.staging_sql, &slots).await?);
+        let mut writer = TupleWriter::new();
+        let mut chunks = Vec::new();
+        let query = format!("SELECT {} FROM {}", t.primary_key_list(), t.staging_sql);
+        scan(&target, &query, &t.name, |tuple| {
+            writer.raw(&tuple);
+            if writer.len() >= CHUNK_BYTES {
+                chunks.push(writer.take());
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish();
+        chunks.push(writer.take());
+        staged.push(chunks);
+    }
+    target
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the target's snapshot"))?;
+    let what = "looking up the moving rows on the source by key";
+    let source = mover
+        .source
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    let mut checks = Vec::new();
+    for (n, ((t, chunks), target)) in mover.tables.iter().zip(staged).zip(targets).enumerate() {
+        let pk = t.primary_key_list();
+        let (keys, changed) = (
+            format!("pgshard_staged_{n}"),
+            format!("pgshard_touched_{n}"),
+        );
+        source
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{keys}; \
+                 CREATE TEMP TABLE {keys} AS SELECT {pk} FROM {src} WITH NO DATA; \
+                 CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {src} WITH NO DATA",
+                src = t.source_sql
+            ))
+            .await
+            .map_err(MoveError::pg(what))?;
+        copy_in(&source, &keys, chunks).await?;
+        insert_touched(&source, t, &changed, &touched[n]).await?;
+        source
+            .batch_execute(&format!("ANALYZE {keys}, {changed}"))
+            .await
+            .map_err(MoveError::pg(what))?;
+        let query = format!(
+            "SELECT {cols} FROM {src} WHERE ({pk}) IN \
+             (SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed})",
+            cols = t.column_list(),
+            src = t.source_sql
+        );
+        let mut digest = Digest::default();
+        scan(&source, &query, &t.name, |tuple| {
+            if in_slots(t, &slots, &tuple, t.key)? {
+                digest.add(&tuple);
+            }
+            Ok(())
+        })
+        .await?;
+        checks.push(TableCheck {
+            table: t.name.clone(),
+            source: digest,
+            target,
+        });
+    }
+    source.commit().await.map_err(MoveError::pg(what))?;
+    Ok(checks)
+}
+
+/// Fills `table` (the primary key's columns of `t`) with the keys in `keys`, given as text.
+async fn insert_touched(
+    tx: &Transaction<'_>,
+    t: &Table,
+    table: &str,
+    keys: &super::Touched,
+) -> Result<(), MoveError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let width = t.primary_key.len();
+    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(keys.len()); width];
+    for key in keys {
+        for (column, value) in columns.iter_mut().zip(key) {
+            column.push(value.as_deref());
+        }
+    }
+    let casts = list(
+        t.primary_key
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("k{i}::{}", t.columns[c].type_sql)),
+    );
+    let arrays = list((0..width).map(|i| format!("${}::text[]", i + 1)));
+    let names = list((0..width).map(|i| format!("k{i}")));
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {casts} FROM unnest({arrays}) AS u({names})",
+        t.primary_key_list()
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(&sql, &params)
+        .await
+        .map_err(MoveError::pg(format!(
+            "noting the changed keys of {}",
+            t.name
+        )))?;
+    Ok(())
+}
+
+/// Deletes from the source the rows whose keys [`verify_keyed`] kept (exactly the moving
+/// slots' rows, verified equal to staging, while routers hold the slots), in one transaction;
+/// `None` when they are not on this connection (another process verified).
+pub(crate) async fn delete_staged_keys(
+    tables: &[Table],
+    source: &mut Shard,
+) -> Result<Option<u64>, MoveError> {
+    let what = format!("deleting the moved rows on {}", source.name);
+    for n in 0..tables.len() {
+        let kept: bool = source
+            .client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("pg_temp.pgshard_staged_{n}")],
+            )
+            .await
+            .map_err(MoveError::pg(what.clone()))?
+            .get(0);
+        if !kept {
+            return Ok(None);
+        }
+    }
+    let tx = source
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what.clone()))?;
+    let mut deleted = 0;
+    for (n, t) in tables.iter().enumerate() {
+        let matches: Vec<String> = t
+            .primary_key
+            .iter()
+            .map(|&i| {
+                let c = quote_ident(&t.columns[i].name);
+                format!("t.{c} = d.{c}")
+            })
+            .collect();
+        let matches = matches.join(" AND ");
+        deleted += tx
+            .execute(
+                &format!(
+                    "DELETE FROM {} t USING pgshard_staged_{n} d WHERE {matches}",
+                    t.source_sql
+                ),
+                &[],
+            )
+            .await
+            .map_err(MoveError::pg(what.clone()))?;
+        tx.batch_execute(&format!("DROP TABLE pgshard_staged_{n}"))
+            .await
+            .map_err(MoveError::pg(what.clone()))?;
+    }
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    Ok(Some(deleted))
 }
 
 async fn snapshot<'a>(

@@ -208,7 +208,14 @@ pub struct Mover {
     source: Shard,
     target: Shard,
     tables: Vec<Table>,
+    /// Per table, the primary keys of every row the catch-up saw change since this process's
+    /// copy (`None`: no copy here, or a change without its key): with the staged rows, every
+    /// row that can be in the moving slots, so the cutover verifies those rows only.
+    touched: Option<Vec<Touched>>,
 }
+
+/// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table.
+pub(crate) type Touched = std::collections::HashSet<Vec<Option<String>>>;
 
 impl Mover {
     /// Checks what a move needs before anything is created (the source's `wal_level`, every
@@ -222,6 +229,7 @@ impl Mover {
             source,
             target,
             tables,
+            touched: None,
         })
     }
 
@@ -251,7 +259,10 @@ impl Mover {
     /// Copies the moving slots' rows from one snapshot of the source into the (first emptied)
     /// staging tables, in batches; `progress` is called after each batch.
     pub async fn copy(&mut self, progress: impl FnMut(&CopyStats)) -> Result<CopyStats, MoveError> {
-        copy::copy(self, progress).await
+        self.touched = None;
+        let stats = copy::copy(self, progress).await?;
+        self.touched = Some(vec![Touched::new(); self.tables.len()]);
+        Ok(stats)
     }
 
     /// Applies up to about `max_changes` decoded changes (whole transactions) to the staging
@@ -271,6 +282,22 @@ impl Mover {
         copy::verify(self, side).await
     }
 
+    /// The cutover's verification (under the hold): when this process copied and followed
+    /// every change since, the source's rows whose primary key is staged or was changed are
+    /// compared with staging (an indexed lookup of those keys instead of a scan of the whole
+    /// source table), and their keys are kept for [`Mover::clean_source`]; otherwise
+    /// [`Mover::verify`] of staging.
+    pub async fn verify_cutover(&mut self) -> Result<Vec<TableCheck>, MoveError> {
+        match self.touched.take() {
+            Some(touched) => {
+                let checks = copy::verify_keyed(self, &touched).await;
+                self.touched = Some(touched);
+                checks
+            }
+            None => copy::verify(self, TargetSide::Staging).await,
+        }
+    }
+
     /// Moves the staging rows into the real tables in one target transaction.
     pub async fn swap_in(&mut self) -> Result<u64, MoveError> {
         copy::swap_in(&self.plan, &self.tables, &mut self.target).await
@@ -279,6 +306,10 @@ impl Mover {
     /// Deletes the moving slots' rows from the source's tables (one transaction); returns how
     /// many. Only after the map names the target as their owner.
     pub async fn clean_source(&mut self) -> Result<u64, MoveError> {
+        // The keys `verify_cutover` kept on this connection, when it ran here.
+        if let Some(deleted) = copy::delete_staged_keys(&self.tables, &mut self.source).await? {
+            return Ok(deleted);
+        }
         copy::delete_slot_rows(
             &self.plan,
             &self.tables,
