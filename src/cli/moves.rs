@@ -549,12 +549,18 @@ impl Progress {
             Event::Cutover {
                 attempt,
                 hold,
+                phases,
                 failed,
             } => (
                 match failed {
                     None => format!(
-                        "cutover {attempt}: flipped, slots held {:.0} ms",
-                        hold.as_secs_f64() * 1e3
+                        "cutover {attempt}: flipped, slots held {:.0} ms ({})",
+                        hold.as_secs_f64() * 1e3,
+                        phases
+                            .iter()
+                            .map(|(name, d)| format!("{name} {:.0}", d.as_secs_f64() * 1e3))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     Some(why) => format!("cutover {attempt} gave up: {why}"),
                 },

@@ -32,6 +32,9 @@ pub struct CatchUp {
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
     pub lag_bytes: u64,
+    /// Changes of rows in the moving slots (or maybe in them) whose keys were recorded for the
+    /// cutover's verification.
+    pub keys_noted: u64,
 }
 
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
@@ -95,6 +98,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     apply.flush().await?;
     round.fetched = apply.fetched;
     let (touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
+    round.keys_noted = touched.len() as u64;
     tx.commit().await.map_err(MoveError::pg(what))?;
     match (&mut mover.touched, keys_unknown) {
         (Some(_), true) => mover.touched = None,
@@ -266,8 +270,11 @@ impl Apply<'_> {
         }
     }
 
-    /// Notes the primary key of a changed row.
+    /// Notes the primary key of a changed row that is (or may be) in the moving slots.
     fn touch(&mut self, t: usize, row: &Row) {
+        if matches!(self.in_slots(t, row), Ok(Some(false))) {
+            return;
+        }
         let mut key = Vec::with_capacity(self.tables[t].primary_key.len());
         for &i in &self.tables[t].primary_key {
             match &row[i] {

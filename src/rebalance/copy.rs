@@ -391,12 +391,14 @@ pub(crate) async fn verify_keyed(
     let mut staged = Vec::new();
     let mut targets = Vec::new();
     for t in &mover.tables {
-        targets.push(digest(&target, t, &t.staging_sql, &slots).await?);
-        let mut writer = TupleWriter::new();
-        let mut chunks = Vec::new();
-        let query = format!("SELECT {} FROM {}", t.primary_key_list(), t.staging_sql);
+        // One scan of staging: the digest, and the primary keys for the source's lookup.
+        let (mut digest, mut writer, mut chunks) = (Digest::default(), TupleWriter::new(), vec![]);
+        let query = format!("SELECT {} FROM {}", t.column_list(), t.staging_sql);
         scan(&target, &query, &t.name, |tuple| {
-            writer.raw(&tuple);
+            if in_slots(t, &slots, &tuple, t.key)? {
+                digest.add(&tuple);
+            }
+            writer.fields(t.primary_key.iter().map(|&i| tuple.field(i)));
             if writer.len() >= CHUNK_BYTES {
                 chunks.push(writer.take());
             }
@@ -405,6 +407,7 @@ pub(crate) async fn verify_keyed(
         .await?;
         writer.finish();
         chunks.push(writer.take());
+        targets.push(digest);
         staged.push(chunks);
     }
     target

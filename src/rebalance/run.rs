@@ -77,12 +77,36 @@ pub enum Event {
     Copy(CopyStats),
     /// A catch-up round: changes applied so far and the remaining lag.
     CatchUp { applied: u64, lag_bytes: u64 },
-    /// A cutover attempt ended: how long routers held the slots, and why it failed if it did.
+    /// A cutover attempt ended: how long routers held the slots (and each phase of it, up to
+    /// the flip), and why it failed if it did.
     Cutover {
         attempt: u32,
         hold: Duration,
+        phases: Vec<(&'static str, Duration)>,
         failed: Option<String>,
     },
+}
+
+/// How long each phase of a cutover took.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The phase `name` ended now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
 }
 
 fn index(step: &str) -> usize {
@@ -158,12 +182,15 @@ pub async fn run(
             attempt += 1;
             report(Event::Step("cutover"));
             let started = Instant::now();
-            let outcome = cutover_once(catalog, mover, journal, options, &mut applied).await;
+            let mut phases = Phases::new();
+            let outcome =
+                cutover_once(catalog, mover, journal, options, &mut applied, &mut phases).await;
             let hold = started.elapsed();
             let failed = outcome.as_ref().err().map(|e| e.to_string());
             report(Event::Cutover {
                 attempt,
                 hold,
+                phases: phases.done,
                 failed: failed.clone(),
             });
             cutover::journal_attempt(catalog, &id, failed.as_deref()).await?;
@@ -317,21 +344,13 @@ async fn cutover_once(
     journal: &Journal,
     options: &RunOptions,
     applied: &mut u64,
+    phases: &mut Phases,
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
     let routers = cutover::request_hold(catalog, id, &journal.slots, options.hold_expiry).await?;
     let mut swapped = false;
-    if let Err(e) = held(
-        catalog,
-        mover,
-        journal,
-        options,
-        applied,
-        &routers,
-        &mut swapped,
-    )
-    .await
-    {
+    let state = (applied, &mut swapped, phases);
+    if let Err(e) = held(catalog, mover, journal, options, &routers, state).await {
         if swapped {
             // Undone while routers still hold the slots: a keyless read never sees the rows
             // on both shards. The copy goes with it; the move begins again.
@@ -351,12 +370,12 @@ async fn held(
     mover: &mut Mover,
     journal: &Journal,
     options: &RunOptions,
-    applied: &mut u64,
     routers: &[String],
-    swapped: &mut bool,
+    (applied, swapped, phases): (&mut u64, &mut bool, &mut Phases),
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
     wait_for_acks(catalog, id, routers, options).await?;
+    phases.mark("acks");
     // Every transaction that could write the slots has ended: apply up to now.
     loop {
         let round = mover.catch_up(u32::MAX).await?;
@@ -365,21 +384,25 @@ async fn held(
             break;
         }
     }
+    phases.mark("catch-up");
     verify(mover, id).await?;
+    phases.mark("verify");
     // Verified by keys, a row changed since the last catch-up was not looked at (a write
-    // around pgshard, which holds the slots): one more round, and if it decoded anything, the
-    // verification again with those keys.
+    // around pgshard, which holds the slots): one more round, and if it saw a change in the
+    // slots, the verification again with those keys.
     let late = mover.catch_up(u32::MAX).await?;
     *applied += late.applied;
-    if late.changes > 0 {
+    if late.keys_noted > 0 {
         verify(mover, id).await?;
     }
+    phases.mark("recheck");
     // The swap and the flip must land well before routers would let go on their own.
     let margin = Duration::from_secs(2);
     cutover::keep_hold_in(catalog, id, margin, false).await?;
     *swapped = true;
     mover.swap_in().await?;
     cutover::journal_step(catalog, id, "swapped").await?;
+    phases.mark("swap");
     let slots: Vec<u16> = (0..crate::sharding::SLOT_COUNT)
         .filter(|&s| mover.plan().slots().contains(s))
         .collect();
@@ -405,6 +428,7 @@ async fn held(
     let next = catalog::set_owner_in(&tx, &slots, &journal.target, epoch).await?;
     cutover::journal_flipped_in(&tx, id, next).await?;
     tx.commit().await.map_err(CatalogError::from)?;
+    phases.mark("flip");
     Ok(())
 }
 
