@@ -22,6 +22,8 @@
 # Usage (as root, or as a user who can run initdb):  bash benches/rebalance.sh
 # Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per move, 256),
 #        MOVING_CLIENTS (16), OTHER_CLIENTS (4), DURATION (baseline seconds, 20),
+#        MOVING_RATE / OTHER_RATE (each group's total transactions per second, 1000 / 300;
+#        0: unthrottled),
 #        PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg), PGSHARD (binary:
 #        target/release/pgshard, built if missing).
 # Prints a markdown report and writes it to bench-results/rebalance.md (logs in
@@ -34,6 +36,11 @@ BATCH=${BATCH:-256}
 MOVING_CLIENTS=${MOVING_CLIENTS:-16}
 OTHER_CLIENTS=${OTHER_CLIENTS:-4}
 DURATION=${DURATION:-20}
+# Each writer group's total rate (pgbench -R, transactions per second; 0: as fast as they can).
+# Throttled by default: on a machine where shards, pgshard, the mover and the writers share a
+# few cores, unthrottled writers take the CPU the catch-up needs and the move never converges.
+MOVING_RATE=${MOVING_RATE:-1000}
+OTHER_RATE=${OTHER_RATE:-300}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
 
@@ -152,7 +159,10 @@ PROXY="-h 127.0.0.1 -p $PROXY_PORT pgbench"
 
 # writers KIND CLIENTS SECONDS TAG: pgbench through pgshard, per-transaction log in $WORK/TAG.*
 writers() {
-    pgbench -n -M extended -c "$2" -j 2 -T "$3" -f "$WORK/$1.sql" -l \
+    local rate=$MOVING_RATE throttle=()
+    [[ $1 == other ]] && rate=$OTHER_RATE
+    if ((rate > 0)); then throttle=(-R "$rate"); fi
+    pgbench -n -M extended -c "$2" -j 2 -T "$3" -f "$WORK/$1.sql" -l "${throttle[@]}" \
         --log-prefix="$WORK/$4" $PROXY >"$WORK/$4.out" 2>&1
 }
 # writers_until_stop KIND CLIENTS TAG: writers in runs of 5 s until $WORK/stop exists (each run
@@ -237,6 +247,8 @@ read -r rows mb copy_s <<<"$(psql -X -qAt -F ' ' -p "$PG_PORT" -d pgbench -c \
     "SELECT sum(rows_copied), round(sum(bytes_copied) / 1e6, 1), round(sum(copy_seconds)::numeric, 1) FROM pgshard.moves WHERE step = 'done'")"
 read -r b50 b99 bmax <<<"$(latencies base_moving)"
 read -r d50 d99 dmax <<<"$(window_latencies move_moving)"
+read -r ob50 ob99 obmax <<<"$(latencies base_other)"
+read -r od50 od99 odmax <<<"$(window_latencies move_other)"
 base_other=$(tps_of base_other)
 move_other=$(window_tps move_other)
 failed=$(failed "$WORK"/move_*.out)
@@ -247,7 +259,8 @@ report=$(cat <<EOR
 
 Move of slots $SLOTS ($MOVING_KEYS of $ACCOUNTS pgbench_accounts rows) from s0 to an empty s1, \
 batches of $BATCH slots, while $MOVING_CLIENTS writers update keys in those slots and \
-$OTHER_CLIENTS update keys in other slots (BEGIN; UPDATE; SELECT; END), and a loop runs \
+$OTHER_CLIENTS update keys in other slots (BEGIN; UPDATE; SELECT; END; at $MOVING_RATE and \
+$OTHER_RATE transactions per second in all, 0 = unthrottled), and a loop runs \
 \`SELECT count(*) FROM pgbench_accounts\` through pgshard.
 
 | measure | value |
@@ -258,6 +271,7 @@ $OTHER_CLIENTS update keys in other slots (BEGIN; UPDATE; SELECT; END), and a lo
 | hold per move (request to release) p50 / p99 / max | $hold_p50 / $hold_p99 / $hold_max ms |
 | moving-key writers' transaction latency p50 / p99 / max, baseline | $b50 / $b99 / $bmax ms |
 | same, during the move (waits at the hold included) | $d50 / $d99 / $dmax ms |
+| other-slot writers' latency p50 / p99 / max: baseline; during the move | $ob50 / $ob99 / $obmax ms; $od50 / $od99 / $odmax ms |
 | other-slot writers' TPS: baseline, during the move, ratio | $base_other, $move_other, $(awk -v a="$move_other" -v b="$base_other" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') |
 | writers' failed transactions during the move | $failed |
 | keyless count during the move: reads, wrong | $reads, $wrong |

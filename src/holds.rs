@@ -126,8 +126,9 @@ impl Holds {
     pub async fn hold_and_drain(&self, hold: Hold) {
         {
             let mut held = lock(&self.held);
-            if !held.iter().any(|h| h.move_id == hold.move_id) {
-                held.push(hold);
+            match held.iter_mut().find(|h| h.move_id == hold.move_id) {
+                Some(known) => known.slots = hold.slots,
+                None => held.push(hold),
             }
             self.any.store(true, Ordering::Release);
         }
@@ -150,6 +151,18 @@ impl Holds {
                 drained.await;
             }
         }
+    }
+
+    /// Narrows the hold of `move_id` to statements that reach several shards (its map flipped:
+    /// statements on its slots go to their new owner); statements waiting look again.
+    pub fn narrow(&self, move_id: &str) {
+        {
+            let mut held = lock(&self.held);
+            for hold in held.iter_mut().filter(|h| h.move_id == move_id) {
+                hold.slots = SlotSet::from_ranges([]);
+            }
+        }
+        self.released.send_modify(|n| *n += 1);
     }
 
     /// Ends the hold of `move_id`; statements waiting for it look again.
@@ -254,5 +267,27 @@ mod tests {
         .await
         .expect("both drained");
         assert_eq!(holds.held().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_narrowed_hold_lets_slot_statements_go_and_keeps_holding_keyless_ones() {
+        let holds = Arc::new(Holds::default());
+        holds.hold_and_drain(hold("m", 5..=9)).await;
+        let newer = holds.ticket();
+        assert!(holds.must_wait(Touches::Slot(7), &newer));
+        let waiter = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.wait_release().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        holds.narrow("m");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("waiters look again")
+            .unwrap();
+        assert!(!holds.must_wait(Touches::Slot(7), &newer));
+        assert!(holds.must_wait(Touches::Shards, &newer));
+        holds.release("m");
+        assert!(!holds.must_wait(Touches::Shards, &newer));
     }
 }

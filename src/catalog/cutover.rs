@@ -23,7 +23,8 @@ pub(super) const MOVE_SQL: &str = "\
         move_id text PRIMARY KEY, \
         slots text NOT NULL, \
         requested_at timestamptz NOT NULL DEFAULT now(), \
-        expires_at timestamptz NOT NULL); \
+        expires_at timestamptz NOT NULL, \
+        scope text NOT NULL DEFAULT 'slots' CHECK (scope IN ('slots', 'scatter'))); \
     CREATE TABLE IF NOT EXISTS pgshard.hold_acks ( \
         move_id text NOT NULL, \
         router_id text NOT NULL, \
@@ -52,8 +53,16 @@ pub(super) const MOVE_SQL: &str = "\
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterView {
     pub epoch: u64,
-    /// `(move_id, slots)` of each hold in force.
-    pub holds: Vec<(String, String)>,
+    pub holds: Vec<HeldMove>,
+}
+
+/// One hold in force: its move, its slots, and whether statements on those slots still wait
+/// (`slots_held`; after the flip only statements reaching several shards do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldMove {
+    pub move_id: String,
+    pub slots: String,
+    pub slots_held: bool,
 }
 
 /// Registers the router (or notes that it is alive): routers seen within a few poll intervals
@@ -99,16 +108,28 @@ pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, Cata
         .query_one(
             "SELECT e.epoch, \
                array(SELECT move_id FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
-               array(SELECT slots FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id) \
+               array(SELECT slots FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
+               array(SELECT scope = 'slots' FROM pgshard.holds WHERE expires_at > now() \
+                     ORDER BY move_id) \
              FROM pgshard.map_epoch e",
             &[],
         )
         .await?;
     let ids: Vec<String> = row.get(1);
     let slots: Vec<String> = row.get(2);
+    let held: Vec<bool> = row.get(3);
     Ok(RouterView {
         epoch: row.get::<_, i64>(0) as u64,
-        holds: ids.into_iter().zip(slots).collect(),
+        holds: ids
+            .into_iter()
+            .zip(slots)
+            .zip(held)
+            .map(|((move_id, slots), slots_held)| HeldMove {
+                move_id,
+                slots,
+                slots_held,
+            })
+            .collect(),
     })
 }
 
@@ -144,7 +165,7 @@ pub async fn request_hold(
         "INSERT INTO pgshard.holds (move_id, slots, expires_at) \
          VALUES ($1, $2, now() + make_interval(secs => $3)) \
          ON CONFLICT (move_id) DO UPDATE SET slots = $2, requested_at = now(), \
-           expires_at = now() + make_interval(secs => $3)",
+           expires_at = now() + make_interval(secs => $3), scope = 'slots'",
         &[&move_id, &slots, &secs],
     )
     .await?;
@@ -200,7 +221,8 @@ pub async fn drop_hold(client: &impl GenericClient, move_id: &str) -> Result<(),
 
 /// Checks that the hold is still in force for at least `margin` (else a router may already
 /// have released it on its own: [`CatalogError::HoldExpired`]); `forever` (inside the flip's
-/// transaction) makes it last until [`drop_hold`].
+/// transaction) makes it last until [`drop_hold`], holding only statements that reach several
+/// shards from then on (statements on the slots go to their new owner).
 pub async fn keep_hold_in(
     tx: &impl GenericClient,
     move_id: &str,
@@ -211,7 +233,8 @@ pub async fn keep_hold_in(
     let kept = tx
         .execute(
             "UPDATE pgshard.holds \
-             SET expires_at = CASE WHEN $3 THEN 'infinity'::timestamptz ELSE expires_at END \
+             SET expires_at = CASE WHEN $3 THEN 'infinity'::timestamptz ELSE expires_at END, \
+                 scope = CASE WHEN $3 THEN 'scatter' ELSE scope END \
              WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
             &[&move_id, &secs, &forever],
         )

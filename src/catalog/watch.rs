@@ -16,7 +16,7 @@ use crate::holds::{Hold, Holds};
 use crate::rebalance::SlotSet;
 use crate::tls::BackendTls;
 
-use super::cutover::{acknowledge, heartbeat, router_view, RouterView};
+use super::cutover::{acknowledge, heartbeat, router_view, HeldMove, RouterView};
 use super::{describe, detail, load, parse_url, CatalogError, LiveMap, CHANNEL};
 
 /// How long a router waits for its older transactions to end before it answers a hold; a
@@ -42,18 +42,24 @@ pub struct Follower {
 /// Takes up the holds in `view` at once (before a router serves: no transaction is open, so
 /// nothing to wait for); the watcher answers them later.
 pub async fn take_up_holds(holds: &Holds, view: &RouterView) {
-    for (move_id, slots) in &view.holds {
-        if let Some(hold) = hold_of(move_id, slots) {
+    for held in &view.holds {
+        if let Some(hold) = hold_of(held) {
             holds.hold_and_drain(hold).await;
         }
     }
 }
 
-fn hold_of(move_id: &str, slots: &str) -> Option<Hold> {
+/// The hold a router keeps for `held`: its slots, or none once its map flipped.
+fn hold_of(held: &HeldMove) -> Option<Hold> {
+    let (move_id, slots) = (&held.move_id, &held.slots);
     match crate::sharding::parse_slot_spec(slots) {
-        Ok(ranges) => Some(Hold {
+        Ok(ranges) if held.slots_held => Some(Hold {
             move_id: move_id.to_string(),
             slots: SlotSet::from_ranges(ranges),
+        }),
+        Ok(_) => Some(Hold {
+            move_id: move_id.to_string(),
+            slots: SlotSet::from_ranges([]),
         }),
         Err(e) => {
             tracing::error!("the catalog's hold of move {move_id} names bad slots {slots:?}: {e}");
@@ -155,20 +161,31 @@ impl Follower {
         answered: &mut HashSet<String>,
     ) -> Result<(), CatalogError> {
         for held in self.holds.held() {
-            if !view.holds.iter().any(|(id, _)| *id == held.move_id) {
-                tracing::info!("the cutover hold of move {} ended", held.move_id);
-                self.holds.release(&held.move_id);
+            match view.holds.iter().find(|h| h.move_id == held.move_id) {
+                None => {
+                    tracing::info!("the cutover hold of move {} ended", held.move_id);
+                    self.holds.release(&held.move_id);
+                }
+                // Flipped (the new map is installed above): only keyless reads wait now.
+                Some(h) if !h.slots_held && !held.slots.is_empty() => {
+                    self.holds.narrow(&held.move_id);
+                }
+                Some(_) => {}
             }
         }
-        answered.retain(|id| view.holds.iter().any(|(held, _)| held == id));
-        for (move_id, slots) in &view.holds {
+        answered.retain(|id| view.holds.iter().any(|h| h.move_id == *id));
+        for held in &view.holds {
+            let move_id = &held.move_id;
             if answered.contains(move_id) {
                 continue;
             }
-            let Some(hold) = hold_of(move_id, slots) else {
+            let Some(hold) = hold_of(held) else {
                 continue;
             };
-            tracing::info!("holding slots {slots} for the cutover of move {move_id}");
+            tracing::info!(
+                "holding slots {} for the cutover of move {move_id}",
+                held.slots
+            );
             match tokio::time::timeout(DRAIN_WAIT, self.holds.hold_and_drain(hold)).await {
                 Ok(()) => {
                     acknowledge(client, move_id, &self.router_id).await?;

@@ -162,7 +162,6 @@ pub async fn run(
         cutover::journal_step(catalog, &id, "copied").await?;
         step = "copied".into();
     }
-    let mut hold_started = None;
     if index(&step) < index("flipped") {
         let mut attempt = 0;
         loop {
@@ -183,8 +182,15 @@ pub async fn run(
             report(Event::Step("cutover"));
             let started = Instant::now();
             let mut phases = Phases::new();
-            let outcome =
-                cutover_once(catalog, mover, journal, options, &mut applied, &mut phases).await;
+            let outcome = cutover_once(
+                catalog,
+                mover,
+                journal,
+                (options, replicas),
+                &mut applied,
+                &mut phases,
+            )
+            .await;
             let hold = started.elapsed();
             let failed = outcome.as_ref().err().map(|e| e.to_string());
             report(Event::Cutover {
@@ -196,7 +202,9 @@ pub async fn run(
             cutover::journal_attempt(catalog, &id, failed.as_deref()).await?;
             match outcome {
                 Ok(()) => {
-                    hold_started = Some(started);
+                    // Statements on the slots waited this long; keyless reads wait on until
+                    // the source is clean.
+                    cutover::journal_hold(catalog, &id, hold.as_secs_f64() * 1e3).await?;
                     break;
                 }
                 Err(e @ MoveError::NoAcknowledgement { .. }) if attempt >= options.attempts => {
@@ -213,12 +221,7 @@ pub async fn run(
         }
         step = "flipped".into();
     }
-    let released = finish(catalog, mover, &id, &step, (options, replicas), report).await?;
-    if let Some(started) = hold_started {
-        let held = released.duration_since(started);
-        cutover::journal_hold(catalog, &id, held.as_secs_f64() * 1e3).await?;
-    }
-    Ok(())
+    finish(catalog, mover, &id, &step, (options, replicas), report).await
 }
 
 /// After a hold expired under the cutover: everything from `prepare` again.
@@ -238,8 +241,8 @@ async fn restart(
     run(catalog, mover, &again, options, replicas, report).await
 }
 
-/// After the flip: clean the source, release the hold, drop the move's objects. Returns when
-/// the hold ended.
+/// After the flip: clean the source, release the hold (only keyless reads still wait), drop
+/// the move's objects.
 async fn finish(
     catalog: &mut Client,
     mover: &mut Mover,
@@ -247,26 +250,30 @@ async fn finish(
     step: &str,
     (options, replicas): (&RunOptions, &[Replica]),
     report: &mut (dyn FnMut(Event) + Send),
-) -> Result<Instant, MoveError> {
+) -> Result<(), MoveError> {
     if index(step) < index("cleaned") {
         report(Event::Step("clean source"));
         mover.clean_source().await?;
         cutover::journal_step(catalog, id, "cleaned").await?;
     }
-    wait_replayed(mover, replicas, options).await;
+    wait_replayed(mover, replicas, None, options).await;
     cutover::drop_hold(catalog, id).await?;
-    let released = Instant::now();
     report(Event::Step("cleanup"));
     mover.cleanup().await?;
     cutover::journal_step(catalog, id, "done").await?;
-    Ok(released)
+    Ok(())
 }
 
-/// Waits until every replica replayed its primary's WAL as it is now (bounded by
-/// `options.replay_timeout`; a replica that cannot be asked is skipped, logged).
-async fn wait_replayed(mover: &Mover, replicas: &[Replica], options: &RunOptions) {
+/// Waits until every replica (of side `only`, if given) replayed its primary's WAL as it is now
+/// (bounded by `options.replay_timeout`; a replica that cannot be asked is skipped, logged).
+async fn wait_replayed(
+    mover: &Mover,
+    replicas: &[Replica],
+    only: Option<Side>,
+    options: &RunOptions,
+) {
     let deadline = Instant::now() + options.replay_timeout;
-    for replica in replicas {
+    for replica in replicas.iter().filter(|r| only.is_none_or(|s| r.side == s)) {
         let primary = match replica.side {
             Side::Source => &mover.source().client,
             Side::Target => &mover.target().client,
@@ -342,7 +349,7 @@ async fn cutover_once(
     catalog: &mut Client,
     mover: &mut Mover,
     journal: &Journal,
-    options: &RunOptions,
+    (options, replicas): (&RunOptions, &[Replica]),
     applied: &mut u64,
     phases: &mut Phases,
 ) -> Result<(), MoveError> {
@@ -350,7 +357,8 @@ async fn cutover_once(
     let routers = cutover::request_hold(catalog, id, &journal.slots, options.hold_expiry).await?;
     let mut swapped = false;
     let state = (applied, &mut swapped, phases);
-    if let Err(e) = held(catalog, mover, journal, options, &routers, state).await {
+    let setup = (options, replicas, routers.as_slice());
+    if let Err(e) = held(catalog, mover, journal, setup, state).await {
         if swapped {
             // Undone while routers still hold the slots: a keyless read never sees the rows
             // on both shards. The copy goes with it; the move begins again.
@@ -369,8 +377,7 @@ async fn held(
     catalog: &mut Client,
     mover: &mut Mover,
     journal: &Journal,
-    options: &RunOptions,
-    routers: &[String],
+    (options, replicas, routers): (&RunOptions, &[Replica], &[String]),
     (applied, swapped, phases): (&mut u64, &mut bool, &mut Phases),
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
@@ -403,6 +410,9 @@ async fn held(
     mover.swap_in().await?;
     cutover::journal_step(catalog, id, "swapped").await?;
     phases.mark("swap");
+    // Statements on the slots go to the target at the flip, its replicas included.
+    wait_replayed(mover, replicas, Some(Side::Target), options).await;
+    phases.mark("replay");
     let slots: Vec<u16> = (0..crate::sharding::SLOT_COUNT)
         .filter(|&s| mover.plan().slots().contains(s))
         .collect();
