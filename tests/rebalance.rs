@@ -172,7 +172,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         }
     }
     let mut mover = spawn_move(&world, "256-319", &[]);
-    wait_mover_copying(s0).await;
+    wait_mover_copying(s0, &p).await;
     let step = step_of(&world, "m1_256_319").await;
     mover.kill().unwrap();
     mover.wait().unwrap();
@@ -230,7 +230,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
             record.users.insert(k, name);
         }
     }
-    wait_mover_blocked(s1, "app", "pgshard-mover").await;
+    wait_mover_blocked(s1, "app", &p).await;
     let step = step_of(&world, id).await;
     mover.kill().unwrap();
     mover.wait().unwrap();

@@ -554,16 +554,18 @@ pub fn start_counter(
     })
 }
 
-/// Waits until a backend of `cluster` (database `db`) run by the mover waits on a lock.
-pub async fn wait_mover_blocked(cluster: &LocalCluster, db: &str, app: &str) {
+/// Waits until a backend of `cluster` (database `db`) run by the mover waits on a lock, in a
+/// statement naming a table of `prefix` (the other test's movers use the same clusters).
+pub async fn wait_mover_blocked(cluster: &LocalCluster, db: &str, prefix: &str) {
     let client = support::connect_direct(cluster.primary_port()).await;
     let start = Instant::now();
     loop {
         let blocked: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                   AND application_name = $2 AND wait_event_type = 'Lock'",
-                &[&db, &app],
+                   AND application_name = 'pgshard-mover' AND wait_event_type = 'Lock' \
+                   AND query LIKE '%' || $2 || '\\_%'",
+                &[&db, &prefix],
             )
             .await
             .unwrap()
@@ -580,15 +582,17 @@ pub async fn wait_mover_blocked(cluster: &LocalCluster, db: &str, app: &str) {
 }
 
 /// Waits until the mover's connection to `cluster` is running a COPY.
-pub async fn wait_mover_copying(cluster: &LocalCluster) {
+/// (Its COPY of a table of `prefix`: the other test's movers copy from the same cluster.)
+pub async fn wait_mover_copying(cluster: &LocalCluster, prefix: &str) {
     let client = support::connect_direct(cluster.primary_port()).await;
     let start = Instant::now();
     loop {
         let copying: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgshard-mover' \
-                   AND state = 'active' AND query LIKE 'COPY%'",
-                &[],
+                   AND state = 'active' AND query LIKE 'COPY%' \
+                   AND query LIKE '%' || $1 || '\\_%'",
+                &[&prefix],
             )
             .await
             .unwrap()
