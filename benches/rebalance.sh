@@ -13,14 +13,15 @@
 #      keys of other slots, DURATION seconds, no move;
 #   2. the move (--batch BATCH) with the same writers running throughout;
 # and reported: the move's duration, rows and MB copied and MB/s (from the journal), each
-# cutover's hold (from the hold's request to its release) as p50/p99/max, the latency of the
+# cutover's write hold (from the hold's request to the flip, when statements on the slots go on)
+# as p50/p99/max, the latency of the
 # writers' transactions on the moving keys (p50/p99/max, baseline against during the move: what
 # waiting at the hold cost them), the other-slot writers' TPS during the move against the
 # baseline, the writers' failed transactions, and the keyless count: reads, and how many were
 # not the true count.
 #
 # Usage (as root, or as a user who can run initdb):  bash benches/rebalance.sh
-# Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per move, 256),
+# Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per move, 64),
 #        MOVING_CLIENTS (16), OTHER_CLIENTS (4), DURATION (baseline seconds, 20),
 #        MOVING_RATE / OTHER_RATE (each group's total transactions per second, 1000 / 300;
 #        0: unthrottled),
@@ -32,7 +33,7 @@ set -euo pipefail
 
 SCALE=${SCALE:-20}
 SLOTS=${SLOTS:-0-2047}
-BATCH=${BATCH:-256}
+BATCH=${BATCH:-64}
 MOVING_CLIENTS=${MOVING_CLIENTS:-16}
 OTHER_CLIENTS=${OTHER_CLIENTS:-4}
 DURATION=${DURATION:-20}
@@ -268,7 +269,7 @@ $OTHER_RATE transactions per second in all, 0 = unthrottled), and a loop runs \
 | move: wall time | ${MOVE_S} s, $moves moves |
 | rows copied, MB, copy MB/s | $rows, $mb MB, $(awk -v m="$mb" -v s="$copy_s" 'BEGIN { if (s > 0) printf "%.1f", m / s; else print "-" }') MB/s (copy steps only, $copy_s s) |
 | rows on s1 afterwards | $on_s1 (expected $MOVING_KEYS) |
-| hold per move (request to release) p50 / p99 / max | $hold_p50 / $hold_p99 / $hold_max ms |
+| write hold per move (hold requested to slots released at the flip) p50 / p99 / max | $hold_p50 / $hold_p99 / $hold_max ms |
 | moving-key writers' transaction latency p50 / p99 / max, baseline | $b50 / $b99 / $bmax ms |
 | same, during the move (waits at the hold included) | $d50 / $d99 / $dmax ms |
 | other-slot writers' latency p50 / p99 / max: baseline; during the move | $ob50 / $ob99 / $obmax ms; $od50 / $od99 / $odmax ms |
