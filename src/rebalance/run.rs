@@ -163,65 +163,73 @@ pub async fn run(
         step = "copied".into();
     }
     if index(&step) < index("flipped") {
-        let mut attempt = 0;
-        loop {
-            report(Event::Step("catch up"));
-            let lag = catch_up_until(mover, options, &mut applied, report).await?;
-            cutover::journal_progress(
-                catalog,
-                &id,
-                copied.0,
-                copied.1,
-                copied.2,
-                applied as i64,
-                Some(lag as i64),
-            )
-            .await?;
-            cutover::journal_step(catalog, &id, "caught_up").await?;
-            attempt += 1;
-            report(Event::Step("cutover"));
-            let started = Instant::now();
-            let mut phases = Phases::new();
-            let outcome = cutover_once(
-                catalog,
-                mover,
-                journal,
-                (options, replicas),
-                &mut applied,
-                &mut phases,
-            )
-            .await;
-            let hold = started.elapsed();
-            let failed = outcome.as_ref().err().map(|e| e.to_string());
-            report(Event::Cutover {
-                attempt,
-                hold,
-                phases: phases.done,
-                failed: failed.clone(),
-            });
-            cutover::journal_attempt(catalog, &id, failed.as_deref()).await?;
-            match outcome {
-                Ok(()) => {
-                    // Statements on the slots waited this long; keyless reads wait on until
-                    // the source is clean.
-                    cutover::journal_hold(catalog, &id, hold.as_secs_f64() * 1e3).await?;
-                    break;
-                }
-                Err(e @ MoveError::NoAcknowledgement { .. }) if attempt >= options.attempts => {
-                    return Err(e)
-                }
-                Err(MoveError::NoAcknowledgement { .. }) => continue,
-                Err(MoveError::Catalog(CatalogError::HoldExpired(_))) => {
-                    // The swap was undone with the whole copy: begin again.
-                    return Box::pin(restart(catalog, mover, journal, options, replicas, report))
-                        .await;
-                }
-                Err(e) => return Err(e),
+        let setup = (options, replicas, copied);
+        match cut_over(catalog, mover, journal, setup, &mut applied, report).await? {
+            CutOver::Flipped => step = "flipped".into(),
+            // The swap was undone with the whole copy: begin again.
+            CutOver::Restart => {
+                return Box::pin(restart(catalog, mover, journal, options, replicas, report)).await
             }
         }
-        step = "flipped".into();
     }
     finish(catalog, mover, &id, &step, (options, replicas), report).await
+}
+
+/// How the cutover attempts ended (errors aside).
+enum CutOver {
+    Flipped,
+    /// A hold expired under an attempt after its swap, which was undone with the copy.
+    Restart,
+}
+
+/// Catch-up and cutover attempts until one flips the map (or the attempts run out).
+async fn cut_over(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    journal: &Journal,
+    (options, replicas, copied): (&RunOptions, &[Replica], (i64, i64, f64)),
+    applied: &mut u64,
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<CutOver, MoveError> {
+    let id = &journal.move_id;
+    let mut attempt = 0;
+    loop {
+        report(Event::Step("catch up"));
+        let lag = catch_up_until(mover, options, applied, report).await?;
+        let (rows, bytes, seconds) = copied;
+        let (changes, lag) = (*applied as i64, Some(lag as i64));
+        cutover::journal_progress(catalog, id, rows, bytes, seconds, changes, lag).await?;
+        cutover::journal_step(catalog, id, "caught_up").await?;
+        attempt += 1;
+        report(Event::Step("cutover"));
+        let started = Instant::now();
+        let mut phases = Phases::new();
+        let setup = (options, replicas);
+        let outcome = cutover_once(catalog, mover, journal, setup, applied, &mut phases).await;
+        let hold = started.elapsed();
+        let failed = outcome.as_ref().err().map(|e| e.to_string());
+        report(Event::Cutover {
+            attempt,
+            hold,
+            phases: phases.done,
+            failed: failed.clone(),
+        });
+        cutover::journal_attempt(catalog, id, failed.as_deref()).await?;
+        match outcome {
+            Ok(()) => {
+                // Statements on the slots waited this long; keyless reads wait on until the
+                // source is clean.
+                cutover::journal_hold(catalog, id, hold.as_secs_f64() * 1e3).await?;
+                return Ok(CutOver::Flipped);
+            }
+            Err(e @ MoveError::NoAcknowledgement { .. }) if attempt >= options.attempts => {
+                return Err(e)
+            }
+            Err(MoveError::NoAcknowledgement { .. }) => continue,
+            Err(MoveError::Catalog(CatalogError::HoldExpired(_))) => return Ok(CutOver::Restart),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// After a hold expired under the cutover: everything from `prepare` again.

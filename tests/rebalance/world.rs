@@ -347,28 +347,29 @@ pub fn start_writers(
     let mut handles = Vec::new();
     for w in 0..n {
         let url = urls[w as usize % urls.len()].clone();
-        let prefix = prefix.to_string();
-        let (record, errors, stop, done) = (
-            writers.record.clone(),
+        let (errors, stop, done) = (
             writers.errors.clone(),
             writers.stop.clone(),
             writers.done.clone(),
         );
-        let hot = hot.clone();
+        let mine: Vec<i64> = (1..=users).filter(|k| k % n == w).collect();
+        let hot_keys: Vec<i64> = mine
+            .iter()
+            .copied()
+            .filter(|&k| hot.contains(&slot_of(k)))
+            .collect();
+        let mut writer = Writer {
+            prefix: prefix.to_string(),
+            record: writers.record.clone(),
+            next_order: 1_000_000 * (w + 1),
+            my_orders: Vec::new(),
+        };
         handles.push(tokio::spawn(async move {
             let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
                 .expect("writer connects");
             tokio::spawn(connection);
-            let mine: Vec<i64> = (1..=users).filter(|k| k % n == w).collect();
-            let hot_keys: Vec<i64> = mine
-                .iter()
-                .copied()
-                .filter(|&k| hot.contains(&slot_of(k)))
-                .collect();
             let mut rng = StdRng::seed_from_u64(w as u64);
-            let mut next_order = 1_000_000 * (w + 1);
-            let mut my_orders: Vec<(i64, i64)> = Vec::new();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
@@ -378,89 +379,9 @@ pub fn start_writers(
                     mine[rng.gen_range(0..mine.len())]
                 };
                 let name = format!("w{w}-{i}");
-                let outcome = match rng.gen_range(0..4) {
-                    0 => client
-                        .execute(
-                            &format!("UPDATE {prefix}_users SET name = $1 WHERE user_id = $2"),
-                            &[&name, &key],
-                        )
-                        .await
-                        .map(|_| record.lock().unwrap().users.insert(key, name.clone()))
-                        .map(drop),
-                    1 => {
-                        next_order += 1;
-                        let id = next_order;
-                        let r = client
-                            .execute(
-                                &format!(
-                                    "INSERT INTO {prefix}_orders (order_id, user_id, note) \
-                                     VALUES ($1, $2, $3)"
-                                ),
-                                &[&id, &key, &name],
-                            )
-                            .await;
-                        if r.is_ok() {
-                            record.lock().unwrap().orders.insert(id, Some((key, name)));
-                            my_orders.push((id, key));
-                        }
-                        r.map(drop)
-                    }
-                    2 if !my_orders.is_empty() => {
-                        let (id, user) = my_orders.swap_remove(rng.gen_range(0..my_orders.len()));
-                        let r = client
-                            .execute(
-                                &format!(
-                                    "DELETE FROM {prefix}_orders WHERE user_id = $1 AND order_id = $2"
-                                ),
-                                &[&user, &id],
-                            )
-                            .await;
-                        if r.is_ok() {
-                            record.lock().unwrap().orders.insert(id, None);
-                        }
-                        r.map(drop)
-                    }
-                    _ => {
-                        // A transaction: the user's name and a new order, together.
-                        next_order += 1;
-                        let id = next_order;
-                        let tx = client.transaction().await;
-                        let r = match tx {
-                            Ok(tx) => {
-                                let a = tx
-                                    .execute(
-                                        &format!(
-                                            "UPDATE {prefix}_users SET name = $1 WHERE user_id = $2"
-                                        ),
-                                        &[&name, &key],
-                                    )
-                                    .await;
-                                let b = tx
-                                    .execute(
-                                        &format!(
-                                            "INSERT INTO {prefix}_orders (order_id, user_id, note) \
-                                             VALUES ($1, $2, $3)"
-                                        ),
-                                        &[&id, &key, &name],
-                                    )
-                                    .await;
-                                match (a, b) {
-                                    (Ok(_), Ok(_)) => tx.commit().await,
-                                    (Err(e), _) | (_, Err(e)) => Err(e),
-                                }
-                            }
-                            Err(e) => Err(e),
-                        };
-                        if r.is_ok() {
-                            let mut rec = record.lock().unwrap();
-                            rec.users.insert(key, name.clone());
-                            rec.orders.insert(id, Some((key, name)));
-                            my_orders.push((id, key));
-                        }
-                        r
-                    }
-                };
-                match outcome {
+                let op = rng.gen_range(0..4);
+                let pick = rng.gen_range(0..usize::MAX);
+                match writer.write(&mut client, op, pick, key, name).await {
                     Ok(()) => {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -476,6 +397,74 @@ pub fn start_writers(
         }));
     }
     (writers, handles)
+}
+
+/// One writer's own keys and what it wrote.
+struct Writer {
+    prefix: String,
+    record: Arc<Mutex<Record>>,
+    next_order: i64,
+    /// Orders it inserted and has not deleted: (order id, user id).
+    my_orders: Vec<(i64, i64)>,
+}
+
+impl Writer {
+    /// One write of kind `op` on user `key`: a name update, an order insert, an order delete
+    /// (of its order number `pick`, modulo), or both an update and an insert in a transaction.
+    /// Recorded when it succeeded.
+    async fn write(
+        &mut self,
+        client: &mut tokio_postgres::Client,
+        op: u32,
+        pick: usize,
+        key: i64,
+        name: String,
+    ) -> Result<(), tokio_postgres::Error> {
+        let p = &self.prefix;
+        let update = format!("UPDATE {p}_users SET name = $1 WHERE user_id = $2");
+        let insert =
+            format!("INSERT INTO {p}_orders (order_id, user_id, note) VALUES ($1, $2, $3)");
+        match op {
+            0 => {
+                client.execute(&update, &[&name, &key]).await?;
+                self.record.lock().unwrap().users.insert(key, name);
+            }
+            1 => {
+                self.next_order += 1;
+                let id = self.next_order;
+                client.execute(&insert, &[&id, &key, &name]).await?;
+                self.record
+                    .lock()
+                    .unwrap()
+                    .orders
+                    .insert(id, Some((key, name)));
+                self.my_orders.push((id, key));
+            }
+            2 if !self.my_orders.is_empty() => {
+                let (id, user) = self.my_orders.swap_remove(pick % self.my_orders.len());
+                let delete = format!("DELETE FROM {p}_orders WHERE user_id = $1 AND order_id = $2");
+                if let Err(e) = client.execute(&delete, &[&user, &id]).await {
+                    self.my_orders.push((id, user));
+                    return Err(e);
+                }
+                self.record.lock().unwrap().orders.insert(id, None);
+            }
+            _ => {
+                // The user's name and a new order, together.
+                self.next_order += 1;
+                let id = self.next_order;
+                let tx = client.transaction().await?;
+                tx.execute(&update, &[&name, &key]).await?;
+                tx.execute(&insert, &[&id, &key, &name]).await?;
+                tx.commit().await?;
+                let mut record = self.record.lock().unwrap();
+                record.users.insert(key, name.clone());
+                record.orders.insert(id, Some((key, name)));
+                self.my_orders.push((id, key));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads `count(*)` and `sum(user_id)` of the users table in a loop (through the routers in
