@@ -283,6 +283,11 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         world.config.to_str().unwrap(),
     ]);
     assert!(out.contains(id) && out.contains("swapped"), "{out}");
+    // The mover died holding the slots: status shows the hold and the router.
+    assert!(
+        out.contains(&format!("hold of move {id}")) && out.contains("router "),
+        "{out}"
+    );
     let out = run_ok(&[
         "rebalance",
         "abort",

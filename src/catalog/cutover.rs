@@ -133,6 +133,23 @@ pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, Cata
     })
 }
 
+/// The routers registered in the catalog: id, host, and seconds since each was last seen.
+pub async fn routers(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, String, f64)>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT router_id, host, extract(epoch FROM now() - seen_at)::float8 \
+             FROM pgshard.routers ORDER BY router_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// A router acknowledges a hold: it holds the slots and no older transaction is open.
 pub async fn acknowledge(
     client: &impl GenericClient,

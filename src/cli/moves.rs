@@ -395,6 +395,25 @@ pub fn run_status(args: JournalArgs) -> anyhow::Result<()> {
     let moves = cx.journal(args.move_id.as_deref())?;
     let live = cx.live()?;
     println!("live map epoch {}", live.epoch);
+    let (routers, holds) = cx.runtime.block_on(async {
+        let routers = cutover::routers(&cx.catalog).await?;
+        let holds = cutover::router_view(&cx.catalog).await?.holds;
+        anyhow::Ok((routers, holds))
+    })?;
+    for (id, host, ago) in &routers {
+        println!("router {id} on {host}: seen {ago:.1} s ago");
+    }
+    for hold in &holds {
+        let what = if hold.slots_held {
+            "statements on them and keyless statements wait"
+        } else {
+            "flipped; keyless statements wait"
+        };
+        println!(
+            "hold of move {}: slots {} ({what})",
+            hold.move_id, hold.slots
+        );
+    }
     if moves.is_empty() {
         println!("no moves recorded");
         return Ok(());
