@@ -38,6 +38,7 @@ pub struct RunArgs {
 /// Arguments of `pgshard rebalance move`.
 #[derive(Debug, clap::Args)]
 pub struct MoveArgs {
+    /// The config file naming the shards and the catalog.
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
     /// The slots to move: `0-127`, `5`, or a list of them (`0-15,100`).
@@ -53,6 +54,7 @@ pub struct MoveArgs {
 /// Arguments of `pgshard rebalance apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
+    /// The config file naming the shards and the catalog.
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
     /// A plan file written by `pgshard rebalance plan --out`.
@@ -64,6 +66,7 @@ pub struct ApplyArgs {
 /// Arguments of `pgshard rebalance status`, `resume` and `abort`.
 #[derive(Debug, clap::Args)]
 pub struct JournalArgs {
+    /// The config file naming the shards and the catalog.
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
     /// Only this move (an id from `pgshard rebalance status`).
