@@ -35,11 +35,23 @@ impl Drop for Ticket {
     }
 }
 
-/// One move's hold: its id and slots.
+/// One move's hold: its id and slots; `fence` when this router holds them on its own (cut off
+/// from the catalog), older transactions included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub move_id: String,
     pub slots: SlotSet,
+    pub fence: bool,
+}
+
+impl Hold {
+    fn touches(&self, touches: Touches) -> bool {
+        match touches {
+            Touches::Nothing => false,
+            Touches::Shards => true,
+            Touches::Slot(slot) => self.slots.contains(slot),
+        }
+    }
 }
 
 /// The holds in force and the eras of transactions.
@@ -111,13 +123,13 @@ impl Holds {
         if !self.any.load(Ordering::Acquire) || touches == Touches::Nothing {
             return false;
         }
-        if !Arc::ptr_eq(&ticket.0, &self.era.load()) {
-            return false;
-        }
+        let older = !Arc::ptr_eq(&ticket.0, &self.era.load());
+        let held = lock(&self.held);
         match touches {
             Touches::Nothing => false,
-            Touches::Shards => true,
-            Touches::Slot(slot) => lock(&self.held).iter().any(|h| h.slots.contains(slot)),
+            // A fence holds older transactions too: no cutover waits for them.
+            _ if older => held.iter().any(|h| h.fence && h.touches(touches)),
+            _ => held.iter().any(|h| h.touches(touches)),
         }
     }
 
@@ -151,6 +163,17 @@ impl Holds {
                 drained.await;
             }
         }
+    }
+
+    /// Starts holding `hold` at once, transactions already open included (a router fencing
+    /// slots it can no longer coordinate; nothing waits for a drain).
+    pub fn hold(&self, hold: Hold) {
+        let mut held = lock(&self.held);
+        match held.iter_mut().find(|h| h.move_id == hold.move_id) {
+            Some(known) => known.slots = hold.slots,
+            None => held.push(hold),
+        }
+        self.any.store(true, Ordering::Release);
     }
 
     /// Narrows the hold of `move_id` to statements that reach several shards (its map flipped:
@@ -205,6 +228,7 @@ mod tests {
         Hold {
             move_id: id.into(),
             slots: SlotSet::from_ranges([slots]),
+            fence: false,
         }
     }
 
@@ -289,5 +313,20 @@ mod tests {
         assert!(holds.must_wait(Touches::Shards, &newer));
         holds.release("m");
         assert!(!holds.must_wait(Touches::Shards, &newer));
+    }
+
+    #[test]
+    fn a_fence_holds_older_transactions_too() {
+        let holds = Holds::default();
+        let older = holds.ticket();
+        holds.hold(Hold {
+            fence: true,
+            ..hold("fence:m", 3..=3)
+        });
+        assert!(holds.must_wait(Touches::Slot(3), &older));
+        assert!(holds.must_wait(Touches::Shards, &older));
+        assert!(!holds.must_wait(Touches::Slot(4), &older));
+        holds.release("fence:m");
+        assert!(!holds.must_wait(Touches::Slot(3), &older));
     }
 }

@@ -453,3 +453,75 @@ async fn map_show_and_rebalance_plan_read_the_live_map() {
         "{by_rows}"
     );
 }
+
+/// A router cut off from its catalog longer than `fence_after` holds the slots of the moves
+/// unfinished at its last contact (a mover would stop waiting for it and could flip them), and
+/// only those: a statement on another slot runs; the held one runs once the catalog is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_cut_off_from_its_catalog_fences_the_slots_of_unfinished_moves() {
+    // A catalog of its own, on a cluster this test stops and starts.
+    let opts = pgshard::localpg::ClusterOptions {
+        replicas: 0,
+        users: vec![("app".into(), "app".into())],
+        databases: vec![("meta".into(), "app".into())],
+        ..pgshard::localpg::ClusterOptions::default()
+    };
+    let mut meta = pgshard::localpg::LocalCluster::start(&opts).expect("a catalog cluster");
+    let url = format!(
+        "host=127.0.0.1 port={} dbname=meta user=app password=app",
+        meta.primary_port()
+    );
+    let config = config_with_catalog(&url, ["0-2047", "2048-4095"]);
+    let router = support::start_proxy(&config).await;
+    let client = router.connect().await;
+    let (held_key, held_slot) = key_on_s0(7_400_000);
+    let (free_key, free_slot) = (7_400_001..)
+        .map(|k| (k, KeyValue::Int(k).slot()))
+        .find(|&(k, s)| support::shard_of_id(k) == 0 && s != held_slot)
+        .unwrap();
+    mark_both_shards(held_key).await;
+    mark_both_shards(free_key).await;
+    // An unfinished move of the held key's slot, as a mover records it.
+    let catalog = catalog_client(&url).await;
+    catalog
+        .execute(
+            "INSERT INTO pgshard.moves (move_id, slots, source, target, step) \
+             VALUES ('mfence', $1, 's0', 's1', 'copied')",
+            &[&held_slot.to_string()],
+        )
+        .await
+        .unwrap();
+    drop(catalog);
+    // Routers read the journal at each poll (200 ms here).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        routed_to(&client, held_key).await,
+        "s0",
+        "not fenced while in contact"
+    );
+
+    meta.stop_primary().expect("stopping the catalog");
+    let fence = catalog::watch::fence_after(Duration::from_millis(200));
+    tokio::time::sleep(fence + Duration::from_millis(1500)).await;
+    assert_eq!(
+        routed_to(&client, free_key).await,
+        "s0",
+        "another slot is not fenced"
+    );
+    let held = {
+        let client = router.connect().await;
+        tokio::spawn(async move { routed_to(&client, held_key).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a statement on the fenced slot waits");
+    eprintln!("fenced slot {held_slot}, free slot {free_slot}");
+
+    meta.start_primary().expect("starting the catalog again");
+    let routed = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("the fence lifts once the catalog is back")
+        .unwrap();
+    assert_eq!(routed, "s0");
+    drop(router);
+    meta.stop();
+}

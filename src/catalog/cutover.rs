@@ -54,6 +54,9 @@ pub(super) const MOVE_SQL: &str = "\
 pub struct RouterView {
     pub epoch: u64,
     pub holds: Vec<HeldMove>,
+    /// `(move_id, slots)` of the moves not done or aborted: what a router cut off from the
+    /// catalog holds (it cannot tell when their cutover comes).
+    pub unfinished: Vec<(String, String)>,
 }
 
 /// One hold in force: its move, its slots, and whether statements on those slots still wait
@@ -110,6 +113,10 @@ pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, Cata
                array(SELECT move_id FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
                array(SELECT slots FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
                array(SELECT scope = 'slots' FROM pgshard.holds WHERE expires_at > now() \
+                     ORDER BY move_id), \
+               array(SELECT move_id FROM pgshard.moves WHERE step NOT IN ('done', 'aborted') \
+                     ORDER BY move_id), \
+               array(SELECT slots FROM pgshard.moves WHERE step NOT IN ('done', 'aborted') \
                      ORDER BY move_id) \
              FROM pgshard.map_epoch e",
             &[],
@@ -118,7 +125,10 @@ pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, Cata
     let ids: Vec<String> = row.get(1);
     let slots: Vec<String> = row.get(2);
     let held: Vec<bool> = row.get(3);
+    let moving: Vec<String> = row.get(4);
+    let moving_slots: Vec<String> = row.get(5);
     Ok(RouterView {
+        unfinished: moving.into_iter().zip(moving_slots).collect(),
         epoch: row.get::<_, i64>(0) as u64,
         holds: ids
             .into_iter()

@@ -6,8 +6,8 @@
 //! Reconnects after any failure. Never changes the map and never touches a session.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio_postgres::{AsyncMessage, Client};
@@ -22,6 +22,26 @@ use super::{describe, detail, load, parse_url, CatalogError, LiveMap, CHANNEL};
 /// How long a router waits for its older transactions to end before it answers a hold; a
 /// mover waiting longer gives up the attempt and retries.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// A router cut off from the catalog for this long (two poll intervals and a second, less than
+/// the three and two seconds after which a mover stops waiting for it) holds the slots of the
+/// moves that were unfinished at its last contact, and keyless statements, until it is back.
+pub fn fence_after(poll: Duration) -> Duration {
+    poll * 2 + Duration::from_secs(1)
+}
+
+/// What the fence knows: the last contact with the catalog, the moves unfinished then, and
+/// whether their slots are fenced now.
+struct Fence {
+    last_contact: Instant,
+    unfinished: Vec<(String, String)>,
+    fenced: Vec<String>,
+}
+
+/// Name of the hold fencing `move_id`'s slots.
+fn fence_name(move_id: &str) -> String {
+    format!("fence:{move_id}")
+}
 
 /// Makes a newer map current; the receiver answers once sessions can see it.
 pub type Install = Box<dyn FnMut(LiveMap) -> oneshot::Receiver<()> + Send + Sync>;
@@ -56,10 +76,12 @@ fn hold_of(held: &HeldMove) -> Option<Hold> {
         Ok(ranges) if held.slots_held => Some(Hold {
             move_id: move_id.to_string(),
             slots: SlotSet::from_ranges(ranges),
+            fence: false,
         }),
         Ok(_) => Some(Hold {
             move_id: move_id.to_string(),
             slots: SlotSet::from_ranges([]),
+            fence: false,
         }),
         Err(e) => {
             tracing::error!("the catalog's hold of move {move_id} names bad slots {slots:?}: {e}");
@@ -72,8 +94,15 @@ impl Follower {
     /// Follows the catalog forever. Run it as a task; abort it to stop.
     pub async fn follow(mut self) {
         let mut answered = HashSet::new();
+        let fence = Arc::new(Mutex::new(Fence {
+            last_contact: Instant::now(),
+            unfinished: Vec::new(),
+            fenced: Vec::new(),
+        }));
+        let watchdog = tokio::spawn(watch_contact(fence.clone(), self.holds.clone(), self.poll));
+        let _watchdog = AbortOnDrop(watchdog.abort_handle());
         loop {
-            if let Err(e) = self.follow_once(&mut answered).await {
+            if let Err(e) = self.follow_once(&mut answered, &fence).await {
                 tracing::warn!(
                     "following the live shard map: {e}; trying again in {:?}",
                     self.poll
@@ -84,7 +113,11 @@ impl Follower {
     }
 
     /// One connection's worth of following; returns on the first failure.
-    async fn follow_once(&mut self, answered: &mut HashSet<String>) -> Result<(), CatalogError> {
+    async fn follow_once(
+        &mut self,
+        answered: &mut HashSet<String>,
+        fence: &Mutex<Fence>,
+    ) -> Result<(), CatalogError> {
         let mut config = parse_url(&self.url)?;
         let (mode, connector) = crate::tls::for_tokio_postgres(self.tls.as_deref());
         let (mut client, mut connection) =
@@ -118,6 +151,12 @@ impl Follower {
         loop {
             heartbeat(&client, &self.router_id, self.poll).await?;
             let view = router_view(&client).await?;
+            {
+                // The catalog answered (before a drain below, which may take a while).
+                let mut fence = fence.lock().unwrap_or_else(|e| e.into_inner());
+                fence.last_contact = Instant::now();
+                fence.unfinished = view.unfinished.clone();
+            }
             if view.epoch > self.known_epoch {
                 self.install_newer(&mut client).await?;
             } else if view.epoch < self.known_epoch && !warned_back {
@@ -131,10 +170,20 @@ impl Follower {
                 );
             }
             self.follow_holds(&client, &view, answered).await?;
+            self.in_contact(fence);
             tokio::select! {
                 _ = notified.notified() => {}
                 _ = tokio::time::sleep(self.poll) => {}
             }
+        }
+    }
+
+    /// The map and the holds are current again: lift a fence.
+    fn in_contact(&self, fence: &Mutex<Fence>) {
+        let mut fence = fence.lock().unwrap_or_else(|e| e.into_inner());
+        for move_id in std::mem::take(&mut fence.fenced) {
+            tracing::info!("the catalog is back: lifting the fence of move {move_id}'s slots");
+            self.holds.release(&fence_name(&move_id));
         }
     }
 
@@ -198,6 +247,50 @@ impl Follower {
             }
         }
         Ok(())
+    }
+}
+
+/// Fences the slots of unfinished moves once the catalog has not answered for
+/// [`fence_after`]: a mover stops waiting for a router it has not heard from, and could flip
+/// those slots while this router still routes by the old map.
+async fn watch_contact(fence: Arc<Mutex<Fence>>, holds: Arc<Holds>, poll: Duration) {
+    let limit = fence_after(poll);
+    let mut tick = tokio::time::interval((poll / 2).max(Duration::from_millis(50)));
+    loop {
+        tick.tick().await;
+        let to_fence: Vec<Hold> = {
+            let mut fence = fence.lock().unwrap_or_else(|e| e.into_inner());
+            if fence.last_contact.elapsed() < limit || !fence.fenced.is_empty() {
+                continue;
+            }
+            let mut out = Vec::new();
+            for (move_id, slots) in fence.unfinished.clone() {
+                let held = HeldMove {
+                    move_id: fence_name(&move_id),
+                    slots,
+                    slots_held: true,
+                };
+                if let Some(hold) = hold_of(&held) {
+                    out.push(Hold {
+                        fence: true,
+                        ..hold
+                    });
+                    fence.fenced.push(move_id);
+                }
+            }
+            // Held while the lock is held: contact coming back cannot lift them first.
+            for hold in &out {
+                holds.hold(hold.clone());
+            }
+            out
+        };
+        for hold in to_fence {
+            tracing::warn!(
+                "no answer from the catalog for {limit:?}: holding slots of unfinished move {} \
+                 (and keyless statements) until it is back",
+                hold.move_id
+            );
+        }
     }
 }
 
