@@ -254,22 +254,43 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 /// Opens a connection to the catalog (plain TCP: the catalog does not use TLS yet); its
 /// connection task is spawned.
 pub async fn connect(url: &str, tls: Option<&BackendTls>) -> Result<Client, CatalogError> {
-    let mut config = parse_url(url)?;
-    let (mode, connector) = crate::tls::for_tokio_postgres(tls);
-    let (client, connection) = config
-        .ssl_mode(mode)
-        .connect(connector)
-        .await
-        .map_err(|e| CatalogError::Connect {
-            at: describe(&config),
-            problem: detail(&e),
-        })?;
+    let (client, connection) = open_connection(url, tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("catalog connection ended: {e}");
         }
     });
     Ok(client)
+}
+
+/// The stream of a catalog connection (TLS or not, as `[backend_tls]` says).
+pub(crate) type CatalogStream =
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream;
+
+/// A connection to the catalog whose task the caller drives (the watcher reads its
+/// notifications).
+pub(crate) async fn open_connection(
+    url: &str,
+    tls: Option<&BackendTls>,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, CatalogStream>,
+    ),
+    CatalogError,
+> {
+    let mut config = parse_url(url)?;
+    let (mode, connector) = crate::tls::for_tokio_postgres(tls);
+    config
+        .ssl_mode(mode)
+        .connect(connector)
+        .await
+        .map_err(|e| CatalogError::Connect {
+            at: describe(&config),
+            problem: detail(&e),
+        })
 }
 
 /// The live map, creating the catalog from `initial` (the TOML's map) if it does not exist

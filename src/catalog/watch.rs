@@ -17,7 +17,7 @@ use crate::rebalance::SlotSet;
 use crate::tls::BackendTls;
 
 use super::cutover::{acknowledge, heartbeat, router_view, HeldMove, RouterView};
-use super::{describe, detail, load, parse_url, CatalogError, LiveMap, CHANNEL};
+use super::{load, open_connection, CatalogError, LiveMap, CHANNEL};
 
 /// How long a router waits for its older transactions to end before it answers a hold; a
 /// mover waiting longer gives up the attempt and retries.
@@ -118,17 +118,7 @@ impl Follower {
         answered: &mut HashSet<String>,
         fence: &Mutex<Fence>,
     ) -> Result<(), CatalogError> {
-        let mut config = parse_url(&self.url)?;
-        let (mode, connector) = crate::tls::for_tokio_postgres(self.tls.as_deref());
-        let (mut client, mut connection) =
-            config
-                .ssl_mode(mode)
-                .connect(connector)
-                .await
-                .map_err(|e| CatalogError::Connect {
-                    at: describe(&config),
-                    problem: detail(&e),
-                })?;
+        let (mut client, mut connection) = open_connection(&self.url, self.tls.as_deref()).await?;
         let notified = Arc::new(tokio::sync::Notify::new());
         let wake = notified.clone();
         let driver = tokio::spawn(async move {

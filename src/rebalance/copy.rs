@@ -518,6 +518,30 @@ async fn insert_touched(
     Ok(())
 }
 
+/// Deletes the rows of `relation` (a table of `t`'s shape) whose primary key is in the table
+/// `keys`; returns how many.
+async fn delete_keyed(
+    tx: &Transaction<'_>,
+    t: &Table,
+    relation: &str,
+    keys: &str,
+    what: &str,
+) -> Result<u64, MoveError> {
+    let matches: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|&i| {
+            let c = quote_ident(&t.columns[i].name);
+            format!("t.{c} = d.{c}")
+        })
+        .collect();
+    let sql = format!(
+        "DELETE FROM {relation} t USING {keys} d WHERE {}",
+        matches.join(" AND ")
+    );
+    tx.execute(&sql, &[]).await.map_err(MoveError::pg(what))
+}
+
 /// Deletes from the source the rows whose keys [`verify_keyed`] kept (exactly the moving
 /// slots' rows, verified equal to staging, while routers hold the slots), in one transaction;
 /// `None` when they are not on this connection (another process verified).
@@ -547,25 +571,8 @@ pub(crate) async fn delete_staged_keys(
         .map_err(MoveError::pg(what.clone()))?;
     let mut deleted = 0;
     for (n, t) in tables.iter().enumerate() {
-        let matches: Vec<String> = t
-            .primary_key
-            .iter()
-            .map(|&i| {
-                let c = quote_ident(&t.columns[i].name);
-                format!("t.{c} = d.{c}")
-            })
-            .collect();
-        let matches = matches.join(" AND ");
-        deleted += tx
-            .execute(
-                &format!(
-                    "DELETE FROM {} t USING pgshard_staged_{n} d WHERE {matches}",
-                    t.source_sql
-                ),
-                &[],
-            )
-            .await
-            .map_err(MoveError::pg(what.clone()))?;
+        let keys = format!("pgshard_staged_{n}");
+        deleted += delete_keyed(&tx, t, &t.source_sql, &keys, &what).await?;
         tx.batch_execute(&format!("DROP TABLE pgshard_staged_{n}"))
             .await
             .map_err(MoveError::pg(what.clone()))?;
@@ -681,22 +688,7 @@ pub(crate) async fn delete_slot_rows(
         writer.finish();
         chunks.push(writer.take());
         copy_in(&tx, "pgshard_doomed", chunks).await?;
-        let matches: Vec<String> = t
-            .primary_key
-            .iter()
-            .map(|&i| {
-                let c = quote_ident(&t.columns[i].name);
-                format!("t.{c} = d.{c}")
-            })
-            .collect();
-        let matches = matches.join(" AND ");
-        deleted += tx
-            .execute(
-                &format!("DELETE FROM {relation} t USING pgshard_doomed d WHERE {matches}"),
-                &[],
-            )
-            .await
-            .map_err(MoveError::pg(what.clone()))?;
+        deleted += delete_keyed(&tx, t, relation, "pgshard_doomed", &what).await?;
         tx.batch_execute("DROP TABLE pgshard_doomed")
             .await
             .map_err(MoveError::pg(what.clone()))?;

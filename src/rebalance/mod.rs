@@ -144,21 +144,9 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Connects without TLS with a libpq-style connection string; the connection's task is
-    /// spawned on the current runtime.
+    /// Connects without TLS with a libpq-style connection string (as [`Shard::connect_tls`]).
     pub async fn connect(name: &str, conninfo: &str) -> Result<Shard, MoveError> {
-        let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-            .await
-            .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("mover connection ended: {e}");
-            }
-        });
-        Ok(Shard {
-            name: name.to_string(),
-            client,
-        })
+        Shard::connect_tls(name, conninfo, None).await
     }
 }
 

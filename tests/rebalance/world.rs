@@ -44,12 +44,7 @@ pub fn clusters() -> [&'static LocalCluster; 2] {
                 .expect("letting app make replication slots");
             cluster
         };
-        let clusters = std::thread::scope(|s| {
-            let a = s.spawn(start);
-            let b = s.spawn(start);
-            [a.join(), b.join()]
-        });
-        let clusters = clusters.map(|c| c.unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        let clusters = support::start_two(start);
         // SAFETY: registering a plain `extern "C" fn()` with no captured state.
         assert_eq!(unsafe { libc::atexit(stop_clusters) }, 0);
         clusters

@@ -84,18 +84,23 @@ pub fn shard_clusters() -> [&'static LocalCluster; 2] {
                 .expect("the shard's replica replays the schema");
             cluster
         };
-        let clusters = std::thread::scope(|scope| {
-            let s0 = scope.spawn(start);
-            let s1 = scope.spawn(start);
-            [s0.join(), s1.join()]
-        });
-        let clusters = clusters.map(|c| c.unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        let clusters = start_two(start);
         // SAFETY: registering a plain `extern "C" fn()` with no captured state.
         let registered = unsafe { libc::atexit(stop_shard_clusters_at_exit) };
         assert_eq!(registered, 0, "atexit registration failed");
         clusters
     });
     [s0, s1]
+}
+
+/// Runs `start` twice at once (one thread each), passing on a panic of either.
+pub fn start_two(start: impl Fn() -> LocalCluster + Sync) -> [LocalCluster; 2] {
+    let clusters = std::thread::scope(|scope| {
+        let s0 = scope.spawn(&start);
+        let s1 = scope.spawn(&start);
+        [s0.join(), s1.join()]
+    });
+    clusters.map(|c| c.unwrap_or_else(|e| std::panic::resume_unwind(e)))
 }
 
 extern "C" fn stop_shard_clusters_at_exit() {
