@@ -126,52 +126,54 @@ impl<S: Stream> Session<S> {
         self.shared = newest;
     }
 
-    /// Lets a routed statement through a slot move's cutover hold: one that touches a held slot
-    /// (or several shards) and belongs to a transaction newer than the hold waits until the hold
-    /// ends, then is decided again by the newest map. A transaction older than the hold runs on
-    /// (the cutover waits for it). Bounded by `catalog.hold_wait_ms`.
-    pub(super) async fn through_holds(
+    /// Whether a routed statement waits at a slot move's cutover hold (with a catalog only):
+    /// one that touches a held slot (or several shards) and belongs to a transaction newer than
+    /// the hold. Takes the transaction's era ticket; synchronous, no allocation: the path of
+    /// every statement.
+    pub(super) fn held_at_cutover(&mut self, decision: &Decision) -> bool {
+        let touches = match (decision, self.cutover.slot) {
+            (Decision::Run(Execution::Shard { .. } | Execution::Held), Some(slot)) => {
+                Touches::Slot(slot)
+            }
+            (
+                Decision::Run(
+                    Execution::Scatter { .. }
+                    | Execution::FanOut(_)
+                    | Execution::CopyIn(_)
+                    | Execution::CopyOut { .. },
+                ),
+                _,
+            ) => Touches::Shards,
+            _ => return false,
+        };
+        let holds = &self.shared.control.holds;
+        let fresh = self.cutover.ticket.is_none();
+        let ticket = self.cutover.ticket.get_or_insert_with(|| holds.ticket());
+        let wait = holds.must_wait(touches, ticket);
+        if wait && fresh {
+            // No transaction of its own yet: waiting, it holds back no cutover.
+            self.cutover.ticket = None;
+        }
+        wait
+    }
+
+    /// Waits at the hold, then decides `frame` again by the newest map, until it may run; a
+    /// transaction older than the hold never gets here (the cutover waits for it instead).
+    /// Bounded by `catalog.hold_wait_ms`.
+    pub(super) async fn wait_at_cutover(
         &mut self,
         frame: &crate::wire::Frame,
-        mut decision: Decision,
     ) -> Result<Decision, SessionError> {
         let holds = self.shared.control.holds.clone();
-        let started = Instant::now();
+        let limit = self
+            .shared
+            .config
+            .catalog
+            .as_ref()
+            .map_or(30_000, |c| c.hold_wait_ms);
+        let deadline = Instant::now() + std::time::Duration::from_millis(limit);
         loop {
-            let touches = match (&decision, self.cutover.slot) {
-                (Decision::Run(Execution::Shard { .. } | Execution::Held), Some(slot)) => {
-                    Touches::Slot(slot)
-                }
-                (
-                    Decision::Run(
-                        Execution::Scatter { .. }
-                        | Execution::FanOut(_)
-                        | Execution::CopyIn(_)
-                        | Execution::CopyOut { .. },
-                    ),
-                    _,
-                ) => Touches::Shards,
-                _ => Touches::Nothing,
-            };
-            if touches == Touches::Nothing {
-                return Ok(decision);
-            }
-            let fresh = self.cutover.ticket.is_none();
-            let ticket = self.cutover.ticket.get_or_insert_with(|| holds.ticket());
-            if !holds.must_wait(touches, ticket) {
-                return Ok(decision);
-            }
-            if fresh {
-                // No transaction of its own yet: waiting, it holds back no cutover.
-                self.cutover.ticket = None;
-            }
-            let limit = self
-                .shared
-                .config
-                .catalog
-                .as_ref()
-                .map_or(30_000, |c| c.hold_wait_ms);
-            let left = std::time::Duration::from_millis(limit).saturating_sub(started.elapsed());
+            let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, holds.wait_release())
                 .await
                 .is_err()
@@ -189,7 +191,10 @@ impl<S: Stream> Session<S> {
                 return Ok(Decision::Failed(SessionError::SlotMoved));
             }
             self.cutover.slot = None;
-            decision = self.decide(frame)?;
+            let decision = self.decide(frame)?;
+            if !self.held_at_cutover(&decision) {
+                return Ok(decision);
+            }
         }
     }
 

@@ -86,9 +86,9 @@ impl<S: Stream> Session<S> {
         }
         self.statement_routed();
         let mut decision = decision?;
-        if self.shared.control.holds.enabled() {
-            // Boxed: only a router following a catalog pays for this future.
-            decision = Box::pin(self.through_holds(&frame, decision)).await?;
+        if self.shared.control.holds.enabled() && self.held_at_cutover(&decision) {
+            // Boxed: only a statement that waits at a hold pays for this future.
+            decision = Box::pin(self.wait_at_cutover(&frame)).await?;
         }
         let simple = matches!(frame.tag(), tag::QUERY | tag::FUNCTION_CALL);
         if is_statement(&frame) {
