@@ -78,10 +78,6 @@ fn moves(id: i64) -> bool {
     moving().contains(KeyValue::Int(id).slot())
 }
 
-fn moves_text(email: &str) -> bool {
-    moving().contains(KeyValue::Text(email.to_string()).slot())
-}
-
 /// `users` (bio stored out of line, so updates of the name leave it unchanged in the WAL),
 /// `orders` (sharded by user_id, which is not its primary key) and `accounts` (a text key),
 /// with `prefix` on every name; the same DDL on both primaries.
@@ -313,25 +309,36 @@ async fn write(
 
 /// The part of `record` whose shard keys are (or are not) in the moving slots.
 fn part(record: &Record, moved: bool) -> Record {
+    part_where(record, |slot| moving().contains(slot) == moved)
+}
+
+/// The part of `record` whose shard keys' slots pass `keep`.
+fn part_where(record: &Record, keep: impl Fn(u16) -> bool) -> Record {
     Record {
         users: record
             .users
             .iter()
-            .filter(|(k, _)| moves(**k) == moved)
+            .filter(|(k, _)| keep(KeyValue::Int(**k).slot()))
             .map(|(k, v)| (*k, v.clone()))
             .collect(),
         orders: record
             .orders
             .iter()
-            .filter(|(_, v)| moves(v.0) == moved)
+            .filter(|(_, v)| keep(KeyValue::Int(v.0).slot()))
             .map(|(k, v)| (*k, v.clone()))
             .collect(),
         accounts: record
             .accounts
             .iter()
-            .filter(|(k, _)| moves_text(k) == moved)
+            .filter(|(k, _)| keep(KeyValue::Text(k.to_string()).slot()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+    }
+}
+
+impl Record {
+    fn rows(&self) -> usize {
+        self.users.len() + self.orders.len() + self.accounts.len()
     }
 }
 
@@ -653,7 +660,7 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
     .unwrap();
     drain(&mut mover).await;
     let full = mover.verify(TargetSide::Staging).await.unwrap();
-    let keyed = mover.verify_cutover().await.unwrap();
+    let keyed = mover.verify_cutover(&moving()).await.unwrap();
     assert_eq!(keyed, full, "by keys as by a full scan");
     assert!(keyed.iter().all(|c| c.equal()), "{keyed:?}");
     // A staging row that differs.
@@ -664,7 +671,7 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
     )
     .await
     .unwrap();
-    let checks = mover.verify_cutover().await.unwrap();
+    let checks = mover.verify_cutover(&moving()).await.unwrap();
     assert!(
         checks.iter().any(|c| c.table == "vk_users" && !c.equal()),
         "{checks:?}"
@@ -683,7 +690,7 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
         .unwrap();
     let round = mover.catch_up(u32::MAX).await.unwrap();
     assert!(round.reached && round.applied > 0, "{round:?}");
-    let checks = mover.verify_cutover().await.unwrap();
+    let checks = mover.verify_cutover(&moving()).await.unwrap();
     assert!(checks.iter().all(|c| c.equal()), "{checks:?}");
     mover.swap_in().await.unwrap();
     let deleted = mover.clean_source().await.unwrap();
@@ -693,4 +700,90 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
     let left = read_all(&src, "vk").await;
     assert!(left.users.keys().all(|id| !moves(*id)));
     mover.cleanup().await.unwrap();
+}
+
+/// A move cut over in two slices: the first slice's rows land on the target and leave the
+/// source (and staging), while the catch-up goes on for the second only; then the second.
+/// Every row ends on the target once, as the source last had it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_over_slice_by_slice_moves_each_slice_exactly() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("sl")).await.unwrap();
+    dst.batch_execute(&schema("sl")).await.unwrap();
+    load(&src, "sl").await;
+    let plan = MovePlan::new("sl", moving(), specs("sl")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    let slices = moving().slices(512);
+    let (first, second) = (&slices[0], &slices[1]);
+    let in_first = |id: i64| first.contains(KeyValue::Int(id).slot());
+    let in_second = |id: i64| second.contains(KeyValue::Int(id).slot());
+    mover.prepare().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    let (k1, k2) = (
+        (1..USERS).find(|id| in_first(*id)).unwrap(),
+        (1..USERS).find(|id| in_second(*id)).unwrap(),
+    );
+    for key in [k1, k2] {
+        src.execute(
+            "UPDATE sl_users SET name = 'changed' WHERE user_id = $1",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    }
+    drain(&mut mover).await;
+    let before = read_all(&src, "sl").await;
+    let checks = mover.verify_cutover(first).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal()), "{checks:?}");
+    let swapped = mover.swap_slice(first).await.unwrap();
+    let first_rows = part_where(&before, |s| first.contains(s));
+    assert_eq!(
+        swapped as usize,
+        first_rows.rows(),
+        "the first slice's rows only"
+    );
+    let deleted = mover.clean_slice(first).await.unwrap();
+    assert_eq!(deleted as usize, first_rows.rows());
+    mover.follow_only(second.clone());
+    // The clean's deletions are not followed; later changes of the second slice are.
+    let (gone, new) = (
+        (k2 + 1..USERS).find(|id| in_second(*id)).unwrap(),
+        (USERS * 10..).find(|id| in_second(*id)).unwrap(),
+    );
+    src.execute("DELETE FROM sl_users WHERE user_id = $1", &[&gone])
+        .await
+        .unwrap();
+    src.execute("INSERT INTO sl_users VALUES ($1, 'late', NULL)", &[&new])
+        .await
+        .unwrap();
+    drain(&mut mover).await;
+    let left: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM pgshard_staging_sl.sl_users WHERE pgshard_slot = ANY($1)",
+            &[&first.iter().map(|s| s as i16).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "staging holds nothing of the slice cut over");
+    let checks = mover.verify_cutover(second).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal()), "{checks:?}");
+    mover.swap_slice(second).await.unwrap();
+    mover.clean_slice(second).await.unwrap();
+    mover.cleanup().await.unwrap();
+    let mut want = part(&before, true);
+    want.users.remove(&gone);
+    want.users.insert(new, ("late".into(), None));
+    assert_same(&part(&read_all(&dst, "sl").await, true), &want, "target");
+    let source = read_all(&src, "sl").await;
+    assert_eq!(
+        part(&source, true).rows(),
+        0,
+        "the source kept none of the moved rows"
+    );
 }

@@ -46,7 +46,25 @@ pub(super) const MOVE_SQL: &str = "\
         attempts integer NOT NULL DEFAULT 0, \
         hold_ms double precision, \
         epoch_after bigint, \
-        error text);";
+        error text, \
+        slice_size integer NOT NULL DEFAULT 0, \
+        slices_done integer NOT NULL DEFAULT 0); \
+    DO $$ BEGIN \
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
+                       AND table_name = 'moves' AND column_name = 'slice_size') THEN \
+            ALTER TABLE pgshard.moves \
+                ADD COLUMN slice_size integer NOT NULL DEFAULT 0, \
+                ADD COLUMN slices_done integer NOT NULL DEFAULT 0; \
+        END IF; \
+    END $$; \
+    CREATE TABLE IF NOT EXISTS pgshard.move_slices ( \
+        move_id text NOT NULL, \
+        slice integer NOT NULL, \
+        slots text NOT NULL, \
+        hold_ms double precision NOT NULL, \
+        epoch_after bigint NOT NULL, \
+        done_at timestamptz NOT NULL DEFAULT now(), \
+        PRIMARY KEY (move_id, slice));";
 
 /// What a router reads at each notification and poll, from one snapshot: the map's epoch and
 /// the holds in force (an expired hold that never flipped is not in force).
@@ -291,11 +309,15 @@ pub struct Journal {
     pub error: Option<String>,
     pub started: String,
     pub updated: String,
+    /// Slots per cutover (0: all at once), and how many slices were cut over and cleaned.
+    pub slice_size: i32,
+    pub slices_done: i32,
 }
 
 const JOURNAL_COLUMNS: &str = "move_id, slots, source, target, step, rows_copied, bytes_copied, \
      copy_seconds, changes_applied, lag_bytes, attempts, hold_ms, epoch_after, error, \
-     to_char(started_at, 'YYYY-MM-DD HH24:MI:SS'), to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS')";
+     to_char(started_at, 'YYYY-MM-DD HH24:MI:SS'), to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS'), \
+     slice_size, slices_done";
 
 fn journal_of(row: &tokio_postgres::Row) -> Journal {
     Journal {
@@ -315,22 +337,25 @@ fn journal_of(row: &tokio_postgres::Row) -> Journal {
         error: row.get(13),
         started: row.get(14),
         updated: row.get(15),
+        slice_size: row.get(16),
+        slices_done: row.get(17),
     }
 }
 
-/// Records a new move at step `planned` (or returns the existing row of that id).
+/// Records a new move at step `planned`, cut over `slice_size` slots at a time (or returns the
+/// existing row of that id).
 pub async fn journal_start(
     client: &impl GenericClient,
     move_id: &str,
-    slots: &str,
+    (slots, slice_size): (&str, i32),
     source: &str,
     target: &str,
 ) -> Result<Journal, CatalogError> {
     client
         .execute(
-            "INSERT INTO pgshard.moves (move_id, slots, source, target, step) \
-             VALUES ($1, $2, $3, $4, 'planned') ON CONFLICT (move_id) DO NOTHING",
-            &[&move_id, &slots, &source, &target],
+            "INSERT INTO pgshard.moves (move_id, slots, source, target, step, slice_size) \
+             VALUES ($1, $2, $3, $4, 'planned', $5) ON CONFLICT (move_id) DO NOTHING",
+            &[&move_id, &slots, &source, &target, &slice_size],
         )
         .await?;
     journal_get(client, move_id)
@@ -441,6 +466,46 @@ pub async fn journal_flipped_in(
     )
     .await?;
     Ok(())
+}
+
+/// A slice's cutover and clean-up are over: recorded with its hold and flip (the move's last,
+/// see [`journal_hold`] and [`journal_flipped_in`]), and the move goes on with the next slice
+/// from step `copied` (its copy is the whole move's).
+pub async fn journal_slice_done(
+    client: &mut tokio_postgres::Client,
+    move_id: &str,
+    (slice, slots): (i32, &str),
+) -> Result<(), CatalogError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO pgshard.move_slices (move_id, slice, slots, hold_ms, epoch_after) \
+         SELECT move_id, $2, $3, coalesce(hold_ms, 0), coalesce(epoch_after, 0) \
+         FROM pgshard.moves WHERE move_id = $1 ON CONFLICT (move_id, slice) DO NOTHING",
+        &[&move_id, &slice, &slots],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE pgshard.moves SET slices_done = $2 + 1, step = 'copied', updated_at = now(), \
+           error = NULL WHERE move_id = $1 AND slices_done = $2",
+        &[&move_id, &slice],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How long each slice of `move_id` held its slots, in slice order (ms).
+pub async fn slice_holds(
+    client: &impl GenericClient,
+    move_id: &str,
+) -> Result<Vec<f64>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT hold_ms FROM pgshard.move_slices WHERE move_id = $1 ORDER BY slice",
+            &[&move_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Takes the session-level advisory lock naming `move_id` on the catalog connection: one

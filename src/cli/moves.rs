@@ -1,7 +1,8 @@
 //! `pgshard rebalance move | apply | status | resume | abort`: glue between the command line, the
-//! catalog's journal and the mover (`rebalance::run`). Splits the slots to move into batches with
-//! one source each, records them, runs them one after another with progress on the terminal
-//! (plain lines otherwise). It never decides a cutover step itself.
+//! catalog's journal and the mover (`rebalance::run`). Makes one move per source shard of the
+//! slots named (copied once, cut over a batch of slots at a time), records them, runs them one
+//! after another with progress on the terminal (plain lines otherwise). It never decides a
+//! cutover step itself.
 
 use std::io::IsTerminal as _;
 use std::ops::RangeInclusive;
@@ -16,12 +17,13 @@ use crate::catalog::{self, LiveMap};
 use crate::config::Config;
 use crate::rebalance::run::{self, Event, Replica, RunOptions, Side};
 use crate::rebalance::{MovePlan, Mover, Shard, SlotSet, TableSpec};
-use crate::sharding::{parse_slot_spec, SLOT_COUNT};
+use crate::sharding::parse_slot_spec;
 
 /// Options shared by the commands that run moves.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Slots moved per cutover (each batch is one move with its own journal row).
+    /// Slots per cutover: the move copies all its slots at once, then holds, verifies and
+    /// flips this many at a time.
     #[arg(long, default_value_t = 16, value_name = "SLOTS")]
     pub batch: u16,
     /// How long to wait for every router's acknowledgement of a cutover hold.
@@ -109,8 +111,8 @@ impl Context {
         self.config.shards.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// The moves carrying `slots` to `to`, one per batch of slots with the same source, each
-    /// recorded in the journal (a move aborted before starts over).
+    /// The moves carrying `slots` to `to`, one per source shard (cut over `batch` slots at a
+    /// time), each recorded in the journal (a move aborted before starts over).
     fn plan_moves(
         &mut self,
         slots: &[RangeInclusive<u16>],
@@ -127,33 +129,32 @@ impl Context {
         }
         let live = self.live()?;
         let wanted = SlotSet::from_ranges(slots.iter().cloned());
-        let mut batches: Vec<(RangeInclusive<u16>, String)> = Vec::new();
-        for slot in (0..SLOT_COUNT).filter(|&s| wanted.contains(s)) {
+        // Per source, in the order the slots first name them.
+        let mut sources: Vec<(String, Vec<u16>)> = Vec::new();
+        for slot in wanted.iter() {
             let owner = &live.owners[usize::from(slot)];
             if owner == to {
                 continue;
             }
-            match batches.last_mut() {
-                Some((range, from))
-                    if from == owner
-                        && *range.end() + 1 == slot
-                        && range.end() - range.start() + 1 < batch.max(1) =>
-                {
-                    *range = *range.start()..=slot;
-                }
-                _ => batches.push((slot..=slot, owner.clone())),
+            match sources.iter_mut().find(|(from, _)| from == owner) {
+                Some((_, slots)) => slots.push(slot),
+                None => sources.push((owner.clone(), vec![slot])),
             }
         }
+        let slice_size = i32::from(batch.max(1));
         let mut moves = Vec::new();
-        for (range, from) in batches {
-            let id = format!("m{}_{}_{}", live.epoch, range.start(), range.end());
-            let slots = catalog::range(&range);
+        for (from, list) in sources {
+            let (first, last) = (list[0], list[list.len() - 1]);
+            let id = format!("m{}_{first}_{last}", live.epoch);
+            let set = SlotSet::from_ranges(list.iter().map(|&s| s..=s));
+            let slots = run::spec(&set);
             let journal = Journal {
                 move_id: id.clone(),
                 slots: slots.clone(),
                 source: from.clone(),
                 target: to.to_string(),
                 step: "planned".into(),
+                slice_size,
                 ..blank_journal()
             };
             if dry_run {
@@ -161,8 +162,10 @@ impl Context {
                 continue;
             }
             let journal = self.runtime.block_on(async {
-                let found = cutover::journal_start(&self.catalog, &id, &slots, &from, to).await?;
-                if found.step == "aborted" {
+                let found =
+                    cutover::journal_start(&self.catalog, &id, (&slots, slice_size), &from, to)
+                        .await?;
+                if found.step == "aborted" && found.slices_done == 0 {
                     cutover::journal_step(&self.catalog, &id, "planned").await?;
                     return anyhow::Ok(Journal {
                         step: "planned".into(),
@@ -269,11 +272,13 @@ impl Context {
             ));
             progress.finish();
             outcome.with_context(|| format!("move {} stopped", journal.move_id))?;
-            let done = self
-                .runtime
-                .block_on(cutover::journal_get(&self.catalog, &journal.move_id))?
-                .unwrap_or_else(|| journal.clone());
-            println!("{}", summary(&done));
+            let (done, holds) = self.runtime.block_on(async {
+                let id = &journal.move_id;
+                let done = cutover::journal_get(&self.catalog, id).await?;
+                let holds = cutover::slice_holds(&self.catalog, id).await?;
+                anyhow::Ok((done.unwrap_or_else(|| journal.clone()), holds))
+            })?;
+            println!("{}", summary(&done, &holds));
         }
         Ok(())
     }
@@ -311,6 +316,8 @@ fn blank_journal() -> Journal {
         error: None,
         started: String::new(),
         updated: String::new(),
+        slice_size: 0,
+        slices_done: 0,
     }
 }
 
@@ -384,10 +391,20 @@ pub fn run_abort(args: JournalArgs) -> anyhow::Result<()> {
         cx.runtime
             .block_on(run::abort(&mut cx.catalog, &mut mover, journal))
             .with_context(|| format!("aborting move {}", journal.move_id))?;
+        let (stay, moved) = split(journal);
         println!(
             "aborted move {}: slots {} stay on {}",
-            journal.move_id, journal.slots, journal.source
+            journal.move_id, stay, journal.source
         );
+        if !moved.is_empty() {
+            println!(
+                "slots {moved} were cut over before and stay on {to}; to return them: \
+                 pgshard rebalance move --config {} --slots {moved} --to {from}",
+                args.config.display(),
+                to = journal.target,
+                from = journal.source
+            );
+        }
     }
     Ok(())
 }
@@ -422,11 +439,12 @@ pub fn run_status(args: JournalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<22} {:<11} {:<15} {:<9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>4} {:>8}  updated",
+        "{:<22} {:<11} {:<15} {:<9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>9} {:>4} {:>8}  updated",
         "move",
         "slots",
         "from -> to",
         "step",
+        "slices",
         "rows",
         "MB",
         "MB/s",
@@ -444,6 +462,20 @@ pub fn run_status(args: JournalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A move's slots not yet cut over, and those cut over (as slot lists).
+fn split(j: &Journal) -> (String, String) {
+    let all = SlotSet::from_ranges(parse_slot_spec(&j.slots).unwrap_or_default());
+    let (_, remaining) = run::slices(&all, j);
+    (run::spec(&remaining), run::spec(&all.without(&remaining)))
+}
+
+/// `2/4`: slices cut over of all.
+fn slices_text(j: &Journal) -> String {
+    let all = SlotSet::from_ranges(parse_slot_spec(&j.slots).unwrap_or_default());
+    let (slices, _) = run::slices(&all, j);
+    format!("{}/{}", j.slices_done, slices.len())
+}
+
 fn status_line(j: &Journal) -> String {
     let mb = j.bytes_copied as f64 / 1e6;
     let rate = if j.copy_seconds > 0.0 {
@@ -452,11 +484,12 @@ fn status_line(j: &Journal) -> String {
         "-".into()
     };
     format!(
-        "{:<22} {:<11} {:<15} {:<9} {:>9} {:>9.1} {:>7} {:>8} {:>9} {:>4} {:>8}  {}",
+        "{:<22} {:<11} {:<15} {:<9} {:>7} {:>9} {:>9.1} {:>7} {:>8} {:>9} {:>4} {:>8}  {}",
         j.move_id,
         j.slots,
         format!("{} -> {}", j.source, j.target),
         j.step,
+        slices_text(j),
         j.rows_copied,
         mb,
         rate,
@@ -468,11 +501,18 @@ fn status_line(j: &Journal) -> String {
     )
 }
 
-fn summary(j: &Journal) -> String {
+/// What a finished move did; `holds`: each slice's hold (ms).
+fn summary(j: &Journal, holds: &[f64]) -> String {
     let mb = j.bytes_copied as f64 / 1e6;
+    let mut sorted = holds.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let held = match (sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(median), Some(max)) => format!("{median:.0} ms (median), {max:.0} ms (max)"),
+        _ => "- ms".to_string(),
+    };
     format!(
         "moved slots {} from {} to {}: {} rows, {mb:.1} MB copied at {:.1} MB/s, {} changes \
-         caught up, held {} ms over {} attempt(s); map epoch {}",
+         caught up; {} slice(s) held {held}, {} cutover attempt(s); map epoch {}",
         j.slots,
         j.source,
         j.target,
@@ -483,7 +523,7 @@ fn summary(j: &Journal) -> String {
             0.0
         },
         j.changes_applied,
-        j.hold_ms.map_or("-".into(), |h| format!("{h:.0}")),
+        holds.len(),
         j.attempts,
         j.epoch_after.map_or("-".into(), |e| e.to_string())
     )
@@ -553,6 +593,9 @@ impl Progress {
     fn event(&mut self, event: Event) {
         let (line, always) = match event {
             Event::Step(step) => (step.to_string(), true),
+            Event::Slice { index, of, slots } => {
+                (format!("slice {index}/{of}: slots {slots}"), true)
+            }
             Event::Copy(s) => (
                 format!(
                     "copy: {} of {} rows, {:.1} MB at {:.1} MB/s ({})",

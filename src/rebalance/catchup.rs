@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::objects::{list, quote_ident, slot_exists, Table};
+use super::objects::{list, quote_ident, slot_exists, Table, SLOT_COLUMN};
 use super::pgoutput::{decode, Message, Relation, Value};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet};
 use crate::sharding::key_from_text;
@@ -67,7 +67,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         .map_err(MoveError::pg(what))?;
     let mut apply = Apply {
         tables: &mover.tables,
-        slots: &plan.slots,
+        slots: &mover.following,
         source: &mover.source.client,
         tx: &tx,
         relations: HashMap::new(),
@@ -201,9 +201,9 @@ struct Apply<'a> {
     /// write that needs its count, at `PIPELINE` writes, or before the commit.
     queued: Vec<(Statement, Vec<Option<String>>)>,
     fetched: u64,
-    /// Primary keys of the rows changed in this round, by table; `keys_unknown` when a change
-    /// lacked one.
-    touched: Vec<(usize, Vec<Option<String>>)>,
+    /// Primary keys of the rows changed in this round, by table, with the row's slot when the
+    /// change carried it; `keys_unknown` when a change lacked a key.
+    touched: Vec<(usize, (Vec<Option<String>>, Option<u16>))>,
     keys_unknown: bool,
 }
 
@@ -272,9 +272,12 @@ impl Apply<'_> {
 
     /// Notes the primary key of a changed row that is (or may be) in the moving slots.
     fn touch(&mut self, t: usize, row: &Row) {
-        if matches!(self.in_slots(t, row), Ok(Some(false))) {
-            return;
-        }
+        let slot = match self.slot(t, row) {
+            Ok(Some(None)) => return,
+            Ok(Some(Some(slot))) if !self.slots.contains(slot) => return,
+            Ok(slot) => slot.flatten(),
+            Err(_) => None,
+        };
         let mut key = Vec::with_capacity(self.tables[t].primary_key.len());
         for &i in &self.tables[t].primary_key {
             match &row[i] {
@@ -286,7 +289,7 @@ impl Apply<'_> {
                 }
             }
         }
-        self.touched.push((t, key));
+        self.touched.push((t, (key, slot)));
     }
 
     fn relation(&mut self, relation: Relation) -> Result<(), MoveError> {
@@ -330,6 +333,14 @@ impl Apply<'_> {
     /// Whether the row's shard key is in the moving slots; `None` when the change did not
     /// carry it (an unchanged TOASTed key, or a delete's key-only tuple).
     fn in_slots(&self, t: usize, row: &Row) -> Result<Option<bool>, MoveError> {
+        Ok(self
+            .slot(t, row)?
+            .map(|slot| slot.is_some_and(|s| self.slots.contains(s))))
+    }
+
+    /// The slot of the row's shard key: `Some(None)` for a NULL key, `None` when the change
+    /// did not carry the key.
+    fn slot(&self, t: usize, row: &Row) -> Result<Option<Option<u16>>, MoveError> {
         let table = &self.tables[t];
         match &row[table.key] {
             Value::Text(text) => {
@@ -337,11 +348,16 @@ impl Apply<'_> {
                     table: table.name.clone(),
                     source,
                 })?;
-                Ok(Some(self.slots.contains(key.slot())))
+                Ok(Some(Some(key.slot())))
             }
-            Value::Null => Ok(Some(false)),
+            Value::Null => Ok(Some(None)),
             Value::Unchanged => Ok(None),
         }
+    }
+
+    /// The row's slot as text (the staging table's slot column), when its key is carried.
+    fn slot_text(&self, t: usize, row: &Row) -> Result<Option<String>, MoveError> {
+        Ok(self.slot(t, row)?.flatten().map(|s| s.to_string()))
     }
 
     async fn update(&mut self, t: usize, old: Option<Row>, row: Row) -> Result<(), MoveError> {
@@ -378,25 +394,25 @@ impl Apply<'_> {
         let table = &self.tables[t];
         let n = table.columns.len();
         let values = list((0..n).map(|i| format!("${}::{}", i + 1, table.columns[i].type_sql)));
-        let updates: Vec<String> = (0..n)
+        let mut updates: Vec<String> = (0..n)
             .filter(|i| !table.primary_key.contains(i))
             .map(|i| {
                 let c = quote_ident(&table.columns[i].name);
                 format!("{c} = EXCLUDED.{c}")
             })
             .collect();
-        let action = if updates.is_empty() {
-            "NOTHING".to_string()
-        } else {
-            format!("UPDATE SET {}", updates.join(", "))
-        };
+        updates.push(format!("{SLOT_COLUMN} = EXCLUDED.{SLOT_COLUMN}"));
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({values}) ON CONFLICT ({}) DO {action}",
+            "INSERT INTO {} ({}, {SLOT_COLUMN}) VALUES ({values}, ${}::int2) \
+             ON CONFLICT ({}) DO UPDATE SET {}",
             table.staging_sql,
             table.column_list(),
-            table.primary_key_list()
+            n + 1,
+            table.primary_key_list(),
+            updates.join(", ")
         );
-        let params = (0..n).map(|i| text_of(&row[i])).collect();
+        let mut params: Vec<Option<String>> = (0..n).map(|i| text_of(&row[i])).collect();
+        params.push(self.slot_text(t, row)?);
         self.queue(sql, params).await
     }
 
@@ -416,6 +432,11 @@ impl Apply<'_> {
                 params.len(),
                 c.type_sql
             ));
+        }
+        // A changed shard key may change the slot.
+        if let Some(slot) = self.slot_text(t, row)? {
+            params.push(Some(slot));
+            sets.push(format!("{SLOT_COLUMN} = ${}::int2", params.len()));
         }
         if sets.is_empty() {
             let c = quote_ident(&table.columns[table.primary_key[0]].name);

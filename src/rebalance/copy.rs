@@ -10,7 +10,7 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
-use super::objects::{list, quote_ident, set_staging_key, slot_exists, Table};
+use super::objects::{list, quote_ident, set_staging_key, slot_exists, Table, SLOT_COLUMN};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
 use crate::sharding::key_from_binary;
 
@@ -68,21 +68,26 @@ impl TableCheck {
     }
 }
 
-/// Whether a tuple's shard key (field `key`) lies in the moving slots.
+/// The slot of a tuple's shard key (field `key`); `None` for a NULL key.
+fn slot_of(table: &Table, tuple: &RawTuple, key: usize) -> Result<Option<u16>, MoveError> {
+    let Some(bytes) = tuple.field(key) else {
+        return Ok(None);
+    };
+    let value = key_from_binary(table.key_type, bytes).map_err(|source| MoveError::Key {
+        table: table.name.clone(),
+        source,
+    })?;
+    Ok(Some(value.slot()))
+}
+
+/// Whether a tuple's shard key (field `key`) lies in `slots`.
 fn in_slots(
     table: &Table,
     slots: &SlotSet,
     tuple: &RawTuple,
     key: usize,
 ) -> Result<bool, MoveError> {
-    let Some(bytes) = tuple.field(key) else {
-        return Ok(false);
-    };
-    let value = key_from_binary(table.key_type, bytes).map_err(|source| MoveError::Key {
-        table: table.name.clone(),
-        source,
-    })?;
-    Ok(slots.contains(value.slot()))
+    Ok(slot_of(table, tuple, key)?.is_some_and(|s| slots.contains(s)))
 }
 
 /// The tuples of a `COPY (query) TO STDOUT (FORMAT binary)`, as they arrive.
@@ -204,10 +209,10 @@ pub(crate) async fn copy(
         // Reading the source and writing the target overlap: the scan hands finished chunks
         // to the writer through a short queue.
         let (chunks, mut received) = tokio::sync::mpsc::channel(8);
-        let read = read_table(&tx, t, &mover.plan.slots, chunks);
+        let read = read_table(&tx, t, &mover.following, chunks);
         let write = async {
             let copy_sql = format!(
-                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                "COPY {} ({}, {SLOT_COLUMN}) FROM STDIN (FORMAT binary)",
                 t.staging_sql,
                 t.column_list()
             );
@@ -276,10 +281,10 @@ async fn read_table(
     let (mut batch_rows, mut scanned, mut copied, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     while let Some(tuple) = tuples.next().await? {
         scanned += 1;
-        if !in_slots(t, slots, &tuple, t.key)? {
+        let Some(slot) = slot_of(t, &tuple, t.key)?.filter(|&s| slots.contains(s)) else {
             continue;
-        }
-        writer.raw(&tuple);
+        };
+        writer.raw_with_int2(&tuple, slot as i16);
         (batch_rows, copied, bytes) =
             (batch_rows + 1, copied + 1, bytes + tuple.bytes.len() as u64);
         let full = batch_rows >= BATCH_ROWS;
@@ -351,10 +356,10 @@ async fn digest(
 pub(crate) async fn verify(
     mover: &mut Mover,
     side: TargetSide,
+    slots: &SlotSet,
 ) -> Result<Vec<TableCheck>, MoveError> {
     let source = snapshot(&mut mover.source.client, "the source").await?;
     let target = snapshot(&mut mover.target.client, "the target").await?;
-    let slots = &mover.plan.slots;
     let mut checks = Vec::new();
     for t in &mover.tables {
         let relation = match side {
@@ -378,24 +383,30 @@ pub(crate) async fn verify(
     Ok(checks)
 }
 
-/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the staging
-/// rows' digest, and on the source the digest of the rows in the moving slots among those whose
-/// primary key is staged or in `touched`. The staged keys stay on the source's connection in a
+/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the digest of
+/// the slice's staging rows (found by the slot index), and on the source the digest of the
+/// rows in the slice among those whose primary key is staged there or in `touched` (for a row
+/// of the slice, or of no known slot). The staged keys stay on the source's connection in a
 /// temporary table `pgshard_staged_<n>` for [`delete_staged_keys`].
 pub(crate) async fn verify_keyed(
     mover: &mut Mover,
+    slots: &SlotSet,
     touched: &[super::Touched],
 ) -> Result<Vec<TableCheck>, MoveError> {
-    let slots = mover.plan.slots.clone();
     let target = snapshot(&mut mover.target.client, "the target").await?;
     let mut staged = Vec::new();
     let mut targets = Vec::new();
     for t in &mover.tables {
         // One scan of staging: the digest, and the primary keys for the source's lookup.
         let (mut digest, mut writer, mut chunks) = (Digest::default(), TupleWriter::new(), vec![]);
-        let query = format!("SELECT {} FROM {}", t.column_list(), t.staging_sql);
+        let query = format!(
+            "SELECT {} FROM {} WHERE {SLOT_COLUMN} = ANY({})",
+            t.column_list(),
+            t.staging_sql,
+            slots.sql_array()
+        );
         scan(&target, &query, &t.name, |tuple| {
-            if in_slots(t, &slots, &tuple, t.key)? {
+            if in_slots(t, slots, &tuple, t.key)? {
                 digest.add(&tuple);
             }
             writer.fields(t.primary_key.iter().map(|&i| tuple.field(i)));
@@ -447,7 +458,7 @@ pub(crate) async fn verify_keyed(
             .await
             .map_err(MoveError::pg(what))?;
         copy_in(&source, &keys, chunks).await?;
-        insert_touched(&source, t, &changed, &touched[n]).await?;
+        insert_touched(&source, t, &changed, &touched[n], slots).await?;
         source
             .batch_execute(&format!("ANALYZE {keys}, {changed}"))
             .await
@@ -460,7 +471,7 @@ pub(crate) async fn verify_keyed(
         );
         let mut digest = Digest::default();
         scan(&source, &query, &t.name, |tuple| {
-            if in_slots(t, &slots, &tuple, t.key)? {
+            if in_slots(t, slots, &tuple, t.key)? {
                 digest.add(&tuple);
             }
             Ok(())
@@ -476,19 +487,26 @@ pub(crate) async fn verify_keyed(
     Ok(checks)
 }
 
-/// Fills `table` (the primary key's columns of `t`) with the keys in `keys`, given as text.
+/// Fills `table` (the primary key's columns of `t`) with the keys in `keys` (given as text) of
+/// rows in `slots` or of no known slot.
 async fn insert_touched(
     tx: &Transaction<'_>,
     t: &Table,
     table: &str,
     keys: &super::Touched,
+    slots: &SlotSet,
 ) -> Result<(), MoveError> {
-    if keys.is_empty() {
+    let wanted: std::collections::HashSet<&Vec<Option<String>>> = keys
+        .iter()
+        .filter(|(_, slot)| slot.is_none_or(|s| slots.contains(s)))
+        .map(|(key, _)| key)
+        .collect();
+    if wanted.is_empty() {
         return Ok(());
     }
     let width = t.primary_key.len();
-    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(keys.len()); width];
-    for key in keys {
+    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(wanted.len()); width];
+    for key in wanted {
         for (column, value) in columns.iter_mut().zip(key) {
             column.push(value.as_deref());
         }
@@ -594,10 +612,13 @@ async fn snapshot<'a>(
         .map_err(MoveError::pg(format!("taking a snapshot of {side}")))
 }
 
+/// Moves the staging rows of `slots` into the real tables (and out of staging), in one
+/// transaction.
 pub(crate) async fn swap_in(
     plan: &MovePlan,
     tables: &[Table],
     target: &mut Shard,
+    slots: &SlotSet,
 ) -> Result<u64, MoveError> {
     let what = "moving the staging rows into the real tables";
     let tx = target
@@ -612,9 +633,10 @@ pub(crate) async fn swap_in(
             .execute(
                 &format!(
                     "INSERT INTO {real} ({cols}) OVERRIDING SYSTEM VALUE \
-                     SELECT {cols} FROM {stg}",
+                     SELECT {cols} FROM {stg} WHERE {SLOT_COLUMN} = ANY({slots})",
                     real = t.target_sql,
-                    stg = t.staging_sql
+                    stg = t.staging_sql,
+                    slots = slots.sql_array()
                 ),
                 &[],
             )
@@ -624,9 +646,13 @@ pub(crate) async fn swap_in(
                 t.target_sql,
                 plan.staging_schema()
             )))?;
-        tx.batch_execute(&format!("TRUNCATE {}", t.staging_sql))
-            .await
-            .map_err(MoveError::pg(what))?;
+        tx.batch_execute(&format!(
+            "DELETE FROM {} WHERE {SLOT_COLUMN} = ANY({})",
+            t.staging_sql,
+            slots.sql_array()
+        ))
+        .await
+        .map_err(MoveError::pg(what))?;
     }
     tx.commit().await.map_err(MoveError::pg(what))?;
     Ok(rows)
@@ -639,14 +665,14 @@ pub(crate) enum RealOf {
     Target,
 }
 
-/// Deletes the rows of the moving slots from `shard`'s real tables (the source's when
-/// cleaning it, the target's when aborting) in one transaction: their primary keys are found
-/// by a scan and collected in a temporary table.
+/// Deletes the rows of `slots` from `shard`'s real tables (the source's when cleaning it, the
+/// target's when aborting) in one transaction: their primary keys are found by a scan and
+/// collected in a temporary table.
 pub(crate) async fn delete_slot_rows(
-    plan: &MovePlan,
     tables: &[Table],
     shard: &mut Shard,
     side: RealOf,
+    slots: &SlotSet,
 ) -> Result<u64, MoveError> {
     let what = format!("deleting the moving slots' rows on {}", shard.name);
     let tx = shard
@@ -676,7 +702,7 @@ pub(crate) async fn delete_slot_rows(
         let mut writer = TupleWriter::new();
         let mut chunks = Vec::new();
         scan(&tx, &query, &t.name, |tuple| {
-            if in_slots(t, &plan.slots, &tuple, key_at)? {
+            if in_slots(t, slots, &tuple, key_at)? {
                 writer.fields((0..key_at).map(|i| tuple.field(i)));
                 if writer.len() >= CHUNK_BYTES {
                     chunks.push(writer.take());

@@ -132,8 +132,17 @@ impl TupleWriter {
     }
 
     /// A tuple exactly as it was read.
+    #[cfg(test)]
     pub fn raw(&mut self, tuple: &RawTuple) {
         self.buf.put_slice(&tuple.bytes);
+    }
+
+    /// A tuple exactly as it was read, with one more field after its own: a `smallint`.
+    pub fn raw_with_int2(&mut self, tuple: &RawTuple, extra: i16) {
+        self.buf.put_i16(tuple.fields.len() as i16 + 1);
+        self.buf.put_slice(&tuple.bytes[2..]);
+        self.buf.put_i32(2);
+        self.buf.put_i16(extra);
     }
 
     /// A tuple of these fields (`None` is NULL).
@@ -213,6 +222,25 @@ mod tests {
         w.raw(&tuple);
         w.finish();
         assert_eq!(w.take(), bytes);
+    }
+
+    #[test]
+    fn a_tuple_with_an_extra_smallint_reads_back_with_it() {
+        let bytes = stream_of(&[vec![Some(&b"abc"[..]), None]]);
+        let mut reader = TupleReader::default();
+        reader.push(&bytes);
+        let tuple = reader.next_tuple().unwrap().unwrap();
+        let mut w = TupleWriter::new();
+        w.raw_with_int2(&tuple, 4095);
+        w.finish();
+        let mut reader = TupleReader::default();
+        reader.push(&w.take());
+        let back = reader.next_tuple().unwrap().unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.field(0), Some(&b"abc"[..]));
+        assert_eq!(back.field(1), None);
+        assert_eq!(back.field(2), Some(&4095i16.to_be_bytes()[..]));
+        assert!(reader.next_tuple().unwrap().is_none() && reader.finished());
     }
 
     #[test]

@@ -80,6 +80,56 @@ impl SlotSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The slots in order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..SLOT_COUNT).filter(|&s| self.contains(s))
+    }
+
+    /// The slots in either.
+    pub fn union(&self, other: &SlotSet) -> SlotSet {
+        let mut out = self.clone();
+        for (word, more) in out.0.iter_mut().zip(other.0.iter()) {
+            *word |= more;
+        }
+        out
+    }
+
+    /// The slots of `self` not in `other`.
+    pub fn without(&self, other: &SlotSet) -> SlotSet {
+        let mut out = self.clone();
+        for (word, gone) in out.0.iter_mut().zip(other.0.iter()) {
+            *word &= !gone;
+        }
+        out
+    }
+
+    /// Consecutive pieces of at most `size` slots each (in slot order): a move's slices.
+    pub fn slices(&self, size: u16) -> Vec<SlotSet> {
+        let slots: Vec<u16> = self.iter().collect();
+        slots
+            .chunks(usize::from(size.max(1)))
+            .map(|c| SlotSet::from_ranges(c.iter().map(|&s| s..=s)))
+            .collect()
+    }
+
+    /// Maximal runs of consecutive slots.
+    pub fn ranges(&self) -> Vec<RangeInclusive<u16>> {
+        let mut out: Vec<RangeInclusive<u16>> = Vec::new();
+        for slot in self.iter() {
+            match out.last_mut() {
+                Some(r) if *r.end() + 1 == slot => *r = *r.start()..=slot,
+                _ => out.push(slot..=slot),
+            }
+        }
+        out
+    }
+
+    /// `{1,2,3}`: the slots as a SQL array literal of `smallint`s.
+    pub(crate) fn sql_array(&self) -> String {
+        let slots: Vec<String> = self.iter().map(|s| s.to_string()).collect();
+        format!("'{{{}}}'::int2[]", slots.join(","))
+    }
 }
 
 /// What one move is: its id (naming its replication slot, publication and staging schema), the
@@ -196,14 +246,19 @@ pub struct Mover {
     source: Shard,
     target: Shard,
     tables: Vec<Table>,
+    /// The slots the copy copies and the catch-up follows: the plan's, less those whose
+    /// cutover is over (see [`Mover::follow_only`]).
+    following: SlotSet,
     /// Per table, the primary keys of every row the catch-up saw change since this process's
-    /// copy (`None`: no copy here, or a change without its key): with the staged rows, every
-    /// row that can be in the moving slots, so the cutover verifies those rows only.
+    /// copy, with the row's slot when the change carried it (`None`: no copy here, or a change
+    /// without its key): with the staged rows, every row that can be in the moving slots, so
+    /// the cutover verifies those rows only.
     touched: Option<Vec<Touched>>,
 }
 
-/// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table.
-pub(crate) type Touched = std::collections::HashSet<Vec<Option<String>>>;
+/// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table, each
+/// with the slot of the row version that changed (`None`: not carried by the change).
+pub(crate) type Touched = std::collections::HashSet<(Vec<Option<String>>, Option<u16>)>;
 
 impl Mover {
     /// Checks what a move needs before anything is created (the source's `wal_level`, every
@@ -213,6 +268,7 @@ impl Mover {
         objects::check_wal_level(&source).await?;
         let tables = objects::describe(&plan, &source, &target).await?;
         Ok(Mover {
+            following: plan.slots.clone(),
             plan,
             source,
             target,
@@ -238,13 +294,35 @@ impl Mover {
         &self.target
     }
 
+    /// The slots still moving: copied, followed by the catch-up, undone by [`Mover::abort`].
+    pub fn following(&self) -> &SlotSet {
+        &self.following
+    }
+
+    /// Narrows the move to `slots` (a part of the plan's) once the others were cut over: their
+    /// rows belong to the target, and the source's deletions of them are not followed.
+    pub fn follow_only(&mut self, slots: SlotSet) {
+        if let Some(sets) = &mut self.touched {
+            for set in sets {
+                set.retain(|(_, slot)| slot.is_none_or(|s| slots.contains(s)));
+            }
+        }
+        self.following = slots;
+    }
+
+    /// Whether this process copied and noted every change since: the cutover can verify by
+    /// keys (else it scans whole tables under the hold).
+    pub fn knows_changed_keys(&self) -> bool {
+        self.touched.is_some()
+    }
+
     /// Creates, unless they exist, the publication and the logical replication slot on the
     /// source (the slot before any copy's snapshot) and the staging tables on the target.
     pub async fn prepare(&mut self) -> Result<(), MoveError> {
         objects::prepare(&self.plan, &self.tables, &mut self.source, &mut self.target).await
     }
 
-    /// Copies the moving slots' rows from one snapshot of the source into the (first emptied)
+    /// Copies the followed slots' rows from one snapshot of the source into the (first emptied)
     /// staging tables, in batches; `progress` is called after each batch.
     pub async fn copy(&mut self, progress: impl FnMut(&CopyStats)) -> Result<CopyStats, MoveError> {
         self.touched = None;
@@ -264,47 +342,55 @@ impl Mover {
         catchup::lag_bytes(&self.plan, &self.source).await
     }
 
-    /// Row count and checksum of the moving slots' rows, per table, on the source and on the
+    /// Row count and checksum of the followed slots' rows, per table, on the source and on the
     /// target's staging or real table. Meaningful while no one writes to those slots.
     pub async fn verify(&mut self, side: TargetSide) -> Result<Vec<TableCheck>, MoveError> {
-        copy::verify(self, side).await
+        let slots = self.following.clone();
+        copy::verify(self, side, &slots).await
     }
 
-    /// The cutover's verification (under the hold): when this process copied and followed
-    /// every change since, the source's rows whose primary key is staged or was changed are
-    /// compared with staging (an indexed lookup of those keys instead of a scan of the whole
-    /// source table), and their keys are kept for [`Mover::clean_source`]; otherwise
-    /// [`Mover::verify`] of staging.
-    pub async fn verify_cutover(&mut self) -> Result<Vec<TableCheck>, MoveError> {
+    /// The cutover's verification of `slice` (followed slots, under the hold): when this
+    /// process copied and followed every change since, the source's rows whose primary key is
+    /// staged in the slice or was changed are compared with staging (an indexed lookup of those
+    /// keys instead of a scan of the whole source table), and their keys are kept for
+    /// [`Mover::clean_slice`]; otherwise a full [`Mover::verify`] of the slice's staging rows.
+    pub async fn verify_cutover(&mut self, slice: &SlotSet) -> Result<Vec<TableCheck>, MoveError> {
         match self.touched.take() {
             Some(touched) => {
-                let checks = copy::verify_keyed(self, &touched).await;
+                let checks = copy::verify_keyed(self, slice, &touched).await;
                 self.touched = Some(touched);
                 checks
             }
-            None => copy::verify(self, TargetSide::Staging).await,
+            None => copy::verify(self, TargetSide::Staging, slice).await,
         }
     }
 
-    /// Moves the staging rows into the real tables in one target transaction.
+    /// Moves every staging row into the real tables in one target transaction.
     pub async fn swap_in(&mut self) -> Result<u64, MoveError> {
-        copy::swap_in(&self.plan, &self.tables, &mut self.target).await
+        let slots = self.following.clone();
+        self.swap_slice(&slots).await
     }
 
-    /// Deletes the moving slots' rows from the source's tables (one transaction); returns how
-    /// many. Only after the map names the target as their owner.
+    /// Moves the staging rows of `slice` into the real tables in one target transaction.
+    pub async fn swap_slice(&mut self, slice: &SlotSet) -> Result<u64, MoveError> {
+        copy::swap_in(&self.plan, &self.tables, &mut self.target, slice).await
+    }
+
+    /// Deletes the followed slots' rows from the source's tables (one transaction); returns
+    /// how many. Only after the map names the target as their owner.
     pub async fn clean_source(&mut self) -> Result<u64, MoveError> {
-        // The keys `verify_cutover` kept on this connection, when it ran here.
+        let slots = self.following.clone();
+        self.clean_slice(&slots).await
+    }
+
+    /// Deletes the rows of `slice` from the source's tables (one transaction); returns how
+    /// many. Only after the map names the target as their owner.
+    pub async fn clean_slice(&mut self, slice: &SlotSet) -> Result<u64, MoveError> {
+        // The keys `verify_cutover` kept on this connection, when it ran here (for this slice).
         if let Some(deleted) = copy::delete_staged_keys(&self.tables, &mut self.source).await? {
             return Ok(deleted);
         }
-        copy::delete_slot_rows(
-            &self.plan,
-            &self.tables,
-            &mut self.source,
-            copy::RealOf::Source,
-        )
-        .await
+        copy::delete_slot_rows(&self.tables, &mut self.source, copy::RealOf::Source, slice).await
     }
 
     /// Drops the replication slot and the publication on the source and the staging schema on
@@ -313,18 +399,19 @@ impl Mover {
         objects::cleanup(&self.plan, &self.source, &self.target).await
     }
 
-    /// Undoes a move whose map has not flipped: deletes the moving slots' rows from the
-    /// target's real tables (put there by `swap_in`), then [`Mover::cleanup`]. The source,
-    /// never changed before `clean_source`, stays the owner with every row.
+    /// Undoes the part of a move whose map has not flipped (the followed slots): deletes their
+    /// rows from the target's real tables (put there by a swap), then [`Mover::cleanup`]. The
+    /// source, never changed before a clean, stays their owner with every row.
     pub async fn abort(&mut self) -> Result<(), MoveError> {
-        copy::delete_slot_rows(
-            &self.plan,
-            &self.tables,
-            &mut self.target,
-            copy::RealOf::Target,
-        )
-        .await?;
+        self.undo_swap().await?;
         self.cleanup().await
+    }
+
+    /// Deletes the followed slots' rows from the target's real tables (a swap undone before
+    /// its flip); staging and the replication slot stay.
+    pub async fn undo_swap(&mut self) -> Result<u64, MoveError> {
+        let slots = self.following.clone();
+        copy::delete_slot_rows(&self.tables, &mut self.target, copy::RealOf::Target, &slots).await
     }
 }
 
@@ -342,6 +429,24 @@ mod tests {
         for slot in [3, 63, 65, 4094, 4096] {
             assert!(!set.contains(slot), "{slot}");
         }
+        assert_eq!(set.ranges(), vec![0..=2, 64..=64, 4095..=4095]);
+        assert_eq!(set.sql_array(), "'{0,1,2,64,4095}'::int2[]");
+    }
+
+    #[test]
+    fn slices_cover_the_set_in_order_and_without_overlap() {
+        let set = SlotSet::from_ranges([10..=19, 100..=104]);
+        let slices = set.slices(4);
+        let sizes: Vec<usize> = slices.iter().map(SlotSet::len).collect();
+        assert_eq!(sizes, vec![4, 4, 4, 3]);
+        assert_eq!(slices[2].ranges(), vec![18..=19, 100..=101]);
+        let mut rest = set.clone();
+        for slice in &slices {
+            assert_eq!(rest.without(slice).len(), rest.len() - slice.len());
+            rest = rest.without(slice);
+        }
+        assert!(rest.is_empty());
+        assert_eq!(set.slices(0).len(), 15, "a size of 0 counts as 1");
     }
 
     #[test]

@@ -288,8 +288,12 @@ pub(crate) async fn slot_exists(client: &Client, slot: &str) -> Result<bool, Mov
     Ok(row.is_some())
 }
 
+/// The staging tables' one column of their own: each row's slot, so that a cutover takes the
+/// rows of some slots (through an index) without reading the others.
+pub(crate) const SLOT_COLUMN: &str = "pgshard_slot";
+
 /// Staging tables: the target's columns (`LIKE`, with defaults and NOT NULL) and the primary
-/// key only, so that replaying changes never trips a unique index in passing.
+/// key only, so that replaying changes never trips a unique index in passing; plus the slot.
 async fn create_staging(
     plan: &MovePlan,
     tables: &[Table],
@@ -314,7 +318,7 @@ async fn create_staging(
             .map_err(MoveError::pg(what))?;
         if !exists.get::<_, bool>(0) {
             let sql = format!(
-                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)",
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, {SLOT_COLUMN} smallint NOT NULL)",
                 t.staging_sql, t.target_sql,
             );
             tx.batch_execute(&sql)
@@ -364,7 +368,8 @@ pub(crate) async fn cleanup(
         .map_err(MoveError::pg("dropping the staging schema"))
 }
 
-/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table.
+/// Adds (unless there) or drops (if there) the primary key of `t`'s staging table and the index
+/// on its slots.
 pub(crate) async fn set_staging_key(
     client: &Client,
     t: &Table,
@@ -390,10 +395,21 @@ pub(crate) async fn set_staging_key(
             t.staging_sql,
             quote_ident(row.get(0))
         ),
-        _ => return Ok(()),
+        _ => String::new(),
+    };
+    // Named after the table, in the staging schema.
+    let index = quote_ident(&format!("{}_{SLOT_COLUMN}", t.source_table));
+    let schema = t.staging_sql.split('.').next().unwrap_or_default();
+    let index_sql = if present {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {} ({SLOT_COLUMN})",
+            t.staging_sql
+        )
+    } else {
+        format!("DROP INDEX IF EXISTS {schema}.{index}")
     };
     client
-        .batch_execute(&sql)
+        .batch_execute(&format!("{sql}; {index_sql}"))
         .await
         .map_err(MoveError::pg(what()))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{CopyStats, MoveError, Mover};
+use super::{CopyStats, MoveError, Mover, SlotSet};
 use crate::catalog::cutover::{self, Journal};
 use crate::catalog::{self, CatalogError};
 
@@ -73,6 +73,12 @@ pub struct Replica {
 pub enum Event {
     /// A step began.
     Step(&'static str),
+    /// The cutover of a slice (`index` of `of`, from 1) begins.
+    Slice {
+        index: usize,
+        of: usize,
+        slots: String,
+    },
     /// A batch of the copy landed.
     Copy(CopyStats),
     /// A catch-up round: changes applied so far and the remaining lag.
@@ -113,6 +119,26 @@ fn index(step: &str) -> usize {
     STEPS.iter().position(|s| *s == step).unwrap_or(0)
 }
 
+/// The move's slices (cut over one at a time; its copy and catch-up are shared) of `all`, its
+/// slots, and the slots of those not yet done, which the mover follows.
+pub fn slices(all: &SlotSet, journal: &Journal) -> (Vec<SlotSet>, SlotSet) {
+    let size = match journal.slice_size {
+        n if n > 0 => u16::try_from(n).unwrap_or(u16::MAX),
+        _ => u16::try_from(all.len()).unwrap_or(u16::MAX),
+    };
+    let slices = all.slices(size);
+    let done = usize::try_from(journal.slices_done).unwrap_or(0);
+    let remaining = slices[done.min(slices.len())..]
+        .iter()
+        .fold(SlotSet::from_ranges([]), |acc, s| acc.union(s));
+    (slices, remaining)
+}
+
+/// `0-63,100`: a set of slots as the catalog writes them.
+pub fn spec(slots: &SlotSet) -> String {
+    catalog::slot_list(&slots.ranges())
+}
+
 /// Runs the move `journal` describes from its last recorded step to `done`.
 pub async fn run(
     catalog: &mut Client,
@@ -130,73 +156,118 @@ pub async fn run(
     if step == "aborted" || step == "done" {
         return Ok(());
     }
+    let (slices, remaining) = slices(mover.plan().slots(), journal);
+    mover.follow_only(remaining);
     if step == "swapped" {
-        // Killed between the swap and the flip: the swap is undone (while routers may still
-        // hold the slots), then the hold dropped; writes went on at the source. Start over.
-        mover.abort().await?;
+        // Killed between a slice's swap and its flip: the swap is undone (while routers may
+        // still hold the slots), then the hold dropped; writes went on at the source. The
+        // slots still moving are copied again.
+        mover.undo_swap().await?;
         cutover::drop_hold(catalog, &id).await?;
-        step = "planned".into();
-        cutover::journal_step(catalog, &id, "planned").await?;
+        step = "prepared".into();
+        cutover::journal_step(catalog, &id, "prepared").await?;
     }
-    let mut copied = (
-        journal.rows_copied,
-        journal.bytes_copied,
-        journal.copy_seconds,
-    );
-    let mut applied = journal.changes_applied as u64;
     if index(&step) < index("prepared") {
         report(Event::Step("prepare"));
         mover.prepare().await?;
         cutover::journal_step(catalog, &id, "prepared").await?;
         step = "prepared".into();
     }
-    if index(&step) < index("copied") {
-        report(Event::Step("copy"));
-        let stats = mover.copy(|s| report(Event::Copy(s.clone()))).await?;
-        copied = (
-            stats.rows_copied as i64,
-            stats.bytes_copied as i64,
-            stats.elapsed.as_secs_f64(),
-        );
-        cutover::journal_progress(catalog, &id, copied.0, copied.1, copied.2, 0, None).await?;
-        cutover::journal_step(catalog, &id, "copied").await?;
-        step = "copied".into();
-    }
-    if index(&step) < index("flipped") {
-        let setup = (options, replicas, copied);
-        match cut_over(catalog, mover, journal, setup, &mut applied, report).await? {
-            CutOver::Flipped => step = "flipped".into(),
-            // The swap was undone with the whole copy: begin again.
-            CutOver::Restart => {
-                return Box::pin(restart(catalog, mover, journal, options, replicas, report)).await
+    let mut progress = Progress {
+        copied: (
+            journal.rows_copied,
+            journal.bytes_copied,
+            journal.copy_seconds,
+        ),
+        applied: journal.changes_applied as u64,
+    };
+    let first = usize::try_from(journal.slices_done).unwrap_or(0);
+    for (n, slice) in slices.iter().enumerate().skip(first) {
+        report(Event::Slice {
+            index: n + 1,
+            of: slices.len(),
+            slots: spec(slice),
+        });
+        while index(&step) < index("flipped") {
+            // Verification by keys needs this process's copy: a resumed move copies again.
+            if index(&step) < index("copied") || !mover.knows_changed_keys() {
+                copy(catalog, mover, &id, &mut progress, report).await?;
+            }
+            let setup = (options, replicas, slice);
+            match cut_over(catalog, mover, journal, setup, &mut progress, report).await? {
+                CutOver::Flipped => step = "flipped".into(),
+                // The swap was undone: copy the slots still moving again.
+                CutOver::Restart => step = "prepared".into(),
             }
         }
+        finish_slice(
+            catalog,
+            mover,
+            (&id, n, slice),
+            &step,
+            (options, replicas),
+            report,
+        )
+        .await?;
+        step = "copied".into();
     }
-    finish(catalog, mover, &id, &step, (options, replicas), report).await
+    report(Event::Step("cleanup"));
+    mover.cleanup().await?;
+    cutover::journal_step(catalog, &id, "done").await?;
+    Ok(())
+}
+
+/// What the journal counts: rows, bytes and seconds of the copy; changes applied.
+struct Progress {
+    copied: (i64, i64, f64),
+    applied: u64,
+}
+
+/// Copies the slots still moving (staging emptied first) and records it.
+async fn copy(
+    catalog: &mut Client,
+    mover: &mut Mover,
+    id: &str,
+    progress: &mut Progress,
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), MoveError> {
+    report(Event::Step("copy"));
+    let stats = mover.copy(|s| report(Event::Copy(s.clone()))).await?;
+    progress.copied = (
+        stats.rows_copied as i64,
+        stats.bytes_copied as i64,
+        stats.elapsed.as_secs_f64(),
+    );
+    let (rows, bytes, seconds) = progress.copied;
+    let changes = progress.applied as i64;
+    cutover::journal_progress(catalog, id, rows, bytes, seconds, changes, None).await?;
+    cutover::journal_step(catalog, id, "copied").await?;
+    Ok(())
 }
 
 /// How the cutover attempts ended (errors aside).
 enum CutOver {
     Flipped,
-    /// A hold expired under an attempt after its swap, which was undone with the copy.
+    /// A hold expired under an attempt after its swap, which was undone.
     Restart,
 }
 
-/// Catch-up and cutover attempts until one flips the map (or the attempts run out).
+/// Catch-up and cutover attempts of `slice` until one flips the map (or the attempts run out).
 async fn cut_over(
     catalog: &mut Client,
     mover: &mut Mover,
     journal: &Journal,
-    (options, replicas, copied): (&RunOptions, &[Replica], (i64, i64, f64)),
-    applied: &mut u64,
+    (options, replicas, slice): (&RunOptions, &[Replica], &SlotSet),
+    progress: &mut Progress,
     report: &mut (dyn FnMut(Event) + Send),
 ) -> Result<CutOver, MoveError> {
     let id = &journal.move_id;
     let mut attempt = 0;
     loop {
         report(Event::Step("catch up"));
+        let applied = &mut progress.applied;
         let lag = catch_up_until(mover, options, applied, report).await?;
-        let (rows, bytes, seconds) = copied;
+        let (rows, bytes, seconds) = progress.copied;
         let (changes, lag) = (*applied as i64, Some(lag as i64));
         cutover::journal_progress(catalog, id, rows, bytes, seconds, changes, lag).await?;
         cutover::journal_step(catalog, id, "caught_up").await?;
@@ -204,7 +275,7 @@ async fn cut_over(
         report(Event::Step("cutover"));
         let started = Instant::now();
         let mut phases = Phases::new();
-        let setup = (options, replicas);
+        let setup = (options, replicas, slice);
         let outcome = cutover_once(catalog, mover, journal, setup, applied, &mut phases).await;
         let hold = started.elapsed();
         let failed = outcome.as_ref().err().map(|e| e.to_string());
@@ -232,43 +303,27 @@ async fn cut_over(
     }
 }
 
-/// After a hold expired under the cutover: everything from `prepare` again.
-async fn restart(
+/// After a slice's flip: clean its rows off the source, release the hold (only keyless reads
+/// still wait), record the slice done and follow the other slots only.
+async fn finish_slice(
     catalog: &mut Client,
     mover: &mut Mover,
-    journal: &Journal,
-    options: &RunOptions,
-    replicas: &[Replica],
-    report: &mut (dyn FnMut(Event) + Send),
-) -> Result<(), MoveError> {
-    cutover::journal_step(catalog, &journal.move_id, "planned").await?;
-    let again = Journal {
-        step: "planned".into(),
-        ..journal.clone()
-    };
-    run(catalog, mover, &again, options, replicas, report).await
-}
-
-/// After the flip: clean the source, release the hold (only keyless reads still wait), drop
-/// the move's objects.
-async fn finish(
-    catalog: &mut Client,
-    mover: &mut Mover,
-    id: &str,
+    (id, n, slice): (&str, usize, &SlotSet),
     step: &str,
     (options, replicas): (&RunOptions, &[Replica]),
     report: &mut (dyn FnMut(Event) + Send),
 ) -> Result<(), MoveError> {
     if index(step) < index("cleaned") {
         report(Event::Step("clean source"));
-        mover.clean_source().await?;
+        mover.clean_slice(slice).await?;
         cutover::journal_step(catalog, id, "cleaned").await?;
     }
     wait_replayed(mover, replicas, None, options).await;
     cutover::drop_hold(catalog, id).await?;
-    report(Event::Step("cleanup"));
-    mover.cleanup().await?;
-    cutover::journal_step(catalog, id, "done").await?;
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    cutover::journal_slice_done(catalog, id, (n, &spec(slice))).await?;
+    let rest = mover.following().without(slice);
+    mover.follow_only(rest);
     Ok(())
 }
 
@@ -351,26 +406,27 @@ async fn catch_up_until(
     }
 }
 
-/// One cutover attempt: hold, last changes, verify, swap, flip. On failure before the flip the
-/// hold is dropped (statements go on at the source) and the target keeps only staging rows.
+/// One cutover attempt of `slice`: hold, last changes, verify, swap, flip. On failure before
+/// the flip the hold is dropped (statements go on at the source) and the target keeps only
+/// staging rows.
 async fn cutover_once(
     catalog: &mut Client,
     mover: &mut Mover,
     journal: &Journal,
-    (options, replicas): (&RunOptions, &[Replica]),
+    (options, replicas, slice): (&RunOptions, &[Replica], &SlotSet),
     applied: &mut u64,
     phases: &mut Phases,
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
-    let routers = cutover::request_hold(catalog, id, &journal.slots, options.hold_expiry).await?;
+    let routers = cutover::request_hold(catalog, id, &spec(slice), options.hold_expiry).await?;
     let mut swapped = false;
     let state = (applied, &mut swapped, phases);
-    let setup = (options, replicas, routers.as_slice());
+    let setup = (options, replicas, routers.as_slice(), slice);
     if let Err(e) = held(catalog, mover, journal, setup, state).await {
         if swapped {
             // Undone while routers still hold the slots: a keyless read never sees the rows
-            // on both shards. The copy goes with it; the move begins again.
-            mover.abort().await?;
+            // on both shards. The slice's staging rows went with the swap: copy again.
+            mover.undo_swap().await?;
             cutover::drop_hold(catalog, id).await?;
             return Err(MoveError::Catalog(CatalogError::HoldExpired(id.clone())));
         }
@@ -385,7 +441,7 @@ async fn held(
     catalog: &mut Client,
     mover: &mut Mover,
     journal: &Journal,
-    (options, replicas, routers): (&RunOptions, &[Replica], &[String]),
+    (options, replicas, routers, slice): (&RunOptions, &[Replica], &[String], &SlotSet),
     (applied, swapped, phases): (&mut u64, &mut bool, &mut Phases),
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
@@ -400,7 +456,7 @@ async fn held(
         }
     }
     phases.mark("catch-up");
-    verify(mover, id).await?;
+    verify(mover, id, slice).await?;
     phases.mark("verify");
     // Verified by keys, a row changed since the last catch-up was not looked at (a write
     // around pgshard, which holds the slots): one more round, and if it saw a change in the
@@ -408,22 +464,20 @@ async fn held(
     let late = mover.catch_up(u32::MAX).await?;
     *applied += late.applied;
     if late.keys_noted > 0 {
-        verify(mover, id).await?;
+        verify(mover, id, slice).await?;
     }
     phases.mark("recheck");
     // The swap and the flip must land well before routers would let go on their own.
     let margin = Duration::from_secs(2);
     cutover::keep_hold_in(catalog, id, margin, false).await?;
     *swapped = true;
-    mover.swap_in().await?;
+    mover.swap_slice(slice).await?;
     cutover::journal_step(catalog, id, "swapped").await?;
     phases.mark("swap");
     // Statements on the slots go to the target at the flip, its replicas included.
     wait_replayed(mover, replicas, Some(Side::Target), options).await;
     phases.mark("replay");
-    let slots: Vec<u16> = (0..crate::sharding::SLOT_COUNT)
-        .filter(|&s| mover.plan().slots().contains(s))
-        .collect();
+    let slots: Vec<u16> = slice.iter().collect();
     let tx = catalog.transaction().await.map_err(CatalogError::from)?;
     cutover::keep_hold_in(&tx, id, Duration::from_secs(1), true).await?;
     let owners: Vec<i32> = slots.iter().map(|&s| i32::from(s)).collect();
@@ -438,7 +492,7 @@ async fn held(
     if foreign > 0 {
         return Err(MoveError::NotOwned {
             move_id: id.clone(),
-            slots: journal.slots.clone(),
+            slots: spec(slice),
             source_shard: journal.source.clone(),
         });
     }
@@ -450,9 +504,10 @@ async fn held(
     Ok(())
 }
 
-/// The cutover's verification: every table equal on both sides, else [`MoveError::Mismatch`].
-async fn verify(mover: &mut Mover, id: &str) -> Result<(), MoveError> {
-    for check in mover.verify_cutover().await? {
+/// The cutover's verification of `slice`: every table equal on both sides, else
+/// [`MoveError::Mismatch`].
+async fn verify(mover: &mut Mover, id: &str, slice: &SlotSet) -> Result<(), MoveError> {
+    for check in mover.verify_cutover(slice).await? {
         if !check.equal() {
             return Err(MoveError::Mismatch {
                 move_id: id.to_string(),
@@ -495,8 +550,9 @@ async fn wait_for_acks(
     }
 }
 
-/// Returns a move that has not flipped to the state before it: the hold dropped, the target's
-/// copies deleted, the replication slot, publication and staging dropped; journal `aborted`.
+/// Returns the slots of a move not yet flipped to the state before it: the hold dropped, the
+/// target's copies of them deleted, the replication slot, publication and staging dropped;
+/// journal `aborted`. Slices already cut over stay with the target (a move back returns them).
 pub async fn abort(
     catalog: &mut Client,
     mover: &mut Mover,
@@ -512,6 +568,8 @@ pub async fn abort(
             target: journal.target.clone(),
         });
     }
+    let (_, remaining) = slices(mover.plan().slots(), journal);
+    mover.follow_only(remaining);
     // The target's copies go first, while routers may still hold the slots.
     mover.abort().await?;
     cutover::drop_hold(catalog, id).await?;

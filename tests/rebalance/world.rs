@@ -608,17 +608,45 @@ pub async fn step_of(world: &World, move_id: &str) -> Option<String> {
 }
 
 pub async fn wait_step(world: &World, move_id: &str, step: &str) {
+    wait_slice_step(world, move_id, 0, step).await
+}
+
+/// Slices of `move_id` done, as the journal says (0 before it is recorded).
+pub async fn slices_done(world: &World, move_id: &str) -> i32 {
+    let client = pgshard::catalog::connect(&world.catalog_url, None)
+        .await
+        .expect("catalog");
+    client
+        .query_opt(
+            "SELECT slices_done FROM pgshard.moves WHERE move_id = $1",
+            &[&move_id],
+        )
+        .await
+        .unwrap()
+        .map_or(0, |r| r.get(0))
+}
+
+/// Waits until the journal shows `step` with `done` slices done.
+pub async fn wait_slice_step(world: &World, move_id: &str, done: i32, step: &str) {
     let start = Instant::now();
-    while step_of(world, move_id).await.as_deref() != Some(step) {
+    while step_of(world, move_id).await.as_deref() != Some(step)
+        || slices_done(world, move_id).await != done
+    {
         assert!(
             start.elapsed() < DEADLINE,
-            "move {move_id} never reached {step}"
+            "move {move_id} never reached {step} with {done} slices done"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// `pgshard rebalance move` of `slots` to s1 (in one slice unless `extra` names `--batch`).
 pub fn spawn_move(world: &World, slots: &str, extra: &[&str]) -> Child {
+    let batch: &[&str] = if extra.contains(&"--batch") {
+        &[]
+    } else {
+        &["--batch", "64"]
+    };
     pgshard(&[
         "rebalance",
         "move",
@@ -628,9 +656,8 @@ pub fn spawn_move(world: &World, slots: &str, extra: &[&str]) -> Child {
         slots,
         "--to",
         "s1",
-        "--batch",
-        "64",
     ])
+    .args(batch)
     .args(extra)
     .stdout(Stdio::null())
     .stderr(
