@@ -203,7 +203,7 @@ struct Apply<'a> {
     fetched: u64,
     /// Primary keys of the rows changed in this round, by table, with the row's slot when the
     /// change carried it; `keys_unknown` when a change lacked a key.
-    touched: Vec<(usize, (Vec<Option<String>>, Option<u16>))>,
+    touched: Vec<(usize, super::TouchedKey)>,
     keys_unknown: bool,
 }
 

@@ -258,7 +258,10 @@ pub struct Mover {
 
 /// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table, each
 /// with the slot of the row version that changed (`None`: not carried by the change).
-pub(crate) type Touched = std::collections::HashSet<(Vec<Option<String>>, Option<u16>)>;
+pub(crate) type Touched = std::collections::HashSet<TouchedKey>;
+
+/// A changed row's primary key (as text) and the slot of the changed version, if carried.
+pub(crate) type TouchedKey = (Vec<Option<String>>, Option<u16>);
 
 impl Mover {
     /// Checks what a move needs before anything is created (the source's `wal_level`, every
