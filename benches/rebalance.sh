@@ -11,7 +11,8 @@
 # Measured, same run:
 #   1. baseline: MOVING_CLIENTS writers on keys of the moving slots and OTHER_CLIENTS writers on
 #      keys of other slots, DURATION seconds, no move;
-#   2. the move (--batch BATCH) with the same writers running throughout;
+#   2. the move (one copy, then cutovers of BATCH slots each) with the same writers running
+#      throughout;
 # and reported: the move's duration, rows and MB copied and MB/s (from the journal), each
 # cutover's write hold (from the hold's request to the flip, when statements on the slots go on)
 # as p50/p99/max, the latency of the
@@ -21,7 +22,7 @@
 # not the true count.
 #
 # Usage (as root, or as a user who can run initdb):  bash benches/rebalance.sh
-# Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per move, 64),
+# Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per cutover, 64),
 #        MOVING_CLIENTS (16), OTHER_CLIENTS (4), DURATION (baseline seconds, 20),
 #        MOVING_RATE / OTHER_RATE (each group's total transactions per second, 1000 / 300;
 #        0: unthrottled),
@@ -240,10 +241,11 @@ window_latencies() {
 
 read -r reads wrong <"$WORK/counter.out"
 holds=$(psql -X -qAt -p "$PG_PORT" -d pgbench -c \
-    "SELECT hold_ms FROM pgshard.moves WHERE step = 'done' ORDER BY hold_ms" )
+    "SELECT s.hold_ms FROM pgshard.move_slices s JOIN pgshard.moves m USING (move_id)
+     WHERE m.step = 'done' ORDER BY s.hold_ms" )
 HOLDS=$(echo "$holds" | awk 'NF { v[++n] = $1 } END { if (n == 0) { print "- - - 0"; exit }
     printf "%.0f %.0f %.0f %d", v[int(n * 0.5) + 1], v[int(n * 0.99) + 1], v[n], n }')
-read -r hold_p50 hold_p99 hold_max moves <<<"$HOLDS"
+read -r hold_p50 hold_p99 hold_max slices <<<"$HOLDS"
 read -r rows mb copy_s <<<"$(psql -X -qAt -F ' ' -p "$PG_PORT" -d pgbench -c \
     "SELECT sum(rows_copied), round(sum(bytes_copied) / 1e6, 1), round(sum(copy_seconds)::numeric, 1) FROM pgshard.moves WHERE step = 'done'")"
 read -r b50 b99 bmax <<<"$(latencies base_moving)"
@@ -259,17 +261,17 @@ report=$(cat <<EOR
 ## benches/rebalance.sh ($(date -u +%Y-%m-%d), scale $SCALE, $(nproc) cores)
 
 Move of slots $SLOTS ($MOVING_KEYS of $ACCOUNTS pgbench_accounts rows) from s0 to an empty s1, \
-batches of $BATCH slots, while $MOVING_CLIENTS writers update keys in those slots and \
+copied once and cut over $BATCH slots at a time, while $MOVING_CLIENTS writers update keys in those slots and \
 $OTHER_CLIENTS update keys in other slots (BEGIN; UPDATE; SELECT; END; at $MOVING_RATE and \
 $OTHER_RATE transactions per second in all, 0 = unthrottled), and a loop runs \
 \`SELECT count(*) FROM pgbench_accounts\` through pgshard.
 
 | measure | value |
 |---|---|
-| move: wall time | ${MOVE_S} s, $moves moves |
+| move: wall time | ${MOVE_S} s, $slices cutovers |
 | rows copied, MB, copy MB/s | $rows, $mb MB, $(awk -v m="$mb" -v s="$copy_s" 'BEGIN { if (s > 0) printf "%.1f", m / s; else print "-" }') MB/s (copy steps only, $copy_s s) |
 | rows on s1 afterwards | $on_s1 (expected $MOVING_KEYS) |
-| write hold per move (hold requested to slots released at the flip) p50 / p99 / max | $hold_p50 / $hold_p99 / $hold_max ms |
+| write hold per cutover (hold requested to slots released at the flip) p50 / p99 / max | $hold_p50 / $hold_p99 / $hold_max ms |
 | moving-key writers' transaction latency p50 / p99 / max, baseline | $b50 / $b99 / $bmax ms |
 | same, during the move (waits at the hold included) | $d50 / $d99 / $dmax ms |
 | other-slot writers' latency p50 / p99 / max: baseline; during the move | $ob50 / $ob99 / $obmax ms; $od50 / $od99 / $odmax ms |

@@ -292,6 +292,36 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         out.contains(&format!("hold of move {id}")) && out.contains("router "),
         "{out}"
     );
+    // The hold expires (made to, here) with the swap in place: statements on the slots go on
+    // at the source, but a keyless read, which would see the swapped rows twice, waits until
+    // the abort undid the swap, then counts every user once.
+    catalog
+        .execute(
+            "UPDATE pgshard.holds SET expires_at = now() WHERE move_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    catalog
+        .execute("SELECT pg_notify('pgshard_map', 'expired')", &[])
+        .await
+        .unwrap();
+    let key = (1..=users)
+        .find(|&k| (384..=447).contains(&slot_of(k)))
+        .unwrap();
+    write(vec![(key, "expired".to_string())]).await;
+    record.users.insert(key, "expired".into());
+    let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let sql = format!("SELECT count(*) FROM {p}_users");
+    let count = tokio::spawn(async move { reader.query_one(&sql, &[]).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !count.is_finished(),
+        "a keyless read ran with the swap in place"
+    );
     let out = run_ok(&[
         "rebalance",
         "abort",
@@ -299,6 +329,8 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         world.config.to_str().unwrap(),
     ]);
     assert!(out.contains(&format!("aborted move {id}")), "{out}");
+    let counted: i64 = count.await.unwrap().expect("the held count").get(0);
+    assert_eq!(counted, users, "the held keyless count, after the abort");
     assert_eq!(catalog_owner(&world, 400).await, "s0");
     write(touch(&mut record, "e")).await;
     check_rows(&world, &record, &moved).await;

@@ -24,7 +24,8 @@ pub(super) const MOVE_SQL: &str = "\
         slots text NOT NULL, \
         requested_at timestamptz NOT NULL DEFAULT now(), \
         expires_at timestamptz NOT NULL, \
-        scope text NOT NULL DEFAULT 'slots' CHECK (scope IN ('slots', 'scatter'))); \
+        scope text NOT NULL DEFAULT 'slots' CHECK (scope IN ('slots', 'scatter')), \
+        sticky boolean NOT NULL DEFAULT false); \
     CREATE TABLE IF NOT EXISTS pgshard.hold_acks ( \
         move_id text NOT NULL, \
         router_id text NOT NULL, \
@@ -55,6 +56,10 @@ pub(super) const MOVE_SQL: &str = "\
             ALTER TABLE pgshard.moves \
                 ADD COLUMN slice_size integer NOT NULL DEFAULT 0, \
                 ADD COLUMN slices_done integer NOT NULL DEFAULT 0; \
+        END IF; \
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
+                       AND table_name = 'holds' AND column_name = 'sticky') THEN \
+            ALTER TABLE pgshard.holds ADD COLUMN sticky boolean NOT NULL DEFAULT false; \
         END IF; \
     END $$; \
     CREATE TABLE IF NOT EXISTS pgshard.move_slices ( \
@@ -123,15 +128,18 @@ fn hostname() -> String {
 }
 
 /// The epoch and the holds in force, in one statement (one snapshot): a router that sees a
-/// hold gone also sees the epoch its mover flipped to.
+/// hold gone also sees the epoch its mover flipped to. An expired hold is in force only if it
+/// is sticky (its swap may have happened), and then for statements reaching several shards.
 pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, CatalogError> {
     let row = client
         .query_one(
             "SELECT e.epoch, \
-               array(SELECT move_id FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
-               array(SELECT slots FROM pgshard.holds WHERE expires_at > now() ORDER BY move_id), \
-               array(SELECT scope = 'slots' FROM pgshard.holds WHERE expires_at > now() \
+               array(SELECT move_id FROM pgshard.holds WHERE expires_at > now() OR sticky \
                      ORDER BY move_id), \
+               array(SELECT slots FROM pgshard.holds WHERE expires_at > now() OR sticky \
+                     ORDER BY move_id), \
+               array(SELECT scope = 'slots' AND expires_at > now() FROM pgshard.holds \
+                     WHERE expires_at > now() OR sticky ORDER BY move_id), \
                array(SELECT move_id FROM pgshard.moves WHERE step NOT IN ('done', 'aborted') \
                      ORDER BY move_id), \
                array(SELECT slots FROM pgshard.moves WHERE step NOT IN ('done', 'aborted') \
@@ -210,7 +218,7 @@ pub async fn request_hold(
         "INSERT INTO pgshard.holds (move_id, slots, expires_at) \
          VALUES ($1, $2, now() + make_interval(secs => $3)) \
          ON CONFLICT (move_id) DO UPDATE SET slots = $2, requested_at = now(), \
-           expires_at = now() + make_interval(secs => $3), scope = 'slots'",
+           expires_at = now() + make_interval(secs => $3), scope = 'slots', sticky = false",
         &[&move_id, &slots, &secs],
     )
     .await?;
@@ -264,24 +272,45 @@ pub async fn drop_hold(client: &impl GenericClient, move_id: &str) -> Result<(),
     Ok(())
 }
 
-/// Checks that the hold is still in force for at least `margin` (else a router may already
-/// have released it on its own: [`CatalogError::HoldExpired`]); `forever` (inside the flip's
-/// transaction) makes it last until [`drop_hold`], holding only statements that reach several
-/// shards from then on (statements on the slots go to their new owner).
+/// Inside the flip's transaction: checks that the hold is still in force for at least `margin`
+/// (else a router may already have released it on its own: [`CatalogError::HoldExpired`]) and
+/// makes it last until [`drop_hold`], holding only statements that reach several shards from
+/// then on (statements on the slots go to their new owner).
 pub async fn keep_hold_in(
     tx: &impl GenericClient,
     move_id: &str,
     margin: Duration,
-    forever: bool,
 ) -> Result<(), CatalogError> {
     let secs = margin.as_secs_f64();
     let kept = tx
         .execute(
-            "UPDATE pgshard.holds \
-             SET expires_at = CASE WHEN $3 THEN 'infinity'::timestamptz ELSE expires_at END, \
-                 scope = CASE WHEN $3 THEN 'scatter' ELSE scope END \
+            "UPDATE pgshard.holds SET expires_at = 'infinity'::timestamptz, scope = 'scatter' \
              WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
-            &[&move_id, &secs, &forever],
+            &[&move_id, &secs],
+        )
+        .await?;
+    if kept == 0 {
+        return Err(CatalogError::HoldExpired(move_id.to_string()));
+    }
+    Ok(())
+}
+
+/// Before the swap: checks that the hold is in force for at least `margin` (else
+/// [`CatalogError::HoldExpired`]) and makes it sticky: should the mover die before the flip,
+/// routers let statements on the slots go on at the source when it expires, but keep holding
+/// statements that reach several shards (the slots' rows may be on both shards) until `resume`
+/// or `abort` undoes the swap and drops the hold.
+pub async fn hold_through_swap(
+    client: &impl GenericClient,
+    move_id: &str,
+    margin: Duration,
+) -> Result<(), CatalogError> {
+    let secs = margin.as_secs_f64();
+    let kept = client
+        .execute(
+            "UPDATE pgshard.holds SET sticky = true \
+             WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
+            &[&move_id, &secs],
         )
         .await?;
     if kept == 0 {

@@ -35,6 +35,9 @@ pub struct CatchUp {
     /// Changes of rows in the moving slots (or maybe in them) whose keys were recorded for the
     /// cutover's verification.
     pub keys_noted: u64,
+    /// The slots of those rows, and how many had no known slot (the change lacked the key).
+    pub noted_slots: SlotSet,
+    pub noted_without_slot: u64,
 }
 
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
@@ -99,6 +102,12 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     round.fetched = apply.fetched;
     let (touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
     round.keys_noted = touched.len() as u64;
+    for (_, (_, slot)) in &touched {
+        match slot {
+            Some(slot) => round.noted_slots.insert(*slot),
+            None => round.noted_without_slot += 1,
+        }
+    }
     tx.commit().await.map_err(MoveError::pg(what))?;
     match (&mut mover.touched, keys_unknown) {
         (Some(_), true) => mover.touched = None,

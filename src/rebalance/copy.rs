@@ -612,8 +612,10 @@ async fn snapshot<'a>(
         .map_err(MoveError::pg(format!("taking a snapshot of {side}")))
 }
 
-/// Moves the staging rows of `slots` into the real tables (and out of staging), in one
-/// transaction.
+/// Copies the staging rows of `slots` into the real tables, in one transaction. They stay in
+/// staging (no one reads them there again: the slots are no longer followed once their flip
+/// is done, and a swap undone is followed by a new copy, which empties staging first), which
+/// saves deleting them inside the hold.
 pub(crate) async fn swap_in(
     plan: &MovePlan,
     tables: &[Table],
@@ -646,13 +648,6 @@ pub(crate) async fn swap_in(
                 t.target_sql,
                 plan.staging_schema()
             )))?;
-        tx.batch_execute(&format!(
-            "DELETE FROM {} WHERE {SLOT_COLUMN} = ANY({})",
-            t.staging_sql,
-            slots.sql_array()
-        ))
-        .await
-        .map_err(MoveError::pg(what))?;
     }
     tx.commit().await.map_err(MoveError::pg(what))?;
     Ok(rows)

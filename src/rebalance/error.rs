@@ -143,11 +143,12 @@ pub enum MoveError {
     #[error("move {0} is being run by another pgshard process (it holds the move's lock)")]
     Busy(String),
 
-    /// A statement of the mover failed on a server.
-    #[error("{what}: {source}")]
+    /// A statement of the mover failed on a server (the message names what the server said:
+    /// tokio-postgres's own text is only "db error").
+    #[error("{what}: {}", crate::catalog::detail(.error))]
     Postgres {
         what: String,
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 }
 
@@ -155,7 +156,7 @@ impl MoveError {
     /// Wraps a server error with what the mover was doing.
     pub(crate) fn pg(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> MoveError {
         let what = what.into();
-        move |source| MoveError::Postgres { what, source }
+        move |error| MoveError::Postgres { what, error }
     }
 
     /// The SQLSTATE a client would see for this error.
@@ -167,7 +168,7 @@ impl MoveError {
             | MoveError::Truncated { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             MoveError::NoTable { .. } => SqlState::UNDEFINED_TABLE,
             MoveError::NoKeyColumn { .. } => SqlState::UNDEFINED_COLUMN,
-            MoveError::Postgres { source, .. } => source
+            MoveError::Postgres { error, .. } => error
                 .code()
                 .map(|c| SqlState::from_server(c.code()))
                 .unwrap_or(SqlState::CONNECTION_FAILURE),

@@ -58,6 +58,12 @@ impl TableSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotSet([u64; SLOT_COUNT as usize / 64]);
 
+impl Default for SlotSet {
+    fn default() -> SlotSet {
+        SlotSet([0; SLOT_COUNT as usize / 64])
+    }
+}
+
 impl SlotSet {
     pub fn from_ranges(ranges: impl IntoIterator<Item = RangeInclusive<u16>>) -> SlotSet {
         let mut set = SlotSet([0; SLOT_COUNT as usize / 64]);
@@ -67,6 +73,17 @@ impl SlotSet {
             }
         }
         set
+    }
+
+    pub fn insert(&mut self, slot: u16) {
+        if slot < SLOT_COUNT {
+            self.0[usize::from(slot / 64)] |= 1 << (slot % 64);
+        }
+    }
+
+    /// Whether the two share a slot.
+    pub fn intersects(&self, other: &SlotSet) -> bool {
+        self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
     }
 
     pub fn contains(&self, slot: u16) -> bool {

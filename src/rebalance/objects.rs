@@ -294,6 +294,9 @@ pub(crate) const SLOT_COLUMN: &str = "pgshard_slot";
 
 /// Staging tables: the target's columns (`LIKE`, with defaults and NOT NULL) and the primary
 /// key only, so that replaying changes never trips a unique index in passing; plus the slot.
+/// Unlogged: no WAL for the bulk copy and its index builds (the swap into the real tables is
+/// logged). A crash of the target empties them; the journal then resumes in a new process,
+/// which copies again.
 async fn create_staging(
     plan: &MovePlan,
     tables: &[Table],
@@ -318,7 +321,8 @@ async fn create_staging(
             .map_err(MoveError::pg(what))?;
         if !exists.get::<_, bool>(0) {
             let sql = format!(
-                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, {SLOT_COLUMN} smallint NOT NULL)",
+                "CREATE UNLOGGED TABLE {} \
+                 (LIKE {} INCLUDING DEFAULTS, {SLOT_COLUMN} smallint NOT NULL)",
                 t.staging_sql, t.target_sql,
             );
             tx.batch_execute(&sql)

@@ -460,26 +460,30 @@ async fn held(
     phases.mark("verify");
     // Verified by keys, a row changed since the last catch-up was not looked at (a write
     // around pgshard, which holds the slots): one more round, and if it saw a change in the
-    // slots, the verification again with those keys.
+    // slice (or of a row without a known slot), the verification again with those keys.
+    // Changes in the other slots still moving go on meanwhile and do not count.
     let late = mover.catch_up(u32::MAX).await?;
     *applied += late.applied;
-    if late.keys_noted > 0 {
+    if late.noted_without_slot > 0 || late.noted_slots.intersects(slice) {
         verify(mover, id, slice).await?;
     }
     phases.mark("recheck");
-    // The swap and the flip must land well before routers would let go on their own.
+    // The swap and the flip must land well before routers would let go on their own; and
+    // whatever happens to the mover from here, keyless statements stay held until the swap is
+    // undone or flipped. Journaled before the swap: undoing one that did not happen is harmless,
+    // resuming as if one that did had not would put the rows twice on the target.
     let margin = Duration::from_secs(2);
-    cutover::keep_hold_in(catalog, id, margin, false).await?;
+    cutover::hold_through_swap(catalog, id, margin).await?;
     *swapped = true;
-    mover.swap_slice(slice).await?;
     cutover::journal_step(catalog, id, "swapped").await?;
+    mover.swap_slice(slice).await?;
     phases.mark("swap");
     // Statements on the slots go to the target at the flip, its replicas included.
     wait_replayed(mover, replicas, Some(Side::Target), options).await;
     phases.mark("replay");
     let slots: Vec<u16> = slice.iter().collect();
     let tx = catalog.transaction().await.map_err(CatalogError::from)?;
-    cutover::keep_hold_in(&tx, id, Duration::from_secs(1), true).await?;
+    cutover::keep_hold_in(&tx, id, Duration::from_secs(1)).await?;
     let owners: Vec<i32> = slots.iter().map(|&s| i32::from(s)).collect();
     let foreign: i64 = tx
         .query_one(
