@@ -789,3 +789,109 @@ async fn a_move_cut_over_slice_by_slice_moves_each_slice_exactly() {
         "the source kept none of the moved rows"
     );
 }
+
+/// The cutover's pair of verifications: row by row before the hold (it reports a staging row
+/// that differs), then under the hold only the rows that differed or changed since: a row
+/// tampered before the first is caught by the second, and changes after the first (an update,
+/// an insert, orders moved out of and into the slots by their shard key) verify equal. The
+/// clean then deletes exactly the source's rows of the slots, the order moved out stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verification_before_the_hold_leaves_only_changed_rows_for_the_hold() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("pv")).await.unwrap();
+    dst.batch_execute(&schema("pv")).await.unwrap();
+    load(&src, "pv").await;
+    let plan = MovePlan::new("pv", moving(), specs("pv")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    drain(&mut mover).await;
+    let inside: Vec<i64> = (1..USERS).filter(|id| moves(*id)).take(3).collect();
+    let outside = (1..USERS).find(|id| !moves(*id)).unwrap();
+    let staging = "pgshard_staging_pv.pv_users";
+    dst.execute(
+        &format!("UPDATE {staging} SET name = 'tampered' WHERE user_id = $1"),
+        &[&inside[0]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        mover.pre_verify(&moving()).await.unwrap(),
+        1,
+        "the tampered row"
+    );
+    // Changes after the first comparison.
+    src.execute(
+        "UPDATE pv_users SET name = 'changed' WHERE user_id = $1",
+        &[&inside[1]],
+    )
+    .await
+    .unwrap();
+    let new = (USERS * 10..).find(|id| moves(*id)).unwrap();
+    src.execute("INSERT INTO pv_users VALUES ($1, 'late', NULL)", &[&new])
+        .await
+        .unwrap();
+    let out_order: i64 = src
+        .query_one(
+            "SELECT min(order_id) FROM pv_orders WHERE user_id = $1",
+            &[&inside[2]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let in_order: i64 = src
+        .query_one(
+            "SELECT min(order_id) FROM pv_orders WHERE user_id = $1",
+            &[&outside],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    src.execute(
+        "UPDATE pv_orders SET user_id = $2 WHERE order_id = $1",
+        &[&out_order, &outside],
+    )
+    .await
+    .unwrap();
+    src.execute(
+        "UPDATE pv_orders SET user_id = $2 WHERE order_id = $1",
+        &[&in_order, &inside[2]],
+    )
+    .await
+    .unwrap();
+    drain(&mut mover).await;
+    let checks = mover.verify_cutover(&moving()).await.unwrap();
+    assert!(
+        checks.iter().any(|c| c.table == "pv_users" && !c.equal()),
+        "the tampered row is looked at again under the hold: {checks:?}"
+    );
+    dst.execute(
+        &format!("UPDATE {staging} SET name = 'user ' || user_id WHERE user_id = $1"),
+        &[&inside[0]],
+    )
+    .await
+    .unwrap();
+    let checks = mover.verify_cutover(&moving()).await.unwrap();
+    assert!(checks.iter().all(|c| c.equal()), "{checks:?}");
+    let before = read_all(&src, "pv").await;
+    mover.swap_in().await.unwrap();
+    let deleted = mover.clean_source().await.unwrap();
+    assert_eq!(
+        deleted as usize,
+        part(&before, true).rows(),
+        "exactly the slots' rows"
+    );
+    assert_same(&read_all(&src, "pv").await, &part(&before, false), "source");
+    assert_same(
+        &part(&read_all(&dst, "pv").await, true),
+        &part(&before, true),
+        "target",
+    );
+    assert_eq!(read_all(&src, "pv").await.orders[&out_order].0, outside);
+    mover.cleanup().await.unwrap();
+}

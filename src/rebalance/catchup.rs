@@ -32,10 +32,11 @@ pub struct CatchUp {
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
     pub lag_bytes: u64,
-    /// Changes of rows in the moving slots (or maybe in them) whose keys were recorded for the
-    /// cutover's verification.
+    /// Changed rows whose keys were noted for the cutover's verifications (every changed row of
+    /// a moved table: one whose new version left the moving slots may have been in them).
     pub keys_noted: u64,
-    /// The slots of those rows, and how many had no known slot (the change lacked the key).
+    /// The slots of their new versions, and how many had no known slot (the change lacked the
+    /// key, or the key is NULL).
     pub noted_slots: SlotSet,
     pub noted_without_slot: u64,
 }
@@ -110,10 +111,23 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     }
     tx.commit().await.map_err(MoveError::pg(what))?;
     match (&mut mover.touched, keys_unknown) {
-        (Some(_), true) => mover.touched = None,
+        (Some(_), true) => {
+            (mover.touched, mover.since, mover.pre) = (None, None, None);
+            mover.keys_kept = None;
+        }
         (Some(sets), false) => {
+            if let Some(since) = &mut mover.since {
+                for (t, key) in &touched {
+                    since[*t].insert(key.clone());
+                }
+            }
+            // Since the copy, only rows that are (or may be) in the moving slots: the staged
+            // keys cover those that were.
+            let following = &mover.following;
             for (t, key) in touched {
-                sets[t].insert(key);
+                if key.1.is_none_or(|s| following.contains(s)) {
+                    sets[t].insert(key);
+                }
             }
         }
         (None, _) => {}
@@ -279,14 +293,9 @@ impl Apply<'_> {
         }
     }
 
-    /// Notes the primary key of a changed row that is (or may be) in the moving slots.
+    /// Notes the primary key of a changed row, with the slot of this version when known.
     fn touch(&mut self, t: usize, row: &Row) {
-        let slot = match self.slot(t, row) {
-            Ok(Some(None)) => return,
-            Ok(Some(Some(slot))) if !self.slots.contains(slot) => return,
-            Ok(slot) => slot.flatten(),
-            Err(_) => None,
-        };
+        let slot = self.slot(t, row).ok().flatten().flatten();
         let mut key = Vec::with_capacity(self.tables[t].primary_key.len());
         for &i in &self.tables[t].primary_key {
             match &row[i] {

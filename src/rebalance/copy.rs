@@ -1,6 +1,7 @@
-//! The bulk steps: copy (source snapshot → staging), verify (count and checksum per table),
-//! swap in (staging → real tables) and deleting a side's rows of the moving slots. Rows are
-//! read with binary COPY and their slot found by hashing the shard key in Rust.
+//! The bulk steps: copy (source snapshot → staging), swap in (staging → real tables) and
+//! deleting a side's rows of the moving slots; and the reading helpers the verifications
+//! (`verify.rs`) share. Rows are read with binary COPY and their slot found by hashing the
+//! shard key in Rust.
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,14 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
-use super::objects::{list, quote_ident, set_staging_key, slot_exists, Table, SLOT_COLUMN};
-use super::{MoveError, MovePlan, Mover, Shard, SlotSet, TargetSide};
+use super::objects::{quote_ident, set_staging_key, slot_exists, Table, SLOT_COLUMN};
+use super::{MoveError, MovePlan, Mover, Shard, SlotSet};
 use crate::sharding::key_from_binary;
 
 /// Rows per COPY into the target: each batch commits on its own.
 const BATCH_ROWS: u64 = 50_000;
 /// Bytes handed to the target's COPY at a time.
-const CHUNK_BYTES: usize = 1 << 20;
+pub(super) const CHUNK_BYTES: usize = 1 << 20;
 
 /// How far a copy got.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +49,7 @@ pub struct Digest {
 }
 
 impl Digest {
-    fn add(&mut self, tuple: &RawTuple) {
+    pub(super) fn add(&mut self, tuple: &RawTuple) {
         self.rows += 1;
         self.sum = self.sum.wrapping_add(xxh3_128(&tuple.bytes));
     }
@@ -69,7 +70,11 @@ impl TableCheck {
 }
 
 /// The slot of a tuple's shard key (field `key`); `None` for a NULL key.
-fn slot_of(table: &Table, tuple: &RawTuple, key: usize) -> Result<Option<u16>, MoveError> {
+pub(super) fn slot_of(
+    table: &Table,
+    tuple: &RawTuple,
+    key: usize,
+) -> Result<Option<u16>, MoveError> {
     let Some(bytes) = tuple.field(key) else {
         return Ok(None);
     };
@@ -81,7 +86,7 @@ fn slot_of(table: &Table, tuple: &RawTuple, key: usize) -> Result<Option<u16>, M
 }
 
 /// Whether a tuple's shard key (field `key`) lies in `slots`.
-fn in_slots(
+pub(super) fn in_slots(
     table: &Table,
     slots: &SlotSet,
     tuple: &RawTuple,
@@ -137,7 +142,7 @@ impl TupleStream {
 }
 
 /// Calls `each` on every tuple of `query`.
-async fn scan(
+pub(super) async fn scan(
     client: &Transaction<'_>,
     query: &str,
     table: &str,
@@ -151,7 +156,7 @@ async fn scan(
 }
 
 /// Writes whole COPY streams of tuples to `COPY target FROM STDIN (FORMAT binary)`.
-async fn copy_in(
+pub(super) async fn copy_in(
     client: &Transaction<'_>,
     target: &str,
     data: Vec<Bytes>,
@@ -334,208 +339,6 @@ async fn send_chunk(
     open.send(bytes).await.map_err(MoveError::pg(what()))
 }
 
-/// The digest of `table`'s rows in the moving slots as `client` sees `relation`.
-async fn digest(
-    client: &Transaction<'_>,
-    table: &Table,
-    relation: &str,
-    slots: &SlotSet,
-) -> Result<Digest, MoveError> {
-    let mut digest = Digest::default();
-    let query = format!("SELECT {} FROM {relation}", table.column_list());
-    scan(client, &query, &table.name, |tuple| {
-        if in_slots(table, slots, &tuple, table.key)? {
-            digest.add(&tuple);
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(digest)
-}
-
-pub(crate) async fn verify(
-    mover: &mut Mover,
-    side: TargetSide,
-    slots: &SlotSet,
-) -> Result<Vec<TableCheck>, MoveError> {
-    let source = snapshot(&mut mover.source.client, "the source").await?;
-    let target = snapshot(&mut mover.target.client, "the target").await?;
-    let mut checks = Vec::new();
-    for t in &mover.tables {
-        let relation = match side {
-            TargetSide::Staging => &t.staging_sql,
-            TargetSide::Real => &t.target_sql,
-        };
-        checks.push(TableCheck {
-            table: t.name.clone(),
-            source: digest(&source, t, &t.source_sql, slots).await?,
-            target: digest(&target, t, relation, slots).await?,
-        });
-    }
-    source
-        .commit()
-        .await
-        .map_err(MoveError::pg("ending the source's snapshot"))?;
-    target
-        .commit()
-        .await
-        .map_err(MoveError::pg("ending the target's snapshot"))?;
-    Ok(checks)
-}
-
-/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the digest of
-/// the slice's staging rows (found by the slot index), and on the source the digest of the
-/// rows in the slice among those whose primary key is staged there or in `touched` (for a row
-/// of the slice, or of no known slot). The staged keys stay on the source's connection in a
-/// temporary table `pgshard_staged_<n>` for [`delete_staged_keys`].
-pub(crate) async fn verify_keyed(
-    mover: &mut Mover,
-    slots: &SlotSet,
-    touched: &[super::Touched],
-) -> Result<Vec<TableCheck>, MoveError> {
-    let target = snapshot(&mut mover.target.client, "the target").await?;
-    let mut staged = Vec::new();
-    let mut targets = Vec::new();
-    for t in &mover.tables {
-        // One scan of staging: the digest, and the primary keys for the source's lookup.
-        let (mut digest, mut writer, mut chunks) = (Digest::default(), TupleWriter::new(), vec![]);
-        let query = format!(
-            "SELECT {} FROM {} WHERE {SLOT_COLUMN} = ANY({})",
-            t.column_list(),
-            t.staging_sql,
-            slots.sql_array()
-        );
-        scan(&target, &query, &t.name, |tuple| {
-            if in_slots(t, slots, &tuple, t.key)? {
-                digest.add(&tuple);
-            }
-            writer.fields(t.primary_key.iter().map(|&i| tuple.field(i)));
-            if writer.len() >= CHUNK_BYTES {
-                chunks.push(writer.take());
-            }
-            Ok(())
-        })
-        .await?;
-        writer.finish();
-        chunks.push(writer.take());
-        targets.push(digest);
-        staged.push(chunks);
-    }
-    target
-        .commit()
-        .await
-        .map_err(MoveError::pg("ending the target's snapshot"))?;
-    let what = "looking up the moving rows on the source by key";
-    let source = mover
-        .source
-        .client
-        .transaction()
-        .await
-        .map_err(MoveError::pg(what))?;
-    // Key lookups through the primary key's index: a fraction of the table, while a hash join
-    // would read all of it.
-    source
-        .batch_execute(
-            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-             SET LOCAL enable_mergejoin = off",
-        )
-        .await
-        .map_err(MoveError::pg(what))?;
-    let mut checks = Vec::new();
-    for (n, ((t, chunks), target)) in mover.tables.iter().zip(staged).zip(targets).enumerate() {
-        let pk = t.primary_key_list();
-        let (keys, changed) = (
-            format!("pgshard_staged_{n}"),
-            format!("pgshard_touched_{n}"),
-        );
-        source
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS pg_temp.{keys}; \
-                 CREATE TEMP TABLE {keys} AS SELECT {pk} FROM {src} WITH NO DATA; \
-                 CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {src} WITH NO DATA",
-                src = t.source_sql
-            ))
-            .await
-            .map_err(MoveError::pg(what))?;
-        copy_in(&source, &keys, chunks).await?;
-        insert_touched(&source, t, &changed, &touched[n], slots).await?;
-        source
-            .batch_execute(&format!("ANALYZE {keys}, {changed}"))
-            .await
-            .map_err(MoveError::pg(what))?;
-        let query = format!(
-            "SELECT {cols} FROM {src} WHERE ({pk}) IN \
-             (SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed})",
-            cols = t.column_list(),
-            src = t.source_sql
-        );
-        let mut digest = Digest::default();
-        scan(&source, &query, &t.name, |tuple| {
-            if in_slots(t, slots, &tuple, t.key)? {
-                digest.add(&tuple);
-            }
-            Ok(())
-        })
-        .await?;
-        checks.push(TableCheck {
-            table: t.name.clone(),
-            source: digest,
-            target,
-        });
-    }
-    source.commit().await.map_err(MoveError::pg(what))?;
-    Ok(checks)
-}
-
-/// Fills `table` (the primary key's columns of `t`) with the keys in `keys` (given as text) of
-/// rows in `slots` or of no known slot.
-async fn insert_touched(
-    tx: &Transaction<'_>,
-    t: &Table,
-    table: &str,
-    keys: &super::Touched,
-    slots: &SlotSet,
-) -> Result<(), MoveError> {
-    let wanted: std::collections::HashSet<&Vec<Option<String>>> = keys
-        .iter()
-        .filter(|(_, slot)| slot.is_none_or(|s| slots.contains(s)))
-        .map(|(key, _)| key)
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let width = t.primary_key.len();
-    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(wanted.len()); width];
-    for key in wanted {
-        for (column, value) in columns.iter_mut().zip(key) {
-            column.push(value.as_deref());
-        }
-    }
-    let casts = list(
-        t.primary_key
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| format!("k{i}::{}", t.columns[c].type_sql)),
-    );
-    let arrays = list((0..width).map(|i| format!("${}::text[]", i + 1)));
-    let names = list((0..width).map(|i| format!("k{i}")));
-    let sql = format!(
-        "INSERT INTO {table} ({}) SELECT {casts} FROM unnest({arrays}) AS u({names})",
-        t.primary_key_list()
-    );
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
-        .iter()
-        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    tx.execute(&sql, &params)
-        .await
-        .map_err(MoveError::pg(format!(
-            "noting the changed keys of {}",
-            t.name
-        )))?;
-    Ok(())
-}
-
 /// Deletes the rows of `relation` (a table of `t`'s shape) whose primary key is in the table
 /// `keys`; returns how many.
 async fn delete_keyed(
@@ -560,28 +363,15 @@ async fn delete_keyed(
     tx.execute(&sql, &[]).await.map_err(MoveError::pg(what))
 }
 
-/// Deletes from the source the rows whose keys [`verify_keyed`] kept (exactly the moving
-/// slots' rows, verified equal to staging, while routers hold the slots), in one transaction;
-/// `None` when they are not on this connection (another process verified).
+/// Deletes from the source the rows whose keys a verification kept in `pgshard_staged_<n>`
+/// (exactly the slice's rows, verified equal to staging, while routers hold the slots), in one
+/// transaction. Only when the caller knows those tables are this slice's and exact
+/// (`Mover::keys_kept`).
 pub(crate) async fn delete_staged_keys(
     tables: &[Table],
     source: &mut Shard,
-) -> Result<Option<u64>, MoveError> {
+) -> Result<u64, MoveError> {
     let what = format!("deleting the moved rows on {}", source.name);
-    for n in 0..tables.len() {
-        let kept: bool = source
-            .client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&format!("pg_temp.pgshard_staged_{n}")],
-            )
-            .await
-            .map_err(MoveError::pg(what.clone()))?
-            .get(0);
-        if !kept {
-            return Ok(None);
-        }
-    }
     let tx = source
         .client
         .transaction()
@@ -596,10 +386,10 @@ pub(crate) async fn delete_staged_keys(
             .map_err(MoveError::pg(what.clone()))?;
     }
     tx.commit().await.map_err(MoveError::pg(what))?;
-    Ok(Some(deleted))
+    Ok(deleted)
 }
 
-async fn snapshot<'a>(
+pub(super) async fn snapshot<'a>(
     client: &'a mut Client,
     side: &str,
 ) -> Result<tokio_postgres::Transaction<'a>, MoveError> {

@@ -145,6 +145,11 @@ impl TupleWriter {
         self.buf.put_i16(extra);
     }
 
+    /// A tuple already encoded (its field count, then each field's length and data).
+    pub fn encoded(&mut self, tuple: &[u8]) {
+        self.buf.put_slice(tuple);
+    }
+
     /// A tuple of these fields (`None` is NULL).
     pub fn fields<'a>(&mut self, fields: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
         self.buf.put_i16(fields.len() as i16);

@@ -17,6 +17,7 @@ mod error;
 mod objects;
 mod pgoutput;
 pub mod run;
+mod verify;
 
 use std::ops::RangeInclusive;
 
@@ -271,6 +272,12 @@ pub struct Mover {
     /// without its key): with the staged rows, every row that can be in the moving slots, so
     /// the cutover verifies those rows only.
     touched: Option<Vec<Touched>>,
+    /// The keys changed since the last [`Mover::pre_verify`] (same form), and what it found.
+    since: Option<Vec<Touched>>,
+    pre: Option<verify::PreVerified>,
+    /// The slice whose source keys the last verification left, exact, in the source
+    /// connection's key tables (`clean_slice` deletes by them).
+    keys_kept: Option<SlotSet>,
 }
 
 /// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table, each
@@ -294,6 +301,9 @@ impl Mover {
             target,
             tables,
             touched: None,
+            since: None,
+            pre: None,
+            keys_kept: None,
         })
     }
 
@@ -327,6 +337,7 @@ impl Mover {
                 set.retain(|(_, slot)| slot.is_none_or(|s| slots.contains(s)));
             }
         }
+        self.pre = None;
         self.following = slots;
     }
 
@@ -345,7 +356,7 @@ impl Mover {
     /// Copies the followed slots' rows from one snapshot of the source into the (first emptied)
     /// staging tables, in batches; `progress` is called after each batch.
     pub async fn copy(&mut self, progress: impl FnMut(&CopyStats)) -> Result<CopyStats, MoveError> {
-        self.touched = None;
+        (self.touched, self.since, self.pre, self.keys_kept) = (None, None, None, None);
         let stats = copy::copy(self, progress).await?;
         self.touched = Some(vec![Touched::new(); self.tables.len()]);
         Ok(stats)
@@ -366,23 +377,52 @@ impl Mover {
     /// target's staging or real table. Meaningful while no one writes to those slots.
     pub async fn verify(&mut self, side: TargetSide) -> Result<Vec<TableCheck>, MoveError> {
         let slots = self.following.clone();
-        copy::verify(self, side, &slots).await
+        verify::verify(self, side, &slots).await
     }
 
-    /// The cutover's verification of `slice` (followed slots, under the hold): when this
-    /// process copied and followed every change since, the source's rows whose primary key is
-    /// staged in the slice or was changed are compared with staging (an indexed lookup of those
-    /// keys instead of a scan of the whole source table), and their keys are kept for
-    /// [`Mover::clean_slice`]; otherwise a full [`Mover::verify`] of the slice's staging rows.
+    /// Before a slice's hold, while writes go on: compares the slice's staging rows with the
+    /// source's row by row (the staged keys and those changed since the copy, looked up), so
+    /// that under the hold [`Mover::verify_cutover`] looks only at rows that differed here or
+    /// changed since. Does nothing without this process's copy (the cutover then scans).
+    /// Returns how many rows differed (changes not caught up yet).
+    pub async fn pre_verify(&mut self, slice: &SlotSet) -> Result<u64, MoveError> {
+        (self.pre, self.keys_kept) = (None, None);
+        let Some(touched) = self.touched.take() else {
+            return Ok(0);
+        };
+        // Every change after the last one applied is noted from here on.
+        self.since = Some(vec![Touched::new(); self.tables.len()]);
+        let found = verify::pre_verify(self, slice, &touched).await;
+        self.touched = Some(touched);
+        let pre = found?;
+        let differing = pre.differing();
+        self.pre = Some(pre);
+        Ok(differing)
+    }
+
+    /// The cutover's verification of `slice` (followed slots, under the hold). After
+    /// [`Mover::pre_verify`] of the slice: only the rows that differed then or changed since,
+    /// on both sides. Else, when this process copied and followed every change since: the
+    /// source's rows whose primary key is staged in the slice or was changed, compared with
+    /// staging (an indexed lookup of those keys instead of a scan of the whole source table).
+    /// Both leave the source's keys of the slice for [`Mover::clean_slice`]. Otherwise a full
+    /// [`Mover::verify`] of the slice's staging rows.
     pub async fn verify_cutover(&mut self, slice: &SlotSet) -> Result<Vec<TableCheck>, MoveError> {
-        match self.touched.take() {
-            Some(touched) => {
-                let checks = copy::verify_keyed(self, slice, &touched).await;
-                self.touched = Some(touched);
-                checks
-            }
-            None => copy::verify(self, TargetSide::Staging, slice).await,
-        }
+        self.keys_kept = None;
+        let pre = self.pre.take().filter(|p| &p.slice == slice);
+        let checks = if let (Some(pre), Some(since)) = (pre, self.since.take()) {
+            let checks = verify::verify_changed(self, &pre, &since).await;
+            (self.pre, self.since) = (Some(pre), Some(since));
+            checks?
+        } else if let Some(touched) = self.touched.take() {
+            let checks = verify::verify_keyed(self, slice, &touched).await;
+            self.touched = Some(touched);
+            checks?
+        } else {
+            return verify::verify(self, TargetSide::Staging, slice).await;
+        };
+        self.keys_kept = Some(slice.clone());
+        Ok(checks)
     }
 
     /// Moves every staging row into the real tables in one target transaction.
@@ -406,9 +446,9 @@ impl Mover {
     /// Deletes the rows of `slice` from the source's tables (one transaction); returns how
     /// many. Only after the map names the target as their owner.
     pub async fn clean_slice(&mut self, slice: &SlotSet) -> Result<u64, MoveError> {
-        // The keys `verify_cutover` kept on this connection, when it ran here (for this slice).
-        if let Some(deleted) = copy::delete_staged_keys(&self.tables, &mut self.source).await? {
-            return Ok(deleted);
+        // The keys `verify_cutover` kept on this connection, when it ran here for this slice.
+        if self.keys_kept.take().as_ref() == Some(slice) {
+            return copy::delete_staged_keys(&self.tables, &mut self.source).await;
         }
         copy::delete_slot_rows(&self.tables, &mut self.source, copy::RealOf::Source, slice).await
     }

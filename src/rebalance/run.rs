@@ -271,6 +271,9 @@ async fn cut_over(
         let (changes, lag) = (*applied as i64, Some(lag as i64));
         cutover::journal_progress(catalog, id, rows, bytes, seconds, changes, lag).await?;
         cutover::journal_step(catalog, id, "caught_up").await?;
+        // Compared row by row while writes go on, so that the hold looks only at what changed.
+        report(Event::Step("verify before the hold"));
+        mover.pre_verify(slice).await?;
         attempt += 1;
         report(Event::Step("cutover"));
         let started = Instant::now();
@@ -459,12 +462,15 @@ async fn held(
     verify(mover, id, slice).await?;
     phases.mark("verify");
     // Verified by keys, a row changed since the last catch-up was not looked at (a write
-    // around pgshard, which holds the slots): one more round, and if it saw a change in the
-    // slice (or of a row without a known slot), the verification again with those keys.
-    // Changes in the other slots still moving go on meanwhile and do not count.
+    // around pgshard, which holds the slots): one more round, and if it saw a change that may
+    // concern the slice (a row in it, of no known slot, or now outside the moving slots, which
+    // may have left it), the verification again with those keys. Changes in the other slots
+    // still moving go on meanwhile and do not count.
     let late = mover.catch_up(u32::MAX).await?;
     *applied += late.applied;
-    if late.noted_without_slot > 0 || late.noted_slots.intersects(slice) {
+    let others = mover.following().without(slice);
+    let concerned = !late.noted_slots.without(&others).is_empty();
+    if !mover.knows_changed_keys() || late.noted_without_slot > 0 || concerned {
         verify(mover, id, slice).await?;
     }
     phases.mark("recheck");

@@ -1,0 +1,479 @@
+//! The verifications: the moving rows on the source and on the target compared, per table, by
+//! count and checksum. A full one (scans of both sides), one by keys (the staged keys and those
+//! changed since the copy, looked up on the source), and the cutover's pair: a comparison row
+//! by row before the hold ([`pre_verify`]), then under the hold only the rows whose keys
+//! differed then or changed since ([`verify_changed`]). It reads rows and never changes a
+//! table; the one thing it writes is the session's temporary key tables on the source's
+//! connection (`pgshard_staged_<n>`: the source's keys of the slice, which the clean deletes).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use tokio_postgres::Transaction;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::copy::{copy_in, in_slots, scan, snapshot, Digest, TableCheck, CHUNK_BYTES};
+use super::copybin::{RawTuple, TupleWriter};
+use super::objects::{list, Table, SLOT_COLUMN};
+use super::{MoveError, Mover, SlotSet, TargetSide, Touched};
+
+/// The digest of `table`'s rows in the moving slots as `client` sees `relation`.
+async fn digest(
+    client: &Transaction<'_>,
+    table: &Table,
+    relation: &str,
+    slots: &SlotSet,
+) -> Result<Digest, MoveError> {
+    let mut digest = Digest::default();
+    let query = format!("SELECT {} FROM {relation}", table.column_list());
+    scan(client, &query, &table.name, |tuple| {
+        if in_slots(table, slots, &tuple, table.key)? {
+            digest.add(&tuple);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(digest)
+}
+
+pub(crate) async fn verify(
+    mover: &mut Mover,
+    side: TargetSide,
+    slots: &SlotSet,
+) -> Result<Vec<TableCheck>, MoveError> {
+    let source = snapshot(&mut mover.source.client, "the source").await?;
+    let target = snapshot(&mut mover.target.client, "the target").await?;
+    let mut checks = Vec::new();
+    for t in &mover.tables {
+        let relation = match side {
+            TargetSide::Staging => &t.staging_sql,
+            TargetSide::Real => &t.target_sql,
+        };
+        checks.push(TableCheck {
+            table: t.name.clone(),
+            source: digest(&source, t, &t.source_sql, slots).await?,
+            target: digest(&target, t, relation, slots).await?,
+        });
+    }
+    source
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the source's snapshot"))?;
+    target
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the target's snapshot"))?;
+    Ok(checks)
+}
+
+/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the digest of
+/// the slice's staging rows (found by the slot index), and on the source the digest of the
+/// rows in the slice among those whose primary key is staged there or in `touched` (for a row
+/// of the slice, or of no known slot). The staged keys stay on the source's connection in a
+/// temporary table `pgshard_staged_<n>` for `copy::delete_staged_keys`.
+pub(crate) async fn verify_keyed(
+    mover: &mut Mover,
+    slots: &SlotSet,
+    touched: &[super::Touched],
+) -> Result<Vec<TableCheck>, MoveError> {
+    let target = snapshot(&mut mover.target.client, "the target").await?;
+    let mut staged = Vec::new();
+    let mut targets = Vec::new();
+    for t in &mover.tables {
+        // One scan of staging: the digest, and the primary keys for the source's lookup.
+        let (mut digest, mut writer, mut chunks) = (Digest::default(), TupleWriter::new(), vec![]);
+        let query = format!(
+            "SELECT {} FROM {} WHERE {SLOT_COLUMN} = ANY({})",
+            t.column_list(),
+            t.staging_sql,
+            slots.sql_array()
+        );
+        scan(&target, &query, &t.name, |tuple| {
+            if in_slots(t, slots, &tuple, t.key)? {
+                digest.add(&tuple);
+            }
+            writer.fields(t.primary_key.iter().map(|&i| tuple.field(i)));
+            if writer.len() >= CHUNK_BYTES {
+                chunks.push(writer.take());
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish();
+        chunks.push(writer.take());
+        targets.push(digest);
+        staged.push(chunks);
+    }
+    target
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the target's snapshot"))?;
+    let what = "looking up the moving rows on the source by key";
+    let source = mover
+        .source
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    // Key lookups through the primary key's index: a fraction of the table, while a hash join
+    // would read all of it.
+    by_index(&source, what).await?;
+    let mut checks = Vec::new();
+    for (n, ((t, chunks), target)) in mover.tables.iter().zip(staged).zip(targets).enumerate() {
+        let (keys, changed) = key_tables(&source, t, n, what).await?;
+        copy_in(&source, &keys, chunks).await?;
+        insert_touched(&source, t, &changed, &touched[n], slots).await?;
+        analyze(&source, &[&keys, &changed], what).await?;
+        let pk = t.primary_key_list();
+        let query = lookup(
+            t,
+            &format!("SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed}"),
+        );
+        let mut digest = Digest::default();
+        scan(&source, &query, &t.name, |tuple| {
+            if in_slots(t, slots, &tuple, t.key)? {
+                digest.add(&tuple);
+            }
+            Ok(())
+        })
+        .await?;
+        checks.push(TableCheck {
+            table: t.name.clone(),
+            source: digest,
+            target,
+        });
+    }
+    source.commit().await.map_err(MoveError::pg(what))?;
+    Ok(checks)
+}
+
+/// Fills `table` (the primary key's columns of `t`) with the keys in `keys` (given as text) of
+/// rows in `slots` or of no known slot.
+async fn insert_touched(
+    tx: &Transaction<'_>,
+    t: &Table,
+    table: &str,
+    keys: &super::Touched,
+    slots: &SlotSet,
+) -> Result<(), MoveError> {
+    let wanted: std::collections::HashSet<&Vec<Option<String>>> = keys
+        .iter()
+        .filter(|(_, slot)| slot.is_none_or(|s| slots.contains(s)))
+        .map(|(key, _)| key)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let width = t.primary_key.len();
+    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(wanted.len()); width];
+    for key in wanted {
+        for (column, value) in columns.iter_mut().zip(key) {
+            column.push(value.as_deref());
+        }
+    }
+    let casts = list(
+        t.primary_key
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("k{i}::{}", t.columns[c].type_sql)),
+    );
+    let arrays = list((0..width).map(|i| format!("${}::text[]", i + 1)));
+    let names = list((0..width).map(|i| format!("k{i}")));
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {casts} FROM unnest({arrays}) AS u({names})",
+        t.primary_key_list()
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(&sql, &params)
+        .await
+        .map_err(MoveError::pg(format!(
+            "noting the changed keys of {}",
+            t.name
+        )))?;
+    Ok(())
+}
+
+/// What the comparison before a slice's hold found: per table, how many rows differed and their
+/// primary keys (a binary COPY stream of the key columns), to look at again under the hold.
+pub(crate) struct PreVerified {
+    pub slice: SlotSet,
+    differing: Vec<(u64, Vec<Bytes>)>,
+}
+
+impl PreVerified {
+    /// Rows that differed, all tables (changes not caught up yet, or a damaged copy).
+    pub fn differing(&self) -> u64 {
+        self.differing.iter().map(|(n, _)| n).sum()
+    }
+}
+
+/// A row's primary key as one binary COPY tuple of the key columns (a map key, and bytes a
+/// key table takes as they are).
+fn key_tuple(t: &Table, tuple: &RawTuple) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&(t.primary_key.len() as i16).to_be_bytes());
+    for &i in &t.primary_key {
+        match tuple.field(i) {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(data) => {
+                out.extend_from_slice(&(data.len() as i32).to_be_bytes());
+                out.extend_from_slice(data);
+            }
+        }
+    }
+    out
+}
+
+/// Lookups by primary key through its index, in the transaction `tx`.
+async fn by_index(tx: &Transaction<'_>, what: &str) -> Result<(), MoveError> {
+    tx.batch_execute(
+        "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off",
+    )
+    .await
+    .map_err(MoveError::pg(what))
+}
+
+/// Before the hold (writes go on): staging's rows of `slice` (found by the slot index) and the
+/// source's rows with those keys or keys changed since the copy, compared row by row. Rows
+/// equal here and not changed afterwards (the catch-up notes every later change in
+/// `Mover::since`, which the caller emptied before) are equal under the hold too. Leaves the
+/// staged keys in `pgshard_staged_<n>` on the source's connection.
+pub(crate) async fn pre_verify(
+    mover: &mut Mover,
+    slice: &SlotSet,
+    touched: &[Touched],
+) -> Result<PreVerified, MoveError> {
+    let target = snapshot(&mut mover.target.client, "the target").await?;
+    let mut staged = Vec::new();
+    for t in &mover.tables {
+        let (mut hashes, mut writer, mut chunks) = (HashMap::new(), TupleWriter::new(), vec![]);
+        let query = format!(
+            "SELECT {} FROM {} WHERE {SLOT_COLUMN} = ANY({})",
+            t.column_list(),
+            t.staging_sql,
+            slice.sql_array()
+        );
+        scan(&target, &query, &t.name, |tuple| {
+            let key = key_tuple(t, &tuple);
+            writer.encoded(&key);
+            hashes.insert(key, xxh3_128(&tuple.bytes));
+            if writer.len() >= CHUNK_BYTES {
+                chunks.push(writer.take());
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish();
+        chunks.push(writer.take());
+        staged.push((hashes, chunks));
+    }
+    target
+        .commit()
+        .await
+        .map_err(MoveError::pg("ending the target's snapshot"))?;
+    let what = "comparing the slice's rows with the source before the hold";
+    let source = mover
+        .source
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    by_index(&source, what).await?;
+    let mut differing = Vec::new();
+    for (n, (t, (mut hashes, chunks))) in mover.tables.iter().zip(staged).enumerate() {
+        let (keys, changed) = key_tables(&source, t, n, what).await?;
+        copy_in(&source, &keys, chunks).await?;
+        insert_touched(&source, t, &changed, &touched[n], slice).await?;
+        analyze(&source, &[&keys, &changed], what).await?;
+        let (mut writer, mut count) = (TupleWriter::new(), 0u64);
+        let pk = t.primary_key_list();
+        let query = lookup(
+            t,
+            &format!("SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed}"),
+        );
+        scan(&source, &query, &t.name, |tuple| {
+            if in_slots(t, slice, &tuple, t.key)? {
+                let key = key_tuple(t, &tuple);
+                if hashes.remove(&key) != Some(xxh3_128(&tuple.bytes)) {
+                    writer.encoded(&key);
+                    count += 1;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        // Staged rows the source no longer has in the slice.
+        for key in hashes.keys() {
+            writer.encoded(key);
+            count += 1;
+        }
+        writer.finish();
+        differing.push((count, vec![writer.take()]));
+    }
+    source.commit().await.map_err(MoveError::pg(what))?;
+    Ok(PreVerified {
+        slice: slice.clone(),
+        differing,
+    })
+}
+
+/// Under the hold, after [`pre_verify`] of `slice`: per table, the rows whose keys differed
+/// then or changed since (`since`, whatever their slot), on both sides, restricted to the slice
+/// and compared; and the staged key table brought up to date with the source's keys of the
+/// slice among them (the clean deletes exactly the source's rows of the slice).
+pub(crate) async fn verify_changed(
+    mover: &mut Mover,
+    pre: &PreVerified,
+    since: &[Touched],
+) -> Result<Vec<TableCheck>, MoveError> {
+    let slice = &pre.slice;
+    let every = SlotSet::from_ranges([0..=crate::sharding::SLOT_COUNT - 1]);
+    let what = "comparing the rows changed since the first comparison";
+    // Not a read-only snapshot: the keys go into a temporary table. One query reads staging.
+    let target = mover
+        .target
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    by_index(&target, what).await?;
+    let mut targets = Vec::new();
+    for (n, t) in mover.tables.iter().enumerate() {
+        let changed = format!("pgshard_changed_{n}");
+        target
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {stg} WITH NO DATA",
+                pk = t.primary_key_list(),
+                stg = t.staging_sql
+            ))
+            .await
+            .map_err(MoveError::pg(what))?;
+        copy_in(&target, &changed, pre.differing[n].1.clone()).await?;
+        insert_touched(&target, t, &changed, &since[n], &every).await?;
+        analyze(&target, &[&changed], what).await?;
+        let query = format!(
+            "SELECT {cols} FROM {stg} WHERE ({pk}) IN (SELECT {pk} FROM {changed})",
+            cols = t.column_list(),
+            stg = t.staging_sql,
+            pk = t.primary_key_list()
+        );
+        let mut digest = Digest::default();
+        scan(&target, &query, &t.name, |tuple| {
+            if in_slots(t, slice, &tuple, t.key)? {
+                digest.add(&tuple);
+            }
+            Ok(())
+        })
+        .await?;
+        targets.push(digest);
+    }
+    target.commit().await.map_err(MoveError::pg(what))?;
+    let source = mover
+        .source
+        .client
+        .transaction()
+        .await
+        .map_err(MoveError::pg(what))?;
+    by_index(&source, what).await?;
+    let mut checks = Vec::new();
+    for (n, (t, target)) in mover.tables.iter().zip(targets).enumerate() {
+        let (keys, changed) = (
+            format!("pgshard_staged_{n}"),
+            format!("pgshard_changed_{n}"),
+        );
+        source
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {src} WITH NO DATA",
+                pk = t.primary_key_list(),
+                src = t.source_sql
+            ))
+            .await
+            .map_err(MoveError::pg(what))?;
+        copy_in(&source, &changed, pre.differing[n].1.clone()).await?;
+        insert_touched(&source, t, &changed, &since[n], &every).await?;
+        analyze(&source, &[&changed], what).await?;
+        let (mut digest, mut writer) = (Digest::default(), TupleWriter::new());
+        let query = lookup(
+            t,
+            &format!("SELECT {} FROM {changed}", t.primary_key_list()),
+        );
+        scan(&source, &query, &t.name, |tuple| {
+            if in_slots(t, slice, &tuple, t.key)? {
+                digest.add(&tuple);
+                writer.encoded(&key_tuple(t, &tuple));
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish();
+        // The keys looked at leave the staged keys; those in the slice now come back.
+        let matches: Vec<String> = t
+            .primary_key
+            .iter()
+            .map(|&i| {
+                let c = super::objects::quote_ident(&t.columns[i].name);
+                format!("s.{c} IS NOT DISTINCT FROM c.{c}")
+            })
+            .collect();
+        source
+            .batch_execute(&format!(
+                "DELETE FROM {keys} s USING {changed} c WHERE {}",
+                matches.join(" AND ")
+            ))
+            .await
+            .map_err(MoveError::pg(what))?;
+        copy_in(&source, &keys, vec![writer.take()]).await?;
+        checks.push(TableCheck {
+            table: t.name.clone(),
+            source: digest,
+            target,
+        });
+    }
+    source.commit().await.map_err(MoveError::pg(what))?;
+    Ok(checks)
+}
+
+/// `SELECT cols FROM source WHERE (pk) IN (keys)`: the source's rows with those keys.
+fn lookup(t: &Table, keys: &str) -> String {
+    format!(
+        "SELECT {cols} FROM {src} WHERE ({pk}) IN ({keys})",
+        cols = t.column_list(),
+        src = t.source_sql,
+        pk = t.primary_key_list()
+    )
+}
+
+/// Creates the staged key table `pgshard_staged_<n>` (for the session, emptied) and the
+/// changed key table `pgshard_touched_<n>` (for the transaction) of `t` on the source.
+async fn key_tables(
+    source: &Transaction<'_>,
+    t: &Table,
+    n: usize,
+    what: &str,
+) -> Result<(String, String), MoveError> {
+    let pk = t.primary_key_list();
+    let (keys, changed) = (
+        format!("pgshard_staged_{n}"),
+        format!("pgshard_touched_{n}"),
+    );
+    source
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS pg_temp.{keys}; \
+             CREATE TEMP TABLE {keys} AS SELECT {pk} FROM {src} WITH NO DATA; \
+             CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {src} WITH NO DATA",
+            src = t.source_sql
+        ))
+        .await
+        .map_err(MoveError::pg(what))?;
+    Ok((keys, changed))
+}
+
+async fn analyze(tx: &Transaction<'_>, tables: &[&str], what: &str) -> Result<(), MoveError> {
+    tx.batch_execute(&format!("ANALYZE {}", tables.join(", ")))
+        .await
+        .map_err(MoveError::pg(what))
+}
