@@ -32,11 +32,12 @@ pub struct CatchUp {
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
     pub lag_bytes: u64,
-    /// Changed rows whose keys were noted for the cutover's verifications (every changed row of
-    /// a moved table: one whose new version left the moving slots may have been in them).
+    /// Changed rows whose keys were noted for the cutover's verifications: those in the moving
+    /// slots, of no known slot, or (where the shard key is not part of the primary key) that
+    /// may have left the moving slots.
     pub keys_noted: u64,
-    /// The slots of their new versions, and how many had no known slot (the change lacked the
-    /// key, or the key is NULL).
+    /// The moving slots of their new versions, and how many had none known (the change lacked
+    /// the key, the key is NULL, or the row may have left the slots).
     pub noted_slots: SlotSet,
     pub noted_without_slot: u64,
 }
@@ -101,15 +102,24 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     }
     apply.flush().await?;
     round.fetched = apply.fetched;
-    let (touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
+    let (mut touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
+    tx.commit().await.map_err(MoveError::pg(what))?;
+    // A row whose new version is outside the moving slots was never in them when its table's
+    // primary key holds the shard key (the key, hence the slot, changes only with a new
+    // primary key, whose old version is noted apart); otherwise it may have left them.
+    let following = &mover.following;
+    touched.retain(|(t, (_, slot))| {
+        let table = &mover.tables[*t];
+        slot.is_none_or(|s| following.contains(s)) || !table.primary_key.contains(&table.key)
+    });
     round.keys_noted = touched.len() as u64;
     for (_, (_, slot)) in &touched {
         match slot {
-            Some(slot) => round.noted_slots.insert(*slot),
-            None => round.noted_without_slot += 1,
+            Some(slot) if following.contains(*slot) => round.noted_slots.insert(*slot),
+            // No known slot, or one that may have been in the moving slots before.
+            _ => round.noted_without_slot += 1,
         }
     }
-    tx.commit().await.map_err(MoveError::pg(what))?;
     match (&mut mover.touched, keys_unknown) {
         (Some(_), true) => {
             (mover.touched, mover.since, mover.pre) = (None, None, None);
@@ -123,7 +133,6 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
             }
             // Since the copy, only rows that are (or may be) in the moving slots: the staged
             // keys cover those that were.
-            let following = &mover.following;
             for (t, key) in touched {
                 if key.1.is_none_or(|s| following.contains(s)) {
                     sets[t].insert(key);

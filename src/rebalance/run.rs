@@ -274,6 +274,8 @@ async fn cut_over(
         // Compared row by row while writes go on, so that the hold looks only at what changed.
         report(Event::Step("verify before the hold"));
         mover.pre_verify(slice).await?;
+        // What was written meanwhile, so that the hold's own catch-up is short.
+        *applied += mover.catch_up(options.batch_changes).await?.applied;
         attempt += 1;
         report(Event::Step("cutover"));
         let started = Instant::now();
@@ -463,13 +465,12 @@ async fn held(
     phases.mark("verify");
     // Verified by keys, a row changed since the last catch-up was not looked at (a write
     // around pgshard, which holds the slots): one more round, and if it saw a change that may
-    // concern the slice (a row in it, of no known slot, or now outside the moving slots, which
-    // may have left it), the verification again with those keys. Changes in the other slots
-    // still moving go on meanwhile and do not count.
+    // concern the slice (a row in it, or of no known slot, or one that may have left it: see
+    // `CatchUp::noted_without_slot`), the verification again with those keys. Changes in the
+    // other slots go on meanwhile and do not count.
     let late = mover.catch_up(u32::MAX).await?;
     *applied += late.applied;
-    let others = mover.following().without(slice);
-    let concerned = !late.noted_slots.without(&others).is_empty();
+    let concerned = late.noted_slots.intersects(slice);
     if !mover.knows_changed_keys() || late.noted_without_slot > 0 || concerned {
         verify(mover, id, slice).await?;
     }

@@ -410,18 +410,21 @@ pub(crate) async fn verify_changed(
         })
         .await?;
         writer.finish();
-        // The keys looked at leave the staged keys; those in the slice now come back.
+        // The keys looked at leave the staged keys (a hash join: the key table has no index);
+        // those in the slice now come back.
         let matches: Vec<String> = t
             .primary_key
             .iter()
             .map(|&i| {
                 let c = super::objects::quote_ident(&t.columns[i].name);
-                format!("s.{c} IS NOT DISTINCT FROM c.{c}")
+                format!("s.{c} = c.{c}")
             })
             .collect();
         source
             .batch_execute(&format!(
-                "DELETE FROM {keys} s USING {changed} c WHERE {}",
+                "SET LOCAL enable_hashjoin = on; \
+                 DELETE FROM {keys} s USING {changed} c WHERE {}; \
+                 SET LOCAL enable_hashjoin = off",
                 matches.join(" AND ")
             ))
             .await

@@ -58,12 +58,19 @@ extern "C" fn stop_clusters() {
     }
 }
 
-/// One test's world: its tables (`<p>_users`, `<p>_orders`), catalog database and config file.
+/// One test's world: its tables (`<p>_users`, `<p>_orders`), catalog database and config file
+/// (removed when the world is dropped).
 pub struct World {
     pub prefix: String,
     pub config: PathBuf,
     pub config_text: String,
     pub catalog_url: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
 }
 
 /// Creates the test's tables on both primaries (replayed on the replicas), its catalog
