@@ -97,8 +97,11 @@ pub struct Shared {
     /// quiet point.
     next: ArcSwapOption<Shared>,
     replaced: std::sync::atomic::AtomicBool,
-    /// Counts reloads: 0 for the config pgshard started with.
+    /// Counts generations: 0 for the config pgshard started with.
     pub generation: u64,
+    /// Counts reloads of the config: a generation made for a new live map keeps its
+    /// predecessor's (same shards in the same order, same pools).
+    pub config_generation: u64,
     /// Prometheus metrics (recording is a no-op without `[metrics]`). Kept across reloads
     /// (shards added by one are not in the per-shard histograms until a restart).
     pub metrics: Arc<Metrics>,
@@ -146,9 +149,10 @@ impl Shared {
         // The client TLS config is kept too: its files are read at reloads only (they were
         // checked then), never behind the operator's back.
         let tls = Some(self.tls.clone());
-        let next = Shared::build(self.config.clone(), Some(self), control, map.clone(), tls);
+        let mut next = Shared::build(self.config.clone(), Some(self), control, map.clone(), tls);
         next.router
             .store(Arc::new(self.router.load().with_map(map)));
+        next.config_generation = self.config_generation;
         next
     }
 
@@ -238,6 +242,7 @@ impl Shared {
             next: ArcSwapOption::empty(),
             replaced: std::sync::atomic::AtomicBool::new(false),
             generation: previous.map_or(0, |p| p.generation + 1),
+            config_generation: previous.map_or(0, |p| p.config_generation + 1),
             tls,
             backend_tls,
             stats,

@@ -398,3 +398,83 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
     .unwrap();
     assert!(done.status.success(), "nothing unfinished to abort there");
 }
+
+/// A client that keeps its server connection between transactions (session pool mode) routes
+/// by the new map once a move flipped: a statement on a moved slot is refused, naming the new
+/// owner, instead of running on the old one (where the row is gone); other slots go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_pinned_to_its_server_routes_by_the_new_map_after_a_move() {
+    let world = world("pin");
+    let p = world.prefix.clone();
+    let loader = support::start_proxy(&world.config_text).await;
+    let (client, connection) =
+        tokio_postgres::connect(&loader.url("app", "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut record = Record::default();
+    load_users(&client, &p, 300, &mut record).await;
+    let session_mode = world
+        .config_text
+        .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"");
+    let router = support::start_proxy(&session_mode).await;
+    let (pinned, connection) =
+        tokio_postgres::connect(&router.url("app", "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let on_s0: Vec<i64> = (1..=300).filter(|&k| slot_of(k) < 2048).collect();
+    let (moving, staying) = (
+        on_s0[0],
+        on_s0[1..]
+            .iter()
+            .copied()
+            .find(|&k| slot_of(k) != slot_of(on_s0[0]))
+            .unwrap(),
+    );
+    let update = format!("UPDATE {p}_users SET name = $2 WHERE user_id = $1");
+    let n = pinned
+        .execute(&update, &[&moving, &"before"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the client is on s0 now");
+    let slot = slot_of(moving).to_string();
+    run_ok(&[
+        "rebalance",
+        "move",
+        "--config",
+        world.config.to_str().unwrap(),
+        "--slots",
+        &slot,
+        "--to",
+        "s1",
+    ]);
+    // Wait until the session-mode router installed the new map (it acknowledged the hold,
+    // then follows the flip at its next look at the catalog).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let n = pinned
+        .execute(&update, &[&staying, &"after"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "a slot still on s0");
+    let error = pinned
+        .execute(&update, &[&moving, &"after"])
+        .await
+        .expect_err("a moved slot from a client held on s0");
+    let text = error
+        .as_db_error()
+        .map_or_else(|| error.to_string(), |e| e.message().to_string());
+    assert!(text.contains("routes to shard s1"), "{text}");
+    let row = client
+        .query_one(
+            &format!("SELECT name FROM {p}_users WHERE user_id = $1"),
+            &[&moving],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "before",
+        "nothing ran on the old owner"
+    );
+}

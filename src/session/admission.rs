@@ -103,10 +103,22 @@ impl<S: Stream> Session<S> {
             self.presence.waiting();
             self.marked_waiting = true;
         }
-        if self.server.is_none() {
+        if self.server.is_none() || self.only_the_map_changed() {
             self.move_to_newest();
         }
         Ok(())
+    }
+
+    /// Whether the generations after this one changed the live shard map only (a slot move),
+    /// not the config: a client holding its server connection (session mode) then routes by
+    /// the new map from its next transaction on (its connection's pool is the same), so a
+    /// statement on a moved slot reaches the new owner or is refused, never the old one.
+    fn only_the_map_changed(&self) -> bool {
+        self.shared.is_replaced()
+            && self
+                .shared
+                .newest()
+                .is_some_and(|n| n.config_generation == self.shared.config_generation)
     }
 
     /// Moves to the newest generation if a reload or a new map made one (unless it dropped this
