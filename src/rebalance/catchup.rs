@@ -102,8 +102,26 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     }
     apply.flush().await?;
     round.fetched = apply.fetched;
-    let (mut touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
+    let (touched, keys_unknown) = (std::mem::take(&mut apply.touched), apply.keys_unknown);
     tx.commit().await.map_err(MoveError::pg(what))?;
+    note_keys(mover, touched, keys_unknown, &mut round);
+    if let Some((commit_lsn, end_lsn)) = last_commit {
+        advance(&mover.source.client, &slot, end_lsn).await?;
+        round.reached = commit_lsn >= marker;
+    }
+    round.lag_bytes = lag_bytes(&mover.plan, &mover.source).await?;
+    Ok(round)
+}
+
+/// Records the keys a round saw change (see [`CatchUp::keys_noted`]) in the mover's sets:
+/// `since` all of them, `touched` those in the moving slots or of no known slot; a change
+/// without its key turns the record off.
+fn note_keys(
+    mover: &mut Mover,
+    mut touched: Vec<(usize, super::TouchedKey)>,
+    keys_unknown: bool,
+    round: &mut CatchUp,
+) {
     // A row whose new version is outside the moving slots was never in them when its table's
     // primary key holds the shard key (the key, hence the slot, changes only with a new
     // primary key, whose old version is noted apart); otherwise it may have left them.
@@ -141,12 +159,6 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         }
         (None, _) => {}
     }
-    if let Some((commit_lsn, end_lsn)) = last_commit {
-        advance(&mover.source.client, &slot, end_lsn).await?;
-        round.reached = commit_lsn >= marker;
-    }
-    round.lag_bytes = lag_bytes(plan, &mover.source).await?;
-    Ok(round)
 }
 
 /// A transactional logical message, committed with `synchronous_commit = on` so that it and

@@ -99,6 +99,11 @@ impl SlotSet {
         self.len() == 0
     }
 
+    /// Every slot.
+    pub fn all() -> SlotSet {
+        SlotSet([u64::MAX; SLOT_COUNT as usize / 64])
+    }
+
     /// The slots in order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         (0..SLOT_COUNT).filter(|&s| self.contains(s))

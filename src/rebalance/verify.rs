@@ -321,17 +321,14 @@ pub(crate) async fn pre_verify(
     })
 }
 
-/// Under the hold, after [`pre_verify`] of `slice`: per table, the rows whose keys differed
-/// then or changed since (`since`, whatever their slot), on both sides, restricted to the slice
-/// and compared; and the staged key table brought up to date with the source's keys of the
-/// slice among them (the clean deletes exactly the source's rows of the slice).
-pub(crate) async fn verify_changed(
+/// [`verify_changed`]'s target side: per table, the digest of staging's rows with the keys that
+/// differed or changed since, in the slice.
+async fn changed_on_target(
     mover: &mut Mover,
     pre: &PreVerified,
     since: &[Touched],
-) -> Result<Vec<TableCheck>, MoveError> {
+) -> Result<Vec<Digest>, MoveError> {
     let slice = &pre.slice;
-    let every = SlotSet::from_ranges([0..=crate::sharding::SLOT_COUNT - 1]);
     let what = "comparing the rows changed since the first comparison";
     // Not a read-only snapshot: the keys go into a temporary table. One query reads staging.
     let target = mover
@@ -343,18 +340,8 @@ pub(crate) async fn verify_changed(
     by_index(&target, what).await?;
     let mut targets = Vec::new();
     for (n, t) in mover.tables.iter().enumerate() {
-        let changed = format!("pgshard_changed_{n}");
-        target
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {stg} WITH NO DATA",
-                pk = t.primary_key_list(),
-                stg = t.staging_sql
-            ))
-            .await
-            .map_err(MoveError::pg(what))?;
-        copy_in(&target, &changed, pre.differing[n].1.clone()).await?;
-        insert_touched(&target, t, &changed, &since[n], &every).await?;
-        analyze(&target, &[&changed], what).await?;
+        let keys = (&pre.differing[n].1, &since[n]);
+        let changed = changed_keys(&target, (t, n), &t.staging_sql, keys, what).await?;
         let query = format!(
             "SELECT {cols} FROM {stg} WHERE ({pk}) IN (SELECT {pk} FROM {changed})",
             cols = t.column_list(),
@@ -372,6 +359,21 @@ pub(crate) async fn verify_changed(
         targets.push(digest);
     }
     target.commit().await.map_err(MoveError::pg(what))?;
+    Ok(targets)
+}
+
+/// Under the hold, after [`pre_verify`] of `slice`: per table, the rows whose keys differed
+/// then or changed since (`since`, whatever their slot), on both sides, restricted to the slice
+/// and compared; and the staged key table brought up to date with the source's keys of the
+/// slice among them (the clean deletes exactly the source's rows of the slice).
+pub(crate) async fn verify_changed(
+    mover: &mut Mover,
+    pre: &PreVerified,
+    since: &[Touched],
+) -> Result<Vec<TableCheck>, MoveError> {
+    let slice = &pre.slice;
+    let what = "comparing the rows changed since the first comparison";
+    let targets = changed_on_target(mover, pre, since).await?;
     let source = mover
         .source
         .client
@@ -381,21 +383,9 @@ pub(crate) async fn verify_changed(
     by_index(&source, what).await?;
     let mut checks = Vec::new();
     for (n, (t, target)) in mover.tables.iter().zip(targets).enumerate() {
-        let (keys, changed) = (
-            format!("pgshard_staged_{n}"),
-            format!("pgshard_changed_{n}"),
-        );
-        source
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {src} WITH NO DATA",
-                pk = t.primary_key_list(),
-                src = t.source_sql
-            ))
-            .await
-            .map_err(MoveError::pg(what))?;
-        copy_in(&source, &changed, pre.differing[n].1.clone()).await?;
-        insert_touched(&source, t, &changed, &since[n], &every).await?;
-        analyze(&source, &[&changed], what).await?;
+        let keys = format!("pgshard_staged_{n}");
+        let changed_of = (&pre.differing[n].1, &since[n]);
+        let changed = changed_keys(&source, (t, n), &t.source_sql, changed_of, what).await?;
         let (mut digest, mut writer) = (Digest::default(), TupleWriter::new());
         let query = lookup(
             t,
@@ -438,6 +428,28 @@ pub(crate) async fn verify_changed(
     }
     source.commit().await.map_err(MoveError::pg(what))?;
     Ok(checks)
+}
+
+/// Creates `pgshard_changed_<n>` for the transaction, of `relation`'s key columns, filled with
+/// the keys that differed (a binary COPY stream) and those changed since (any slot).
+async fn changed_keys(
+    tx: &Transaction<'_>,
+    (t, n): (&Table, usize),
+    relation: &str,
+    (differing, since): (&Vec<Bytes>, &Touched),
+    what: &str,
+) -> Result<String, MoveError> {
+    let changed = format!("pgshard_changed_{n}");
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {changed} ON COMMIT DROP AS SELECT {pk} FROM {relation} WITH NO DATA",
+        pk = t.primary_key_list(),
+    ))
+    .await
+    .map_err(MoveError::pg(what))?;
+    copy_in(tx, &changed, differing.clone()).await?;
+    insert_touched(tx, t, &changed, since, &SlotSet::all()).await?;
+    analyze(tx, &[&changed], what).await?;
+    Ok(changed)
 }
 
 /// `SELECT cols FROM source WHERE (pk) IN (keys)`: the source's rows with those keys.
