@@ -302,9 +302,12 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
     .unwrap();
     drain(&mut mover).await;
     let full = mover.verify(TargetSide::Staging).await.unwrap();
+    assert!(full.iter().all(|c| c.equal()), "{full:?}");
     let keyed = mover.verify_cutover(&moving()).await.unwrap();
-    assert_eq!(keyed, full, "by keys as by a full scan");
-    assert!(keyed.iter().all(|c| c.equal()), "{keyed:?}");
+    assert!(
+        keyed.iter().all(|c| c.equal()),
+        "by keys as by a full scan: {keyed:?}"
+    );
     // A staging row that differs.
     let staging = "pgshard_staging_vk.vk_users";
     dst.execute(
@@ -313,6 +316,9 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
     )
     .await
     .unwrap();
+    // Staging changes only by the catch-up, so the comparison before a hold is what finds a
+    // damaged staging row, and the one under the hold looks at it again.
+    assert_eq!(mover.pre_verify(&moving()).await.unwrap(), 1);
     let checks = mover.verify_cutover(&moving()).await.unwrap();
     assert!(
         checks.iter().any(|c| c.table == "vk_users" && !c.equal()),

@@ -405,27 +405,26 @@ impl Mover {
         Ok(differing)
     }
 
-    /// The cutover's verification of `slice` (followed slots, under the hold). After
-    /// [`Mover::pre_verify`] of the slice: only the rows that differed then or changed since,
-    /// on both sides. Else, when this process copied and followed every change since: the
-    /// source's rows whose primary key is staged in the slice or was changed, compared with
-    /// staging (an indexed lookup of those keys instead of a scan of the whole source table).
-    /// Both leave the source's keys of the slice for [`Mover::clean_slice`]. Otherwise a full
-    /// [`Mover::verify`] of the slice's staging rows.
+    /// The cutover's verification of `slice` (followed slots, under the hold). When this
+    /// process copied and followed every change since: after [`Mover::pre_verify`] of the
+    /// slice (run here first if it did not run), only the rows that differed then or changed
+    /// since, on both sides, with indexed lookups instead of scans of the whole source table;
+    /// it leaves the source's keys of the slice for [`Mover::clean_slice`]. Otherwise a full
+    /// [`Mover::verify`] of the slice's staging rows. The digests cover the rows compared.
     pub async fn verify_cutover(&mut self, slice: &SlotSet) -> Result<Vec<TableCheck>, MoveError> {
         self.keys_kept = None;
-        let pre = self.pre.take().filter(|p| &p.slice == slice);
-        let checks = if let (Some(pre), Some(since)) = (pre, self.since.take()) {
-            let checks = verify::verify_changed(self, &pre, &since).await;
-            (self.pre, self.since) = (Some(pre), Some(since));
-            checks?
-        } else if let Some(touched) = self.touched.take() {
-            let checks = verify::verify_keyed(self, slice, &touched).await;
-            self.touched = Some(touched);
-            checks?
-        } else {
+        if self.touched.is_none() {
+            return verify::verify(self, TargetSide::Staging, slice).await;
+        }
+        if self.pre.as_ref().is_none_or(|p| &p.slice != slice) {
+            self.pre_verify(slice).await?;
+        }
+        let (Some(pre), Some(since)) = (self.pre.take(), self.since.take()) else {
             return verify::verify(self, TargetSide::Staging, slice).await;
         };
+        let checks = verify::verify_changed(self, &pre, &since).await;
+        (self.pre, self.since) = (Some(pre), Some(since));
+        let checks = checks?;
         self.keys_kept = Some(slice.clone());
         Ok(checks)
     }

@@ -1,8 +1,8 @@
 //! The verifications: the moving rows on the source and on the target compared, per table, by
-//! count and checksum. A full one (scans of both sides), one by keys (the staged keys and those
-//! changed since the copy, looked up on the source), and the cutover's pair: a comparison row
-//! by row before the hold ([`pre_verify`]), then under the hold only the rows whose keys
-//! differed then or changed since ([`verify_changed`]). It reads rows and never changes a
+//! count and checksum. A full one (scans of both sides), and the cutover's pair: a comparison
+//! row by row of the slice's staged rows with the source's rows of the staged keys and the keys
+//! changed since the copy ([`pre_verify`], before the hold), then under the hold only the rows
+//! whose keys differed then or changed since ([`verify_changed`]). It reads rows and never changes a
 //! table; the one thing it writes is the session's temporary key tables on the source's
 //! connection (`pgshard_staged_<n>`: the source's keys of the slice, which the clean deletes).
 
@@ -63,87 +63,6 @@ pub(crate) async fn verify(
         .commit()
         .await
         .map_err(MoveError::pg("ending the target's snapshot"))?;
-    Ok(checks)
-}
-
-/// The cutover's verification by keys (see `Mover::verify_cutover`): per table, the digest of
-/// the slice's staging rows (found by the slot index), and on the source the digest of the
-/// rows in the slice among those whose primary key is staged there or in `touched` (for a row
-/// of the slice, or of no known slot). The staged keys stay on the source's connection in a
-/// temporary table `pgshard_staged_<n>` for `copy::delete_staged_keys`.
-pub(crate) async fn verify_keyed(
-    mover: &mut Mover,
-    slots: &SlotSet,
-    touched: &[super::Touched],
-) -> Result<Vec<TableCheck>, MoveError> {
-    let target = snapshot(&mut mover.target.client, "the target").await?;
-    let mut staged = Vec::new();
-    let mut targets = Vec::new();
-    for t in &mover.tables {
-        // One scan of staging: the digest, and the primary keys for the source's lookup.
-        let (mut digest, mut writer, mut chunks) = (Digest::default(), TupleWriter::new(), vec![]);
-        let query = format!(
-            "SELECT {} FROM {} WHERE {SLOT_COLUMN} = ANY({})",
-            t.column_list(),
-            t.staging_sql,
-            slots.sql_array()
-        );
-        scan(&target, &query, &t.name, |tuple| {
-            if in_slots(t, slots, &tuple, t.key)? {
-                digest.add(&tuple);
-            }
-            writer.fields(t.primary_key.iter().map(|&i| tuple.field(i)));
-            if writer.len() >= CHUNK_BYTES {
-                chunks.push(writer.take());
-            }
-            Ok(())
-        })
-        .await?;
-        writer.finish();
-        chunks.push(writer.take());
-        targets.push(digest);
-        staged.push(chunks);
-    }
-    target
-        .commit()
-        .await
-        .map_err(MoveError::pg("ending the target's snapshot"))?;
-    let what = "looking up the moving rows on the source by key";
-    let source = mover
-        .source
-        .client
-        .transaction()
-        .await
-        .map_err(MoveError::pg(what))?;
-    // Key lookups through the primary key's index: a fraction of the table, while a hash join
-    // would read all of it.
-    by_index(&source, what).await?;
-    let mut checks = Vec::new();
-    for (n, ((t, chunks), target)) in mover.tables.iter().zip(staged).zip(targets).enumerate() {
-        let (keys, changed) = key_tables(&source, t, n, what).await?;
-        copy_in(&source, &keys, chunks).await?;
-        insert_touched(&source, t, &changed, &touched[n], slots).await?;
-        analyze(&source, &[&keys, &changed], what).await?;
-        let pk = t.primary_key_list();
-        let query = lookup(
-            t,
-            &format!("SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed}"),
-        );
-        let mut digest = Digest::default();
-        scan(&source, &query, &t.name, |tuple| {
-            if in_slots(t, slots, &tuple, t.key)? {
-                digest.add(&tuple);
-            }
-            Ok(())
-        })
-        .await?;
-        checks.push(TableCheck {
-            table: t.name.clone(),
-            source: digest,
-            target,
-        });
-    }
-    source.commit().await.map_err(MoveError::pg(what))?;
     Ok(checks)
 }
 
