@@ -2,7 +2,9 @@
 //! (and cross-shard statements, which could see a moving row on both shards) wait here, and the
 //! router tells the mover when every transaction that began before the hold has ended.
 //! Transactions are counted by era: a session holds a [`Ticket`] of the era it began its
-//! transaction in, and a hold starts a new era and waits for the older ones to drain. Kept by
+//! transaction in, and a hold starts a new era and waits for the older ones to drain: first
+//! the transactions that may write (then the mover may verify), then the read-only ones (a
+//! statement alone that reads several shards' replicas; then the mover may swap). Kept by
 //! `Control` across generations; it never routes, never touches a connection, and never
 //! decides on its own to release a hold (the catalog watcher does, after installing the map).
 
@@ -14,23 +16,45 @@ use tokio::sync::{watch, Notify};
 
 use crate::rebalance::SlotSet;
 
-/// One era of transactions: how many are open, and a wake-up for the hold that waits for them.
+/// One era of transactions: how many are open (those that may write, and the read-only ones),
+/// and a wake-up for the hold that waits for them.
 #[derive(Default)]
 pub struct Era {
     active: AtomicUsize,
+    readers: AtomicUsize,
     retired: AtomicBool,
     drained: Notify,
 }
 
-/// A session's claim on the era its transaction began in; dropping it ends the claim.
-pub struct Ticket(Arc<Era>);
+impl Era {
+    fn count(&self, reader: bool) -> &AtomicUsize {
+        if reader {
+            &self.readers
+        } else {
+            &self.active
+        }
+    }
+}
+
+/// A session's claim on the era its transaction began in; dropping it ends the claim. A reader
+/// ticket claims a transaction that cannot write: one statement reading replicas.
+pub struct Ticket {
+    era: Arc<Era>,
+    reader: bool,
+}
+
+impl Ticket {
+    pub fn is_reader(&self) -> bool {
+        self.reader
+    }
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.retired.load(Ordering::SeqCst)
+        if self.era.count(self.reader).fetch_sub(1, Ordering::SeqCst) == 1
+            && self.era.retired.load(Ordering::SeqCst)
         {
-            self.0.drained.notify_waiters();
+            self.era.drained.notify_waiters();
         }
     }
 }
@@ -102,18 +126,18 @@ impl Holds {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// A ticket of the current era, for a transaction beginning now. Never of an era a hold
-    /// already found drained: the count and the `retired` flag are read in opposite orders
-    /// by the two sides (SeqCst), so one of them sees the other.
-    pub fn ticket(&self) -> Ticket {
+    /// A ticket of the current era, for a transaction beginning now (`reader`: one that cannot
+    /// write). Never of an era a hold already found drained: the count and the `retired` flag
+    /// are read in opposite orders by the two sides (SeqCst), so one of them sees the other.
+    pub fn ticket(&self, reader: bool) -> Ticket {
         loop {
             let era = self.era.load_full();
-            era.active.fetch_add(1, Ordering::SeqCst);
+            era.count(reader).fetch_add(1, Ordering::SeqCst);
             if !era.retired.load(Ordering::SeqCst) {
-                return Ticket(era);
+                return Ticket { era, reader };
             }
             // A hold retired it meanwhile: take the next era's.
-            drop(Ticket(era));
+            drop(Ticket { era, reader });
         }
     }
 
@@ -123,7 +147,7 @@ impl Holds {
         if !self.any.load(Ordering::Acquire) || touches == Touches::Nothing {
             return false;
         }
-        let older = !Arc::ptr_eq(&ticket.0, &self.era.load());
+        let older = !Arc::ptr_eq(&ticket.era, &self.era.load());
         let held = lock(&self.held);
         match touches {
             Touches::Nothing => false,
@@ -134,8 +158,9 @@ impl Holds {
     }
 
     /// Starts holding `hold` (again, if it is held already) and returns once every transaction
-    /// that began before it has ended. Bound it with a timeout.
-    pub async fn hold_and_drain(&self, hold: Hold) {
+    /// that began before it and may write has ended; [`Holds::drain_readers`] of what it
+    /// returns waits for the read-only ones. Bound both with a timeout.
+    pub async fn hold_and_drain(&self, hold: Hold) -> Vec<Arc<Era>> {
         {
             let mut held = lock(&self.held);
             match held.iter_mut().find(|h| h.move_id == hold.move_id) {
@@ -149,20 +174,18 @@ impl Holds {
         let waiting: Vec<Arc<Era>> = {
             let mut retired = lock(&self.retired);
             retired.push(old);
-            retired.retain(|e| e.active.load(Ordering::SeqCst) > 0);
+            retired.retain(|e| {
+                e.active.load(Ordering::SeqCst) > 0 || e.readers.load(Ordering::SeqCst) > 0
+            });
             retired.clone()
         };
-        for era in waiting {
-            loop {
-                let drained = era.drained.notified();
-                tokio::pin!(drained);
-                drained.as_mut().enable();
-                if era.active.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                drained.await;
-            }
-        }
+        drain(&waiting, false).await;
+        waiting
+    }
+
+    /// Returns once the read-only transactions of `eras` (those a hold retired) have ended.
+    pub async fn drain_readers(eras: &[Arc<Era>]) {
+        drain(eras, true).await
     }
 
     /// Starts holding `hold` at once, transactions already open included (a router fencing
@@ -213,6 +236,21 @@ impl Holds {
     }
 }
 
+/// Waits until the writers (or the readers) of every era in `eras` are gone.
+async fn drain(eras: &[Arc<Era>], readers: bool) {
+    for era in eras {
+        loop {
+            let drained = era.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if era.count(readers).load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            drained.await;
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every value behind these locks stays valid whatever panicked.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -235,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_hold_waits_for_older_transactions_and_holds_only_newer_ones() {
         let holds = Arc::new(Holds::default());
-        let older = holds.ticket();
+        let older = holds.ticket(false);
         let drain = {
             let holds = holds.clone();
             tokio::spawn(async move { holds.hold_and_drain(hold("m1", 10..=19)).await })
@@ -244,7 +282,7 @@ mod tests {
         assert!(!drain.is_finished(), "an older transaction is still open");
         // The older transaction runs on, even on a held slot.
         assert!(!holds.must_wait(Touches::Slot(12), &older));
-        let newer = holds.ticket();
+        let newer = holds.ticket(false);
         assert!(holds.must_wait(Touches::Slot(12), &newer));
         assert!(holds.must_wait(Touches::Shards, &newer));
         assert!(!holds.must_wait(Touches::Slot(20), &newer));
@@ -271,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_hold_also_waits_for_transactions_older_than_the_first() {
         let holds = Arc::new(Holds::default());
-        let oldest = holds.ticket();
+        let oldest = holds.ticket(false);
         let first = {
             let holds = holds.clone();
             tokio::spawn(async move { holds.hold_and_drain(hold("a", 0..=0)).await })
@@ -297,7 +335,7 @@ mod tests {
     async fn a_narrowed_hold_lets_slot_statements_go_and_keeps_holding_keyless_ones() {
         let holds = Arc::new(Holds::default());
         holds.hold_and_drain(hold("m", 5..=9)).await;
-        let newer = holds.ticket();
+        let newer = holds.ticket(false);
         assert!(holds.must_wait(Touches::Slot(7), &newer));
         let waiter = {
             let holds = holds.clone();
@@ -315,10 +353,40 @@ mod tests {
         assert!(!holds.must_wait(Touches::Shards, &newer));
     }
 
+    #[tokio::test]
+    async fn a_hold_answers_for_writers_first_and_waits_for_older_readers_before_the_swap() {
+        let holds = Arc::new(Holds::default());
+        let reader = holds.ticket(true);
+        assert!(reader.is_reader());
+        let writer = holds.ticket(false);
+        let drain = {
+            let holds = holds.clone();
+            tokio::spawn(async move { holds.hold_and_drain(hold("m", 0..=9)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drain.is_finished(), "an older writer is still open");
+        drop(writer);
+        let eras = tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .expect("writers drained with a reader still open")
+            .unwrap();
+        let readers = tokio::spawn(async move { Holds::drain_readers(&eras).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!readers.is_finished(), "the older reader is still open");
+        // A newer reader waits at the hold like any statement reaching several shards.
+        let newer = holds.ticket(true);
+        assert!(holds.must_wait(Touches::Shards, &newer));
+        drop(reader);
+        tokio::time::timeout(Duration::from_secs(5), readers)
+            .await
+            .expect("readers drained")
+            .unwrap();
+    }
+
     #[test]
     fn a_fence_holds_older_transactions_too() {
         let holds = Holds::default();
-        let older = holds.ticket();
+        let older = holds.ticket(false);
         holds.hold(Hold {
             fence: true,
             ..hold("fence:m", 3..=3)

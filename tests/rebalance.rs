@@ -478,3 +478,80 @@ async fn a_client_pinned_to_its_server_routes_by_the_new_map_after_a_move() {
         "nothing ran on the old owner"
     );
 }
+
+/// A router answers a hold in two steps: once the transactions older than it that may write
+/// have ended (the mover then verifies), and once the read-only statements older than it have
+/// ended too (the mover swaps only then). A long keyless read on the replicas delays only the
+/// second answer, and counts every user once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_keyless_read_older_than_a_hold_delays_only_its_second_answer() {
+    let world = world("lr");
+    let p = world.prefix.clone();
+    let router = support::start_proxy(&world.config_text).await;
+    let url = router.url("app", "app");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let users = 3000;
+    load_users(&client, &p, users, &mut Record::default()).await;
+    for cluster in clusters() {
+        cluster
+            .wait_for_replay(DEADLINE)
+            .expect("replicas replay the users");
+    }
+    let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rounds = 20_000i64;
+    let sql = format!("SELECT count(*) FROM {p}_users, generate_series(1, {rounds}) g");
+    let read = tokio::spawn(async move { reader.query_one(&sql, &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut catalog = pgshard::catalog::connect(&world.catalog_url, None)
+        .await
+        .unwrap();
+    let expected = pgshard::catalog::cutover::request_hold(
+        &mut catalog,
+        "manual",
+        "0-15",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(expected.len(), 1, "{expected:?}");
+    let started = std::time::Instant::now();
+    loop {
+        let writers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", false)
+            .await
+            .unwrap();
+        if writers == expected {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "no first answer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!read.is_finished(), "the keyless read is still running");
+    let readers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", true)
+        .await
+        .unwrap();
+    assert!(
+        readers.is_empty(),
+        "answered for readers while one runs: {readers:?}"
+    );
+    let counted: i64 = read.await.unwrap().expect("the long read").get(0);
+    assert_eq!(counted, users * rounds, "every user once");
+    loop {
+        let readers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", true)
+            .await
+            .unwrap();
+        if readers == expected {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "no second answer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pgshard::catalog::cutover::drop_hold(&catalog, "manual")
+        .await
+        .unwrap();
+}

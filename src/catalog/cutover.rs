@@ -30,6 +30,7 @@ pub(super) const MOVE_SQL: &str = "\
         move_id text NOT NULL, \
         router_id text NOT NULL, \
         acked_at timestamptz NOT NULL DEFAULT now(), \
+        readers_drained boolean NOT NULL DEFAULT false, \
         PRIMARY KEY (move_id, router_id)); \
     CREATE TABLE IF NOT EXISTS pgshard.moves ( \
         move_id text PRIMARY KEY, \
@@ -60,6 +61,11 @@ pub(super) const MOVE_SQL: &str = "\
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
                        AND table_name = 'holds' AND column_name = 'sticky') THEN \
             ALTER TABLE pgshard.holds ADD COLUMN sticky boolean NOT NULL DEFAULT false; \
+        END IF; \
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
+                       AND table_name = 'hold_acks' AND column_name = 'readers_drained') THEN \
+            ALTER TABLE pgshard.hold_acks \
+                ADD COLUMN readers_drained boolean NOT NULL DEFAULT false; \
         END IF; \
     END $$; \
     CREATE TABLE IF NOT EXISTS pgshard.move_slices ( \
@@ -187,17 +193,21 @@ pub async fn routers(
 }
 
 /// A router acknowledges a hold: it holds the slots and no older transaction is open.
+/// `readers`: the read-only transactions older than the hold have ended too (the first answer
+/// says only that those that may write have).
 pub async fn acknowledge(
     client: &impl GenericClient,
     move_id: &str,
     router_id: &str,
+    readers: bool,
 ) -> Result<(), CatalogError> {
     client
         .execute(
-            "INSERT INTO pgshard.hold_acks (move_id, router_id) \
-             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM pgshard.holds WHERE move_id = $1) \
-             ON CONFLICT DO NOTHING",
-            &[&move_id, &router_id],
+            "INSERT INTO pgshard.hold_acks (move_id, router_id, readers_drained) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM pgshard.holds WHERE move_id = $1) \
+             ON CONFLICT (move_id, router_id) DO UPDATE SET readers_drained = $3, \
+               acked_at = now()",
+            &[&move_id, &router_id, &readers],
         )
         .await?;
     Ok(())
@@ -241,15 +251,18 @@ pub async fn request_hold(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Routers that have acknowledged `move_id`'s hold.
+/// Routers that have acknowledged `move_id`'s hold (with `readers`: also for their read-only
+/// transactions).
 pub async fn acknowledged(
     client: &impl GenericClient,
     move_id: &str,
+    readers: bool,
 ) -> Result<Vec<String>, CatalogError> {
     let rows = client
         .query(
-            "SELECT router_id FROM pgshard.hold_acks WHERE move_id = $1 ORDER BY router_id",
-            &[&move_id],
+            "SELECT router_id FROM pgshard.hold_acks WHERE move_id = $1 \
+             AND (readers_drained OR NOT $2) ORDER BY router_id",
+            &[&move_id, &readers],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

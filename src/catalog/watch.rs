@@ -225,15 +225,26 @@ impl Follower {
                 "holding slots {} for the cutover of move {move_id}",
                 held.slots
             );
-            match tokio::time::timeout(DRAIN_WAIT, self.holds.hold_and_drain(hold)).await {
-                Ok(()) => {
-                    acknowledge(client, move_id, &self.router_id).await?;
-                    answered.insert(move_id.clone());
-                }
-                Err(_) => tracing::warn!(
+            // Writers first (the mover verifies meanwhile), then read-only statements (before
+            // the mover swaps the rows in).
+            let drained =
+                match tokio::time::timeout(DRAIN_WAIT, self.holds.hold_and_drain(hold)).await {
+                    Ok(eras) => {
+                        acknowledge(client, move_id, &self.router_id, false).await?;
+                        tokio::time::timeout(DRAIN_WAIT, Holds::drain_readers(&eras))
+                            .await
+                            .is_ok()
+                    }
+                    Err(_) => false,
+                };
+            if drained {
+                acknowledge(client, move_id, &self.router_id, true).await?;
+                answered.insert(move_id.clone());
+            } else {
+                tracing::warn!(
                     "transactions older than the hold of move {move_id} are still open after \
                      {DRAIN_WAIT:?}; not answering yet (the mover retries)"
-                ),
+                );
             }
         }
         Ok(())

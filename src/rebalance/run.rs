@@ -450,7 +450,8 @@ async fn held(
     (applied, swapped, phases): (&mut u64, &mut bool, &mut Phases),
 ) -> Result<(), MoveError> {
     let id = &journal.move_id;
-    wait_for_acks(catalog, id, routers, options).await?;
+    // Every transaction that may write has ended (read-only statements may still run).
+    wait_for_acks(catalog, id, routers, options, false).await?;
     phases.mark("acks");
     // Every transaction that could write the slots has ended: apply up to now.
     loop {
@@ -479,6 +480,10 @@ async fn held(
     // whatever happens to the mover from here, keyless statements stay held until the swap is
     // undone or flipped. Journaled before the swap: undoing one that did not happen is harmless,
     // resuming as if one that did had not would put the rows twice on the target.
+    // A read-only statement older than the hold could read the source, then the target after
+    // the swap: they must have ended too.
+    wait_for_acks(catalog, id, routers, options, true).await?;
+    phases.mark("readers");
     let margin = Duration::from_secs(2);
     cutover::hold_through_swap(catalog, id, margin).await?;
     *swapped = true;
@@ -531,16 +536,18 @@ async fn verify(mover: &mut Mover, id: &str, slice: &SlotSet) -> Result<(), Move
     Ok(())
 }
 
-/// Waits until every router in `routers` acknowledged the hold.
+/// Waits until every router in `routers` acknowledged the hold (`readers`: also for its
+/// read-only transactions).
 async fn wait_for_acks(
     catalog: &Client,
     id: &str,
     routers: &[String],
     options: &RunOptions,
+    readers: bool,
 ) -> Result<(), MoveError> {
     let deadline = Instant::now() + options.ack_timeout;
     loop {
-        let acked = cutover::acknowledged(catalog, id).await?;
+        let acked = cutover::acknowledged(catalog, id, readers).await?;
         let missing: Vec<&String> = routers.iter().filter(|r| !acked.contains(r)).collect();
         if missing.is_empty() {
             return Ok(());

@@ -12,7 +12,7 @@ use super::route::Decision;
 use super::Session;
 use crate::holds::{Ticket, Touches};
 use crate::limits::{Admission, ClientSlot, RateLimit};
-use crate::router::Execution;
+use crate::router::{Execution, Target};
 use crate::shared::Shared;
 use crate::transport::Stream;
 
@@ -159,8 +159,31 @@ impl<S: Stream> Session<S> {
             _ => return false,
         };
         let holds = &self.shared.control.holds;
+        // A statement alone reading several shards' replicas cannot write: the cutover waits
+        // for it only before the swap, not before its verification. Anything after it in the
+        // same transaction (a pipeline) takes a ticket of the current era instead: the read is
+        // over, and a newer ticket waits at the hold rather than being waited for.
+        let reader = self.tx.is_outside()
+            && matches!(
+                decision,
+                Decision::Run(Execution::Scatter {
+                    target: Target::Replica,
+                    ..
+                })
+            );
+        if self
+            .cutover
+            .ticket
+            .as_ref()
+            .is_some_and(|t| t.is_reader() && !reader)
+        {
+            self.cutover.ticket = None;
+        }
         let fresh = self.cutover.ticket.is_none();
-        let ticket = self.cutover.ticket.get_or_insert_with(|| holds.ticket());
+        let ticket = self
+            .cutover
+            .ticket
+            .get_or_insert_with(|| holds.ticket(reader));
         let wait = holds.must_wait(touches, ticket);
         if wait && fresh {
             // No transaction of its own yet: waiting, it holds back no cutover.
