@@ -294,18 +294,8 @@ pub async fn keep_hold_in(
     move_id: &str,
     margin: Duration,
 ) -> Result<(), CatalogError> {
-    let secs = margin.as_secs_f64();
-    let kept = tx
-        .execute(
-            "UPDATE pgshard.holds SET expires_at = 'infinity'::timestamptz, scope = 'scatter' \
-             WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
-            &[&move_id, &secs],
-        )
-        .await?;
-    if kept == 0 {
-        return Err(CatalogError::HoldExpired(move_id.to_string()));
-    }
-    Ok(())
+    let change = "expires_at = 'infinity'::timestamptz, scope = 'scatter'";
+    change_hold(tx, move_id, margin, change).await
 }
 
 /// Before the swap: checks that the hold is in force for at least `margin` (else
@@ -318,15 +308,22 @@ pub async fn hold_through_swap(
     move_id: &str,
     margin: Duration,
 ) -> Result<(), CatalogError> {
+    change_hold(client, move_id, margin, "sticky = true").await
+}
+
+/// `UPDATE pgshard.holds SET <change>` of `move_id`'s hold if it lasts `margin` more.
+async fn change_hold(
+    client: &impl GenericClient,
+    move_id: &str,
+    margin: Duration,
+    change: &str,
+) -> Result<(), CatalogError> {
     let secs = margin.as_secs_f64();
-    let kept = client
-        .execute(
-            "UPDATE pgshard.holds SET sticky = true \
-             WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)",
-            &[&move_id, &secs],
-        )
-        .await?;
-    if kept == 0 {
+    let sql = format!(
+        "UPDATE pgshard.holds SET {change} \
+         WHERE move_id = $1 AND expires_at > now() + make_interval(secs => $2)"
+    );
+    if client.execute(&sql, &[&move_id, &secs]).await? == 0 {
         return Err(CatalogError::HoldExpired(move_id.to_string()));
     }
     Ok(())

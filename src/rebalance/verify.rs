@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::copy::{copy_in, in_slots, scan, snapshot, Digest, TableCheck, CHUNK_BYTES};
@@ -146,14 +146,17 @@ fn key_tuple(t: &Table, tuple: &RawTuple) -> Vec<u8> {
     out
 }
 
-/// Lookups by primary key through its index, in the transaction `tx`.
-async fn by_index(tx: &Transaction<'_>, what: &str) -> Result<(), MoveError> {
+/// A transaction whose lookups by primary key go through its index (a hash join would read the
+/// whole table for a fraction of its rows).
+async fn by_index<'a>(client: &'a mut Client, what: &str) -> Result<Transaction<'a>, MoveError> {
+    let tx = client.transaction().await.map_err(MoveError::pg(what))?;
     tx.batch_execute(
         "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
          SET LOCAL enable_mergejoin = off",
     )
     .await
-    .map_err(MoveError::pg(what))
+    .map_err(MoveError::pg(what))?;
+    Ok(tx)
 }
 
 /// Before the hold (writes go on): staging's rows of `slice` (found by the slot index) and the
@@ -195,13 +198,7 @@ pub(crate) async fn pre_verify(
         .await
         .map_err(MoveError::pg("ending the target's snapshot"))?;
     let what = "comparing the slice's rows with the source before the hold";
-    let source = mover
-        .source
-        .client
-        .transaction()
-        .await
-        .map_err(MoveError::pg(what))?;
-    by_index(&source, what).await?;
+    let source = by_index(&mut mover.source.client, what).await?;
     let mut differing = Vec::new();
     for (n, (t, (mut hashes, chunks))) in mover.tables.iter().zip(staged).enumerate() {
         let (keys, changed) = key_tables(&source, t, n, what).await?;
@@ -250,13 +247,7 @@ async fn changed_on_target(
     let slice = &pre.slice;
     let what = "comparing the rows changed since the first comparison";
     // Not a read-only snapshot: the keys go into a temporary table. One query reads staging.
-    let target = mover
-        .target
-        .client
-        .transaction()
-        .await
-        .map_err(MoveError::pg(what))?;
-    by_index(&target, what).await?;
+    let target = by_index(&mut mover.target.client, what).await?;
     let mut targets = Vec::new();
     for (n, t) in mover.tables.iter().enumerate() {
         let keys = (&pre.differing[n].1, &since[n]);
@@ -293,13 +284,7 @@ pub(crate) async fn verify_changed(
     let slice = &pre.slice;
     let what = "comparing the rows changed since the first comparison";
     let targets = changed_on_target(mover, pre, since).await?;
-    let source = mover
-        .source
-        .client
-        .transaction()
-        .await
-        .map_err(MoveError::pg(what))?;
-    by_index(&source, what).await?;
+    let source = by_index(&mut mover.source.client, what).await?;
     let mut checks = Vec::new();
     for (n, (t, target)) in mover.tables.iter().zip(targets).enumerate() {
         let keys = format!("pgshard_staged_{n}");
