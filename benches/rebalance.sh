@@ -25,7 +25,7 @@
 # Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per cutover, 64),
 #        MOVING_CLIENTS (16), OTHER_CLIENTS (4), DURATION (baseline seconds, 20),
 #        MOVING_RATE / OTHER_RATE (each group's total transactions per second, 1000 / 300;
-#        0: unthrottled),
+#        0: unthrottled), COUNTER (1: the keyless count loop runs during the move; 0: not),
 #        PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg), PGSHARD (binary:
 #        target/release/pgshard, built if missing).
 # Prints a markdown report and writes it to bench-results/rebalance.md (logs in
@@ -42,6 +42,8 @@ DURATION=${DURATION:-20}
 # Throttled by default: on a machine where shards, pgshard, the mover and the writers share a
 # few cores, unthrottled writers take the CPU the catch-up needs and the move never converges.
 MOVING_RATE=${MOVING_RATE:-1000}
+# 0: no keyless count loop during the move (to see what it costs the copy and the holds).
+COUNTER=${COUNTER:-1}
 OTHER_RATE=${OTHER_RATE:-300}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
@@ -191,7 +193,7 @@ latencies() {
 # The keyless count, in a loop until $WORK/stop exists: reads and wrong reads.
 counter() {
     local reads=0 wrong=0 got
-    while [[ ! -e $WORK/stop ]]; do
+    while [[ $COUNTER == 1 && ! -e $WORK/stop ]]; do
         got=$(psql -X -qAt $PROXY -c "SELECT count(*) FROM pgbench_accounts" 2>&1) || got="error: $got"
         reads=$((reads + 1))
         if [[ $got != "$ACCOUNTS" ]]; then
