@@ -520,17 +520,7 @@ async fn a_long_keyless_read_older_than_a_hold_delays_only_its_second_answer() {
     .await
     .unwrap();
     assert_eq!(expected.len(), 1, "{expected:?}");
-    let started = std::time::Instant::now();
-    loop {
-        let writers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", false)
-            .await
-            .unwrap();
-        if writers == expected {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE, "no first answer");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    answered(&catalog, false, &expected).await;
     assert!(!read.is_finished(), "the keyless read is still running");
     let readers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", true)
         .await
@@ -541,17 +531,26 @@ async fn a_long_keyless_read_older_than_a_hold_delays_only_its_second_answer() {
     );
     let counted: i64 = read.await.unwrap().expect("the long read").get(0);
     assert_eq!(counted, users * rounds, "every user once");
-    loop {
-        let readers = pgshard::catalog::cutover::acknowledged(&catalog, "manual", true)
-            .await
-            .unwrap();
-        if readers == expected {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE, "no second answer");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    answered(&catalog, true, &expected).await;
     pgshard::catalog::cutover::drop_hold(&catalog, "manual")
         .await
         .unwrap();
+}
+
+/// Waits until `routers` answered the hold of move `manual` (`readers`: the second answer).
+async fn answered(catalog: &tokio_postgres::Client, readers: bool, routers: &[String]) {
+    let started = std::time::Instant::now();
+    loop {
+        let acked = pgshard::catalog::cutover::acknowledged(catalog, "manual", readers)
+            .await
+            .unwrap();
+        if acked == routers {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no answer (readers: {readers})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
