@@ -205,7 +205,7 @@ impl Holds {
         {
             let mut held = lock(&self.held);
             for hold in held.iter_mut().filter(|h| h.move_id == move_id) {
-                hold.slots = SlotSet::from_ranges([]);
+                hold.slots = SlotSet::default();
             }
         }
         self.released.send_modify(|n| *n += 1);

@@ -85,12 +85,7 @@ async fn moves_under_writers_on_two_routers_and_keyless_readers_lose_nothing() {
         assert_eq!(catalog_owner(&world, slot).await, "s1");
     }
     assert_eq!(catalog_owner(&world, 256).await, "s0");
-    let status = run_ok(&[
-        "rebalance",
-        "status",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let status = rebalance(&world, "status");
     assert_eq!(status.matches(" done ").count(), 1, "{status}");
     assert!(status.contains(" 4/4 "), "{status}");
     // The routers route the moved keys to s1 now: a write there lands on s1's primary.
@@ -182,12 +177,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
     mover.wait().unwrap();
     assert_eq!(step.as_deref(), Some("prepared"), "killed during the copy");
     write(touch(&mut record, "a")).await;
-    let out = run_ok(&[
-        "rebalance",
-        "resume",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let out = rebalance(&world, "resume");
     assert!(out.contains("moved slots 256-319"), "{out}");
     moved.push(256..=319);
     check_rows(&world, &record, &moved).await;
@@ -252,12 +242,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         .await
         .unwrap();
     write(touch(&mut record, "d")).await;
-    let out = run_ok(&[
-        "rebalance",
-        "resume",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let out = rebalance(&world, "resume");
     assert!(out.contains("moved slots 320-383"), "{out}");
     moved.push(320..=383);
     check_rows(&world, &record, &moved).await;
@@ -280,12 +265,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
     mover.kill().unwrap();
     mover.wait().unwrap();
     drop(lock);
-    let out = run_ok(&[
-        "rebalance",
-        "status",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let out = rebalance(&world, "status");
     assert!(out.contains(id) && out.contains("swapped"), "{out}");
     // The mover died holding the slots: status shows the hold and the router.
     assert!(
@@ -322,12 +302,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         !count.is_finished(),
         "a keyless read ran with the swap in place"
     );
-    let out = run_ok(&[
-        "rebalance",
-        "abort",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let out = rebalance(&world, "abort");
     assert!(out.contains(&format!("aborted move {id}")), "{out}");
     let counted: i64 = count.await.unwrap().expect("the held count").get(0);
     assert_eq!(counted, users, "the held keyless count, after the abort");
@@ -360,19 +335,9 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
     mover.kill().unwrap();
     mover.wait().unwrap();
     drop(lock);
-    let status = run_ok(&[
-        "rebalance",
-        "status",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let status = rebalance(&world, "status");
     assert!(status.contains(" 1/2 "), "{status}");
-    let out = run_ok(&[
-        "rebalance",
-        "abort",
-        "--config",
-        world.config.to_str().unwrap(),
-    ]);
+    let out = rebalance(&world, "abort");
     assert!(
         out.contains(&format!("aborted move {id}: slots 480-511 stay on s0"))
             && out.contains("slots 448-479 were cut over"),

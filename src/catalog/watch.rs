@@ -80,7 +80,7 @@ fn hold_of(held: &HeldMove) -> Option<Hold> {
         }),
         Ok(_) => Some(Hold {
             move_id: move_id.to_string(),
-            slots: SlotSet::from_ranges([]),
+            slots: SlotSet::default(),
             fence: false,
         }),
         Err(e) => {

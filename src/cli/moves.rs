@@ -462,17 +462,21 @@ pub fn run_status(args: JournalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A move's slots as its journal row lists them.
+fn slots_of(j: &Journal) -> SlotSet {
+    SlotSet::from_ranges(parse_slot_spec(&j.slots).unwrap_or_default())
+}
+
 /// A move's slots not yet cut over, and those cut over (as slot lists).
 fn split(j: &Journal) -> (String, String) {
-    let all = SlotSet::from_ranges(parse_slot_spec(&j.slots).unwrap_or_default());
+    let all = slots_of(j);
     let (_, remaining) = run::slices(&all, j);
     (run::spec(&remaining), run::spec(&all.without(&remaining)))
 }
 
 /// `2/4`: slices cut over of all.
 fn slices_text(j: &Journal) -> String {
-    let all = SlotSet::from_ranges(parse_slot_spec(&j.slots).unwrap_or_default());
-    let (slices, _) = run::slices(&all, j);
+    let (slices, _) = run::slices(&slots_of(j), j);
     format!("{}/{}", j.slices_done, slices.len())
 }
 

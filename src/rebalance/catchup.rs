@@ -32,12 +32,11 @@ pub struct CatchUp {
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
     pub lag_bytes: u64,
-    /// Changed rows whose keys were noted for the cutover's verifications: those in the moving
-    /// slots, of no known slot, or (where the shard key is not part of the primary key) that
-    /// may have left the moving slots.
-    pub keys_noted: u64,
-    /// The moving slots of their new versions, and how many had none known (the change lacked
-    /// the key, the key is NULL, or the row may have left the slots).
+    /// Of the changed rows whose keys were noted for the cutover's verifications (those in the
+    /// moving slots, of no known slot, or, where the shard key is not part of the primary key,
+    /// that may have left the moving slots): the moving slots of their new versions, and how
+    /// many had none known (the change lacked the key, the key is NULL, or the row may have
+    /// left the slots).
     pub noted_slots: SlotSet,
     pub noted_without_slot: u64,
 }
@@ -113,7 +112,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
     Ok(round)
 }
 
-/// Records the keys a round saw change (see [`CatchUp::keys_noted`]) in the mover's sets:
+/// Records the keys a round saw change (see [`CatchUp::noted_slots`]) in the mover's sets:
 /// `since` all of them, `touched` those in the moving slots or of no known slot; a change
 /// without its key turns the record off.
 fn note_keys(
@@ -130,7 +129,6 @@ fn note_keys(
         let table = &mover.tables[*t];
         slot.is_none_or(|s| following.contains(s)) || !table.primary_key.contains(&table.key)
     });
-    round.keys_noted = touched.len() as u64;
     for (_, (_, slot)) in &touched {
         match slot {
             Some(slot) if following.contains(*slot) => round.noted_slots.insert(*slot),

@@ -489,15 +489,12 @@ pub(crate) async fn delete_slot_rows(
         scan(&tx, &query, &t.name, |tuple| {
             if in_slots(t, slots, &tuple, key_at)? {
                 writer.fields((0..key_at).map(|i| tuple.field(i)));
-                if writer.len() >= CHUNK_BYTES {
-                    chunks.push(writer.take());
-                }
+                writer.spill(&mut chunks, CHUNK_BYTES);
             }
             Ok(())
         })
         .await?;
-        writer.finish();
-        chunks.push(writer.take());
+        writer.finish_into(&mut chunks);
         copy_in(&tx, "pgshard_doomed", chunks).await?;
         deleted += delete_keyed(&tx, t, relation, "pgshard_doomed", &what).await?;
         tx.batch_execute("DROP TABLE pgshard_doomed")

@@ -173,6 +173,19 @@ impl TupleWriter {
         self.buf.split().freeze()
     }
 
+    /// Moves what was written so far to `chunks` once it holds `limit` bytes or more.
+    pub fn spill(&mut self, chunks: &mut Vec<Bytes>, limit: usize) {
+        if self.buf.len() >= limit {
+            chunks.push(self.take());
+        }
+    }
+
+    /// Ends the stream and moves the rest to `chunks`.
+    pub fn finish_into(&mut self, chunks: &mut Vec<Bytes>) {
+        self.finish();
+        chunks.push(self.take());
+    }
+
     /// The trailer, ending the stream.
     pub fn finish(&mut self) {
         self.buf.put_i16(-1);

@@ -67,11 +67,9 @@ impl Default for SlotSet {
 
 impl SlotSet {
     pub fn from_ranges(ranges: impl IntoIterator<Item = RangeInclusive<u16>>) -> SlotSet {
-        let mut set = SlotSet([0; SLOT_COUNT as usize / 64]);
+        let mut set = SlotSet::default();
         for slot in ranges.into_iter().flatten() {
-            if slot < SLOT_COUNT {
-                set.0[usize::from(slot / 64)] |= 1 << (slot % 64);
-            }
+            set.insert(slot);
         }
         set
     }

@@ -130,7 +130,7 @@ pub fn slices(all: &SlotSet, journal: &Journal) -> (Vec<SlotSet>, SlotSet) {
     let done = usize::try_from(journal.slices_done).unwrap_or(0);
     let remaining = slices[done.min(slices.len())..]
         .iter()
-        .fold(SlotSet::from_ranges([]), |acc, s| acc.union(s));
+        .fold(SlotSet::default(), |acc, s| acc.union(s));
     (slices, remaining)
 }
 

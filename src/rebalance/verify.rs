@@ -183,14 +183,11 @@ pub(crate) async fn pre_verify(
             let key = key_tuple(t, &tuple);
             writer.encoded(&key);
             hashes.insert(key, xxh3_128(&tuple.bytes));
-            if writer.len() >= CHUNK_BYTES {
-                chunks.push(writer.take());
-            }
+            writer.spill(&mut chunks, CHUNK_BYTES);
             Ok(())
         })
         .await?;
-        writer.finish();
-        chunks.push(writer.take());
+        writer.finish_into(&mut chunks);
         staged.push((hashes, chunks));
     }
     target

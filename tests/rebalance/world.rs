@@ -128,18 +128,7 @@ name = "{prefix}_users"
 name = "{prefix}_orders"
 "#
     );
-    for (i, (cluster, slots)) in [s0, s1].iter().zip(["0-2047", "2048-4095"]).enumerate() {
-        let replicas = cluster
-            .replica_addrs()
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        text.push_str(&format!(
-            "\n[[shards]]\nname = \"s{i}\"\nprimary = \"{}\"\nreplicas = [{replicas}]\nslots = \"{slots}\"\n",
-            cluster.primary_addr()
-        ));
-    }
+    text.push_str(&crate::support::shards_toml(&[s0, s1]));
     let config = std::env::temp_dir().join(format!(
         "pgshard-rebalance-{prefix}-{}.toml",
         std::process::id()
@@ -162,6 +151,16 @@ pub fn pgshard(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pgshard"));
     command.args(args);
     command
+}
+
+/// `pgshard rebalance <command> --config <the world's config>`, which must succeed; its output.
+pub fn rebalance(world: &World, command: &str) -> String {
+    run_ok(&[
+        "rebalance",
+        command,
+        "--config",
+        world.config.to_str().unwrap(),
+    ])
 }
 
 /// Runs a `pgshard` command to its end; its output, or a failure naming it.

@@ -186,6 +186,14 @@ key_column = "owner"
 key_type = "uuid"
 "#,
     );
+    text.push_str(&shards_toml(&shards));
+    text
+}
+
+/// `[[shards]]` entries `s0` (slots 0-2047) and `s1` (2048-4095) for two clusters, with their
+/// replicas.
+pub fn shards_toml(shards: &[&LocalCluster]) -> String {
+    let mut text = String::new();
     for (i, (cluster, slots)) in shards.iter().zip(["0-2047", "2048-4095"]).enumerate() {
         let replicas = cluster
             .replica_addrs()
