@@ -111,11 +111,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
     let p = world.prefix.clone();
     let [s0, s1] = clusters();
     let router = support::start_proxy(&world.config_text).await;
-    let url = router.url("app", "app");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = router.connect().await;
     let mut record = Record::default();
     let users = 3000;
     load_users(&client, &p, users, &mut record).await;
@@ -291,10 +287,7 @@ async fn a_mover_killed_in_copy_catch_up_or_cutover_resumes_or_aborts_losing_not
         .unwrap();
     write(vec![(key, "expired".to_string())]).await;
     record.users.insert(key, "expired".into());
-    let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let reader = router.connect().await;
     let sql = format!("SELECT count(*) FROM {p}_users");
     let count = tokio::spawn(async move { reader.query_one(&sql, &[]).await });
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -372,22 +365,14 @@ async fn a_client_pinned_to_its_server_routes_by_the_new_map_after_a_move() {
     let world = world("pin");
     let p = world.prefix.clone();
     let loader = support::start_proxy(&world.config_text).await;
-    let (client, connection) =
-        tokio_postgres::connect(&loader.url("app", "app"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = loader.connect().await;
     let mut record = Record::default();
     load_users(&client, &p, 300, &mut record).await;
     let session_mode = world
         .config_text
         .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"");
     let router = support::start_proxy(&session_mode).await;
-    let (pinned, connection) =
-        tokio_postgres::connect(&router.url("app", "app"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let pinned = router.connect().await;
     let on_s0: Vec<i64> = (1..=300).filter(|&k| slot_of(k) < 2048).collect();
     let (moving, staying) = (
         on_s0[0],
@@ -453,11 +438,7 @@ async fn a_long_keyless_read_older_than_a_hold_delays_only_its_second_answer() {
     let world = world("lr");
     let p = world.prefix.clone();
     let router = support::start_proxy(&world.config_text).await;
-    let url = router.url("app", "app");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = router.connect().await;
     let users = 3000;
     load_users(&client, &p, users, &mut Record::default()).await;
     for cluster in clusters() {
@@ -465,10 +446,7 @@ async fn a_long_keyless_read_older_than_a_hold_delays_only_its_second_answer() {
             .wait_for_replay(DEADLINE)
             .expect("replicas replay the users");
     }
-    let (reader, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let reader = router.connect().await;
     let rounds = 20_000i64;
     let sql = format!("SELECT count(*) FROM {p}_users, generate_series(1, {rounds}) g");
     let read = tokio::spawn(async move { reader.query_one(&sql, &[]).await });
