@@ -165,7 +165,8 @@ async fn live_map(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let router_id = format!("{}:{listening}:{started}", std::process::id());
-    crate::catalog::cutover::heartbeat(&client, &router_id, poll).await?;
+    let lease = catalog.lease();
+    crate::catalog::cutover::heartbeat(&client, &router_id, poll, lease).await?;
     let view = crate::catalog::cutover::router_view(&client).await?;
     drop(client);
     control.holds.enable();
@@ -179,6 +180,7 @@ async fn live_map(
         url,
         tls,
         poll,
+        lease,
         known_epoch: live.epoch,
         router_id,
         holds: control.holds.clone(),

@@ -456,9 +456,11 @@ async fn map_show_and_rebalance_plan_read_the_live_map() {
 
 /// A router cut off from its catalog longer than `fence_after` holds the slots of the moves
 /// unfinished at its last contact (a mover would stop waiting for it and could flip them), and
-/// only those: a statement on another slot runs; the held one runs once the catalog is back.
+/// only those: a statement on another slot runs. Once its lease ran out it holds every slot (a
+/// move could have begun since), a statement on no slot still runs; the held ones run once the
+/// catalog is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_cut_off_from_its_catalog_fences_the_slots_of_unfinished_moves() {
+async fn a_router_cut_off_from_its_catalog_fences_unfinished_moves_then_every_slot() {
     // A catalog of its own, on a cluster this test stops and starts.
     let opts = pgshard::localpg::ClusterOptions {
         replicas: 0,
@@ -471,7 +473,12 @@ async fn a_router_cut_off_from_its_catalog_fences_the_slots_of_unfinished_moves(
         "host=127.0.0.1 port={} dbname=meta user=app password=app",
         meta.primary_port()
     );
-    let config = config_with_catalog(&url, ["0-2047", "2048-4095"]);
+    let lease = Duration::from_millis(4000);
+    let config = config_with_catalog(&url, ["0-2047", "2048-4095"]).replacen(
+        "poll_interval_ms = 200",
+        &format!("poll_interval_ms = 200\nlease_ms = {}", lease.as_millis()),
+        1,
+    );
     let router = support::start_proxy(&config).await;
     let client = router.connect().await;
     let (held_key, held_slot) = key_on_s0(7_400_000);
@@ -501,12 +508,17 @@ async fn a_router_cut_off_from_its_catalog_fences_the_slots_of_unfinished_moves(
     );
 
     meta.stop_primary().expect("stopping the catalog");
+    let cut = Instant::now();
     let fence = catalog::watch::fence_after(Duration::from_millis(200));
-    tokio::time::sleep(fence + Duration::from_millis(1500)).await;
+    tokio::time::sleep(fence + Duration::from_millis(1000)).await;
     assert_eq!(
         routed_to(&client, free_key).await,
         "s0",
         "another slot is not fenced"
+    );
+    assert!(
+        cut.elapsed() < lease,
+        "the test checked the free slot within the lease"
     );
     let held = {
         let client = router.connect().await;
@@ -516,12 +528,28 @@ async fn a_router_cut_off_from_its_catalog_fences_the_slots_of_unfinished_moves(
     assert!(!held.is_finished(), "a statement on the fenced slot waits");
     eprintln!("fenced slot {held_slot}, free slot {free_slot}");
 
+    // Past the lease: every slot waits, a statement on none still runs.
+    tokio::time::sleep((lease + Duration::from_millis(1000)).saturating_sub(cut.elapsed())).await;
+    let free = {
+        let client = router.connect().await;
+        tokio::spawn(async move { routed_to(&client, free_key).await })
+    };
+    let unsharded: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(unsharded, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !free.is_finished(),
+        "past the lease a statement on any slot waits"
+    );
+
     meta.start_primary().expect("starting the catalog again");
-    let routed = tokio::time::timeout(DEADLINE, held)
-        .await
-        .expect("the fence lifts once the catalog is back")
-        .unwrap();
-    assert_eq!(routed, "s0");
+    for waiting in [held, free] {
+        let routed = tokio::time::timeout(DEADLINE, waiting)
+            .await
+            .expect("the fences lift once the catalog is back")
+            .unwrap();
+        assert_eq!(routed, "s0");
+    }
     drop(router);
     meta.stop();
 }

@@ -497,3 +497,82 @@ async fn answered(catalog: &tokio_postgres::Client, readers: bool, routers: &[St
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A router cut off from the catalog before a move began knows nothing of the move, and must
+/// still never send a moved slot's statements to the old owner: the mover waits for it until
+/// its lease ran out (then it holds every slot itself); back in contact, it sends the statement
+/// it held to the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
+    let world = world("lease");
+    let p = world.prefix.clone();
+    let lease = Duration::from_millis(3000);
+    let config = world.config_text.replacen(
+        "poll_interval_ms = 200",
+        &format!("poll_interval_ms = 200\nlease_ms = {}", lease.as_millis()),
+        1,
+    );
+    let router_a = support::start_proxy(&config).await;
+    let catalog_port = clusters()[0].primary_port();
+    let link = Link::start(catalog_port).await;
+    let router_b = support::start_proxy(&config.replacen(
+        &format!("port={catalog_port} dbname=meta_{p}"),
+        &format!("port={} dbname=meta_{p}", link.port),
+        1,
+    ))
+    .await;
+    let (a, b) = (router_a.connect().await, router_b.connect().await);
+    let mut record = Record::default();
+    load_users(&a, &p, 500, &mut record).await;
+    let key = (1..=500).find(|&k| slot_of(k) <= 63).unwrap();
+    let update = format!("UPDATE {p}_users SET name = $1 WHERE user_id = $2");
+    assert_eq!(b.execute(&update, &[&"b0", &key]).await.unwrap(), 1);
+
+    link.cut();
+    let cut = std::time::Instant::now();
+    let file = world.config.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run_ok(&[
+            "rebalance",
+            "move",
+            "--config",
+            &file,
+            "--slots",
+            "0-63",
+            "--to",
+            "s1",
+            "--ack-timeout-ms",
+            "1000",
+        ])
+    })
+    .await
+    .unwrap();
+    eprintln!("{out}");
+    assert!(
+        cut.elapsed() >= lease,
+        "the move ended {:?} after router B was cut off, within its lease",
+        cut.elapsed()
+    );
+    assert!(out.contains("waiting for router"), "{out}");
+    assert_eq!(catalog_owner(&world, slot_of(key)).await, "s1");
+
+    // Router B, still cut off, holds the statement rather than send it to s0.
+    let held = {
+        let update = update.clone();
+        tokio::spawn(async move { b.execute(&update, &[&"b1", &key]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !held.is_finished(),
+        "router B sent a moved slot's statement by its old map"
+    );
+    link.restore();
+    let updated = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("router B lets the statement go once the catalog answers")
+        .unwrap()
+        .expect("the held update");
+    assert_eq!(updated, 1, "the update found its row on the new owner");
+    record.users.insert(key, "b1".into());
+    check_rows(&world, &record, &[0..=63]).await;
+}

@@ -17,6 +17,7 @@ pub(super) const MOVE_SQL: &str = "\
         host text NOT NULL, \
         pid integer NOT NULL, \
         poll_ms integer NOT NULL, \
+        lease_ms integer NOT NULL DEFAULT 0, \
         started_at timestamptz NOT NULL DEFAULT now(), \
         seen_at timestamptz NOT NULL DEFAULT now()); \
     CREATE TABLE IF NOT EXISTS pgshard.holds ( \
@@ -63,6 +64,10 @@ pub(super) const MOVE_SQL: &str = "\
             ALTER TABLE pgshard.holds ADD COLUMN sticky boolean NOT NULL DEFAULT false; \
         END IF; \
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
+                       AND table_name = 'routers' AND column_name = 'lease_ms') THEN \
+            ALTER TABLE pgshard.routers ADD COLUMN lease_ms integer NOT NULL DEFAULT 0; \
+        END IF; \
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'pgshard' \
                        AND table_name = 'hold_acks' AND column_name = 'readers_drained') THEN \
             ALTER TABLE pgshard.hold_acks \
                 ADD COLUMN readers_drained boolean NOT NULL DEFAULT false; \
@@ -97,23 +102,63 @@ pub struct HeldMove {
     pub slots_held: bool,
 }
 
-/// Registers the router (or notes that it is alive): routers seen within a few poll intervals
-/// are the ones a cutover waits for.
+/// How long after a router was last seen a mover stops waiting for it, in SQL over
+/// `pgshard.routers`: its lease (then it holds every slot itself), a poll and a second more.
+/// Routers registered before leases count two polls and a second as their lease.
+const GIVEN_UP_AFTER: &str = "make_interval(secs => \
+    (greatest(lease_ms, 2 * poll_ms + 1000) + poll_ms + 1000) / 1000.0)";
+
+/// Registers the router (or notes that it is alive), with its poll interval and lease: routers
+/// seen within their lease, a poll and a second are the ones a cutover waits for.
 pub async fn heartbeat(
     client: &impl GenericClient,
     router_id: &str,
     poll: Duration,
+    lease: Duration,
 ) -> Result<(), CatalogError> {
     let host = hostname();
-    let poll_ms = i32::try_from(poll.as_millis()).unwrap_or(i32::MAX);
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     client
         .execute(
-            "INSERT INTO pgshard.routers (router_id, host, pid, poll_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (router_id) DO UPDATE SET seen_at = now(), poll_ms = $4",
-            &[&router_id, &host, &(std::process::id() as i32), &poll_ms],
+            "INSERT INTO pgshard.routers (router_id, host, pid, poll_ms, lease_ms) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (router_id) DO UPDATE SET seen_at = now(), poll_ms = $4, lease_ms = $5",
+            &[
+                &router_id,
+                &host,
+                &(std::process::id() as i32),
+                &ms(poll),
+                &ms(lease),
+            ],
         )
         .await?;
     Ok(())
+}
+
+/// Routers the mover has not heard from for longer than two of their polls and a second but
+/// still counts (within their lease, a poll and a second): each with the seconds since it was
+/// last seen and the seconds until the mover stops waiting for it. Such a router may still
+/// route by an older map, so a cutover waits for it to answer again or to run out of lease.
+pub async fn silent_routers(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, f64, f64)>, CatalogError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT router_id, extract(epoch FROM now() - seen_at)::float8, \
+                   extract(epoch FROM seen_at + {GIVEN_UP_AFTER} - now())::float8 \
+                 FROM pgshard.routers \
+                 WHERE seen_at < now() - make_interval(secs => (2 * poll_ms + 1000) / 1000.0) \
+                   AND seen_at > now() - {GIVEN_UP_AFTER} \
+                 ORDER BY router_id"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Removes the router's registration (a clean shutdown).
@@ -215,7 +260,7 @@ pub async fn acknowledge(
 
 /// The mover asks every router to hold `slots` until `expires` from now (acknowledgements of
 /// an earlier attempt are dropped). Returns the routers it must hear from: those seen within
-/// three of their poll intervals and two seconds.
+/// their lease, a poll and a second (one not seen for longer holds every slot by itself).
 pub async fn request_hold(
     client: &mut tokio_postgres::Client,
     move_id: &str,
@@ -241,9 +286,10 @@ pub async fn request_hold(
         .await?;
     let rows = tx
         .query(
-            "SELECT router_id FROM pgshard.routers \
-             WHERE seen_at > now() - make_interval(secs => 3 * poll_ms / 1000.0 + 2) \
-             ORDER BY router_id",
+            &format!(
+                "SELECT router_id FROM pgshard.routers WHERE seen_at > now() - {GIVEN_UP_AFTER} \
+                 ORDER BY router_id"
+            ),
             &[],
         )
         .await?;

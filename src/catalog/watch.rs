@@ -38,7 +38,10 @@ struct Fence {
     fenced: Vec<String>,
 }
 
-/// Name of the hold fencing `move_id`'s slots.
+/// What [`Fence::fenced`] lists for the fence of every slot when the lease ran out.
+const LEASE: &str = "lease";
+
+/// Name of the hold fencing `move_id`'s slots (or every slot: [`LEASE`]).
 fn fence_name(move_id: &str) -> String {
     format!("fence:{move_id}")
 }
@@ -51,6 +54,8 @@ pub struct Follower {
     pub url: String,
     pub tls: Option<Arc<BackendTls>>,
     pub poll: Duration,
+    /// How long it routes by its map without hearing from the catalog (`catalog.lease_ms`).
+    pub lease: Duration,
     /// The epoch routed by now.
     pub known_epoch: u64,
     /// This router's name in `pgshard.routers`.
@@ -99,7 +104,12 @@ impl Follower {
             unfinished: Vec::new(),
             fenced: Vec::new(),
         }));
-        let watchdog = tokio::spawn(watch_contact(fence.clone(), self.holds.clone(), self.poll));
+        let watchdog = tokio::spawn(watch_contact(
+            fence.clone(),
+            self.holds.clone(),
+            self.poll,
+            self.lease,
+        ));
         let _watchdog = AbortOnDrop(watchdog.abort_handle());
         loop {
             if let Err(e) = self.follow_once(&mut answered, &fence).await {
@@ -139,7 +149,7 @@ impl Follower {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         let mut warned_back = false;
         loop {
-            heartbeat(&client, &self.router_id, self.poll).await?;
+            heartbeat(&client, &self.router_id, self.poll, self.lease).await?;
             let view = router_view(&client).await?;
             {
                 // The catalog answered (before a drain below, which may take a while).
@@ -172,7 +182,7 @@ impl Follower {
     fn in_contact(&self, fence: &Mutex<Fence>) {
         let mut fence = fence.lock().unwrap_or_else(|e| e.into_inner());
         for move_id in std::mem::take(&mut fence.fenced) {
-            tracing::info!("the catalog is back: lifting the fence of move {move_id}'s slots");
+            tracing::info!("the catalog is back: lifting the fence ({move_id})");
             self.holds.release(&fence_name(&move_id));
         }
     }
@@ -252,32 +262,46 @@ impl Follower {
 }
 
 /// Fences the slots of unfinished moves once the catalog has not answered for
-/// [`fence_after`]: a mover stops waiting for a router it has not heard from, and could flip
-/// those slots while this router still routes by the old map.
-async fn watch_contact(fence: Arc<Mutex<Fence>>, holds: Arc<Holds>, poll: Duration) {
+/// [`fence_after`] (a mover stops waiting for a router it has not heard from, and could flip
+/// those slots while this router still routes by the old map), and every slot once it has not
+/// answered for the lease (a move may have begun since the last contact).
+async fn watch_contact(
+    fence: Arc<Mutex<Fence>>,
+    holds: Arc<Holds>,
+    poll: Duration,
+    lease: Duration,
+) {
     let limit = fence_after(poll);
     let mut tick = tokio::time::interval((poll / 2).max(Duration::from_millis(50)));
     loop {
         tick.tick().await;
         let to_fence: Vec<Hold> = {
             let mut fence = fence.lock().unwrap_or_else(|e| e.into_inner());
-            if fence.last_contact.elapsed() < limit || !fence.fenced.is_empty() {
-                continue;
-            }
+            let silent = fence.last_contact.elapsed();
             let mut out = Vec::new();
-            for (move_id, slots) in fence.unfinished.clone() {
-                let held = HeldMove {
-                    move_id: fence_name(&move_id),
-                    slots,
-                    slots_held: true,
-                };
-                if let Some(hold) = hold_of(&held) {
-                    out.push(Hold {
-                        fence: true,
-                        ..hold
-                    });
-                    fence.fenced.push(move_id);
+            if silent >= limit && fence.fenced.is_empty() {
+                for (move_id, slots) in fence.unfinished.clone() {
+                    let held = HeldMove {
+                        move_id: fence_name(&move_id),
+                        slots,
+                        slots_held: true,
+                    };
+                    if let Some(hold) = hold_of(&held) {
+                        out.push(Hold {
+                            fence: true,
+                            ..hold
+                        });
+                        fence.fenced.push(move_id);
+                    }
                 }
+            }
+            if silent >= lease && !fence.fenced.iter().any(|id| id == LEASE) {
+                out.push(Hold {
+                    move_id: fence_name(LEASE),
+                    slots: SlotSet::from_ranges([0..=crate::sharding::SLOT_COUNT - 1]),
+                    fence: true,
+                });
+                fence.fenced.push(LEASE.to_string());
             }
             // Held while the lock is held: contact coming back cannot lift them first.
             for hold in &out {
@@ -286,11 +310,19 @@ async fn watch_contact(fence: Arc<Mutex<Fence>>, holds: Arc<Holds>, poll: Durati
             out
         };
         for hold in to_fence {
-            tracing::warn!(
-                "no answer from the catalog for {limit:?}: holding slots of unfinished move {} \
-                 (and keyless statements) until it is back",
-                hold.move_id
-            );
+            if hold.move_id == fence_name(LEASE) {
+                tracing::warn!(
+                    "no answer from the catalog for the lease ({lease:?}): holding statements \
+                     on every slot (and keyless ones) until it is back, since a move may have \
+                     flipped slots meanwhile"
+                );
+            } else {
+                tracing::warn!(
+                    "no answer from the catalog for {limit:?}: holding slots of unfinished \
+                     move {} (and keyless statements) until it is back",
+                    hold.move_id
+                );
+            }
         }
     }
 }

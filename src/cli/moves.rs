@@ -615,6 +615,20 @@ impl Progress {
                 format!("catch up: {applied} changes applied, lag {lag_bytes} bytes"),
                 false,
             ),
+            Event::SilentRouter {
+                router,
+                silent,
+                left,
+            } => (
+                format!(
+                    "waiting for router {router}: not heard from for {:.1} s, it may still \
+                     route by an older map; the cutover goes on once it answers, or in {:.1} s \
+                     when its lease has run out and it holds every slot itself",
+                    silent.as_secs_f64(),
+                    left.as_secs_f64()
+                ),
+                true,
+            ),
             Event::Cutover {
                 attempt,
                 hold,

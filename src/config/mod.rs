@@ -58,6 +58,24 @@ pub struct CatalogConfig {
     /// How long a statement waits for a slot move's cutover before it fails with 55P03.
     #[serde(default = "default_catalog_hold_wait_ms")]
     pub hold_wait_ms: u64,
+    /// How long a router keeps routing by its map while it cannot reach the catalog. Past it,
+    /// statements on any slot and keyless ones wait until the catalog answers again (a move may
+    /// have flipped slots meanwhile); a mover waits this long, and a poll and a second more,
+    /// for a router it has not heard from before it cuts over without it. Default: 10 s, or
+    /// two poll intervals and a second if that is longer ([`CatalogConfig::lease`]).
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+}
+
+impl CatalogConfig {
+    /// `lease_ms`, or its default.
+    pub fn lease(&self) -> std::time::Duration {
+        let least = self
+            .poll_interval_ms
+            .saturating_mul(2)
+            .saturating_add(1_000);
+        std::time::Duration::from_millis(self.lease_ms.unwrap_or(least.max(10_000)))
+    }
 }
 
 impl Default for CatalogConfig {
@@ -66,6 +84,7 @@ impl Default for CatalogConfig {
             url: None,
             poll_interval_ms: default_catalog_poll_interval_ms(),
             hold_wait_ms: default_catalog_hold_wait_ms(),
+            lease_ms: None,
         }
     }
 }

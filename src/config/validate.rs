@@ -50,6 +50,22 @@ impl Config {
             return Ok(());
         };
         at_least_one("catalog.poll_interval_ms", catalog.poll_interval_ms)?;
+        // A router fences the moves it knows of after two polls and a second; the lease,
+        // which fences every slot, cannot come before that.
+        let least = catalog
+            .poll_interval_ms
+            .saturating_mul(2)
+            .saturating_add(1_000);
+        if let Some(lease) = catalog.lease_ms.filter(|&ms| ms < least) {
+            return Err(invalid(
+                "catalog.lease_ms",
+                format!(
+                    "is {lease}; it must be at least two poll intervals and a second ({least} \
+                     with poll_interval_ms = {})",
+                    catalog.poll_interval_ms
+                ),
+            ));
+        }
         if let Some(url) = &catalog.url {
             url.parse::<tokio_postgres::Config>().map_err(|e| {
                 invalid(
@@ -523,6 +539,20 @@ replicas = ["127.0.0.1:5433"]
             &format!("{EXAMPLE}\n[catalog]\npoll_interval_ms = 0\n"),
             "catalog.poll_interval_ms",
         );
+        let msg = error_naming(
+            &format!("{EXAMPLE}\n[catalog]\npoll_interval_ms = 500\nlease_ms = 1999\n"),
+            "catalog.lease_ms",
+        );
+        assert!(
+            msg.contains("at least two poll intervals and a second (2000"),
+            "{msg}"
+        );
+        let ok = format!("{EXAMPLE}\n[catalog]\npoll_interval_ms = 500\nlease_ms = 2000\n");
+        let catalog = Config::from_toml_str(&ok).unwrap().catalog.unwrap();
+        assert_eq!(catalog.lease(), std::time::Duration::from_millis(2000));
+        let slow = format!("{EXAMPLE}\n[catalog]\npoll_interval_ms = 6000\n");
+        let catalog = Config::from_toml_str(&slow).unwrap().catalog.unwrap();
+        assert_eq!(catalog.lease(), std::time::Duration::from_millis(13_000));
     }
 
     #[test]

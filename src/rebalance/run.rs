@@ -83,6 +83,13 @@ pub enum Event {
     Copy(CopyStats),
     /// A catch-up round: changes applied so far and the remaining lag.
     CatchUp { applied: u64, lag_bytes: u64 },
+    /// A router has not been heard from for `silent`, but may still route by an older map:
+    /// the cutover waits for it to answer again, at most `left` more (then it holds every slot).
+    SilentRouter {
+        router: String,
+        silent: Duration,
+        left: Duration,
+    },
     /// A cutover attempt ended: how long routers held the slots (and each phase of it, up to
     /// the flip), and why it failed if it did.
     Cutover {
@@ -271,6 +278,7 @@ async fn cut_over(
         let (changes, lag) = (*applied as i64, Some(lag as i64));
         cutover::journal_progress(catalog, id, rows, bytes, seconds, changes, lag).await?;
         cutover::journal_step(catalog, id, "caught_up").await?;
+        wait_for_silent_routers(catalog, mover, options, applied, report).await?;
         // Compared row by row while writes go on, so that the hold looks only at what changed.
         report(Event::Step("verify before the hold"));
         mover.pre_verify(slice).await?;
@@ -305,6 +313,36 @@ async fn cut_over(
             Err(MoveError::Catalog(CatalogError::HoldExpired(_))) => return Ok(CutOver::Restart),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Waits, catching up meanwhile, while a router the catalog has not heard from lately could
+/// still route by an older map (it would not answer the hold): until it is back, or its lease
+/// has run out and it holds every slot by itself.
+async fn wait_for_silent_routers(
+    catalog: &Client,
+    mover: &mut Mover,
+    options: &RunOptions,
+    applied: &mut u64,
+    report: &mut (dyn FnMut(Event) + Send),
+) -> Result<(), MoveError> {
+    let mut told = std::collections::HashSet::new();
+    loop {
+        let silent = cutover::silent_routers(catalog).await?;
+        if silent.is_empty() {
+            return Ok(());
+        }
+        for (router, silent, left) in silent {
+            if told.insert(router.clone()) {
+                report(Event::SilentRouter {
+                    router,
+                    silent: Duration::from_secs_f64(silent.max(0.0)),
+                    left: Duration::from_secs_f64(left.max(0.0)),
+                });
+            }
+        }
+        *applied += mover.catch_up(options.batch_changes).await?.applied;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

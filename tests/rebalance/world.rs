@@ -687,3 +687,67 @@ pub async fn lock_in_transaction(port: u16, db: &str, sql: &str) -> tokio_postgr
         .unwrap();
     client
 }
+
+/// A TCP link to `127.0.0.1:<upstream>` that a test can cut (every connection through it is
+/// dropped and new ones are refused) and restore: a network partition between one router and
+/// its catalog, with the catalog's server still serving everyone else.
+pub struct Link {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    pub async fn start(upstream: u16) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, open) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let accept = tokio::spawn({
+            let (cut, open) = (cut.clone(), open.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let relay = tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    });
+                    open.lock().unwrap().push(relay.abort_handle());
+                }
+            }
+        });
+        Link {
+            port,
+            cut,
+            open,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for relay in self.open.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
