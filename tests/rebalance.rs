@@ -500,13 +500,14 @@ async fn answered(catalog: &tokio_postgres::Client, readers: bool, routers: &[St
 
 /// A router cut off from the catalog before a move began knows nothing of the move, and must
 /// still never send a moved slot's statements to the old owner: the mover waits for it until
-/// its lease ran out (then it holds every slot itself); back in contact, it sends the statement
-/// it held to the new owner.
+/// its lease ran out (then it holds every slot itself) and ends the transaction it left open
+/// on the source (its commit would land there after the move); back in contact, the router
+/// sends the statement it held to the new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
     let world = world("lease");
     let p = world.prefix.clone();
-    let lease = Duration::from_millis(3000);
+    let lease = Duration::from_millis(5000);
     let config = world.config_text.replacen(
         "poll_interval_ms = 200",
         &format!("poll_interval_ms = 200\nlease_ms = {}", lease.as_millis()),
@@ -524,29 +525,55 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
     let (a, b) = (router_a.connect().await, router_b.connect().await);
     let mut record = Record::default();
     load_users(&a, &p, 500, &mut record).await;
-    let key = (1..=500).find(|&k| slot_of(k) <= 63).unwrap();
+    let moved = 1984..=2047u16;
+    let mut moving = (1..=500).filter(|&k| moved.contains(&slot_of(k)));
+    let (key, pending) = (moving.next().unwrap(), moving.next().unwrap());
     let update = format!("UPDATE {p}_users SET name = $1 WHERE user_id = $2");
     assert_eq!(b.execute(&update, &[&"b0", &key]).await.unwrap(), 1);
+    record.users.insert(key, "b0".into());
 
     link.cut();
     let cut = std::time::Instant::now();
     let file = world.config.to_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
+    let mover = tokio::task::spawn_blocking(move || {
         run_ok(&[
             "rebalance",
             "move",
             "--config",
             &file,
             "--slots",
-            "0-63",
+            "1984-2047",
             "--to",
             "s1",
             "--ack-timeout-ms",
             "1000",
         ])
-    })
-    .await
-    .unwrap();
+    });
+    // Once the move's replication slot exists (its creation waits for open writes), router B,
+    // still within its lease, writes a moving row in a transaction left open.
+    let source = support::connect_direct(catalog_port).await;
+    let started = std::time::Instant::now();
+    while source
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgshard_move_m1_1984_2047'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(started.elapsed() < DEADLINE, "the move never made its slot");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = router_b.connect().await;
+    late.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        late.execute(&update, &[&"late", &pending]).await.unwrap(),
+        1
+    );
+    assert!(cut.elapsed() < lease, "router B wrote within its lease");
+
+    let out = mover.await.unwrap();
     eprintln!("{out}");
     assert!(
         cut.elapsed() >= lease,
@@ -555,6 +582,17 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
     );
     assert!(out.contains("waiting for router"), "{out}");
     assert_eq!(catalog_owner(&world, slot_of(key)).await, "s1");
+    // Its commit would land on s0 after the move: the mover ended it instead.
+    assert!(
+        out.contains("ended the transaction of server process"),
+        "{out}"
+    );
+    let commit = late.batch_execute("COMMIT").await;
+    assert!(
+        commit.is_err(),
+        "a write by the old map committed after the move"
+    );
+    eprintln!("the late commit: {}", commit.unwrap_err());
 
     // Router B, still cut off, holds the statement rather than send it to s0.
     let held = {
@@ -574,5 +612,5 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
         .expect("the held update");
     assert_eq!(updated, 1, "the update found its row on the new owner");
     record.users.insert(key, "b1".into());
-    check_rows(&world, &record, &[0..=63]).await;
+    check_rows(&world, &record, &[moved]).await;
 }

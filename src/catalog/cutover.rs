@@ -297,6 +297,26 @@ pub async fn request_hold(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Of the registered routers, those a hold does not wait for (not in `waited`: not heard from
+/// within their lease, a poll and a second), and the latest time (seconds since the Unix
+/// epoch) at which the mover stopped waiting for one of them; `None` if every router is waited.
+pub async fn given_up(
+    client: &impl GenericClient,
+    waited: &[String],
+) -> Result<Option<(Vec<String>, f64)>, CatalogError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT router_id, extract(epoch FROM seen_at + {GIVEN_UP_AFTER})::float8 \
+                 FROM pgshard.routers WHERE router_id <> ALL($1) ORDER BY router_id"
+            ),
+            &[&waited],
+        )
+        .await?;
+    let latest = rows.iter().map(|r| r.get::<_, f64>(1)).reduce(f64::max);
+    Ok(latest.map(|at| (rows.iter().map(|r| r.get(0)).collect(), at)))
+}
+
 /// Routers that have acknowledged `move_id`'s hold (with `readers`: also for their read-only
 /// transactions).
 pub async fn acknowledged(

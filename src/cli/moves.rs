@@ -633,19 +633,25 @@ impl Progress {
                 attempt,
                 hold,
                 phases,
+                notes,
                 failed,
             } => (
-                match failed {
-                    None => format!(
-                        "cutover {attempt}: flipped, slots held {:.0} ms ({})",
-                        hold.as_secs_f64() * 1e3,
-                        phases
-                            .iter()
-                            .map(|(name, d)| format!("{name} {:.0}", d.as_secs_f64() * 1e3))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    Some(why) => format!("cutover {attempt} gave up: {why}"),
+                {
+                    for note in notes {
+                        self.note(&format!("cutover {attempt}: {note}"));
+                    }
+                    match failed {
+                        None => format!(
+                            "cutover {attempt}: flipped, slots held {:.0} ms ({})",
+                            hold.as_secs_f64() * 1e3,
+                            phases
+                                .iter()
+                                .map(|(name, d)| format!("{name} {:.0}", d.as_secs_f64() * 1e3))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        Some(why) => format!("cutover {attempt} gave up: {why}"),
+                    }
                 },
                 true,
             ),
@@ -657,6 +663,14 @@ impl Progress {
                 eprintln!("{} {}: {line}", clock(), self.id);
             }
             None => {}
+        }
+    }
+
+    /// A line that stays (above the bar on a terminal).
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{} {}: {line}", clock(), self.id),
         }
     }
 

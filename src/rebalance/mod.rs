@@ -17,6 +17,7 @@ mod error;
 mod objects;
 mod pgoutput;
 pub mod run;
+mod stale;
 mod verify;
 
 use std::ops::RangeInclusive;

@@ -96,6 +96,8 @@ pub enum Event {
         attempt: u32,
         hold: Duration,
         phases: Vec<(&'static str, Duration)>,
+        /// What the attempt did besides its phases (transactions of a silent router ended).
+        notes: Vec<String>,
         failed: Option<String>,
     },
 }
@@ -104,6 +106,7 @@ pub enum Event {
 struct Phases {
     last: Instant,
     done: Vec<(&'static str, Duration)>,
+    notes: Vec<String>,
 }
 
 impl Phases {
@@ -111,6 +114,7 @@ impl Phases {
         Phases {
             last: Instant::now(),
             done: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -296,6 +300,7 @@ async fn cut_over(
             attempt,
             hold,
             phases: phases.done,
+            notes: phases.notes,
             failed: failed.clone(),
         });
         cutover::journal_attempt(catalog, id, failed.as_deref()).await?;
@@ -490,6 +495,7 @@ async fn held(
     let id = &journal.move_id;
     // Every transaction that may write has ended (read-only statements may still run).
     wait_for_acks(catalog, id, routers, options, false).await?;
+    end_transactions_of_silent_routers(catalog, mover, routers, phases).await?;
     phases.mark("acks");
     // Every transaction that could write the slots has ended: apply up to now.
     loop {
@@ -570,6 +576,30 @@ async fn verify(mover: &mut Mover, id: &str, slice: &SlotSet) -> Result<(), Move
                 target_rows: check.target.rows,
             });
         }
+    }
+    Ok(())
+}
+
+/// A router the hold does not wait for (out of contact past its lease) holds every slot
+/// itself, but a transaction it began before could still commit on the source after the
+/// cutover: those that wrote are ended.
+async fn end_transactions_of_silent_routers(
+    catalog: &Client,
+    mover: &Mover,
+    waited: &[String],
+    phases: &mut Phases,
+) -> Result<(), MoveError> {
+    let Some((silent, before)) = cutover::given_up(catalog, waited).await? else {
+        return Ok(());
+    };
+    for ended in mover.end_transactions_before(before).await? {
+        phases.notes.push(format!(
+            "ended the transaction of server process {} on the source (it wrote before router(s) \
+             {} went silent and could commit by the old map): {}",
+            ended.pid,
+            silent.join(", "),
+            ended.query
+        ));
     }
     Ok(())
 }
