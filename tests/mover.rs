@@ -545,3 +545,58 @@ async fn the_verification_before_the_hold_leaves_only_changed_rows_for_the_hold(
     assert_eq!(read_all(&src, "pv").await.orders[&out_order].0, outside);
     mover.cleanup().await.unwrap();
 }
+
+/// The replication slot is built only once the source's open writing transactions ended: the
+/// mover says which it waits for (every few seconds) and goes on when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_names_the_open_transactions_the_slot_waits_for() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("wt")).await.unwrap();
+    dst.batch_execute(&schema("wt")).await.unwrap();
+    load(&src, "wt").await;
+    let open = client(a).await;
+    open.batch_execute("BEGIN; UPDATE wt_users SET name = 'open' WHERE user_id = 1")
+        .await
+        .unwrap();
+    let pid: i32 = open
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let plan = MovePlan::new("wt", moving(), specs("wt")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    let (told_tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let prepared = tokio::spawn(async move {
+        let mut waits = |open: Vec<String>| told_tx.send(open).unwrap();
+        mover.prepare_telling(&mut waits).await.map(|()| mover)
+    });
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), told.recv())
+        .await
+        .expect("told within a minute")
+        .unwrap();
+    assert!(
+        first.iter().any(|t| t.starts_with(&format!("pid {pid} ("))),
+        "{first:?}"
+    );
+    assert!(
+        !prepared.is_finished(),
+        "the slot waits for the open transaction"
+    );
+    open.batch_execute("COMMIT").await.unwrap();
+    let mut mover = prepared.await.unwrap().expect("prepared once it ended");
+    let slot: i64 = src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&mover.plan().replication_slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slot, 1);
+    mover.cleanup().await.unwrap();
+}

@@ -615,6 +615,18 @@ impl Progress {
                 format!("catch up: {applied} changes applied, lag {lag_bytes} bytes"),
                 false,
             ),
+            Event::SlotWaits(open) => (
+                format!(
+                    "the replication slot waits for the transactions open on the source that \
+                     wrote to end (PostgreSQL builds it from a point with none open): {}",
+                    if open.is_empty() {
+                        "none this role may see".to_string()
+                    } else {
+                        open.join(", ")
+                    }
+                ),
+                true,
+            ),
             Event::SilentRouter {
                 router,
                 silent,

@@ -354,7 +354,17 @@ impl Mover {
     /// Creates, unless they exist, the publication and the logical replication slot on the
     /// source (the slot before any copy's snapshot) and the staging tables on the target.
     pub async fn prepare(&mut self) -> Result<(), MoveError> {
-        objects::prepare(&self.plan, &self.tables, &mut self.source, &mut self.target).await
+        self.prepare_telling(&mut |_| {}).await
+    }
+
+    /// [`Mover::prepare`], telling `waits` which open transactions the replication slot's
+    /// creation waits for, every few seconds while it waits.
+    pub async fn prepare_telling(
+        &mut self,
+        waits: &mut (dyn FnMut(Vec<String>) + Send),
+    ) -> Result<(), MoveError> {
+        let (source, target) = (&mut self.source, &mut self.target);
+        objects::prepare(&self.plan, &self.tables, source, target, waits).await
     }
 
     /// Copies the followed slots' rows from one snapshot of the source into the (first emptied)

@@ -242,6 +242,7 @@ pub(crate) async fn prepare(
     tables: &[Table],
     source: &mut Shard,
     target: &mut Shard,
+    waits: &mut (dyn FnMut(Vec<String>) + Send),
 ) -> Result<(), MoveError> {
     let s = &source.client;
     let publication = plan.publication();
@@ -264,17 +265,82 @@ pub(crate) async fn prepare(
     }
     let slot = plan.replication_slot();
     if !slot_exists(s, &slot).await? {
-        s.query_one(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
-            &[&slot],
-        )
-        .await
-        .map_err(MoveError::pg(format!(
-            "creating logical replication slot {slot} (needs a role with REPLICATION, and \
-             max_replication_slots free)"
-        )))?;
+        create_slot(s, &slot, waits).await?;
     }
     create_staging(plan, tables, target).await
+}
+
+/// Creates the logical replication slot `slot`. PostgreSQL builds it only once every
+/// transaction that wrote and was open when it began has ended: while it waits, `waits` is told
+/// every few seconds which ones (as far as this role may see them).
+async fn create_slot(
+    s: &Client,
+    slot: &str,
+    waits: &mut (dyn FnMut(Vec<String>) + Send),
+) -> Result<(), MoveError> {
+    let what = || {
+        format!(
+            "creating logical replication slot {slot} (needs a role with REPLICATION, and \
+             max_replication_slots free)"
+        )
+    };
+    // Each wait cancelled starts over with the transactions open then, so the waits double
+    // (a workload of long overlapping writes would otherwise never let it finish); the last
+    // one is not cancelled.
+    let mut timeouts = [3_000, 6_000, 12_000, 24_000, 48_000].into_iter();
+    loop {
+        let timeout_ms = timeouts.next().unwrap_or(0);
+        s.batch_execute(&format!("SET statement_timeout = {timeout_ms}"))
+            .await
+            .map_err(MoveError::pg(what()))?;
+        let created = s
+            .query_one(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
+                &[&slot],
+            )
+            .await;
+        s.batch_execute("RESET statement_timeout")
+            .await
+            .map_err(MoveError::pg(what()))?;
+        match created {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if timeout_ms > 0
+                    && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+            {
+                waits(open_writers(s).await?);
+            }
+            Err(e) => return Err(MoveError::pg(what())(e)),
+        }
+    }
+}
+
+/// The transactions open on the source's server that wrote, oldest first, described.
+async fn open_writers(s: &Client) -> Result<Vec<String>, MoveError> {
+    let rows = s
+        .query(
+            "SELECT pid, coalesce(usename, '?') || '@' || coalesce(datname, '?'), \
+               coalesce(state, '?'), extract(epoch FROM now() - xact_start)::int8 \
+             FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+             ORDER BY xact_start",
+            &[],
+        )
+        .await
+        .map_err(MoveError::pg("listing the source's open transactions"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (pid, who, state) = (
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+            );
+            format!(
+                "pid {pid} ({who}, {state}, {} s)",
+                r.get::<_, Option<i64>>(3).unwrap_or(0)
+            )
+        })
+        .collect())
 }
 
 pub(crate) async fn slot_exists(client: &Client, slot: &str) -> Result<bool, MoveError> {

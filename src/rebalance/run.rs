@@ -83,6 +83,8 @@ pub enum Event {
     Copy(CopyStats),
     /// A catch-up round: changes applied so far and the remaining lag.
     CatchUp { applied: u64, lag_bytes: u64 },
+    /// Creating the replication slot waits for these transactions (that wrote) to end.
+    SlotWaits(Vec<String>),
     /// A router has not been heard from for `silent`, but may still route by an older map:
     /// the cutover waits for it to answer again, at most `left` more (then it holds every slot).
     SilentRouter {
@@ -180,7 +182,8 @@ pub async fn run(
     }
     if index(&step) < index("prepared") {
         report(Event::Step("prepare"));
-        mover.prepare().await?;
+        let mut waits = |open: Vec<String>| report(Event::SlotWaits(open));
+        mover.prepare_telling(&mut waits).await?;
         cutover::journal_step(catalog, &id, "prepared").await?;
         step = "prepared".into();
     }
