@@ -604,6 +604,9 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
         !held.is_finished(),
         "router B sent a moved slot's statement by its old map"
     );
+    let status = rebalance(&world, "status");
+    assert_eq!(status.matches(", in contact").count(), 1, "{status}");
+    assert_eq!(status.matches(", given up: ").count(), 1, "{status}");
     link.restore();
     let updated = tokio::time::timeout(DEADLINE, held)
         .await

@@ -220,20 +220,30 @@ pub async fn router_view(client: &impl GenericClient) -> Result<RouterView, Cata
     })
 }
 
-/// The routers registered in the catalog: id, host, and seconds since each was last seen.
+/// The routers registered in the catalog: id, host, seconds since each was last seen, and
+/// where it stands for a cutover (in contact, silent and waited for, or given up).
 pub async fn routers(
     client: &impl GenericClient,
-) -> Result<Vec<(String, String, f64)>, CatalogError> {
+) -> Result<Vec<(String, String, f64, String)>, CatalogError> {
     let rows = client
         .query(
-            "SELECT router_id, host, extract(epoch FROM now() - seen_at)::float8 \
-             FROM pgshard.routers ORDER BY router_id",
+            &format!(
+                "SELECT router_id, host, extract(epoch FROM now() - seen_at)::float8, \
+                   CASE WHEN seen_at > now() - make_interval(secs => (2 * poll_ms + 1000) / 1000.0) \
+                        THEN 'in contact' \
+                        WHEN seen_at > now() - {GIVEN_UP_AFTER} \
+                        THEN format('silent: a cutover waits for it %s s more', \
+                               round(extract(epoch FROM seen_at + {GIVEN_UP_AFTER} - now())::numeric, 1)) \
+                        ELSE 'given up: a cutover goes on without it (if it still runs, it holds \
+                              every slot since its lease ran out)' END \
+                 FROM pgshard.routers ORDER BY router_id"
+            ),
             &[],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
 }
 

@@ -420,8 +420,8 @@ pub fn run_status(args: JournalArgs) -> anyhow::Result<()> {
         let holds = cutover::router_view(&cx.catalog).await?.holds;
         anyhow::Ok((routers, holds))
     })?;
-    for (id, host, ago) in &routers {
-        println!("router {id} on {host}: seen {ago:.1} s ago");
+    for (id, host, ago, standing) in &routers {
+        println!("router {id} on {host}: seen {ago:.1} s ago, {standing}");
     }
     for hold in &holds {
         let what = if hold.slots_held {
