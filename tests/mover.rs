@@ -600,3 +600,45 @@ async fn preparing_names_the_open_transactions_the_slot_waits_for() {
     assert_eq!(slot, 1);
     mover.cleanup().await.unwrap();
 }
+
+/// Every catch-up round decodes the source's WAL from the slot's restart point, which
+/// PostgreSQL moves only past a record of its running transactions (logged by itself every
+/// 15 s at most): the mover has one logged, and the round after moves the point up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_after_move_restart_point_decodes_from_close_to_now() {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema("rp")).await.unwrap();
+    dst.batch_execute(&schema("rp")).await.unwrap();
+    load(&src, "rp").await;
+    let plan = MovePlan::new("rp", moving(), specs("rp")).unwrap();
+    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap();
+    mover.prepare().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    for i in 0..20 {
+        src.batch_execute(&format!(
+            "UPDATE rp_users SET name = name || '.' WHERE user_id % 20 = {i}"
+        ))
+        .await
+        .unwrap();
+    }
+    let before = mover.catch_up(u32::MAX).await.unwrap();
+    assert!(before.applied >= USERS as u64, "{before:?}");
+    mover.move_restart_point().await;
+    let after = mover.catch_up(u32::MAX).await.unwrap();
+    eprintln!(
+        "WAL after the restart point: {} bytes, then {} bytes",
+        before.restart_lag_bytes, after.restart_lag_bytes
+    );
+    assert!(
+        after.restart_lag_bytes < before.restart_lag_bytes / 4,
+        "the restart point stayed behind: {} then {} bytes",
+        before.restart_lag_bytes,
+        after.restart_lag_bytes
+    );
+    mover.cleanup().await.unwrap();
+}

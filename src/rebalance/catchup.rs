@@ -32,6 +32,9 @@ pub struct CatchUp {
     pub reached: bool,
     /// Bytes of source WAL after the last change applied.
     pub lag_bytes: u64,
+    /// Bytes of source WAL after the point the next round decodes from (the slot's restart
+    /// point; see [`move_restart_point`]).
+    pub restart_lag_bytes: u64,
     /// Of the changed rows whose keys were noted for the cutover's verifications (those in the
     /// moving slots, of no known slot, or, where the shard key is not part of the primary key,
     /// that may have left the moving slots): the moving slots of their new versions, and how
@@ -108,7 +111,7 @@ pub(crate) async fn catch_up(mover: &mut Mover, max_changes: u32) -> Result<Catc
         advance(&mover.source.client, &slot, end_lsn).await?;
         round.reached = commit_lsn >= marker;
     }
-    round.lag_bytes = lag_bytes(&mover.plan, &mover.source).await?;
+    (round.lag_bytes, round.restart_lag_bytes) = lags(&mover.plan, &mover.source).await?;
     Ok(round)
 }
 
@@ -192,11 +195,18 @@ async fn advance(client: &Client, slot: &str, lsn: u64) -> Result<(), MoveError>
 }
 
 pub(crate) async fn lag_bytes(plan: &MovePlan, source: &Shard) -> Result<u64, MoveError> {
+    Ok(lags(plan, source).await?.0)
+}
+
+/// Bytes of source WAL written since the slot's last change applied, and since its restart
+/// point.
+async fn lags(plan: &MovePlan, source: &Shard) -> Result<(u64, u64), MoveError> {
     let slot = plan.replication_slot();
     let row = source
         .client
         .query_opt(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -207,7 +217,36 @@ pub(crate) async fn lag_bytes(plan: &MovePlan, source: &Shard) -> Result<u64, Mo
             missing: format!("replication slot {slot} on the source"),
             run: "prepare",
         })?;
-    Ok(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64)
+    let bytes = |i: usize| row.get::<_, Option<i64>>(i).unwrap_or(0).max(0) as u64;
+    Ok((bytes(0), bytes(1)))
+}
+
+/// Has the source log its running transactions now, so that the next round (which advances
+/// the slot past them) can move the slot's restart point up to here. Every round decodes the
+/// source's WAL from that point, which PostgreSQL moves only past such a record, and logs one
+/// by itself only every 15 s of activity and at checkpoints: before a cutover the last rounds
+/// would decode up to that much WAL again, under the hold. Making a temporary logical slot logs
+/// one (PostgreSQL 15 has no function for it); it is dropped at once. Best effort: without a
+/// free replication slot, or with writes open for over a second that it would wait for, the
+/// rounds only decode more.
+pub(crate) async fn move_restart_point(mover: &Mover) {
+    let client = &mover.source.client;
+    let name = format!("{}_restart", mover.plan.replication_slot());
+    let made = async {
+        client.batch_execute("SET statement_timeout = 1000").await?;
+        let made = client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) \
+                 FROM pg_create_logical_replication_slot($1, 'pgoutput', true)",
+                &[&name],
+            )
+            .await;
+        client.batch_execute("RESET statement_timeout").await?;
+        made
+    };
+    if let Err(e) = made.await {
+        tracing::debug!("logging the source's running transactions (slot {name}): {e}");
+    }
 }
 
 fn parse_lsn(text: &str) -> Result<u64, MoveError> {

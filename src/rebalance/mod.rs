@@ -382,6 +382,12 @@ impl Mover {
         catchup::catch_up(self, max_changes).await
     }
 
+    /// Lets the next catch-up round move the replication slot's restart point up to now (see
+    /// `catchup::move_restart_point`), so that the rounds after it decode less.
+    pub async fn move_restart_point(&self) {
+        catchup::move_restart_point(self).await
+    }
+
     /// Bytes of WAL the source wrote since the last change applied.
     pub async fn lag_bytes(&self) -> Result<u64, MoveError> {
         catchup::lag_bytes(&self.plan, &self.source).await

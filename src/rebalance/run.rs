@@ -289,7 +289,9 @@ async fn cut_over(
         // Compared row by row while writes go on, so that the hold looks only at what changed.
         report(Event::Step("verify before the hold"));
         mover.pre_verify(slice).await?;
-        // What was written meanwhile, so that the hold's own catch-up is short.
+        // What was written meanwhile, so that the hold's own catch-up is short; and it
+        // decodes from close to now.
+        mover.move_restart_point().await;
         *applied += mover.catch_up(options.batch_changes).await?.applied;
         attempt += 1;
         report(Event::Step("cutover"));
@@ -454,8 +456,15 @@ async fn catch_up_until(
         if round.reached && (round.lag_bytes < options.lag_bytes || round.changes == 0) {
             return Ok(round.lag_bytes);
         }
+        if round.restart_lag_bytes > RESTART_LAG_MOVED {
+            mover.move_restart_point().await;
+        }
     }
 }
+
+/// A catch-up round that finds more WAL than this before the slot's restart point has the
+/// next one move it (each round decodes from there).
+const RESTART_LAG_MOVED: u64 = 16 << 20;
 
 /// One cutover attempt of `slice`: hold, last changes, verify, swap, flip. On failure before
 /// the flip the hold is dropped (statements go on at the source) and the target keeps only
