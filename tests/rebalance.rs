@@ -527,10 +527,22 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
     load_users(&a, &p, 500, &mut record).await;
     let moved = 1984..=2047u16;
     let mut moving = (1..=500).filter(|&k| moved.contains(&slot_of(k)));
-    let (key, pending) = (moving.next().unwrap(), moving.next().unwrap());
+    let (key, pending, slow) = (
+        moving.next().unwrap(),
+        moving.next().unwrap(),
+        moving.next().unwrap(),
+    );
     let update = format!("UPDATE {p}_users SET name = $1 WHERE user_id = $2");
     assert_eq!(b.execute(&update, &[&"b0", &key]).await.unwrap(), 1);
     record.users.insert(key, "b0".into());
+    // A statement through router B that will write only once the move is over.
+    let slow_update = {
+        let client = router_b.connect().await;
+        let sql = format!(
+            "UPDATE {p}_users SET name = 'slow' WHERE user_id = $1 AND pg_sleep(60) IS NOT NULL"
+        );
+        tokio::spawn(async move { client.execute(&sql, &[&slow]).await })
+    };
 
     link.cut();
     let cut = std::time::Instant::now();
@@ -593,6 +605,12 @@ async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
         "a write by the old map committed after the move"
     );
     eprintln!("the late commit: {}", commit.unwrap_err());
+    let slow_update = slow_update.await.unwrap();
+    assert!(slow_update.is_err(), "{slow_update:?}");
+    let ended = out
+        .matches("ended the transaction of server process")
+        .count();
+    assert_eq!(ended, 2, "{out}");
 
     // Router B, still cut off, holds the statement rather than send it to s0.
     let held = {

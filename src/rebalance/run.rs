@@ -593,8 +593,8 @@ async fn verify(mover: &mut Mover, id: &str, slice: &SlotSet) -> Result<(), Move
 }
 
 /// A router the hold does not wait for (out of contact past its lease) holds every slot
-/// itself, but a transaction it began before could still commit on the source after the
-/// cutover: those that wrote are ended.
+/// itself, but a transaction it began before could still write or commit on the source after
+/// the cutover: those that wrote, or run a statement that writes, are ended.
 async fn end_transactions_of_silent_routers(
     catalog: &Client,
     mover: &Mover,
@@ -606,8 +606,8 @@ async fn end_transactions_of_silent_routers(
     };
     for ended in mover.end_transactions_before(before).await? {
         phases.notes.push(format!(
-            "ended the transaction of server process {} on the source (it wrote before router(s) \
-             {} went silent and could commit by the old map): {}",
+            "ended the transaction of server process {} on the source (it began before \
+             router(s) {} went silent, and wrote or is writing: it could land by the old map): {}",
             ended.pid,
             silent.join(", "),
             ended.query

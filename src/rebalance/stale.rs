@@ -1,11 +1,16 @@
 //! Ends, on a move's source, the transactions a router cut off from the catalog may still
-//! commit there by its old map: those that wrote and began before the mover stopped waiting for
-//! that router. Routers that answered the hold have ended theirs; this one cannot say. Never
-//! touches a transaction that began later, one that has not written, or another database's.
+//! commit there by its old map: those that began before the mover stopped waiting for that
+//! router and wrote, or are running a statement that writes. Routers that answered the hold
+//! have ended theirs; this one cannot say. Never touches a transaction that began later, a
+//! read-only one, or another database's.
 
 use std::time::Duration;
 
 use super::{MoveError, Mover};
+
+/// A statement running now that will write but may not have yet (no transaction id):
+/// `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `COPY ... FROM`, also behind a `WITH`.
+const WRITE_STATEMENT: &str = r"^\s*(with\M.*\m(insert|update|delete|merge)\M|insert\M|update\M|delete\M|merge\M|copy\M[^;]*\mfrom\M)";
 
 /// How long such transactions get to end by themselves before they are ended.
 const GRACE: Duration = Duration::from_secs(1);
@@ -18,9 +23,10 @@ pub struct Ended {
 }
 
 impl Mover {
-    /// Ends the source's transactions that wrote and began before `before` (seconds since the
-    /// Unix epoch, by the catalog's clock): after [`GRACE`], their clients get an error instead
-    /// of committing to the old owner. Returns those it ended.
+    /// Ends the source's transactions that began before `before` (seconds since the Unix
+    /// epoch, by the catalog's clock) and wrote or are running a statement that writes: after
+    /// [`GRACE`], their clients get an error instead of writing to the old owner. Returns
+    /// those it ended.
     pub async fn end_transactions_before(&self, before: f64) -> Result<Vec<Ended>, MoveError> {
         let what = "ending transactions older than a silent router's lease";
         let started = tokio::time::Instant::now();
@@ -31,9 +37,10 @@ impl Mover {
                 .query(
                     "SELECT pid, left(query, 200) FROM pg_stat_activity \
                      WHERE datname = current_database() AND backend_type = 'client backend' \
-                       AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL \
-                       AND xact_start < to_timestamp($1)",
-                    &[&before],
+                       AND pid <> pg_backend_pid() AND xact_start < to_timestamp($1) \
+                       AND (backend_xid IS NOT NULL \
+                            OR (state = 'active' AND query ~* $2))",
+                    &[&before, &WRITE_STATEMENT],
                 )
                 .await
                 .map_err(MoveError::pg(what))?;
