@@ -248,7 +248,7 @@ async fn changed_on_target(
     let mut targets = Vec::new();
     for (n, t) in mover.tables.iter().enumerate() {
         let keys = (&pre.differing[n].1, &since[n]);
-        let changed = changed_keys(&target, (t, n), &t.staging_sql, keys, what).await?;
+        let changed = changed_keys(&target, (t, n, slice), &t.staging_sql, keys, what).await?;
         let query = format!(
             "SELECT {cols} FROM {stg} WHERE ({pk}) IN (SELECT {pk} FROM {changed})",
             cols = t.column_list(),
@@ -286,7 +286,7 @@ pub(crate) async fn verify_changed(
     for (n, (t, target)) in mover.tables.iter().zip(targets).enumerate() {
         let keys = format!("pgshard_staged_{n}");
         let changed_of = (&pre.differing[n].1, &since[n]);
-        let changed = changed_keys(&source, (t, n), &t.source_sql, changed_of, what).await?;
+        let changed = changed_keys(&source, (t, n, slice), &t.source_sql, changed_of, what).await?;
         let (mut digest, mut writer) = (Digest::default(), TupleWriter::new());
         let query = lookup(
             t,
@@ -332,10 +332,12 @@ pub(crate) async fn verify_changed(
 }
 
 /// Creates `pgshard_changed_<n>` for the transaction, of `relation`'s key columns, filled with
-/// the keys that differed (a binary COPY stream) and those changed since (any slot).
+/// the keys that differed (a binary COPY stream) and those changed since that may concern
+/// `slice`: of any slot, or only of the slice's where the primary key holds the shard key (such
+/// a row's slot never changes).
 async fn changed_keys(
     tx: &Transaction<'_>,
-    (t, n): (&Table, usize),
+    (t, n, slice): (&Table, usize, &SlotSet),
     relation: &str,
     (differing, since): (&Vec<Bytes>, &Touched),
     what: &str,
@@ -348,7 +350,13 @@ async fn changed_keys(
     .await
     .map_err(MoveError::pg(what))?;
     copy_in(tx, &changed, differing.clone()).await?;
-    insert_touched(tx, t, &changed, since, &SlotSet::all()).await?;
+    let all = SlotSet::all();
+    let slots = if t.primary_key.contains(&t.key) {
+        slice
+    } else {
+        &all
+    };
+    insert_touched(tx, t, &changed, since, slots).await?;
     analyze(tx, &[&changed], what).await?;
     Ok(changed)
 }
