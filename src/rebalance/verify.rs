@@ -237,16 +237,17 @@ pub(crate) async fn pre_verify(
 /// [`verify_changed`]'s target side: per table, the digest of staging's rows with the keys that
 /// differed or changed since, in the slice.
 async fn changed_on_target(
-    mover: &mut Mover,
+    client: &mut Client,
+    tables: &[Table],
     pre: &PreVerified,
     since: &[Touched],
 ) -> Result<Vec<Digest>, MoveError> {
     let slice = &pre.slice;
     let what = "comparing the rows changed since the first comparison";
     // Not a read-only snapshot: the keys go into a temporary table. One query reads staging.
-    let target = by_index(&mut mover.target.client, what).await?;
+    let target = by_index(client, what).await?;
     let mut targets = Vec::new();
-    for (n, t) in mover.tables.iter().enumerate() {
+    for (n, t) in tables.iter().enumerate() {
         let keys = (&pre.differing[n].1, &since[n]);
         let changed = changed_keys(&target, (t, n, slice), &t.staging_sql, keys, what).await?;
         let query = format!(
@@ -278,12 +279,41 @@ pub(crate) async fn verify_changed(
     pre: &PreVerified,
     since: &[Touched],
 ) -> Result<Vec<TableCheck>, MoveError> {
+    // The two sides at once, on their own connections: the slice's rows change on neither
+    // side under the hold.
+    let (source, target, tables) = (
+        &mut mover.source.client,
+        &mut mover.target.client,
+        &mover.tables,
+    );
+    let (sources, targets) = tokio::try_join!(
+        changed_on_source(source, tables, pre, since),
+        changed_on_target(target, tables, pre, since)
+    )?;
+    Ok(tables
+        .iter()
+        .zip(sources.into_iter().zip(targets))
+        .map(|(t, (source, target))| TableCheck {
+            table: t.name.clone(),
+            source,
+            target,
+        })
+        .collect())
+}
+
+/// [`verify_changed`]'s source side: per table, the digest of the source's rows with the keys
+/// that differed or changed since, in the slice; the staged key tables brought up to date.
+async fn changed_on_source(
+    client: &mut Client,
+    tables: &[Table],
+    pre: &PreVerified,
+    since: &[Touched],
+) -> Result<Vec<Digest>, MoveError> {
     let slice = &pre.slice;
     let what = "comparing the rows changed since the first comparison";
-    let targets = changed_on_target(mover, pre, since).await?;
-    let source = by_index(&mut mover.source.client, what).await?;
-    let mut checks = Vec::new();
-    for (n, (t, target)) in mover.tables.iter().zip(targets).enumerate() {
+    let source = by_index(client, what).await?;
+    let mut digests = Vec::new();
+    for (n, t) in tables.iter().enumerate() {
         let keys = format!("pgshard_staged_{n}");
         let changed_of = (&pre.differing[n].1, &since[n]);
         let changed = changed_keys(&source, (t, n, slice), &t.source_sql, changed_of, what).await?;
@@ -321,14 +351,10 @@ pub(crate) async fn verify_changed(
             .await
             .map_err(MoveError::pg(what))?;
         copy_in(&source, &keys, vec![writer.take()]).await?;
-        checks.push(TableCheck {
-            table: t.name.clone(),
-            source: digest,
-            target,
-        });
+        digests.push(digest);
     }
     source.commit().await.map_err(MoveError::pg(what))?;
-    Ok(checks)
+    Ok(digests)
 }
 
 /// Creates `pgshard_changed_<n>` for the transaction, of `relation`'s key columns, filled with
