@@ -13,17 +13,8 @@ use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("mv")).await.unwrap();
-    dst.batch_execute(&schema("mv")).await.unwrap();
-    let loaded = load(&src, "mv").await;
-    let plan = MovePlan::new("mv", moving(), specs("mv")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, dst, loaded) = loaded("mv").await;
+    let mut mover = mover_of("mv").await;
     mover.prepare().await.unwrap();
     mover
         .prepare()
@@ -32,7 +23,7 @@ async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ops_tx, mut ops_rx) = watch::channel(0);
-    let writer = tokio::spawn(write(client(a).await, "mv".into(), loaded, stop_rx, ops_tx));
+    let writer = tokio::spawn(write(client(&clusters()[0]).await, "mv".into(), loaded, stop_rx, ops_tx));
     // Changes after the slot began, before and during the copy's snapshot.
     ops_rx.wait_for(|ops| *ops >= 100).await.unwrap();
     let copied = mover.copy(|_| {}).await.expect("copy");
@@ -242,17 +233,8 @@ async fn a_source_without_logical_wal_is_refused_naming_the_setting() {
 
 #[tokio::test]
 async fn a_truncate_on_the_source_during_a_move_stops_the_catch_up() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("tr")).await.unwrap();
-    dst.batch_execute(&schema("tr")).await.unwrap();
-    load(&src, "tr").await;
-    let plan = MovePlan::new("tr", moving(), specs("tr")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, _, _) = loaded("tr").await;
+    let mut mover = mover_of("tr").await;
     mover.prepare().await.unwrap();
     mover.copy(|_| {}).await.unwrap();
     src.batch_execute("TRUNCATE tr_orders").await.unwrap();
@@ -279,17 +261,8 @@ async fn drain_error(mover: &mut Mover) -> MoveError {
 /// catch-up has not applied; cleaning the source then deletes exactly the moved rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("vk")).await.unwrap();
-    dst.batch_execute(&schema("vk")).await.unwrap();
-    let loaded = load(&src, "vk").await;
-    let plan = MovePlan::new("vk", moving(), specs("vk")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, dst, loaded) = loaded("vk").await;
+    let mut mover = mover_of("vk").await;
     mover.prepare().await.unwrap();
     mover.copy(|_| {}).await.unwrap();
     // A change after the copy, caught up: its key is looked up too.
@@ -355,17 +328,8 @@ async fn the_cutover_verification_by_keys_finds_differences_and_cleans_exactly()
 /// Every row ends on the target once, as the source last had it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_cut_over_slice_by_slice_moves_each_slice_exactly() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("sl")).await.unwrap();
-    dst.batch_execute(&schema("sl")).await.unwrap();
-    load(&src, "sl").await;
-    let plan = MovePlan::new("sl", moving(), specs("sl")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, dst, _) = loaded("sl").await;
+    let mut mover = mover_of("sl").await;
     let slices = moving().slices(512);
     let (first, second) = (&slices[0], &slices[1]);
     let in_first = |id: i64| first.contains(KeyValue::Int(id).slot());
@@ -447,17 +411,8 @@ async fn a_move_cut_over_slice_by_slice_moves_each_slice_exactly() {
 /// clean then deletes exactly the source's rows of the slots, the order moved out stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verification_before_the_hold_leaves_only_changed_rows_for_the_hold() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("pv")).await.unwrap();
-    dst.batch_execute(&schema("pv")).await.unwrap();
-    load(&src, "pv").await;
-    let plan = MovePlan::new("pv", moving(), specs("pv")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, dst, _) = loaded("pv").await;
+    let mut mover = mover_of("pv").await;
     mover.prepare().await.unwrap();
     mover.copy(|_| {}).await.unwrap();
     drain(&mut mover).await;
@@ -606,17 +561,8 @@ async fn preparing_names_the_open_transactions_the_slot_waits_for() {
 /// 15 s at most): the mover has one logged, and the round after moves the point up to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_after_move_restart_point_decodes_from_close_to_now() {
-    let [a, b, _] = clusters() else {
-        unreachable!()
-    };
-    let (src, dst) = (client(a).await, client(b).await);
-    src.batch_execute(&schema("rp")).await.unwrap();
-    dst.batch_execute(&schema("rp")).await.unwrap();
-    load(&src, "rp").await;
-    let plan = MovePlan::new("rp", moving(), specs("rp")).unwrap();
-    let mut mover = Mover::open(plan, shard("a", a).await, shard("b", b).await)
-        .await
-        .unwrap();
+    let (src, _, _) = loaded("rp").await;
+    let mut mover = mover_of("rp").await;
     mover.prepare().await.unwrap();
     mover.copy(|_| {}).await.unwrap();
     for i in 0..20 {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use pgshard::localpg::{ClusterOptions, LocalCluster};
-use pgshard::rebalance::{Mover, Shard, SlotSet, TableSpec};
+use pgshard::rebalance::{MovePlan, Mover, Shard, SlotSet, TableSpec};
 use pgshard::sharding::{KeyType, KeyValue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -364,4 +364,28 @@ pub async fn drain(mover: &mut Mover) -> u64 {
             return fetched;
         }
     }
+}
+
+/// The tables of `prefix` on both primaries, loaded on the source: the clients of both and the
+/// rows loaded.
+pub async fn loaded(prefix: &str) -> (tokio_postgres::Client, tokio_postgres::Client, Record) {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let (src, dst) = (client(a).await, client(b).await);
+    src.batch_execute(&schema(prefix)).await.unwrap();
+    dst.batch_execute(&schema(prefix)).await.unwrap();
+    let record = load(&src, prefix).await;
+    (src, dst, record)
+}
+
+/// A mover of `prefix`'s tables' moving slots, from the first primary to the second.
+pub async fn mover_of(prefix: &str) -> Mover {
+    let [a, b, _] = clusters() else {
+        unreachable!()
+    };
+    let plan = MovePlan::new(prefix, moving(), specs(prefix)).unwrap();
+    Mover::open(plan, shard("a", a).await, shard("b", b).await)
+        .await
+        .unwrap()
 }
