@@ -23,7 +23,13 @@ async fn a_move_under_concurrent_writes_lands_every_row_exactly_once() {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ops_tx, mut ops_rx) = watch::channel(0);
-    let writer = tokio::spawn(write(client(&clusters()[0]).await, "mv".into(), loaded, stop_rx, ops_tx));
+    let writer = tokio::spawn(write(
+        client(&clusters()[0]).await,
+        "mv".into(),
+        loaded,
+        stop_rx,
+        ops_tx,
+    ));
     // Changes after the slot began, before and during the copy's snapshot.
     ops_rx.wait_for(|ops| *ops >= 100).await.unwrap();
     let copied = mover.copy(|_| {}).await.expect("copy");
@@ -587,4 +593,21 @@ async fn a_round_after_move_restart_point_decodes_from_close_to_now() {
         after.restart_lag_bytes
     );
     mover.cleanup().await.unwrap();
+}
+
+/// The mover's lookups by index turn the other plans off, which prices them past
+/// `jit_above_cost`: compiling them took 35-80 ms a statement (under the hold). Its
+/// connections run without JIT, and with durable commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_movers_connections_run_without_jit_and_commit_durably() {
+    let shard = shard("a", &clusters()[0]).await;
+    for (setting, want) in [("jit", "off"), ("synchronous_commit", "on")] {
+        let got: String = shard
+            .client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, want, "{setting}");
+    }
 }

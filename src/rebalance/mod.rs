@@ -234,11 +234,13 @@ impl Shard {
         ))?;
         let (mode, connector) = crate::tls::for_tokio_postgres(tls);
         // Commits of a move must be durable before the map flips (a lost swap or clean would
-        // lose or duplicate rows), and flushed WAL reaches replicas at once.
+        // lose or duplicate rows), and flushed WAL reaches replicas at once. No JIT: the
+        // lookups by index turn the other plans off, which prices them past `jit_above_cost`,
+        // and compiling then took 35-80 ms a statement, under the hold.
         let (client, connection) = config
             .ssl_mode(mode)
             .application_name("pgshard-mover")
-            .options("-c synchronous_commit=on")
+            .options("-c synchronous_commit=on -c jit=off")
             .connect(connector)
             .await
             .map_err(MoveError::pg(format!("connecting to shard {name}")))?;
