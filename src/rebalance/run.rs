@@ -351,7 +351,11 @@ async fn wait_for_silent_routers(
                 });
             }
         }
-        *applied += mover.catch_up(options.batch_changes).await?.applied;
+        let round = mover.catch_up(options.batch_changes).await?;
+        *applied += round.applied;
+        if round.restart_lag_bytes > RESTART_LAG_MOVED {
+            mover.move_restart_point().await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
