@@ -208,13 +208,14 @@ impl Context {
                 tls.as_deref(),
             )
             .await?;
-            let target = Shard::connect_tls(
-                &journal.target,
-                &self.config.primary_url(target),
-                tls.as_deref(),
+            let target_url = self.config.primary_url(target);
+            let connect = || Shard::connect_tls(&journal.target, &target_url, tls.as_deref());
+            let (target, swap) = (connect().await?, connect().await?);
+            Ok::<_, crate::rebalance::MoveError>(
+                Mover::open(plan, source, target)
+                    .await?
+                    .with_swap_connection(swap),
             )
-            .await?;
-            Mover::open(plan, source, target).await
         })?)
     }
 

@@ -150,6 +150,11 @@ fn note_keys(
                     since[*t].insert(key.clone());
                 }
             }
+            if let Some(pre) = &mut mover.pre_swap {
+                for (t, key) in &touched {
+                    pre.keys[*t].insert(key.clone());
+                }
+            }
             // Since the copy, only rows that are (or may be) in the moving slots: the staged
             // keys cover those that were.
             for (t, key) in touched {

@@ -420,18 +420,9 @@ pub(crate) async fn swap_in(
         .map_err(MoveError::pg(what))?;
     let mut rows = 0;
     for t in tables {
-        let cols = t.column_list();
+        let filter = format!("{SLOT_COLUMN} = ANY({})", slots.sql_array());
         rows += tx
-            .execute(
-                &format!(
-                    "INSERT INTO {real} ({cols}) OVERRIDING SYSTEM VALUE \
-                     SELECT {cols} FROM {stg} WHERE {SLOT_COLUMN} = ANY({slots})",
-                    real = t.target_sql,
-                    stg = t.staging_sql,
-                    slots = slots.sql_array()
-                ),
-                &[],
-            )
+            .execute(&insert_from_staging(t, &filter), &[])
             .await
             .map_err(MoveError::pg(format!(
                 "{what} (into {}, staging schema {})",
@@ -441,6 +432,17 @@ pub(crate) async fn swap_in(
     }
     tx.commit().await.map_err(MoveError::pg(what))?;
     Ok(rows)
+}
+
+/// `INSERT INTO real (cols) SELECT cols FROM staging WHERE filter`.
+pub(super) fn insert_from_staging(t: &Table, filter: &str) -> String {
+    let cols = t.column_list();
+    format!(
+        "INSERT INTO {real} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stg} \
+         WHERE {filter}",
+        real = t.target_sql,
+        stg = t.staging_sql
+    )
 }
 
 /// Whose real tables a deletion reads.

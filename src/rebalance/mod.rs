@@ -16,6 +16,7 @@ mod copybin;
 mod error;
 mod objects;
 mod pgoutput;
+mod preswap;
 pub mod run;
 mod stale;
 mod verify;
@@ -284,6 +285,9 @@ pub struct Mover {
     /// The slice whose source keys the last verification left, exact, in the source
     /// connection's key tables (`clean_slice` deletes by them).
     keys_kept: Option<SlotSet>,
+    /// A second connection to the target, and the slice swapped in ahead on it (uncommitted).
+    swap_conn: Option<Shard>,
+    pre_swap: Option<preswap::PreSwap>,
 }
 
 /// Primary keys (as text, `None` for NULL) of rows changed during a move, of one table, each
@@ -310,6 +314,8 @@ impl Mover {
             since: None,
             pre: None,
             keys_kept: None,
+            swap_conn: None,
+            pre_swap: None,
         })
     }
 
@@ -452,8 +458,12 @@ impl Mover {
         self.swap_slice(&slots).await
     }
 
-    /// Moves the staging rows of `slice` into the real tables in one target transaction.
+    /// Moves the staging rows of `slice` into the real tables in one target transaction (the
+    /// one [`Mover::pre_swap`] left open, if it can be finished).
     pub async fn swap_slice(&mut self, slice: &SlotSet) -> Result<u64, MoveError> {
+        if let Some(rows) = self.finish_pre_swap(slice).await? {
+            return Ok(rows);
+        }
         copy::swap_in(&self.plan, &self.tables, &mut self.target, slice).await
     }
 

@@ -289,8 +289,12 @@ async fn cut_over(
         // Compared row by row while writes go on, so that the hold looks only at what changed.
         report(Event::Step("verify before the hold"));
         mover.pre_verify(slice).await?;
+        // The slice's rows into the real tables, uncommitted: the swap redoes only the rows
+        // changed since.
+        mover.pre_swap(slice).await?;
         // What was written meanwhile, so that the hold's own catch-up is short; and it
-        // decodes from close to now.
+        // decodes from close to now (past the WAL of the swap ahead, when the source and the
+        // target share a server).
         mover.move_restart_point().await;
         *applied += mover.catch_up(options.batch_changes).await?.applied;
         attempt += 1;
@@ -494,6 +498,7 @@ async fn cutover_once(
             cutover::drop_hold(catalog, id).await?;
             return Err(MoveError::Catalog(CatalogError::HoldExpired(id.clone())));
         }
+        mover.drop_pre_swap().await;
         cutover::drop_hold(catalog, id).await?;
         return Err(e);
     }

@@ -68,8 +68,8 @@ pub(crate) async fn verify(
 
 /// Fills `table` (the primary key's columns of `t`) with the keys in `keys` (given as text) of
 /// rows in `slots` or of no known slot.
-async fn insert_touched(
-    tx: &Transaction<'_>,
+pub(super) async fn insert_touched(
+    tx: &impl tokio_postgres::GenericClient,
     t: &Table,
     table: &str,
     keys: &super::Touched,
