@@ -341,24 +341,16 @@ async fn send_chunk(
 
 /// Deletes the rows of `relation` (a table of `t`'s shape) whose primary key is in the table
 /// `keys`; returns how many.
-async fn delete_keyed(
-    tx: &Transaction<'_>,
+pub(super) async fn delete_keyed(
+    tx: &impl tokio_postgres::GenericClient,
     t: &Table,
     relation: &str,
     keys: &str,
     what: &str,
 ) -> Result<u64, MoveError> {
-    let matches: Vec<String> = t
-        .primary_key
-        .iter()
-        .map(|&i| {
-            let c = quote_ident(&t.columns[i].name);
-            format!("t.{c} = d.{c}")
-        })
-        .collect();
     let sql = format!(
         "DELETE FROM {relation} t USING {keys} d WHERE {}",
-        matches.join(" AND ")
+        t.key_join("t", "d")
     );
     tx.execute(&sql, &[]).await.map_err(MoveError::pg(what))
 }

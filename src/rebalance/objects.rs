@@ -49,6 +49,18 @@ impl Table {
                 .map(|&i| quote_ident(&self.columns[i].name)),
         )
     }
+
+    /// `l."a" = r."a" AND l."b" = r."b"`: the primary key's columns of `left` and `right` equal.
+    pub(crate) fn key_join(&self, left: &str, right: &str) -> String {
+        self.primary_key
+            .iter()
+            .map(|&i| {
+                let c = quote_ident(&self.columns[i].name);
+                format!("{left}.{c} = {right}.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
 }
 
 pub(crate) fn list(items: impl Iterator<Item = String>) -> String {

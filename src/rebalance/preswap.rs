@@ -6,8 +6,8 @@
 //! [`Mover::finish_pre_swap`]; any doubt (keys not followed, another slice) rolls back and the
 //! caller swaps the whole slice as before.
 
-use super::copy::insert_from_staging;
-use super::objects::{quote_ident, SLOT_COLUMN};
+use super::copy::{delete_keyed, insert_from_staging};
+use super::objects::SLOT_COLUMN;
 use super::verify::insert_touched;
 use super::{MoveError, Mover, Shard, SlotSet, Touched};
 
@@ -149,22 +149,11 @@ async fn redo_changed(
             .map_err(MoveError::pg(what))?;
         // Every slot: a row may have left the slice (its shard key outside the primary key).
         insert_touched(client, t, &keys, &pre.keys[n], &SlotSet::all()).await?;
-        let matches: Vec<String> = t
-            .primary_key
-            .iter()
-            .map(|&i| {
-                let c = quote_ident(&t.columns[i].name);
-                format!("r.{c} = k.{c}")
-            })
-            .collect();
         client
-            .batch_execute(&format!(
-                "ANALYZE {keys}; DELETE FROM {real} r USING {keys} k WHERE {}",
-                matches.join(" AND "),
-                real = t.target_sql
-            ))
+            .batch_execute(&format!("ANALYZE {keys}"))
             .await
             .map_err(MoveError::pg(what))?;
+        delete_keyed(client, t, &t.target_sql, &keys, what).await?;
         let filter = format!(
             "{SLOT_COLUMN} = ANY({}) AND ({pk}) IN (SELECT {pk} FROM {keys})",
             pre.slice.sql_array(),

@@ -333,20 +333,12 @@ async fn changed_on_source(
         writer.finish();
         // The keys looked at leave the staged keys (a hash join: the key table has no index);
         // those in the slice now come back.
-        let matches: Vec<String> = t
-            .primary_key
-            .iter()
-            .map(|&i| {
-                let c = super::objects::quote_ident(&t.columns[i].name);
-                format!("s.{c} = c.{c}")
-            })
-            .collect();
         source
             .batch_execute(&format!(
                 "SET LOCAL enable_hashjoin = on; \
                  DELETE FROM {keys} s USING {changed} c WHERE {}; \
                  SET LOCAL enable_hashjoin = off",
-                matches.join(" AND ")
+                t.key_join("s", "c")
             ))
             .await
             .map_err(MoveError::pg(what))?;
