@@ -511,6 +511,7 @@ async fn the_verification_before_the_hold_leaves_only_changed_rows_for_the_hold(
 /// mover says which it waits for (every few seconds) and goes on when they end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preparing_names_the_open_transactions_the_slot_waits_for() {
+    let _alone = alone().await;
     let [a, b, _] = clusters() else {
         unreachable!()
     };
@@ -567,6 +568,7 @@ async fn preparing_names_the_open_transactions_the_slot_waits_for() {
 /// 15 s at most): the mover has one logged, and the round after moves the point up to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_after_move_restart_point_decodes_from_close_to_now() {
+    let _turn = beside_others().await;
     let (src, _, _) = loaded("rp").await;
     let mut mover = mover_of("rp").await;
     mover.prepare().await.unwrap();

@@ -505,7 +505,7 @@ async fn answered(catalog: &tokio_postgres::Client, readers: bool, routers: &[St
 /// sends the statement it held to the new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_router_cut_off_before_a_move_never_routes_by_the_old_map() {
-    let world = world("lease");
+    let world = world_alone("lease");
     let p = world.prefix.clone();
     let lease = Duration::from_millis(5000);
     let config = world.config_text.replacen(

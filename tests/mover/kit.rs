@@ -389,3 +389,16 @@ pub async fn mover_of(prefix: &str) -> Mover {
         .await
         .unwrap()
 }
+
+/// Tests share the clusters (under `cargo test`, one process runs them at once). One that keeps
+/// a writing transaction open for seconds runs [`alone`]; one that needs none open on the
+/// source for a moment (making a replication slot waits for them) runs [`beside_others`].
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    TURNS.write().await
+}
+
+pub async fn beside_others() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TURNS.read().await
+}

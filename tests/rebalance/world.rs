@@ -65,6 +65,18 @@ pub struct World {
     pub config: PathBuf,
     pub config_text: String,
     pub catalog_url: String,
+    _turn: Turn,
+}
+
+/// Tests share the two clusters (under `cargo test`, one process runs them at once). A test
+/// that keeps a writing transaction open across a move runs alone: PostgreSQL builds another
+/// move's replication slot only once every such transaction on the server has ended, and the
+/// mover ends those of a silent router.
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 impl Drop for World {
@@ -76,6 +88,17 @@ impl Drop for World {
 /// Creates the test's tables on both primaries (replayed on the replicas), its catalog
 /// database on the first shard, and a config sharding its tables with `s0` owning 0-2047.
 pub fn world(prefix: &str) -> World {
+    let turn = Turn::Shared(TURNS.read().unwrap_or_else(|e| e.into_inner()));
+    world_with(prefix, turn)
+}
+
+/// [`world`], for a test no other runs beside (see [`TURNS`]).
+pub fn world_alone(prefix: &str) -> World {
+    let turn = Turn::Alone(TURNS.write().unwrap_or_else(|e| e.into_inner()));
+    world_with(prefix, turn)
+}
+
+fn world_with(prefix: &str, turn: Turn) -> World {
     let [s0, s1] = clusters();
     let schema = format!(
         "SET ROLE app; \
@@ -144,6 +167,7 @@ name = "{prefix}_orders"
         config,
         config_text: text,
         catalog_url,
+        _turn: turn,
     }
 }
 
