@@ -355,11 +355,7 @@ async fn wait_for_silent_routers(
                 });
             }
         }
-        let round = mover.catch_up(options.batch_changes).await?;
-        *applied += round.applied;
-        if round.restart_lag_bytes > RESTART_LAG_MOVED {
-            mover.move_restart_point().await;
-        }
+        catch_up_round(mover, options, applied).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -455,8 +451,7 @@ async fn catch_up_until(
     report: &mut (dyn FnMut(Event) + Send),
 ) -> Result<u64, MoveError> {
     loop {
-        let round = mover.catch_up(options.batch_changes).await?;
-        *applied += round.applied;
+        let round = catch_up_round(mover, options, applied).await?;
         report(Event::CatchUp {
             applied: *applied,
             lag_bytes: round.lag_bytes,
@@ -464,10 +459,22 @@ async fn catch_up_until(
         if round.reached && (round.lag_bytes < options.lag_bytes || round.changes == 0) {
             return Ok(round.lag_bytes);
         }
-        if round.restart_lag_bytes > RESTART_LAG_MOVED {
-            mover.move_restart_point().await;
-        }
     }
+}
+
+/// One catch-up round outside a hold, counted into `applied`; if it found the slot's restart
+/// point far behind, the next round gets to move it.
+async fn catch_up_round(
+    mover: &mut Mover,
+    options: &RunOptions,
+    applied: &mut u64,
+) -> Result<crate::rebalance::CatchUp, MoveError> {
+    let round = mover.catch_up(options.batch_changes).await?;
+    *applied += round.applied;
+    if round.restart_lag_bytes > RESTART_LAG_MOVED {
+        mover.move_restart_point().await;
+    }
+    Ok(round)
 }
 
 /// A catch-up round that finds more WAL than this before the slot's restart point has the
