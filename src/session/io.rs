@@ -7,6 +7,7 @@ use std::task::Poll;
 use super::error::SessionError;
 use super::Session;
 use crate::error::ClientError;
+use crate::stats::ClientEntry;
 use crate::transport::{Conn, Stream};
 
 /// Stop reading one side while this much is queued for the other (back-pressure).
@@ -94,6 +95,40 @@ impl<S: Stream> Session<S> {
             }
         })
         .await
+    }
+
+    /// Whether the session may stop serving until the client sends more: it holds no server
+    /// connection, and everything for the client is written.
+    pub(super) fn may_park(&self) -> bool {
+        self.server.is_none() && !self.client.has_pending_output()
+    }
+
+    /// Gives back what the requests so far left allocated and empty.
+    pub(super) fn park(&mut self) {
+        if self.proto.expect.is_empty() && self.proto.expect.capacity() > 0 {
+            self.proto.expect = std::collections::VecDeque::new();
+        }
+        if self.proto.pending.is_empty() && self.proto.pending.capacity() > 0 {
+            self.proto.pending = Vec::new();
+        }
+        self.client.shrink_idle();
+    }
+
+    /// Waits, parked, for the client's next bytes (into `client.input`): `true` when some came,
+    /// `false` when the client closed its connection.
+    pub(super) async fn parked(&mut self, entry: &ClientEntry) -> Result<bool, SessionError> {
+        let client = &mut self.client;
+        let read = poll_fn(|cx| {
+            // KILL_CLIENT wakes the task through the waker `until_killed` registered.
+            if entry.is_killed() {
+                return Poll::Ready(Err(SessionError::Killed));
+            }
+            client.poll_fill(cx).map_err(SessionError::ClientIo)
+        })
+        .await?;
+        self.meter.received(read);
+        self.woken()?;
+        Ok(read > 0)
     }
 
     /// Writes as much queued client output as the client takes now.

@@ -51,7 +51,7 @@ use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext, Target};
 use crate::shared::Shared;
-use crate::stats::NewClient;
+use crate::stats::{Killed, NewClient};
 use crate::tls::MaybeTls;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
@@ -67,13 +67,50 @@ pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
 /// [`run`], with the flag through which a graceful shutdown closes the session while it waits
 /// between transactions.
 pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presence: Arc<Presence>) {
+    let _count = ClientCount::new(&shared.clients);
+    // Boxed, as everything below that is large and short-lived or cold: the task's own future
+    // then holds a few pointers while the client is idle (see `tests/footprint.rs`).
+    let Some(mut session) = Box::pin(log_in(stream, shared, presence)).await else {
+        return;
+    };
+    let entry = session.meter.client.entry.clone();
+    let mut starting = true;
+    let e = loop {
+        let starts = std::mem::take(&mut starting);
+        match entry.until_killed(session.serve(starts)).await {
+            Ok(Ok(Served::Parked)) => {}
+            Ok(Ok(Served::Ended)) => return,
+            Ok(Err(e)) => break e,
+            Err(Killed) => break SessionError::Killed,
+        }
+        // Parked: no server connection held and nothing to write. The wait for the client's
+        // next bytes holds neither `serve` nor a buffer.
+        match session.parked(&entry).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => break e,
+        }
+    };
+    Box::pin(end_with(session, e)).await;
+}
+
+/// Ends the session with `e`: the client gets it as a FATAL ErrorResponse.
+async fn end_with<S: Stream>(mut session: Box<Session<S>>, e: SessionError) {
+    tracing::debug!("session ended: {e}");
+    session.send_fatal(e).await;
+}
+
+/// Startup and authentication: the client's session, or `None` when the connection ended
+/// here (a CancelRequest, a failed login, an admin console session served to its end).
+async fn log_in<S: Stream>(
+    stream: S,
+    shared: Arc<Shared>,
+    presence: Arc<Presence>,
+) -> Option<Box<Session<MaybeTls<S>>>> {
     let addr = crate::transport::peer_addr(&stream);
     let mut stream = MaybeTls::Plain(stream);
-    let _count = ClientCount::new(&shared.clients);
     let mut buf = BytesMut::new();
     let limit = Duration::from_millis(shared.config.server.startup_timeout_ms);
-    // Boxed, as everything below that is large and short-lived or cold: the task's own future
-    // stays small, and it is what an idle client costs (see `tests/footprint.rs`).
     let login = Box::pin(tokio::time::timeout(
         limit,
         handshake(&mut stream, &mut buf, &shared),
@@ -84,16 +121,17 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
         Ok(Some(Login::Client(user, settings, admission))) => (user, settings, admission),
         Ok(Some(Login::Console(login))) => {
             let login = crate::admin::Login { addr, ..login };
-            return Box::pin(crate::admin::serve(Conn::new(stream, buf), shared, login)).await;
+            Box::pin(crate::admin::serve(Conn::new(stream, buf), shared, login)).await;
+            return None;
         }
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             if e.reaches_client() {
                 shared.metrics.error(ClientError::from(&e).code.as_str());
             }
             let mut client = Conn::new(stream, buf);
-            Box::pin(io::send_fatal(&mut client, &e)).await;
-            return;
+            io::send_fatal(&mut client, &e).await;
+            return None;
         }
     };
     let mut session = Box::new(Session::new(
@@ -105,12 +143,7 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
     ));
     session.admission = admission;
     session.presence = presence;
-    let entry = session.meter.client.entry.clone();
-    let served = entry.until_killed(session.serve()).await;
-    if let Err(e) = served.unwrap_or(Err(SessionError::Killed)) {
-        tracing::debug!("session ended: {e}");
-        Box::pin(session.send_fatal(&e)).await;
-    }
+    Some(session)
 }
 
 /// Who logged in: a client of the served database, or of the admin console.
@@ -165,6 +198,14 @@ impl Drop for ClientCount {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Why [`Session::serve`] returned.
+enum Served {
+    /// The client left.
+    Ended,
+    /// The client is between requests with no server connection held and nothing to write.
+    Parked,
 }
 
 /// What to do after handling a batch of client frames.
@@ -311,8 +352,8 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// Completes the login (first server checkout, ParameterStatus, BackendKeyData), then loops.
-    async fn serve(&mut self) -> Result<(), SessionError> {
+    /// Completes the login: the first server checkout, ParameterStatus, BackendKeyData.
+    async fn start(&mut self) -> Result<(), SessionError> {
         let default_shard = self.shared.router.load().default_shard();
         let pool = self.shared.shards[default_shard]
             .primary
@@ -334,8 +375,17 @@ impl<S: Stream> Session<S> {
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         // Written now, so that a client idle from its login on keeps no output buffer.
         self.write_client()?;
-        // Requests the client wrote with its StartupMessage were read with it: handle them
-        // first, as no read will announce them.
+        Ok(())
+    }
+
+    /// Serves the client (after completing its login when `starting`) until it leaves
+    /// (`Ended`) or waits with nothing held and nothing to write (`Parked`: see
+    /// [`Session::parked`]). What is in `client.input` (requests the client wrote with its
+    /// StartupMessage, or what a parked session read) is handled first: no read announces it.
+    async fn serve(&mut self, starting: bool) -> Result<Served, SessionError> {
+        if starting {
+            Box::pin(self.start()).await?;
+        }
         let mut read_with_startup = !self.client.input.is_empty();
         loop {
             self.at_quiet_point().await?;
@@ -346,6 +396,9 @@ impl<S: Stream> Session<S> {
                 io::Event::Resume
             } else if std::mem::take(&mut read_with_startup) {
                 io::Event::ClientData
+            } else if self.may_park() {
+                self.park();
+                return Ok(Served::Parked);
             } else {
                 let event = self.next_event().await?;
                 self.woken()?;
@@ -372,7 +425,7 @@ impl<S: Stream> Session<S> {
                 io::Event::Wrote => Flow::Continue,
             };
             if flow == Flow::Exit {
-                return Ok(());
+                return Ok(Served::Ended);
             }
             if let Err(e) = self.write_server() {
                 Box::pin(self.recover_server(e)).await?;
@@ -585,9 +638,9 @@ impl<S: Stream> Session<S> {
     }
 
     /// Sends a FATAL error and whatever is still queued for the client; best effort.
-    async fn send_fatal(&mut self, e: &SessionError) {
+    async fn send_fatal(&mut self, e: SessionError) {
         if e.reaches_client() {
-            let error = ClientError::from(e).fatal();
+            let error = ClientError::from(&e).fatal();
             self.shared.metrics.error(error.code.as_str());
             error.encode(&mut self.client.output);
         }

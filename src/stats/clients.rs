@@ -106,6 +106,11 @@ impl ClientEntry {
         Some(self.request_micros.load(Ordering::Relaxed)).filter(|&m| m != 0)
     }
 
+    /// Whether KILL_CLIENT asked the client's session to end.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
     /// Asks the client's session to end (KILL_CLIENT); it ends at its next wake-up, which this
     /// causes.
     pub fn kill(&self) {
@@ -146,7 +151,7 @@ impl<F: Future> Future for UntilKilled<F> {
             self.registered = true;
             *self.entry.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         }
-        if self.entry.killed.load(Ordering::Relaxed) {
+        if self.entry.is_killed() {
             return Poll::Ready(Err(Killed));
         }
         self.work.as_mut().poll(cx).map(Ok)
