@@ -105,12 +105,8 @@ impl<S: Stream> Session<S> {
 
     /// Gives back what the requests so far left allocated and empty.
     pub(super) fn park(&mut self) {
-        if self.proto.expect.is_empty() && self.proto.expect.capacity() > 0 {
-            self.proto.expect = std::collections::VecDeque::new();
-        }
-        if self.proto.pending.is_empty() && self.proto.pending.capacity() > 0 {
-            self.proto.pending = Vec::new();
-        }
+        self.proto.release_if_empty();
+        self.unnamed.release_if_empty();
         self.client.shrink_idle();
     }
 

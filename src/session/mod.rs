@@ -14,6 +14,7 @@ mod fanout;
 mod groups;
 mod io;
 mod isolation;
+mod lazy;
 mod meter;
 mod own_writes;
 pub mod prepared;
@@ -225,12 +226,12 @@ pub(crate) struct Session<S> {
     held: Option<HeldServer>,
     replay: Option<Vec<BytesMut>>,
     /// What the server owes for what was sent, and where the client's extended batch stands.
-    proto: Protocol,
+    proto: lazy::Lazy<Protocol>,
     /// The client's transaction: outside, held back, or on the server; failed; isolation.
     tx: ClientTransaction,
     /// The client's prepared statements, and its unnamed one.
     statements: ClientStatements,
-    unnamed: Unnamed,
+    unnamed: lazy::Lazy<Unnamed>,
     /// What the statement being run may do to the server session: connections it reaches are
     /// read back or reset before anyone else uses them.
     effects: state::Effects,
@@ -281,6 +282,41 @@ struct Protocol {
     bound: Option<Box<bound::Bound>>,
 }
 
+static NO_PROTOCOL: Protocol = Protocol {
+    expect: VecDeque::new(),
+    awaiting_sync: false,
+    skipping_until_sync: false,
+    copy_in: false,
+    pending: Vec::new(),
+    stalled: None,
+    bound: None,
+};
+
+impl lazy::Empty for Protocol {
+    fn empty() -> &'static Self {
+        &NO_PROTOCOL
+    }
+
+    fn is_empty(&self) -> bool {
+        let Protocol {
+            expect,
+            awaiting_sync,
+            skipping_until_sync,
+            copy_in,
+            pending,
+            stalled,
+            bound,
+        } = self;
+        expect.is_empty()
+            && !awaiting_sync
+            && !skipping_until_sync
+            && !copy_in
+            && pending.is_empty()
+            && stalled.is_none()
+            && bound.is_none()
+    }
+}
+
 /// The client's unnamed statement of the current batch.
 #[derive(Default)]
 struct Unnamed {
@@ -293,6 +329,35 @@ struct Unnamed {
     /// another connection sends it there before binding it.
     parse: Option<Bytes>,
     held: bool,
+}
+
+static NO_UNNAMED: Unnamed = Unnamed {
+    plan: None,
+    types: Vec::new(),
+    effects: state::Effects::NONE,
+    parse: None,
+    held: false,
+};
+
+impl lazy::Empty for Unnamed {
+    fn empty() -> &'static Self {
+        &NO_UNNAMED
+    }
+
+    fn is_empty(&self) -> bool {
+        let Unnamed {
+            plan,
+            types,
+            effects,
+            parse,
+            held,
+        } = self;
+        plan.is_none()
+            && types.is_empty()
+            && *effects == state::Effects::NONE
+            && parse.is_none()
+            && !held
+    }
 }
 
 impl<S: Stream> Session<S> {
@@ -325,10 +390,10 @@ impl<S: Stream> Session<S> {
             server: None,
             held: None,
             replay: None,
-            proto: Protocol::default(),
+            proto: lazy::Lazy::default(),
             tx: ClientTransaction::new(shared.server_default_isolation(), startup_isolation),
             statements: ClientStatements::default(),
-            unnamed: Unnamed::default(),
+            unnamed: lazy::Lazy::default(),
             effects: state::Effects::NONE,
             own_writes: own_writes::OwnWrites::default(),
             mode: shared.config.server.pool_mode,
@@ -460,7 +525,9 @@ impl<S: Stream> Session<S> {
         let conn = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.cancel.slot.set(Some(conn.cancel_key().clone()));
         self.server = Some(conn);
-        self.unnamed.held = false;
+        if let Some(unnamed) = self.unnamed.existing_mut() {
+            unnamed.held = false;
+        }
         self.held = Some(HeldServer { shard, primary });
         self.meter_checkout_ends(since);
         Ok(())

@@ -47,7 +47,9 @@ impl<S: Stream> Session<S> {
         let was_pinned = self.state.pinned().is_some();
         // A simple query drops the server's unnamed statement: the client's goes again with its
         // next Bind or Describe.
-        self.unnamed.held = false;
+        if let Some(unnamed) = self.unnamed.existing_mut() {
+            unnamed.held = false;
+        }
         match catalog::session_state(conn, &sql).await {
             Ok((rows, reports)) => {
                 // A restored DateStyle or TimeZone: the client follows it, as after its own SET.

@@ -37,7 +37,7 @@ async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
 /// queries and recovery).
 const TASK_MAX: usize = 200;
 const SERVE_MAX: usize = 320;
-const SESSION_MAX: usize = 1280;
+const SESSION_MAX: usize = 880;
 
 #[tokio::test]
 async fn an_idle_session_holds_small_futures() {
@@ -68,4 +68,39 @@ async fn an_idle_session_holds_small_futures() {
         "the serve future is {serve_size} B"
     );
     assert!(session_size <= SESSION_MAX, "a Session is {session_size} B");
+}
+
+/// A parked session keeps no protocol state and no unnamed statement allocated, unless they
+/// hold something (an unnamed statement lasts until the client replaces it).
+#[tokio::test]
+async fn a_parked_session_gives_back_what_holds_nothing() {
+    let (_peer, stream) = tcp_pair().await;
+    let mut session = Session::new(
+        Conn::new(crate::tls::MaybeTls::Plain(stream), BytesMut::new()),
+        shared(),
+        "app".into(),
+        Arc::new(Settings::new()),
+        None,
+    );
+    assert!(!session.proto.is_allocated() && !session.unnamed.is_allocated());
+    session
+        .proto
+        .expect
+        .push_back(crate::session::prepared::Expect::Execute);
+    session.unnamed.types = vec![23];
+    session.park();
+    assert!(session.proto.is_allocated() && session.unnamed.is_allocated());
+    session.proto.expect.pop_front();
+    session.park();
+    assert!(
+        !session.proto.is_allocated(),
+        "an empty protocol state is given back"
+    );
+    assert!(
+        session.unnamed.is_allocated(),
+        "the unnamed statement's types are kept"
+    );
+    session.unnamed.types.clear();
+    session.park();
+    assert!(!session.unnamed.is_allocated());
 }
