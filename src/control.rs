@@ -1,11 +1,10 @@
 //! Operator control over the running proxy, held by `Shared` as an explicit handle (kept across
 //! reloads): RELOAD and SHUTDOWN requests, sent as [`Command`]s to the accept loop (by signal
 //! handlers and the admin console), PAUSE/RESUME (checkouts hold while a shard is paused),
-//! DISABLE/ENABLE (new logins refused), and each session's [`Presence`] flag that lets a
-//! graceful shutdown close clients waiting between transactions. Sessions read it with one
+//! DISABLE/ENABLE (new logins refused). Sessions read it with one
 //! Relaxed load per checkout; it never touches a connection itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -166,43 +165,6 @@ impl Control {
     }
 }
 
-/// Where a session stands, for a graceful shutdown: waiting between transactions (it may be
-/// closed), busy, or being closed. Claimed with compare-and-swap on both sides, so a session
-/// that just received a request is never closed under it.
-#[derive(Debug, Default)]
-pub struct Presence(AtomicU8);
-
-const BUSY: u8 = 0;
-const WAITING: u8 = 1;
-const CLOSING: u8 = 2;
-
-impl Presence {
-    /// The session waits for its client between transactions, holding nothing it owes.
-    pub fn waiting(&self) {
-        let _ = self
-            .0
-            .compare_exchange(BUSY, WAITING, Ordering::AcqRel, Ordering::Relaxed);
-    }
-
-    /// The session has work; `false` when the shutdown claimed it first (it must leave).
-    pub fn busy(&self) -> bool {
-        match self
-            .0
-            .compare_exchange(WAITING, BUSY, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(now) => now != CLOSING,
-        }
-    }
-
-    /// The shutdown claims a waiting session; `true` when it may be closed now.
-    pub fn claim_if_waiting(&self) -> bool {
-        self.0
-            .compare_exchange(WAITING, CLOSING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every value behind these locks stays valid whatever panicked.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -252,17 +214,5 @@ mod tests {
             control.request_reload().await,
             Err(ControlError::ReloadFailed("bad key".into()))
         );
-    }
-
-    #[test]
-    fn a_waiting_session_is_claimed_once_and_then_must_leave() {
-        let p = Presence::default();
-        assert!(!p.claim_if_waiting(), "a busy session is never claimed");
-        p.waiting();
-        assert!(p.busy());
-        p.waiting();
-        assert!(p.claim_if_waiting());
-        assert!(!p.busy(), "claimed: the session leaves instead of serving");
-        assert!(!p.claim_if_waiting());
     }
 }

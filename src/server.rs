@@ -2,7 +2,6 @@
 //! current generation of [`Shared`] handles; carries out [`Command`]s (reload: a new generation
 //! built from the re-read file; shutdown: graceful or at once). Holds no protocol logic itself.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{AbortHandle, Id, JoinHandle, JoinSet};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
-use crate::control::{Command, Control, Presence};
+use crate::control::{Command, Control};
 use crate::sharding::ShardMap;
 use crate::shared::Shared;
 
@@ -88,9 +87,7 @@ pub async fn serve(
     let graceful = loop {
         tokio::select! {
             _ = &mut stop_now => break false,
-            Some(done) = sessions.set.join_next_with_id(), if !sessions.set.is_empty() => {
-                sessions.finished(done);
-            }
+            Some(_) = sessions.set.join_next(), if !sessions.set.is_empty() => {}
             Some(command) = commands.recv() => match command {
                 Command::Reload { done } => {
                     let outcome = reload(&mut current, config_path.as_ref());
@@ -128,7 +125,7 @@ pub async fn serve(
              transactions",
             sessions.set.len()
         );
-        drain(&mut sessions, limit, &mut commands, stop_now).await;
+        drain(&mut sessions, &current, limit, &mut commands, stop_now).await;
     }
     sessions.set.abort_all();
     while sessions.set.join_next().await.is_some() {}
@@ -231,36 +228,16 @@ fn install_map(current: &mut Arc<Shared>, live: crate::catalog::LiveMap) {
     );
 }
 
-/// The open sessions, their presence flags and how to abort each.
+/// The open sessions' tasks: a graceful shutdown waits for them, then aborts what is left.
+/// (Closing clients that wait between transactions goes through the client registry.)
 #[derive(Default)]
 struct Sessions {
     set: JoinSet<()>,
-    open: HashMap<Id, (Arc<Presence>, AbortHandle)>,
 }
 
 impl Sessions {
     fn spawn(&mut self, stream: TcpStream, shared: Arc<Shared>) {
-        let presence = Arc::new(Presence::default());
-        let session = crate::session::run_with_presence(stream, shared, presence.clone());
-        let task = self.set.spawn(session);
-        self.open.insert(task.id(), (presence, task));
-    }
-
-    fn finished(&mut self, done: Result<(Id, ()), tokio::task::JoinError>) {
-        let id = match done {
-            Ok((id, ())) => id,
-            Err(e) => e.id(),
-        };
-        self.open.remove(&id);
-    }
-
-    /// Closes every session that waits between transactions.
-    fn close_waiting(&mut self) {
-        for (presence, task) in self.open.values() {
-            if presence.claim_if_waiting() {
-                task.abort();
-            }
-        }
+        self.set.spawn(crate::session::run(stream, shared));
     }
 }
 
@@ -268,6 +245,7 @@ impl Sessions {
 /// waiting between transactions are closed as they get there.
 async fn drain(
     sessions: &mut Sessions,
+    current: &Shared,
     limit: Duration,
     commands: &mut UnboundedReceiver<Command>,
     stop_now: std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -276,7 +254,7 @@ async fn drain(
     let mut stop_now = stop_now;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !sessions.set.is_empty() {
-        sessions.close_waiting();
+        current.stats.clients.close_waiting();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
                 tracing::warn!(
@@ -286,7 +264,7 @@ async fn drain(
                 return;
             }
             _ = &mut stop_now => return,
-            Some(done) = sessions.set.join_next_with_id() => sessions.finished(done),
+            Some(_) = sessions.set.join_next() => {}
             Some(command) = commands.recv() => match command {
                 Command::Shutdown { graceful: false } => return,
                 Command::Shutdown { graceful: true } => {}

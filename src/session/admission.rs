@@ -68,11 +68,11 @@ impl<S: Stream> Session<S> {
                 Ok(())
             }
             Admission::Refused => Err(SessionError::RateLimited {
-                user: self.user.clone(),
+                user: self.user().to_string(),
                 per_second: self
                     .shared
                     .config
-                    .user(&self.user)
+                    .user(self.user())
                     .and_then(|u| u.statements_per_second)
                     .unwrap_or_default(),
                 waited_ms: rate.max_wait().as_millis() as u64,
@@ -100,7 +100,7 @@ impl<S: Stream> Session<S> {
             if self.shared.lifecycle.draining.load(Ordering::Relaxed) {
                 return Err(SessionError::ShuttingDown);
             }
-            self.presence.waiting();
+            self.meter.client.entry.presence.waiting();
             self.marked_waiting = true;
         }
         if self.server.is_none() || self.only_the_map_changed() {
@@ -130,7 +130,7 @@ impl<S: Stream> Session<S> {
         let Some(newest) = self.shared.newest() else {
             return;
         };
-        let Some(limits) = newest.user_limits.get(&self.user) else {
+        let Some(limits) = newest.user_limits.get(self.user()) else {
             return;
         };
         self.admission.rate = limits.rate.clone();
@@ -236,7 +236,7 @@ impl<S: Stream> Session<S> {
     /// Something woke the session up after it waited between transactions: it serves on,
     /// unless a graceful shutdown claimed it meanwhile.
     pub(super) fn woken(&mut self) -> Result<(), SessionError> {
-        if std::mem::take(&mut self.marked_waiting) && !self.presence.busy() {
+        if std::mem::take(&mut self.marked_waiting) && !self.meter.client.entry.presence.busy() {
             return Err(SessionError::ShuttingDown);
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::task::Poll;
 use super::error::SessionError;
 use super::Session;
 use crate::error::ClientError;
-use crate::stats::ClientEntry;
+use crate::stats::{ClientEntry, Stopped};
 use crate::transport::{Conn, Stream};
 
 /// Stop reading one side while this much is queued for the other (back-pressure).
@@ -115,9 +115,12 @@ impl<S: Stream> Session<S> {
     pub(super) async fn parked(&mut self, entry: &ClientEntry) -> Result<bool, SessionError> {
         let client = &mut self.client;
         let read = poll_fn(|cx| {
-            // KILL_CLIENT wakes the task through the waker `until_killed` registered.
-            if entry.is_killed() {
-                return Poll::Ready(Err(SessionError::Killed));
+            // KILL_CLIENT and a graceful shutdown wake the task through the waker
+            // `until_killed` registered.
+            match entry.stopped() {
+                Some(Stopped::Killed) => return Poll::Ready(Err(SessionError::Killed)),
+                Some(Stopped::Closed) => return Poll::Ready(Err(SessionError::ShuttingDown)),
+                None => {}
             }
             client.poll_fill(cx).map_err(SessionError::ClientIo)
         })

@@ -47,12 +47,11 @@ use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
 use crate::cancel::CancelGuard;
 use crate::config::{PoolMode, ReadFrom};
-use crate::control::Presence;
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
 use crate::router::{HeldServer, Plan, RouteContext, Target};
 use crate::shared::Shared;
-use crate::stats::{Killed, NewClient};
+use crate::stats::{NewClient, Stopped};
 use crate::tls::MaybeTls;
 use crate::transport::{Conn, Stream};
 use crate::wire::build;
@@ -61,17 +60,13 @@ use crate::wire::TransactionStatus;
 
 /// Serves one client connection (TCP, TLS, or an in-memory stream in tests) until it ends.
 /// Errors go to the client as FATAL ErrorResponses.
+/// A graceful shutdown closes it while it waits between transactions (through its entry in the
+/// client registry).
 pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
-    run_with_presence(stream, shared, Arc::default()).await
-}
-
-/// [`run`], with the flag through which a graceful shutdown closes the session while it waits
-/// between transactions.
-pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presence: Arc<Presence>) {
     let _count = ClientCount::new(&shared.clients);
     // Boxed, as everything below that is large and short-lived or cold: the task's own future
     // then holds a few pointers while the client is idle (see `tests/footprint.rs`).
-    let Some(mut session) = Box::pin(log_in(stream, shared, presence)).await else {
+    let Some(mut session) = Box::pin(log_in(stream, shared)).await else {
         return;
     };
     let entry = session.meter.client.entry.clone();
@@ -82,7 +77,8 @@ pub async fn run_with_presence<S: Stream>(stream: S, shared: Arc<Shared>, presen
             Ok(Ok(Served::Parked)) => {}
             Ok(Ok(Served::Ended)) => return,
             Ok(Err(e)) => break e,
-            Err(Killed) => break SessionError::Killed,
+            Err(Stopped::Killed) => break SessionError::Killed,
+            Err(Stopped::Closed) => break SessionError::ShuttingDown,
         }
         // Parked: no server connection held and nothing to write. The wait for the client's
         // next bytes holds neither `serve` nor a buffer.
@@ -103,11 +99,7 @@ async fn end_with<S: Stream>(mut session: Box<Session<S>>, e: SessionError) {
 
 /// Startup and authentication: the client's session, or `None` when the connection ended
 /// here (a CancelRequest, a failed login, an admin console session served to its end).
-async fn log_in<S: Stream>(
-    stream: S,
-    shared: Arc<Shared>,
-    presence: Arc<Presence>,
-) -> Option<Box<Session<MaybeTls<S>>>> {
+async fn log_in<S: Stream>(stream: S, shared: Arc<Shared>) -> Option<Box<Session<MaybeTls<S>>>> {
     let addr = crate::transport::peer_addr(&stream);
     let mut stream = MaybeTls::Plain(stream);
     let mut buf = BytesMut::new();
@@ -143,7 +135,6 @@ async fn log_in<S: Stream>(
         addr,
     ));
     session.admission = admission;
-    session.presence = presence;
     Some(session)
 }
 
@@ -240,7 +231,6 @@ pub(crate) struct Session<S> {
     /// Who the client is and what it asked for: its server-session state (settings, role,
     /// what pins it to a server connection), `SET pgshard.*` overrides.
     shared: Arc<Shared>,
-    user: String,
     state: SessionState,
     ctx: RouteContext,
     cancel: CancelGuard,
@@ -250,8 +240,8 @@ pub(crate) struct Session<S> {
     schema: columns::SchemaWatch,
     /// The client's place among its user's clients, and the user's statement rate limit.
     admission: admission::UserAdmission,
-    /// Whether it waits between transactions (a graceful shutdown may close it then).
-    presence: Arc<Presence>,
+    /// It told its registry entry that it waits between transactions (a graceful shutdown may
+    /// close it then).
     marked_waiting: bool,
     /// When the request the held server connection answers now was sent (metrics on).
     request_started: Option<std::time::Instant>,
@@ -361,6 +351,11 @@ impl lazy::Empty for Unnamed {
 }
 
 impl<S: Stream> Session<S> {
+    /// The user the client logged in as (kept in its registry entry).
+    fn user(&self) -> &str {
+        &self.meter.client.entry.user
+    }
+
     fn new(
         client: Conn<S>,
         shared: Arc<Shared>,
@@ -375,7 +370,7 @@ impl<S: Stream> Session<S> {
             .unwrap_or_default();
         let registered = shared.stats.clients.register(NewClient {
             id: cancel.key.0,
-            user: user.clone(),
+            user,
             database: shared.config.server.database.clone(),
             addr,
             application_name,
@@ -399,7 +394,6 @@ impl<S: Stream> Session<S> {
             mode: shared.config.server.pool_mode,
             max_message: shared.config.server.max_message_bytes,
             shared,
-            user,
             state: SessionState::new(settings),
             ctx: RouteContext::default(),
             cancel,
@@ -408,7 +402,6 @@ impl<S: Stream> Session<S> {
                 _slot: None,
                 rate: None,
             },
-            presence: Arc::default(),
             marked_waiting: false,
             request_started: None,
             statement_on_server: false,
@@ -423,10 +416,11 @@ impl<S: Stream> Session<S> {
         let pool = self.shared.shards[default_shard]
             .primary
             .pools
-            .get(&self.user)
+            .get(self.user())
             .cloned();
-        let pool =
-            pool.ok_or_else(|| SessionError::Auth(AuthError::PasswordFailed(self.user.clone())))?;
+        let pool = pool.ok_or_else(|| {
+            SessionError::Auth(AuthError::PasswordFailed(self.user().to_string()))
+        })?;
         let since = self.meter_checkout_starts();
         let conn = Box::pin(self.connection_from(&pool, default_shard)).await;
         self.hold_server(conn, default_shard, true, since)?;
@@ -552,7 +546,7 @@ impl<S: Stream> Session<S> {
             for i in 0..n {
                 let index = (start + i) % n;
                 let replica = &pools.replicas[index];
-                let Some(pool) = replica.pools.get(&self.user) else {
+                let Some(pool) = replica.pools.get(self.user()) else {
                     continue;
                 };
                 // A replica that has not replayed this client's write yet does not serve it
@@ -583,7 +577,7 @@ impl<S: Stream> Session<S> {
         if !pools.primary.health.is_up() {
             return Err(down());
         }
-        let pool = pools.primary.pools.get(&self.user).ok_or_else(down)?;
+        let pool = pools.primary.pools.get(self.user()).ok_or_else(down)?;
         Ok((self.connection_from(pool, shard).await?, true))
     }
 

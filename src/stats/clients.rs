@@ -1,6 +1,7 @@
-//! The registry of connected clients for SHOW CLIENTS and KILL_CLIENT: one entry per client,
-//! its fixed facts and its state in atomics the session stores into (Relaxed, no locks) and the
-//! console reads. Registering and leaving take a lock (once per connection, never per statement).
+//! The registry of connected clients for SHOW CLIENTS, KILL_CLIENT and a graceful shutdown: one
+//! entry per client, its fixed facts and its state in atomics the session stores into (no
+//! locks) and the console reads. Registering and leaving take a lock (once per connection, never
+//! per statement); nothing here touches a connection, it only wakes the session that owns one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,6 +56,8 @@ pub struct ClientEntry {
     server_pool: AtomicU32,
     server_pid: AtomicI32,
     killed: AtomicBool,
+    /// Whether the session waits between transactions (a graceful shutdown may close it).
+    pub presence: Presence,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -115,6 +118,22 @@ impl ClientEntry {
     /// causes.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Why the session must end now, if it must: KILL_CLIENT, or a graceful shutdown that
+    /// claimed it while it waited between transactions.
+    pub fn stopped(&self) -> Option<Stopped> {
+        if self.is_killed() {
+            Some(Stopped::Killed)
+        } else if self.presence.is_closing() {
+            Some(Stopped::Closed)
+        } else {
+            None
+        }
+    }
+
+    fn wake(&self) {
         let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(waker) = waker {
             waker.wake();
@@ -132,9 +151,14 @@ impl ClientEntry {
     }
 }
 
-/// The client was killed from the admin console.
+/// Why a session was told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Killed;
+pub enum Stopped {
+    /// KILL_CLIENT from the admin console.
+    Killed,
+    /// A graceful shutdown closed it between transactions.
+    Closed,
+}
 
 /// See [`ClientEntry::until_killed`].
 pub struct UntilKilled<F> {
@@ -144,15 +168,15 @@ pub struct UntilKilled<F> {
 }
 
 impl<F: Future> Future for UntilKilled<F> {
-    type Output = Result<F::Output, Killed>;
+    type Output = Result<F::Output, Stopped>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if !self.registered {
             self.registered = true;
             *self.entry.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         }
-        if self.entry.is_killed() {
-            return Poll::Ready(Err(Killed));
+        if let Some(stopped) = self.entry.stopped() {
+            return Poll::Ready(Err(stopped));
         }
         self.work.as_mut().poll(cx).map(Ok)
     }
@@ -195,6 +219,7 @@ impl ClientRegistry {
             server_pool: AtomicU32::new(0),
             server_pid: AtomicI32::new(0),
             killed: AtomicBool::new(false),
+            presence: Presence::default(),
             waker: Mutex::new(None),
         });
         if !client.console {
@@ -231,9 +256,61 @@ impl ClientRegistry {
         self.len() == 0
     }
 
+    /// A graceful shutdown closes every session that waits between transactions: each is
+    /// claimed and woken, and ends with an ErrorResponse saying so.
+    pub fn close_waiting(&self) {
+        for entry in self.lock().values() {
+            if entry.presence.claim_if_waiting() {
+                entry.wake();
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientEntry>>> {
         // A panic while holding the lock leaves a valid map behind.
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a session stands, for a graceful shutdown: waiting between transactions (it may be
+/// closed), busy, or being closed. Claimed with compare-and-swap on both sides, so a session
+/// that just received a request is never closed under it.
+#[derive(Debug, Default)]
+pub struct Presence(AtomicU8);
+
+const BUSY: u8 = 0;
+const WAITING: u8 = 1;
+const CLOSING: u8 = 2;
+
+impl Presence {
+    /// The session waits for its client between transactions, holding nothing it owes.
+    pub fn waiting(&self) {
+        let _ = self
+            .0
+            .compare_exchange(BUSY, WAITING, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// The session has work; `false` when the shutdown claimed it first (it must leave).
+    pub fn busy(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(WAITING, BUSY, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now != CLOSING,
+        }
+    }
+
+    /// A graceful shutdown claimed the session: it must end instead of serving on.
+    pub fn is_closing(&self) -> bool {
+        self.0.load(Ordering::Acquire) == CLOSING
+    }
+
+    /// The shutdown claims a waiting session; `true` when it may be closed now.
+    pub fn claim_if_waiting(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, CLOSING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -302,6 +379,34 @@ mod tests {
         });
         tokio::task::yield_now().await;
         entry.kill();
-        assert_eq!(task.await.unwrap(), Err(Killed));
+        assert_eq!(task.await.unwrap(), Err(Stopped::Killed));
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_closes_waiting_clients_only() {
+        let registry = Arc::new(ClientRegistry::default());
+        let waiting = registry.register(client(1));
+        let busy = registry.register(client(2));
+        waiting.entry.presence.waiting();
+        let entry = waiting.entry.clone();
+        let task =
+            tokio::spawn(async move { entry.until_killed(std::future::pending::<()>()).await });
+        tokio::task::yield_now().await;
+        registry.close_waiting();
+        assert_eq!(task.await.unwrap(), Err(Stopped::Closed));
+        assert_eq!(busy.entry.stopped(), None);
+        assert!(busy.entry.presence.busy(), "a busy client is not claimed");
+    }
+
+    #[test]
+    fn a_waiting_session_is_claimed_once_and_then_must_leave() {
+        let p = Presence::default();
+        assert!(!p.claim_if_waiting(), "a busy session is never claimed");
+        p.waiting();
+        assert!(p.busy());
+        p.waiting();
+        assert!(p.claim_if_waiting());
+        assert!(!p.busy(), "claimed: the session leaves instead of serving");
+        assert!(!p.claim_if_waiting());
     }
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use clients::{ClientEntry, ClientHandle, ClientRegistry, ClientState, Killed, NewClient};
+pub use clients::{
+    ClientEntry, ClientHandle, ClientRegistry, ClientState, NewClient, Presence, Stopped,
+};
 pub use slots::{SlotCounters, SlotLoad, SLOT_WINDOW};
 
 /// Everything counted, shared by all sessions.

@@ -37,13 +37,13 @@ async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
 /// queries and recovery).
 const TASK_MAX: usize = 200;
 const SERVE_MAX: usize = 320;
-const SESSION_MAX: usize = 880;
+const SESSION_MAX: usize = 800;
 
 #[tokio::test]
 async fn an_idle_session_holds_small_futures() {
     let shared = shared();
     let (_peer, stream) = tcp_pair().await;
-    let task = crate::session::run_with_presence(stream, shared.clone(), Arc::default());
+    let task = crate::session::run(stream, shared.clone());
     let task_size = std::mem::size_of_val(&task);
     drop(task);
     let (_peer, stream) = tcp_pair().await;
