@@ -300,8 +300,13 @@ async fn sigterm_lets_open_transactions_commit_and_closes_idle_clients() {
             .unwrap();
         open.push(client);
     }
-    let idle = connect(&url).await.unwrap();
-    idle.query_one("SELECT 1", &[]).await.unwrap();
+    let (idle, idle_connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let idle_connection = tokio::spawn(idle_connection);
+    // The simple protocol: an extended query would leave the Close of its unnamed statement
+    // in flight, and the 57P01 below would answer it instead of arriving on its own.
+    idle.simple_query("SELECT 1").await.unwrap();
 
     served.signal(libc::SIGTERM);
     served.wait_for_log("shutting down");
@@ -320,6 +325,13 @@ async fn sigterm_lets_open_transactions_commit_and_closes_idle_clients() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // ... and told why, as PostgreSQL's own shutdown tells its clients.
+    let told = idle_connection.await.unwrap();
+    assert_eq!(
+        told.as_ref().map_err(sqlstate),
+        Err("57P01".to_string()),
+        "the idle client was closed without 57P01: {told:?}"
+    );
     // Open transactions go on and commit.
     for (i, client) in open.iter().enumerate() {
         client
