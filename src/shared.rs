@@ -1,6 +1,6 @@
 //! The handles every session shares, passed explicitly (never global): config, the shards'
-//! pools and health, the router behind `ArcSwap`, the plan cache, SCRAM verifiers, the cancel
-//! registry and the client count. Below the session and the accept loop; never serves a client.
+//! pools and health, the router behind `ArcSwap`, the plan cache, SCRAM verifiers, the client
+//! count (the client registry, with each client's cancel key, is in `stats`). Below the session and the accept loop; never serves a client.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +18,6 @@ use crate::backend::connection::LoginParams;
 use crate::backend::health::{self, CheckTiming, Health};
 use crate::backend::wal::{self, ShardWal, WalServer, WalTiming};
 use crate::backend::{catalog, BackendError, BackendManager, ServerConnection, ServerPool};
-use crate::cancel::CancelRegistry;
 use crate::config::{Config, PoolMode, ReadFrom, ShardConfig, UserConfig};
 use crate::control::Control;
 use crate::limits::UserLimits;
@@ -74,9 +73,10 @@ pub struct Shared {
     /// then go to that primary without being parsed.
     pub routing: bool,
     /// SCRAM verifiers of the configured users, derived once at start.
-    pub verifiers: HashMap<String, ScramVerifier>,
-    pub cancel: Arc<CancelRegistry>,
+    pub verifiers: HashMap<Arc<str>, ScramVerifier>,
     pub clients: Arc<AtomicUsize>,
+    /// `server.database`, shared by the client registry's entries.
+    pub database: Arc<str>,
     /// Clients in transaction mode holding their server connection for session state they keep
     /// on it (temporary objects, cursors WITH HOLD, PREPARE, LISTEN, advisory locks).
     pub pinned_clients: Arc<AtomicUsize>,
@@ -159,7 +159,7 @@ impl Shared {
     /// The next generation after a reload to `config` (checked with
     /// [`Config::check_reload_from`]): pools whose login did not change are kept (resized to
     /// the new options), with their idle connections; so are health and WAL watches over an
-    /// unchanged set of pools, the cancel registry and the client counts.
+    /// unchanged set of pools, the stats (with the client registry) and the client counts.
     /// The live shard map stays: a reload never re-imposes the config's slots.
     pub fn reloaded(&self, config: Config) -> Shared {
         let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
@@ -193,7 +193,12 @@ impl Shared {
         let verifiers = config
             .users
             .iter()
-            .map(|u| (u.name.clone(), ScramVerifier::from_password(&u.password)))
+            .map(|u| {
+                (
+                    u.name.as_str().into(),
+                    ScramVerifier::from_password(&u.password),
+                )
+            })
             .collect();
         let user_limits = config
             .users
@@ -221,6 +226,7 @@ impl Shared {
         let snapshot =
             previous.is_some_and(|p| p.server_isolation_is_snapshot.load(Ordering::Relaxed));
         Shared {
+            database: config.server.database.as_str().into(),
             metrics: previous
                 .map_or_else(|| Arc::new(Metrics::new(&config)), |p| p.metrics.clone()),
             collations: Collations::default(),
@@ -233,7 +239,6 @@ impl Shared {
             shards,
             verifiers,
             user_limits,
-            cancel: previous.map_or_else(Default::default, |p| p.cancel.clone()),
             clients: previous.map_or_else(Default::default, |p| p.clients.clone()),
             pinned_clients: previous.map_or_else(Default::default, |p| p.pinned_clients.clone()),
             lifecycle: previous.map_or_else(Default::default, |p| p.lifecycle.clone()),
@@ -339,6 +344,16 @@ fn same_wal_timing(a: &Config, b: &Config) -> bool {
 
 /// Bytes of query text (plus overhead) the simple-query plan cache holds.
 const PLAN_CACHE_BYTES: usize = 16 << 20;
+
+impl Shared {
+    /// `user`'s name as the client registry keeps it: shared with the configured user's, so
+    /// that each client does not hold a copy.
+    pub fn user_name(&self, user: &str) -> Arc<str> {
+        self.verifiers
+            .get_key_value(user)
+            .map_or_else(|| user.into(), |(name, _)| name.clone())
+    }
+}
 
 impl Shared {
     /// The servers' default isolation level, as learned at start (READ COMMITTED until then).

@@ -67,7 +67,10 @@ async fn a_reload_keeps_unchanged_pools_and_makes_changed_ones_anew() {
         "a changed password makes a new pool"
     );
     assert_eq!(new.shards[0].replicas[0].addr, "127.0.0.1:3");
-    assert!(Arc::ptr_eq(&old.cancel, &new.cancel));
+    assert!(
+        Arc::ptr_eq(&old.stats.clients, &new.stats.clients),
+        "the client registry (cancel keys) carries over"
+    );
     assert_eq!(
         new.clients.load(Ordering::Relaxed),
         3,

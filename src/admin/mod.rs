@@ -48,16 +48,14 @@ pub struct Login {
 
 /// Serves an authenticated console client until it leaves, is killed or its connection fails.
 pub async fn serve<S: Stream>(mut client: Conn<S>, shared: Arc<Shared>, login: Login) {
-    let cancel = shared.cancel.register();
     let registered = shared.stats.clients.register(NewClient {
-        id: cancel.key.0,
-        user: login.user.clone(),
-        database: login.database.clone(),
+        user: login.user.as_str().into(),
+        database: login.database.as_str().into(),
         addr: login.addr,
         application_name: String::new(),
         console: true,
     });
-    greet(&mut client.output, cancel.key);
+    greet(&mut client.output, registered.entry.key());
     let mut console = Console {
         shared,
         login,

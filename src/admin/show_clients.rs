@@ -110,8 +110,8 @@ pub fn clients(shared: &Shared) -> ResultSet {
             .map_or(0, |since| now.saturating_sub(since));
         let socket = Socket {
             kind: "C",
-            user: client.user.clone(),
-            database: client.database.clone(),
+            user: client.user.to_string(),
+            database: client.database.to_string(),
             state: state_name(state),
             addr: client
                 .addr

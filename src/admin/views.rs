@@ -70,7 +70,7 @@ pub fn servers(shared: &Shared, user: Option<&str>) -> (usize, usize, usize, Dur
         .clients
         .list()
         .iter()
-        .filter(|c| user.is_none_or(|u| u == c.user))
+        .filter(|c| user.is_none_or(|u| *u == *c.user))
         .filter_map(|c| c.waiting_since())
         .map(|since| now.saturating_sub(since))
         .max()
@@ -92,7 +92,7 @@ pub fn servers(shared: &Shared, user: Option<&str>) -> (usize, usize, usize, Dur
 pub fn clients(shared: &Shared, user: Option<&str>) -> (usize, usize) {
     let mut counts = (0, 0);
     for client in shared.stats.clients.list() {
-        if client.console || user.is_some_and(|u| u != client.user) {
+        if client.console || user.is_some_and(|u| *u != *client.user) {
             continue;
         }
         match client.state() {

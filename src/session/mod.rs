@@ -45,7 +45,6 @@ use self::state::SessionState;
 use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
 use crate::backend::{BackendError, BackendManager, ServerPool};
-use crate::cancel::CancelGuard;
 use crate::config::{PoolMode, ReadFrom};
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
@@ -233,7 +232,6 @@ pub(crate) struct Session<S> {
     shared: Arc<Shared>,
     state: SessionState,
     ctx: RouteContext,
-    cancel: CancelGuard,
     mode: PoolMode,
     max_message: usize,
     /// Schema changes seen, for the column order of INSERTs without a column list.
@@ -363,15 +361,13 @@ impl<S: Stream> Session<S> {
         settings: Arc<Settings>,
         addr: Option<std::net::SocketAddr>,
     ) -> Self {
-        let cancel = shared.cancel.register();
         let application_name = settings
             .get("application_name")
             .cloned()
             .unwrap_or_default();
         let registered = shared.stats.clients.register(NewClient {
-            id: cancel.key.0,
-            user,
-            database: shared.config.server.database.clone(),
+            user: shared.user_name(&user),
+            database: shared.database.clone(),
             addr,
             application_name,
             console: false,
@@ -396,7 +392,6 @@ impl<S: Stream> Session<S> {
             shared,
             state: SessionState::new(settings),
             ctx: RouteContext::default(),
-            cancel,
             schema: columns::SchemaWatch::default(),
             admission: admission::UserAdmission {
                 _slot: None,
@@ -429,7 +424,7 @@ impl<S: Stream> Session<S> {
                 build::parameter_status(&mut self.client.output, name, value);
             }
         }
-        let (process_id, secret_key) = self.cancel.key;
+        let (process_id, secret_key) = self.meter.client.entry.key();
         build::backend_key_data(&mut self.client.output, process_id, secret_key);
         build::ready_for_query(&mut self.client.output, TransactionStatus::Idle);
         // Written now, so that a client idle from its login on keeps no output buffer.
@@ -517,7 +512,7 @@ impl<S: Stream> Session<S> {
         since: std::time::Instant,
     ) -> Result<(), SessionError> {
         let conn = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
-        self.cancel.slot.set(Some(conn.cancel_key().clone()));
+        self.meter.client.entry.cancel.set(Some(conn.cancel_key()));
         self.server = Some(conn);
         if let Some(unnamed) = self.unnamed.existing_mut() {
             unnamed.held = false;
@@ -588,7 +583,7 @@ impl<S: Stream> Session<S> {
         pool: &ServerPool,
         shard: usize,
     ) -> Result<Pooled<BackendManager>, SessionError> {
-        tracing::trace!(key = self.cancel.key.0, status = ?pool.status(), "checkout");
+        tracing::trace!(key = self.meter.client.entry.id, status = ?pool.status(), "checkout");
         if self.shared.control.any_paused() {
             // PAUSE from the admin console: hold until RESUME.
             let name = &self.shared.shards[shard].name;
@@ -642,7 +637,7 @@ impl<S: Stream> Session<S> {
             return;
         }
         conn.set_in_flight(false);
-        tracing::trace!(key = self.cancel.key.0, "release");
+        tracing::trace!(key = self.meter.client.entry.id, "release");
         self.let_go_of_server();
         // An idle client keeps no buffers.
         self.client.shrink_idle();
@@ -667,7 +662,7 @@ impl<S: Stream> Session<S> {
     /// Stops holding the server connection (back to the pool, or closed if it is marked
     /// broken or in flight): the one place a session lets go of it.
     fn let_go_of_server(&mut self) -> Option<Pooled<BackendManager>> {
-        self.cancel.slot.set(None);
+        self.meter.client.entry.cancel.set(None);
         self.held = None;
         self.replay = None;
         self.request_started = None;
@@ -727,7 +722,7 @@ impl<S> Drop for Session<S> {
         if self.state.pinned().is_some() {
             self.shared.pinned_clients.fetch_sub(1, Ordering::Relaxed);
         }
-        self.cancel.slot.set(None);
+        self.meter.client.entry.cancel.set(None);
         self.meter
             .flush_at_end(self.server.as_ref(), &self.shared.stats);
     }

@@ -93,11 +93,11 @@ impl<S: Stream> Session<S> {
     fn count_pinned(&self, was_pinned: bool) {
         match (was_pinned, self.state.pinned().is_some()) {
             (false, true) => {
-                tracing::debug!(key = self.cancel.key.0, reason = ?self.state.pinned(), "pinned");
+                tracing::debug!(key = self.meter.client.entry.id, reason = ?self.state.pinned(), "pinned");
                 self.shared.pinned_clients.fetch_add(1, Ordering::Relaxed);
             }
             (true, false) => {
-                tracing::debug!(key = self.cancel.key.0, "unpinned");
+                tracing::debug!(key = self.meter.client.entry.id, "unpinned");
                 self.shared.pinned_clients.fetch_sub(1, Ordering::Relaxed);
             }
             _ => {}

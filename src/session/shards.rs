@@ -9,9 +9,9 @@ use std::ops::{Deref, DerefMut};
 use super::error::SessionError;
 use super::Session;
 use crate::backend::BackendManager;
-use crate::cancel::SlotInUse;
 use crate::pool::Pooled;
 use crate::router::Target;
+use crate::stats::SlotInUse;
 use crate::transport::Stream;
 
 /// One server connection per shard of a cross-shard statement, in the order of the shards asked
@@ -72,8 +72,9 @@ impl<S: Stream> Session<S> {
             }
         }
         let cancel = self
-            .cancel
-            .slot
+            .meter
+            .client
+            .entry
             .reach_all(conns.iter().map(|c| c.cancel_key()));
         Ok(ShardConns { cancel, conns })
     }

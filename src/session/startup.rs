@@ -46,7 +46,7 @@ pub(super) async fn read_startup<S: Stream>(
             }) => {
                 // Every server the client is using now, at once (several in a cross-shard read).
                 let mut cancels = tokio::task::JoinSet::new();
-                for key in shared.cancel.lookup(process_id, secret_key) {
+                for key in shared.stats.clients.cancel_targets(process_id, secret_key) {
                     cancels.spawn(async move {
                         crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key)
                             .await
@@ -128,7 +128,7 @@ pub(super) async fn authenticate<S: Stream>(
         AuthMethod::ScramSha256 => {
             // Unknown users get a throw-away verifier, so they fail exactly like a wrong password.
             let known = match console {
-                None => shared.verifiers.get(&user).cloned(),
+                None => shared.verifiers.get(user.as_str()).cloned(),
                 // Console logins are rare: the verifier is derived now.
                 Some(_) => password.map(ScramVerifier::from_password),
             };

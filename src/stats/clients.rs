@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
+use crate::cancel::{CancelSlot, ServerKey};
+
 /// What a client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -36,10 +38,15 @@ impl ClientState {
 /// One connected client.
 #[derive(Debug)]
 pub struct ClientEntry {
-    /// The client's id (its cancel key's process id), as KILL_CLIENT takes it.
+    /// The client's id (its cancel key's process id, unique among connected clients), as
+    /// KILL_CLIENT takes it.
     pub id: i32,
-    pub user: String,
-    pub database: String,
+    /// Its cancel key's secret.
+    secret: i32,
+    /// The server connections a CancelRequest with its key reaches now.
+    pub cancel: CancelSlot,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     /// The client's address (`None` for a connection that is not TCP).
     pub addr: Option<SocketAddr>,
     /// The `application_name` the client gave at startup.
@@ -62,6 +69,22 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
+    /// The cancel key sent to the client in BackendKeyData.
+    pub fn key(&self) -> (i32, i32) {
+        (self.id, self.secret)
+    }
+
+    /// Lists these connections (one per shard of a cross-shard statement) for the client's
+    /// CancelRequest until the returned guard drops; drop it before the connections go back
+    /// to the pool.
+    pub fn reach_all<'a>(
+        self: &Arc<Self>,
+        keys: impl IntoIterator<Item = &'a Arc<ServerKey>>,
+    ) -> SlotInUse {
+        self.cancel.set_all(keys);
+        SlotInUse(self.clone())
+    }
+
     pub fn state(&self) -> ClientState {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
     }
@@ -190,23 +213,42 @@ pub struct ClientRegistry {
     logins: AtomicU64,
 }
 
+/// Clears a client's [`CancelSlot`] on drop, so a cancel never reaches connections given back.
+#[derive(Debug)]
+#[must_use = "the connections stop being reachable by a cancel when this guard drops"]
+pub struct SlotInUse(Arc<ClientEntry>);
+
+impl Drop for SlotInUse {
+    fn drop(&mut self) {
+        self.0.cancel.set(None);
+    }
+}
+
 /// Who a new client is.
 #[derive(Debug, Clone)]
 pub struct NewClient {
-    pub id: i32,
-    pub user: String,
-    pub database: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub addr: Option<SocketAddr>,
     pub application_name: String,
     pub console: bool,
 }
 
 impl ClientRegistry {
-    /// Adds a client (its id must be unique among connected clients: a cancel key's process
-    /// id is); removed when the handle drops.
+    /// Adds a client under a fresh cancel key whose process id no connected client has (its
+    /// id); removed when the handle drops.
     pub fn register(self: &Arc<Self>, client: NewClient) -> ClientHandle {
+        let mut clients = self.lock();
+        let (id, secret) = loop {
+            let key = crate::cancel::random_key();
+            if !clients.contains_key(&key.0) {
+                break key;
+            }
+        };
         let entry = Arc::new(ClientEntry {
-            id: client.id,
+            id,
+            secret,
+            cancel: CancelSlot::default(),
             user: client.user,
             database: client.database,
             addr: client.addr,
@@ -225,7 +267,8 @@ impl ClientRegistry {
         if !client.console {
             self.logins.fetch_add(1, Ordering::Relaxed);
         }
-        self.lock().insert(client.id, entry.clone());
+        clients.insert(id, entry.clone());
+        drop(clients);
         ClientHandle {
             entry,
             registry: self.clone(),
@@ -246,6 +289,16 @@ impl ClientRegistry {
 
     pub fn get(&self, id: i32) -> Option<Arc<ClientEntry>> {
         self.lock().get(&id).cloned()
+    }
+
+    /// The server connections a CancelRequest with this key reaches: those its client is
+    /// using now (none for a key no connected client has).
+    pub fn cancel_targets(&self, process_id: i32, secret_key: i32) -> Vec<Arc<ServerKey>> {
+        self.lock()
+            .get(&process_id)
+            .filter(|entry| entry.secret == secret_key)
+            .map(|entry| entry.cancel.get())
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -337,9 +390,8 @@ impl Drop for ClientHandle {
 mod tests {
     use super::*;
 
-    fn client(id: i32) -> NewClient {
+    fn client() -> NewClient {
         NewClient {
-            id,
             user: "app".into(),
             database: "app".into(),
             addr: None,
@@ -351,25 +403,65 @@ mod tests {
     #[test]
     fn clients_leave_the_registry_when_their_handle_drops() {
         let registry = Arc::new(ClientRegistry::default());
-        let a = registry.register(client(7));
-        let b = registry.register(client(3));
+        let a = registry.register(client());
+        let b = registry.register(client());
+        let (a_id, b_id) = (a.entry.id, b.entry.id);
+        assert_ne!(a_id, b_id, "each client has its own key");
+        let mut ids = [a_id, b_id];
+        ids.sort();
         assert_eq!(
             registry.list().iter().map(|c| c.id).collect::<Vec<_>>(),
-            [3, 7]
+            ids
         );
         a.entry.hold_server(2, 1234);
-        assert_eq!(registry.get(7).unwrap().server(), Some((2, 1234)));
-        assert_eq!(registry.get(7).unwrap().state(), ClientState::Active);
+        assert_eq!(registry.get(a_id).unwrap().server(), Some((2, 1234)));
+        assert_eq!(registry.get(a_id).unwrap().state(), ClientState::Active);
         drop(a);
-        assert!(registry.get(7).is_none());
+        assert!(registry.get(a_id).is_none());
         drop(b);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_key_reaches_the_connections_its_client_uses_now() {
+        let registry = Arc::new(ClientRegistry::default());
+        let handle = registry.register(client());
+        let (pid, secret) = handle.entry.key();
+        assert!(pid > 0, "a process id is positive");
+        assert!(registry.cancel_targets(pid, secret).is_empty());
+        let key = Arc::new(ServerKey {
+            addr: "127.0.0.1:5432".into(),
+            process_id: 7,
+            secret_key: 9,
+        });
+        handle.entry.cancel.set(Some(&key));
+        assert_eq!(registry.cancel_targets(pid, secret), vec![key.clone()]);
+        assert!(
+            registry
+                .cancel_targets(pid, secret.wrapping_add(1))
+                .is_empty(),
+            "a wrong secret reaches nothing"
+        );
+        let other = Arc::new(ServerKey {
+            process_id: 8,
+            ..(*key).clone()
+        });
+        let in_use = handle.entry.reach_all([&key, &other]);
+        assert_eq!(registry.cancel_targets(pid, secret).len(), 2);
+        drop(in_use);
+        assert!(registry.cancel_targets(pid, secret).is_empty());
+        handle.entry.cancel.set(Some(&key));
+        drop(handle);
+        assert!(
+            registry.cancel_targets(pid, secret).is_empty(),
+            "a departed client's key reaches nothing"
+        );
     }
 
     #[tokio::test]
     async fn a_killed_client_stops_waiting() {
         let registry = Arc::new(ClientRegistry::default());
-        let handle = registry.register(client(1));
+        let handle = registry.register(client());
         let entry = handle.entry.clone();
         let task = tokio::spawn(async move {
             handle
@@ -385,8 +477,8 @@ mod tests {
     #[tokio::test]
     async fn a_shutdown_closes_waiting_clients_only() {
         let registry = Arc::new(ClientRegistry::default());
-        let waiting = registry.register(client(1));
-        let busy = registry.register(client(2));
+        let waiting = registry.register(client());
+        let busy = registry.register(client());
         waiting.entry.presence.waiting();
         let entry = waiting.entry.clone();
         let task =

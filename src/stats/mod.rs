@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use clients::{
-    ClientEntry, ClientHandle, ClientRegistry, ClientState, NewClient, Presence, Stopped,
+    ClientEntry, ClientHandle, ClientRegistry, ClientState, NewClient, Presence, SlotInUse, Stopped,
 };
 pub use slots::{SlotCounters, SlotLoad, SLOT_WINDOW};
 
