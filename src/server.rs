@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::control::{Command, Control};
@@ -82,12 +82,10 @@ pub async fn serve(
     let metrics = crate::metrics::bind(&current)
         .await?
         .map(|listener| tokio::spawn(crate::metrics::serve(listener, current.clone())));
-    let mut sessions = Sessions::default();
     tokio::pin!(stop_now);
     let graceful = loop {
         tokio::select! {
             _ = &mut stop_now => break false,
-            Some(_) = sessions.set.join_next(), if !sessions.set.is_empty() => {}
             Some(command) = commands.recv() => match command {
                 Command::Reload { done } => {
                     let outcome = reload(&mut current, config_path.as_ref());
@@ -106,7 +104,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(stream, current.clone());
+                    // Detached: `shared.clients` counts the sessions, and the client registry
+                    // reaches each to close it (no handle per session kept here).
+                    tokio::spawn(crate::session::run(stream, current.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -123,12 +123,11 @@ pub async fn serve(
         tracing::info!(
             "shutting down: no new clients; {} open sessions get up to {limit:?} to finish their \
              transactions",
-            sessions.set.len()
+            current.clients.load(Ordering::Relaxed)
         );
-        drain(&mut sessions, &current, limit, &mut commands, stop_now).await;
+        drain(&current, limit, &mut commands, stop_now).await;
     }
-    sessions.set.abort_all();
-    while sessions.set.join_next().await.is_some() {}
+    close_all(&current).await;
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -228,23 +227,23 @@ fn install_map(current: &mut Arc<Shared>, live: crate::catalog::LiveMap) {
     );
 }
 
-/// The open sessions' tasks: a graceful shutdown waits for them, then aborts what is left.
-/// (Closing clients that wait between transactions goes through the client registry.)
-#[derive(Default)]
-struct Sessions {
-    set: JoinSet<()>,
-}
-
-impl Sessions {
-    fn spawn(&mut self, stream: TcpStream, shared: Arc<Shared>) {
-        self.set.spawn(crate::session::run(stream, shared));
+/// Ends every session still open (after the graceful shutdown's limit, or at once): each
+/// registered client is told to close and leaves with 57P01 at its next wake-up (its server
+/// connections are cancelled or reset as they are dropped); sessions still logging in are
+/// refused by the draining flag. Waits for them a bounded time (a client that reads nothing
+/// gets its error written for at most a second).
+async fn close_all(current: &Shared) {
+    current.lifecycle.draining.store(true, Ordering::SeqCst);
+    current.stats.clients.close_all();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while current.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Lets sessions finish their transactions until none is left or `limit` passes; sessions
 /// waiting between transactions are closed as they get there.
 async fn drain(
-    sessions: &mut Sessions,
     current: &Shared,
     limit: Duration,
     commands: &mut UnboundedReceiver<Command>,
@@ -253,18 +252,17 @@ async fn drain(
     let deadline = Instant::now() + limit;
     let mut stop_now = stop_now;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    while !sessions.set.is_empty() {
+    while current.clients.load(Ordering::Relaxed) > 0 {
         current.stats.clients.close_waiting();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
                 tracing::warn!(
                     "shutdown timeout: closing {} sessions still in a transaction",
-                    sessions.set.len()
+                    current.clients.load(Ordering::Relaxed)
                 );
                 return;
             }
             _ = &mut stop_now => return,
-            Some(_) = sessions.set.join_next() => {}
             Some(command) = commands.recv() => match command {
                 Command::Shutdown { graceful: false } => return,
                 Command::Shutdown { graceful: true } => {}

@@ -319,6 +319,15 @@ impl ClientRegistry {
         }
     }
 
+    /// Tells every client's session to close now (the shutdown's end): each leaves at its
+    /// next wake-up, which this causes, in a transaction or not.
+    pub fn close_all(&self) {
+        for entry in self.lock().values() {
+            entry.presence.close();
+            entry.wake();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<ClientEntry>>> {
         // A panic while holding the lock leaves a valid map behind.
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
@@ -352,6 +361,11 @@ impl Presence {
             Ok(_) => true,
             Err(now) => now != CLOSING,
         }
+    }
+
+    /// The shutdown closes the session whatever it is doing.
+    pub fn close(&self) {
+        self.0.store(CLOSING, Ordering::Release);
     }
 
     /// A graceful shutdown claimed the session: it must end instead of serving on.
