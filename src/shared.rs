@@ -1,6 +1,7 @@
 //! The handles every session shares, passed explicitly (never global): config, the shards'
 //! pools and health, the router behind `ArcSwap`, the plan cache, SCRAM verifiers, the client
-//! count (the client registry, with each client's cancel key, is in `stats`). Below the session and the accept loop; never serves a client.
+//! count (the client registry, with each client's cancel key, is in `stats`). Below the session
+//! and the accept loop; never serves a client.
 
 use std::collections::HashMap;
 use std::future::Future;

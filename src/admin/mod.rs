@@ -62,7 +62,7 @@ pub async fn serve<S: Stream>(mut client: Conn<S>, shared: Arc<Shared>, login: L
         entry: registered.entry.clone(),
     };
     let entry = registered.entry.clone();
-    let served = entry.until_killed(console.run(&mut client)).await;
+    let served = entry.until_stopped(console.run(&mut client)).await;
     if served.is_err() {
         let e = crate::session::error::SessionError::Killed;
         ClientError::from(&e).fatal().encode(&mut client.output);

@@ -116,7 +116,7 @@ impl<S: Stream> Session<S> {
         let client = &mut self.client;
         let read = poll_fn(|cx| {
             // KILL_CLIENT and a graceful shutdown wake the task through the waker
-            // `until_killed` registered.
+            // `until_stopped` registered.
             match entry.stopped() {
                 Some(Stopped::Killed) => return Poll::Ready(Err(SessionError::Killed)),
                 Some(Stopped::Closed) => return Poll::Ready(Err(SessionError::ShuttingDown)),

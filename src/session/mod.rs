@@ -72,7 +72,7 @@ pub async fn run<S: Stream>(stream: S, shared: Arc<Shared>) {
     let mut starting = true;
     let e = loop {
         let starts = std::mem::take(&mut starting);
-        match entry.until_killed(session.serve(starts)).await {
+        match entry.until_stopped(session.serve(starts)).await {
             Ok(Ok(Served::Parked)) => {}
             Ok(Ok(Served::Ended)) => return,
             Ok(Err(e)) => break e,

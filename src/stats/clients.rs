@@ -163,10 +163,11 @@ impl ClientEntry {
         }
     }
 
-    /// Runs `work` until it ends or the client is killed. The task's waker is kept from the
-    /// first poll (a task's waker wakes that task whichever poll it came from).
-    pub fn until_killed<F: Future>(self: &Arc<Self>, work: F) -> UntilKilled<F> {
-        UntilKilled {
+    /// Runs `work` until it ends or the client is told to stop (KILL_CLIENT, or a shutdown that
+    /// closes it). The task's waker is kept from the first poll (a task's waker wakes that task
+    /// whichever poll it came from).
+    pub fn until_stopped<F: Future>(self: &Arc<Self>, work: F) -> UntilStopped<F> {
+        UntilStopped {
             work: Box::pin(work),
             entry: self.clone(),
             registered: false,
@@ -183,14 +184,14 @@ pub enum Stopped {
     Closed,
 }
 
-/// See [`ClientEntry::until_killed`].
-pub struct UntilKilled<F> {
+/// See [`ClientEntry::until_stopped`].
+pub struct UntilStopped<F> {
     work: Pin<Box<F>>,
     entry: Arc<ClientEntry>,
     registered: bool,
 }
 
-impl<F: Future> Future for UntilKilled<F> {
+impl<F: Future> Future for UntilStopped<F> {
     type Output = Result<F::Output, Stopped>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -480,7 +481,7 @@ mod tests {
         let task = tokio::spawn(async move {
             handle
                 .entry
-                .until_killed(std::future::pending::<()>())
+                .until_stopped(std::future::pending::<()>())
                 .await
         });
         tokio::task::yield_now().await;
@@ -496,7 +497,7 @@ mod tests {
         waiting.entry.presence.waiting();
         let entry = waiting.entry.clone();
         let task =
-            tokio::spawn(async move { entry.until_killed(std::future::pending::<()>()).await });
+            tokio::spawn(async move { entry.until_stopped(std::future::pending::<()>()).await });
         tokio::task::yield_now().await;
         registry.close_waiting();
         assert_eq!(task.await.unwrap(), Err(Stopped::Closed));
