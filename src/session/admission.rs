@@ -64,7 +64,8 @@ impl<S: Stream> Session<S> {
         match rate.admit(Instant::now()) {
             Admission::After(wait) if wait.is_zero() => Ok(()),
             Admission::After(wait) => {
-                tokio::time::sleep(wait).await;
+                // Boxed: only a statement over its user's rate pays for the timer's room.
+                Box::pin(tokio::time::sleep(wait)).await;
                 Ok(())
             }
             Admission::Refused => Err(SessionError::RateLimited {

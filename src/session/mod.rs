@@ -489,14 +489,22 @@ impl<S: Stream> Session<S> {
     }
 
     /// Checks out a connection to a healthy replica of `shard` for a plain read (round-robin, the
-    /// next one if a replica cannot be reached), else to its primary.
+    /// next one if a replica cannot be reached), else to its primary. A checkout that finds an
+    /// idle connection ready for this client completes without awaiting; the rest (a wait, a
+    /// connect, a settings round trip, a pause) is boxed, so that a request's future stays
+    /// small (it is allocated per burst of client data).
     pub(super) async fn checkout_route(
         &mut self,
         shard: usize,
         target: Target,
     ) -> Result<(), SessionError> {
         let since = self.meter_checkout_starts();
-        match self.connection_for(shard, target).await {
+        let turn = self.replica_turn(shard, target);
+        let got = match self.connection_now(shard, turn) {
+            Some(got) => got,
+            None => Box::pin(self.connection_for(shard, turn)).await,
+        };
+        match got {
             Ok((conn, primary)) => self.hold_server(Ok(conn), shard, primary, since),
             Err(e) => self.hold_server(Err(e), shard, false, since),
         }
@@ -522,58 +530,105 @@ impl<S: Stream> Session<S> {
         Ok(())
     }
 
-    /// A connection to a healthy replica of `shard` for a plain read (round-robin, the next one
-    /// if a replica cannot be reached), else to its primary; `true` when it is the primary.
-    pub(super) async fn connection_for(
-        &self,
-        shard: usize,
-        target: Target,
-    ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
+    /// Where a checkout for `shard` starts among its replicas (round-robin), or `None` when it
+    /// does not spread over them: not a plain read, reads on the primary, no replicas, or a
+    /// client whose transactions default to serializable.
+    pub(super) fn replica_turn(&self, shard: usize, target: Target) -> Option<usize> {
         let pools = &self.shared.shards[shard];
         let spread = target == Target::Replica
             && self.shared.config.shards[shard].read_from == ReadFrom::Replicas
-            && !self.state.serializable_by_default();
-        if spread && !pools.replicas.is_empty() {
-            let n = pools.replicas.len();
-            let start = pools
+            && !self.state.serializable_by_default()
+            && !pools.replicas.is_empty();
+        spread.then(|| {
+            pools
                 .next_replica
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for i in 0..n {
-                let index = (start + i) % n;
-                let replica = &pools.replicas[index];
-                let Some(pool) = replica.pools.get(self.user()) else {
-                    continue;
-                };
-                // A replica that has not replayed this client's write yet does not serve it
-                // (unless the primary is down: a read there would fail).
-                let replayed = || {
-                    self.own_writes.allows(&self.shared.shards, shard, index)
-                        || !pools.primary.health.is_up()
-                };
-                if !replica.health.is_up() || !replayed() {
-                    continue;
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// The pools a checkout for `shard` tries, in order, each with whether it is the primary:
+    /// with a replica `turn`, its healthy replicas that have replayed this client's writes
+    /// (from that turn on), then the primary, or the error that it is down.
+    fn checkout_order(
+        &self,
+        shard: usize,
+        turn: Option<usize>,
+    ) -> impl Iterator<Item = Result<(&ServerPool, bool), SessionError>> + '_ {
+        let pools = &self.shared.shards[shard];
+        let n = if turn.is_some() {
+            pools.replicas.len()
+        } else {
+            0
+        };
+        let start = turn.unwrap_or(0);
+        let replicas = (0..n).filter_map(move |i| {
+            let index = (start + i) % n;
+            let replica = &pools.replicas[index];
+            let pool = replica.pools.get(self.user())?;
+            // A replica that has not replayed this client's write yet does not serve it
+            // (unless the primary is down: a read there would fail).
+            let replayed = self.own_writes.allows(&self.shared.shards, shard, index)
+                || !pools.primary.health.is_up();
+            (replica.health.is_up() && replayed).then_some(Ok((pool, false)))
+        });
+        let primary = std::iter::once_with(move || {
+            let down = || SessionError::ShardDown {
+                shard: pools.name.clone(),
+                addr: pools.primary.addr.clone(),
+            };
+            if !pools.primary.health.is_up() {
+                return Err(down());
+            }
+            let pool = pools.primary.pools.get(self.user()).ok_or_else(down)?;
+            Ok((pool, true))
+        });
+        replicas.chain(primary)
+    }
+
+    /// The checkout of [`Session::connection_for`] when it needs no waiting: an idle connection
+    /// of the first pool in order, already at this client's settings. `None`: it must wait (or
+    /// connect, or bring the settings over), and an idle connection taken is given back.
+    fn connection_now(
+        &self,
+        shard: usize,
+        turn: Option<usize>,
+    ) -> Option<Result<(Pooled<BackendManager>, bool), SessionError>> {
+        if self.shared.control.any_paused() {
+            return None;
+        }
+        let (pool, primary) = match self.checkout_order(shard, turn).next()? {
+            Ok(first) => first,
+            Err(e) => return Some(Err(e)),
+        };
+        let started = self.shared.metrics.now();
+        let conn = pool.get_idle_now()?;
+        if !conn.has_settings(self.state.wanted()) {
+            return None;
+        }
+        self.shared.metrics.checkout_waited(shard, started);
+        Some(Ok((self.marked(conn), primary)))
+    }
+
+    /// Checks out a connection for `shard` (from its replicas first with a `turn`: see
+    /// [`Session::replica_turn`] and [`Session::checkout_route`]).
+    pub(super) async fn connection_for(
+        &self,
+        shard: usize,
+        turn: Option<usize>,
+    ) -> Result<(Pooled<BackendManager>, bool), SessionError> {
+        for candidate in self.checkout_order(shard, turn) {
+            let (pool, primary) = candidate?;
+            match self.connection_from(pool, shard).await {
+                Ok(conn) => return Ok((conn, primary)),
+                // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
+                // try the next one, then the primary. Reads never fail for a replica's sake.
+                Err(SessionError::Backend(e)) if !primary => {
+                    tracing::debug!("replica of shard {shard} unavailable for a read: {e}");
                 }
-                match self.connection_from(pool, shard).await {
-                    Ok(conn) => return Ok((conn, false)),
-                    // A replica that cannot serve (unreachable, shutting down: 57P01/57P03, broken):
-                    // try the next one, then the primary. Reads never fail for a replica's sake.
-                    Err(SessionError::Backend(e)) => {
-                        tracing::debug!("replica {} unavailable for a read: {e}", replica.addr);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+                Err(e) => return Err(e),
             }
         }
-        let down = || SessionError::ShardDown {
-            shard: pools.name.clone(),
-            addr: pools.primary.addr.clone(),
-        };
-        if !pools.primary.health.is_up() {
-            return Err(down());
-        }
-        let pool = pools.primary.pools.get(self.user()).ok_or_else(down)?;
-        Ok((self.connection_from(pool, shard).await?, true))
+        unreachable!("the checkout order ends with the primary")
     }
 
     /// A connection from `pool` (of `shard`), brought to this client's settings (not held by
@@ -614,10 +669,16 @@ impl<S: Stream> Session<S> {
             // Boxed: only a connection left with other settings pays for the round trip's future.
             Box::pin(conn.apply_settings(self.state.wanted())).await?;
         }
+        Ok(self.marked(conn))
+    }
+
+    /// A connection checked out for this client: if the client's statements may change the
+    /// session beyond what pgshard tracks, its settings count as unknown from now on.
+    fn marked(&self, mut conn: Pooled<BackendManager>) -> Pooled<BackendManager> {
         if self.effects.changes {
             conn.mark_settings_unknown();
         }
-        Ok(conn)
+        conn
     }
 
     /// In transaction mode, gives the server connection back once it is idle with nothing owed

@@ -62,7 +62,8 @@ impl<S: Stream> Session<S> {
     ) -> Result<ShardConns, SessionError> {
         let mut conns = Vec::with_capacity(shards.len());
         for &shard in shards {
-            conns.push(self.connection_for(shard, target).await?.0);
+            let turn = self.replica_turn(shard, target);
+            conns.push(self.connection_for(shard, turn).await?.0);
         }
         // Writes on primaries: reading one's own writes waits for them (they end before the
         // next statement is routed).

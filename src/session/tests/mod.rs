@@ -8,6 +8,7 @@
 mod harness;
 
 mod cancel;
+mod checkout;
 mod copy;
 mod extended;
 mod flush;
