@@ -11,23 +11,35 @@ pub use crate::backend::connection::CancelKey as ServerKey;
 
 /// The server connections a client is using right now.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Vec<Arc<ServerKey>>>);
+pub struct CancelSlot(Mutex<Keys>);
+
+/// One connection (the common case: a checkout) is kept without allocating; a cross-shard
+/// statement's several connections in a list.
+#[derive(Debug, Default)]
+struct Keys {
+    one: Option<Arc<ServerKey>>,
+    more: Vec<Arc<ServerKey>>,
+}
 
 impl CancelSlot {
     /// The one connection the client holds now, or none (which also gives back the list's
     /// memory: an idle client keeps none).
     pub fn set(&self, key: Option<&Arc<ServerKey>>) {
-        *lock(&self.0) = key.into_iter().cloned().collect();
+        let mut keys = lock(&self.0);
+        keys.one = key.cloned();
+        keys.more = Vec::new();
     }
     /// Every one of these connections (one per shard of a cross-shard statement), until the
     /// next `set`.
     pub fn set_all<'a>(&self, keys: impl IntoIterator<Item = &'a Arc<ServerKey>>) {
         let mut all = lock(&self.0);
-        all.clear();
-        all.extend(keys.into_iter().cloned());
+        all.one = None;
+        all.more.clear();
+        all.more.extend(keys.into_iter().cloned());
     }
     pub fn get(&self) -> Vec<Arc<ServerKey>> {
-        lock(&self.0).clone()
+        let keys = lock(&self.0);
+        keys.one.iter().chain(&keys.more).cloned().collect()
     }
 }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::wire::{split_frame, Frame, WireError};
+use crate::wire::{frame_len, split_frame, Frame, WireError};
 
 /// Free room kept in the input buffer before each read.
 const READ_CHUNK: usize = 8192;
@@ -59,6 +59,13 @@ impl<S: Stream> Conn<S> {
 
     /// Cuts the next complete frame off the input; `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self, max: usize) -> Result<Option<Frame>, WireError> {
+        let spare = self.input.capacity() - self.input.len();
+        if spare < READ_CHUNK / 4 && frame_len(&self.input, max)? == Some(self.input.len()) {
+            // Exactly one frame, in a buffer with no room worth reading into (a request read
+            // while idle): handed over whole. Splitting it off would allocate a shared header.
+            let bytes = std::mem::take(&mut self.input);
+            return Ok(Some(Frame { bytes }));
+        }
         split_frame(&mut self.input, max)
     }
 
