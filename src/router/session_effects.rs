@@ -225,20 +225,23 @@ fn lone_statement<'a>(rest: impl Iterator<Item = Token<'a>>) -> bool {
 
 /// The first word of `sql` when it is one statement (at most a trailing `;`) with no `(`, no
 /// comment, no quoted text and no `temp` anywhere: nothing in it can call a function or make a
-/// temporary object. `None` otherwise. One pass over the bytes, one table lookup each.
+/// temporary object. `None` otherwise. A few vectorised byte searches (memchr), not a lexer.
 fn lone_statement_without_calls(sql: &str) -> Option<&str> {
     let body = sql.trim_end().trim_end_matches(';');
     let bytes = body.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        match FAST_PATH[usize::from(b)] {
-            Byte::Plain => {}
-            Byte::Ends => return None,
-            Byte::T => {
-                if bytes.len() - i >= 4 && bytes[i + 1..i + 4].eq_ignore_ascii_case(b"emp") {
-                    return None;
-                }
-            }
-        }
+    // What may open a call, a comment, quoted text or a next statement.
+    let opens = memchr::memchr3(b'(', b';', b'-', bytes).is_some()
+        || memchr::memchr3(b'/', b'"', b'$', bytes).is_some()
+        || memchr::memchr(b'\'', bytes).is_some();
+    let temp = || {
+        memchr::memchr2_iter(b't', b'T', bytes).any(|i| {
+            bytes
+                .get(i + 1..i + 4)
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(b"emp"))
+        })
+    };
+    if opens || temp() {
+        return None;
     }
     let body = body.trim_start();
     let end = body
@@ -246,29 +249,6 @@ fn lone_statement_without_calls(sql: &str) -> Option<&str> {
         .unwrap_or(body.len());
     Some(&body[..end])
 }
-
-/// What a byte means to [`lone_statement_without_calls`].
-#[derive(Clone, Copy)]
-enum Byte {
-    Plain,
-    /// It may open a call, a comment, quoted text or a next statement.
-    Ends,
-    /// `t` or `T`: perhaps `temp`.
-    T,
-}
-
-static FAST_PATH: [Byte; 256] = {
-    let mut table = [Byte::Plain; 256];
-    let ends = b"(;-/\"$'";
-    let mut i = 0;
-    while i < ends.len() {
-        table[ends[i] as usize] = Byte::Ends;
-        i += 1;
-    }
-    table[b't' as usize] = Byte::T;
-    table[b'T' as usize] = Byte::T;
-    table
-};
 
 /// Whether `word(` is a call of a function that may change session state.
 fn is_call(word: &str, previous: Option<Token<'_>>, volatility: &Volatility) -> bool {
@@ -446,6 +426,37 @@ mod tests {
         assert!(!changes(
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1;"
         ));
+    }
+
+    #[test]
+    fn the_fast_path_takes_only_lone_statements_without_calls_quotes_or_temp() {
+        let first = lone_statement_without_calls;
+        assert_eq!(
+            first("SELECT abalance FROM t WHERE aid = 1;"),
+            Some("SELECT")
+        );
+        assert_eq!(first("  update x set a = 1 ;  "), Some("update"));
+        assert_eq!(first("SELECT t, te, tem FROM x"), Some("SELECT"));
+        assert_eq!(
+            first("SELECT 1 FROM te"),
+            Some("SELECT"),
+            "a `t` near the end"
+        );
+        for sql in [
+            "SELECT f(1)",
+            "SELECT 1; SET ROLE x",
+            "SELECT 1 -- c",
+            "SELECT 1 /* c */",
+            "SELECT \"x\"",
+            "SELECT $$x$$",
+            "SELECT 'x'",
+            "CREATE TEMP TABLE x",
+            "create temporary table x",
+            "SELECT * FROM contempt",
+            "SELECT 1 INTO tEmP",
+        ] {
+            assert_eq!(first(sql), None, "{sql}");
+        }
     }
 
     #[test]
