@@ -29,12 +29,18 @@ struct Served {
 impl Served {
     /// Writes `config` and starts `pgshard serve` on it; returns once it listens.
     fn start(config: &str) -> Served {
+        Served::start_with(config, &[])
+    }
+
+    /// As [`Served::start`], with more arguments for `pgshard serve`.
+    fn start_with(config: &str, args: &[&str]) -> Served {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pgshard.toml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgshard"))
             .args(["serve", "--config"])
             .arg(dir.path().join("pgshard.toml"))
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -255,6 +261,59 @@ async fn sighup_reloads_users_and_pools_under_load_without_a_client_error() {
         "{text}"
     );
     assert!(text.contains("number of failed transactions: 0"), "{text}");
+}
+
+/// `--threads 1` runs everything on one thread (tokio's current-thread runtime): pgbench in
+/// both protocols is served across a reload with no failed transaction, and SIGTERM ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_serves_a_load_across_a_reload_and_shuts_down() {
+    pgbench_tables().await;
+    let before = config("pgbench", 4, &[], "");
+    let mut served = Served::start_with(&before, &["--threads", "1"]);
+    served.wait_for_log("one thread");
+    let bench = |protocol: &'static str| {
+        tokio::process::Command::new("pgbench")
+            .args([
+                "-S", "-n", "-c", "8", "-j", "2", "-t", "1000", "-M", protocol,
+            ])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "app",
+                "-p",
+                &served.port.to_string(),
+                "app",
+            ])
+            .env("PGPASSWORD", "app")
+            .kill_on_drop(true)
+            .output()
+    };
+    let (simple, prepared) = (
+        tokio::spawn(bench("simple")),
+        tokio::spawn(bench("prepared")),
+    );
+    served.reload(&config("pgbench", 3, &[], ""));
+    served.wait_for_log("(generation 1)");
+    for out in [
+        simple.await.unwrap().unwrap(),
+        prepared.await.unwrap().unwrap(),
+    ] {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pgbench failed:\n{text}");
+        assert!(
+            text.contains("number of transactions actually processed: 8000/8000"),
+            "{text}"
+        );
+        assert!(text.contains("number of failed transactions: 0"), "{text}");
+    }
+    served.signal(libc::SIGTERM);
+    let status = served.wait_exit();
+    assert!(status.success(), "{status}:\n{}", served.log());
 }
 
 /// Rows of table `name` on the cluster's primary, database `app`.

@@ -16,7 +16,9 @@ pub struct ServeArgs {
     /// Path to the TOML config file.
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core). 1 runs everything on one thread, with no
+    /// hand-offs between threads: the least CPU per transaction where the proxy shares few
+    /// cores with PostgreSQL or the application.
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -28,10 +30,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("invalid config {}", args.config.display()))?;
     raise_fd_limit();
     one_malloc_arena();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        runtime.worker_threads(n);
-    }
+    let mut runtime = match args.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(n);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let listen = config.server.listen.clone();
@@ -40,6 +48,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("cannot listen on {listen} (server.listen); is another process using it?")
             })?;
+        match args.threads {
+            Some(1) => tracing::info!("serving on one thread"),
+            _ => tracing::info!(
+                "serving on {} worker threads",
+                tokio::runtime::Handle::current().metrics().num_workers()
+            ),
+        }
         tracing::info!("pgshard listening on {}", listener.local_addr()?);
         let (control, commands) = Control::channel();
         forward_signals(control.clone())?;
