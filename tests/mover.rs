@@ -627,6 +627,25 @@ async fn a_slice_swapped_in_ahead_redoes_the_rows_changed_since() {
     let in_slice = |id: i64| slice.contains(KeyValue::Int(id).slot());
     mover.prepare().await.unwrap();
     mover.copy(|_| {}).await.unwrap();
+    // Each staging table got its primary key and its slot index (built at once, on the
+    // target connection and the second one).
+    let built = dst
+        .query_one(
+            "SELECT count(DISTINCT i.tablename), count(*), \
+             (SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
+              WHERE n.nspname = 'pgshard_staging_ps' AND c.contype = 'p') \
+             FROM pg_indexes i WHERE i.schemaname = 'pgshard_staging_ps'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (tables, indexes, keys): (i64, i64, i64) = (built.get(0), built.get(1), built.get(2));
+    assert!(tables >= 2, "{tables} staging tables");
+    assert_eq!(
+        (indexes, keys),
+        (2 * tables, tables),
+        "a key and a slot index each"
+    );
     drain(&mut mover).await;
     mover.pre_verify(&slice).await.unwrap();
     mover.pre_swap(&slice).await.unwrap();

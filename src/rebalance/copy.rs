@@ -11,7 +11,9 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::copybin::{RawTuple, TupleReader, TupleWriter};
-use super::objects::{quote_ident, set_staging_key, slot_exists, Table, SLOT_COLUMN};
+use super::objects::{
+    build_staging_key, quote_ident, set_staging_key, slot_exists, Table, SLOT_COLUMN,
+};
 use super::{MoveError, MovePlan, Mover, Shard, SlotSet};
 use crate::sharding::key_from_binary;
 
@@ -256,8 +258,11 @@ pub(crate) async fn copy(
     tx.commit()
         .await
         .map_err(MoveError::pg("ending the copy's snapshot"))?;
+    // Both indexes of each staging table at once when a second connection to the target is
+    // there (the one the swap ahead uses).
+    let second = mover.swap_conn.as_ref().map(|shard| &shard.client);
     for t in &mover.tables {
-        set_staging_key(target, t, true).await?;
+        build_staging_key(target, second, t).await?;
     }
     stats.elapsed = started.elapsed();
     Ok(stats)

@@ -457,41 +457,97 @@ pub(crate) async fn set_staging_key(
     t: &Table,
     present: bool,
 ) -> Result<(), MoveError> {
-    let what = || format!("changing the primary key of {}", t.staging_sql);
-    let found = client
+    if present {
+        build_staging_key(client, None, t).await
+    } else {
+        drop_staging_key(client, t).await
+    }
+}
+
+/// The memory each index build of the staging tables may sort in: the server's
+/// `maintenance_work_mem`, raised to this for the build's transaction (its default, 64 MB,
+/// sorts a million keys on disk and lets PostgreSQL start at most one parallel worker).
+const BUILD_MEMORY: &str = "256MB";
+
+/// Builds the primary key and the slot index of `t`'s staging table (those missing), at once
+/// when a `second` connection to the target is given: two `CREATE INDEX` share the table (both
+/// take SHARE locks), and the primary key then adopts its unique index without a scan.
+pub(crate) async fn build_staging_key(
+    client: &Client,
+    second: Option<&Client>,
+    t: &Table,
+) -> Result<(), MoveError> {
+    let what = || format!("building the primary key of {}", t.staging_sql);
+    let found = primary_key_of(client, t).await?;
+    let memory = format!(
+        "SELECT set_config('maintenance_work_mem', greatest(pg_size_bytes(current_setting(\
+         'maintenance_work_mem')), pg_size_bytes('{BUILD_MEMORY}')) / 1024 || 'kB', true)"
+    );
+    let key = found.is_none().then(|| {
+        let index = quote_ident(&format!("{}_pkey", t.source_table));
+        format!(
+            "BEGIN; {memory}; CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {} ({}); \
+             ALTER TABLE {} ADD PRIMARY KEY USING INDEX {index}; COMMIT",
+            t.staging_sql,
+            t.primary_key_list(),
+            t.staging_sql
+        )
+    });
+    let index = quote_ident(&format!("{}_{SLOT_COLUMN}", t.source_table));
+    let slots = format!(
+        "BEGIN; {memory}; CREATE INDEX IF NOT EXISTS {index} ON {} ({SLOT_COLUMN}); COMMIT",
+        t.staging_sql
+    );
+    async fn run(conn: &Client, sql: String, what: String) -> Result<(), MoveError> {
+        conn.batch_execute(&sql).await.map_err(MoveError::pg(what))
+    }
+    match (key, second) {
+        // The slot index's transaction takes no lock after its SHARE lock, so the primary
+        // key's ALTER (an exclusive lock, taken after its own index is built) waits for it to
+        // commit and nothing waits the other way round.
+        (Some(key), Some(second)) => {
+            tokio::try_join!(run(client, key, what()), run(second, slots, what())).map(|_| ())
+        }
+        (Some(key), None) => {
+            run(client, key, what()).await?;
+            run(client, slots, what()).await
+        }
+        (None, _) => run(client, slots, what()).await,
+    }
+}
+
+async fn primary_key_of(client: &Client, t: &Table) -> Result<Option<String>, MoveError> {
+    let row = client
         .query_opt(
             "SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1) \
              AND contype = 'p'",
             &[&t.staging_sql],
         )
         .await
-        .map_err(MoveError::pg(what()))?;
-    let sql = match (found, present) {
-        (None, true) => format!(
-            "ALTER TABLE {} ADD PRIMARY KEY ({})",
-            t.staging_sql,
-            t.primary_key_list()
-        ),
-        (Some(row), false) => format!(
-            "ALTER TABLE {} DROP CONSTRAINT {}",
-            t.staging_sql,
-            quote_ident(row.get(0))
-        ),
-        _ => String::new(),
-    };
-    // Named after the table, in the staging schema.
+        .map_err(MoveError::pg(format!(
+            "reading the primary key of {}",
+            t.staging_sql
+        )))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Drops the primary key of `t`'s staging table and its slot index (those there).
+async fn drop_staging_key(client: &Client, t: &Table) -> Result<(), MoveError> {
     let index = quote_ident(&format!("{}_{SLOT_COLUMN}", t.source_table));
     let schema = t.staging_sql.split('.').next().unwrap_or_default();
-    let index_sql = if present {
-        format!(
-            "CREATE INDEX IF NOT EXISTS {index} ON {} ({SLOT_COLUMN})",
-            t.staging_sql
-        )
-    } else {
-        format!("DROP INDEX IF EXISTS {schema}.{index}")
+    let key = match primary_key_of(client, t).await? {
+        Some(name) => format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}; ",
+            t.staging_sql,
+            quote_ident(&name)
+        ),
+        None => String::new(),
     };
     client
-        .batch_execute(&format!("{sql}; {index_sql}"))
+        .batch_execute(&format!("{key}DROP INDEX IF EXISTS {schema}.{index}"))
         .await
-        .map_err(MoveError::pg(what()))
+        .map_err(MoveError::pg(format!(
+            "dropping the primary key of {}",
+            t.staging_sql
+        )))
 }
