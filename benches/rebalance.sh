@@ -4,9 +4,11 @@
 # empty shard s1, while pgbench writers keep updating keys in the moving slots and in the other
 # slots, and a loop keeps running a keyless `SELECT count(*)` through pgshard.
 #
-# Both shards are databases of one PostgreSQL 15 cluster (wal_level = logical, no replicas):
-# `pgbench` (s0, all 4096 slots and the pgbench data) and `pgbench_s1` (s1, same schema, empty
-# pgbench_accounts, owns no slots). The catalog is in s0's database.
+# The shards are two PostgreSQL 15 clusters on this machine (wal_level = logical, no replicas):
+# database `pgbench` on the first (s0, all 4096 slots and the pgbench data) and `pgbench_s1` on
+# the second (s1, same schema, empty pgbench_accounts, owns no slots). With TWO_SERVERS=0 both
+# are databases of one cluster; the mover then cannot insert a slice's rows ahead of its hold
+# (see README, "A whole move under writers"). The catalog is in s0's database.
 #
 # Measured, same run:
 #   1. baseline: MOVING_CLIENTS writers on keys of the moving slots and OTHER_CLIENTS writers on
@@ -24,6 +26,7 @@
 # Usage (as root, or as a user who can run initdb):  bash benches/rebalance.sh
 # Knobs: SCALE (20), SLOTS (the slots to move, 0-2047), BATCH (slots per cutover, 64),
 #        MOVING_CLIENTS (16), OTHER_CLIENTS (4), DURATION (baseline seconds, 20),
+#        TWO_SERVERS (1: s1 on a second cluster; 0: a second database of the first),
 #        MOVING_RATE / OTHER_RATE (each group's total transactions per second, 1000 / 300;
 #        0: unthrottled), COUNTER (1: the keyless count loop runs during the move; 0: not),
 #        PGBIN (/usr/lib/postgresql/15/bin), BENCH_OS_USER (pgshard_pg), PGSHARD (binary:
@@ -38,6 +41,7 @@ BATCH=${BATCH:-64}
 MOVING_CLIENTS=${MOVING_CLIENTS:-16}
 OTHER_CLIENTS=${OTHER_CLIENTS:-4}
 DURATION=${DURATION:-20}
+TWO_SERVERS=${TWO_SERVERS:-1}
 # Each writer group's total rate (pgbench -R, transactions per second; 0: as fast as they can).
 # Throttled by default: on a machine where shards, pgshard, the mover and the writers share a
 # few cores, unthrottled writers take the CPU the catch-up needs and the move never converges.
@@ -70,7 +74,16 @@ WORK=$(mktemp -d /tmp/pgshard-rebalance-XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
 mkdir -p "$LOGS"
-trap bench_cleanup EXIT INT TERM
+# The second cluster (TWO_SERVERS=1) is stopped first; bench_cleanup does the rest.
+cleanup() {
+    local rc=$?
+    if [[ -n ${PGDATA2:-} ]]; then
+        as_user "$PGBIN/pg_ctl" -D "$PGDATA2" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    (exit "$rc")
+    bench_cleanup
+}
+trap cleanup EXIT INT TERM
 setup_bench_user
 if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK"; fi
 
@@ -80,9 +93,31 @@ max_wal_senders = 20
 max_wal_size = 4GB
 autovacuum = off"
 start_bench_cluster
-psql_super -c "ALTER ROLE app REPLICATION" \
-    -c "CREATE DATABASE pgbench_s1 OWNER app TEMPLATE pgbench"
-psql -X -q -p "$PG_PORT" -d pgbench_s1 -c "TRUNCATE pgbench_accounts"
+psql_super -c "ALTER ROLE app REPLICATION"
+if [[ $TWO_SERVERS == 1 ]]; then
+    # s1: a second cluster, the same settings, pgbench's schema and no rows of pgbench_accounts.
+    free_port S1_PORT
+    PGDATA2=$WORK/data2
+    mkdir -p "$WORK/s1"
+    if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/s1"; fi
+    as_user "$PGBIN/initdb" -D "$PGDATA2" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 --pwfile="$WORK/pwfile" -E UTF8 --locale=C --no-sync \
+        >"$WORK/initdb2.log" 2>&1 || { cat "$WORK/initdb2.log" >&2; die "initdb of s1 failed"; }
+    sed -e "s/^port = .*/port = $S1_PORT/" \
+        -e "s|^unix_socket_directories = .*|unix_socket_directories = '$WORK/s1'|" \
+        <(sed -n '/^# pgshard benchmark$/,$p' "$PGDATA/postgresql.conf") >>"$PGDATA2/postgresql.conf"
+    as_user "$PGBIN/pg_ctl" -D "$PGDATA2" -l "$WORK/postgresql-s1.log" -w start >/dev/null ||
+        { tail -n 30 "$WORK/postgresql-s1.log" >&2; die "the second cluster did not start"; }
+    psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/s1" -p "$S1_PORT" -U postgres -d postgres \
+        -c "CREATE ROLE app LOGIN PASSWORD 'app' REPLICATION" \
+        -c "CREATE DATABASE pgbench_s1 OWNER app"
+    "$PGBIN/pg_dump" --schema-only --no-owner -p "$PG_PORT" -d pgbench |
+        psql -X -q -v ON_ERROR_STOP=1 -p "$S1_PORT" -d pgbench_s1 >/dev/null
+else
+    S1_PORT=$PG_PORT
+    psql_super -c "CREATE DATABASE pgbench_s1 OWNER app TEMPLATE pgbench"
+    psql -X -q -p "$S1_PORT" -d pgbench_s1 -c "TRUNCATE pgbench_accounts"
+fi
 ACCOUNTS=$((SCALE * 100000))
 
 free_port PROXY_PORT
@@ -119,7 +154,7 @@ slots = "0-4095"
 
 [[shards]]
 name = "s1"
-primary = "127.0.0.1:$PG_PORT"
+primary = "127.0.0.1:$S1_PORT"
 database = "pgbench_s1"
 slots = ""
 EOC
@@ -257,12 +292,14 @@ read -r od50 od99 odmax <<<"$(window_latencies move_other)"
 base_other=$(tps_of base_other)
 move_other=$(window_tps move_other)
 failed=$(failed "$WORK"/move_*.out)
-on_s1=$(psql -X -qAt -p "$PG_PORT" -d pgbench_s1 -c "SELECT count(*) FROM pgbench_accounts")
+on_s1=$(psql -X -qAt -p "$S1_PORT" -d pgbench_s1 -c "SELECT count(*) FROM pgbench_accounts")
 
 COUNTED=", and a loop runs \`SELECT count(*) FROM pgbench_accounts\` through pgshard"
 [[ $COUNTER == 1 ]] || COUNTED=" (no keyless count loop: COUNTER=0)"
 report=$(cat <<EOR
 ## benches/rebalance.sh ($(date -u +%Y-%m-%d), scale $SCALE, $(nproc) cores)
+
+Shards: $([[ $TWO_SERVERS == 1 ]] && echo "two PostgreSQL clusters (s0 :$PG_PORT, s1 :$S1_PORT)" || echo "two databases of one PostgreSQL cluster").
 
 Move of slots $SLOTS ($MOVING_KEYS of $ACCOUNTS pgbench_accounts rows) from s0 to an empty s1, \
 copied once and cut over $BATCH slots at a time, while $MOVING_CLIENTS writers update keys in those slots and \
