@@ -226,13 +226,25 @@ impl Holds {
         lock(&self.held).clone()
     }
 
-    /// Waits until a hold ends (then the caller decides again).
-    pub async fn wait_release(&self) {
-        let mut released = self.released.subscribe();
-        if !self.any.load(Ordering::Acquire) {
-            return;
+    /// Hold ends and narrowings from now on. Subscribe *before* looking whether a statement
+    /// waits: a release between the look and the wait is then seen, not lost (the statement
+    /// would otherwise wait for the next release, or its whole limit).
+    pub fn releases(&self) -> Releases {
+        Releases(self.released.subscribe())
+    }
+}
+
+/// A subscription to hold ends ([`Holds::releases`]).
+pub struct Releases(watch::Receiver<u64>);
+
+impl Releases {
+    /// Waits for a hold to end or narrow after the subscription or the last call (then the
+    /// caller decides again).
+    pub async fn next(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The holds are gone (never while a session holds them): wait for its limit.
+            std::future::pending::<()>().await;
         }
-        let _ = released.changed().await;
     }
 }
 
@@ -293,8 +305,8 @@ mod tests {
             .expect("drained once the older transaction ended")
             .unwrap();
         let waiter = {
-            let holds = holds.clone();
-            tokio::spawn(async move { holds.wait_release().await })
+            let mut releases = holds.releases();
+            tokio::spawn(async move { releases.next().await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
@@ -304,6 +316,25 @@ mod tests {
             .expect("released")
             .unwrap();
         assert!(!holds.must_wait(Touches::Slot(12), &newer));
+    }
+
+    /// The lost wake-up a statement at a hold once had: it looked (held), the hold ended, then
+    /// it subscribed and waited for the next release, which never came.
+    #[tokio::test]
+    async fn a_release_between_the_look_and_the_wait_is_seen() {
+        let holds = Holds::default();
+        holds.hold_and_drain(hold("m", 5..=9)).await;
+        let newer = holds.ticket(false);
+        let mut releases = holds.releases();
+        assert!(holds.must_wait(Touches::Slot(7), &newer), "the look: held");
+        holds.narrow("m");
+        tokio::time::timeout(Duration::from_secs(5), releases.next())
+            .await
+            .expect("the narrowing before the wait is seen");
+        holds.release("m");
+        tokio::time::timeout(Duration::from_secs(5), releases.next())
+            .await
+            .expect("and the release after it");
     }
 
     #[tokio::test]
@@ -338,8 +369,8 @@ mod tests {
         let newer = holds.ticket(false);
         assert!(holds.must_wait(Touches::Slot(7), &newer));
         let waiter = {
-            let holds = holds.clone();
-            tokio::spawn(async move { holds.wait_release().await })
+            let mut releases = holds.releases();
+            tokio::spawn(async move { releases.next().await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         holds.narrow("m");

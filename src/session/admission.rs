@@ -200,7 +200,9 @@ impl<S: Stream> Session<S> {
         &mut self,
         frame: &crate::wire::Frame,
     ) -> Result<Decision, SessionError> {
-        let holds = self.shared.control.holds.clone();
+        // Subscribed before deciding again: a hold that ended since the caller looked (or
+        // ends between a look and the wait) wakes this statement instead of being missed.
+        let mut releases = self.shared.control.holds.releases();
         let limit = self
             .shared
             .config
@@ -209,17 +211,6 @@ impl<S: Stream> Session<S> {
             .map_or(30_000, |c| c.hold_wait_ms);
         let deadline = Instant::now() + std::time::Duration::from_millis(limit);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, holds.wait_release())
-                .await
-                .is_err()
-            {
-                let moves: Vec<String> = holds.held().into_iter().map(|h| h.move_id).collect();
-                return Ok(Decision::Failed(SessionError::HeldTooLong {
-                    moves: moves.join(", "),
-                    waited_ms: limit,
-                }));
-            }
             if self.server.is_none() {
                 self.move_to_newest();
             } else if self.shared.is_replaced() {
@@ -230,6 +221,15 @@ impl<S: Stream> Session<S> {
             let decision = self.decide(frame)?;
             if !self.held_at_cutover(&decision) {
                 return Ok(decision);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, releases.next()).await.is_err() {
+                let holds = self.shared.control.holds.held();
+                let moves: Vec<String> = holds.into_iter().map(|h| h.move_id).collect();
+                return Ok(Decision::Failed(SessionError::HeldTooLong {
+                    moves: moves.join(", "),
+                    waited_ms: limit,
+                }));
             }
         }
     }
