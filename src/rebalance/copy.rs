@@ -187,6 +187,9 @@ pub(crate) async fn copy(
             run: "prepare",
         });
     }
+    // No slice swapped in ahead stays open: its transaction would hold the staging tables
+    // (the TRUNCATE below would wait for it) and the index builds use its connection.
+    mover.drop_pre_swap().await;
     let target = &mover.target.client;
     // Empty, and without its primary key until the rows are in: one index build afterwards
     // is much cheaper than an index insertion per row.
