@@ -97,10 +97,12 @@ pub(super) fn in_slots(
     Ok(slot_of(table, tuple, key)?.is_some_and(|s| slots.contains(s)))
 }
 
-/// The tuples of a `COPY (query) TO STDOUT (FORMAT binary)`, as they arrive.
+/// The tuples of a `COPY (query) TO STDOUT (FORMAT binary)`, as they arrive, each cut into
+/// the same `RawTuple` in turn.
 struct TupleStream {
     stream: std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
     reader: TupleReader,
+    tuple: RawTuple,
     table: String,
 }
 
@@ -118,18 +120,19 @@ impl TupleStream {
         Ok(TupleStream {
             stream: Box::pin(stream),
             reader: TupleReader::default(),
+            tuple: RawTuple::default(),
             table: table.to_string(),
         })
     }
 
-    async fn next(&mut self) -> Result<Option<RawTuple>, MoveError> {
+    async fn next(&mut self) -> Result<Option<&RawTuple>, MoveError> {
         loop {
             let bad = |detail: String| MoveError::Copy {
                 table: self.table.clone(),
                 detail,
             };
-            if let Some(tuple) = self.reader.next_tuple().map_err(bad)? {
-                return Ok(Some(tuple));
+            if self.reader.next_into(&mut self.tuple).map_err(bad)? {
+                return Ok(Some(&self.tuple));
             }
             match self.stream.next().await {
                 Some(chunk) => {
@@ -148,7 +151,7 @@ pub(super) async fn scan(
     client: &Transaction<'_>,
     query: &str,
     table: &str,
-    mut each: impl FnMut(RawTuple) -> Result<(), MoveError>,
+    mut each: impl FnMut(&RawTuple) -> Result<(), MoveError>,
 ) -> Result<(), MoveError> {
     let mut tuples = TupleStream::open(client, query, table).await?;
     while let Some(tuple) = tuples.next().await? {
@@ -294,10 +297,10 @@ async fn read_table(
     let (mut batch_rows, mut scanned, mut copied, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     while let Some(tuple) = tuples.next().await? {
         scanned += 1;
-        let Some(slot) = slot_of(t, &tuple, t.key)?.filter(|&s| slots.contains(s)) else {
+        let Some(slot) = slot_of(t, tuple, t.key)?.filter(|&s| slots.contains(s)) else {
             continue;
         };
-        writer.raw_with_int2(&tuple, slot as i16);
+        writer.raw_with_int2(tuple, slot as i16);
         (batch_rows, copied, bytes) =
             (batch_rows + 1, copied + 1, bytes + tuple.bytes.len() as u64);
         let full = batch_rows >= BATCH_ROWS;
@@ -489,7 +492,7 @@ pub(crate) async fn delete_slot_rows(
         let mut writer = TupleWriter::new();
         let mut chunks = Vec::new();
         scan(&tx, &query, &t.name, |tuple| {
-            if in_slots(t, slots, &tuple, key_at)? {
+            if in_slots(t, slots, tuple, key_at)? {
                 writer.fields((0..key_at).map(|i| tuple.field(i)));
                 writer.spill(&mut chunks, CHUNK_BYTES);
             }

@@ -12,7 +12,7 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
 /// One tuple as it came: its bytes (field count, then each field's length and data) and where
 /// each field's data lies in them (`None` for NULL).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RawTuple {
     pub bytes: Bytes,
     fields: Vec<Option<Range<usize>>>,
@@ -49,24 +49,34 @@ impl TupleReader {
     }
 
     /// The next whole tuple, or `None` when more bytes are needed (or the trailer was read).
+    #[cfg(test)]
     pub fn next_tuple(&mut self) -> Result<Option<RawTuple>, String> {
+        let mut tuple = RawTuple::default();
+        Ok(self.next_into(&mut tuple)?.then_some(tuple))
+    }
+
+    /// Cuts the next whole tuple into `tuple` (reusing its field list: no allocation per
+    /// tuple); false when more bytes are needed (or the trailer was read).
+    pub fn next_into(&mut self, tuple: &mut RawTuple) -> Result<bool, String> {
         if self.finished || !self.read_header()? {
-            return Ok(None);
+            return Ok(false);
         }
         let Some(count) = peek_i16(&self.buf, 0) else {
-            return Ok(None);
+            return Ok(false);
         };
         if count == -1 {
             self.finished = true;
             self.buf.advance(2);
-            return Ok(None);
+            return Ok(false);
         }
         let count = usize::try_from(count).map_err(|_| format!("field count {count}"))?;
-        let mut fields = Vec::with_capacity(count.min(1600));
+        let fields = &mut tuple.fields;
+        fields.clear();
+        fields.reserve(count.min(1600));
         let mut at = 2usize;
         for _ in 0..count {
             let Some(len) = peek_i32(&self.buf, at) else {
-                return Ok(None);
+                return Ok(false);
             };
             at += 4;
             if len == -1 {
@@ -75,13 +85,13 @@ impl TupleReader {
             }
             let len = usize::try_from(len).map_err(|_| format!("field length {len}"))?;
             if self.buf.len() < at + len {
-                return Ok(None);
+                return Ok(false);
             }
             fields.push(Some(at..at + len));
             at += len;
         }
-        let bytes = self.buf.split_to(at).freeze();
-        Ok(Some(RawTuple { bytes, fields }))
+        tuple.bytes = self.buf.split_to(at).freeze();
+        Ok(true)
     }
 
     /// Reads the signature, flags and header extension once; false while incomplete.

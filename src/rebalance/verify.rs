@@ -27,8 +27,8 @@ async fn digest(
     let mut digest = Digest::default();
     let query = format!("SELECT {} FROM {relation}", table.column_list());
     scan(client, &query, &table.name, |tuple| {
-        if in_slots(table, slots, &tuple, table.key)? {
-            digest.add(&tuple);
+        if in_slots(table, slots, tuple, table.key)? {
+            digest.add(tuple);
         }
         Ok(())
     })
@@ -180,7 +180,7 @@ pub(crate) async fn pre_verify(
             slice.sql_array()
         );
         scan(&target, &query, &t.name, |tuple| {
-            let key = key_tuple(t, &tuple);
+            let key = key_tuple(t, tuple);
             writer.encoded(&key);
             hashes.insert(key, xxh3_128(&tuple.bytes));
             writer.spill(&mut chunks, CHUNK_BYTES);
@@ -209,8 +209,8 @@ pub(crate) async fn pre_verify(
             &format!("SELECT {pk} FROM {keys} UNION SELECT {pk} FROM {changed}"),
         );
         scan(&source, &query, &t.name, |tuple| {
-            if in_slots(t, slice, &tuple, t.key)? {
-                let key = key_tuple(t, &tuple);
+            if in_slots(t, slice, tuple, t.key)? {
+                let key = key_tuple(t, tuple);
                 if hashes.remove(&key) != Some(xxh3_128(&tuple.bytes)) {
                     writer.encoded(&key);
                     count += 1;
@@ -258,8 +258,8 @@ async fn changed_on_target(
         );
         let mut digest = Digest::default();
         scan(&target, &query, &t.name, |tuple| {
-            if in_slots(t, slice, &tuple, t.key)? {
-                digest.add(&tuple);
+            if in_slots(t, slice, tuple, t.key)? {
+                digest.add(tuple);
             }
             Ok(())
         })
@@ -323,9 +323,9 @@ async fn changed_on_source(
             &format!("SELECT {} FROM {changed}", t.primary_key_list()),
         );
         scan(&source, &query, &t.name, |tuple| {
-            if in_slots(t, slice, &tuple, t.key)? {
-                digest.add(&tuple);
-                writer.encoded(&key_tuple(t, &tuple));
+            if in_slots(t, slice, tuple, t.key)? {
+                digest.add(tuple);
+                writer.encoded(&key_tuple(t, tuple));
             }
             Ok(())
         })
