@@ -18,7 +18,9 @@
 #        PROTOCOLS ("simple prepared"; PgBouncer 1.18 runs simple only), CONNECT (1: also
 #        `pgbench -C`, a new SCRAM login per transaction, simple), NATIVE (1: also system calls
 #        and context switches per transaction without valgrind), EXTRA_SERVER_TOML (added to
-#        pgshard's [server] section, e.g. 'listen_backlog = 8192').
+#        pgshard's [server] section, e.g. 'listen_backlog = 8192'), KEEP (a directory: the raw
+#        callgrind profiles of every run are moved there, for callgrind_annotate
+#        --tree=caller; default: removed).
 # Prints markdown and writes it to bench-results/callgrind.md; per-transaction profiles in
 # bench-results/callgrind/.
 set -euo pipefail
@@ -36,6 +38,7 @@ REPEAT=${REPEAT:-3}
 CONNECT=${CONNECT:-1}
 NATIVE=${NATIVE:-1}
 EXTRA_SERVER_TOML=${EXTRA_SERVER_TOML:-}
+KEEP=${KEEP:-}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_OS_USER=${BENCH_OS_USER:-pgshard_pg}
 read -r -a TARGETS <<<"${TARGETS:-off on pgbouncer}"
@@ -168,7 +171,12 @@ measure() {
             / PROGRAM TOTALS$/ { total = $1 }
             / quanta::Calibration::calibrate$/ { once = $1 }
             END { printf "%.0f", total - once }' "$WORK/per-txn-yes.txt")")
-        rm -f "$lo" "$hi"
+        if [[ -n $KEEP ]]; then
+            mkdir -p "$KEEP"
+            mv "$lo" "$hi" "$KEEP/"
+        else
+            rm -f "$lo" "$hi"
+        fi
     done
     for inclusive in yes no; do
         awk '$1 > 0' "$WORK/per-txn-$inclusive.txt" | sed -n "1,${TOP}p" \
