@@ -67,7 +67,9 @@ pub struct ServerConnection {
     /// Values the server reported with ParameterStatus.
     pub(super) params: HashMap<String, String>,
     /// Settings applied with SET for the current client (name → value as the client gave it).
-    pub(super) applied: BTreeMap<String, String>,
+    /// Shared with the client whose settings were brought over (`apply_settings`), so that
+    /// the next client with the same settings (`Arc`) is recognized without comparing maps.
+    pub(super) applied: Arc<BTreeMap<String, String>>,
     /// Server-side names of the prepared statements this connection holds.
     pub(super) prepared: HashSet<String>,
     pub(super) status: TransactionStatus,
@@ -118,7 +120,7 @@ impl ServerConnection {
                 secret_key: 0,
             }),
             params: HashMap::new(),
-            applied: BTreeMap::new(),
+            applied: Arc::default(),
             prepared: HashSet::new(),
             status: TransactionStatus::Idle,
             in_flight: false,
@@ -318,8 +320,7 @@ impl ServerConnection {
     /// A setting the client changed itself that the server reported: this connection now has it
     /// (setting names are case-insensitive: keyed in lower case, as the session keys them).
     pub fn note_applied(&mut self, name: String, value: String) {
-        self.applied
-            .insert(name.to_ascii_lowercase(), value.clone());
+        Arc::make_mut(&mut self.applied).insert(name.to_ascii_lowercase(), value.clone());
         self.params.insert(name, value);
     }
 
@@ -413,7 +414,7 @@ impl ServerConnection {
     /// parameter: `SET search_path = 'a,b'` would make one schema named "a,b" of them.
     pub async fn apply_settings(
         &mut self,
-        wanted: &BTreeMap<String, String>,
+        wanted: &Arc<BTreeMap<String, String>>,
     ) -> Result<(), BackendError> {
         if self.has_settings(wanted) {
             return Ok(());
@@ -422,7 +423,7 @@ impl ServerConnection {
         let current = if self.settings_unknown {
             &nothing
         } else {
-            &self.applied
+            &*self.applied
         };
         let sql = settings_sql(current, wanted, self.settings_unknown);
         // The statements run as one implicit transaction: if one fails, none of the changes
@@ -436,14 +437,14 @@ impl ServerConnection {
 
     /// Whether the connection is known to have exactly `wanted` ([`Self::apply_settings`] then
     /// has nothing to do).
-    pub fn has_settings(&self, wanted: &BTreeMap<String, String>) -> bool {
-        !self.settings_unknown && &self.applied == wanted
+    pub fn has_settings(&self, wanted: &Arc<BTreeMap<String, String>>) -> bool {
+        !self.settings_unknown && (Arc::ptr_eq(&self.applied, wanted) || self.applied == *wanted)
     }
 
     /// What a client's session was read to hold after it changed it: the settings (with role
     /// and authorization) this connection now has.
     pub fn note_session_settings(&mut self, settings: BTreeMap<String, String>) {
-        self.applied = settings;
+        self.applied = Arc::new(settings);
         self.settings_unknown = false;
     }
 

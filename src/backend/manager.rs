@@ -61,7 +61,7 @@ impl Manager for BackendManager {
         if conn.needs_discard {
             conn.run_internal("DISCARD ALL").await?;
             conn.prepared.clear();
-            conn.applied.clear();
+            conn.applied = Default::default();
             conn.settings_unknown = false;
             conn.needs_discard = false;
         }

@@ -79,6 +79,14 @@ impl Meter {
     }
 }
 
+/// When a checkout began, and whether it ended then too (it found a connection without
+/// awaiting: its wait is not worth a clock reading).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Checkout {
+    Now(Instant),
+    Since(Instant),
+}
+
 impl<S: Stream> Session<S> {
     /// A client frame (`len` bytes, counted when read) is handled: it starts a request unless
     /// one is in progress, and counts as a query when it runs a statement.
@@ -139,14 +147,17 @@ impl<S: Stream> Session<S> {
         now
     }
 
-    /// The checkout that began at `since` ended: with the connection now held, or without one.
-    pub(super) fn meter_checkout_ends(&mut self, since: Instant) {
+    /// The checkout `since` ended: with the connection now held, or without one.
+    pub(super) fn meter_checkout_ends(&mut self, since: Checkout) {
         let Some(conn) = self.server.as_deref() else {
             self.meter.client.entry.set_state(ClientState::Idle);
             return;
         };
         let pid = conn.cancel_key().process_id;
-        let now = Instant::now();
+        let (since, now) = match since {
+            Checkout::Now(at) => (at, at),
+            Checkout::Since(at) => (at, Instant::now()),
+        };
         let meter = &mut self.meter;
         meter.pending.wait_time += micros(now - since);
         meter.pending.server_assignment_count += 1;

@@ -39,6 +39,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use self::error::SessionError;
+use self::meter::Checkout;
 use self::prepared::{ClientStatements, Expect};
 use self::settings::Settings;
 use self::state::SessionState;
@@ -418,7 +419,7 @@ impl<S: Stream> Session<S> {
         })?;
         let since = self.meter_checkout_starts();
         let conn = Box::pin(self.connection_from(&pool, default_shard)).await;
-        self.hold_server(conn, default_shard, true, since)?;
+        self.hold_server(conn, default_shard, true, Checkout::Since(since))?;
         if let Some(conn) = self.server.as_deref() {
             for (name, value) in conn.params() {
                 build::parameter_status(&mut self.client.output, name, value);
@@ -500,9 +501,13 @@ impl<S: Stream> Session<S> {
     ) -> Result<(), SessionError> {
         let since = self.meter_checkout_starts();
         let turn = self.replica_turn(shard, target);
-        let got = match self.connection_now(shard, turn) {
-            Some(got) => got,
-            None => Box::pin(self.connection_for(shard, turn)).await,
+        // A checkout without an await ends when it began: one clock reading less.
+        let (got, since) = match self.connection_now(shard, turn) {
+            Some(got) => (got, Checkout::Now(since)),
+            None => (
+                Box::pin(self.connection_for(shard, turn)).await,
+                Checkout::Since(since),
+            ),
         };
         match got {
             Ok((conn, primary)) => self.hold_server(Ok(conn), shard, primary, since),
@@ -510,14 +515,14 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// Holds the connection a checkout that began at `since` got (of `shard`, its primary or
-    /// not), or counts the failed checkout and passes its error on.
+    /// Holds the connection a checkout got (of `shard`, its primary or not), or counts the
+    /// failed checkout and passes its error on.
     fn hold_server(
         &mut self,
         taken: Result<Pooled<BackendManager>, SessionError>,
         shard: usize,
         primary: bool,
-        since: std::time::Instant,
+        since: Checkout,
     ) -> Result<(), SessionError> {
         let conn = taken.inspect_err(|_| self.meter_checkout_ends(since))?;
         self.meter.client.entry.cancel.set(Some(conn.cancel_key()));

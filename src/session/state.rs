@@ -117,7 +117,7 @@ impl SessionState {
     }
 
     /// The settings every server connection serving the client must have.
-    pub fn wanted(&self) -> &Settings {
+    pub fn wanted(&self) -> &Arc<Settings> {
         &self.wanted
     }
 
