@@ -36,9 +36,14 @@ mod tests;
 /// One server (a primary or a replica): its pools, keyed by client user name, and its health.
 pub struct Backend {
     pub addr: String,
-    pub pools: HashMap<String, ServerPool>,
+    pub pools: UserPools,
     pub health: Arc<Health>,
 }
+
+/// A server's pools by client user name, looked up at every checkout: hashed with foldhash
+/// (SipHash, std's default, cost ~160 instructions a lookup; no map here is keyed by what a
+/// client chooses beyond its configured user name).
+pub type UserPools = HashMap<String, ServerPool, foldhash::fast::RandomState>;
 
 /// The servers of one shard.
 pub struct ShardPools {
@@ -614,7 +619,7 @@ fn backend(
     previous: Option<&Backend>,
 ) -> Backend {
     let mut kept = 0;
-    let pools: HashMap<String, ServerPool> = config
+    let pools: UserPools = config
         .users
         .iter()
         .map(|user| {

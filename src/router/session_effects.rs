@@ -223,25 +223,36 @@ fn lone_statement<'a>(rest: impl Iterator<Item = Token<'a>>) -> bool {
     true
 }
 
+/// Bytes that may open a call (`(`), a comment (`-`, `/`), quoted text (`"`, `$`, `'`) or a
+/// next statement (`;`), and the first letter of `temp`.
+static STOPS: [bool; 256] = {
+    let mut table = [false; 256];
+    let stops = b"(;-/\"$'tT";
+    let mut i = 0;
+    while i < stops.len() {
+        table[stops[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// The first word of `sql` when it is one statement (at most a trailing `;`) with no `(`, no
 /// comment, no quoted text and no `temp` anywhere: nothing in it can call a function or make a
-/// temporary object. `None` otherwise. A few vectorised byte searches (memchr), not a lexer.
+/// temporary object. `None` otherwise. One pass over the bytes with a table, not a lexer.
 fn lone_statement_without_calls(sql: &str) -> Option<&str> {
     let body = sql.trim_end().trim_end_matches(';');
     let bytes = body.as_bytes();
-    // What may open a call, a comment, quoted text or a next statement.
-    let opens = memchr::memchr3(b'(', b';', b'-', bytes).is_some()
-        || memchr::memchr3(b'/', b'"', b'$', bytes).is_some()
-        || memchr::memchr(b'\'', bytes).is_some();
-    let temp = || {
-        memchr::memchr2_iter(b't', b'T', bytes).any(|i| {
-            bytes
-                .get(i + 1..i + 4)
-                .is_some_and(|rest| rest.eq_ignore_ascii_case(b"emp"))
-        })
-    };
-    if opens || temp() {
-        return None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !STOPS[usize::from(b)] {
+            continue;
+        }
+        let temp = bytes
+            .get(i + 1..i + 4)
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(b"emp"));
+        // `t` or `T` is a stop only as the start of `temp`; the rest always are.
+        if temp || !b.eq_ignore_ascii_case(&b't') {
+            return None;
+        }
     }
     let body = body.trim_start();
     let end = body
