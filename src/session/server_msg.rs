@@ -16,6 +16,11 @@ use crate::wire::{Frame, TransactionStatus};
 impl<S: Stream> Session<S> {
     /// Reads what the server sent and handles every complete frame.
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
+        if let Some(conn) = self.server.as_deref_mut() {
+            // Most of what the server sent goes on to the client: room for all of it at once
+            // (an idle client's output buffer was given back) instead of growing frame by frame.
+            self.client.output.reserve(conn.io().input.len());
+        }
         loop {
             self.drain_made_up();
             let Some(conn) = self.server.as_deref_mut() else {
