@@ -71,7 +71,8 @@ pub struct ServerConnection {
     /// the next client with the same settings (`Arc`) is recognized without comparing maps.
     pub(super) applied: Arc<BTreeMap<String, String>>,
     /// Server-side names of the prepared statements this connection holds.
-    pub(super) prepared: HashSet<String>,
+    /// (foldhash: looked up for every Bind and Parse of a named statement.)
+    pub(super) prepared: HashSet<String, foldhash::fast::RandomState>,
     pub(super) status: TransactionStatus,
     /// Requests were sent whose responses have not all arrived.
     pub(super) in_flight: bool,
@@ -121,7 +122,7 @@ impl ServerConnection {
             }),
             params: HashMap::new(),
             applied: Arc::default(),
-            prepared: HashSet::new(),
+            prepared: HashSet::default(),
             status: TransactionStatus::Idle,
             in_flight: false,
             broken: false,

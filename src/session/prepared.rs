@@ -48,7 +48,8 @@ impl Statement {
 pub struct ClientStatements {
     // The box is the point: an empty map is 48 bytes inline, the box 8.
     #[allow(clippy::box_collection)]
-    by_name: Option<Box<HashMap<Vec<u8>, Arc<Statement>>>>,
+    // foldhash: looked up at every Bind; a client's own names only reach its own map.
+    by_name: Option<Box<HashMap<Vec<u8>, Arc<Statement>, foldhash::fast::RandomState>>>,
 }
 
 impl ClientStatements {
