@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::error::SessionError;
 use super::prepared::{Expect, Statement};
@@ -112,11 +112,16 @@ impl<S: Stream> Session<S> {
     }
 
     pub(super) fn send(&mut self, bytes: &[u8], expect: Option<Expect>) {
+        self.send_with(expect, |out| out.extend_from_slice(bytes));
+    }
+
+    /// Like [`Self::send`], the message written straight into the server's output by `write`.
+    fn send_with(&mut self, expect: Option<Expect>, write: impl FnOnce(&mut BytesMut)) {
         if let Some(expect) = expect {
             self.proto.expect.push_back(expect);
         }
         if let Some(conn) = self.server.as_deref_mut() {
-            conn.io().output.extend_from_slice(bytes);
+            write(&mut conn.io().output);
             conn.set_in_flight(true);
             if self.effects.changes {
                 conn.mark_settings_unknown();
@@ -207,10 +212,9 @@ impl<S: Stream> Session<S> {
         self.proto.awaiting_sync = true;
         let bind = Bind::decode(frame.body())?;
         match self.named_statement(bind.statement) {
-            Some(statement) => {
-                let renamed = bind.encode_renamed(&statement.server_name);
-                self.send(&renamed, Some(Expect::Bind));
-            }
+            Some(statement) => self.send_with(Some(Expect::Bind), |out| {
+                bind.encode_renamed_into(&statement.server_name, out)
+            }),
             None => {
                 if bind.statement.is_empty() {
                     self.send_unnamed_if_missing();

@@ -85,12 +85,19 @@ impl<'a> Bind<'a> {
         })
     }
 
-    /// Encodes this Bind naming another statement.
-    pub fn encode_renamed(&self, statement: &str) -> BytesMut {
-        let mut prefix = Vec::with_capacity(self.portal.len() + 1);
-        prefix.extend_from_slice(self.portal);
-        prefix.push(0);
-        frame_with_name(b'B', &prefix, statement.as_bytes(), self.rest)
+    /// Appends this Bind, naming another statement, to `out` (the server's output: no buffer
+    /// of its own).
+    pub fn encode_renamed_into(&self, statement: &str, out: &mut BytesMut) {
+        let body_len = self.portal.len() + 1 + statement.len() + 1 + self.rest.len();
+        out.reserve(HEADER_LEN + body_len);
+        out.put_u8(b'B');
+        // Infallible in practice: the message this was decoded from passed the size cap.
+        out.put_i32((body_len + 4) as i32);
+        out.put_slice(self.portal);
+        out.put_u8(0);
+        out.put_slice(statement.as_bytes());
+        out.put_u8(0);
+        out.put_slice(self.rest);
     }
 }
 
@@ -305,8 +312,13 @@ mod tests {
         let body = b"p\0s1\0\0\0\0\x01\0\0\0\x0142\0\0";
         let b = Bind::decode(body).unwrap();
         assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s1"[..]));
-        let out = b.encode_renamed("pgshard_x");
-        assert_eq!(&out[5..], b"p\0pgshard_x\0\0\0\0\x01\0\0\0\x0142\0\0");
+        let mut out = BytesMut::from(&b"queued"[..]);
+        b.encode_renamed_into("pgshard_x", &mut out);
+        let body = b"p\0pgshard_x\0\0\0\0\x01\0\0\0\x0142\0\0";
+        assert_eq!(&out[..6], b"queued", "appended after what was there");
+        assert_eq!(out[6], b'B');
+        assert_eq!(&out[7..11], &((body.len() + 4) as i32).to_be_bytes());
+        assert_eq!(&out[11..], body);
     }
 
     #[test]
