@@ -42,14 +42,17 @@ impl Statement {
     }
 }
 
+/// Statements by the client's names; foldhash, since it is looked up at every Bind (a
+/// client's own names only ever reach its own map).
+type ByName = HashMap<Vec<u8>, Arc<Statement>, foldhash::fast::RandomState>;
+
 /// A client's named statements, by the client's names (boxed, and absent until the first one:
 /// most clients of a transaction pooler never name one, and an idle client keeps a pointer).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     // The box is the point: an empty map is 48 bytes inline, the box 8.
     #[allow(clippy::box_collection)]
-    // foldhash: looked up at every Bind; a client's own names only reach its own map.
-    by_name: Option<Box<HashMap<Vec<u8>, Arc<Statement>, foldhash::fast::RandomState>>>,
+    by_name: Option<Box<ByName>>,
 }
 
 impl ClientStatements {
