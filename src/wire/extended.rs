@@ -88,16 +88,8 @@ impl<'a> Bind<'a> {
     /// Appends this Bind, naming another statement, to `out` (the server's output: no buffer
     /// of its own).
     pub fn encode_renamed_into(&self, statement: &str, out: &mut BytesMut) {
-        let body_len = self.portal.len() + 1 + statement.len() + 1 + self.rest.len();
-        out.reserve(HEADER_LEN + body_len);
-        out.put_u8(b'B');
-        // Infallible in practice: the message this was decoded from passed the size cap.
-        out.put_i32((body_len + 4) as i32);
-        out.put_slice(self.portal);
-        out.put_u8(0);
-        out.put_slice(statement.as_bytes());
-        out.put_u8(0);
-        out.put_slice(self.rest);
+        let name = statement.as_bytes();
+        put_frame(out, b'B', &[self.portal, b"\0", name, b"\0", self.rest]);
     }
 }
 
@@ -275,16 +267,21 @@ impl<'a> Target<'a> {
 
 /// Builds `tag len prefix name\0 rest`.
 fn frame_with_name(tag: u8, prefix: &[u8], name: &[u8], rest: &[u8]) -> BytesMut {
-    let body_len = prefix.len() + name.len() + 1 + rest.len();
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + body_len);
-    buf.put_u8(tag);
-    // Infallible in practice: the message this was decoded from passed the size cap.
-    buf.put_i32((body_len + 4) as i32);
-    buf.put_slice(prefix);
-    buf.put_slice(name);
-    buf.put_u8(0);
-    buf.put_slice(rest);
+    let mut buf = BytesMut::new();
+    put_frame(&mut buf, tag, &[prefix, name, b"\0", rest]);
     buf
+}
+
+/// Appends `tag len` and a body made of `parts` to `out`.
+fn put_frame(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let body_len: usize = parts.iter().map(|part| part.len()).sum();
+    out.reserve(HEADER_LEN + body_len);
+    out.put_u8(tag);
+    // Infallible in practice: the message this was decoded from passed the size cap.
+    out.put_i32((body_len + 4) as i32);
+    for part in parts {
+        out.put_slice(part);
+    }
 }
 
 #[cfg(test)]
