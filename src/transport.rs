@@ -39,6 +39,9 @@ pub struct Conn<S> {
     /// Written to the stream but not yet flushed through it: the last flush was pending (a TLS
     /// stream or a `BufWriter` holds bytes until flushed).
     unflushed: bool,
+    /// The input buffer is kept between exchanges (a pooled server connection: one buffer,
+    /// reused, no allocation per read) instead of given back whenever empty (a client).
+    keep_input: bool,
 }
 
 impl<S: Stream> Conn<S> {
@@ -49,6 +52,17 @@ impl<S: Stream> Conn<S> {
             input,
             output: BytesMut::new(),
             unflushed: false,
+            keep_input: false,
+        }
+    }
+
+    /// Like [`Conn::new`], for a peer that is rarely idle for long and of which there are few
+    /// (a pooled server connection): its input buffer stays allocated between exchanges, so a
+    /// read allocates nothing.
+    pub fn keeping_input(stream: S, input: BytesMut) -> Conn<S> {
+        Conn {
+            keep_input: true,
+            ..Conn::new(stream, input)
         }
     }
 
@@ -60,7 +74,10 @@ impl<S: Stream> Conn<S> {
     /// Cuts the next complete frame off the input; `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self, max: usize) -> Result<Option<Frame>, WireError> {
         let spare = self.input.capacity() - self.input.len();
-        if spare < READ_CHUNK / 4 && frame_len(&self.input, max)? == Some(self.input.len()) {
+        if !self.keep_input
+            && spare < READ_CHUNK / 4
+            && frame_len(&self.input, max)? == Some(self.input.len())
+        {
             // Exactly one frame, in a buffer with no room worth reading into (a request read
             // while idle): handed over whole. Splitting it off would allocate a shared header.
             let bytes = std::mem::take(&mut self.input);
@@ -71,11 +88,15 @@ impl<S: Stream> Conn<S> {
 
     /// Reads what the stream has into the input buffer: `Ready(Ok(0))` is end of stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.input.is_empty() && self.input.capacity() < READ_CHUNK / 4 {
+        if !self.keep_input && self.input.is_empty() && self.input.capacity() < READ_CHUNK / 4 {
             return self.poll_fill_idle(cx);
         }
         if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
             self.input.reserve(READ_CHUNK);
+        }
+        if self.keep_input && self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
+            // A large answer grew the kept buffer: keep an ordinary one instead.
+            self.input = BytesMut::with_capacity(READ_CHUNK);
         }
         let spare = self.input.spare_capacity_mut();
         let mut buf = ReadBuf::uninit(spare);
@@ -240,6 +261,45 @@ mod tests {
         b.write_all(b"hello").await.unwrap();
         assert_eq!(conn.fill().await.unwrap(), 5);
         assert_eq!(&conn.input[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_kept_input_buffer_is_reused_by_the_next_exchange() {
+        // Room for the large answer below, written before it is read.
+        let (a, mut b) = tokio::io::duplex(1 << 18);
+        let mut conn = Conn::keeping_input(a, BytesMut::with_capacity(READ_CHUNK));
+        let frame = b"Z\0\0\0\x05I";
+        let mut first_at = None;
+        for _ in 0..200 {
+            b.write_all(frame).await.unwrap();
+            assert_eq!(conn.fill().await.unwrap(), frame.len());
+            let got = conn.next_frame(1 << 20).unwrap().expect("a whole frame");
+            assert_eq!(&got.bytes[..], &frame[..]);
+            let at = got.bytes.as_ptr() as usize;
+            let base = *first_at.get_or_insert(at);
+            assert!(
+                (base..base + READ_CHUNK).contains(&at),
+                "each read lands in the one kept buffer"
+            );
+            drop(got);
+            assert_eq!(conn.try_fill().unwrap(), None);
+            assert!(conn.input.capacity() > 0, "an empty kept buffer stays");
+        }
+        // A large answer grows it; once read, an ordinary buffer takes its place.
+        let big = [b'x'; 3 * KEEP_CAPACITY];
+        b.write_all(&big).await.unwrap();
+        let mut read = 0;
+        while read < big.len() {
+            read += conn.fill().await.unwrap();
+        }
+        let whole = conn.input.split();
+        drop(whole);
+        b.write_all(frame).await.unwrap();
+        conn.fill().await.unwrap();
+        assert!(
+            conn.input.capacity() <= KEEP_CAPACITY,
+            "the large buffer went"
+        );
     }
 
     #[tokio::test]

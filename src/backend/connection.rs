@@ -111,7 +111,7 @@ impl ServerConnection {
             }
         };
         let mut conn = ServerConnection {
-            io: Conn::new(stream, BytesMut::with_capacity(8192)),
+            io: Conn::keeping_input(stream, BytesMut::with_capacity(8192)),
             addr: login.addr.clone(),
             process_id: 0,
             secret_key: 0,
