@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
@@ -65,7 +65,9 @@ pub struct ClientEntry {
     killed: AtomicBool,
     /// Whether the session waits between transactions (a graceful shutdown may close it).
     pub presence: Presence,
-    waker: Mutex<Option<Waker>>,
+    /// The session task's waker, kept from the first poll of [`ClientEntry::until_stopped`]
+    /// for the session's life (a task's waker wakes that task whichever poll it came from).
+    waker: OnceLock<Waker>,
 }
 
 impl ClientEntry {
@@ -157,20 +159,17 @@ impl ClientEntry {
     }
 
     fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = waker {
-            waker.wake();
+        if let Some(waker) = self.waker.get() {
+            waker.wake_by_ref();
         }
     }
 
     /// Runs `work` until it ends or the client is told to stop (KILL_CLIENT, or a shutdown that
-    /// closes it). The task's waker is kept from the first poll (a task's waker wakes that task
-    /// whichever poll it came from).
-    pub fn until_stopped<F: Future>(self: &Arc<Self>, work: F) -> UntilStopped<F> {
+    /// closes it). The task's waker is kept from the first poll of the session's first call.
+    pub fn until_stopped<F: Future>(&self, work: F) -> UntilStopped<'_, F> {
         UntilStopped {
             work: Box::pin(work),
-            entry: self.clone(),
-            registered: false,
+            entry: self,
         }
     }
 }
@@ -185,19 +184,18 @@ pub enum Stopped {
 }
 
 /// See [`ClientEntry::until_stopped`].
-pub struct UntilStopped<F> {
+pub struct UntilStopped<'a, F> {
     work: Pin<Box<F>>,
-    entry: Arc<ClientEntry>,
-    registered: bool,
+    entry: &'a ClientEntry,
 }
 
-impl<F: Future> Future for UntilStopped<F> {
+impl<F: Future> Future for UntilStopped<'_, F> {
     type Output = Result<F::Output, Stopped>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if !self.registered {
-            self.registered = true;
-            *self.entry.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        if self.entry.waker.get().is_none() {
+            // Once per session: later calls are polled by the same task.
+            let _ = self.entry.waker.set(cx.waker().clone());
         }
         if let Some(stopped) = self.entry.stopped() {
             return Poll::Ready(Err(stopped));
@@ -263,7 +261,7 @@ impl ClientRegistry {
             server_pid: AtomicI32::new(0),
             killed: AtomicBool::new(false),
             presence: Presence::default(),
-            waker: Mutex::new(None),
+            waker: OnceLock::new(),
         });
         if !client.console {
             self.logins.fetch_add(1, Ordering::Relaxed);
