@@ -8,7 +8,7 @@ mod tests;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,9 @@ struct Inner<M: Manager> {
     manager: M,
     /// Replaced whole by [`Pool::reconfigure`].
     options: ArcSwap<PoolOptions>,
+    /// `options.max_lifetime` in nanoseconds, read by every checkout and release without
+    /// loading the options (kept equal to them by [`Pool::reconfigure`]).
+    max_lifetime_ns: AtomicU64,
     permits: Arc<Semaphore>,
     /// Permits still to take out of circulation after the pool shrank: each connection handed
     /// back while this is above zero is closed and its permit forgotten.
@@ -89,6 +92,17 @@ struct Inner<M: Manager> {
     idle: Mutex<Vec<Idle<M::Connection>>>,
     /// Checkouts waiting for a permit (only contended checkouts count themselves).
     waiting: AtomicUsize,
+}
+
+impl<M: Manager> Inner<M> {
+    fn max_lifetime(&self) -> Duration {
+        Duration::from_nanos(self.max_lifetime_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// A lifetime in nanoseconds (a longer one than `u64` holds counts as the longest).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A fair pool of connections made by `M`. Cheap to clone.
@@ -120,6 +134,7 @@ impl<M: Manager> Pool<M> {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(options.size)),
             manager,
+            max_lifetime_ns: AtomicU64::new(nanos(options.max_lifetime)),
             options: ArcSwap::from_pointee(options),
             shrink_debt: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
@@ -161,6 +176,10 @@ impl<M: Manager> Pool<M> {
     /// pool never holds more connections than its size for longer than they are in use.
     pub fn reconfigure(&self, options: PoolOptions) {
         let old = self.inner.options.swap(Arc::new(options.clone()));
+        let lifetime = nanos(options.max_lifetime);
+        self.inner
+            .max_lifetime_ns
+            .store(lifetime, Ordering::Relaxed);
         if options.size > old.size {
             let mut grow = options.size - old.size;
             // Growing first pays back what a recent shrink still owes.
@@ -253,7 +272,7 @@ impl<M: Manager> Pool<M> {
 
     /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
     fn take_idle(&self) -> Option<Idle<M::Connection>> {
-        let max_lifetime = self.inner.options.load().max_lifetime;
+        let max_lifetime = self.inner.max_lifetime();
         loop {
             let mut entry = lock(&self.inner.idle).pop()?;
             if entry.created.elapsed() < max_lifetime
@@ -346,7 +365,7 @@ fn give_back<M: Manager>(
     }
     // One clock reading for both.
     let now = Instant::now();
-    if now.saturating_duration_since(created) < pool.options.load().max_lifetime {
+    if now.saturating_duration_since(created) < pool.max_lifetime() {
         lock(&pool.idle).push(Idle {
             conn,
             created,

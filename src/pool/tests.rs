@@ -237,3 +237,29 @@ async fn get_idle_now_takes_only_an_idle_connection_under_a_free_permit() {
     drop(held);
     assert!(pool.get_idle_now().is_some(), "back and idle again");
 }
+
+#[tokio::test]
+async fn a_reloaded_max_lifetime_applies_to_idle_and_returned_connections() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(2, 1000));
+    let first = pool.get().await.unwrap().id;
+    assert_eq!(
+        pool.get_idle_now().map(|c| c.id),
+        Some(first),
+        "kept while young"
+    );
+    pool.reconfigure(PoolOptions {
+        max_lifetime: Duration::ZERO,
+        ..options(2, 1000)
+    });
+    assert!(
+        pool.get_idle_now().is_none(),
+        "an idle one past the new lifetime is closed"
+    );
+    let second = pool.get().await.unwrap().id;
+    assert_ne!(first, second);
+    assert_eq!(pool.status().idle, 0, "a returned one past it is not kept");
+    pool.reconfigure(options(2, 1000));
+    let third = pool.get().await.unwrap().id;
+    assert_eq!(pool.get_idle_now().map(|c| c.id), Some(third));
+}
