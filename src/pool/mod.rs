@@ -331,13 +331,13 @@ impl<M: Manager> Drop for Pooled<M> {
         let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
             return;
         };
-        let pool = self.pool.clone();
         let created = self.created;
-        match pool.manager.returned(&conn) {
-            Returned::Clean => give_back(&pool, conn, created, permit),
-            Returned::Broken => close(&pool, permit),
+        match self.pool.manager.returned(&conn) {
+            Returned::Clean => give_back(&self.pool, conn, created, permit),
+            Returned::Broken => close(&self.pool, permit),
             Returned::NeedsReset => {
                 // The permit travels with the reset, so the pool never exceeds its size.
+                let pool = self.pool.clone();
                 tokio::spawn(async move {
                     let reset = pool.manager.reset(&mut conn);
                     let limit = pool.options.load().reset_timeout;
