@@ -88,7 +88,7 @@ async fn check(pool: &ServerPool) -> Option<Result<(), BackendError>> {
         Ok(conn) => conn,
         Err(PoolError::Connect(e)) => return Some(Err(e)),
         // Not from a checkout that does not wait: no check this round.
-        Err(PoolError::Timeout(_) | PoolError::Closed) => return None,
+        Err(PoolError::Timeout(_)) => return None,
     };
     // Marked in flight until answered: a check that times out leaves a connection the pool
     // cancels and closes instead of reusing.

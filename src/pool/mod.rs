@@ -1,19 +1,23 @@
 //! A generic, fair (first come, first served) connection pool. Knows nothing about PostgreSQL:
-//! a [`Manager`] opens, judges and resets connections. Checkout waits on tokio's FIFO semaphore;
-//! a [`Pooled`] guard hands its connection back on drop, reset first when the manager says so.
-//! Must never hand out a connection the manager judged dirty or broken.
+//! a [`Manager`] opens, judges and resets connections. A checkout that finds every connection
+//! out waits in the pool's own FIFO (`queue`); a [`Pooled`] guard hands its connection back on
+//! drop (straight to the oldest waiter), reset first when the manager says so. Must never hand
+//! out a connection the manager judged dirty or broken.
 
+mod queue;
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
+
+use queue::{lock, Grant, Idle, State, Wait};
 
 /// What the manager says about a connection coming back from a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +70,6 @@ pub enum PoolError<E: std::error::Error + 'static> {
     Timeout(Duration),
     #[error(transparent)]
     Connect(E),
-    #[error("the pool is closed")]
-    Closed,
-}
-
-/// Connections are boxed once, when opened: a checkout moves a pointer, and the session holding
-/// one (or waiting for one) stays small.
-struct Idle<C> {
-    conn: Box<C>,
-    created: Instant,
-    last_used: Instant,
 }
 
 struct Inner<M: Manager> {
@@ -85,18 +79,56 @@ struct Inner<M: Manager> {
     /// `options.max_lifetime` in nanoseconds, read by every checkout and release without
     /// loading the options (kept equal to them by [`Pool::reconfigure`]).
     max_lifetime_ns: AtomicU64,
-    permits: Arc<Semaphore>,
-    /// Permits still to take out of circulation after the pool shrank: each connection handed
-    /// back while this is above zero is closed and its permit forgotten.
-    shrink_debt: AtomicUsize,
-    idle: Mutex<Vec<Idle<M::Connection>>>,
-    /// Checkouts waiting for a permit (only contended checkouts count themselves).
-    waiting: AtomicUsize,
+    /// Permits, idle connections and waiters (see `queue`).
+    state: Mutex<State<M::Connection>>,
+    /// Tells the sweep task of an earlier deadline, and of the pool's end.
+    sweep: Arc<Notify>,
 }
 
 impl<M: Manager> Inner<M> {
     fn max_lifetime(&self) -> Duration {
         Duration::from_nanos(self.max_lifetime_ns.load(Ordering::Relaxed))
+    }
+
+    /// Gives a permit back (see [`State::release`]).
+    fn release(&self, conn: Option<Idle<M::Connection>>) {
+        let after = lock(&self.state).release(conn);
+        after.run();
+    }
+
+    /// Puts a clean connection back (to a waiter or the idle list), unless it outlived
+    /// `max_lifetime`; either way its permit is given back.
+    fn give_back(&self, conn: Box<M::Connection>, created: Instant) {
+        // One clock reading for both.
+        let now = Instant::now();
+        let keep = now.saturating_duration_since(created) < self.max_lifetime();
+        self.release(keep.then_some(Idle {
+            conn,
+            created,
+            last_used: now,
+        }));
+    }
+
+    /// Whether an idle connection may be handed out: alive, and younger than `max_lifetime`.
+    fn usable(&self, idle: &mut Idle<M::Connection>) -> bool {
+        idle.created.elapsed() < self.max_lifetime() && self.manager.is_alive(&mut idle.conn)
+    }
+
+    /// The most recently used idle connection that is usable (the others are closed).
+    fn take_idle(&self) -> Option<Idle<M::Connection>> {
+        loop {
+            let mut idle = lock(&self.state).idle.pop()?;
+            if self.usable(&mut idle) {
+                return Some(idle);
+            }
+        }
+    }
+}
+
+impl<M: Manager> Drop for Inner<M> {
+    fn drop(&mut self) {
+        // The sweep task ends once it finds the pool gone.
+        self.sweep.notify_one();
     }
 }
 
@@ -129,18 +161,18 @@ pub struct PoolStatus {
 }
 
 impl<M: Manager> Pool<M> {
-    /// Creates a pool and starts its reaper task (needs a tokio runtime).
+    /// Creates a pool and starts its reaper and sweep tasks (needs a tokio runtime).
     pub fn new(manager: M, options: PoolOptions) -> Pool<M> {
+        let sweep = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            permits: Arc::new(Semaphore::new(options.size)),
             manager,
             max_lifetime_ns: AtomicU64::new(nanos(options.max_lifetime)),
+            state: Mutex::new(State::new(options.size)),
             options: ArcSwap::from_pointee(options),
-            shrink_debt: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
-            waiting: AtomicUsize::new(0),
+            sweep: sweep.clone(),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
+        tokio::spawn(queue::sweep(Arc::downgrade(&inner), sweep));
         Pool { inner }
     }
 
@@ -153,147 +185,115 @@ impl<M: Manager> Pool<M> {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let size = self.inner.options.load().size;
-        let debt = self.inner.shrink_debt.load(Ordering::Relaxed);
+        let state = lock(&self.inner.state);
         PoolStatus {
-            size,
-            idle: lock(&self.inner.idle).len(),
-            in_use: (size + debt).saturating_sub(self.inner.permits.available_permits()),
-            waiting: self.inner.waiting.load(Ordering::Relaxed),
+            size: state.size,
+            idle: state.idle.len(),
+            in_use: state.out,
+            waiting: state.waiting(),
         }
     }
 
     /// Calls `f` with each idle connection, when it was opened and when it was last used.
-    /// Holds the idle list's lock meanwhile: keep `f` short.
+    /// Holds the pool's lock meanwhile: keep `f` short.
     pub fn for_each_idle(&self, mut f: impl FnMut(&M::Connection, Instant, Instant)) {
-        for entry in lock(&self.inner.idle).iter() {
+        for entry in lock(&self.inner.state).idle.iter() {
             f(&entry.conn, entry.created, entry.last_used);
         }
     }
 
-    /// Applies new options (a config reload): a larger size frees more permits at once; a
-    /// smaller one takes free permits out now and the rest as connections come back, so the
-    /// pool never holds more connections than its size for longer than they are in use.
+    /// Applies new options (a config reload): a larger size serves waiters at once; a smaller
+    /// one closes idle connections beyond it now and takes permits back as connections come
+    /// back, so the pool never holds more connections than its size for longer than they are
+    /// in use. Checkouts already waiting keep the deadline they started with.
     pub fn reconfigure(&self, options: PoolOptions) {
-        let old = self.inner.options.swap(Arc::new(options.clone()));
-        let lifetime = nanos(options.max_lifetime);
+        let size = options.size;
         self.inner
             .max_lifetime_ns
-            .store(lifetime, Ordering::Relaxed);
-        if options.size > old.size {
-            let mut grow = options.size - old.size;
-            // Growing first pays back what a recent shrink still owes.
-            let _ =
-                self.inner
-                    .shrink_debt
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
-                        let paid = debt.min(grow);
-                        grow = options.size - old.size - paid;
-                        Some(debt - paid)
-                    });
-            self.inner.permits.add_permits(grow);
-        } else if options.size < old.size {
-            let shrink = old.size - options.size;
-            let taken = self.inner.permits.forget_permits(shrink);
-            self.inner
-                .shrink_debt
-                .fetch_add(shrink - taken, Ordering::AcqRel);
-            let mut idle = lock(&self.inner.idle);
-            let keep = idle.len().min(options.size);
-            idle.truncate(keep);
-        }
+            .store(nanos(options.max_lifetime), Ordering::Relaxed);
+        self.inner.options.store(Arc::new(options));
+        let after = lock(&self.inner.state).resize(size);
+        after.run();
     }
 
     /// A connection now if a permit is free (an idle one, or a new one), else `None`: for
     /// work that must count against the size but must not queue behind clients (health checks).
     pub async fn try_get(&self) -> Option<Result<Pooled<M>, PoolError<M::Error>>> {
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
-        Some(self.with_permit(permit).await)
+        if !lock(&self.inner.state).try_take() {
+            return None;
+        }
+        Some(self.with_grant(Grant::Permit).await)
     }
 
     /// An idle connection now, without waiting or connecting, if a permit is free and one is
     /// idle: the common checkout, taken without the (larger) future of [`Pool::get`]. Never
     /// jumps a queue (a free permit means nobody waits).
     pub fn get_idle_now(&self) -> Option<Pooled<M>> {
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
-        let idle = self.take_idle()?;
-        Some(Pooled {
-            conn: Some(idle.conn),
-            created: idle.created,
-            permit: Some(permit),
-            pool: self.inner.clone(),
-        })
+        let mut first = {
+            let mut state = lock(&self.inner.state);
+            if state.out >= state.size {
+                return None;
+            }
+            let idle = state.idle.pop()?;
+            state.out += 1;
+            idle
+        };
+        // From here the permit is the guard's: dropped without a connection, it goes back.
+        let permit = Permit(Some(self.inner.clone()));
+        let idle = if self.inner.usable(&mut first) {
+            first
+        } else {
+            drop(first);
+            self.inner.take_idle()?
+        };
+        Some(permit.into_pooled(idle.conn, idle.created))
     }
 
     /// Waits in line (FIFO) for a connection, up to the checkout timeout.
     pub async fn get(&self) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let permit = match self.inner.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            // Only a contended checkout pays for a timer. FIFO still holds: tokio hands released
-            // permits straight to queued waiters, so try_acquire never jumps a queue.
-            Err(_) => self.wait_for_permit().await?,
+        let grant = match Wait::checkout(&self.inner) {
+            Ok(grant) => grant,
+            Err(wait) => wait
+                .await
+                .map_err(|queue::TimedOut(waited)| PoolError::Timeout(waited))?,
         };
-        self.with_permit(permit).await
+        self.with_grant(grant).await
     }
 
-    /// An idle connection, or a new one, under `permit`.
-    async fn with_permit(
+    /// The connection of `grant`: the one handed over, else an idle one, else a new one.
+    async fn with_grant(
         &self,
-        permit: OwnedSemaphorePermit,
+        grant: Grant<M::Connection>,
     ) -> Result<Pooled<M>, PoolError<M::Error>> {
-        let (conn, created) = match self.take_idle() {
-            Some(idle) => (idle.conn, idle.created),
-            None => {
-                // Boxed: a connect is rare and its future large; inline, every checkout's
-                // future (held by each waiting client) would be as large.
-                let conn = Box::pin(self.inner.manager.connect())
-                    .await
-                    .map_err(PoolError::Connect)?;
-                (Box::new(conn), Instant::now())
-            }
+        // The permit is the guard's from here: a failed or abandoned connect gives it back.
+        let permit = Permit(Some(self.inner.clone()));
+        let idle = match grant {
+            Grant::Handed(idle) => Some(idle),
+            Grant::Permit => self.inner.take_idle(),
         };
-        Ok(Pooled {
-            conn: Some(conn),
-            created,
-            permit: Some(permit),
-            pool: self.inner.clone(),
-        })
-    }
-
-    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, PoolError<M::Error>> {
-        let timeout = self.inner.options.load().checkout_timeout;
-        let _waiting = Waiting::new(&self.inner.waiting);
-        match tokio::time::timeout(timeout, self.inner.permits.clone().acquire_owned()).await {
-            Err(_) => Err(PoolError::Timeout(timeout)),
-            Ok(Err(_)) => Err(PoolError::Closed),
-            Ok(Ok(permit)) => Ok(permit),
+        if let Some(idle) = idle {
+            return Ok(permit.into_pooled(idle.conn, idle.created));
         }
-    }
-
-    /// The most recently used idle connection that is alive and has not outlived `max_lifetime`.
-    fn take_idle(&self) -> Option<Idle<M::Connection>> {
-        let max_lifetime = self.inner.max_lifetime();
-        loop {
-            let mut entry = lock(&self.inner.idle).pop()?;
-            if entry.created.elapsed() < max_lifetime
-                && self.inner.manager.is_alive(&mut entry.conn)
-            {
-                return Some(entry);
-            }
-        }
+        // Boxed: a connect is rare and its future large; inline, every checkout's future (held
+        // by each waiting client) would be as large.
+        let conn = Box::pin(self.inner.manager.connect())
+            .await
+            .map_err(PoolError::Connect)?;
+        Ok(permit.into_pooled(Box::new(conn), Instant::now()))
     }
 
     /// Closes every idle connection (e.g. after their server went down).
     pub fn clear_idle(&self) {
-        lock(&self.inner.idle).clear();
+        let idle = std::mem::take(&mut lock(&self.inner.state).idle);
+        drop(idle);
     }
 }
 
-/// A checked-out connection; goes back to the pool (reset if needed) when dropped.
+/// A checked-out connection; goes back to the pool (reset if needed) when dropped, with the
+/// permit it holds.
 pub struct Pooled<M: Manager> {
     conn: Option<Box<M::Connection>>,
     created: Instant,
-    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner<M>>,
 }
 
@@ -328,23 +328,30 @@ impl<M: Manager> DerefMut for Pooled<M> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
-        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+        let Some(mut conn) = self.conn.take() else {
+            // Discarded: only the permit goes back.
+            self.pool.release(None);
             return;
         };
-        let created = self.created;
         match self.pool.manager.returned(&conn) {
-            Returned::Clean => give_back(&self.pool, conn, created, permit),
-            Returned::Broken => close(&self.pool, permit),
+            Returned::Clean => self.pool.give_back(conn, self.created),
+            Returned::Broken => {
+                drop(conn);
+                self.pool.release(None);
+            }
             Returned::NeedsReset => {
-                // The permit travels with the reset, so the pool never exceeds its size.
-                let pool = self.pool.clone();
+                // The permit travels with the reset, so the pool never exceeds its size; its
+                // guard gives it back if the task is dropped before it finishes.
+                let permit = Permit(Some(self.pool.clone()));
+                let created = self.created;
                 tokio::spawn(async move {
-                    let reset = pool.manager.reset(&mut conn);
+                    let Some(pool) = permit.0.as_ref() else {
+                        return;
+                    };
                     let limit = pool.options.load().reset_timeout;
+                    let reset = pool.manager.reset(&mut conn);
                     if let Ok(Ok(())) = tokio::time::timeout(limit, reset).await {
-                        give_back(&pool, conn, created, permit);
-                    } else {
-                        close(&pool, permit);
+                        permit.give_back(conn, created);
                     }
                 });
             }
@@ -352,65 +359,35 @@ impl<M: Manager> Drop for Pooled<M> {
     }
 }
 
-/// Puts a clean connection on the idle list, then frees its permit for the next waiter.
-fn give_back<M: Manager>(
-    pool: &Inner<M>,
-    conn: Box<M::Connection>,
-    created: Instant,
-    permit: OwnedSemaphorePermit,
-) {
-    if pay_shrink_debt(pool) {
-        permit.forget();
-        return;
-    }
-    // One clock reading for both.
-    let now = Instant::now();
-    if now.saturating_duration_since(created) < pool.max_lifetime() {
-        lock(&pool.idle).push(Idle {
-            conn,
+/// A permit held without a connection (before a checkout has one, during a reset): given back
+/// when dropped.
+struct Permit<M: Manager>(Option<Arc<Inner<M>>>);
+
+impl<M: Manager> Permit<M> {
+    /// The permit and `conn`, checked out.
+    fn into_pooled(mut self, conn: Box<M::Connection>, created: Instant) -> Pooled<M> {
+        Pooled {
+            conn: Some(conn),
             created,
-            last_used: now,
-        });
+            // Infallible: only the consuming methods take the pool out.
+            pool: self.0.take().expect("a permit has its pool until consumed"),
+        }
     }
-    drop(permit);
-}
 
-/// A connection was closed: its permit goes to the next waiter, or out of circulation if the
-/// pool shrank.
-fn close<M: Manager>(pool: &Inner<M>, permit: OwnedSemaphorePermit) {
-    if pay_shrink_debt(pool) {
-        permit.forget();
-    }
-}
-
-/// Takes one permit out of circulation if the pool shrank below what is in use.
-fn pay_shrink_debt<M: Manager>(pool: &Inner<M>) -> bool {
-    pool.shrink_debt.load(Ordering::Relaxed) > 0
-        && pool
-            .shrink_debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-            .is_ok()
-}
-
-/// Counts a checkout among the waiters while it waits.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(waiting: &'a AtomicUsize) -> Waiting<'a> {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(waiting)
+    /// Gives the permit back with a connection.
+    fn give_back(mut self, conn: Box<M::Connection>, created: Instant) {
+        if let Some(pool) = self.0.take() {
+            pool.give_back(conn, created);
+        }
     }
 }
 
-impl Drop for Waiting<'_> {
+impl<M: Manager> Drop for Permit<M> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.0.take() {
+            pool.release(None);
+        }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock leaves only a Vec of idle connections behind: still valid.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Closes idle connections past `idle_timeout` (down to `min_idle`) or `max_lifetime`, and opens
@@ -425,24 +402,27 @@ async fn reap<M: Manager>(pool: Weak<Inner<M>>) {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
         let opts = pool.options.load_full();
-        {
-            let mut idle = lock(&pool.idle);
-            let mut keep = idle.len();
-            idle.retain(|e| {
+        let expired: Vec<_> = {
+            let mut state = lock(&pool.state);
+            let mut keep = state.idle.len();
+            let (gone, kept) = std::mem::take(&mut state.idle).into_iter().partition(|e| {
                 let expired = e.created.elapsed() >= opts.max_lifetime
                     || (e.last_used.elapsed() >= opts.idle_timeout && keep > opts.min_idle);
-                if expired {
-                    keep -= 1;
-                }
-                !expired
+                keep -= usize::from(expired);
+                expired
             });
-        }
-        while lock(&pool.idle).len() < opts.min_idle {
-            let Ok(permit) = pool.permits.clone().try_acquire_owned() else {
+            state.idle = kept;
+            gone
+        };
+        // Closed outside the lock.
+        drop(expired);
+        while lock(&pool.state).idle.len() < opts.min_idle {
+            if !lock(&pool.state).try_take() {
                 break;
-            };
+            }
+            let permit = Permit(Some(pool.clone()));
             match pool.manager.connect().await {
-                Ok(conn) => give_back(&pool, Box::new(conn), Instant::now(), permit),
+                Ok(conn) => permit.give_back(Box::new(conn), Instant::now()),
                 Err(_) => break,
             }
         }

@@ -1,6 +1,8 @@
 //! Pool behaviour with an in-memory manager.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use super::*;
 
@@ -189,7 +191,7 @@ async fn growing_pays_back_a_shrink_first() {
 
 #[tokio::test]
 async fn try_get_never_waits_for_a_busy_pool() {
-    let pool = Pool::new(Arc::new(Counter::default()), options(1, 60_000));
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 10_000));
     let held = pool.get().await.unwrap();
     assert!(pool.try_get().await.is_none());
     drop(held);
@@ -206,7 +208,7 @@ async fn futures_get(pool: &Pool<Arc<Counter>>, n: usize) -> Vec<Pooled<Arc<Coun
 
 #[tokio::test]
 async fn waiting_checkouts_are_counted_while_they_wait() {
-    let pool = Pool::new(Arc::new(Counter::default()), options(1, 60_000));
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 10_000));
     let held = pool.get().await.unwrap();
     let waiter = {
         let pool = pool.clone();
@@ -262,4 +264,121 @@ async fn a_reloaded_max_lifetime_applies_to_idle_and_returned_connections() {
     pool.reconfigure(options(2, 1000));
     let third = pool.get().await.unwrap().id;
     assert_eq!(pool.get_idle_now().map(|c| c.id), Some(third));
+}
+
+/// Polls `fut` once, with a waker that does nothing.
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(std::task::Waker::noop()))
+}
+
+#[tokio::test]
+async fn a_connection_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 10_000));
+    let held = pool.get().await.unwrap();
+    let mut first = Box::pin(pool.get());
+    assert!(poll_once(first.as_mut()).is_pending(), "first in line");
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    while pool.status().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    // Handed to the first waiter, which leaves before it ever looks.
+    drop(held);
+    drop(first);
+    assert_eq!(second.await.unwrap().unwrap(), 0, "the same connection");
+    assert_eq!(
+        pool.status(),
+        PoolStatus {
+            size: 1,
+            idle: 1,
+            in_use: 0,
+            waiting: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_waiter_that_leaves_gives_up_its_place_in_line() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 10_000));
+    let held = pool.get().await.unwrap();
+    let gone = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    while pool.status().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    assert_eq!(pool.status().waiting, 0, "out of the line");
+    drop(held);
+    assert_eq!(pool.status().in_use, 0, "nobody to hand the connection to");
+    assert_eq!(pool.get_idle_now().map(|c| c.id), Some(0));
+}
+
+#[tokio::test]
+async fn a_waiter_with_an_earlier_deadline_times_out_first() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 10_000));
+    let held = pool.get().await.unwrap();
+    let patient = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    while pool.status().waiting == 0 {
+        tokio::task::yield_now().await;
+    }
+    // A reload shortens the timeout: the next waiter's deadline comes before the first's.
+    pool.reconfigure(options(1, 50));
+    // The outer timeout only keeps a broken sweep from hanging the test.
+    let hasty = tokio::time::timeout(Duration::from_secs(30), pool.get()).await;
+    assert!(
+        matches!(hasty, Ok(Err(PoolError::Timeout(t))) if t == Duration::from_millis(50)),
+        "timed out at its own deadline"
+    );
+    assert_eq!(pool.status().waiting, 1, "the first waiter keeps its place");
+    drop(held);
+    assert_eq!(patient.await.unwrap().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn growing_serves_waiters_at_once() {
+    let counter = Arc::new(Counter::default());
+    let pool = Pool::new(counter.clone(), options(1, 10_000));
+    let _held = pool.get().await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await })
+        })
+        .collect();
+    while pool.status().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    pool.reconfigure(options(3, 60_000));
+    let mut served = Vec::new();
+    for w in waiters {
+        served.push(w.await.unwrap().unwrap());
+    }
+    let mut ids: Vec<_> = served.iter().map(|c| c.id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![1, 2],
+        "two new connections, while the first is held"
+    );
+    assert_eq!(counter.opened.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn shrinking_closes_the_idle_connections_used_longest_ago() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(3, 1000));
+    let held = futures_get(&pool, 3).await;
+    let ids: Vec<_> = held.iter().map(|c| c.id).collect();
+    // Returned in this order: the last one is the most recently used.
+    drop(held);
+    pool.reconfigure(options(1, 1000));
+    assert_eq!(pool.status().idle, 1);
+    assert_eq!(pool.get_idle_now().map(|c| c.id), ids.last().copied());
 }

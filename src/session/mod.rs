@@ -45,7 +45,7 @@ use self::settings::Settings;
 use self::state::SessionState;
 use self::transaction::ClientTransaction;
 use crate::auth::AuthError;
-use crate::backend::{BackendError, BackendManager, ServerPool};
+use crate::backend::{BackendManager, ServerPool};
 use crate::config::{PoolMode, ReadFrom};
 use crate::error::ClientError;
 use crate::pool::{PoolError, Pooled};
@@ -666,9 +666,6 @@ impl<S: Stream> Session<S> {
                 waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             },
             PoolError::Connect(e) => SessionError::Backend(e),
-            PoolError::Closed => {
-                SessionError::Backend(BackendError::Protocol("pool closed".into()))
-            }
         })?;
         if !conn.has_settings(self.state.wanted()) {
             // Boxed: only a connection left with other settings pays for the round trip's future.
