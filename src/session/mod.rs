@@ -652,8 +652,9 @@ impl<S: Stream> Session<S> {
         let started = self.shared.metrics.now();
         let got = match pool.get_idle_now() {
             Some(conn) => Ok(conn),
-            // Boxed: only a checkout that waits or connects pays for that future.
-            None => Box::pin(pool.get()).await,
+            // Not boxed again: this future is already boxed where only a checkout that waits
+            // or connects pays for it (`checkout_route`, `start`), and the pool's is small.
+            None => pool.get().await,
         };
         self.shared.metrics.checkout_waited(shard, started);
         let mut conn = got.map_err(|e| match e {
