@@ -189,12 +189,41 @@ fn normalize(c: &mut Criterion) {
     group.finish();
 }
 
+/// Statements whose text `Router::text_effects` reads (may it change the session?), as every
+/// simple-protocol statement is read: plain ones take the fast path of one pass over the bytes.
+const TEXT_EFFECTS: &[(&str, &str)] = &[
+    (
+        "pgbench_select",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+    ),
+    (
+        "pgbench_update",
+        "UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 98765;",
+    ),
+    (
+        "long_plain_select",
+        "SELECT user_id, name, email, created_at, last_login_at, country, plan, status FROM users \
+         WHERE user_id = 42 AND status = 1 ORDER BY created_at DESC LIMIT 10",
+    ),
+];
+
+fn text_effects(c: &mut Criterion) {
+    let router = router();
+    let mut group = c.benchmark_group("text_effects");
+    for (name, sql) in TEXT_EFFECTS {
+        group.bench_function(*name, |b| {
+            b.iter(|| black_box(router.text_effects(black_box(sql))))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = cold, cached, cache_hit, simple_literal, normalize
+    targets = cold, cached, cache_hit, simple_literal, normalize, text_effects
 }
 criterion_main!(benches);
