@@ -76,7 +76,7 @@ impl<S: Stream> Session<S> {
             self.request_started = self.shared.metrics.now();
         }
         if let Some(replay) = self.replay.as_mut() {
-            replay.push(frame.bytes.clone());
+            replay.frames.push(frame.bytes.clone());
         }
         match frame.tag() {
             tag::QUERY => {

@@ -18,6 +18,7 @@ mod lazy;
 mod meter;
 mod own_writes;
 pub mod prepared;
+mod replay;
 mod route;
 mod scatter;
 mod scatter_extended;
@@ -215,7 +216,7 @@ pub(crate) struct Session<S> {
     /// which shard and kind it is, and the frames to run again if a replica read loses it.
     server: Option<Pooled<BackendManager>>,
     held: Option<HeldServer>,
-    replay: Option<Vec<BytesMut>>,
+    replay: Option<replay::Replay>,
     /// What the server owes for what was sent, and where the client's extended batch stands.
     proto: lazy::Lazy<Protocol>,
     /// The client's transaction: outside, held back, or on the server; failed; isolation.

@@ -12,6 +12,7 @@ use super::copy_split::CopyJob;
 use super::error::{SessionError, Unsupported};
 use super::fanout::FanOut;
 use super::prepared::Expect;
+use super::replay::Replay;
 use super::Session;
 use crate::config::PoolMode;
 use crate::metrics::RouteKind;
@@ -659,7 +660,7 @@ impl<S: Stream> Session<S> {
         }
         self.checkout_route(shard, target).await?;
         let plain_read = target == Target::Replica && self.tx.is_outside();
-        self.replay = (plain_read && self.held.is_some_and(|h| !h.primary)).then(Vec::new);
+        self.replay = (plain_read && self.held.is_some_and(|h| !h.primary)).then(Replay::new);
         if start_transaction {
             if let Some(begin) = self.tx.take_begin() {
                 self.send(&begin, Some(Expect::Hidden));
@@ -731,7 +732,12 @@ impl<S: Stream> Session<S> {
     /// The server connection broke: a plain read the client has seen nothing of yet runs again
     /// on another replica or the primary; anything else ends the session with the error.
     pub(super) async fn recover_server(&mut self, e: SessionError) -> Result<(), SessionError> {
-        let (Some(frames), Some(held)) = (self.replay.take(), self.held) else {
+        let (Some(replay), Some(held)) = (self.replay.take(), self.held) else {
+            return Err(e);
+        };
+        // What is queued for the client of the answer is taken back before the read runs
+        // again; once part of it was written, the read cannot run again.
+        let Some(frames) = replay.take_back(&mut self.client.output) else {
             return Err(e);
         };
         if let Some(conn) = self.let_go_of_server() {
@@ -742,7 +748,7 @@ impl<S: Stream> Session<S> {
         self.proto.copy_in = false;
         tracing::info!("server connection lost during a read ({e}); running it elsewhere");
         self.checkout_route(held.shard, Target::Replica).await?;
-        self.replay = Some(Vec::new());
+        self.replay = Some(Replay::new());
         for bytes in frames {
             self.forward(Frame { bytes })?;
         }

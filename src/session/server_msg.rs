@@ -46,9 +46,15 @@ impl<S: Stream> Session<S> {
                 self.let_go_of_server();
                 return Ok(());
             }
-            if self.replay.is_some() && fatal {
-                // The server is going away (shutdown, crash) before answering a plain read:
-                // treat it as lost, so the read runs elsewhere.
+            let unanswered = fatal
+                && self
+                    .replay
+                    .as_ref()
+                    .is_some_and(|r| r.unsent(&self.client.output));
+            if unanswered {
+                // The server is going away (shutdown, crash) before answering a plain read (at
+                // most its headers were queued, none written): treat it as lost, so the read
+                // runs elsewhere (`recover_server` takes the headers back).
                 conn.mark_broken();
                 let source = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
                 return Err(BackendError::Io {
@@ -64,15 +70,26 @@ impl<S: Stream> Session<S> {
     /// Sends the made-up responses that are due now (nothing owed by the server before them).
     pub(super) fn drain_made_up(&mut self) {
         while let Some(front) = self.proto.expect.front() {
-            match front {
-                Expect::MadeUpParseComplete => build::parse_complete(&mut self.client.output),
-                Expect::MadeUpCloseComplete => build::close_complete(&mut self.client.output),
-                Expect::Answer(bytes) => self.client.output.extend_from_slice(bytes),
+            let before = self.client.output.len();
+            let made = match front {
+                Expect::MadeUpParseComplete => {
+                    build::parse_complete(&mut self.client.output);
+                    tag::PARSE_COMPLETE
+                }
+                Expect::MadeUpCloseComplete => {
+                    build::close_complete(&mut self.client.output);
+                    tag::CLOSE_COMPLETE
+                }
+                Expect::Answer(bytes) => {
+                    self.client.output.extend_from_slice(bytes);
+                    // pgshard's own answer: never taken back.
+                    0
+                }
                 _ => return,
-            }
+            };
             self.proto.expect.pop_front();
-            // The client has seen part of the answer: the request can no longer be replayed.
-            self.replay = None;
+            let len = self.client.output.len() - before;
+            self.answer_queued(made, len);
         }
     }
 
@@ -132,7 +149,18 @@ impl<S: Stream> Session<S> {
         };
         if forward {
             self.client.output.extend_from_slice(&frame.bytes);
-            // The client has seen part of the answer: the request can no longer be replayed.
+            self.answer_queued(frame.tag(), frame.bytes.len());
+        }
+    }
+
+    /// `len` bytes of a frame tagged `tag` were queued for the client: past its headers, the
+    /// request in progress can no longer run again elsewhere.
+    fn answer_queued(&mut self, tag: u8, len: usize) {
+        if !self
+            .replay
+            .as_mut()
+            .is_some_and(|r| r.answer_queued(tag, len))
+        {
             self.replay = None;
         }
     }

@@ -16,6 +16,7 @@ mod footprint;
 mod login;
 mod prepared;
 mod protocol_errors;
+mod replica_loss;
 mod settings;
 mod shard_switch;
 mod transactions;

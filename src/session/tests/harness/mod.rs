@@ -68,6 +68,21 @@ pub fn one_shard(server: &ScriptedServer, pool_size: usize) -> Arc<Shared> {
     ))
 }
 
+/// One shard with a primary and one replica (plain reads go to the replica first), table
+/// `users` sharded by `user_id`, pools of `pool_size`.
+pub fn primary_and_replica(
+    primary: &ScriptedServer,
+    replica: &ScriptedServer,
+    pool_size: usize,
+) -> Arc<Shared> {
+    shared(&format!(
+        "{}\n[[shards]]\nname = \"s0\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n",
+        header(pool_size),
+        primary.addr,
+        replica.addr
+    ))
+}
+
 /// Two shards, `s0` (slots 0-2047, the default shard) and `s1` (2048-4095), table `users`
 /// sharded by `user_id bigint`, pools of `pool_size`: statements are routed.
 pub fn two_shards(s0: &ScriptedServer, s1: &ScriptedServer, pool_size: usize) -> Arc<Shared> {

@@ -85,11 +85,21 @@ impl Msgs {
 
     /// ErrorResponse (severity ERROR), as the scripted server sends it (written here, not by
     /// pgshard's encoder: this is the server's message, not one of pgshard's own).
-    pub fn error(mut self, sqlstate: &str, message: &str) -> Msgs {
+    pub fn error(self, sqlstate: &str, message: &str) -> Msgs {
+        self.error_of("ERROR", sqlstate, message)
+    }
+
+    /// ErrorResponse of severity FATAL: the server ends the connection (e.g. 57P01 when it
+    /// shuts down).
+    pub fn fatal(self, sqlstate: &str, message: &str) -> Msgs {
+        self.error_of("FATAL", sqlstate, message)
+    }
+
+    fn error_of(mut self, severity: &str, sqlstate: &str, message: &str) -> Msgs {
         let mut body = Vec::new();
         for (field, value) in [
-            (b'S', "ERROR"),
-            (b'V', "ERROR"),
+            (b'S', severity),
+            (b'V', severity),
             (b'C', sqlstate),
             (b'M', message),
         ] {

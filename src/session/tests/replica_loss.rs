@@ -1,0 +1,94 @@
+//! A replica going away in the middle of a plain read: the read runs again elsewhere when the
+//! client has been sent nothing of its answer yet, even if the server's last words were
+//! ParseComplete and BindComplete, queued but unwritten (a shutdown's FATAL follows them in the
+//! same read); once rows are queued, the client gets the error.
+
+use super::harness::{on, primary_and_replica, Batch, Msgs, RawClient, ScriptedServer};
+
+const READ: &str = "SELECT name FROM users WHERE user_id = 1";
+
+fn read() -> Batch {
+    Batch::new()
+        .parse("", READ, &[])
+        .bind("", "", &[])
+        .execute()
+        .sync()
+}
+
+fn read_frames() -> [String; 4] {
+    [
+        format!(r#"P "" "{READ}""#),
+        r#"B "" "" []"#.to_string(),
+        r#"E """#.to_string(),
+        "S".to_string(),
+    ]
+}
+
+fn answer() -> Msgs {
+    Msgs::new()
+        .parse_complete()
+        .bind_complete()
+        .row(&["ann"])
+        .command("SELECT 1")
+        .ready(b'I')
+}
+
+#[tokio::test]
+async fn a_shutdown_after_the_answers_headers_runs_the_read_again() {
+    let primary = ScriptedServer::start().await;
+    let replica = ScriptedServer::start().await;
+    let shared = primary_and_replica(&primary, &replica, 2);
+    let mut client = RawClient::connect(&shared).await;
+    let frames = read_frames();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    let going_away = Msgs::new().parse_complete().bind_complete().fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    replica.script([on(&frames).reply(going_away), on(&frames).reply(answer())]);
+
+    let got = client.request(read()).await;
+
+    assert_eq!(
+        got,
+        ["1", "2", "D ['ann']", r#"C "SELECT 1""#, "Z I"],
+        "one whole answer, its headers once"
+    );
+    assert_eq!(replica.conn_count(), 2, "run again on a new connection");
+    replica.assert_done();
+    replica.assert_no_failures();
+    // Nothing is scripted on the primary: a read reaching it would be off script.
+    primary.assert_no_failures();
+}
+
+#[tokio::test]
+async fn a_shutdown_after_rows_were_queued_reaches_the_client() {
+    let primary = ScriptedServer::start().await;
+    let replica = ScriptedServer::start().await;
+    let shared = primary_and_replica(&primary, &replica, 2);
+    let mut client = RawClient::connect(&shared).await;
+    let frames = read_frames();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    let cut = Msgs::new()
+        .parse_complete()
+        .bind_complete()
+        .row(&["ann"])
+        .fatal(
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+    replica.script([on(&frames).reply(cut)]);
+
+    client.send(read()).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(client.recv().await);
+    }
+
+    assert_eq!(got[..3], ["1", "2", "D ['ann']"]);
+    assert!(
+        got[3].contains("57P01"),
+        "the client learns the read was cut: {got:?}"
+    );
+    assert_eq!(replica.conn_count(), 1, "not run again");
+}
