@@ -3,6 +3,7 @@
 //! ParseComplete and BindComplete, queued but unwritten (a shutdown's FATAL follows them in the
 //! same read); once rows are queued, the client gets the error.
 
+use super::harness::script::Step;
 use super::harness::{on, primary_and_replica, Batch, Msgs, RawClient, ScriptedServer};
 
 const READ: &str = "SELECT name FROM users WHERE user_id = 1";
@@ -15,37 +16,45 @@ fn read() -> Batch {
         .sync()
 }
 
-fn read_frames() -> [String; 4] {
-    [
+/// The replica's step for [`read`]: the frames it receives, and `reply`.
+fn on_read(reply: Msgs) -> Step {
+    let frames = [
         format!(r#"P "" "{READ}""#),
         r#"B "" "" []"#.to_string(),
         r#"E """#.to_string(),
         "S".to_string(),
-    ]
+    ];
+    on(&frames.iter().map(String::as_str).collect::<Vec<_>>()).reply(reply)
 }
 
-fn answer() -> Msgs {
-    Msgs::new()
-        .parse_complete()
-        .bind_complete()
-        .row(&["ann"])
-        .command("SELECT 1")
-        .ready(b'I')
+/// `msgs`, then the FATAL a server shutting down sends.
+fn then_shutdown(msgs: Msgs) -> Msgs {
+    msgs.fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+}
+
+/// A primary and a replica (pools of 2), and a client of pgshard in front of them.
+async fn primary_replica_client() -> (ScriptedServer, ScriptedServer, RawClient) {
+    let primary = ScriptedServer::start().await;
+    let replica = ScriptedServer::start().await;
+    let shared = primary_and_replica(&primary, &replica, 2);
+    let client = RawClient::connect(&shared).await;
+    (primary, replica, client)
 }
 
 #[tokio::test]
 async fn a_shutdown_after_the_answers_headers_runs_the_read_again() {
-    let primary = ScriptedServer::start().await;
-    let replica = ScriptedServer::start().await;
-    let shared = primary_and_replica(&primary, &replica, 2);
-    let mut client = RawClient::connect(&shared).await;
-    let frames = read_frames();
-    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
-    let going_away = Msgs::new().parse_complete().bind_complete().fatal(
-        "57P01",
-        "terminating connection due to administrator command",
-    );
-    replica.script([on(&frames).reply(going_away), on(&frames).reply(answer())]);
+    let (primary, replica, mut client) = primary_replica_client().await;
+    let headers = Msgs::new().parse_complete().bind_complete();
+    let answer = Msgs::new()
+        .parse_complete()
+        .bind_complete()
+        .row(&["ann"])
+        .command("SELECT 1")
+        .ready(b'I');
+    replica.script([on_read(then_shutdown(headers)), on_read(answer)]);
 
     let got = client.request(read()).await;
 
@@ -63,21 +72,9 @@ async fn a_shutdown_after_the_answers_headers_runs_the_read_again() {
 
 #[tokio::test]
 async fn a_shutdown_after_rows_were_queued_reaches_the_client() {
-    let primary = ScriptedServer::start().await;
-    let replica = ScriptedServer::start().await;
-    let shared = primary_and_replica(&primary, &replica, 2);
-    let mut client = RawClient::connect(&shared).await;
-    let frames = read_frames();
-    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
-    let cut = Msgs::new()
-        .parse_complete()
-        .bind_complete()
-        .row(&["ann"])
-        .fatal(
-            "57P01",
-            "terminating connection due to administrator command",
-        );
-    replica.script([on(&frames).reply(cut)]);
+    let (_primary, replica, mut client) = primary_replica_client().await;
+    let rows = Msgs::new().parse_complete().bind_complete().row(&["ann"]);
+    replica.script([on_read(then_shutdown(rows))]);
 
     client.send(read()).await;
     let mut got = Vec::new();
