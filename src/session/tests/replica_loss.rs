@@ -27,6 +27,11 @@ fn on_read(reply: Msgs) -> Step {
     on(&frames.iter().map(String::as_str).collect::<Vec<_>>()).reply(reply)
 }
 
+/// ParseComplete and BindComplete: what the server sends before a statement's rows.
+fn headers() -> Msgs {
+    Msgs::new().parse_complete().bind_complete()
+}
+
 /// `msgs`, then the FATAL a server shutting down sends.
 fn then_shutdown(msgs: Msgs) -> Msgs {
     msgs.fatal(
@@ -47,14 +52,8 @@ async fn primary_replica_client() -> (ScriptedServer, ScriptedServer, RawClient)
 #[tokio::test]
 async fn a_shutdown_after_the_answers_headers_runs_the_read_again() {
     let (primary, replica, mut client) = primary_replica_client().await;
-    let headers = Msgs::new().parse_complete().bind_complete();
-    let answer = Msgs::new()
-        .parse_complete()
-        .bind_complete()
-        .row(&["ann"])
-        .command("SELECT 1")
-        .ready(b'I');
-    replica.script([on_read(then_shutdown(headers)), on_read(answer)]);
+    let answer = headers().row(&["ann"]).command("SELECT 1").ready(b'I');
+    replica.script([on_read(then_shutdown(headers())), on_read(answer)]);
 
     let got = client.request(read()).await;
 
@@ -73,8 +72,7 @@ async fn a_shutdown_after_the_answers_headers_runs_the_read_again() {
 #[tokio::test]
 async fn a_shutdown_after_rows_were_queued_reaches_the_client() {
     let (_primary, replica, mut client) = primary_replica_client().await;
-    let rows = Msgs::new().parse_complete().bind_complete().row(&["ann"]);
-    replica.script([on_read(then_shutdown(rows))]);
+    replica.script([on_read(then_shutdown(headers().row(&["ann"])))]);
 
     client.send(read()).await;
     let mut got = Vec::new();
