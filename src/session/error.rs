@@ -101,12 +101,15 @@ pub enum SessionError {
          open"
     )]
     SlotMoved,
+    /// The client was sent the server's own FATAL error (nothing more to tell it).
+    #[error("the server ended the session with a FATAL error, sent on to the client")]
+    ServerEnded,
 }
 
 impl SessionError {
     /// Whether the client can still be told (false when its own connection failed).
     pub fn reaches_client(&self) -> bool {
-        !matches!(self, SessionError::ClientIo(_))
+        !matches!(self, SessionError::ClientIo(_) | SessionError::ServerEnded)
     }
 }
 
@@ -183,7 +186,9 @@ impl From<&SessionError> for ClientError {
             | SessionError::SessionPinned { .. }
             | SessionError::StatePinned { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             SessionError::TransactionAborted => SqlState::IN_FAILED_SQL_TRANSACTION,
-            SessionError::ShardDown { .. } => SqlState::CONNECTION_FAILURE,
+            SessionError::ShardDown { .. } | SessionError::ServerEnded => {
+                SqlState::CONNECTION_FAILURE
+            }
             SessionError::BadSettingName(_) => SqlState::UNDEFINED_OBJECT,
             SessionError::TlsRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             SessionError::DataAfterSslRequest => SqlState::PROTOCOL_VIOLATION,

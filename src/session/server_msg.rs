@@ -63,6 +63,14 @@ impl<S: Stream> Session<S> {
                 }
                 .into());
             }
+            if fatal {
+                // The server ends this session (PostgreSQL closes after a FATAL): the client
+                // gets the error as PostgreSQL sent it, and its session with pgshard ends with
+                // it, as the server's would have.
+                conn.mark_broken();
+                self.on_server_frame(frame);
+                return Err(SessionError::ServerEnded);
+            }
             self.on_server_frame(frame);
         }
     }

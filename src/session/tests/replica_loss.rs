@@ -1,7 +1,7 @@
 //! A replica going away in the middle of a plain read: the read runs again elsewhere when the
 //! client has been sent nothing of its answer yet, even if the server's last words were
 //! ParseComplete and BindComplete, queued but unwritten (a shutdown's FATAL follows them in the
-//! same read); once rows are queued, the client gets the error.
+//! same read); once rows are queued, the client gets the error and its session ends with it.
 
 use super::harness::script::Step;
 use super::harness::{on, primary_and_replica, Batch, Msgs, RawClient, ScriptedServer};
@@ -86,4 +86,9 @@ async fn a_shutdown_after_rows_were_queued_reaches_the_client() {
         "the client learns the read was cut: {got:?}"
     );
     assert_eq!(replica.conn_count(), 1, "not run again");
+    assert_eq!(
+        client.until_closed().await,
+        Vec::<String>::new(),
+        "then the session ends, as PostgreSQL's ends after a FATAL: nothing more is sent"
+    );
 }

@@ -7,9 +7,10 @@ use bytes::{BufMut, BytesMut};
 use crate::wire::build;
 use crate::wire::TransactionStatus;
 
-/// Backend messages, in the order they are sent.
+/// Backend messages, in the order they are sent; the second field: the server closes the
+/// connection after them (a FATAL was among them, as PostgreSQL closes after one).
 #[derive(Debug, Default, Clone)]
-pub struct Msgs(pub BytesMut);
+pub struct Msgs(pub BytesMut, pub bool);
 
 impl Msgs {
     pub fn new() -> Msgs {
@@ -92,7 +93,9 @@ impl Msgs {
     /// ErrorResponse of severity FATAL: the server ends the connection (e.g. 57P01 when it
     /// shuts down).
     pub fn fatal(self, sqlstate: &str, message: &str) -> Msgs {
-        self.error_of("FATAL", sqlstate, message)
+        let mut msgs = self.error_of("FATAL", sqlstate, message);
+        msgs.1 = true;
+        msgs
     }
 
     fn error_of(mut self, severity: &str, sqlstate: &str, message: &str) -> Msgs {

@@ -183,7 +183,7 @@ async fn follow_script(
             match action {
                 Action::Wait => {}
                 Action::Write(msgs) => {
-                    if stream.write_all(&msgs.0).await.is_err() {
+                    if stream.write_all(&msgs.0).await.is_err() || msgs.1 {
                         return;
                     }
                 }
@@ -201,7 +201,7 @@ async fn follow_script(
             _ = async { rx.wait_for(|s| s.cancels_of(key) > armed.unwrap_or(0)).await.map(drop) },
                 if armed.is_some() => {
                 let (msgs, _) = on_cancel.take().expect("armed");
-                if stream.write_all(&msgs.0).await.is_err() {
+                if stream.write_all(&msgs.0).await.is_err() || msgs.1 {
                     return;
                 }
             }
