@@ -66,10 +66,18 @@ impl<S: Stream> Session<S> {
             if fatal {
                 // The server ends this session (PostgreSQL closes after a FATAL): the client
                 // gets the error as PostgreSQL sent it, and its session with pgshard ends with
-                // it, as the server's would have.
+                // it, as the server's would have. A FATAL answering what pgshard sent on its
+                // own (a held-back BEGIN) is not forwarded: the client is told of a lost
+                // server connection instead.
                 conn.mark_broken();
+                let addr = conn.addr().to_string();
+                let queued = self.client.output.len();
                 self.on_server_frame(frame);
-                return Err(SessionError::ServerEnded);
+                if self.client.output.len() > queued {
+                    return Err(SessionError::ServerEnded);
+                }
+                let source = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+                return Err(BackendError::Io { addr, source }.into());
             }
             self.on_server_frame(frame);
         }

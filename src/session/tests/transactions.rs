@@ -8,6 +8,29 @@ use super::harness::{key_on, on, server_name, two_shards, within};
 use super::harness::{Batch, Msgs, PgClient, RawClient, ScriptedServer};
 
 #[tokio::test]
+async fn a_fatal_error_answering_the_held_back_begin_still_reaches_the_client() {
+    let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
+    let shared = two_shards(&s0, &s1, 1);
+    let mut client = RawClient::connect(&shared).await;
+    let key = key_on(&shared, 1);
+    client.request(Batch::new().query("BEGIN")).await;
+
+    let insert = format!("INSERT INTO users (user_id, name) VALUES ({key}, 'ann')");
+    let shutdown = Msgs::new().fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    s1.script([on(&[r#"Q "BEGIN""#, &format!("Q {insert:?}")]).reply(shutdown)]);
+    client.send(Batch::new().query(&insert)).await;
+    let got = client.until_closed().await;
+
+    // The server's FATAL answered pgshard's own BEGIN, which the client never saw sent: it is
+    // told that the server connection was lost, and the session ends.
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("E FATAL 08006"), "{got:?}");
+}
+
+#[tokio::test]
 async fn begin_waits_for_the_first_statement_and_goes_with_it_to_that_statements_shard() {
     let (s0, s1) = (ScriptedServer::start().await, ScriptedServer::start().await);
     let shared = two_shards(&s0, &s1, 1);
