@@ -71,9 +71,7 @@ impl<S: Stream> Session<S> {
                 // server connection instead.
                 conn.mark_broken();
                 let addr = conn.addr().to_string();
-                let queued = self.client.output.len();
-                self.on_server_frame(frame);
-                if self.client.output.len() > queued {
+                if self.on_server_frame(frame) {
                     return Err(SessionError::ServerEnded);
                 }
                 let source = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
@@ -109,7 +107,8 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    fn on_server_frame(&mut self, frame: Frame) {
+    /// Handles one server frame; `true` when it went on to the client.
+    fn on_server_frame(&mut self, frame: Frame) -> bool {
         self.watch_schema(&frame);
         if self.proto.expect.front() == Some(&Expect::Hidden) {
             if frame.tag() == tag::READY_FOR_QUERY {
@@ -122,7 +121,7 @@ impl<S: Stream> Session<S> {
                     conn.set_status(status);
                 }
             }
-            return;
+            return false;
         }
         let forward = match frame.tag() {
             tag::PARSE_COMPLETE => match self.proto.expect.pop_front() {
@@ -167,6 +166,7 @@ impl<S: Stream> Session<S> {
             self.client.output.extend_from_slice(&frame.bytes);
             self.answer_queued(frame.tag(), frame.bytes.len());
         }
+        forward
     }
 
     /// `len` bytes of a frame tagged `tag` were queued for the client: past its headers, the
