@@ -397,6 +397,42 @@ async fn stats_clients_and_hot_slots_follow_the_clients_queries() {
     assert_eq!(hot.value(row, "shard"), Some(shard.as_str()));
 }
 
+/// The session reads the clock once per wake-up: a statement that takes 300 ms is still timed
+/// from the wake-up that read it to the one that read its answer, and its transaction from
+/// checkout to release.
+#[tokio::test]
+async fn stats_time_a_slow_statement_and_its_transaction() {
+    const SLEEP_MICROS: f64 = 300_000.0;
+    let proxy = proxy().await;
+    let admin = console(&proxy).await;
+    let totals = |shown: &Shown, column: &str| {
+        let db = shown.row_where("database", "app").expect("a row for app");
+        shown.number(db, column)
+    };
+    let before = show(&admin, "SHOW STATS").await;
+    let client = app(&proxy, "admin_stats_timing").await;
+    client
+        .batch_execute("BEGIN; SELECT pg_sleep(0.3); COMMIT")
+        .await
+        .expect("a slow transaction");
+    client
+        .simple_query("SELECT pg_sleep(0.3)")
+        .await
+        .expect("a slow statement");
+    let after = show(&admin, "SHOW STATS").await;
+    // Other tests' clients only add to the totals: these are lower bounds.
+    let query_time = totals(&after, "total_query_time") - totals(&before, "total_query_time");
+    let xact_time = totals(&after, "total_xact_time") - totals(&before, "total_xact_time");
+    assert!(
+        query_time >= 2.0 * SLEEP_MICROS,
+        "two requests of 300 ms each: {query_time} µs"
+    );
+    assert!(
+        xact_time >= 2.0 * SLEEP_MICROS,
+        "two transactions of 300 ms each: {xact_time} µs"
+    );
+}
+
 #[tokio::test]
 async fn show_shards_has_both_shards_up_with_replica_lag() {
     let proxy = proxy().await;

@@ -300,15 +300,25 @@ impl Metrics {
         }
     }
 
-    /// A request to `shard`'s server sent at `started` got its ReadyForQuery; `ended`: a
-    /// transaction that ran a statement ended with it.
+    /// A checkout from a pool of `shard` found an idle connection without waiting.
     #[inline]
-    pub fn request_done(&self, shard: usize, started: Option<Instant>, ended: bool) {
+    pub fn checkout_at_once(&self, shard: usize) {
+        if let (true, Some(m)) = (self.enabled, self.shards.get(shard)) {
+            m.checkout_wait.record(0.0);
+        }
+    }
+
+    /// A request to `shard`'s server sent at `started` got its ReadyForQuery at `now` (the
+    /// session's clock reading for this wake-up); `ended`: a transaction that ran a statement
+    /// ended with it.
+    #[inline]
+    pub fn request_done(&self, shard: usize, started: Option<Instant>, now: Instant, ended: bool) {
         if !self.enabled {
             return;
         }
         if let (Some(started), Some(m)) = (started, self.shards.get(shard)) {
-            m.query.record(started.elapsed().as_secs_f64());
+            let took = now.saturating_duration_since(started);
+            m.query.record(took.as_secs_f64());
         }
         if ended {
             self.transaction(RouteKind::SingleShard);

@@ -235,8 +235,10 @@ impl<S: Stream> Session<S> {
     }
 
     /// Something woke the session up after it waited between transactions: it serves on,
-    /// unless a graceful shutdown claimed it meanwhile.
+    /// unless a graceful shutdown claimed it meanwhile. The clock is read here, once per
+    /// wake-up, for the stats of what the session does next.
     pub(super) fn woken(&mut self) -> Result<(), SessionError> {
+        self.meter.wake();
         if std::mem::take(&mut self.marked_waiting) && !self.meter.client.entry.presence.busy() {
             return Err(SessionError::ShuttingDown);
         }

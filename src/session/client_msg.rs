@@ -73,7 +73,8 @@ impl<S: Stream> Session<S> {
     /// Queues one client frame for the server connection this session holds.
     pub(super) fn forward(&mut self, frame: Frame) -> Result<(), SessionError> {
         if self.request_started.is_none() {
-            self.request_started = self.shared.metrics.now();
+            let now = self.meter.now();
+            self.request_started = self.shared.metrics.enabled().then_some(now);
         }
         if let Some(replay) = self.replay.as_mut() {
             replay.frames.push(frame.bytes.clone());

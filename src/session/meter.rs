@@ -1,7 +1,9 @@
 //! What a session counts for SHOW STATS, SHOW CLIENTS and SHOW HOT_SLOTS: plain numbers kept in
 //! the session and added to its pool's atomic counters when it lets go of the server connection
-//! (or, holding none, to the unpooled ones when a request ends). Per statement: a clock read and
-//! a few integer adds; per transaction: a handful of Relaxed atomic adds. Never blocks.
+//! (or, holding none, to the unpooled ones when a request ends). One clock reading per wake-up
+//! of the session (what it does until it next waits is timed by it, as PgBouncer's cached time),
+//! a few integer adds per statement and a handful of Relaxed atomic adds per transaction. Never
+//! blocks.
 
 use std::time::Instant;
 
@@ -31,6 +33,8 @@ pub(super) struct Meter {
     /// being written, so its bytes are given to the slot when the next request starts (or the
     /// session ends).
     finished: Option<(u16, u64)>,
+    /// The clock read when the session last woke up ([`Meter::wake`]).
+    now: Instant,
 }
 
 impl Meter {
@@ -44,7 +48,21 @@ impl Meter {
             bytes: 0,
             bytes_at_request: 0,
             finished: None,
+            now: Instant::now(),
         }
+    }
+
+    /// Reads the clock once for this wake-up of the session: what it does until it waits again
+    /// (a request starting, a checkout that finds a connection at once, a request ending, a
+    /// transaction ending) is timed by this reading.
+    pub(super) fn wake(&mut self) {
+        self.now = Instant::now();
+    }
+
+    /// The clock as read at the session's latest wake-up (or after its latest wait in a
+    /// checkout).
+    pub(super) fn now(&self) -> Instant {
+        self.now
     }
 
     /// Bytes read from the client.
@@ -93,7 +111,7 @@ impl<S: Stream> Session<S> {
     pub(super) fn meter_frame(&mut self, t: u8, len: usize) {
         let meter = &mut self.meter;
         if meter.request_since.is_none() {
-            let now = Instant::now();
+            let now = meter.now;
             meter.request_since = Some(now);
             meter.bytes_at_request = meter.bytes.saturating_sub(len as u64);
             if let Some((slot, before)) = meter.finished.take() {
@@ -112,7 +130,7 @@ impl<S: Stream> Session<S> {
 
     /// The statement being routed names a key in `slot`.
     pub(super) fn meter_slot(&mut self, slot: u16) {
-        let at = self.meter.request_since.unwrap_or_else(Instant::now);
+        let at = self.meter.request_since.unwrap_or(self.meter.now);
         self.shared.stats.slots.statement(slot, at);
         self.meter.slot = Some(slot);
         self.cutover.slot = Some(slot);
@@ -123,8 +141,8 @@ impl<S: Stream> Session<S> {
         let Some(since) = self.meter.request_since.take() else {
             return;
         };
-        let now = Instant::now();
-        self.meter.pending.query_time += micros(now - since);
+        let now = self.meter.now;
+        self.meter.pending.query_time += micros(now.saturating_duration_since(since));
         if let Some(slot) = self.meter.slot.take() {
             self.meter.finished = Some((slot, self.meter.bytes_at_request));
         }
@@ -141,7 +159,7 @@ impl<S: Stream> Session<S> {
 
     /// A checkout begins: the client waits for a server connection.
     pub(super) fn meter_checkout_starts(&self) -> Instant {
-        let now = Instant::now();
+        let now = self.meter.now;
         let since = self.shared.stats.micros(now);
         self.meter.client.entry.start_waiting(since);
         now
@@ -156,10 +174,14 @@ impl<S: Stream> Session<S> {
         let pid = conn.cancel_key().process_id;
         let (since, now) = match since {
             Checkout::Now(at) => (at, at),
-            Checkout::Since(at) => (at, Instant::now()),
+            Checkout::Since(at) => {
+                // The checkout waited: the clock moved on since the wake-up.
+                self.meter.now = Instant::now();
+                (at, self.meter.now)
+            }
         };
         let meter = &mut self.meter;
-        meter.pending.wait_time += micros(now - since);
+        meter.pending.wait_time += micros(now.saturating_duration_since(since));
         meter.pending.server_assignment_count += 1;
         meter.held_since = Some(now);
         let pool = self.server.as_ref().map_or(0, |c| c.manager().stats.id);
@@ -170,7 +192,8 @@ impl<S: Stream> Session<S> {
     pub(super) fn meter_release(&mut self, conn: &Pooled<BackendManager>) {
         if let Some(since) = self.meter.held_since.take() {
             self.meter.pending.xact_count += 1;
-            self.meter.pending.xact_time += micros(since.elapsed());
+            let held = self.meter.now.saturating_duration_since(since);
+            self.meter.pending.xact_time += micros(held);
         }
         self.meter_flush(Some(conn));
         self.meter.client.entry.release_server();

@@ -606,12 +606,11 @@ impl<S: Stream> Session<S> {
             Ok(first) => first,
             Err(e) => return Some(Err(e)),
         };
-        let started = self.shared.metrics.now();
         let conn = pool.get_idle_now()?;
         if !conn.has_settings(self.state.wanted()) {
             return None;
         }
-        self.shared.metrics.checkout_waited(shard, started);
+        self.shared.metrics.checkout_at_once(shard);
         Some(Ok((self.marked(conn), primary)))
     }
 

@@ -302,7 +302,10 @@ impl<S: Stream> Session<S> {
             // A transaction ended, and it ran a statement (not only a Describe).
             let ended = status == Some(TransactionStatus::Idle)
                 && std::mem::take(&mut self.statement_on_server);
-            self.shared.metrics.request_done(held.shard, started, ended);
+            let now = self.meter.now();
+            self.shared
+                .metrics
+                .request_done(held.shard, started, now, ended);
         }
         if before_begin {
             return true;
