@@ -96,11 +96,9 @@ impl<M: Manager> Inner<M> {
         after.run();
     }
 
-    /// Puts a clean connection back (to a waiter or the idle list), unless it outlived
-    /// `max_lifetime`; either way its permit is given back.
-    fn give_back(&self, conn: Box<M::Connection>, created: Instant) {
-        // One clock reading for both.
-        let now = Instant::now();
+    /// Puts a clean connection back (to a waiter or the idle list) at `now`, unless it
+    /// outlived `max_lifetime`; either way its permit is given back.
+    fn give_back(&self, conn: Box<M::Connection>, created: Instant, now: Instant) {
         let keep = now.saturating_duration_since(created) < self.max_lifetime();
         self.release(keep.then_some(Idle {
             conn,
@@ -109,16 +107,18 @@ impl<M: Manager> Inner<M> {
         }));
     }
 
-    /// Whether an idle connection may be handed out: alive, and younger than `max_lifetime`.
-    fn usable(&self, idle: &mut Idle<M::Connection>) -> bool {
-        idle.created.elapsed() < self.max_lifetime() && self.manager.is_alive(&mut idle.conn)
+    /// Whether an idle connection may be handed out at `now`: alive, and younger than
+    /// `max_lifetime`.
+    fn usable(&self, idle: &mut Idle<M::Connection>, now: Instant) -> bool {
+        now.saturating_duration_since(idle.created) < self.max_lifetime()
+            && self.manager.is_alive(&mut idle.conn)
     }
 
-    /// The most recently used idle connection that is usable (the others are closed).
-    fn take_idle(&self) -> Option<Idle<M::Connection>> {
+    /// The most recently used idle connection that is usable at `now` (the others are closed).
+    fn take_idle(&self, now: Instant) -> Option<Idle<M::Connection>> {
         loop {
             let mut idle = lock(&self.state).idle.pop()?;
-            if self.usable(&mut idle) {
+            if self.usable(&mut idle, now) {
                 return Some(idle);
             }
         }
@@ -227,8 +227,9 @@ impl<M: Manager> Pool<M> {
 
     /// An idle connection now, without waiting or connecting, if a permit is free and one is
     /// idle: the common checkout, taken without the (larger) future of [`Pool::get`]. Never
-    /// jumps a queue (a free permit means nobody waits).
-    pub fn get_idle_now(&self) -> Option<Pooled<M>> {
+    /// jumps a queue (a free permit means nobody waits). `now`: the caller's clock reading (a
+    /// session reads the clock once per wake-up), against which `max_lifetime` is checked.
+    pub fn get_idle_now(&self, now: Instant) -> Option<Pooled<M>> {
         let mut first = {
             let mut state = lock(&self.inner.state);
             if state.out >= state.size {
@@ -240,11 +241,11 @@ impl<M: Manager> Pool<M> {
         };
         // From here the permit is the guard's: dropped without a connection, it goes back.
         let permit = Permit(Some(self.inner.clone()));
-        let idle = if self.inner.usable(&mut first) {
+        let idle = if self.inner.usable(&mut first, now) {
             first
         } else {
             drop(first);
-            self.inner.take_idle()?
+            self.inner.take_idle(now)?
         };
         Some(permit.into_pooled(idle.conn, idle.created))
     }
@@ -269,7 +270,7 @@ impl<M: Manager> Pool<M> {
         let permit = Permit(Some(self.inner.clone()));
         let idle = match grant {
             Grant::Handed(idle) => Some(idle),
-            Grant::Permit => self.inner.take_idle(),
+            Grant::Permit => self.inner.take_idle(Instant::now()),
         };
         if let Some(idle) = idle {
             return Ok(permit.into_pooled(idle.conn, idle.created));
@@ -295,9 +296,18 @@ pub struct Pooled<M: Manager> {
     conn: Option<Box<M::Connection>>,
     created: Instant,
     pool: Arc<Inner<M>>,
+    /// When it is given back, if the holder said ([`Pooled::put_back`]); else the clock is
+    /// read then.
+    returned_at: Option<Instant>,
 }
 
 impl<M: Manager> Pooled<M> {
+    /// Gives the connection back as dropping it does, at `now` (the holder's clock reading:
+    /// a session reads the clock once per wake-up).
+    pub fn put_back(mut self, now: Instant) {
+        self.returned_at = Some(now);
+    }
+
     /// Closes the connection instead of returning it.
     pub fn discard(mut self) {
         self.conn = None;
@@ -334,7 +344,10 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         };
         match self.pool.manager.returned(&conn) {
-            Returned::Clean => self.pool.give_back(conn, self.created),
+            Returned::Clean => {
+                let now = self.returned_at.unwrap_or_else(Instant::now);
+                self.pool.give_back(conn, self.created, now)
+            }
             Returned::Broken => {
                 drop(conn);
                 self.pool.release(None);
@@ -371,13 +384,14 @@ impl<M: Manager> Permit<M> {
             created,
             // Infallible: only the consuming methods take the pool out.
             pool: self.0.take().expect("a permit has its pool until consumed"),
+            returned_at: None,
         }
     }
 
     /// Gives the permit back with a connection.
     fn give_back(mut self, conn: Box<M::Connection>, created: Instant) {
         if let Some(pool) = self.0.take() {
-            pool.give_back(conn, created);
+            pool.give_back(conn, created, Instant::now());
         }
     }
 }

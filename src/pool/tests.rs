@@ -230,14 +230,22 @@ async fn waiting_checkouts_are_counted_while_they_wait() {
 async fn get_idle_now_takes_only_an_idle_connection_under_a_free_permit() {
     let pool = Pool::new(Arc::new(Counter::default()), options(1, 50));
     assert!(
-        pool.get_idle_now().is_none(),
+        pool.get_idle_now(Instant::now()).is_none(),
         "nothing idle yet: no connect here"
     );
     drop(pool.get().await.unwrap());
-    let held = pool.get_idle_now().expect("the idle connection");
-    assert!(pool.get_idle_now().is_none(), "the only permit is taken");
+    let held = pool
+        .get_idle_now(Instant::now())
+        .expect("the idle connection");
+    assert!(
+        pool.get_idle_now(Instant::now()).is_none(),
+        "the only permit is taken"
+    );
     drop(held);
-    assert!(pool.get_idle_now().is_some(), "back and idle again");
+    assert!(
+        pool.get_idle_now(Instant::now()).is_some(),
+        "back and idle again"
+    );
 }
 
 #[tokio::test]
@@ -246,7 +254,7 @@ async fn a_reloaded_max_lifetime_applies_to_idle_and_returned_connections() {
     let pool = Pool::new(counter.clone(), options(2, 1000));
     let first = pool.get().await.unwrap().id;
     assert_eq!(
-        pool.get_idle_now().map(|c| c.id),
+        pool.get_idle_now(Instant::now()).map(|c| c.id),
         Some(first),
         "kept while young"
     );
@@ -255,7 +263,7 @@ async fn a_reloaded_max_lifetime_applies_to_idle_and_returned_connections() {
         ..options(2, 1000)
     });
     assert!(
-        pool.get_idle_now().is_none(),
+        pool.get_idle_now(Instant::now()).is_none(),
         "an idle one past the new lifetime is closed"
     );
     let second = pool.get().await.unwrap().id;
@@ -263,7 +271,40 @@ async fn a_reloaded_max_lifetime_applies_to_idle_and_returned_connections() {
     assert_eq!(pool.status().idle, 0, "a returned one past it is not kept");
     pool.reconfigure(options(2, 1000));
     let third = pool.get().await.unwrap().id;
-    assert_eq!(pool.get_idle_now().map(|c| c.id), Some(third));
+    assert_eq!(pool.get_idle_now(Instant::now()).map(|c| c.id), Some(third));
+}
+
+/// The clock a caller passes is the one the pool judges by: a checkout or a return at a time
+/// past `max_lifetime` (one hour here) closes the connection; a return before it keeps it.
+#[tokio::test]
+async fn the_callers_clock_reading_decides_the_lifetime() {
+    let pool = Pool::new(Arc::new(Counter::default()), options(1, 1000));
+    let later = Instant::now() + Duration::from_secs(2 * 3600);
+    let first = pool.get().await.unwrap();
+    let first_id = first.id;
+    first.put_back(Instant::now());
+    assert!(
+        pool.get_idle_now(later).is_none(),
+        "idle past its lifetime at the given time: closed"
+    );
+    assert_eq!(pool.status().idle, 0);
+    let second = pool.get().await.unwrap();
+    let second_id = second.id;
+    assert_ne!(first_id, second_id);
+    second.put_back(later);
+    assert_eq!(
+        pool.status().idle,
+        0,
+        "returned past its lifetime: not kept"
+    );
+    let third = pool.get().await.unwrap();
+    let third_id = third.id;
+    third.put_back(Instant::now());
+    assert_eq!(
+        pool.get_idle_now(Instant::now()).map(|c| c.id),
+        Some(third_id),
+        "returned and taken while young: kept"
+    );
 }
 
 /// Polls `fut` once, with a waker that does nothing.
@@ -315,7 +356,7 @@ async fn a_waiter_that_leaves_gives_up_its_place_in_line() {
     assert_eq!(pool.status().waiting, 0, "out of the line");
     drop(held);
     assert_eq!(pool.status().in_use, 0, "nobody to hand the connection to");
-    assert_eq!(pool.get_idle_now().map(|c| c.id), Some(0));
+    assert_eq!(pool.get_idle_now(Instant::now()).map(|c| c.id), Some(0));
 }
 
 #[tokio::test]
@@ -380,5 +421,8 @@ async fn shrinking_closes_the_idle_connections_used_longest_ago() {
     drop(held);
     pool.reconfigure(options(1, 1000));
     assert_eq!(pool.status().idle, 1);
-    assert_eq!(pool.get_idle_now().map(|c| c.id), ids.last().copied());
+    assert_eq!(
+        pool.get_idle_now(Instant::now()).map(|c| c.id),
+        ids.last().copied()
+    );
 }

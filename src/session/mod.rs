@@ -606,7 +606,7 @@ impl<S: Stream> Session<S> {
             Ok(first) => first,
             Err(e) => return Some(Err(e)),
         };
-        let conn = pool.get_idle_now()?;
+        let conn = pool.get_idle_now(self.meter.now())?;
         if !conn.has_settings(self.state.wanted()) {
             return None;
         }
@@ -650,7 +650,7 @@ impl<S: Stream> Session<S> {
             self.shared.control.wait_unpaused(name).await;
         }
         let started = self.shared.metrics.now();
-        let got = match pool.get_idle_now() {
+        let got = match pool.get_idle_now(std::time::Instant::now()) {
             Some(conn) => Ok(conn),
             // Not boxed again: this future is already boxed where only a checkout that waits
             // or connects pays for it (`checkout_route`, `start`), and the pool's is small.
@@ -702,7 +702,10 @@ impl<S: Stream> Session<S> {
         }
         conn.set_in_flight(false);
         tracing::trace!(key = self.meter.client.entry.id, "release");
-        self.let_go_of_server();
+        if let Some(conn) = self.let_go_of_server() {
+            // Back to the pool at this wake-up's clock reading (no reading of its own).
+            conn.put_back(self.meter.now());
+        }
         // An idle client keeps no buffers.
         self.client.shrink_idle();
     }
