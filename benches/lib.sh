@@ -211,7 +211,12 @@ $shards
 
 $metrics
 EOC
-    NO_COLOR=1 "${PGSHARD_WRAP[@]}" "$binary" serve --config "$WORK/$name.toml" \
+    # In a session of its own (`setsid`), as PgBouncer is (it daemonizes with -d) and as a
+    # service would be: with the kernel's autogroup scheduling every session is a group that
+    # gets its own share of the CPU, and a proxy left in the session of the pgbench that loads
+    # it shares that group's share with pgbench and is preempted by it about twice as often
+    # (README "The benchmark's own bias").
+    NO_COLOR=1 setsid "${PGSHARD_WRAP[@]}" "$binary" serve --config "$WORK/$name.toml" \
         ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} >>"$WORK/$name.log" 2>&1 &
     PGSHARD_PID=$!
     PIDS+=("$PGSHARD_PID")

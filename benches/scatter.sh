@@ -226,7 +226,8 @@ read_from = "primary"
 EOF
 "$PGSHARD" check --config "$WORK/pgshard.toml" >"$WORK/pgshard-check.out" 2>&1 ||
     { cat "$WORK/pgshard-check.out" >&2; die "pgshard check refused the config"; }
-NO_COLOR=1 "$PGSHARD" serve --config "$WORK/pgshard.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
+# Its own session, as PgBouncer's (benches/lib.sh, start_pgshard).
+NO_COLOR=1 setsid "$PGSHARD" serve --config "$WORK/pgshard.toml" ${PGSHARD_THREADS:+--threads "$PGSHARD_THREADS"} \
     >>"$WORK/pgshard.log" 2>&1 &
 PGSHARD_PID=$!
 PIDS+=("$PGSHARD_PID")

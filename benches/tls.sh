@@ -165,7 +165,8 @@ name = "s0"
 primary = "127.0.0.1:$PG_PORT"
 read_from = "primary"
 EOF
-    NO_COLOR=1 "$binary" serve --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
+    # Its own session, as PgBouncer's (benches/lib.sh, start_pgshard).
+    NO_COLOR=1 setsid "$binary" serve --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
     PGSHARD_PID=$!
     PIDS+=("$PGSHARD_PID")
     wait_port "$port" "pgshard ($name)"
