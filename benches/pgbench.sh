@@ -20,7 +20,9 @@
 #        CONNECT (1: also `pgbench -S -C -c 16`, a new connection and SCRAM login per
 #        transaction, against every target; 0 skips it),
 #        PGSHARD_SERVER_TOML (lines added to the [server] section of the pgshard target only,
-#        not the baseline's, e.g. 'listen_backlog = 8192').
+#        not the baseline's, e.g. 'listen_backlog = 8192'),
+#        FLOORS (1: two floors, benches/floor.rs, join the simple-protocol rotation: pgshard's
+#        transport and runtime without its session, and one mio loop as PgBouncer's; 0 skips).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -39,6 +41,7 @@ BASELINE_BIN=${BASELINE_BIN:-}
 METRICS=${METRICS:-0}
 CONNECT=${CONNECT:-1}
 PGSHARD_SERVER_TOML=${PGSHARD_SERVER_TOML:-}
+FLOORS=${FLOORS:-1}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
@@ -92,6 +95,11 @@ PGSHARD=$ROOT/target/release/pgshard
 IDLE_BIN=$(cargo bench --quiet --no-run --bench idle_clients --message-format=json 2>/dev/null |
     grep -o '"executable":"[^"]*idle_clients[^"]*"' | tail -n1 | cut -d'"' -f4)
 [[ -x $IDLE_BIN ]] || die "could not build benches/idle_clients.rs"
+if [[ $FLOORS -eq 1 ]]; then
+    FLOOR_BIN=$(cargo bench --quiet --no-run --bench floor --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*floor[^"]*"' | tail -n1 | cut -d'"' -f4)
+    [[ -x $FLOOR_BIN ]] || die "could not build benches/floor.rs"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL 15: a throw-away cluster
@@ -130,6 +138,23 @@ start_pgshard pgshard "$SHARD_PORT" "$POOL_SIZE" "$ONE_SHARD" "$PGSHARD" "$PGSHA
 MAIN_SHARD_PID=$PGSHARD_PID
 start_pgbouncer
 log "PostgreSQL :$PG_PORT, PgBouncer :$BOUNCER_PORT (pid $BOUNCER_PID), pgshard :$SHARD_PORT (pid $MAIN_SHARD_PID)"
+
+# The floors (simple protocol only: they forward prepared statements to whichever connection).
+FLOOR_TARGETS=()
+declare -A FLOOR_PORT FLOOR_PID
+if [[ $FLOORS -eq 1 ]]; then
+    for mode in tokio mio; do
+        free_port port
+        # Its own session, as PgBouncer's and pgshard's (benches/lib.sh, start_pgshard).
+        FLOOR_MODE=$mode LISTEN=127.0.0.1:$port SERVER=127.0.0.1:$PG_PORT POOL=$POOL_SIZE \
+            setsid "$FLOOR_BIN" >>"$WORK/floor-$mode.log" 2>&1 &
+        FLOOR_PID[floor_$mode]=$! FLOOR_PORT[floor_$mode]=$port
+        PIDS+=("$!")
+        wait_port "$port" "floor ($mode)"
+        FLOOR_TARGETS+=("floor_$mode")
+    done
+    log "floors: tokio :${FLOOR_PORT[floor_tokio]}, mio :${FLOOR_PORT[floor_mio]}"
+fi
 BASELINE_PORT= BASELINE_PID=-
 if [[ -n $BASELINE_BIN ]]; then
     [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
@@ -226,19 +251,23 @@ pick_median() {
 
 for s in "${SCENARIOS[@]}"; do
     clients=${s%/*} proto=${s#*/}
+    in_rotation=("${TARGETS[@]}")
+    [[ $proto == simple ]] && in_rotation+=("${FLOOR_TARGETS[@]}")
     for r in $(seq 1 "$REPEAT"); do
         # Rotate the order, so no target always runs first after a pause or last in a row.
-        n=${#TARGETS[@]}
+        n=${#in_rotation[@]}
         for i in $(seq 0 $((n - 1))); do
-            case ${TARGETS[$(((i + r - 1) % n))]} in
+            t=${in_rotation[$(((i + r - 1) % n))]}
+            case $t in
                 direct) run_pgbench direct "$PG_PORT" - "$clients" "$proto" "direct/$s#$r" ;;
                 pgbouncer) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$s#$r" ;;
                 pgshard) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$s#$r" ;;
                 baseline) run_pgbench baseline "$BASELINE_PORT" "$BASELINE_PID" "$clients" "$proto" "baseline/$s#$r" ;;
+                floor_*) run_pgbench "$t" "${FLOOR_PORT[$t]}" "${FLOOR_PID[$t]}" "$clients" "$proto" "$t/$s#$r" ;;
             esac
         done
     done
-    for t in "${TARGETS[@]}"; do pick_median "$t/$s"; done
+    for t in "${in_rotation[@]}"; do pick_median "$t/$s"; done
 done
 if [[ $METRICS -eq 1 ]]; then
     # What the pgshard target recorded over the runs above, as Prometheus would scrape it.
@@ -342,6 +371,7 @@ fi
 
 stop_pid "$MAIN_SHARD_PID"
 [[ $BASELINE_PID == - ]] || stop_pid "$BASELINE_PID"
+for t in "${FLOOR_TARGETS[@]}"; do stop_pid "${FLOOR_PID[$t]}"; done
 stop_pgbouncer
 
 # idle_test NAME PORT PID: opens IDLE_CLIENTS connections, sets IDLE_KIB[NAME] and IDLE_OPEN[NAME].
@@ -467,6 +497,21 @@ errors_cell() { # scenario suffix
         echo "|---|---|---|---|---|---|---|---|---|---|"
         for s in "${SCENARIOS[@]}"; do
             echo "| $(scenario_cell "$s") | $(tps_cell "baseline/$s") | $(tps_cell "pgshard/$s") | $(ratio "pgshard/$s" "baseline/$s") | $(ratio "baseline/$s" "pgbouncer/$s") | $(ratio "pgshard/$s" "pgbouncer/$s") | $(cpu_cell "baseline/$s") | $(cpu_cell "pgshard/$s") | ${CSW[baseline/$s]:-n/a} | ${CSW[pgshard/$s]:-n/a} |"
+        done
+        echo
+    fi
+    if [[ ${#FLOOR_TARGETS[@]} -gt 0 ]]; then
+        echo "Floors (benches/floor.rs), same run, same rotation, simple protocol: floor_tokio is pgshard's runtime, transport and server connections without its session (a task per client, frames forwarded unread, a connection released at ReadyForQuery); floor_mio is one mio loop as PgBouncer's libevent loop. Neither authenticates its clients:"
+        echo
+        echo "| scenario | proxy | tps | /pgbouncer | user µs/txn | system µs/txn | context switches/txn |"
+        echo "|---|---|---|---|---|---|---|"
+        for s in "${SCENARIOS[@]}"; do
+            [[ ${s#*/} == simple ]] || continue
+            for t in pgbouncer floor_mio floor_tokio pgshard; do
+                k=$t/$s
+                [[ ${STATUS[$k]:-} == ok ]] || continue
+                echo "| $(scenario_cell "$s") | $t | $(tps_cell "$k") | $(ratio "$k" "pgbouncer/$s") | ${USER_US[$k]} | ${SYS_US[$k]} | ${CSW[$k]} |"
+            done
         done
         echo
     fi
