@@ -86,7 +86,11 @@ mod tokio_floor {
             };
             let mut idle = Vec::new();
             for _ in 0..size {
-                idle.push(ServerConnection::connect(&login).await.expect("server login"));
+                idle.push(
+                    ServerConnection::connect(&login)
+                        .await
+                        .expect("server login"),
+                );
             }
             let pool = Arc::new(Pool {
                 idle: Mutex::new(idle),
@@ -255,7 +259,9 @@ mod mio_floor {
                             let _ = stream.set_nodelay(true);
                             let interest = Interest::READABLE;
                             let registry = floor.poll.registry();
-                            registry.register(&mut stream, Token(next), interest).expect("register");
+                            registry
+                                .register(&mut stream, Token(next), interest)
+                                .expect("register");
                             floor.clients.insert(next, Side::new(stream));
                             next += 1;
                         }
@@ -272,7 +278,9 @@ mod mio_floor {
             let server = self.servers.get_mut(&token).expect("a server");
             assert!(server.fill(), "a server connection closed");
             let Some(id) = server.peer else { return };
-            let Some(client) = self.clients.get_mut(&id) else { return };
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
             let mut done = false;
             while let Some(len) = frame_len(&server.input) {
                 done |= ends_transaction(&server.input[..len]);
@@ -293,7 +301,9 @@ mod mio_floor {
         }
 
         fn on_client(&mut self, id: usize) {
-            let Some(client) = self.clients.get_mut(&id) else { return };
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
             if !client.fill() {
                 let mut gone = self.clients.remove(&id).expect("a client");
                 let _ = self.poll.registry().deregister(&mut gone.stream);
@@ -303,7 +313,10 @@ mod mio_floor {
                 self.forward(id);
                 return;
             }
-            let Some(len) = client.input.get(..4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            let Some(len) = client
+                .input
+                .get(..4)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
             else {
                 return;
             };
@@ -327,7 +340,9 @@ mod mio_floor {
         /// Sends the client's whole frames to its server connection (taking one if it holds
         /// none, or waiting in line for one).
         fn forward(&mut self, id: usize) {
-            let Some(client) = self.clients.get_mut(&id) else { return };
+            let Some(client) = self.clients.get_mut(&id) else {
+                return;
+            };
             let mut target = client.peer;
             while let Some(len) = frame_len(&client.input) {
                 if client.input[0] == b'X' {
@@ -372,7 +387,11 @@ mod mio_floor {
             let mut body = vec![0; len];
             stream.read_exact(&mut body).expect("a server message");
             let mut out = BytesMut::new();
-            match (header[0], body.get(..4).map(|c| u32::from_be_bytes(c.try_into().unwrap()))) {
+            match (
+                header[0],
+                body.get(..4)
+                    .map(|c| u32::from_be_bytes(c.try_into().unwrap())),
+            ) {
                 (b'R', Some(10)) => {
                     build::sasl_initial_response(&mut out, "SCRAM-SHA-256", scram.message())
                 }
