@@ -2,6 +2,8 @@
 //! what was sent ([`Expect`]) so that responses to pgshard's own Parses are dropped, made-up ones
 //! are slotted in, and ReadyForQuery's status tells when the server connection may be released.
 
+use bytes::Buf;
+
 use super::error::SessionError;
 use super::prepared::Expect;
 use super::settings::FOLLOWED_REPORTS;
@@ -9,6 +11,7 @@ use super::Session;
 use crate::backend::connection::parse_parameter_status;
 use crate::backend::{BackendError, MAX_SERVER_MESSAGE};
 use crate::transport::Stream;
+use crate::wire;
 use crate::wire::build;
 use crate::wire::server_tag as tag;
 use crate::wire::{Frame, TransactionStatus};
@@ -26,6 +29,18 @@ impl<S: Stream> Session<S> {
             let Some(conn) = self.server.as_deref_mut() else {
                 return Ok(());
             };
+            if self.proto.expect.front() != Some(&Expect::Hidden) {
+                // A run of DataRows goes on to the client in one copy: nothing is tracked of
+                // them but that the answer is under way (what `on_server_frame` does for each).
+                let input = &mut conn.io().input;
+                let run = wire::run_of(input, tag::DATA_ROW, MAX_SERVER_MESSAGE);
+                if run > 0 {
+                    self.client.output.extend_from_slice(&input[..run]);
+                    input.advance(run);
+                    self.answer_queued(tag::DATA_ROW, run);
+                    continue;
+                }
+            }
             let frame = match conn.io().next_frame(MAX_SERVER_MESSAGE) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),

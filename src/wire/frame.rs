@@ -43,6 +43,20 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
     Ok(Some(len + 1))
 }
 
+/// Length of the longest run of whole frames tagged `tag` at the start of `buf` (0 when the
+/// first is not one, or not whole). A frame with a length `frame_len` refuses ends the run
+/// without an error: [`split_frame`] reports it when it comes first.
+pub fn run_of(buf: &[u8], tag: u8, max: usize) -> usize {
+    let mut run = 0;
+    while buf.get(run) == Some(&tag) {
+        match frame_len(&buf[run..], max) {
+            Ok(Some(len)) if buf.len() - run >= len => run += len,
+            _ => break,
+        }
+    }
+    run
+}
+
 /// Splits the first complete frame off `buf`; `Ok(None)` when more bytes are needed.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, WireError> {
     match frame_len(buf, max)? {
@@ -62,6 +76,36 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn a_run_of_one_tag_ends_at_another_tag_an_incomplete_frame_or_a_bad_length() {
+        let row = frame(b'D', b"\0\x01\0\0\0\x011");
+        let mut bytes = [row.clone(), row.clone()].concat();
+        assert_eq!(run_of(&bytes, b'D', 1024), 2 * row.len());
+        bytes.extend(frame(b'C', b"SELECT 2\0"));
+        bytes.extend(row.clone());
+        assert_eq!(
+            run_of(&bytes, b'D', 1024),
+            2 * row.len(),
+            "stops at CommandComplete"
+        );
+        assert_eq!(run_of(&bytes, b'C', 1024), 0, "not at the start");
+        let partial = [row.clone(), row[..row.len() - 1].to_vec()].concat();
+        assert_eq!(
+            run_of(&partial, b'D', 1024),
+            row.len(),
+            "stops before a partial frame"
+        );
+        let mut bad = row.clone();
+        bad.extend([b'D', 0, 0, 0, 2]);
+        assert_eq!(
+            run_of(&bad, b'D', 1024),
+            row.len(),
+            "stops before a bad length"
+        );
+        assert_eq!(run_of(&row, b'D', 4), 0, "over max: left for split_frame");
+        assert_eq!(run_of(&[], b'D', 1024), 0);
     }
 
     #[test]

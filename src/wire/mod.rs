@@ -12,7 +12,7 @@ pub mod frame;
 pub mod rows;
 pub mod startup;
 
-pub use frame::{frame_len, split_frame, Frame};
+pub use frame::{frame_len, run_of, split_frame, Frame};
 
 /// Text a client sent (a statement) as UTF-8: borrowed when valid (checked a word at a time),
 /// else with replacement characters.

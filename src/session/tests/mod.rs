@@ -17,6 +17,7 @@ mod login;
 mod prepared;
 mod protocol_errors;
 mod replica_loss;
+mod rows;
 mod settings;
 mod shard_switch;
 mod transactions;
