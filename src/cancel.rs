@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-pub use crate::backend::connection::CancelKey as ServerKey;
+pub use crate::backend::cancel::{CancelKey as ServerKey, CancelSent};
 
 /// The server connections a client is using right now.
 #[derive(Debug, Default)]
@@ -37,9 +37,17 @@ impl CancelSlot {
         all.more.clear();
         all.more.extend(keys.into_iter().cloned());
     }
-    pub fn get(&self) -> Vec<Arc<ServerKey>> {
+    /// A cancel for each connection listed now, counted as pending on its key before the lock
+    /// is let go: a session clears the slot (under this lock) before it gives a connection back,
+    /// so the pool sees the pending cancel and waits for it before anyone else gets the
+    /// connection.
+    pub fn start_cancels(&self) -> Vec<CancelSent> {
         let keys = lock(&self.0);
-        keys.one.iter().chain(&keys.more).cloned().collect()
+        keys.one
+            .iter()
+            .chain(&keys.more)
+            .map(ServerKey::start)
+            .collect()
     }
 }
 
@@ -60,21 +68,19 @@ mod tests {
     #[test]
     fn a_slot_lists_the_connections_set_last() {
         let slot = CancelSlot::default();
-        assert!(slot.get().is_empty());
-        let key = Arc::new(ServerKey {
-            addr: "127.0.0.1:5432".into(),
-            process_id: 7,
-            secret_key: 9,
-        });
+        assert!(slot.start_cancels().is_empty());
+        let key = Arc::new(ServerKey::new("127.0.0.1:5432".into(), 7, 9));
         slot.set(Some(&key));
-        assert_eq!(slot.get(), vec![key.clone()]);
-        let other = Arc::new(ServerKey {
-            process_id: 8,
-            ..(*key).clone()
-        });
+        let started = slot.start_cancels();
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].key().process_id, 7);
+        assert!(key.in_flight(), "counted as pending while listed");
+        drop(started);
+        assert!(!key.in_flight());
+        let other = Arc::new(ServerKey::new("127.0.0.1:5432".into(), 8, 9));
         slot.set_all([&key, &other]);
-        assert_eq!(slot.get().len(), 2);
+        assert_eq!(slot.start_cancels().len(), 2);
         slot.set(None);
-        assert!(slot.get().is_empty());
+        assert!(slot.start_cancels().is_empty());
     }
 }

@@ -7,7 +7,9 @@
 //! Slow statements sleep in `pg_sleep` per row; every wait is bounded by [`HANG_GUARD`], far
 //! below the sleep, so a cancel that reaches no server fails the test instead of stalling it.
 //! Each test uses its own rows (and tables), marked by a string literal that
-//! `pg_stat_activity` shows on each shard's primary.
+//! `pg_stat_activity` shows on each shard's primary, and its own `application_name`, which the
+//! client's server connections carry (pgshard's own catalog queries, which may name the table
+//! too, do not).
 
 mod support;
 
@@ -57,31 +59,29 @@ async fn setup(app: &str, tables: &[&str], columns: &str) -> (Proxy, Client, [Cl
     (proxy, client, direct)
 }
 
-/// How many servers run a statement containing `marker` right now (counting only those asleep
-/// in `pg_sleep` when `asleep`), on each shard's primary.
-async fn running(direct: &[Client; 2], marker: &str, asleep: bool) -> [i64; 2] {
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-         AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid(){}",
-        if asleep {
-            " AND wait_event = 'PgSleep'"
-        } else {
-            ""
-        }
-    );
+/// How many of the client's server connections (`application_name` = `app`) sleep in
+/// `pg_sleep` in a statement containing `marker` right now, on each shard's primary.
+async fn asleep(direct: &[Client; 2], app: &str, marker: &str) -> [i64; 2] {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+               AND wait_event = 'PgSleep' AND query LIKE '%' || $1 || '%' \
+               AND application_name = $2";
     let mut counts = [0; 2];
     for (count, server) in counts.iter_mut().zip(direct) {
-        *count = server.query_one(&sql, &[&marker]).await.unwrap().get(0);
+        *count = server
+            .query_one(sql, &[&marker, &app])
+            .await
+            .unwrap()
+            .get(0);
     }
     counts
 }
 
-/// Waits until a statement containing `marker` sleeps in `pg_sleep` on both shards' primaries,
-/// so that a cancel lands inside it whenever the proxy forwards it (tokio-postgres's
+/// Waits until the client's statement containing `marker` sleeps in `pg_sleep` on both shards'
+/// primaries, so that a cancel lands inside it whenever the proxy forwards it (tokio-postgres's
 /// `cancel_query` returns once the request is sent, before the proxy has acted on it).
-async fn wait_asleep_everywhere(direct: &[Client; 2], marker: &str) {
+async fn wait_asleep_everywhere(direct: &[Client; 2], app: &str, marker: &str) {
     let wait = async {
-        while running(direct, marker, true).await.contains(&0) {
+        while asleep(direct, app, marker).await.contains(&0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -103,7 +103,7 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 async fn cancel_while_running<F, Fut, T>(
     client: Client,
     direct: &[Client; 2],
-    marker: &str,
+    (app, marker): (&str, &str),
     statement: F,
 ) -> Client
 where
@@ -113,7 +113,7 @@ where
 {
     let token = client.cancel_token();
     let task = tokio::spawn(statement(client));
-    wait_asleep_everywhere(direct, marker).await;
+    wait_asleep_everywhere(direct, app, marker).await;
     token.cancel_query(NoTls).await.expect("sending the cancel");
     let (client, result) = tokio::time::timeout(HANG_GUARD, task)
         .await
@@ -121,32 +121,42 @@ where
         .unwrap();
     let err = result.expect_err("the statement was cancelled");
     assert_eq!(sqlstate(&err), "57014", "{marker}: {err}");
-    let still = running(direct, marker, false).await;
-    if still != [0, 0] {
-        panic!(
-            "{marker}: still running on the shards after the cancel: {still:?}\n{}",
-            active_with(direct, marker).await
-        );
-    }
+    assert_none_running(direct, app, marker).await;
     client
 }
 
-/// Who runs a statement containing `marker` on each shard's primary (for a failure message:
-/// CI once saw one left on shard 0 after the cancel, not seen again locally in 20 runs).
-async fn active_with(direct: &[Client; 2], marker: &str) -> String {
+/// No server connection of the client's (`application_name` = `app`) runs a statement containing
+/// `marker` any more on either shard's primary.
+async fn assert_none_running(direct: &[Client; 2], app: &str, marker: &str) {
+    let still = active_with(direct, app, marker).await;
+    assert!(
+        still.is_empty(),
+        "{marker}: still running on the shards after the cancel:\n{still}"
+    );
+}
+
+/// Which of the client's server connections (`application_name` = `app`; pgshard's own, such as
+/// its catalog queries naming the table, are not the client's) run a statement containing
+/// `marker` on each shard's primary, one line each (empty when none does): read in the same
+/// snapshot that decides, so a failure names what it counted.
+async fn active_with(direct: &[Client; 2], app: &str, marker: &str) -> String {
     let sql = "SELECT pid, backend_type, coalesce(application_name, ''), state, \
-               coalesce(wait_event, ''), query FROM pg_stat_activity \
-               WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()";
+               coalesce(wait_event, ''), (now() - state_change)::text, query \
+               FROM pg_stat_activity WHERE state = 'active' \
+               AND query LIKE '%' || $1 || '%' AND application_name = $2";
     let mut out = String::new();
     for (shard, server) in direct.iter().enumerate() {
-        for row in server.query(sql, &[&marker]).await.unwrap_or_default() {
+        for row in server.query(sql, &[&marker, &app]).await.unwrap() {
             let pid: i32 = row.get(0);
             let kind: String = row.get(1);
             let app: String = row.get(2);
             let state: String = row.get(3);
             let wait: String = row.get(4);
-            let query: String = row.get(5);
-            out += &format!("shard {shard}: pid {pid} {kind} app {app:?} {state} {wait} {query}\n");
+            let since: String = row.get(5);
+            let query: String = row.get(6);
+            out += &format!(
+                "shard {shard}: pid {pid} {kind} app {app:?} {state} {wait} for {since}: {query}\n"
+            );
         }
     }
     out
@@ -223,7 +233,7 @@ async fn a_cancel_stops_a_reference_table_write_on_every_shard() {
         "UPDATE countries SET name = 'after' WHERE code = '{marker}' \
          AND pg_sleep({SLEEP}) IS NOT NULL"
     );
-    let client = cancel_while_running(client, &direct, marker, |client| async move {
+    let client = cancel_while_running(client, &direct, (APP, marker), |client| async move {
         let result = client.simple_query(&sql).await;
         (client, result)
     })
@@ -239,7 +249,7 @@ async fn a_cancel_stops_a_reference_table_write_on_every_shard() {
         "UPDATE countries SET name = 'after' WHERE code = $1 AND name <> '{marker}' \
          AND pg_sleep({SLEEP}) IS NOT NULL"
     );
-    let client = cancel_while_running(client, &direct, marker, |client| async move {
+    let client = cancel_while_running(client, &direct, (APP, marker), |client| async move {
         let result = client.execute(&sql, &[&marker]).await;
         (client, result)
     })
@@ -271,7 +281,7 @@ async fn a_cancel_stops_a_split_insert_on_every_shard() {
                 "INSERT INTO users (user_id, name) VALUES ({}, {value}), ({}, {value})",
                 keys[0], keys[1]
             );
-            cancel_while_running(client, &direct, marker, |client| async move {
+            cancel_while_running(client, &direct, (APP, marker), |client| async move {
                 let result = client.simple_query(&sql).await;
                 (client, result)
             })
@@ -279,7 +289,7 @@ async fn a_cancel_stops_a_split_insert_on_every_shard() {
         } else {
             let sql =
                 format!("INSERT INTO users (user_id, name) VALUES ($1, {value}), ($2, {value})");
-            cancel_while_running(client, &direct, marker, |client| async move {
+            cancel_while_running(client, &direct, (APP, marker), |client| async move {
                 let result = client.execute(&sql, &[&keys[0], &keys[1]]).await;
                 (client, result)
             })
@@ -346,7 +356,7 @@ async fn a_cancel_stops_a_split_copy_from_stdin_on_every_shard() {
             .expect("sending rows");
         // More than a 64 KiB batch for each shard after the slow rows, so pgshard sends them.
         sink.send(rows(3001..=9000)).await.expect("sending rows");
-        wait_asleep_everywhere(&direct, table).await;
+        wait_asleep_everywhere(&direct, APP, table).await;
         token.cancel_query(NoTls).await.expect("sending the cancel");
         sink.as_mut().finish().await
     };
@@ -355,7 +365,7 @@ async fn a_cancel_stops_a_split_copy_from_stdin_on_every_shard() {
         .expect("the cancelled COPY ends (it sleeps for minutes on each shard otherwise)");
     let err = result.expect_err("the COPY was cancelled");
     assert_eq!(sqlstate(&err), "57014", "{err}");
-    assert_eq!(running(&direct, table, false).await, [0, 0]);
+    assert_none_running(&direct, APP, table).await;
     assert_eq!(
         row_counts(&direct, table).await,
         [0, 0],
@@ -384,7 +394,7 @@ async fn a_cancel_stops_a_gathered_copy_to_stdout_on_every_shard() {
     );
     let sql =
         format!("COPY (SELECT user_id FROM {table} WHERE pg_sleep({SLEEP}) IS NOT NULL) TO STDOUT");
-    let client = cancel_while_running(client, &direct, table, |client| async move {
+    let client = cancel_while_running(client, &direct, (APP, table), |client| async move {
         let result = async {
             let stream = client.copy_out(&sql).await?;
             futures_util::pin_mut!(stream);

@@ -333,6 +333,8 @@ async fn query_noting(
     sql: &str,
     reports: &mut Vec<BytesMut>,
 ) -> Result<Rows, BackendError> {
+    // A cancel still on its way could cancel this query instead.
+    conn.cancel_key.settled().await;
     let mut out = bytes::BytesMut::new();
     build::query(&mut out, sql);
     conn.in_flight = true;

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::net::TcpStream;
 
+pub use super::cancel::CancelKey;
 use super::{BackendError, MAX_SERVER_MESSAGE};
 use crate::tls::{BackendTls, MaybeTls, NetStream};
 use crate::transport::Conn;
@@ -43,14 +44,6 @@ impl PartialEq for LoginParams {
             && self.password == other.password
             && self.connect_timeout == other.connect_timeout
     }
-}
-
-/// Where a server process's running statement can be cancelled: its address and BackendKeyData.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CancelKey {
-    pub addr: String,
-    pub process_id: i32,
-    pub secret_key: i32,
 }
 
 /// An open, authenticated server connection.
@@ -115,11 +108,7 @@ impl ServerConnection {
             addr: login.addr.clone(),
             process_id: 0,
             secret_key: 0,
-            cancel_key: Arc::new(CancelKey {
-                addr: login.addr.clone(),
-                process_id: 0,
-                secret_key: 0,
-            }),
+            cancel_key: Arc::new(CancelKey::new(login.addr.clone(), 0, 0)),
             params: HashMap::new(),
             applied: Arc::default(),
             prepared: HashSet::default(),
@@ -133,11 +122,11 @@ impl ServerConnection {
         tokio::time::timeout(login.connect_timeout, conn.startup(login))
             .await
             .map_err(|_| BackendError::ConnectTimeout(login.addr.clone()))??;
-        conn.cancel_key = Arc::new(CancelKey {
-            addr: login.addr.clone(),
-            process_id: conn.process_id,
-            secret_key: conn.secret_key,
-        });
+        conn.cancel_key = Arc::new(CancelKey::new(
+            login.addr.clone(),
+            conn.process_id,
+            conn.secret_key,
+        ));
         Ok(conn)
     }
 
@@ -384,6 +373,7 @@ impl ServerConnection {
 
     /// Runs pgshard's own simple query and reads to ReadyForQuery, keeping the first error.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.cancel_key.settled().await;
         let mut out = BytesMut::new();
         build::query(&mut out, sql);
         self.write(&out).await?;

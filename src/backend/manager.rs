@@ -1,16 +1,11 @@
 //! The pool manager for server connections: opens them, judges them when a client lets go, and
 //! resets them (ROLLBACK, DISCARD ALL) so that no client ever receives one dirty.
 
-use std::time::Duration;
-
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-
 use super::connection::{LoginParams, ServerConnection};
 use super::BackendError;
 use crate::pool::{Manager, Pool, Returned};
 use crate::stats::PoolCounters;
-use crate::wire::{build, TransactionStatus};
+use crate::wire::TransactionStatus;
 
 /// A pool of connections to one server as one user.
 pub type ServerPool = Pool<BackendManager>;
@@ -32,9 +27,17 @@ impl Manager for BackendManager {
     }
 
     fn returned(&self, conn: &ServerConnection) -> Returned {
-        if conn.broken || !conn.io.input.is_empty() || conn.io.has_pending_output() {
+        if conn.broken
+            || !conn.io.input.is_empty()
+            || conn.io.has_pending_output()
+            || conn.cancel_key.unconfirmed()
+        {
             Returned::Broken
-        } else if conn.in_flight || conn.status != TransactionStatus::Idle || conn.needs_discard {
+        } else if conn.in_flight
+            || conn.status != TransactionStatus::Idle
+            || conn.needs_discard
+            || conn.cancel_key.in_flight()
+        {
             Returned::NeedsReset
         } else {
             Returned::Clean
@@ -51,7 +54,14 @@ impl Manager for BackendManager {
         if conn.in_flight {
             // A client left mid-request: stop the server's work, then give the connection up,
             // since what is still on the wire for it cannot be known for sure.
-            cancel(&conn.addr, conn.process_id, conn.secret_key).await;
+            conn.cancel_key.start().send().await;
+            conn.broken = true;
+            return Err(BackendError::Protocol(conn.addr.clone()));
+        }
+        // A cancel on its way would cancel the next client's statement: wait for the server to
+        // confirm it; unconfirmed, its signal may come any time, so the connection goes.
+        conn.cancel_key.settled().await;
+        if conn.cancel_key.unconfirmed() {
             conn.broken = true;
             return Err(BackendError::Protocol(conn.addr.clone()));
         }
@@ -71,19 +81,4 @@ impl Manager for BackendManager {
         }
         Ok(())
     }
-}
-
-/// Sends a CancelRequest for a server process; best effort, bounded to one second.
-pub async fn cancel(addr: &str, process_id: i32, secret_key: i32) {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let mut out = BytesMut::new();
-        build::cancel_request(&mut out, process_id, secret_key);
-        stream.write_all(&out).await?;
-        // The server closes the socket once it has read the request.
-        let mut byte = [0u8; 1];
-        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await;
-        Ok::<(), std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), attempt).await;
 }

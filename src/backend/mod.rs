@@ -2,6 +2,7 @@
 //! client's, resetting them between clients, and the [`crate::pool::Manager`] that ties this to the
 //! generic pool. Knows no client sockets and no routing.
 
+pub mod cancel;
 pub mod catalog;
 pub mod collations;
 pub mod connection;

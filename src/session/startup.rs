@@ -44,15 +44,19 @@ pub(super) async fn read_startup<S: Stream>(
                 process_id,
                 secret_key,
             }) => {
-                // Every server the client is using now, at once (several in a cross-shard read).
-                let mut cancels = tokio::task::JoinSet::new();
-                for key in shared.stats.clients.cancel_targets(process_id, secret_key) {
-                    cancels.spawn(async move {
-                        crate::backend::manager::cancel(&key.addr, key.process_id, key.secret_key)
-                            .await
-                    });
+                // Every server the client is using now, at once (several in a cross-shard read);
+                // each connection waits for its cancel before it serves anything else. Tasks of
+                // their own: a cancel counted as pending is always carried to its end.
+                let sends: Vec<_> = shared
+                    .stats
+                    .clients
+                    .start_cancels(process_id, secret_key)
+                    .into_iter()
+                    .map(|sent| tokio::spawn(sent.send()))
+                    .collect();
+                for send in sends {
+                    let _ = send.await;
                 }
-                while cancels.join_next().await.is_some() {}
                 return Ok(None);
             }
             Some(StartupPacket::Startup(_))

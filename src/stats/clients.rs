@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
-use crate::cancel::{CancelSlot, ServerKey};
+use crate::cancel::{CancelSent, CancelSlot, ServerKey};
 
 /// What a client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,14 +290,16 @@ impl ClientRegistry {
         self.lock().get(&id).cloned()
     }
 
-    /// The server connections a CancelRequest with this key reaches: those its client is
-    /// using now (none for a key no connected client has).
-    pub fn cancel_targets(&self, process_id: i32, secret_key: i32) -> Vec<Arc<ServerKey>> {
-        self.lock()
+    /// A cancel for each server connection a CancelRequest with this key reaches: those its
+    /// client is using now (none for a key no connected client has), each counted as pending
+    /// until sent (see [`CancelSlot::start_cancels`]).
+    pub fn start_cancels(&self, process_id: i32, secret_key: i32) -> Vec<CancelSent> {
+        let entry = self
+            .lock()
             .get(&process_id)
             .filter(|entry| entry.secret == secret_key)
-            .map(|entry| entry.cancel.get())
-            .unwrap_or_default()
+            .cloned();
+        entry.map(|e| e.cancel.start_cancels()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -441,32 +443,28 @@ mod tests {
         let handle = registry.register(client());
         let (pid, secret) = handle.entry.key();
         assert!(pid > 0, "a process id is positive");
-        assert!(registry.cancel_targets(pid, secret).is_empty());
-        let key = Arc::new(ServerKey {
-            addr: "127.0.0.1:5432".into(),
-            process_id: 7,
-            secret_key: 9,
-        });
+        assert!(registry.start_cancels(pid, secret).is_empty());
+        let key = Arc::new(ServerKey::new("127.0.0.1:5432".into(), 7, 9));
         handle.entry.cancel.set(Some(&key));
-        assert_eq!(registry.cancel_targets(pid, secret), vec![key.clone()]);
+        let pids = |sent: Vec<CancelSent>| -> Vec<i32> {
+            sent.iter().map(|s| s.key().process_id).collect()
+        };
+        assert_eq!(pids(registry.start_cancels(pid, secret)), [7]);
         assert!(
             registry
-                .cancel_targets(pid, secret.wrapping_add(1))
+                .start_cancels(pid, secret.wrapping_add(1))
                 .is_empty(),
             "a wrong secret reaches nothing"
         );
-        let other = Arc::new(ServerKey {
-            process_id: 8,
-            ..(*key).clone()
-        });
+        let other = Arc::new(ServerKey::new("127.0.0.1:5432".into(), 8, 9));
         let in_use = handle.entry.reach_all([&key, &other]);
-        assert_eq!(registry.cancel_targets(pid, secret).len(), 2);
+        assert_eq!(pids(registry.start_cancels(pid, secret)), [7, 8]);
         drop(in_use);
-        assert!(registry.cancel_targets(pid, secret).is_empty());
+        assert!(registry.start_cancels(pid, secret).is_empty());
         handle.entry.cancel.set(Some(&key));
         drop(handle);
         assert!(
-            registry.cancel_targets(pid, secret).is_empty(),
+            registry.start_cancels(pid, secret).is_empty(),
             "a departed client's key reaches nothing"
         );
     }

@@ -1,6 +1,8 @@
 //! Cancelling: a CancelRequest with a client's key (pgshard's BackendKeyData) reaches the server
-//! running that client's query, under the server's own key; a client that goes away mid-query
-//! leaves a connection that is cancelled and closed, never handed to the next client.
+//! running that client's query, under the server's own key; a connection a cancel was sent for
+//! serves nobody else until the server has confirmed the cancel (closed its socket); a client
+//! that goes away mid-query leaves a connection that is cancelled and closed, never handed to the
+//! next client.
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use super::harness::client::open_session;
 use super::harness::{on, one_shard, within};
 use super::harness::{Batch, Msgs, PgClient, RawClient, ScriptedServer};
 use crate::shared::Shared;
+use tokio_postgres::NoTls;
 
 const SLOW: &str = "SELECT * FROM slow";
 
@@ -93,5 +96,57 @@ async fn a_client_gone_mid_query_leaves_its_connection_cancelled_and_closed() {
     assert_eq!(got, [r#"C "SELECT 0""#, "Z I"]);
     assert_eq!(server.conn_count(), 2);
     assert_eq!(server.frames(1), [r#"Q "SELECT 2""#]);
+    server.assert_done();
+}
+
+/// PostgreSQL signals a cancelled process twice; the second signal may land after the statement
+/// ended, on whatever runs next there. Until the server closes the cancel's socket (after both
+/// signals) the connection serves nobody else: the next client waits, then gets it.
+#[tokio::test]
+async fn a_connection_serves_nobody_else_until_its_cancel_is_confirmed() {
+    let server = ScriptedServer::start().await;
+    let shared = one_shard(&server, 1);
+    let first = PgClient::connect(&shared).await;
+    let second = PgClient::connect(&shared).await;
+    server.script([on(&[&format!("Q {SLOW:?}")]).reply_on_cancel(cancelled())]);
+    server.hold_cancels(true);
+    // The cancel's session forwards it and ends only once the server confirmed it.
+    let (stream, cancel_session) = open_session(&shared);
+    let query = first.client.simple_query(SLOW);
+    let cancel = async {
+        server.wait_received(0, &format!("Q {SLOW:?}")).await;
+        let token = first.client.cancel_token();
+        within("the cancel request", token.cancel_query_raw(stream, NoTls))
+            .await
+            .expect("cancel request sent");
+    };
+    let (answer, ()) = within("the query and its cancel", async {
+        tokio::join!(query, cancel)
+    })
+    .await;
+    let error = answer.expect_err("cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"));
+
+    // The only connection went back to the pool with its cancel unconfirmed: the second
+    // client's statement waits for it.
+    server.script([on(&[r#"Q "SELECT 2""#]).reply(Msgs::new().command("SELECT 0").ready(b'I'))]);
+    let next = tokio::spawn(async move { second.client.simple_query("SELECT 2").await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !server.frames(0).iter().any(|f| f == r#"Q "SELECT 2""#),
+        "the next client's statement reached a connection whose cancel is on its way: {:?}",
+        server.frames(0)
+    );
+    assert!(!next.is_finished());
+
+    server.hold_cancels(false);
+    within("the next client's statement", next)
+        .await
+        .expect("task")
+        .expect("the next client's statement runs once the cancel is confirmed");
+    within("the cancel session to end", cancel_session)
+        .await
+        .expect("cancel session");
+    assert_eq!(server.conn_count(), 1, "the same connection, not a new one");
     server.assert_done();
 }

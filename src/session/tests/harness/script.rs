@@ -84,6 +84,8 @@ pub struct State {
     pub conns: Vec<ConnLog>,
     /// Keys of the CancelRequests received, in order.
     pub cancels: Vec<Key>,
+    /// CancelRequest sockets are held open (the request unconfirmed) while this is set.
+    pub hold_cancels: bool,
     pub failures: Vec<String>,
     pub(super) script: VecDeque<Step>,
 }

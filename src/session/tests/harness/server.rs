@@ -87,6 +87,12 @@ impl ScriptedServer {
         self.with(|s| s.cancels.clone())
     }
 
+    /// Holds CancelRequest sockets open (the requests are logged at once, their answers wait)
+    /// while `hold` is set: PostgreSQL closes the socket only after it has signalled.
+    pub fn hold_cancels(&self, hold: bool) {
+        self.state.send_modify(|s| s.hold_cancels = hold);
+    }
+
     /// Waits until `done` holds (or a failure is recorded: the test then fails with it).
     pub async fn wait_until(&self, what: &str, mut done: impl FnMut(&State) -> bool) {
         let mut rx = self.state.subscribe();
@@ -144,6 +150,7 @@ async fn serve(mut stream: TcpStream, state: Arc<watch::Sender<State>>) {
     if code == 80_877_102 && packet.len() == 8 {
         let key = (packet.get_i32(), packet.get_i32());
         state.send_modify(|s| s.cancels.push(key));
+        let _ = state.subscribe().wait_for(|s| !s.hold_cancels).await;
         return;
     }
     let mut id = 0;
