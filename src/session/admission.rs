@@ -238,7 +238,7 @@ impl<S: Stream> Session<S> {
     /// unless a graceful shutdown claimed it meanwhile. The clock is read here, once per
     /// wake-up, for the stats of what the session does next.
     pub(super) fn woken(&mut self) -> Result<(), SessionError> {
-        self.meter.wake();
+        self.meter.wake(&self.shared.stats);
         if std::mem::take(&mut self.marked_waiting) && !self.meter.client.entry.presence.busy() {
             return Err(SessionError::ShuttingDown);
         }

@@ -11,7 +11,7 @@ use super::Session;
 use crate::backend::BackendManager;
 use crate::config::PoolMode;
 use crate::pool::Pooled;
-use crate::stats::{micros, ClientHandle, ClientState, Totals};
+use crate::stats::{ClientHandle, ClientState, Totals};
 use crate::transport::Stream;
 use crate::wire::client_tag as tag;
 
@@ -20,10 +20,11 @@ pub(super) struct Meter {
     /// The client's entry in the registry (SHOW CLIENTS, KILL_CLIENT).
     pub(super) client: ClientHandle,
     pending: Totals,
-    /// When the server connection held now was taken.
-    held_since: Option<Instant>,
-    /// When the request in progress began (its first message).
-    request_since: Option<Instant>,
+    /// When the server connection held now was taken (µs since counting started, as
+    /// `now_us`).
+    held_since: Option<u64>,
+    /// When the request in progress began (its first message; µs as `now_us`).
+    request_since: Option<u64>,
     /// The slot of the request's latest keyed statement.
     slot: Option<u16>,
     /// Bytes to and from the client so far, and before the request in progress.
@@ -35,10 +36,14 @@ pub(super) struct Meter {
     finished: Option<(u16, u64)>,
     /// The clock read when the session last woke up ([`Meter::wake`]).
     now: Instant,
+    /// The same reading in microseconds since counting started (`Stats::micros`): what the
+    /// counters take, so that timing a request or a transaction is a subtraction.
+    now_us: u64,
 }
 
 impl Meter {
-    pub(super) fn new(client: ClientHandle) -> Meter {
+    pub(super) fn new(client: ClientHandle, stats: &crate::stats::Stats) -> Meter {
+        let now = Instant::now();
         Meter {
             client,
             pending: Totals::default(),
@@ -48,15 +53,17 @@ impl Meter {
             bytes: 0,
             bytes_at_request: 0,
             finished: None,
-            now: Instant::now(),
+            now,
+            now_us: stats.micros(now),
         }
     }
 
     /// Reads the clock once for this wake-up of the session: what it does until it waits again
     /// (a request starting, a checkout that finds a connection at once, a request ending, a
     /// transaction ending) is timed by this reading.
-    pub(super) fn wake(&mut self) {
+    pub(super) fn wake(&mut self, stats: &crate::stats::Stats) {
         self.now = Instant::now();
+        self.now_us = stats.micros(self.now);
     }
 
     /// The clock as read at the session's latest wake-up (or after its latest wait in a
@@ -78,7 +85,8 @@ impl Meter {
         stats: &crate::stats::Stats,
     ) {
         if let Some((slot, before)) = self.finished.take() {
-            stats.slots.bytes(slot, Instant::now(), self.bytes - before);
+            let now = stats.micros(Instant::now());
+            stats.slots.bytes(slot, now, self.bytes - before);
         }
         let pending = std::mem::take(&mut self.pending);
         if pending.is_zero() {
@@ -101,8 +109,9 @@ impl Meter {
 /// awaiting: its wait is not worth a clock reading).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Checkout {
-    Now(Instant),
-    Since(Instant),
+    /// µs since counting started, as `Meter::now_us`.
+    Now(u64),
+    Since(u64),
 }
 
 impl<S: Stream> Session<S> {
@@ -111,17 +120,14 @@ impl<S: Stream> Session<S> {
     pub(super) fn meter_frame(&mut self, t: u8, len: usize) {
         let meter = &mut self.meter;
         if meter.request_since.is_none() {
-            let now = meter.now;
+            let now = meter.now_us;
             meter.request_since = Some(now);
             meter.bytes_at_request = meter.bytes.saturating_sub(len as u64);
             if let Some((slot, before)) = meter.finished.take() {
                 let bytes = meter.bytes_at_request.saturating_sub(before);
                 self.shared.stats.slots.bytes(slot, now, bytes);
             }
-            meter
-                .client
-                .entry
-                .set_request_micros(self.shared.stats.micros(now));
+            meter.client.entry.set_request_micros(now);
         }
         if matches!(t, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL) {
             meter.pending.query_count += 1;
@@ -130,7 +136,7 @@ impl<S: Stream> Session<S> {
 
     /// The statement being routed names a key in `slot`.
     pub(super) fn meter_slot(&mut self, slot: u16) {
-        let at = self.meter.request_since.unwrap_or(self.meter.now);
+        let at = self.meter.request_since.unwrap_or(self.meter.now_us);
         self.shared.stats.slots.statement(slot, at);
         self.meter.slot = Some(slot);
         self.cutover.slot = Some(slot);
@@ -141,8 +147,7 @@ impl<S: Stream> Session<S> {
         let Some(since) = self.meter.request_since.take() else {
             return;
         };
-        let now = self.meter.now;
-        self.meter.pending.query_time += micros(now.saturating_duration_since(since));
+        self.meter.pending.query_time += self.meter.now_us.saturating_sub(since);
         if let Some(slot) = self.meter.slot.take() {
             self.meter.finished = Some((slot, self.meter.bytes_at_request));
         }
@@ -157,11 +162,10 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// A checkout begins: the client waits for a server connection.
-    pub(super) fn meter_checkout_starts(&self) -> Instant {
-        let now = self.meter.now;
-        let since = self.shared.stats.micros(now);
-        self.meter.client.entry.start_waiting(since);
+    /// A checkout begins (µs since counting started): the client waits for a server connection.
+    pub(super) fn meter_checkout_starts(&self) -> u64 {
+        let now = self.meter.now_us;
+        self.meter.client.entry.start_waiting(now);
         now
     }
 
@@ -176,12 +180,12 @@ impl<S: Stream> Session<S> {
             Checkout::Now(at) => (at, at),
             Checkout::Since(at) => {
                 // The checkout waited: the clock moved on since the wake-up.
-                self.meter.now = Instant::now();
-                (at, self.meter.now)
+                self.meter.wake(&self.shared.stats);
+                (at, self.meter.now_us)
             }
         };
         let meter = &mut self.meter;
-        meter.pending.wait_time += micros(now.saturating_duration_since(since));
+        meter.pending.wait_time += now.saturating_sub(since);
         meter.pending.server_assignment_count += 1;
         meter.held_since = Some(now);
         let pool = self.server.as_ref().map_or(0, |c| c.manager().stats.id);
@@ -192,8 +196,7 @@ impl<S: Stream> Session<S> {
     pub(super) fn meter_release(&mut self, conn: &Pooled<BackendManager>) {
         if let Some(since) = self.meter.held_since.take() {
             self.meter.pending.xact_count += 1;
-            let held = self.meter.now.saturating_duration_since(since);
-            self.meter.pending.xact_time += micros(held);
+            self.meter.pending.xact_time += self.meter.now_us.saturating_sub(since);
         }
         self.meter_flush(Some(conn));
         self.meter.client.entry.release_server();

@@ -374,6 +374,7 @@ impl<S: Stream> Session<S> {
             application_name,
             console: false,
         });
+        let meter = meter::Meter::new(registered, &shared.stats);
         let startup_isolation = settings
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("default_transaction_isolation"))
@@ -402,7 +403,7 @@ impl<S: Stream> Session<S> {
             marked_waiting: false,
             request_started: None,
             statement_on_server: false,
-            meter: meter::Meter::new(registered),
+            meter,
             cutover: admission::Cutover::default(),
         }
     }

@@ -10,6 +10,7 @@ use crate::sharding::SLOT_COUNT;
 
 const BUCKETS: u64 = 6;
 const BUCKET: Duration = Duration::from_secs(10);
+const BUCKET_MICROS: u64 = BUCKET.as_micros() as u64;
 
 /// The span SHOW HOT_SLOTS covers.
 pub const SLOT_WINDOW: Duration = Duration::from_secs(60);
@@ -53,13 +54,19 @@ impl SlotCounters {
         }
     }
 
-    fn epoch(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_secs() / BUCKET.as_secs()
+    /// The bucket number of `at_us`, microseconds since counting started.
+    fn epoch(at_us: u64) -> u64 {
+        at_us / BUCKET_MICROS
     }
 
-    /// The bucket of `at`, zeroed first when it still holds an older epoch.
-    fn bucket(&self, at: Instant) -> &Bucket {
-        let epoch = self.epoch(at);
+    /// Microseconds from the start of counting to `at` (0 for earlier instants).
+    fn micros(&self, at: Instant) -> u64 {
+        super::micros(at.saturating_duration_since(self.started))
+    }
+
+    /// The bucket of `at_us`, zeroed first when it still holds an older epoch.
+    fn bucket(&self, at_us: u64) -> &Bucket {
+        let epoch = Self::epoch(at_us);
         let bucket = &self.buckets[(epoch % BUCKETS) as usize];
         let seen = bucket.epoch.load(Ordering::Relaxed);
         if seen < epoch
@@ -83,23 +90,24 @@ impl SlotCounters {
         self.buckets.len() * usize::from(SLOT_COUNT) * (4 + 8)
     }
 
-    /// One statement on `slot` at `at`.
-    pub fn statement(&self, slot: u16, at: Instant) {
-        if let Some(c) = self.bucket(at).statements.get(usize::from(slot)) {
+    /// One statement on `slot` at `at_us`, microseconds since counting started (as
+    /// [`super::Stats::micros`] gives them: a session reads the clock once per wake-up).
+    pub fn statement(&self, slot: u16, at_us: u64) {
+        if let Some(c) = self.bucket(at_us).statements.get(usize::from(slot)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// `bytes` to and from clients for statements on `slot`, at `at`.
-    pub fn bytes(&self, slot: u16, at: Instant, bytes: u64) {
-        if let Some(c) = self.bucket(at).bytes.get(usize::from(slot)) {
+    /// `bytes` to and from clients for statements on `slot`, at `at_us` (as for `statement`).
+    pub fn bytes(&self, slot: u16, at_us: u64, bytes: u64) {
+        if let Some(c) = self.bucket(at_us).bytes.get(usize::from(slot)) {
             c.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 
     /// The `n` busiest slots of the last minute before `now`, by statements then bytes.
     pub fn busiest(&self, now: Instant, n: usize) -> Vec<SlotLoad> {
-        let current = self.epoch(now);
+        let current = Self::epoch(self.micros(now));
         let mut load: Vec<SlotLoad> = (0..SLOT_COUNT)
             .map(|slot| SlotLoad {
                 slot,
@@ -133,17 +141,17 @@ mod tests {
         let start = Instant::now();
         let slots = SlotCounters::new(start);
         for _ in 0..3 {
-            slots.statement(7, start);
+            slots.statement(7, 0);
         }
-        slots.statement(9, start);
-        slots.bytes(9, start, 100);
+        slots.statement(9, 0);
+        slots.bytes(9, 0, 100);
         let top = slots.busiest(start, 10);
         assert_eq!(top.len(), 2);
         assert_eq!((top[0].slot, top[0].statements), (7, 3));
         assert_eq!((top[1].slot, top[1].bytes), (9, 100));
         // A minute later, a bucket reused for a new epoch starts from zero.
         let later = start + Duration::from_secs(61);
-        slots.statement(7, later);
+        slots.statement(7, 61_000_000);
         let top = slots.busiest(later, 10);
         assert_eq!(
             top,
