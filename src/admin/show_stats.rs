@@ -155,6 +155,7 @@ pub fn pools(shared: &Shared) -> ResultSet {
     for user in &shared.config.users {
         let (cl_active, cl_waiting) = views::clients(shared, Some(&user.name));
         let (active, idle, _, max_wait) = views::servers(shared, Some(&user.name));
+        let being_canceled = views::being_canceled(shared, Some(&user.name));
         set.row(vec![
             shared.config.server.database.as_str().into(),
             user.name.as_str().into(),
@@ -164,7 +165,7 @@ pub fn pools(shared: &Shared) -> ResultSet {
             0i32.into(),
             active.into(),
             0i32.into(),
-            0i32.into(),
+            Value::Count(being_canceled),
             idle.into(),
             0i32.into(),
             0i32.into(),

@@ -88,6 +88,16 @@ pub fn servers(shared: &Shared, user: Option<&str>) -> (usize, usize, usize, Dur
     sums
 }
 
+/// Server connections (of one user, or all) that wait for a cancel sent for them before they
+/// are idle again.
+pub fn being_canceled(shared: &Shared, user: Option<&str>) -> u64 {
+    pools(shared)
+        .iter()
+        .filter(|view| user.is_none_or(|u| u == view.user))
+        .map(|view| view.pool.manager().stats.being_canceled_now())
+        .sum()
+}
+
 /// Non-console clients (of one user, or all) by state: (active or idle, waiting).
 pub fn clients(shared: &Shared, user: Option<&str>) -> (usize, usize) {
     let mut counts = (0, 0);

@@ -60,7 +60,10 @@ impl Manager for BackendManager {
         }
         // A cancel on its way would cancel the next client's statement: wait for the server to
         // confirm it; unconfirmed, its signal may come any time, so the connection goes.
-        conn.cancel_key.settled().await;
+        if conn.cancel_key.in_flight() {
+            let _counted = self.stats.being_canceled();
+            conn.cancel_key.settled().await;
+        }
         if conn.cancel_key.unconfirmed() {
             conn.broken = true;
             return Err(BackendError::Protocol(conn.addr.clone()));

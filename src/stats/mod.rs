@@ -131,6 +131,18 @@ pub struct PoolCounters {
     xact_time: AtomicU64,
     query_time: AtomicU64,
     wait_time: AtomicU64,
+    /// Connections given back now whose reset waits for a cancel sent for them (SHOW POOLS
+    /// `sv_being_canceled`).
+    being_canceled: AtomicU64,
+}
+
+/// A connection counted in `sv_being_canceled` while this lives.
+pub struct BeingCanceled<'a>(&'a PoolCounters);
+
+impl Drop for BeingCanceled<'_> {
+    fn drop(&mut self) {
+        self.0.being_canceled.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PoolCounters {
@@ -145,7 +157,19 @@ impl PoolCounters {
             xact_time: AtomicU64::new(0),
             query_time: AtomicU64::new(0),
             wait_time: AtomicU64::new(0),
+            being_canceled: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a connection as waiting for its cancel until the guard drops.
+    pub fn being_canceled(&self) -> BeingCanceled<'_> {
+        self.being_canceled.fetch_add(1, Ordering::Relaxed);
+        BeingCanceled(self)
+    }
+
+    /// Connections given back whose reset waits for a cancel now.
+    pub fn being_canceled_now(&self) -> u64 {
+        self.being_canceled.load(Ordering::Relaxed)
     }
 
     /// Adds a session's pending counts (fields that are zero cost nothing).

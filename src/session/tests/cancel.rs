@@ -99,6 +99,16 @@ async fn a_client_gone_mid_query_leaves_its_connection_cancelled_and_closed() {
     server.assert_done();
 }
 
+/// Connections of the only pool whose reset waits for a cancel (SHOW POOLS `sv_being_canceled`).
+fn being_canceled(shared: &Shared) -> u64 {
+    let pool = shared.shards[0]
+        .primary
+        .pools
+        .get("app")
+        .expect("app's pool");
+    pool.manager().stats.being_canceled_now()
+}
+
 /// PostgreSQL signals a cancelled process twice; the second signal may land after the statement
 /// ended, on whatever runs next there. Until the server closes the cancel's socket (after both
 /// signals) the connection serves nobody else: the next client waits, then gets it.
@@ -131,7 +141,14 @@ async fn a_connection_serves_nobody_else_until_its_cancel_is_confirmed() {
     // client's statement waits for it.
     server.script([on(&[r#"Q "SELECT 2""#]).reply(Msgs::new().command("SELECT 0").ready(b'I'))]);
     let next = tokio::spawn(async move { second.client.simple_query("SELECT 2").await });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // SHOW POOLS counts it in sv_being_canceled meanwhile.
+    within("the connection to count as being canceled", async {
+        while being_canceled(&shared) != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(
         !server.frames(0).iter().any(|f| f == r#"Q "SELECT 2""#),
         "the next client's statement reached a connection whose cancel is on its way: {:?}",
@@ -148,5 +165,6 @@ async fn a_connection_serves_nobody_else_until_its_cancel_is_confirmed() {
         .await
         .expect("cancel session");
     assert_eq!(server.conn_count(), 1, "the same connection, not a new one");
+    assert_eq!(being_canceled(&shared), 0);
     server.assert_done();
 }
