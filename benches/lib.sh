@@ -228,48 +228,56 @@ stop_pid() {
     wait "$1" 2>/dev/null || true
 }
 
-# start_pgbouncer: starts PgBouncer (under BOUNCER_WRAP) as the unprivileged user on
-# BOUNCER_PORT; sets BOUNCER_PID.
+# start_pgbouncer [NAME [POOL_MODE [PORT]]]: starts PgBouncer (under BOUNCER_WRAP) as the
+# unprivileged user, by default in transaction mode on BOUNCER_PORT with its files named
+# pgbouncer.*; sets BOUNCER_PID (for another NAME: that instance's pid, in NAMED_BOUNCER_PID, and
+# it is stopped with the others at exit).
 start_pgbouncer() {
+    local name=${1:-pgbouncer} mode=${2:-transaction} port=${3:-$BOUNCER_PORT}
     # The role's SCRAM secret, as PostgreSQL stores it, not the password: PgBouncer would derive
     # the keys (4096 rounds of PBKDF2) at every login from a plain-text password, where pgshard
     # derives them once at start; with the secret both check a login with a few hashes.
     local secret
     secret=$(psql_super -At -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
     printf '"app" "%s"\n' "$secret" >"$WORK/userlist.txt"
-    cat >"$WORK/pgbouncer.ini" <<EOC
+    cat >"$WORK/$name.ini" <<EOC
 [databases]
 pgbench = host=127.0.0.1 port=$PG_PORT dbname=pgbench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
+listen_port = $port
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
-pool_mode = transaction
+pool_mode = $mode
 default_pool_size = $POOL_SIZE
 max_client_conn = 3000
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
+logfile = $WORK/$name.log
+pidfile = $WORK/$name.pid
 log_connections = 0
 log_disconnections = 0
 EOC
-    if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/userlist.txt" "$WORK/pgbouncer.ini"; fi
-    rm -f "$WORK/pgbouncer.pid"
+    if [[ $(id -u) -eq 0 ]]; then chown "$BENCH_OS_USER:" "$WORK/userlist.txt" "$WORK/$name.ini"; fi
+    rm -f "$WORK/$name.pid"
     if [[ ${#BOUNCER_WRAP[@]} -gt 0 ]]; then
         # In the foreground, so that the wrapper (valgrind) stays with the process that serves.
-        as_user "${BOUNCER_WRAP[@]}" "$PGBOUNCER" "$WORK/pgbouncer.ini" >>"$WORK/pgbouncer-wrapped.log" 2>&1 &
+        as_user "${BOUNCER_WRAP[@]}" "$PGBOUNCER" "$WORK/$name.ini" >>"$WORK/$name-wrapped.log" 2>&1 &
         PIDS+=("$!")
     else
-        as_user "$PGBOUNCER" -d "$WORK/pgbouncer.ini" || die "pgbouncer did not start"
+        as_user "$PGBOUNCER" -d "$WORK/$name.ini" || die "pgbouncer ($name) did not start"
     fi
-    wait_port "$BOUNCER_PORT" pgbouncer
+    wait_port "$port" "pgbouncer ($name)"
     local i
-    for i in $(seq 1 100); do [[ -s $WORK/pgbouncer.pid ]] && break; sleep 0.1; done
-    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
+    for i in $(seq 1 100); do [[ -s $WORK/$name.pid ]] && break; sleep 0.1; done
+    if [[ $name == pgbouncer ]]; then
+        BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
+    else
+        NAMED_BOUNCER_PID=$(cat "$WORK/$name.pid")
+        PIDS+=("$NAMED_BOUNCER_PID")
+    fi
 }
 
 stop_pgbouncer() {

@@ -22,7 +22,10 @@
 #        PGSHARD_SERVER_TOML (lines added to the [server] section of the pgshard target only,
 #        not the baseline's, e.g. 'listen_backlog = 8192'),
 #        FLOORS (1: two floors, benches/floor.rs, join the simple-protocol rotation: pgshard's
-#        transport and runtime without its session, and one mio loop as PgBouncer's; 0 skips).
+#        transport and runtime without its session, and one mio loop as PgBouncer's; 0 skips),
+#        FORWARDER (1: PgBouncer in session mode, each client on a server connection of its own
+#        and its bytes forwarded with no pooling work, joins the 16-client rotations of both
+#        protocols: what forwarding alone costs, the reference for the prepared bar; 0 skips).
 # Prints markdown tables and writes them to bench-results/latest.md (logs in bench-results/logs/).
 set -euo pipefail
 
@@ -42,6 +45,7 @@ METRICS=${METRICS:-0}
 CONNECT=${CONNECT:-1}
 PGSHARD_SERVER_TOML=${PGSHARD_SERVER_TOML:-}
 FLOORS=${FLOORS:-1}
+FORWARDER=${FORWARDER:-1}
 CLIENT_COUNTS=(16 200)
 read -r -a PROTOCOLS <<<"${PROTOCOLS:-simple prepared}"
 TARGETS=(direct pgbouncer pgshard)
@@ -155,6 +159,16 @@ if [[ $FLOORS -eq 1 ]]; then
     done
     log "floors: tokio :${FLOOR_PORT[floor_tokio]}, mio :${FLOOR_PORT[floor_mio]}"
 fi
+# PgBouncer in session mode: a client keeps one server connection from its login on (the pool
+# holds more than the 16 clients it serves), so it forwards bytes and does no pooling work.
+FORWARDER_PORT= FORWARDER_PID=-
+if [[ $FORWARDER -eq 1 ]]; then
+    [[ $POOL_SIZE -ge 16 ]] || die "FORWARDER=1 needs POOL_SIZE ≥ 16 (each of 16 clients keeps a server connection)"
+    free_port FORWARDER_PORT
+    start_pgbouncer pgbouncer-session session "$FORWARDER_PORT"
+    FORWARDER_PID=$NAMED_BOUNCER_PID
+    log "forwarder: PgBouncer in session mode :$FORWARDER_PORT (pid $FORWARDER_PID)"
+fi
 BASELINE_PORT= BASELINE_PID=-
 if [[ -n $BASELINE_BIN ]]; then
     [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
@@ -253,6 +267,7 @@ for s in "${SCENARIOS[@]}"; do
     clients=${s%/*} proto=${s#*/}
     in_rotation=("${TARGETS[@]}")
     [[ $proto == simple ]] && in_rotation+=("${FLOOR_TARGETS[@]}")
+    [[ $FORWARDER -eq 1 && $clients -eq 16 && $proto != connect ]] && in_rotation+=(forwarder)
     for r in $(seq 1 "$REPEAT"); do
         # Rotate the order, so no target always runs first after a pause or last in a row.
         n=${#in_rotation[@]}
@@ -263,6 +278,7 @@ for s in "${SCENARIOS[@]}"; do
                 pgbouncer) run_pgbench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" "$proto" "pgbouncer/$s#$r" ;;
                 pgshard) run_pgbench pgshard "$SHARD_PORT" "$MAIN_SHARD_PID" "$clients" "$proto" "pgshard/$s#$r" ;;
                 baseline) run_pgbench baseline "$BASELINE_PORT" "$BASELINE_PID" "$clients" "$proto" "baseline/$s#$r" ;;
+                forwarder) run_pgbench forwarder "$FORWARDER_PORT" "$FORWARDER_PID" "$clients" "$proto" "forwarder/$s#$r" ;;
                 floor_*) run_pgbench "$t" "${FLOOR_PORT[$t]}" "${FLOOR_PID[$t]}" "$clients" "$proto" "$t/$s#$r" ;;
             esac
         done
@@ -298,9 +314,14 @@ commits_per_db() {
 declare -A COMMITS_S0 COMMITS_S1
 VERIFY_ROWS=()
 VERIFY_BAD=0
+# Both shards are databases of the one cluster the routing-off pgshard uses, so each gets half its
+# pool: the same number of server connections (PostgreSQL backends on the same two cores) either
+# way. With the whole pool per shard, routing on ran up to twice the backends, and that alone cost
+# 0.82-0.88x routing off at equal proxy CPU (README, 2026-12-05).
+ROUTE_POOL_SIZE=$(((POOL_SIZE + 1) / 2))
 if [[ $ROUTING -eq 1 ]]; then
     free_port ROUTE_PORT
-    start_pgshard pgshard-routing "$ROUTE_PORT" "$POOL_SIZE" "$TWO_SHARDS" "$PGSHARD" "$PGSHARD_SERVER_TOML"
+    start_pgshard pgshard-routing "$ROUTE_PORT" "$ROUTE_POOL_SIZE" "$TWO_SHARDS" "$PGSHARD" "$PGSHARD_SERVER_TOML"
     ROUTE_PID=$PGSHARD_PID
     log "routing: pgshard with two shards :$ROUTE_PORT (pid $ROUTE_PID) vs one shard :$SHARD_PORT"
     for proto in "${PROTOCOLS[@]}"; do
@@ -515,6 +536,17 @@ errors_cell() { # scenario suffix
         done
         echo
     fi
+    if [[ $FORWARDER -eq 1 ]]; then
+        echo "Forwarding alone, same run, same rotation: PgBouncer in session mode (each client on a server connection of its own from its login, bytes forwarded, no pooling work) against pgshard (transaction pooling):"
+        echo
+        echo "| scenario | forwarder tps | forwarder/direct | pgshard/direct | pgshard/forwarder | forwarder µs CPU/txn (user + system) | pgshard µs CPU/txn (user + system) |"
+        echo "|---|---|---|---|---|---|---|"
+        for s in "${SCENARIOS[@]}"; do
+            [[ ${STATUS[forwarder/$s]:-} == ok ]] || continue
+            echo "| $(scenario_cell "$s") | $(tps_cell "forwarder/$s") | $(ratio "forwarder/$s" "direct/$s") | $(ratio "pgshard/$s" "direct/$s") | $(ratio "pgshard/$s" "forwarder/$s") | $(cpu_cell "forwarder/$s") (${USER_US[forwarder/$s]} + ${SYS_US[forwarder/$s]}) | $(cpu_cell "pgshard/$s") (${USER_US[pgshard/$s]} + ${SYS_US[pgshard/$s]}) |"
+        done
+        echo
+    fi
     if [[ $SYSCALLS -eq 1 ]]; then
         echo "System calls per transaction (strace -c, \`pgbench -S -M simple -c 4\`, 5 s; reads = read/recvfrom/recvmsg/readv, writes = write/sendto/sendmsg/writev, waits = epoll_wait/poll):"
         echo
@@ -528,7 +560,7 @@ errors_cell() { # scenario suffix
     echo "pgshard, pool of 2, \`pgbench -S -M prepared -c 50\`: status ${STATUS[pool2]}, tps $(tps_cell pool2), failed ${FAILED[pool2]}, aborted clients ${ABORTED[pool2]}, $(cpu_cell pool2) µs CPU/txn"
     echo
     if [[ $ROUTING -eq 1 ]]; then
-        echo "Routing on vs off (issue 3), \`pgbench -S -c 16 -j 2\`, alternating, ${DURATION} s each (median of $REPEAT): routing off is the pgshard above (one shard, reads from its primary: statements forwarded unparsed); routing on is a second pgshard with two shards, \`pgbench_s0\` (slots 0-2047) and \`pgbench_s1\` (2048-4095), databases on the same cluster, each holding only the \`pgbench_accounts\` rows its slots own (compacted, so both together hold what the one database holds), sharded by \`aid\` (every statement parsed and routed), pool size $POOL_SIZE per shard:"
+        echo "Routing on vs off (issue 3), \`pgbench -S -c 16 -j 2\`, alternating, ${DURATION} s each (median of $REPEAT): routing off is the pgshard above (one shard, reads from its primary: statements forwarded unparsed); routing on is a second pgshard with two shards, \`pgbench_s0\` (slots 0-2047) and \`pgbench_s1\` (2048-4095), databases on the same cluster, each holding only the \`pgbench_accounts\` rows its slots own (compacted, so both together hold what the one database holds), sharded by \`aid\` (every statement parsed and routed), pool size $ROUTE_POOL_SIZE per shard (both shards together hold as many server connections as the one shard of routing off):"
         echo
         echo "| protocol | routing off tps | routing on tps | on/off | routing off µs CPU/txn | routing on µs CPU/txn | errors |"
         echo "|---|---|---|---|---|---|---|"
@@ -587,7 +619,7 @@ errors_cell() { # scenario suffix
         echo "- $(scenario_cell "$s"), pgshard ≥ 1.0× PgBouncer: $(verdict "$(ratio "pgshard/$s" "pgbouncer/$s")" 1.0) ($(ratio "pgshard/$s" "pgbouncer/$s")); CPU per transaction ≤ PgBouncer's: $(verdict "$(cpu_cell "pgshard/$s")" "$(cpu_cell "pgbouncer/$s")" le) ($(cpu_cell "pgshard/$s") against $(cpu_cell "pgbouncer/$s") µs)"
     done
     if [[ -n ${TPS[pgshard/16/prepared]:-} ]]; then
-        echo "- -S -c 16 -M prepared, pgshard ≥ 0.6× direct: $(verdict "$(ratio pgshard/16/prepared direct/16/prepared)" 0.6) ($(ratio pgshard/16/prepared direct/16/prepared))"
+        echo "- -S -c 16 -M prepared, pgshard ≥ 0.6× direct: $(verdict "$(ratio pgshard/16/prepared direct/16/prepared)" 0.6) ($(ratio pgshard/16/prepared direct/16/prepared)$([[ -n ${TPS[forwarder/16/prepared]:-} ]] && echo "; forwarding alone: $(ratio forwarder/16/prepared direct/16/prepared)"))"
     fi
     if [[ $ROUTING -eq 1 ]]; then
         echo
