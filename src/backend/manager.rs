@@ -45,9 +45,13 @@ impl Manager for BackendManager {
     }
 
     /// An idle server connection has nothing to say: readable bytes (a FATAL from a shutting-down
-    /// server) or end of file mean it is gone. One non-blocking read, no round trip.
+    /// server) or end of file mean it is gone. No round trip: on a plain socket, the runtime's
+    /// readiness is read (a read only when it says readable); on TLS, one non-blocking read.
     fn is_alive(&self, conn: &mut ServerConnection) -> bool {
-        matches!(conn.io.try_fill(), Ok(None))
+        match conn.io.stream().is_quiet_now() {
+            Some(quiet) => quiet,
+            None => matches!(conn.io.try_fill(), Ok(None)),
+        }
     }
 
     async fn reset(&self, conn: &mut ServerConnection) -> Result<(), BackendError> {

@@ -64,6 +64,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MaybeTls<S> {
     }
 }
 
+impl MaybeTls<tokio::net::TcpStream> {
+    /// Whether a plain socket has nothing to read, as far as the runtime has seen, asked without
+    /// registering for a wake-up (an idle pooled connection is checked so at every checkout):
+    /// `Some(true)` when quiet; `Some(false)` when bytes or the end of the stream wait, or the
+    /// socket failed (the probe takes up to one byte, so a connection found not quiet must be
+    /// dropped); `None` for TLS, whose records only a read can tell apart.
+    pub fn is_quiet_now(&self) -> Option<bool> {
+        let MaybeTls::Plain(socket) = self else {
+            return None;
+        };
+        let mut probe = [0u8; 1];
+        Some(matches!(socket.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock))
+    }
+}
+
 fn upgrading() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,
@@ -129,5 +144,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the plain stream under test and its peer.
+    async fn pair() -> (MaybeTls<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (MaybeTls::Plain(near.unwrap()), far.unwrap().0)
+    }
+
+    /// Waits until the runtime has seen the socket readable.
+    async fn readable(stream: &MaybeTls<TcpStream>) {
+        let MaybeTls::Plain(socket) = stream else {
+            unreachable!("plain")
+        };
+        socket.readable().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plain_socket_is_quiet_until_its_peer_writes() {
+        let (stream, mut peer) = pair().await;
+        assert_eq!(stream.is_quiet_now(), Some(true));
+        peer.write_all(b"E").await.unwrap();
+        readable(&stream).await;
+        assert_eq!(stream.is_quiet_now(), Some(false), "a byte waits");
+    }
+
+    #[tokio::test]
+    async fn a_plain_socket_whose_peer_closed_is_not_quiet() {
+        let (stream, peer) = pair().await;
+        drop(peer);
+        readable(&stream).await;
+        assert_eq!(stream.is_quiet_now(), Some(false), "end of stream");
+    }
+
+    #[test]
+    fn only_a_plain_socket_is_checked_without_a_read() {
+        assert_eq!(MaybeTls::<TcpStream>::Upgrading.is_quiet_now(), None);
     }
 }
